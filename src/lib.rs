@@ -1,0 +1,3 @@
+//! strata: a Kafka-compatible streaming broker with a durable local log.
+
+pub mod record;

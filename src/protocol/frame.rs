@@ -119,11 +119,20 @@ mod tests {
     #[tokio::test]
     async fn reads_frames_and_clean_eof() {
         let mut input: &[u8] = &[0, 0, 0, 3, b'a', b'b', b'c', 0, 0, 0, 0];
-        let f = read_frame(&mut input, 1024, &budget()).await.unwrap().unwrap();
+        let f = read_frame(&mut input, 1024, &budget())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&f.body[..], b"abc");
-        let f = read_frame(&mut input, 1024, &budget()).await.unwrap().unwrap();
+        let f = read_frame(&mut input, 1024, &budget())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(f.body.is_empty());
-        assert!(read_frame(&mut input, 1024, &budget()).await.unwrap().is_none());
+        assert!(read_frame(&mut input, 1024, &budget())
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]

@@ -128,7 +128,10 @@ mod tests {
         ));
         assert!(matches!(
             parse(&frame(18, 99, &[])),
-            Err(RequestError::Unsupported { correlation_id: 7, .. })
+            Err(RequestError::Unsupported {
+                correlation_id: 7,
+                ..
+            })
         ));
     }
 
@@ -158,7 +161,10 @@ mod tests {
         let full = b.freeze();
         for cut in FIXED_HEADER_LEN..full.len() {
             let f = full.slice(..cut);
-            assert!(matches!(parse(&f), Err(RequestError::Malformed { .. })), "cut {cut}");
+            assert!(
+                matches!(parse(&f), Err(RequestError::Malformed { .. })),
+                "cut {cut}"
+            );
         }
     }
 }

@@ -67,7 +67,10 @@ mod tests {
     fn served_ranges_are_within_the_crate() {
         for &(key, min, max) in SERVED {
             let valid = key.valid_versions();
-            assert!(min >= valid.min && max <= valid.max, "{key:?} {min}..{max} vs {valid}");
+            assert!(
+                min >= valid.min && max <= valid.max,
+                "{key:?} {min}..{max} vs {valid}"
+            );
             assert!(min <= max);
         }
     }

@@ -32,7 +32,9 @@ pub struct Topic {
 
 impl Topic {
     pub fn partition(&self, index: i32) -> Option<&Arc<Partition>> {
-        usize::try_from(index).ok().and_then(|i| self.partitions.get(i))
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.partitions.get(i))
     }
 }
 
@@ -74,7 +76,11 @@ impl Broker {
         }
         let recovery = started.elapsed();
         metrics::gauge!("strata_log_recovery_seconds").set(recovery.as_secs_f64());
-        tracing::info!(topics = registry.len(), seconds = recovery.as_secs_f64(), "log loaded");
+        tracing::info!(
+            topics = registry.len(),
+            seconds = recovery.as_secs_f64(),
+            "log loaded"
+        );
         let first_producer_id = read_producer_id_block(&config)?;
         let broker = Broker {
             cluster_id: catalogue.cluster_id.clone(),
@@ -119,7 +125,12 @@ impl Broker {
     }
 
     pub fn topics(&self) -> Vec<Arc<Topic>> {
-        self.topics.read().expect("topics lock").values().cloned().collect()
+        self.topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
@@ -142,7 +153,11 @@ impl Broker {
         topics::check_topic_name(name)
             .map_err(|m| ApiError::new(ResponseError::InvalidTopicException, m))?;
         let settings = &self.config.broker;
-        let partitions = if partitions == -1 { settings.num_partitions } else { partitions };
+        let partitions = if partitions == -1 {
+            settings.num_partitions
+        } else {
+            partitions
+        };
         let replication_factor = if replication_factor == -1 {
             settings.default_replication_factor
         } else {
@@ -163,7 +178,9 @@ impl Broker {
         if replication_factor <= 0 || replication_factor > 1 {
             return Err(ApiError::new(
                 ResponseError::InvalidReplicationFactor,
-                format!("replication factor {replication_factor} is not possible with 1 live broker"),
+                format!(
+                    "replication factor {replication_factor} is not possible with 1 live broker"
+                ),
             ));
         }
         let overrides = topic_config::check_overrides(overrides)
@@ -214,7 +231,11 @@ impl Broker {
         let removed = self.topics.write().expect("topics lock").remove(name);
         drop(catalogue);
         if let Some(topic) = removed {
-            let dirs: Vec<PathBuf> = topic.partitions.iter().map(|p| p.dir().to_path_buf()).collect();
+            let dirs: Vec<PathBuf> = topic
+                .partitions
+                .iter()
+                .map(|p| p.dir().to_path_buf())
+                .collect();
             tokio::task::spawn_blocking(move || {
                 for dir in dirs {
                     let doomed = dir.with_extension(format!("{}-delete", Uuid::new_v4().simple()));
@@ -231,7 +252,12 @@ impl Broker {
     }
 
     /// CreatePartitions: grows a topic to `count` partitions.
-    pub fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<(), ApiError> {
+    pub fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<(), ApiError> {
         let mut catalogue = self.catalogue.lock().expect("catalogue lock");
         let Some(record) = catalogue.topics.iter_mut().find(|t| t.name == name) else {
             return Err(unknown_topic(name));
@@ -239,11 +265,17 @@ impl Broker {
         if count <= record.partitions {
             return Err(ApiError::new(
                 ResponseError::InvalidPartitions,
-                format!("topic {name:?} has {} partitions; the new count {count} must be larger", record.partitions),
+                format!(
+                    "topic {name:?} has {} partitions; the new count {count} must be larger",
+                    record.partitions
+                ),
             ));
         }
         if count > 100_000 {
-            return Err(ApiError::new(ResponseError::InvalidPartitions, "more than 100000 partitions"));
+            return Err(ApiError::new(
+                ResponseError::InvalidPartitions,
+                "more than 100000 partitions",
+            ));
         }
         if validate_only {
             return Ok(());
@@ -251,9 +283,17 @@ impl Broker {
         let old = self.topic(name).ok_or_else(|| unknown_topic(name))?;
         record.partitions = count;
         let record = record.clone();
-        let topic = Arc::new(open_topic(&self.config, &self.clock, &record, old.partitions.clone())?);
+        let topic = Arc::new(open_topic(
+            &self.config,
+            &self.clock,
+            &record,
+            old.partitions.clone(),
+        )?);
         persist(&self.config, &catalogue)?;
-        self.topics.write().expect("topics lock").insert(name.to_string(), topic);
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(name.to_string(), topic);
         Ok(())
     }
 
@@ -277,7 +317,10 @@ impl Broker {
         let old = self.topic(name).ok_or_else(|| unknown_topic(name))?;
         let config = TopicConfig::resolve(&self.config.broker, &overrides);
         for partition in &old.partitions {
-            partition.set_config(config.clone(), self.config.broker.batch_max_decompressed_bytes);
+            partition.set_config(
+                config.clone(),
+                self.config.broker.batch_max_decompressed_bytes,
+            );
         }
         let topic = Arc::new(Topic {
             name: old.name.clone(),
@@ -288,7 +331,10 @@ impl Broker {
             leader_epoch: old.leader_epoch,
         });
         persist(&self.config, &catalogue)?;
-        self.topics.write().expect("topics lock").insert(name.to_string(), topic);
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(name.to_string(), topic);
         Ok(())
     }
 
@@ -299,7 +345,10 @@ impl Broker {
         if id >= *limit {
             let new_limit = id + PRODUCER_ID_BLOCK;
             write_producer_id_block(&self.config, new_limit).map_err(|e| {
-                ApiError::new(ResponseError::KafkaStorageError, format!("persisting producer ids: {e}"))
+                ApiError::new(
+                    ResponseError::KafkaStorageError,
+                    format!("persisting producer ids: {e}"),
+                )
             })?;
             *limit = new_limit;
         }
@@ -322,7 +371,11 @@ impl Broker {
                             tracing::error!(partition = name, error = %e, "closing partition failed");
                         }
                     }
-                    Err(p) => tracing::warn!(topic = p.topic, partition = p.index, "partition still in use at shutdown; it will be recovered on start"),
+                    Err(p) => tracing::warn!(
+                        topic = p.topic,
+                        partition = p.index,
+                        "partition still in use at shutdown; it will be recovered on start"
+                    ),
                 }
             }
         }
@@ -339,7 +392,10 @@ fn unknown_topic(name: &str) -> ApiError {
 fn persist(config: &Config, catalogue: &Catalogue) -> Result<(), ApiError> {
     topics::save(&config.data_dir, catalogue).map_err(|e| {
         tracing::error!(error = %e, "persisting the topic catalogue failed");
-        ApiError::new(ResponseError::KafkaStorageError, format!("persisting topic metadata: {e}"))
+        ApiError::new(
+            ResponseError::KafkaStorageError,
+            format!("persisting topic metadata: {e}"),
+        )
     })
 }
 

@@ -68,7 +68,10 @@ pub fn check_topic_name(name: &str) -> Result<(), String> {
         return Err(format!("topic name {name:?} is not allowed"));
     }
     if name.len() > 249 {
-        return Err(format!("topic name is {} characters long, the limit is 249", name.len()));
+        return Err(format!(
+            "topic name is {} characters long, the limit is 249",
+            name.len()
+        ));
     }
     if let Some(c) = name
         .chars()

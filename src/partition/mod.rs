@@ -34,7 +34,9 @@ pub enum ProduceError {
     Sequence(#[from] SequenceError),
     #[error("produce request must carry exactly one record batch per partition, got {0}")]
     BatchCount(usize),
-    #[error("transactional and control batches are not supported: there is no transaction coordinator")]
+    #[error(
+        "transactional and control batches are not supported: there is no transaction coordinator"
+    )]
     Transactional,
     #[error("storage: {0}")]
     Storage(#[from] LogError),
@@ -134,11 +136,19 @@ impl Partition {
     }
 
     pub fn log_start_offset(&self) -> i64 {
-        self.state.read().expect("partition lock").log.log_start_offset()
+        self.state
+            .read()
+            .expect("partition lock")
+            .log
+            .log_start_offset()
     }
 
     pub fn log_end_offset(&self) -> i64 {
-        self.state.read().expect("partition lock").log.log_end_offset()
+        self.state
+            .read()
+            .expect("partition lock")
+            .log
+            .log_end_offset()
     }
 
     /// (size in bytes, segment count) for metrics and DescribeLogDirs.
@@ -154,7 +164,12 @@ impl Partition {
         max_decompressed: usize,
         now_ms: i64,
     ) -> Result<Appended, ProduceError> {
-        let max_batch_bytes = self.state.read().expect("partition lock").config.max_message_bytes;
+        let max_batch_bytes = self
+            .state
+            .read()
+            .expect("partition lock")
+            .config
+            .max_message_bytes;
         let limits = ValidationLimits {
             max_batch_bytes: max_batch_bytes.max(0) as usize,
             max_decompressed_bytes: max_decompressed,
@@ -255,7 +270,12 @@ impl Partition {
     }
 
     /// Reads whole batches from `offset`, below the high watermark.
-    pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult, LogError> {
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<ReadResult, LogError> {
         let hw = self.high_watermark();
         let state = self.state.read().expect("partition lock");
         state.log.read(offset, max_bytes, hw, min_one)
@@ -301,17 +321,29 @@ impl Partition {
     }
 
     pub fn max_timestamp_and_offset(&self) -> Option<(i64, i64)> {
-        self.state.read().expect("partition lock").log.max_timestamp_and_offset()
+        self.state
+            .read()
+            .expect("partition lock")
+            .log
+            .max_timestamp_and_offset()
     }
 
     pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
-        self.state.read().expect("partition lock").log.end_offset_for_epoch(epoch)
+        self.state
+            .read()
+            .expect("partition lock")
+            .log
+            .end_offset_for_epoch(epoch)
     }
 
     /// DeleteRecords: moves the log start offset; returns the new low watermark.
     pub fn delete_records_before(&self, offset: i64) -> Result<i64, LogError> {
         let mut state = self.state.write().expect("partition lock");
-        let target = if offset < 0 { state.log.log_end_offset() } else { offset };
+        let target = if offset < 0 {
+            state.log.log_end_offset()
+        } else {
+            offset
+        };
         state.log.delete_records_before(target)
     }
 
@@ -352,7 +384,9 @@ fn rebuild_producers(dir: &Path, log: &Log, now_ms: i64) -> Result<ProducerState
     while from < end {
         let chunk = log.read(from, CHUNK_BYTES, end, true)?;
         let (batches, _) = crate::record::batch::split_batches(&chunk.bytes);
-        let Some((last, _)) = batches.last() else { break };
+        let Some((last, _)) = batches.last() else {
+            break;
+        };
         let next = last.last_offset() + 1;
         for (header, _) in &batches {
             if header.last_offset() >= from {

@@ -7,7 +7,11 @@ use strata::cli::topic::TopicArgs;
 use strata::config::ServeArgs;
 
 #[derive(Parser)]
-#[command(name = "strata", version, about = "Kafka-compatible streaming broker with Parquet tiering")]
+#[command(
+    name = "strata",
+    version,
+    about = "Kafka-compatible streaming broker with Parquet tiering"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,7 +28,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     strata::telemetry::init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");

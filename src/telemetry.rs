@@ -29,7 +29,10 @@ pub fn render() -> String {
 
 /// Per-partition gauges: log start/end offsets, size, segment count.
 pub fn record_partition(p: &Partition) {
-    let labels = [("topic", p.topic.clone()), ("partition", p.index.to_string())];
+    let labels = [
+        ("topic", p.topic.clone()),
+        ("partition", p.index.to_string()),
+    ];
     let (size, segments) = p.size();
     metrics::gauge!("strata_log_start_offset", &labels).set(p.log_start_offset() as f64);
     metrics::gauge!("strata_log_end_offset", &labels).set(p.log_end_offset() as f64);

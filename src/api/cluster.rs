@@ -15,7 +15,10 @@ use kafka_protocol::messages::{
 use super::{str_bytes, topic_name};
 use crate::broker::Broker;
 
-pub fn describe_cluster(broker: &Arc<Broker>, request: DescribeClusterRequest) -> DescribeClusterResponse {
+pub fn describe_cluster(
+    broker: &Arc<Broker>,
+    request: DescribeClusterRequest,
+) -> DescribeClusterResponse {
     // Endpoint type 1 = brokers (KIP-919); controllers are not a separate role here.
     if request.endpoint_type != 1 {
         return DescribeClusterResponse::default()
@@ -34,10 +37,15 @@ pub fn describe_cluster(broker: &Arc<Broker>, request: DescribeClusterRequest) -
             .with_port(port)])
 }
 
-pub fn describe_log_dirs(broker: &Arc<Broker>, request: DescribeLogDirsRequest) -> DescribeLogDirsResponse {
+pub fn describe_log_dirs(
+    broker: &Arc<Broker>,
+    request: DescribeLogDirsRequest,
+) -> DescribeLogDirsResponse {
     let wanted = |topic: &str, partition: i32| match &request.topics {
         None => true,
-        Some(list) => list.iter().any(|t| t.topic.as_str() == topic && t.partitions.contains(&partition)),
+        Some(list) => list
+            .iter()
+            .any(|t| t.topic.as_str() == topic && t.partitions.contains(&partition)),
     };
     let topics = broker
         .topics()
@@ -53,7 +61,9 @@ pub fn describe_log_dirs(broker: &Arc<Broker>, request: DescribeLogDirsRequest) 
                         .with_partition_size(p.size().0 as i64)
                 })
                 .collect::<Vec<_>>();
-            DescribeLogDirsTopic::default().with_name(topic_name(&t.name)).with_partitions(partitions)
+            DescribeLogDirsTopic::default()
+                .with_name(topic_name(&t.name))
+                .with_partitions(partitions)
         })
         .filter(|t| !t.partitions.is_empty())
         .collect();

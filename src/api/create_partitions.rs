@@ -21,7 +21,9 @@ pub fn handle(broker: &Arc<Broker>, request: CreatePartitionsRequest) -> CreateP
             let result = CreatePartitionsTopicResult::default().with_name(t.name);
             match outcome {
                 Ok(()) => result,
-                Err(e) => result.with_error_code(e.code()).with_error_message(Some(str_bytes(e.message))),
+                Err(e) => result
+                    .with_error_code(e.code())
+                    .with_error_message(Some(str_bytes(e.message))),
             }
         })
         .collect();
@@ -32,7 +34,9 @@ fn check_assignments(
     broker: &Broker,
     t: &kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic,
 ) -> Result<(), ApiError> {
-    let Some(assignments) = &t.assignments else { return Ok(()) };
+    let Some(assignments) = &t.assignments else {
+        return Ok(());
+    };
     if assignments
         .iter()
         .any(|a| a.broker_ids.is_empty() || a.broker_ids.iter().any(|b| b.0 != broker.node_id()))

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 
 use super::str_bytes;
@@ -14,7 +16,11 @@ use crate::broker::Broker;
 use crate::config::TopicConfig;
 use crate::error::ApiError;
 
-pub fn handle(broker: &Arc<Broker>, request: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+pub fn handle(
+    broker: &Arc<Broker>,
+    request: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
     let mut seen = HashSet::new();
     let duplicated: HashSet<String> = request
         .topics
@@ -29,7 +35,10 @@ pub fn handle(broker: &Arc<Broker>, request: CreateTopicsRequest, version: i16) 
             let name = t.name.to_string();
             let result = CreatableTopicResult::default().with_name(t.name.clone());
             let outcome = if duplicated.contains(&name) {
-                Err(ApiError::new(ResponseError::InvalidRequest, format!("topic {name:?} appears more than once in the request")))
+                Err(ApiError::new(
+                    ResponseError::InvalidRequest,
+                    format!("topic {name:?} appears more than once in the request"),
+                ))
             } else {
                 create(broker, &t, request.validate_only)
             };
@@ -46,21 +55,30 @@ pub fn handle(broker: &Arc<Broker>, request: CreateTopicsRequest, version: i16) 
                             .collect()
                     });
                     let partitions = if t.assignments.is_empty() {
-                        if t.num_partitions == -1 { broker.config.broker.num_partitions } else { t.num_partitions }
+                        if t.num_partitions == -1 {
+                            broker.config.broker.num_partitions
+                        } else {
+                            t.num_partitions
+                        }
                     } else {
                         t.assignments.len() as i32
                     };
                     let result = result.with_topic_id(topic.id);
                     // Partition count, replication factor and configs are in the response from v5.
                     if version >= 5 {
-                        result.with_num_partitions(partitions).with_replication_factor(1).with_configs(configs)
+                        result
+                            .with_num_partitions(partitions)
+                            .with_replication_factor(1)
+                            .with_configs(configs)
                     } else {
                         result
                     }
                 }
                 Err(e) => {
                     tracing::info!(topic = name, error = %e, "CreateTopics refused");
-                    result.with_error_code(e.code()).with_error_message(Some(str_bytes(e.message)))
+                    result
+                        .with_error_code(e.code())
+                        .with_error_message(Some(str_bytes(e.message)))
                 }
             }
         })
@@ -76,7 +94,10 @@ fn create(
     let mut overrides = BTreeMap::new();
     for c in &t.configs {
         let value = c.value.as_ref().ok_or_else(|| {
-            ApiError::new(ResponseError::InvalidConfig, format!("config {} has a null value", c.name.as_str()))
+            ApiError::new(
+                ResponseError::InvalidConfig,
+                format!("config {} has a null value", c.name.as_str()),
+            )
         })?;
         overrides.insert(c.name.to_string(), value.to_string());
     }
@@ -92,18 +113,33 @@ fn create(
         let mut indexes: Vec<i32> = t.assignments.iter().map(|a| a.partition_index).collect();
         indexes.sort_unstable();
         if indexes.iter().enumerate().any(|(i, p)| *p != i as i32) {
-            return Err(ApiError::new(ResponseError::InvalidReplicaAssignment, "partition indexes must be 0..n"));
+            return Err(ApiError::new(
+                ResponseError::InvalidReplicaAssignment,
+                "partition indexes must be 0..n",
+            ));
         }
         for a in &t.assignments {
             if a.broker_ids.iter().any(|b| b.0 != broker.node_id()) || a.broker_ids.is_empty() {
                 return Err(ApiError::new(
                     ResponseError::InvalidReplicaAssignment,
-                    format!("assignment of partition {} names brokers that do not exist", a.partition_index),
+                    format!(
+                        "assignment of partition {} names brokers that do not exist",
+                        a.partition_index
+                    ),
                 ));
             }
         }
-        let rf = t.assignments.first().map_or(1, |a| a.broker_ids.len() as i16);
+        let rf = t
+            .assignments
+            .first()
+            .map_or(1, |a| a.broker_ids.len() as i16);
         (t.assignments.len() as i32, rf)
     };
-    broker.create_topic(t.name.as_str(), partitions, replication_factor, &overrides, validate_only)
+    broker.create_topic(
+        t.name.as_str(),
+        partitions,
+        replication_factor,
+        &overrides,
+        validate_only,
+    )
 }

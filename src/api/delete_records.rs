@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
 use crate::broker::Broker;
@@ -19,18 +21,31 @@ pub fn handle(broker: &Arc<Broker>, request: DeleteRecordsRequest) -> DeleteReco
                 .partitions
                 .into_iter()
                 .map(|p| {
-                    let out = DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
-                    let outcome = match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
-                        None => Err(ApiError::new(ResponseError::UnknownTopicOrPartition, "no such partition")),
-                        Some(partition) if p.offset > partition.high_watermark() => Err(ApiError::new(
-                            ResponseError::OffsetOutOfRange,
-                            format!("offset {} is beyond the high watermark {}", p.offset, partition.high_watermark()),
+                    let out = DeleteRecordsPartitionResult::default()
+                        .with_partition_index(p.partition_index);
+                    let outcome = match topic.as_ref().and_then(|t| t.partition(p.partition_index))
+                    {
+                        None => Err(ApiError::new(
+                            ResponseError::UnknownTopicOrPartition,
+                            "no such partition",
                         )),
+                        Some(partition) if p.offset > partition.high_watermark() => {
+                            Err(ApiError::new(
+                                ResponseError::OffsetOutOfRange,
+                                format!(
+                                    "offset {} is beyond the high watermark {}",
+                                    p.offset,
+                                    partition.high_watermark()
+                                ),
+                            ))
+                        }
                         Some(_) if p.offset < -1 => Err(ApiError::new(
                             ResponseError::OffsetOutOfRange,
                             format!("offset {} is negative", p.offset),
                         )),
-                        Some(partition) => partition.delete_records_before(p.offset).map_err(ApiError::from),
+                        Some(partition) => partition
+                            .delete_records_before(p.offset)
+                            .map_err(ApiError::from),
                     };
                     match outcome {
                         Ok(low) => out.with_low_watermark(low),
@@ -38,7 +53,9 @@ pub fn handle(broker: &Arc<Broker>, request: DeleteRecordsRequest) -> DeleteReco
                     }
                 })
                 .collect();
-            DeleteRecordsTopicResult::default().with_name(t.name).with_partitions(partitions)
+            DeleteRecordsTopicResult::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
         })
         .collect();
     DeleteRecordsResponse::default().with_topics(topics)

@@ -11,7 +11,11 @@ use super::{str_bytes, topic_name};
 use crate::broker::Broker;
 use crate::error::ApiError;
 
-pub fn handle(broker: &Arc<Broker>, request: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+pub fn handle(
+    broker: &Arc<Broker>,
+    request: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
     let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
         request
             .topics
@@ -19,18 +23,34 @@ pub fn handle(broker: &Arc<Broker>, request: DeleteTopicsRequest, version: i16) 
             .map(|t| (t.name.as_ref().map(|n| n.to_string()), t.topic_id))
             .collect()
     } else {
-        request.topic_names.iter().map(|n| (Some(n.to_string()), Uuid::nil())).collect()
+        request
+            .topic_names
+            .iter()
+            .map(|n| (Some(n.to_string()), Uuid::nil()))
+            .collect()
     };
     let responses = targets
         .into_iter()
         .map(|(name, id)| {
             let resolved = match &name {
-                Some(n) => broker.topic(n).map(|t| (t.name.clone(), t.id)).ok_or_else(|| {
-                    ApiError::new(ResponseError::UnknownTopicOrPartition, format!("topic {n:?} does not exist"))
-                }),
-                None => broker.topic_by_id(id).map(|t| (t.name.clone(), t.id)).ok_or_else(|| {
-                    ApiError::new(ResponseError::UnknownTopicId, format!("topic id {id} does not exist"))
-                }),
+                Some(n) => broker
+                    .topic(n)
+                    .map(|t| (t.name.clone(), t.id))
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            ResponseError::UnknownTopicOrPartition,
+                            format!("topic {n:?} does not exist"),
+                        )
+                    }),
+                None => broker
+                    .topic_by_id(id)
+                    .map(|t| (t.name.clone(), t.id))
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            ResponseError::UnknownTopicId,
+                            format!("topic id {id} does not exist"),
+                        )
+                    }),
             };
             let outcome = resolved.and_then(|(n, id)| {
                 if n.starts_with("__") {
@@ -42,7 +62,9 @@ pub fn handle(broker: &Arc<Broker>, request: DeleteTopicsRequest, version: i16) 
                 broker.delete_topic(&n).map(|()| (n, id))
             });
             match outcome {
-                Ok((n, id)) => DeletableTopicResult::default().with_name(Some(topic_name(&n))).with_topic_id(id),
+                Ok((n, id)) => DeletableTopicResult::default()
+                    .with_name(Some(topic_name(&n)))
+                    .with_topic_id(id),
                 Err(e) => DeletableTopicResult::default()
                     .with_name(name.as_deref().map(topic_name))
                     .with_topic_id(id)

@@ -60,7 +60,10 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
                 .with_topic_id(fetch_topic.topic_id),
         );
         for p in &fetch_topic.partitions {
-            let partition = topic.as_ref().and_then(|t| t.partition(p.partition)).cloned();
+            let partition = topic
+                .as_ref()
+                .and_then(|t| t.partition(p.partition))
+                .cloned();
             let error = match &partition {
                 None => Some(missing),
                 Some(part) => epoch_error(part.leader_epoch(), p.current_leader_epoch),
@@ -76,9 +79,14 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
         }
     }
 
-    let max_bytes = if request.max_bytes <= 0 { usize::MAX } else { request.max_bytes as usize };
+    let max_bytes = if request.max_bytes <= 0 {
+        usize::MAX
+    } else {
+        request.max_bytes as usize
+    };
     let min_bytes = request.min_bytes.max(0) as usize;
-    let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.clamp(0, MAX_WAIT_CAP_MS) as u64);
+    let deadline = Instant::now()
+        + Duration::from_millis(request.max_wait_ms.clamp(0, MAX_WAIT_CAP_MS) as u64);
     // Subscribe before the first read so that an append between read and wait is not missed.
     let mut receivers: Vec<_> = wanted
         .iter()
@@ -86,9 +94,16 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
         .collect();
     let results = loop {
         let results = read_all(&wanted, max_bytes);
-        let total: usize = results.iter().map(|r| r.records.as_ref().map_or(0, Bytes::len)).sum();
+        let total: usize = results
+            .iter()
+            .map(|r| r.records.as_ref().map_or(0, Bytes::len))
+            .sum();
         let any_error = results.iter().any(|r| r.error_code != 0);
-        if total >= min_bytes.max(1) || any_error || receivers.is_empty() || Instant::now() >= deadline {
+        if total >= min_bytes.max(1)
+            || any_error
+            || receivers.is_empty()
+            || Instant::now() >= deadline
+        {
             break results;
         }
         let changed = select_all(receivers.iter_mut().map(|r| Box::pin(r.changed())));
@@ -105,12 +120,18 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
     }
     for t in &topics_out {
         if let Some(name) = topic_label(broker, t, by_id) {
-            let bytes: usize = t.partitions.iter().map(|p| p.records.as_ref().map_or(0, Bytes::len)).sum();
+            let bytes: usize = t
+                .partitions
+                .iter()
+                .map(|p| p.records.as_ref().map_or(0, Bytes::len))
+                .sum();
             metrics::counter!("strata_bytes_out_total", "topic" => name).increment(bytes as u64);
         }
     }
     tracing::trace!(bytes_out, "fetch answered");
-    FetchResponse::default().with_session_id(0).with_responses(topics_out)
+    FetchResponse::default()
+        .with_session_id(0)
+        .with_responses(topics_out)
 }
 
 fn topic_label(broker: &Broker, t: &FetchableTopicResponse, by_id: bool) -> Option<String> {
@@ -141,7 +162,9 @@ fn read_all(wanted: &[Wanted], max_bytes: usize) -> Vec<PartitionData> {
         .map(|w| {
             let data = PartitionData::default().with_partition_index(w.index);
             let Some(partition) = &w.partition else {
-                return data.with_error_code(w.error.map_or(0, |e| e.code())).with_high_watermark(-1);
+                return data
+                    .with_error_code(w.error.map_or(0, |e| e.code()))
+                    .with_high_watermark(-1);
             };
             let hw = partition.high_watermark();
             let data = data
@@ -184,5 +207,4 @@ mod tests {
         assert_eq!(epoch_error(3, 4), Some(ResponseError::UnknownLeaderEpoch));
         assert_eq!(epoch_error(3, 2), Some(ResponseError::FencedLeaderEpoch));
     }
-
 }

@@ -10,8 +10,15 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 use crate::broker::Broker;
 
 pub fn handle(broker: &Arc<Broker>, request: InitProducerIdRequest) -> InitProducerIdResponse {
-    if let Some(id) = request.transactional_id.as_ref().filter(|t| !t.0.is_empty()) {
-        tracing::warn!(transactional_id = id.0.as_str(), "refusing a transactional producer: transactions are not supported");
+    if let Some(id) = request
+        .transactional_id
+        .as_ref()
+        .filter(|t| !t.0.is_empty())
+    {
+        tracing::warn!(
+            transactional_id = id.0.as_str(),
+            "refusing a transactional producer: transactions are not supported"
+        );
         return InitProducerIdResponse::default()
             .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
             .with_producer_id(ProducerId(-1))

@@ -19,7 +19,11 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
-pub fn handle(broker: &Arc<Broker>, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+pub fn handle(
+    broker: &Arc<Broker>,
+    request: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
     let topics = request
         .topics
         .into_iter()
@@ -29,17 +33,27 @@ pub fn handle(broker: &Arc<Broker>, request: ListOffsetsRequest, version: i16) -
                 .partitions
                 .into_iter()
                 .map(|p| {
-                    let response = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
-                    let Some(partition) = topic.as_ref().and_then(|t| t.partition(p.partition_index)) else {
+                    let response = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index);
+                    let Some(partition) =
+                        topic.as_ref().and_then(|t| t.partition(p.partition_index))
+                    else {
                         return response
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code())
                             .with_offset(-1)
                             .with_timestamp(-1);
                     };
                     if let Some(e) = epoch_error(partition.leader_epoch(), p.current_leader_epoch) {
-                        return response.with_error_code(e.code()).with_offset(-1).with_timestamp(-1);
+                        return response
+                            .with_error_code(e.code())
+                            .with_offset(-1)
+                            .with_timestamp(-1);
                     }
-                    match lookup(partition, p.timestamp, broker.config.broker.batch_max_decompressed_bytes) {
+                    match lookup(
+                        partition,
+                        p.timestamp,
+                        broker.config.broker.batch_max_decompressed_bytes,
+                    ) {
                         Ok((offset, timestamp)) => {
                             let response = response.with_offset(offset).with_timestamp(timestamp);
                             // The leader epoch field exists from v4.
@@ -49,18 +63,27 @@ pub fn handle(broker: &Arc<Broker>, request: ListOffsetsRequest, version: i16) -
                                 response
                             }
                         }
-                        Err(e) => response.with_error_code(e.code()).with_offset(-1).with_timestamp(-1),
+                        Err(e) => response
+                            .with_error_code(e.code())
+                            .with_offset(-1)
+                            .with_timestamp(-1),
                     }
                 })
                 .collect();
-            ListOffsetsTopicResponse::default().with_name(t.name).with_partitions(partitions)
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
         })
         .collect();
     ListOffsetsResponse::default().with_topics(topics)
 }
 
 /// (offset, timestamp) for one target; (-1, -1) when no record qualifies.
-fn lookup(partition: &Partition, target: i64, max_decompressed: usize) -> Result<(i64, i64), ApiError> {
+fn lookup(
+    partition: &Partition,
+    target: i64,
+    max_decompressed: usize,
+) -> Result<(i64, i64), ApiError> {
     match target {
         LATEST => Ok((partition.high_watermark(), -1)),
         EARLIEST => Ok((partition.log_start_offset(), -1)),
@@ -68,7 +91,9 @@ fn lookup(partition: &Partition, target: i64, max_decompressed: usize) -> Result
             .max_timestamp_and_offset()
             .map(|(ts, offset)| (offset, ts))
             .unwrap_or((-1, -1))),
-        ts if ts >= 0 => Ok(partition.offset_for_timestamp(ts, max_decompressed)?.unwrap_or((-1, -1))),
+        ts if ts >= 0 => Ok(partition
+            .offset_for_timestamp(ts, max_decompressed)?
+            .unwrap_or((-1, -1))),
         other => Err(ApiError::new(
             ResponseError::InvalidRequest,
             format!("timestamp {other} is not a time or a known special value"),

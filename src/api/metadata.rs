@@ -19,7 +19,11 @@ pub fn handle(broker: &Arc<Broker>, request: MetadataRequest, version: i16) -> M
     let node = BrokerId(broker.node_id());
     let (host, port) = broker.advertised();
     let topics = match request.topics {
-        None => broker.topics().iter().map(|t| describe(broker, t)).collect(),
+        None => broker
+            .topics()
+            .iter()
+            .map(|t| describe(broker, t))
+            .collect(),
         Some(requested) => requested
             .into_iter()
             .map(|r| {
@@ -49,10 +53,18 @@ fn lookup_or_create(broker: &Arc<Broker>, name: &str, allow_create: bool) -> Met
         return describe(broker, &topic);
     }
     if crate::broker::topics::check_topic_name(name).is_err() {
-        return error_topic(Some(name), Uuid::nil(), ResponseError::InvalidTopicException);
+        return error_topic(
+            Some(name),
+            Uuid::nil(),
+            ResponseError::InvalidTopicException,
+        );
     }
     if !(allow_create && broker.config.broker.auto_create_topics_enable) {
-        return error_topic(Some(name), Uuid::nil(), ResponseError::UnknownTopicOrPartition);
+        return error_topic(
+            Some(name),
+            Uuid::nil(),
+            ResponseError::UnknownTopicOrPartition,
+        );
     }
     match broker.create_topic(name, -1, -1, &BTreeMap::new(), false) {
         Ok(topic) => describe(broker, &topic),

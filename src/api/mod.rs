@@ -32,28 +32,54 @@ pub async fn dispatch(broker: &Arc<Broker>, request: Request) -> Option<Response
     let version = request.version;
     let response = match request.body {
         RequestKind::ApiVersions(_) => Some(ResponseKind::ApiVersions(api_versions::handle())),
-        RequestKind::Metadata(r) => Some(ResponseKind::Metadata(metadata::handle(broker, r, version))),
-        RequestKind::Produce(r) => produce::handle(broker, r, version).await.map(ResponseKind::Produce),
+        RequestKind::Metadata(r) => {
+            Some(ResponseKind::Metadata(metadata::handle(broker, r, version)))
+        }
+        RequestKind::Produce(r) => produce::handle(broker, r, version)
+            .await
+            .map(ResponseKind::Produce),
         RequestKind::Fetch(r) => Some(ResponseKind::Fetch(fetch::handle(broker, r, version).await)),
-        RequestKind::ListOffsets(r) => Some(ResponseKind::ListOffsets(list_offsets::handle(broker, r, version))),
+        RequestKind::ListOffsets(r) => Some(ResponseKind::ListOffsets(list_offsets::handle(
+            broker, r, version,
+        ))),
         RequestKind::OffsetForLeaderEpoch(r) => Some(ResponseKind::OffsetForLeaderEpoch(
             offset_for_leader_epoch::handle(broker, r),
         )),
-        RequestKind::CreateTopics(r) => Some(ResponseKind::CreateTopics(create_topics::handle(broker, r, version))),
-        RequestKind::DeleteTopics(r) => Some(ResponseKind::DeleteTopics(delete_topics::handle(broker, r, version))),
-        RequestKind::CreatePartitions(r) => Some(ResponseKind::CreatePartitions(create_partitions::handle(broker, r))),
-        RequestKind::DescribeConfigs(r) => Some(ResponseKind::DescribeConfigs(configs::describe(broker, r, version))),
+        RequestKind::CreateTopics(r) => Some(ResponseKind::CreateTopics(create_topics::handle(
+            broker, r, version,
+        ))),
+        RequestKind::DeleteTopics(r) => Some(ResponseKind::DeleteTopics(delete_topics::handle(
+            broker, r, version,
+        ))),
+        RequestKind::CreatePartitions(r) => Some(ResponseKind::CreatePartitions(
+            create_partitions::handle(broker, r),
+        )),
+        RequestKind::DescribeConfigs(r) => Some(ResponseKind::DescribeConfigs(configs::describe(
+            broker, r, version,
+        ))),
         RequestKind::AlterConfigs(r) => Some(ResponseKind::AlterConfigs(configs::alter(broker, r))),
         RequestKind::IncrementalAlterConfigs(r) => Some(ResponseKind::IncrementalAlterConfigs(
             configs::incremental_alter(broker, r),
         )),
-        RequestKind::DeleteRecords(r) => Some(ResponseKind::DeleteRecords(delete_records::handle(broker, r))),
-        RequestKind::DescribeCluster(r) => Some(ResponseKind::DescribeCluster(cluster::describe_cluster(broker, r))),
-        RequestKind::DescribeLogDirs(r) => Some(ResponseKind::DescribeLogDirs(cluster::describe_log_dirs(broker, r))),
-        RequestKind::InitProducerId(r) => Some(ResponseKind::InitProducerId(init_producer_id::handle(broker, r))),
+        RequestKind::DeleteRecords(r) => Some(ResponseKind::DeleteRecords(delete_records::handle(
+            broker, r,
+        ))),
+        RequestKind::DescribeCluster(r) => Some(ResponseKind::DescribeCluster(
+            cluster::describe_cluster(broker, r),
+        )),
+        RequestKind::DescribeLogDirs(r) => Some(ResponseKind::DescribeLogDirs(
+            cluster::describe_log_dirs(broker, r),
+        )),
+        RequestKind::InitProducerId(r) => Some(ResponseKind::InitProducerId(
+            init_producer_id::handle(broker, r),
+        )),
         other => {
             // The version table only lets served APIs through; reaching this is a bug in it.
-            tracing::error!(?api, "request for an API without a handler: {:?}", std::mem::discriminant(&other));
+            tracing::error!(
+                ?api,
+                "request for an API without a handler: {:?}",
+                std::mem::discriminant(&other)
+            );
             None
         }
     };
@@ -88,7 +114,9 @@ pub fn api_name(api: ApiKey) -> &'static str {
 
 /// Converts a topic-name string from a request into the response's `TopicName`.
 pub(crate) fn topic_name(name: &str) -> kafka_protocol::messages::TopicName {
-    kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_string(name.to_string()))
+    kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_string(
+        name.to_string(),
+    ))
 }
 
 pub(crate) fn str_bytes(s: impl Into<String>) -> kafka_protocol::protocol::StrBytes {

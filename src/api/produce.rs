@@ -32,7 +32,10 @@ pub async fn handle(
                     "transactions are not supported by this broker",
                 ))
             } else if !matches!(acks, -1..=1) {
-                Err(ApiError::new(ResponseError::InvalidRequiredAcks, format!("acks={acks} is not 0, 1 or -1")))
+                Err(ApiError::new(
+                    ResponseError::InvalidRequiredAcks,
+                    format!("acks={acks} is not 0, 1 or -1"),
+                ))
             } else {
                 append(broker, topic.as_deref(), &name, data.index, data.records).await
             };
@@ -40,7 +43,8 @@ pub async fn handle(
                 Ok(appended) => {
                     let bytes = appended.1;
                     let appended = appended.0;
-                    metrics::counter!("strata_bytes_in_total", "topic" => name.clone()).increment(bytes as u64);
+                    metrics::counter!("strata_bytes_in_total", "topic" => name.clone())
+                        .increment(bytes as u64);
                     response = response
                         .with_base_offset(appended.base_offset)
                         .with_log_append_time_ms(appended.log_append_time_ms)
@@ -54,9 +58,10 @@ pub async fn handle(
                         .with_base_offset(-1)
                         .with_error_message(Some(str_bytes(e.message.clone())));
                     if matches!(e.code, ResponseError::InvalidRecord) {
-                        response = response.with_record_errors(vec![BatchIndexAndErrorMessage::default()
-                            .with_batch_index(0)
-                            .with_batch_index_error_message(Some(str_bytes(e.message)))]);
+                        response =
+                            response.with_record_errors(vec![BatchIndexAndErrorMessage::default()
+                                .with_batch_index(0)
+                                .with_batch_index_error_message(Some(str_bytes(e.message)))]);
                     }
                 }
             }
@@ -91,7 +96,8 @@ async fn append(
             format!("{name}-{index} does not exist"),
         )
     })?;
-    let records = records.ok_or_else(|| ApiError::new(ResponseError::InvalidRecord, "records are null"))?;
+    let records =
+        records.ok_or_else(|| ApiError::new(ResponseError::InvalidRecord, "records are null"))?;
     let bytes = records.len();
     let appended = partition
         .append(

@@ -2,7 +2,9 @@
 //! from kafka-protocol, API versions negotiated with ApiVersions.
 
 use bytes::{Buf, BytesMut};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,18 +23,38 @@ impl Client {
         let stream = TcpStream::connect(bootstrap)
             .await
             .map_err(|e| anyhow::anyhow!("connecting to {bootstrap}: {e}"))?;
-        let mut client = Client { stream, correlation_id: 0, versions: Vec::new() };
-        let response = client.send_at(ApiKey::ApiVersions, 0, RequestKind::ApiVersions(ApiVersionsRequest::default())).await?;
-        let ResponseKind::ApiVersions(v) = response else { anyhow::bail!("unexpected ApiVersions response") };
+        let mut client = Client {
+            stream,
+            correlation_id: 0,
+            versions: Vec::new(),
+        };
+        let response = client
+            .send_at(
+                ApiKey::ApiVersions,
+                0,
+                RequestKind::ApiVersions(ApiVersionsRequest::default()),
+            )
+            .await?;
+        let ResponseKind::ApiVersions(v) = response else {
+            anyhow::bail!("unexpected ApiVersions response")
+        };
         if v.error_code != 0 {
             anyhow::bail!("ApiVersions failed with error {}", v.error_code);
         }
-        client.versions = v.api_keys.iter().map(|k| (k.api_key, k.min_version, k.max_version)).collect();
+        client.versions = v
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, k.min_version, k.max_version))
+            .collect();
         Ok(client)
     }
 
     /// Sends `request` at the highest version both sides support.
-    pub async fn send(&mut self, api: ApiKey, request: RequestKind) -> anyhow::Result<ResponseKind> {
+    pub async fn send(
+        &mut self,
+        api: ApiKey,
+        request: RequestKind,
+    ) -> anyhow::Result<ResponseKind> {
         let ours = api.valid_versions();
         let (_, min, max) = self
             .versions
@@ -47,7 +69,12 @@ impl Client {
         self.send_at(api, version, request).await
     }
 
-    async fn send_at(&mut self, api: ApiKey, version: i16, request: RequestKind) -> anyhow::Result<ResponseKind> {
+    async fn send_at(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: RequestKind,
+    ) -> anyhow::Result<ResponseKind> {
         self.correlation_id += 1;
         let header = RequestHeader::default()
             .with_request_api_key(api as i16)

@@ -5,7 +5,9 @@ use kafka_protocol::error::ParseResponseErrorCode;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
-use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
@@ -76,22 +78,45 @@ fn split_pair(item: &str) -> anyhow::Result<(&str, &str)> {
 pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
     let mut client = Client::connect(&args.bootstrap).await?;
     match args.command {
-        TopicCommand::Create { name, partitions, replication_factor, configs } => {
+        TopicCommand::Create {
+            name,
+            partitions,
+            replication_factor,
+            configs,
+        } => {
             let mut topic = CreatableTopic::default()
                 .with_name(TopicName(s(&name)))
                 .with_num_partitions(partitions)
                 .with_replication_factor(replication_factor);
             for item in &configs {
                 let (k, v) = split_pair(item)?;
-                topic.configs.push(CreatableTopicConfig::default().with_name(s(k)).with_value(Some(s(v))));
+                topic.configs.push(
+                    CreatableTopicConfig::default()
+                        .with_name(s(k))
+                        .with_value(Some(s(v))),
+                );
             }
-            let request = CreateTopicsRequest::default().with_topics(vec![topic]).with_timeout_ms(30_000);
-            let ResponseKind::CreateTopics(r) = client.send(ApiKey::CreateTopics, RequestKind::CreateTopics(request)).await? else {
+            let request = CreateTopicsRequest::default()
+                .with_topics(vec![topic])
+                .with_timeout_ms(30_000);
+            let ResponseKind::CreateTopics(r) = client
+                .send(ApiKey::CreateTopics, RequestKind::CreateTopics(request))
+                .await?
+            else {
                 anyhow::bail!("unexpected response");
             };
             for t in &r.topics {
-                check(t.error_code, t.error_message.as_ref(), &format!("creating {}", t.name.as_str()))?;
-                println!("created {} ({} partitions, id {})", t.name.as_str(), t.num_partitions, t.topic_id);
+                check(
+                    t.error_code,
+                    t.error_message.as_ref(),
+                    &format!("creating {}", t.name.as_str()),
+                )?;
+                println!(
+                    "created {} ({} partitions, id {})",
+                    t.name.as_str(),
+                    t.num_partitions,
+                    t.topic_id
+                );
             }
         }
         TopicCommand::List => {
@@ -104,14 +129,23 @@ pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
         TopicCommand::Describe { name } => describe(&mut client, &name).await?,
         TopicCommand::Delete { name } => {
             let request = DeleteTopicsRequest::default()
-                .with_topics(vec![DeleteTopicState::default().with_name(Some(TopicName(s(&name))))])
+                .with_topics(vec![
+                    DeleteTopicState::default().with_name(Some(TopicName(s(&name))))
+                ])
                 .with_topic_names(vec![TopicName(s(&name))])
                 .with_timeout_ms(30_000);
-            let ResponseKind::DeleteTopics(r) = client.send(ApiKey::DeleteTopics, RequestKind::DeleteTopics(request)).await? else {
+            let ResponseKind::DeleteTopics(r) = client
+                .send(ApiKey::DeleteTopics, RequestKind::DeleteTopics(request))
+                .await?
+            else {
                 anyhow::bail!("unexpected response");
             };
             for t in &r.responses {
-                check(t.error_code, t.error_message.as_ref(), &format!("deleting {name}"))?;
+                check(
+                    t.error_code,
+                    t.error_message.as_ref(),
+                    &format!("deleting {name}"),
+                )?;
             }
             println!("deleted {name}");
         }
@@ -119,23 +153,41 @@ pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
             let mut configs = Vec::new();
             for item in &set {
                 let (k, v) = split_pair(item)?;
-                configs.push(AlterableConfig::default().with_name(s(k)).with_config_operation(0).with_value(Some(s(v))));
+                configs.push(
+                    AlterableConfig::default()
+                        .with_name(s(k))
+                        .with_config_operation(0)
+                        .with_value(Some(s(v))),
+                );
             }
             for k in &delete {
-                configs.push(AlterableConfig::default().with_name(s(k)).with_config_operation(1));
+                configs.push(
+                    AlterableConfig::default()
+                        .with_name(s(k))
+                        .with_config_operation(1),
+                );
             }
-            let request = IncrementalAlterConfigsRequest::default().with_resources(vec![AlterConfigsResource::default()
-                .with_resource_type(2)
-                .with_resource_name(s(&name))
-                .with_configs(configs)]);
+            let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+                AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s(&name))
+                    .with_configs(configs),
+            ]);
             let ResponseKind::IncrementalAlterConfigs(r) = client
-                .send(ApiKey::IncrementalAlterConfigs, RequestKind::IncrementalAlterConfigs(request))
+                .send(
+                    ApiKey::IncrementalAlterConfigs,
+                    RequestKind::IncrementalAlterConfigs(request),
+                )
                 .await?
             else {
                 anyhow::bail!("unexpected response");
             };
             for res in &r.responses {
-                check(res.error_code, res.error_message.as_ref(), &format!("altering {name}"))?;
+                check(
+                    res.error_code,
+                    res.error_message.as_ref(),
+                    &format!("altering {name}"),
+                )?;
             }
             println!("altered {name}");
         }
@@ -144,9 +196,15 @@ pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
 }
 
 async fn metadata(client: &mut Client, topic: Option<&str>) -> anyhow::Result<MetadataResponse> {
-    let topics = topic.map(|t| vec![MetadataRequestTopic::default().with_name(Some(TopicName(s(t))))]);
-    let request = MetadataRequest::default().with_topics(topics).with_allow_auto_topic_creation(false);
-    let ResponseKind::Metadata(r) = client.send(ApiKey::Metadata, RequestKind::Metadata(request)).await? else {
+    let topics =
+        topic.map(|t| vec![MetadataRequestTopic::default().with_name(Some(TopicName(s(t))))]);
+    let request = MetadataRequest::default()
+        .with_topics(topics)
+        .with_allow_auto_topic_creation(false);
+    let ResponseKind::Metadata(r) = client
+        .send(ApiKey::Metadata, RequestKind::Metadata(request))
+        .await?
+    else {
         anyhow::bail!("unexpected response");
     };
     Ok(r)
@@ -154,9 +212,16 @@ async fn metadata(client: &mut Client, topic: Option<&str>) -> anyhow::Result<Me
 
 async fn describe(client: &mut Client, name: &str) -> anyhow::Result<()> {
     let meta = metadata(client, Some(name)).await?;
-    let topic = meta.topics.first().ok_or_else(|| anyhow::anyhow!("no metadata for {name}"))?;
+    let topic = meta
+        .topics
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no metadata for {name}"))?;
     check(topic.error_code, None, &format!("describing {name}"))?;
-    println!("topic {name} id {} partitions {}", topic.topic_id, topic.partitions.len());
+    println!(
+        "topic {name} id {} partitions {}",
+        topic.topic_id,
+        topic.partitions.len()
+    );
     for p in &topic.partitions {
         println!(
             "  partition {} leader {} epoch {} replicas {:?} isr {:?}",
@@ -167,18 +232,33 @@ async fn describe(client: &mut Client, name: &str) -> anyhow::Result<()> {
             p.isr_nodes.iter().map(|b| b.0).collect::<Vec<_>>()
         );
     }
-    let request = DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
-        .with_resource_type(2)
-        .with_resource_name(s(name))]);
-    let ResponseKind::DescribeConfigs(r) = client.send(ApiKey::DescribeConfigs, RequestKind::DescribeConfigs(request)).await? else {
+    let request =
+        DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(s(name))]);
+    let ResponseKind::DescribeConfigs(r) = client
+        .send(
+            ApiKey::DescribeConfigs,
+            RequestKind::DescribeConfigs(request),
+        )
+        .await?
+    else {
         anyhow::bail!("unexpected response");
     };
     for res in &r.results {
-        check(res.error_code, res.error_message.as_ref(), "describing configs")?;
+        check(
+            res.error_code,
+            res.error_message.as_ref(),
+            "describing configs",
+        )?;
         println!("  configs:");
         for c in &res.configs {
             let value = c.value.as_ref().map(|v| v.as_str()).unwrap_or("null");
-            let marker = if c.config_source == 1 { " (override)" } else { "" };
+            let marker = if c.config_source == 1 {
+                " (override)"
+            } else {
+                ""
+            };
             println!("    {}={}{}", c.name.as_str(), value, marker);
         }
     }

@@ -10,7 +10,11 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    ready: Arc<AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(

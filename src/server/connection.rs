@@ -11,8 +11,8 @@ use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     find_coordinator_response::FindCoordinatorResponse, ApiKey, HeartbeatResponse,
-    JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse, ResponseKind,
-    SaslHandshakeResponse, SyncGroupResponse,
+    JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse, ResponseKind, SaslHandshakeResponse,
+    SyncGroupResponse,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -70,10 +70,18 @@ pub async fn serve(
 }
 
 /// `None`: nothing to send (acks=0). `Some(Err(()))`: close the connection.
-async fn respond(broker: &Arc<Broker>, body: &Bytes, peer: SocketAddr) -> Option<Result<Bytes, ()>> {
+async fn respond(
+    broker: &Arc<Broker>,
+    body: &Bytes,
+    peer: SocketAddr,
+) -> Option<Result<Bytes, ()>> {
     let request = match parse(body) {
         Ok(r) => r,
-        Err(RequestError::Unsupported { api, version, correlation_id }) => {
+        Err(RequestError::Unsupported {
+            api,
+            version,
+            correlation_id,
+        }) => {
             tracing::info!(%peer, ?api, version, "unsupported API version");
             return Some(unsupported(api, version, correlation_id).ok_or(()));
         }
@@ -109,13 +117,27 @@ fn unsupported(api: ApiKey, version: i16, correlation_id: i32) -> Option<Bytes> 
     }
     let code = ResponseError::UnsupportedVersion.code();
     let body = match api {
-        ApiKey::FindCoordinator => ResponseKind::FindCoordinator(FindCoordinatorResponse::default().with_error_code(code)),
-        ApiKey::JoinGroup => ResponseKind::JoinGroup(JoinGroupResponse::default().with_error_code(code)),
-        ApiKey::SyncGroup => ResponseKind::SyncGroup(SyncGroupResponse::default().with_error_code(code)),
-        ApiKey::Heartbeat => ResponseKind::Heartbeat(HeartbeatResponse::default().with_error_code(code)),
-        ApiKey::LeaveGroup => ResponseKind::LeaveGroup(LeaveGroupResponse::default().with_error_code(code)),
-        ApiKey::ListGroups => ResponseKind::ListGroups(ListGroupsResponse::default().with_error_code(code)),
-        ApiKey::SaslHandshake => ResponseKind::SaslHandshake(SaslHandshakeResponse::default().with_error_code(code)),
+        ApiKey::FindCoordinator => {
+            ResponseKind::FindCoordinator(FindCoordinatorResponse::default().with_error_code(code))
+        }
+        ApiKey::JoinGroup => {
+            ResponseKind::JoinGroup(JoinGroupResponse::default().with_error_code(code))
+        }
+        ApiKey::SyncGroup => {
+            ResponseKind::SyncGroup(SyncGroupResponse::default().with_error_code(code))
+        }
+        ApiKey::Heartbeat => {
+            ResponseKind::Heartbeat(HeartbeatResponse::default().with_error_code(code))
+        }
+        ApiKey::LeaveGroup => {
+            ResponseKind::LeaveGroup(LeaveGroupResponse::default().with_error_code(code))
+        }
+        ApiKey::ListGroups => {
+            ResponseKind::ListGroups(ListGroupsResponse::default().with_error_code(code))
+        }
+        ApiKey::SaslHandshake => {
+            ResponseKind::SaslHandshake(SaslHandshakeResponse::default().with_error_code(code))
+        }
         _ => return None,
     };
     encode_response(api, version, correlation_id, &body).ok()

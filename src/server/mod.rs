@@ -79,7 +79,11 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     let admin_addr = admin_listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    tasks.spawn(admin::serve(admin_listener, ready.clone(), shutdown_rx.clone()));
+    tasks.spawn(admin::serve(
+        admin_listener,
+        ready.clone(),
+        shutdown_rx.clone(),
+    ));
 
     let broker = tokio::task::spawn_blocking(move || Broker::open(config, clock)).await??;
     let broker = Arc::new(broker);
@@ -94,7 +98,12 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         broker.config.broker.queued_max_request_bytes,
         broker.config.broker.socket_request_max_bytes,
     );
-    tasks.spawn(accept_loop(broker.clone(), listener, budget, shutdown_rx.clone()));
+    tasks.spawn(accept_loop(
+        broker.clone(),
+        listener,
+        budget,
+        shutdown_rx.clone(),
+    ));
     tasks.spawn(background(broker.clone(), shutdown_rx));
     ready.store(true, Ordering::SeqCst);
     tracing::info!(%kafka_addr, %admin_addr, data_dir = %broker.config.data_dir.display(), "strata ready");
@@ -114,8 +123,13 @@ fn advertised(config: &Config, bound: SocketAddr) -> anyhow::Result<(String, i32
             let (host, port) = a
                 .rsplit_once(':')
                 .ok_or_else(|| anyhow::anyhow!("--advertise must be host:port, got {a:?}"))?;
-            let port: i32 = port.parse().map_err(|_| anyhow::anyhow!("--advertise port in {a:?} is not a number"))?;
-            Ok((host.trim_matches(|c| c == '[' || c == ']').to_string(), port))
+            let port: i32 = port
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--advertise port in {a:?} is not a number"))?;
+            Ok((
+                host.trim_matches(|c| c == '[' || c == ']').to_string(),
+                port,
+            ))
         }
         None => Ok((bound.ip().to_string(), bound.port() as i32)),
     }
@@ -130,7 +144,9 @@ async fn accept_loop(
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { break };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.changed() => break,
@@ -159,7 +175,8 @@ async fn accept_loop(
 /// Retention every `log.retention.check.interval.ms`, flush.ms every tick, producer snapshots with
 /// retention so that replay after a crash stays short.
 async fn background(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
-    let retention_every = Duration::from_millis(broker.config.broker.log_retention_check_interval_ms.max(1) as u64);
+    let retention_every =
+        Duration::from_millis(broker.config.broker.log_retention_check_interval_ms.max(1) as u64);
     let mut retention = tokio::time::interval(retention_every);
     let mut flush = tokio::time::interval(FLUSH_TICK);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -188,8 +205,15 @@ fn apply_retention(broker: &Broker) {
     for p in broker.partitions() {
         match p.apply_retention(now) {
             Ok(0) => {}
-            Ok(n) => tracing::info!(topic = p.topic, partition = p.index, segments = n, "retention deleted segments"),
-            Err(e) => tracing::error!(topic = p.topic, partition = p.index, error = %e, "retention failed"),
+            Ok(n) => tracing::info!(
+                topic = p.topic,
+                partition = p.index,
+                segments = n,
+                "retention deleted segments"
+            ),
+            Err(e) => {
+                tracing::error!(topic = p.topic, partition = p.index, error = %e, "retention failed")
+            }
         }
         if let Err(e) = p.snapshot_producers() {
             tracing::warn!(topic = p.topic, partition = p.index, error = %e, "producer snapshot failed");

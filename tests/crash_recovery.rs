@@ -45,8 +45,13 @@ impl Broker {
             }
             for _ in lines {}
         });
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("broker ready line");
-        assert!(line.starts_with("strata ready"), "unexpected first line {line:?}");
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("broker ready line");
+        assert!(
+            line.starts_with("strata ready"),
+            "unexpected first line {line:?}"
+        );
         Broker { child }
     }
 
@@ -73,7 +78,10 @@ impl ProducerContext for Acks {
         match result {
             Ok(m) => {
                 let value = String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap();
-                self.0.lock().unwrap().push((value, m.partition(), m.offset()));
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push((value, m.partition(), m.offset()));
             }
             Err(_) => *self.1.lock().unwrap() += 1,
         }
@@ -81,7 +89,11 @@ impl ProducerContext for Acks {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -121,7 +133,7 @@ fn acknowledged_records_survive_twenty_kill_nines_exactly_once() {
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
-                if i % 50 == 0 {
+                if i.is_multiple_of(50) {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }
@@ -133,7 +145,10 @@ fn acknowledged_records_survive_twenty_kill_nines_exactly_once() {
         let before = acks.0.lock().unwrap().len();
         let deadline = Instant::now() + Duration::from_secs(30);
         while acks.0.lock().unwrap().len() < before + 200 {
-            assert!(Instant::now() < deadline, "round {round}: no progress after restart");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no progress after restart"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         std::thread::sleep(Duration::from_millis(50 + (round as u64 * 37) % 250));
@@ -142,10 +157,18 @@ fn acknowledged_records_survive_twenty_kill_nines_exactly_once() {
     }
     stop.store(true, Ordering::SeqCst);
     writer.join().unwrap();
-    assert_eq!(producer.flush(Duration::from_secs(120)), Ok(()), "flush after the last restart");
+    assert_eq!(
+        producer.flush(Duration::from_secs(120)),
+        Ok(()),
+        "flush after the last restart"
+    );
     let acked = acks.0.lock().unwrap().clone();
     assert_eq!(*acks.1.lock().unwrap(), 0, "no record may fail delivery");
-    assert_eq!(acked.len(), *sent.lock().unwrap(), "every sent record acknowledged");
+    assert_eq!(
+        acked.len(),
+        *sent.lock().unwrap(),
+        "every sent record acknowledged"
+    );
 
     // Read the whole log back and check exactly-once for every acknowledged value.
     let consumer: BaseConsumer = ClientConfig::new()
@@ -157,9 +180,12 @@ fn acknowledged_records_survive_twenty_kill_nines_exactly_once() {
     let mut tpl = TopicPartitionList::new();
     let mut ends = HashMap::new();
     for p in 0..2 {
-        let (_, high) = consumer.fetch_watermarks(TOPIC, p, Duration::from_secs(10)).unwrap();
+        let (_, high) = consumer
+            .fetch_watermarks(TOPIC, p, Duration::from_secs(10))
+            .unwrap();
         ends.insert(p, high);
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let total: i64 = ends.values().sum();
@@ -169,7 +195,9 @@ fn acknowledged_records_survive_twenty_kill_nines_exactly_once() {
     let mut read = 0i64;
     while read < total {
         assert!(Instant::now() < deadline, "consumed {read} of {total}");
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         let m = m.unwrap();
         read += 1;
         let value = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
@@ -179,8 +207,15 @@ fn acknowledged_records_survive_twenty_kill_nines_exactly_once() {
     }
     assert_eq!(duplicates, 0, "the log holds duplicated records");
     for (value, partition, offset) in &acked {
-        assert_eq!(seen.get(value), Some(&(*partition, *offset)), "acknowledged {value} missing or moved");
+        assert_eq!(
+            seen.get(value),
+            Some(&(*partition, *offset)),
+            "acknowledged {value} missing or moved"
+        );
     }
-    eprintln!("crash test: {} records acknowledged over {ROUNDS} kill -9 rounds, log holds {total}", acked.len());
+    eprintln!(
+        "crash test: {} records acknowledged over {ROUNDS} kill -9 rounds, log holds {total}",
+        acked.len()
+    );
     broker.kill9();
 }

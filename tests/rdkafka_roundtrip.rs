@@ -28,11 +28,19 @@ struct Rec {
 
 fn record(i: usize) -> Rec {
     Rec {
-        key: (i % 7 != 0).then(|| format!("key-{i}").into_bytes()),
-        value: (i % 5 != 0).then(|| format!("value-{i}-{}", "x".repeat(i % 300)).into_bytes()),
+        key: (!i.is_multiple_of(7)).then(|| format!("key-{i}").into_bytes()),
+        value: (!i.is_multiple_of(5))
+            .then(|| format!("value-{i}-{}", "x".repeat(i % 300)).into_bytes()),
         headers: vec![
             ("seq".into(), Some(i.to_string().into_bytes())),
-            ("empty".into(), if i % 2 == 0 { None } else { Some(Vec::new()) }),
+            (
+                "empty".into(),
+                if i.is_multiple_of(2) {
+                    None
+                } else {
+                    Some(Vec::new())
+                },
+            ),
         ],
         timestamp: BASE_TS + i as i64,
     }
@@ -64,7 +72,10 @@ async fn produce(bootstrap: &str, topic: &str, codec: &str) -> HashMap<i32, Vec<
         let rec = record(i);
         let mut headers = OwnedHeaders::new();
         for (k, v) in &rec.headers {
-            headers = headers.insert(Header { key: k, value: v.as_deref() });
+            headers = headers.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
         }
         let partition = (i % PARTITIONS as usize) as i32;
         let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
@@ -77,14 +88,23 @@ async fn produce(bootstrap: &str, topic: &str, codec: &str) -> HashMap<i32, Vec<
         if let Some(v) = &rec.value {
             fr = fr.payload(v.as_slice());
         }
-        let future = producer.send_result(fr).map_err(|(e, _)| e).expect("enqueue");
+        let future = producer
+            .send_result(fr)
+            .map_err(|(e, _)| e)
+            .expect("enqueue");
         pending.push((partition, rec, future));
     }
     let mut by_partition: HashMap<i32, Vec<(i64, Rec)>> = HashMap::new();
     for (partition, rec, future) in pending {
-        let delivery = future.await.expect("delivery not cancelled").expect("delivered");
+        let delivery = future
+            .await
+            .expect("delivery not cancelled")
+            .expect("delivered");
         assert_eq!(delivery.partition, partition);
-        by_partition.entry(partition).or_default().push((delivery.offset, rec));
+        by_partition
+            .entry(partition)
+            .or_default()
+            .push((delivery.offset, rec));
     }
     for list in by_partition.values_mut() {
         list.sort_by_key(|(o, _)| *o);
@@ -96,15 +116,21 @@ fn consume_all(bootstrap: &str, topic: &str, expected: usize) -> HashMap<i32, Ve
     let consumer = consumer(bootstrap);
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("offset");
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("offset");
     }
     consumer.assign(&tpl).expect("assign");
     let mut got: HashMap<i32, Vec<(i64, Rec)>> = HashMap::new();
     let mut count = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while count < expected {
-        assert!(std::time::Instant::now() < deadline, "timed out after {count} of {expected} records");
-        let Some(msg) = consumer.poll(Duration::from_millis(200)) else { continue };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {count} of {expected} records"
+        );
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         let msg = msg.expect("consume error");
         let headers = msg
             .headers()
@@ -120,7 +146,9 @@ fn consume_all(bootstrap: &str, topic: &str, expected: usize) -> HashMap<i32, Ve
             headers,
             timestamp: msg.timestamp().to_millis().expect("timestamp"),
         };
-        got.entry(msg.partition()).or_default().push((msg.offset(), rec));
+        got.entry(msg.partition())
+            .or_default()
+            .push((msg.offset(), rec));
         count += 1;
     }
     got
@@ -146,7 +174,10 @@ async fn hundred_thousand_records_over_five_codecs_round_trip() {
                 assert_eq!(w, g, "{codec} partition {p}: record differs");
             }
             // Offsets are dense from 0 in each partition.
-            assert!(got.iter().enumerate().all(|(i, (o, _))| *o == i as i64), "{codec}: offsets not dense");
+            assert!(
+                got.iter().enumerate().all(|(i, (o, _))| *o == i as i64),
+                "{codec}: offsets not dense"
+            );
         }
 
         // ListOffsets by timestamp: record i of partition p has timestamp BASE_TS + i*3 + p.
@@ -161,7 +192,9 @@ async fn hundred_thousand_records_over_five_codecs_round_trip() {
                 for p in 0..PARTITIONS {
                     tpl.add_partition_offset(&t, p, Offset::Offset(ts)).unwrap();
                 }
-                let found = consumer.offsets_for_times(tpl, Duration::from_secs(10)).expect("offsets_for_times");
+                let found = consumer
+                    .offsets_for_times(tpl, Duration::from_secs(10))
+                    .expect("offsets_for_times");
                 for elem in found.elements() {
                     let p = elem.partition();
                     let expected = want_offsets[&p]

@@ -19,7 +19,11 @@ impl TestBroker {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let running = start_in(&dir, settings).await;
-        TestBroker { running, dir, _tmp: Some(tmp) }
+        TestBroker {
+            running,
+            dir,
+            _tmp: Some(tmp),
+        }
     }
 
     pub fn bootstrap(&self) -> String {
@@ -42,7 +46,10 @@ impl TestBroker {
 pub async fn start_in(dir: &Path, settings: &[(&str, &str)]) -> RunningBroker {
     init_logging();
     let mut config = Config::for_tests(dir);
-    let map: BTreeMap<String, String> = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let map: BTreeMap<String, String> = settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     config.broker = BrokerSettings::from_map(&map).expect("valid test settings");
     strata::server::start(config).await.expect("broker starts")
 }

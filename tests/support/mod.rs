@@ -10,7 +10,7 @@ use strata::server::RunningBroker;
 pub struct TestBroker {
     pub running: RunningBroker,
     pub dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
+    pub _tmp: Option<tempfile::TempDir>,
 }
 
 impl TestBroker {

@@ -7,7 +7,7 @@
 //!
 //! A missing client skips its test (`SKIP <test>: <tool> not installed`) unless
 //! `STRATA_REQUIRE_EXTERNAL=1`, which `.ci/run` sets after installing every client; then a
-//! missing client fails the test.
+//! missing client fails the test. `STRATA_BIN=/path/to/strata` runs them against another build.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -29,6 +29,13 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// The broker binary: this crate's `strata`, or `STRATA_BIN` to test another build.
+fn strata_bin() -> PathBuf {
+    std::env::var_os("STRATA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_strata")))
 }
 
 fn python() -> String {
@@ -89,7 +96,7 @@ impl BrokerProcess {
         let dir = tempfile::tempdir().expect("create temp dir");
         let stderr_path = dir.path().join("broker.stderr");
         let stderr = File::create(&stderr_path).expect("create broker stderr file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+        let mut cmd = Command::new(strata_bin());
         cmd.args([
             "serve",
             "--listen",
@@ -157,7 +164,7 @@ impl BrokerProcess {
 
     /// The last lines the broker wrote to stderr, for failure messages.
     fn stderr_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let text = strip_ansi(&std::fs::read_to_string(&self.stderr_path).unwrap_or_default());
         let lines: Vec<&str> = text.lines().collect();
         let from = lines.len().saturating_sub(80);
         format!(
@@ -208,6 +215,24 @@ impl Drop for BrokerProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Drops terminal colour sequences (`ESC [ ... m`) from log text.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn parse_ready_line(line: &str) -> Option<(String, String)> {

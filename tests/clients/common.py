@@ -32,7 +32,10 @@ class Got(NamedTuple):
     timestamp: int
 
 
-def make_records(n: int = N_RECORDS) -> List[Rec]:
+def make_records(n: int = N_RECORDS, null_header_values: bool = True) -> List[Rec]:
+    """The record set. `null_header_values=False` for clients that cannot send a header with a
+    null value (kafka-python rejects it in send()); those headers then carry b"null" instead.
+    No record has both a null key and a null value (aiokafka refuses to send one)."""
     # A minute in the past: well inside any broker's timestamp acceptance window.
     base_ts = int(time.time() * 1000) - 60_000
     recs = []
@@ -44,7 +47,7 @@ def make_records(n: int = N_RECORDS) -> List[Rec]:
         else:
             key = f"key-{i}".encode()
 
-        if i % 13 == 5:
+        if i % 13 == 5 and key is not None:
             value = None
         elif i % 17 == 3:
             value = b""
@@ -65,6 +68,8 @@ def make_records(n: int = N_RECORDS) -> List[Rec]:
         else:
             headers = [("\u00fcn\u00ef", "\u2713".encode()), ("null", None)]
 
+        if not null_header_values:
+            headers = [(k, b"null" if v is None else v) for k, v in headers]
         recs.append(Rec(key, value, headers, base_ts + i))
     return recs
 

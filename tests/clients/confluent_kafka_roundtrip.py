@@ -8,7 +8,7 @@ Checks, collecting every difference before exiting 1:
     half zstd-compressed and half lz4-compressed; every delivery report is
     error-free and the reported offsets are 0..999 in order;
   * Metadata: the topic exists with one partition and a leader;
-  * ListOffsets: watermarks are (0, 1000); offsets_for_times finds record 300;
+  * ListOffsets: watermarks are (0, 1000); offsets_for_times finds record 321;
   * Fetch from the beginning with assign() (no consumer group: group.id is set
     only because librdkafka's consumer requires one, auto commit is off and no
     offsets are committed): every key, value, header, CreateTime timestamp and
@@ -113,15 +113,6 @@ def main():
     produce(bootstrap, topic, recs, diffs)
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    md = admin.list_topics(topic=topic, timeout=10)
-    tmd = md.topics.get(topic)
-    if tmd is None or tmd.error is not None:
-        diffs.append(f"metadata for {topic}: {tmd and tmd.error}")
-    elif list(tmd.partitions) != [0] or tmd.partitions[0].leader < 0:
-        diffs.append(f"metadata for {topic}: partitions {tmd.partitions}")
-    if not md.brokers:
-        diffs.append("metadata lists no broker")
-
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -137,31 +128,57 @@ def main():
         }
     )
 
-    lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-    if (lo, hi) != (0, n):
-        diffs.append(f"watermarks: expected (0, {n}), got ({lo}, {hi})")
+    def metadata():
+        md = admin.list_topics(topic=topic, timeout=10)
+        tmd = md.topics.get(topic)
+        if tmd is None or tmd.error is not None:
+            diffs.append(f"metadata for {topic}: {tmd and tmd.error}")
+        elif list(tmd.partitions) != [0] or tmd.partitions[0].leader < 0:
+            diffs.append(f"metadata for {topic}: partitions {tmd.partitions}")
+        if not md.brokers:
+            diffs.append("metadata lists no broker")
 
-    got = consume(consumer, topic, 0, n)
-    diffs += common.compare(recs, got)
+    def watermarks():
+        lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        if (lo, hi) != (0, n):
+            diffs.append(f"watermarks: expected (0, {n}), got ({lo}, {hi})")
 
-    got = consume(consumer, topic, 517, 20)[:20]
-    diffs += [f"from offset 517: {d}" for d in common.compare(recs[517:537], got, first_offset=517)]
+    def from_beginning():
+        diffs.extend(common.compare(recs, consume(consumer, topic, 0, n)))
 
-    found = consumer.offsets_for_times([TopicPartition(topic, 0, recs[300].timestamp)], timeout=10)
-    if found[0].error is not None or found[0].offset != 300:
-        diffs.append(f"offsets_for_times(ts of record 300): got offset {found[0].offset}, error {found[0].error}")
-    consumer.close()
+    def from_middle():
+        got = consume(consumer, topic, 517, 20)[:20]
+        diffs.extend(f"from offset 517: {d}" for d in common.compare(recs[517:537], got, first_offset=517))
 
-    created = topic + "-created"
-    futures = admin.create_topics([NewTopic(created, num_partitions=3, replication_factor=1)], operation_timeout=10)
-    try:
+    def by_time():
+        found = consumer.offsets_for_times([TopicPartition(topic, 0, recs[321].timestamp)], timeout=10)
+        if found[0].error is not None or found[0].offset != 321:
+            diffs.append(f"offsets_for_times(ts of record 321): got offset {found[0].offset}, error {found[0].error}")
+
+    def create_topic():
+        created = topic + "-created"
+        futures = admin.create_topics(
+            [NewTopic(created, num_partitions=3, replication_factor=1)], operation_timeout=10
+        )
         futures[created].result(timeout=15)
         md = admin.list_topics(topic=created, timeout=10)
         parts = sorted(md.topics[created].partitions) if created in md.topics else None
         if parts != [0, 1, 2]:
             diffs.append(f"created topic {created}: partitions {parts}, expected [0, 1, 2]")
-    except Exception as e:  # noqa: BLE001 - report whatever the client raised
-        diffs.append(f"create_topics({created}): {e}")
+
+    for what, section in [
+        ("metadata", metadata),
+        ("watermarks", watermarks),
+        ("fetch from the beginning", from_beginning),
+        ("fetch from offset 517", from_middle),
+        ("offsets_for_times", by_time),
+        ("create_topics", create_topic),
+    ]:
+        try:
+            section()
+        except Exception as e:  # noqa: BLE001 - report and go on with the next check
+            diffs.append(f"{what}: {type(e).__name__}: {e}")
+    consumer.close()
 
     common.report(CLIENT, diffs)
 

@@ -77,10 +77,9 @@ async def fetch(consumer, count, deadline_s=20):
     return got
 
 
-async def run(bootstrap, topic):
+async def run(bootstrap, topic, diffs):
     recs = common.make_records()
     n = len(recs)
-    diffs = []
 
     await produce(bootstrap, topic, recs, diffs)
 
@@ -129,13 +128,13 @@ async def run(bootstrap, topic):
                 diffs.append(f"{what}: {type(e).__name__}: {e}")
     finally:
         await consumer.stop()
-    return diffs
 
 
 def main():
     bootstrap, topic = sys.argv[1], sys.argv[2]
-    common.arm_timeout(CLIENT, 60)
-    diffs = asyncio.run(run(bootstrap, topic))
+    diffs = []
+    common.arm_timeout(CLIENT, 75, diffs)
+    asyncio.run(run(bootstrap, topic, diffs))
     common.report(CLIENT, diffs)
 
 

@@ -130,14 +130,17 @@ def check(client: str, cond: bool, msg: str) -> None:
         fail(client, msg)
 
 
-def arm_timeout(client: str, seconds: int) -> None:
-    """Hard per-script deadline, independent of the caller's timeout."""
+def arm_timeout(client: str, seconds: int, diffs: List[str]) -> None:
+    """Hard per-script deadline, independent of the caller's timeout. On expiry it prints the
+    differences found so far, so a hang late in the script does not hide earlier findings."""
+    import os
     import signal
 
     def on_alarm(_sig, _frame):
-        print(f"FAIL {client}: script timeout after {seconds}s", file=sys.stderr, flush=True)
-        import os
-
+        print(f"FAIL {client}: script timeout after {seconds}s; differences so far:", file=sys.stderr)
+        for d in diffs[:50]:
+            print("  " + d, file=sys.stderr)
+        sys.stderr.flush()
         os._exit(2)
 
     signal.signal(signal.SIGALRM, on_alarm)

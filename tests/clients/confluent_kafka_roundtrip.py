@@ -105,10 +105,10 @@ def consume(consumer, topic, start_offset, count, deadline_s=20):
 
 def main():
     bootstrap, topic = sys.argv[1], sys.argv[2]
-    common.arm_timeout(CLIENT, 60)
     recs = common.make_records()
     n = len(recs)
     diffs = []
+    common.arm_timeout(CLIENT, 75, diffs)
 
     produce(bootstrap, topic, recs, diffs)
 

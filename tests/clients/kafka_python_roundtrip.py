@@ -85,11 +85,11 @@ def poll_records(consumer, count, deadline_s=20):
 
 def main():
     bootstrap, topic = sys.argv[1], sys.argv[2]
-    common.arm_timeout(CLIENT, 60)
     # kafka-python's send() accepts only bytes header values (no null); it decodes null ones.
     recs = common.make_records(null_header_values=False)
     n = len(recs)
     diffs = []
+    common.arm_timeout(CLIENT, 75, diffs)
 
     produce(bootstrap, topic, recs, diffs)
 

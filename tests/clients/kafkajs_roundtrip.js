@@ -36,11 +36,15 @@ if (!bootstrap || !topic) {
   process.exit(2)
 }
 
+// Every difference found, reported at the end (or at the deadline).
+const diffs = []
+
 // Hard per-script deadline, independent of the caller's timeout.
 setTimeout(() => {
-  console.error(`FAIL ${CLIENT}: script timeout after 60s`)
+  console.error(`FAIL ${CLIENT}: script timeout after 75s; differences so far:`)
+  for (const d of diffs.slice(0, 50)) console.error('  ' + d)
   process.exit(2)
-}, 60000).unref()
+}, 75000).unref()
 
 // Text-only records (kcat's JSON output is compared against these), with null
 // keys, null and empty values, a large value, repeated header keys and headers
@@ -142,7 +146,6 @@ async function main() {
     retry: { retries: 3 },
   })
   const recs = makeRecords(N_RECORDS)
-  const diffs = []
 
   const producer = kafka.producer({ allowAutoTopicCreation: true })
   await producer.connect()

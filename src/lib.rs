@@ -1,3 +1,23 @@
 //! strata: a Kafka-compatible streaming broker with a durable local log.
+//!
+//! Layers (see DESIGN.md): `protocol` (framing, versions) → `server` (connections) → `api` (one
+//! file per Kafka API) → `broker` (topic registry) → `partition` (log owner, producer state) →
+//! `log` (segments, indexes, recovery) and `record` (RecordBatch v2 validation).
 
+pub mod alloc;
+pub mod api;
+pub mod broker;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod log;
+pub mod partition;
+pub mod protocol;
 pub mod record;
+pub mod server;
+pub mod telemetry;
+
+#[global_allocator]
+static ALLOCATOR: alloc::GuardedAlloc = alloc::GuardedAlloc;

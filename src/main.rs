@@ -1,1 +1,72 @@
-fn main() {}
+//! The `strata` binary: `strata serve` runs a broker; `strata topic ...` administers topics.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use strata::cli::topic::TopicArgs;
+use strata::config::ServeArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "Kafka-compatible streaming broker with Parquet tiering"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker (no flags needed: 127.0.0.1:9092, admin on 127.0.0.1:9094, ./strata-data).
+    Serve(ServeArgs),
+    /// Create, list, describe, delete topics and alter their configs.
+    Topic(TopicArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    strata::telemetry::init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Topic(args) => strata::cli::topic::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    let running = strata::server::start(config).await?;
+    // One line on stdout that scripts and tests can wait for; logs go to stderr.
+    println!(
+        "strata ready kafka={} admin={}",
+        running.kafka_addr(),
+        running.admin_addr()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+    }
+    running.shutdown().await;
+    Ok(())
+}

@@ -49,6 +49,33 @@ pub enum BatchError {
     Decompress(String),
     #[error("decompressed records exceed {limit} bytes")]
     DecompressedTooLarge { limit: usize },
+    #[error("batch of {size} bytes exceeds the maximum of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+}
+
+impl BatchError {
+    /// The Kafka error code a produce response carries for this error.
+    ///
+    /// Follows Kafka's `LogValidator` and `ProduceRequest.validateRecords`: a broken envelope
+    /// (CRC, sizes, truncation, undecodable compressed payload) is CORRUPT_MESSAGE, a batch over
+    /// `max.message.bytes` is MESSAGE_TOO_LARGE, a well-formed batch whose contents break the
+    /// rules (offset deltas, counts, headers, a non-v2 magic on Produce v3+) is INVALID_RECORD.
+    /// A decompression bomb is reported as corrupt: the client cannot fix it by splitting.
+    pub fn kafka_error_code(&self) -> i16 {
+        use kafka_protocol::ResponseError;
+        match self {
+            BatchError::Truncated { .. }
+            | BatchError::Length(_)
+            | BatchError::Crc { .. }
+            | BatchError::Decompress(_)
+            | BatchError::DecompressedTooLarge { .. } => ResponseError::CorruptMessage.code(),
+            BatchError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
+            BatchError::Magic(_) | BatchError::InvalidRecord(_) => {
+                ResponseError::InvalidRecord.code()
+            }
+            BatchError::Codec(_) => ResponseError::UnsupportedCompressionType.code(),
+        }
+    }
 }
 
 /// Compression codec in attribute bits 0-2.
@@ -70,6 +97,17 @@ impl Codec {
             3 => Ok(Codec::Lz4),
             4 => Ok(Codec::Zstd),
             other => Err(BatchError::Codec(other as u8)),
+        }
+    }
+
+    /// The codec's value in attribute bits 0-2.
+    pub fn attribute_bits(self) -> i16 {
+        match self {
+            Codec::None => 0,
+            Codec::Gzip => 1,
+            Codec::Snappy => 2,
+            Codec::Lz4 => 3,
+            Codec::Zstd => 4,
         }
     }
 }

@@ -1,0 +1,62 @@
+//! OffsetForLeaderEpoch (KIP-101, KIP-320): the end offset of the largest epoch <= the one asked,
+//! from the partition's leader-epoch cache. librdkafka validates positions with it after leader
+//! changes, so the epochs are real ones.
+
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
+
+use super::fetch::epoch_error;
+use crate::broker::Broker;
+
+pub fn handle(
+    broker: &Arc<Broker>,
+    request: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let topic = broker.topic(t.topic.as_str());
+            let partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let out = EpochEndOffset::default().with_partition(p.partition);
+                    let Some(partition) = topic.as_ref().and_then(|t| t.partition(p.partition))
+                    else {
+                        return out
+                            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                            .with_leader_epoch(-1)
+                            .with_end_offset(-1);
+                    };
+                    if let Some(e) = epoch_error(partition.leader_epoch(), p.current_leader_epoch) {
+                        return out
+                            .with_error_code(e.code())
+                            .with_leader_epoch(-1)
+                            .with_end_offset(-1);
+                    }
+                    let (epoch, end) = partition.end_offset_for_epoch(p.leader_epoch);
+                    // The cache knows epochs by their first batch; an epoch with no batch yet ends
+                    // at the high watermark when it is the current one.
+                    let (epoch, end) = if epoch < 0 && p.leader_epoch >= partition.leader_epoch() {
+                        (partition.leader_epoch(), partition.high_watermark())
+                    } else if epoch == partition.leader_epoch() {
+                        (epoch, end.min(partition.high_watermark()))
+                    } else {
+                        (epoch, end)
+                    };
+                    out.with_leader_epoch(epoch).with_end_offset(end)
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default()
+                .with_topic(t.topic)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetForLeaderEpochResponse::default().with_topics(topics)
+}

@@ -1,0 +1,110 @@
+//! Produce (v3+: RecordBatch v2 only). Each partition's batch is validated and appended by its
+//! partition; errors are per partition, with a message (v8+). acks=0 gets no response at all.
+
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+
+use super::str_bytes;
+use crate::broker::Broker;
+use crate::error::ApiError;
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: ProduceRequest,
+    _version: i16,
+) -> Option<ProduceResponse> {
+    let acks = request.acks;
+    let mut responses = Vec::with_capacity(request.topic_data.len());
+    for topic_data in request.topic_data {
+        let name = topic_data.name.0.to_string();
+        let topic = broker.topic(&name);
+        let mut partitions = Vec::with_capacity(topic_data.partition_data.len());
+        for data in topic_data.partition_data {
+            let mut response = PartitionProduceResponse::default().with_index(data.index);
+            let outcome = if transactional(&request.transactional_id) {
+                Err(ApiError::new(
+                    ResponseError::TransactionalIdAuthorizationFailed,
+                    "transactions are not supported by this broker",
+                ))
+            } else if !matches!(acks, -1..=1) {
+                Err(ApiError::new(
+                    ResponseError::InvalidRequiredAcks,
+                    format!("acks={acks} is not 0, 1 or -1"),
+                ))
+            } else {
+                append(broker, topic.as_deref(), &name, data.index, data.records).await
+            };
+            match outcome {
+                Ok(appended) => {
+                    let bytes = appended.1;
+                    let appended = appended.0;
+                    metrics::counter!("strata_bytes_in_total", "topic" => name.clone())
+                        .increment(bytes as u64);
+                    response = response
+                        .with_base_offset(appended.base_offset)
+                        .with_log_append_time_ms(appended.log_append_time_ms)
+                        .with_log_start_offset(appended.log_start_offset);
+                }
+                Err(e) => {
+                    tracing::debug!(topic = name, partition = data.index, error = %e, "produce refused");
+                    metrics::counter!("strata_produce_errors_total", "code" => format!("{:?}", e.code)).increment(1);
+                    response = response
+                        .with_error_code(e.code())
+                        .with_base_offset(-1)
+                        .with_error_message(Some(str_bytes(e.message.clone())));
+                    if matches!(e.code, ResponseError::InvalidRecord) {
+                        response =
+                            response.with_record_errors(vec![BatchIndexAndErrorMessage::default()
+                                .with_batch_index(0)
+                                .with_batch_index_error_message(Some(str_bytes(e.message)))]);
+                    }
+                }
+            }
+            partitions.push(response);
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(topic_data.name)
+                .with_partition_responses(partitions),
+        );
+    }
+    if acks == 0 {
+        return None;
+    }
+    Some(ProduceResponse::default().with_responses(responses))
+}
+
+fn transactional(id: &Option<kafka_protocol::messages::TransactionalId>) -> bool {
+    id.as_ref().is_some_and(|t| !t.0.is_empty())
+}
+
+async fn append(
+    broker: &Broker,
+    topic: Option<&crate::broker::Topic>,
+    name: &str,
+    index: i32,
+    records: Option<bytes::Bytes>,
+) -> Result<(crate::partition::Appended, usize), ApiError> {
+    let partition = topic.and_then(|t| t.partition(index)).ok_or_else(|| {
+        ApiError::new(
+            ResponseError::UnknownTopicOrPartition,
+            format!("{name}-{index} does not exist"),
+        )
+    })?;
+    let records =
+        records.ok_or_else(|| ApiError::new(ResponseError::InvalidRecord, "records are null"))?;
+    let bytes = records.len();
+    let appended = partition
+        .append(
+            records,
+            broker.config.broker.batch_max_decompressed_bytes,
+            broker.clock.now_ms(),
+        )
+        .await?;
+    Ok((appended, bytes))
+}

@@ -1,0 +1,452 @@
+//! The broker: the registry of topics and partitions, and the metadata operations on them.
+//!
+//! Topics are immutable values behind `Arc`; a change (new partitions, new configs) builds a new
+//! `Topic` that shares the unchanged partitions and swaps it into the registry, so readers never
+//! hold a lock while they work on a partition.
+
+pub mod topics;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use kafka_protocol::error::ResponseError;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::config::{topic as topic_config, Config, TopicConfig};
+use crate::error::ApiError;
+use crate::partition::Partition;
+use topics::{Catalogue, TopicRecord};
+
+pub struct Topic {
+    pub name: String,
+    pub id: Uuid,
+    pub overrides: BTreeMap<String, String>,
+    pub config: TopicConfig,
+    pub partitions: Vec<Arc<Partition>>,
+    pub leader_epoch: i32,
+}
+
+impl Topic {
+    pub fn partition(&self, index: i32) -> Option<&Arc<Partition>> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.partitions.get(i))
+    }
+}
+
+/// Producer ids are handed out in blocks whose end is persisted before any id of the block is
+/// used, so ids stay unique across crashes.
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+pub struct Broker {
+    pub config: Config,
+    pub clock: Clock,
+    cluster_id: String,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Serialises catalogue changes and their persistence.
+    catalogue: Mutex<Catalogue>,
+    next_producer_id: AtomicI64,
+    producer_id_limit: Mutex<i64>,
+    /// The address clients are told to connect to.
+    advertised: RwLock<(String, i32)>,
+}
+
+fn partition_dir(config: &Config, topic: &str, index: i32) -> PathBuf {
+    config
+        .data_dir
+        .join("topics")
+        .join(format!("{topic}-{index}"))
+}
+
+impl Broker {
+    /// Loads the catalogue and opens (recovering where needed) every partition.
+    pub fn open(config: Config, clock: Clock) -> anyhow::Result<Broker> {
+        std::fs::create_dir_all(config.data_dir.join("topics"))?;
+        let started = Instant::now();
+        let catalogue = topics::load(&config.data_dir)?;
+        topics::save(&config.data_dir, &catalogue)?;
+        let mut registry = BTreeMap::new();
+        for record in &catalogue.topics {
+            let topic = open_topic(&config, &clock, record, Vec::new())?;
+            registry.insert(record.name.clone(), Arc::new(topic));
+        }
+        let recovery = started.elapsed();
+        metrics::gauge!("strata_log_recovery_seconds").set(recovery.as_secs_f64());
+        tracing::info!(
+            topics = registry.len(),
+            seconds = recovery.as_secs_f64(),
+            "log loaded"
+        );
+        let first_producer_id = read_producer_id_block(&config)?;
+        let broker = Broker {
+            cluster_id: catalogue.cluster_id.clone(),
+            topics: RwLock::new(registry),
+            catalogue: Mutex::new(catalogue),
+            next_producer_id: AtomicI64::new(first_producer_id),
+            producer_id_limit: Mutex::new(first_producer_id),
+            advertised: RwLock::new(("127.0.0.1".into(), 9092)),
+            config,
+            clock,
+        };
+        Ok(broker)
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.config.node_id
+    }
+
+    pub fn set_advertised(&self, host: String, port: i32) {
+        *self.advertised.write().expect("advertised lock") = (host, port);
+    }
+
+    pub fn advertised(&self) -> (String, i32) {
+        self.advertised.read().expect("advertised lock").clone()
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().expect("topics lock").get(name).cloned()
+    }
+
+    pub fn topic_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
+        self.topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .find(|t| t.id == id)
+            .cloned()
+    }
+
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.topics()
+            .iter()
+            .flat_map(|t| t.partitions.iter().cloned())
+            .collect()
+    }
+
+    /// CreateTopics / auto-create. `partitions` and `replication_factor` of -1 mean the broker
+    /// defaults (KIP-464). With `validate_only` nothing changes.
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        overrides: &BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<Topic>, ApiError> {
+        topics::check_topic_name(name)
+            .map_err(|m| ApiError::new(ResponseError::InvalidTopicException, m))?;
+        let settings = &self.config.broker;
+        let partitions = if partitions == -1 {
+            settings.num_partitions
+        } else {
+            partitions
+        };
+        let replication_factor = if replication_factor == -1 {
+            settings.default_replication_factor
+        } else {
+            replication_factor
+        };
+        if partitions <= 0 {
+            return Err(ApiError::new(
+                ResponseError::InvalidPartitions,
+                format!("number of partitions must be positive, got {partitions}"),
+            ));
+        }
+        if partitions > 100_000 {
+            return Err(ApiError::new(
+                ResponseError::InvalidPartitions,
+                format!("{partitions} partitions is more than the limit of 100000"),
+            ));
+        }
+        if replication_factor <= 0 || replication_factor > 1 {
+            return Err(ApiError::new(
+                ResponseError::InvalidReplicationFactor,
+                format!(
+                    "replication factor {replication_factor} is not possible with 1 live broker"
+                ),
+            ));
+        }
+        let overrides = topic_config::check_overrides(overrides)
+            .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e.0))?;
+        let mut catalogue = self.catalogue.lock().expect("catalogue lock");
+        if catalogue.topics.iter().any(|t| t.name == name) {
+            return Err(ApiError::new(
+                ResponseError::TopicAlreadyExists,
+                format!("topic {name:?} already exists"),
+            ));
+        }
+        let record = TopicRecord {
+            name: name.to_string(),
+            id: Uuid::new_v4(),
+            partitions,
+            leader_epoch: 0,
+            overrides,
+        };
+        if validate_only {
+            return Ok(Arc::new(Topic {
+                name: record.name.clone(),
+                id: record.id,
+                config: TopicConfig::resolve(settings, &record.overrides),
+                overrides: record.overrides,
+                partitions: Vec::new(),
+                leader_epoch: 0,
+            }));
+        }
+        let topic = Arc::new(open_topic(&self.config, &self.clock, &record, Vec::new())?);
+        catalogue.topics.push(record);
+        persist(&self.config, &catalogue)?;
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(name.to_string(), topic.clone());
+        tracing::info!(topic = name, partitions, "topic created");
+        Ok(topic)
+    }
+
+    /// DeleteTopics: the topic disappears at once; its files are removed in the background.
+    pub fn delete_topic(&self, name: &str) -> Result<(), ApiError> {
+        let mut catalogue = self.catalogue.lock().expect("catalogue lock");
+        let Some(pos) = catalogue.topics.iter().position(|t| t.name == name) else {
+            return Err(unknown_topic(name));
+        };
+        catalogue.topics.remove(pos);
+        persist(&self.config, &catalogue)?;
+        let removed = self.topics.write().expect("topics lock").remove(name);
+        drop(catalogue);
+        if let Some(topic) = removed {
+            let dirs: Vec<PathBuf> = topic
+                .partitions
+                .iter()
+                .map(|p| p.dir().to_path_buf())
+                .collect();
+            tokio::task::spawn_blocking(move || {
+                for dir in dirs {
+                    let doomed = dir.with_extension(format!("{}-delete", Uuid::new_v4().simple()));
+                    if std::fs::rename(&dir, &doomed).is_ok() {
+                        if let Err(e) = std::fs::remove_dir_all(&doomed) {
+                            tracing::warn!(dir = %doomed.display(), error = %e, "could not remove deleted partition");
+                        }
+                    }
+                }
+            });
+        }
+        tracing::info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    /// CreatePartitions: grows a topic to `count` partitions.
+    pub fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<(), ApiError> {
+        let mut catalogue = self.catalogue.lock().expect("catalogue lock");
+        let Some(record) = catalogue.topics.iter_mut().find(|t| t.name == name) else {
+            return Err(unknown_topic(name));
+        };
+        if count <= record.partitions {
+            return Err(ApiError::new(
+                ResponseError::InvalidPartitions,
+                format!(
+                    "topic {name:?} has {} partitions; the new count {count} must be larger",
+                    record.partitions
+                ),
+            ));
+        }
+        if count > 100_000 {
+            return Err(ApiError::new(
+                ResponseError::InvalidPartitions,
+                "more than 100000 partitions",
+            ));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let old = self.topic(name).ok_or_else(|| unknown_topic(name))?;
+        record.partitions = count;
+        let record = record.clone();
+        let topic = Arc::new(open_topic(
+            &self.config,
+            &self.clock,
+            &record,
+            old.partitions.clone(),
+        )?);
+        persist(&self.config, &catalogue)?;
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(name.to_string(), topic);
+        Ok(())
+    }
+
+    /// Replaces a topic's config overrides (AlterConfigs, IncrementalAlterConfigs).
+    pub fn set_overrides(
+        &self,
+        name: &str,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), ApiError> {
+        let overrides = topic_config::check_overrides(&overrides)
+            .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e.0))?;
+        let mut catalogue = self.catalogue.lock().expect("catalogue lock");
+        let Some(record) = catalogue.topics.iter_mut().find(|t| t.name == name) else {
+            return Err(unknown_topic(name));
+        };
+        if validate_only {
+            return Ok(());
+        }
+        record.overrides = overrides.clone();
+        let old = self.topic(name).ok_or_else(|| unknown_topic(name))?;
+        let config = TopicConfig::resolve(&self.config.broker, &overrides);
+        for partition in &old.partitions {
+            partition.set_config(
+                config.clone(),
+                self.config.broker.batch_max_decompressed_bytes,
+            );
+        }
+        let topic = Arc::new(Topic {
+            name: old.name.clone(),
+            id: old.id,
+            overrides,
+            config,
+            partitions: old.partitions.clone(),
+            leader_epoch: old.leader_epoch,
+        });
+        persist(&self.config, &catalogue)?;
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(name.to_string(), topic);
+        Ok(())
+    }
+
+    /// A new producer id for InitProducerId.
+    pub fn next_producer_id(&self) -> Result<i64, ApiError> {
+        let id = self.next_producer_id.fetch_add(1, Ordering::SeqCst);
+        let mut limit = self.producer_id_limit.lock().expect("producer id lock");
+        if id >= *limit {
+            let new_limit = id + PRODUCER_ID_BLOCK;
+            write_producer_id_block(&self.config, new_limit).map_err(|e| {
+                ApiError::new(
+                    ResponseError::KafkaStorageError,
+                    format!("persisting producer ids: {e}"),
+                )
+            })?;
+            *limit = new_limit;
+        }
+        Ok(id)
+    }
+
+    /// Clean shutdown: every partition fsynced, snapshotted and marked clean.
+    pub fn shutdown(&self) {
+        let topics = std::mem::take(&mut *self.topics.write().expect("topics lock"));
+        for (_, topic) in topics {
+            let Ok(topic) = Arc::try_unwrap(topic) else {
+                tracing::warn!("topic still in use at shutdown; it will be recovered on start");
+                continue;
+            };
+            for partition in topic.partitions {
+                match Arc::try_unwrap(partition) {
+                    Ok(p) => {
+                        let name = format!("{}-{}", p.topic, p.index);
+                        if let Err(e) = p.close() {
+                            tracing::error!(partition = name, error = %e, "closing partition failed");
+                        }
+                    }
+                    Err(p) => tracing::warn!(
+                        topic = p.topic,
+                        partition = p.index,
+                        "partition still in use at shutdown; it will be recovered on start"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn unknown_topic(name: &str) -> ApiError {
+    ApiError::new(
+        ResponseError::UnknownTopicOrPartition,
+        format!("topic {name:?} does not exist"),
+    )
+}
+
+fn persist(config: &Config, catalogue: &Catalogue) -> Result<(), ApiError> {
+    topics::save(&config.data_dir, catalogue).map_err(|e| {
+        tracing::error!(error = %e, "persisting the topic catalogue failed");
+        ApiError::new(
+            ResponseError::KafkaStorageError,
+            format!("persisting topic metadata: {e}"),
+        )
+    })
+}
+
+/// Opens a topic's partitions, reusing the already open ones in `existing`.
+fn open_topic(
+    config: &Config,
+    clock: &Clock,
+    record: &TopicRecord,
+    existing: Vec<Arc<Partition>>,
+) -> Result<Topic, ApiError> {
+    let topic_config = TopicConfig::resolve(&config.broker, &record.overrides);
+    let mut partitions = existing;
+    for index in partitions.len() as i32..record.partitions {
+        let dir = partition_dir(config, &record.name, index);
+        let partition = Partition::open(
+            &dir,
+            &record.name,
+            index,
+            record.leader_epoch,
+            topic_config.clone(),
+            config.broker.batch_max_decompressed_bytes,
+            clock.now_ms(),
+        )
+        .map_err(ApiError::from)?;
+        partitions.push(Arc::new(partition));
+    }
+    Ok(Topic {
+        name: record.name.clone(),
+        id: record.id,
+        overrides: record.overrides.clone(),
+        config: topic_config,
+        partitions,
+        leader_epoch: record.leader_epoch,
+    })
+}
+
+fn producer_id_path(config: &Config) -> PathBuf {
+    config.data_dir.join("meta").join("producer-id-block")
+}
+
+fn read_producer_id_block(config: &Config) -> anyhow::Result<i64> {
+    match std::fs::read_to_string(producer_id_path(config)) {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("producer-id-block is unreadable: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_producer_id_block(config: &Config, limit: i64) -> std::io::Result<()> {
+    crate::fsutil::write_atomic(&producer_id_path(config), limit.to_string().as_bytes())
+}

@@ -1,0 +1,117 @@
+//! The persisted topic catalogue of a single broker.
+//!
+//! Format: `{data-dir}/meta/topics.json`, written atomically on every change:
+//! `{"cluster_id": "...", "topics": [{"name", "id" (UUID), "partitions" (count),
+//! "leader_epoch", "overrides": {config name: value}}]}`.
+//!
+//! This is the single-node stand-in for the metadata quorum of DESIGN.md (openraft), which comes
+//! with replication: one writer (the broker), one file, atomic replacement.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub name: String,
+    pub id: Uuid,
+    pub partitions: i32,
+    pub leader_epoch: i32,
+    pub overrides: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Catalogue {
+    pub cluster_id: String,
+    pub topics: Vec<TopicRecord>,
+}
+
+pub fn catalogue_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("meta").join("topics.json")
+}
+
+pub fn load(data_dir: &Path) -> anyhow::Result<Catalogue> {
+    let path = catalogue_path(data_dir);
+    match std::fs::read(&path) {
+        Ok(body) => serde_json::from_slice(&body)
+            .map_err(|e| anyhow::anyhow!("{} is unreadable: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Catalogue {
+            cluster_id: new_cluster_id(),
+            topics: Vec::new(),
+        }),
+        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    }
+}
+
+pub fn save(data_dir: &Path, catalogue: &Catalogue) -> std::io::Result<()> {
+    let path = catalogue_path(data_dir);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let body = serde_json::to_vec_pretty(catalogue)?;
+    crate::fsutil::write_atomic(&path, &body)
+}
+
+/// Kafka's cluster ids are 22-character URL-safe base64 UUIDs; any stable string works.
+fn new_cluster_id() -> String {
+    Uuid::new_v4().simple().to_string()[..22].to_string()
+}
+
+/// Kafka's topic-name rule: 1..=249 chars of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name {name:?} is not allowed"));
+    }
+    if name.len() > 249 {
+        return Err(format!(
+            "topic name is {} characters long, the limit is 249",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name {name:?} contains {c:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        assert!(check_topic_name("orders.v1_A-b").is_ok());
+        for bad in ["", ".", "..", "a b", "ümlaut", "x/y", &"a".repeat(250)] {
+            assert!(check_topic_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn catalogue_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = load(dir.path()).unwrap();
+        assert_eq!(fresh.cluster_id.len(), 22);
+        let mut c = fresh.clone();
+        c.topics.push(TopicRecord {
+            name: "t".into(),
+            id: Uuid::new_v4(),
+            partitions: 3,
+            leader_epoch: 0,
+            overrides: BTreeMap::from([("retention.ms".into(), "1000".into())]),
+        });
+        save(dir.path(), &c).unwrap();
+        let back = load(dir.path()).unwrap();
+        assert_eq!(back.cluster_id, c.cluster_id);
+        assert_eq!(back.topics, c.topics);
+    }
+}

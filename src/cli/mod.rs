@@ -1,0 +1,4 @@
+//! Command-line tools that speak the Kafka protocol to a broker (`--bootstrap`).
+
+pub mod client;
+pub mod topic;

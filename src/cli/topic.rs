@@ -1,0 +1,266 @@
+//! `strata topic create|list|describe|delete|alter-config`, over the Kafka protocol.
+
+use clap::{Args, Subcommand};
+use kafka_protocol::error::ParseResponseErrorCode;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+
+use super::client::Client;
+
+#[derive(Debug, Args)]
+pub struct TopicArgs {
+    /// A broker's Kafka address.
+    #[arg(long, default_value = "127.0.0.1:9092", env = "STRATA_BOOTSTRAP")]
+    pub bootstrap: String,
+    #[command(subcommand)]
+    pub command: TopicCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        /// Partitions (-1 = broker default num.partitions).
+        #[arg(long, default_value_t = -1)]
+        partitions: i32,
+        /// Replication factor (-1 = broker default).
+        #[arg(long, default_value_t = -1)]
+        replication_factor: i16,
+        /// A topic config, e.g. `--config retention.ms=86400000`. Repeatable.
+        #[arg(long = "config", value_name = "NAME=VALUE")]
+        configs: Vec<String>,
+    },
+    /// List topics.
+    List,
+    /// Show a topic's partitions, offsets and non-default configs.
+    Describe { name: String },
+    /// Delete a topic.
+    Delete { name: String },
+    /// Set or remove topic configs.
+    AlterConfig {
+        name: String,
+        /// Set a config. Repeatable.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Remove a config override. Repeatable.
+        #[arg(long = "delete", value_name = "NAME")]
+        delete: Vec<String>,
+    },
+}
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+fn check(code: i16, message: Option<&StrBytes>, what: &str) -> anyhow::Result<()> {
+    match code.err() {
+        None => Ok(()),
+        Some(e) => match message {
+            Some(m) => anyhow::bail!("{what}: {e:?}: {}", m.as_str()),
+            None => anyhow::bail!("{what}: {e:?}"),
+        },
+    }
+}
+
+fn split_pair(item: &str) -> anyhow::Result<(&str, &str)> {
+    item.split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("expected NAME=VALUE, got {item:?}"))
+}
+
+pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
+    let mut client = Client::connect(&args.bootstrap).await?;
+    match args.command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            replication_factor,
+            configs,
+        } => {
+            let mut topic = CreatableTopic::default()
+                .with_name(TopicName(s(&name)))
+                .with_num_partitions(partitions)
+                .with_replication_factor(replication_factor);
+            for item in &configs {
+                let (k, v) = split_pair(item)?;
+                topic.configs.push(
+                    CreatableTopicConfig::default()
+                        .with_name(s(k))
+                        .with_value(Some(s(v))),
+                );
+            }
+            let request = CreateTopicsRequest::default()
+                .with_topics(vec![topic])
+                .with_timeout_ms(30_000);
+            let ResponseKind::CreateTopics(r) = client
+                .send(ApiKey::CreateTopics, RequestKind::CreateTopics(request))
+                .await?
+            else {
+                anyhow::bail!("unexpected response");
+            };
+            for t in &r.topics {
+                check(
+                    t.error_code,
+                    t.error_message.as_ref(),
+                    &format!("creating {}", t.name.as_str()),
+                )?;
+                println!(
+                    "created {} ({} partitions, id {})",
+                    t.name.as_str(),
+                    t.num_partitions,
+                    t.topic_id
+                );
+            }
+        }
+        TopicCommand::List => {
+            for t in metadata(&mut client, None).await?.topics {
+                if let Some(name) = t.name {
+                    println!("{}", name.as_str());
+                }
+            }
+        }
+        TopicCommand::Describe { name } => describe(&mut client, &name).await?,
+        TopicCommand::Delete { name } => {
+            let request = DeleteTopicsRequest::default()
+                .with_topics(vec![
+                    DeleteTopicState::default().with_name(Some(TopicName(s(&name))))
+                ])
+                .with_topic_names(vec![TopicName(s(&name))])
+                .with_timeout_ms(30_000);
+            let ResponseKind::DeleteTopics(r) = client
+                .send(ApiKey::DeleteTopics, RequestKind::DeleteTopics(request))
+                .await?
+            else {
+                anyhow::bail!("unexpected response");
+            };
+            for t in &r.responses {
+                check(
+                    t.error_code,
+                    t.error_message.as_ref(),
+                    &format!("deleting {name}"),
+                )?;
+            }
+            println!("deleted {name}");
+        }
+        TopicCommand::AlterConfig { name, set, delete } => {
+            let mut configs = Vec::new();
+            for item in &set {
+                let (k, v) = split_pair(item)?;
+                configs.push(
+                    AlterableConfig::default()
+                        .with_name(s(k))
+                        .with_config_operation(0)
+                        .with_value(Some(s(v))),
+                );
+            }
+            for k in &delete {
+                configs.push(
+                    AlterableConfig::default()
+                        .with_name(s(k))
+                        .with_config_operation(1),
+                );
+            }
+            let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+                AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s(&name))
+                    .with_configs(configs),
+            ]);
+            let ResponseKind::IncrementalAlterConfigs(r) = client
+                .send(
+                    ApiKey::IncrementalAlterConfigs,
+                    RequestKind::IncrementalAlterConfigs(request),
+                )
+                .await?
+            else {
+                anyhow::bail!("unexpected response");
+            };
+            for res in &r.responses {
+                check(
+                    res.error_code,
+                    res.error_message.as_ref(),
+                    &format!("altering {name}"),
+                )?;
+            }
+            println!("altered {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn metadata(client: &mut Client, topic: Option<&str>) -> anyhow::Result<MetadataResponse> {
+    let topics =
+        topic.map(|t| vec![MetadataRequestTopic::default().with_name(Some(TopicName(s(t))))]);
+    let request = MetadataRequest::default()
+        .with_topics(topics)
+        .with_allow_auto_topic_creation(false);
+    let ResponseKind::Metadata(r) = client
+        .send(ApiKey::Metadata, RequestKind::Metadata(request))
+        .await?
+    else {
+        anyhow::bail!("unexpected response");
+    };
+    Ok(r)
+}
+
+async fn describe(client: &mut Client, name: &str) -> anyhow::Result<()> {
+    let meta = metadata(client, Some(name)).await?;
+    let topic = meta
+        .topics
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no metadata for {name}"))?;
+    check(topic.error_code, None, &format!("describing {name}"))?;
+    println!(
+        "topic {name} id {} partitions {}",
+        topic.topic_id,
+        topic.partitions.len()
+    );
+    for p in &topic.partitions {
+        println!(
+            "  partition {} leader {} epoch {} replicas {:?} isr {:?}",
+            p.partition_index,
+            p.leader_id.0,
+            p.leader_epoch,
+            p.replica_nodes.iter().map(|b| b.0).collect::<Vec<_>>(),
+            p.isr_nodes.iter().map(|b| b.0).collect::<Vec<_>>()
+        );
+    }
+    let request =
+        DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(s(name))]);
+    let ResponseKind::DescribeConfigs(r) = client
+        .send(
+            ApiKey::DescribeConfigs,
+            RequestKind::DescribeConfigs(request),
+        )
+        .await?
+    else {
+        anyhow::bail!("unexpected response");
+    };
+    for res in &r.results {
+        check(
+            res.error_code,
+            res.error_message.as_ref(),
+            "describing configs",
+        )?;
+        println!("  configs:");
+        for c in &res.configs {
+            let value = c.value.as_ref().map(|v| v.as_str()).unwrap_or("null");
+            let marker = if c.config_source == 1 {
+                " (override)"
+            } else {
+                ""
+            };
+            println!("    {}={}{}", c.name.as_str(), value, marker);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! One typed configuration for the broker process, and Kafka's topic configs.
+//!
+//! Process settings (listen addresses, data dir, ...) come from, in order of precedence: flags,
+//! `STRATA_*` env, the TOML file, defaults. clap resolves the first two; [`ServeArgs::resolve`]
+//! merges the file and the defaults.
+//! Kafka broker settings keep Kafka's dotted names (`[kafka]` table in TOML, `--set name=value`);
+//! topic settings are Kafka's topic configs, validated by [`crate::config::topic`].
+
+pub mod broker;
+mod kind;
+pub mod topic;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+pub use broker::BrokerSettings;
+pub use topic::{TopicConfig, TopicConfigError};
+
+/// Everything a broker process needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Kafka listener, `host:port`; port 0 picks a free port.
+    pub listen: String,
+    /// Address advertised to clients; `None` = the address actually bound.
+    pub advertise: Option<String>,
+    /// Admin HTTP listener (/healthz, /readyz, /metrics).
+    pub admin_listen: String,
+    /// Peer listener for replication; accepted now, used once replication exists.
+    pub peer_listen: String,
+    /// Absolute data directory.
+    pub data_dir: PathBuf,
+    pub node_id: i32,
+    /// Object store URL; accepted now, used once tiering exists.
+    pub object_store: Option<String>,
+    pub seeds: Vec<String>,
+    /// Kafka broker settings, validated.
+    pub broker: BrokerSettings,
+}
+
+impl Config {
+    /// Defaults suitable for an in-process broker in tests: loopback, port 0, given data dir.
+    pub fn for_tests(data_dir: &Path) -> Config {
+        Config {
+            listen: "127.0.0.1:0".into(),
+            advertise: None,
+            admin_listen: "127.0.0.1:0".into(),
+            peer_listen: "127.0.0.1:0".into(),
+            data_dir: data_dir.to_path_buf(),
+            node_id: 1,
+            object_store: None,
+            seeds: Vec::new(),
+            broker: BrokerSettings::default(),
+        }
+    }
+}
+
+/// `strata serve` flags. Every field is optional so that env, file and defaults can fill gaps.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "STRATA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Kafka listener address [default: 127.0.0.1:9092].
+    #[arg(long, env = "STRATA_LISTEN")]
+    pub listen: Option<String>,
+    /// Address advertised to clients [default: the address actually bound].
+    #[arg(long, env = "STRATA_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Peer (replication) listener [default: 127.0.0.1:9093].
+    #[arg(long, env = "STRATA_PEER_LISTEN")]
+    pub peer_listen: Option<String>,
+    /// Admin HTTP listener [default: 127.0.0.1:9094].
+    #[arg(long, env = "STRATA_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// Data directory [default: ./strata-data].
+    #[arg(long, env = "STRATA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Node id [default: 1].
+    #[arg(long, env = "STRATA_NODE_ID")]
+    pub node_id: Option<i32>,
+    /// Object store URL: file:///abs/path, s3://bucket/prefix, memory://.
+    #[arg(long, env = "STRATA_OBJECT_STORE")]
+    pub object_store: Option<String>,
+    /// Cluster seeds: 1@host:9093,2@host:9093.
+    #[arg(long, env = "STRATA_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// A Kafka broker setting by its Kafka name, e.g. `--set num.partitions=3`. Repeatable.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// The TOML file: snake_case keys, Kafka settings under `[kafka]` with their dotted names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    advertise: Option<String>,
+    peer_listen: Option<String>,
+    admin_listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    node_id: Option<i32>,
+    object_store: Option<String>,
+    seeds: Option<Vec<String>>,
+    #[serde(default)]
+    kafka: BTreeMap<String, toml::Value>,
+}
+
+impl ServeArgs {
+    /// Merges flags/env (already in `self`) over the TOML file over the defaults, and validates.
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let mut kafka: BTreeMap<String, String> = BTreeMap::new();
+        for (name, value) in file.kafka {
+            let value = match value {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            kafka.insert(name, value);
+        }
+        for item in &self.set {
+            let (name, value) = item
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--set expects NAME=VALUE, got {item:?}"))?;
+            kafka.insert(name.trim().to_string(), value.trim().to_string());
+        }
+        let broker = BrokerSettings::from_map(&kafka).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./strata-data"));
+        let data_dir = absolute(&data_dir)?;
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:9092".into());
+        let advertise = self.advertise.or(file.advertise);
+        if advertise.is_none() && is_unspecified_host(&listen) {
+            anyhow::bail!("--advertise is required when listening on {listen}: clients need a routable address");
+        }
+        let seeds = if self.seeds.is_empty() {
+            file.seeds.unwrap_or_default()
+        } else {
+            self.seeds
+        };
+        Ok(Config {
+            listen,
+            advertise,
+            admin_listen: self
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or_else(|| "127.0.0.1:9094".into()),
+            peer_listen: self
+                .peer_listen
+                .or(file.peer_listen)
+                .unwrap_or_else(|| "127.0.0.1:9093".into()),
+            data_dir,
+            node_id: self.node_id.or(file.node_id).unwrap_or(1),
+            object_store: self.object_store.or(file.object_store),
+            seeds,
+            broker,
+        })
+    }
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.is_absolute() {
+        Ok(path.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(path))
+    }
+}
+
+fn is_unspecified_host(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().is_unspecified())
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn defaults_need_no_flags() {
+        let config = Cli::parse_from(["strata"]).serve.resolve().unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9092");
+        assert_eq!(config.admin_listen, "127.0.0.1:9094");
+        assert!(config.data_dir.is_absolute());
+        assert!(config.data_dir.ends_with("strata-data"));
+        assert!(config.broker.auto_create_topics_enable);
+    }
+
+    #[test]
+    fn flags_override_file_and_set_overrides_kafka_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strata.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1111\"\nnode_id = 7\n[kafka]\n\"num.partitions\" = 4\n\"auto.create.topics.enable\" = false\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "strata",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:2222",
+            "--set",
+            "num.partitions=6",
+        ]);
+        let config = cli.serve.resolve().unwrap();
+        assert_eq!(config.listen, "127.0.0.1:2222");
+        assert_eq!(config.node_id, 7);
+        assert_eq!(config.broker.num_partitions, 6);
+        assert!(!config.broker.auto_create_topics_enable);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_message() {
+        let cli = Cli::parse_from(["strata", "--set", "num.partitions=zero"]);
+        let err = cli.serve.resolve().unwrap_err().to_string();
+        assert!(err.contains("num.partitions"), "{err}");
+        let cli = Cli::parse_from(["strata", "--set", "no.such.setting=1"]);
+        assert!(cli.serve.resolve().is_err());
+        let cli = Cli::parse_from(["strata", "--listen", "0.0.0.0:9092"]);
+        assert!(cli.serve.resolve().is_err());
+    }
+}

@@ -1,0 +1,120 @@
+//! Kafka broker settings strata honours, by their Kafka names.
+
+use std::collections::BTreeMap;
+
+use super::kind::{int, Kind};
+
+/// One broker setting: Kafka name, kind, default, documentation.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+const I32_MAX: i64 = i32::MAX as i64;
+
+/// Every broker setting strata accepts. Unknown names are refused at start.
+pub const BROKER_DEFS: &[BrokerDef] = &[
+    BrokerDef { name: "num.partitions", kind: Kind::Int { min: 1, max: 100_000 }, default: "1", doc: "Partitions of an auto-created topic, and of CreateTopics with -1." },
+    BrokerDef { name: "default.replication.factor", kind: Kind::Int { min: 1, max: 32767 }, default: "1", doc: "Replication factor of auto-created topics and of CreateTopics with -1." },
+    BrokerDef { name: "auto.create.topics.enable", kind: Kind::Bool, default: "true", doc: "Create a topic when a client asks Metadata for an unknown one." },
+    BrokerDef { name: "message.max.bytes", kind: Kind::Int { min: 0, max: I32_MAX }, default: "1048588", doc: "Largest record batch (compressed, as sent) a topic accepts unless max.message.bytes overrides it." },
+    BrokerDef { name: "log.retention.check.interval.ms", kind: Kind::Long { min: 1 }, default: "300000", doc: "How often retention is applied." },
+    BrokerDef { name: "socket.request.max.bytes", kind: Kind::Int { min: 64, max: I32_MAX }, default: "104857600", doc: "Largest request frame; larger frames close the connection before any allocation." },
+    BrokerDef { name: "queued.max.request.bytes", kind: Kind::Long { min: 1 }, default: "536870912", doc: "Bytes of requests held in memory at once across all connections; readers wait beyond it." },
+    BrokerDef { name: "log.segment.bytes", kind: Kind::Int { min: 14, max: I32_MAX }, default: "1073741824", doc: "Default segment.bytes." },
+    BrokerDef { name: "log.roll.ms", kind: Kind::Long { min: 1 }, default: "604800000", doc: "Default segment.ms." },
+    BrokerDef { name: "log.retention.ms", kind: Kind::Long { min: -1 }, default: "604800000", doc: "Default retention.ms." },
+    BrokerDef { name: "log.retention.bytes", kind: Kind::Long { min: -1 }, default: "-1", doc: "Default retention.bytes." },
+    BrokerDef { name: "log.flush.interval.messages", kind: Kind::Long { min: 1 }, default: "9223372036854775807", doc: "Default flush.messages." },
+    BrokerDef { name: "log.flush.interval.ms", kind: Kind::Long { min: 0 }, default: "9223372036854775807", doc: "Default flush.ms." },
+    BrokerDef { name: "log.message.timestamp.type", kind: Kind::Choice(&["CreateTime", "LogAppendTime"]), default: "CreateTime", doc: "Default message.timestamp.type." },
+    BrokerDef { name: "strata.batch.max.decompressed.bytes", kind: Kind::Int { min: 1024, max: I32_MAX }, default: "67108864", doc: "Largest decompressed size of one batch during validation (decompression-bomb bound); larger batches are CORRUPT_MESSAGE." },
+];
+
+/// The validated broker settings, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerSettings {
+    pub num_partitions: i32,
+    pub default_replication_factor: i16,
+    pub auto_create_topics_enable: bool,
+    pub message_max_bytes: i32,
+    pub log_retention_check_interval_ms: i64,
+    pub socket_request_max_bytes: usize,
+    pub queued_max_request_bytes: u64,
+    pub log_segment_bytes: i64,
+    pub log_roll_ms: i64,
+    pub log_retention_ms: i64,
+    pub log_retention_bytes: i64,
+    pub log_flush_interval_messages: i64,
+    pub log_flush_interval_ms: i64,
+    pub log_message_timestamp_type: String,
+    pub batch_max_decompressed_bytes: usize,
+    /// Normalised values by name, for DescribeConfigs; only names in `BROKER_DEFS`.
+    values: BTreeMap<&'static str, String>,
+    /// Names set explicitly (not defaults).
+    overridden: Vec<&'static str>,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings::from_map(&BTreeMap::new()).expect("defaults are valid")
+    }
+}
+
+impl BrokerSettings {
+    /// Validates explicit settings (Kafka names) over the defaults.
+    pub fn from_map(explicit: &BTreeMap<String, String>) -> Result<BrokerSettings, String> {
+        for name in explicit.keys() {
+            if !BROKER_DEFS.iter().any(|d| d.name == name) {
+                return Err(format!("unknown broker setting {name:?}"));
+            }
+        }
+        let mut values = BTreeMap::new();
+        let mut overridden = Vec::new();
+        for def in BROKER_DEFS {
+            let value = match explicit.get(def.name) {
+                Some(v) => {
+                    overridden.push(def.name);
+                    def.kind.check(def.name, v)?
+                }
+                None => def.default.to_string(),
+            };
+            values.insert(def.name, value);
+        }
+        let get = |name: &str| values.get(name).map(String::as_str).unwrap_or_default();
+        Ok(BrokerSettings {
+            num_partitions: int(get("num.partitions")) as i32,
+            default_replication_factor: int(get("default.replication.factor")) as i16,
+            auto_create_topics_enable: get("auto.create.topics.enable") == "true",
+            message_max_bytes: int(get("message.max.bytes")) as i32,
+            log_retention_check_interval_ms: int(get("log.retention.check.interval.ms")),
+            socket_request_max_bytes: int(get("socket.request.max.bytes")) as usize,
+            queued_max_request_bytes: int(get("queued.max.request.bytes")) as u64,
+            log_segment_bytes: int(get("log.segment.bytes")),
+            log_roll_ms: int(get("log.roll.ms")),
+            log_retention_ms: int(get("log.retention.ms")),
+            log_retention_bytes: int(get("log.retention.bytes")),
+            log_flush_interval_messages: int(get("log.flush.interval.messages")),
+            log_flush_interval_ms: int(get("log.flush.interval.ms")),
+            log_message_timestamp_type: get("log.message.timestamp.type").to_string(),
+            batch_max_decompressed_bytes: int(get("strata.batch.max.decompressed.bytes")) as usize,
+            values,
+            overridden,
+        })
+    }
+
+    /// (definition, value, is_default) for every setting, for DescribeConfigs.
+    pub fn describe(&self) -> impl Iterator<Item = (&'static BrokerDef, &str, bool)> + '_ {
+        BROKER_DEFS.iter().map(|def| {
+            let value = self
+                .values
+                .get(def.name)
+                .map(String::as_str)
+                .unwrap_or(def.default);
+            (def, value, !self.overridden.contains(&def.name))
+        })
+    }
+}

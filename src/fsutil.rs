@@ -1,0 +1,21 @@
+//! Small file helpers shared by every module that persists state.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `body` to `path` atomically: temp file, fsync, rename, fsync of the directory. A crash
+/// leaves either the old or the new content, never a torn file.
+pub fn write_atomic(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(body)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

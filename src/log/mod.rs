@@ -1,0 +1,633 @@
+//! One partition's durable log: a directory `{data-dir}/topics/{topic}-{partition}/` of segments
+//! (`{base:020}.log`, `.index`, `.timeindex`; formats in `segment.rs`, `index.rs`,
+//! `time_index.rs`) plus the checkpoints in `checkpoint.rs`.
+//!
+//! I/O is synchronous std::fs. The caller owns the `Log` (an actor, or a `RwLock`): `append`,
+//! retention and truncation take `&mut self`; `read` and the offset lookups take `&self` and use
+//! positional reads, so readers may share the log. `fsync` can run without the lock through
+//! `flush_handle` → `FlushHandle::sync` → `mark_flushed`.
+//!
+//! Durability and recovery follow Kafka: the recovery point is the offset below which all data was
+//! fsynced; after an unclean stop (no `.clean-shutdown` marker) the segments from the one holding
+//! the recovery point onwards are scanned and cut at the first invalid batch (`recovery.rs`).
+
+mod checkpoint;
+mod epoch_cache;
+mod index;
+mod recovery;
+mod segment;
+mod time_index;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tracing::warn;
+
+use crate::record::batch::{set_base_offset_and_epoch, split_batches, BatchHeader};
+
+use epoch_cache::EpochCache;
+use segment::Segment;
+
+/// Per-log settings, named after Kafka's topic configs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `segment.bytes`; capped at 4 GiB - 1 because index positions are u32.
+    pub segment_bytes: u64,
+    /// `segment.ms`: roll when the active segment's first batch is older than this.
+    pub segment_ms: i64,
+    /// `retention.ms`, -1 = keep forever.
+    pub retention_ms: i64,
+    /// `retention.bytes`, -1 = unlimited.
+    pub retention_bytes: i64,
+    /// `index.interval.bytes`.
+    pub index_interval_bytes: u32,
+    /// `max.message.bytes`; bounds the batch length accepted by recovery.
+    pub max_batch_bytes: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * DAY_MS,
+            retention_ms: 7 * DAY_MS,
+            retention_bytes: -1,
+            index_interval_bytes: 4096,
+            max_batch_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log i/o error: {0}")]
+    Io(#[from] io::Error),
+    #[error("corrupt log: {0}")]
+    Corrupt(String),
+    #[error("offset {offset} out of range [{log_start}, {log_end}]")]
+    OffsetOutOfRange {
+        offset: i64,
+        log_start: i64,
+        log_end: i64,
+    },
+    /// The batch handed to `append` is not one whole v2 batch (a caller bug: validation runs first).
+    #[error("invalid batch for append: {0}")]
+    InvalidBatch(String),
+}
+
+impl LogError {
+    /// Disk full or quota exceeded: KAFKA_STORAGE_ERROR to the client, nothing corrupt on disk.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            LogError::Io(e) => {
+                e.kind() == io::ErrorKind::StorageFull
+                    || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    /// -1: the log never stamps LogAppendTime itself (the caller does, before `append`).
+    pub log_append_time: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Whole batches only, concatenated; empty when nothing is readable.
+    pub bytes: Bytes,
+    pub log_start_offset: i64,
+}
+
+/// Truncations since some point, so a `FlushHandle` created before a truncation does not
+/// claim durability for data written after it.
+#[derive(Debug, Default)]
+struct Truncations {
+    generation: u64,
+    /// (generation, log end after that truncation), the most recent few.
+    recent: VecDeque<(u64, i64)>,
+}
+const KEPT_TRUNCATIONS: usize = 16;
+
+/// The fsync part of a flush, detached from the `Log` so it can run without its lock.
+#[derive(Debug)]
+pub struct FlushHandle {
+    files: Vec<Arc<File>>,
+    dir: PathBuf,
+    target: i64,
+    dir_generation: u64,
+    dir_synced: Arc<AtomicU64>,
+    truncation_generation: u64,
+    truncations: Arc<Mutex<Truncations>>,
+}
+
+impl FlushHandle {
+    /// The log end offset when the handle was taken.
+    pub fn target(&self) -> i64 {
+        self.target
+    }
+
+    /// fsyncs the files and, if segments were created or deleted, the directory. Returns the
+    /// offset below which everything is now durable, for `Log::mark_flushed`: the target, lowered
+    /// if the log was truncated meanwhile (-1 if too many truncations to tell).
+    pub fn sync(self) -> io::Result<i64> {
+        for file in &self.files {
+            file.sync_data()?;
+        }
+        if self.dir_synced.load(Ordering::Acquire) < self.dir_generation {
+            checkpoint::sync_dir(&self.dir)?;
+            self.dir_synced
+                .fetch_max(self.dir_generation, Ordering::AcqRel);
+        }
+        let truncations = self
+            .truncations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if truncations.generation == self.truncation_generation {
+            return Ok(self.target);
+        }
+        let oldest_kept = truncations.recent.front().map_or(u64::MAX, |&(g, _)| g);
+        if oldest_kept > self.truncation_generation + 1 {
+            return Ok(-1);
+        }
+        Ok(truncations
+            .recent
+            .iter()
+            .filter(|&&(g, _)| g > self.truncation_generation)
+            .fold(self.target, |t, &(_, end)| t.min(end)))
+    }
+}
+
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    /// Sorted by base offset, never empty; the last one is active.
+    segments: Vec<Segment>,
+    log_start: i64,
+    recovery_point: i64,
+    epochs: EpochCache,
+    /// Bumped on every segment create/delete; the directory needs an fsync when it is ahead
+    /// of `dir_synced`.
+    dir_generation: u64,
+    dir_synced: Arc<AtomicU64>,
+    truncations: Arc<Mutex<Truncations>>,
+}
+
+impl Log {
+    pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<Log, LogError> {
+        let loaded = recovery::load(dir, &config, now_ms)?;
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            config,
+            segments: loaded.segments,
+            log_start: loaded.log_start,
+            recovery_point: loaded.recovery_point,
+            epochs: loaded.epochs,
+            dir_generation: 0,
+            dir_synced: Arc::new(AtomicU64::new(0)),
+            truncations: Arc::new(Mutex::new(Truncations::default())),
+        })
+    }
+
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.active().next_offset
+    }
+
+    pub fn recovery_point(&self) -> i64 {
+        self.recovery_point
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<i64> {
+        self.segments.iter().map(|s| s.base).collect()
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("a log always has an active segment")
+    }
+
+    fn segment_index_for(&self, offset: i64) -> usize {
+        self.segments
+            .partition_point(|s| s.base <= offset)
+            .saturating_sub(1)
+    }
+
+    /// Appends ONE validated batch: sets its base offset (the log end) and partition leader
+    /// epoch, rolls first if needed, writes it and indexes it. On error (ENOSPC included)
+    /// nothing of the batch remains and the log is unchanged.
+    pub fn append(
+        &mut self,
+        batch: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        let header =
+            BatchHeader::parse(batch).map_err(|e| LogError::InvalidBatch(e.to_string()))?;
+        if header.total_len() != batch.len() || header.last_offset_delta < 0 {
+            return Err(LogError::InvalidBatch(format!(
+                "{} bytes with batch length {} and last offset delta {}",
+                batch.len(),
+                header.batch_length,
+                header.last_offset_delta
+            )));
+        }
+        let base_offset = self.log_end_offset();
+        set_base_offset_and_epoch(batch, base_offset, leader_epoch);
+        let header = BatchHeader {
+            base_offset,
+            partition_leader_epoch: leader_epoch,
+            ..header
+        };
+        if self.should_roll(batch.len(), header.last_offset(), now_ms) {
+            self.roll(now_ms)?;
+        }
+        let saved_epochs = if self.epochs.latest_epoch().is_none_or(|e| leader_epoch > e) {
+            let saved = self.epochs.entries().to_vec();
+            if self.epochs.assign(leader_epoch, base_offset) {
+                if let Err(e) = self.epochs.persist(&self.dir) {
+                    self.epochs = EpochCache::new(saved);
+                    return Err(e.into());
+                }
+                Some(saved)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        let interval = self.config.index_interval_bytes;
+        if let Err(e) = self.active_mut().append(batch, &header, interval) {
+            if let Some(saved) = saved_epochs {
+                self.epochs = EpochCache::new(saved);
+                let _ = self.epochs.persist(&self.dir);
+            }
+            warn!(dir = %self.dir.display(), error = %e, "append failed; log left unchanged");
+            return Err(e.into());
+        }
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: header.last_offset(),
+            max_timestamp: header.max_timestamp,
+            log_append_time: -1,
+        })
+    }
+
+    fn should_roll(&self, len: usize, last_offset: i64, now_ms: i64) -> bool {
+        let active = self.active();
+        if active.size == 0 {
+            return false;
+        }
+        let segment_bytes = self.config.segment_bytes.min(u64::from(u32::MAX));
+        active.size + len as u64 > segment_bytes
+            || (self.config.segment_ms >= 0
+                && now_ms.saturating_sub(active.rolling_base_ms()) > self.config.segment_ms)
+            || !active.can_hold(len, last_offset)
+    }
+
+    fn roll(&mut self, now_ms: i64) -> Result<(), LogError> {
+        let base = self.log_end_offset();
+        self.active_mut().seal_time_index()?;
+        let segment = Segment::create(&self.dir, base, now_ms)?;
+        self.segments.push(segment);
+        self.dir_generation += 1;
+        Ok(())
+    }
+
+    /// Reads whole batches from the one containing `offset`, within one segment, up to
+    /// `max_bytes` (or the first batch alone if it is larger and `min_one`, KIP-74), and no
+    /// batch reaching `upto` (the high watermark) or beyond.
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upto: i64,
+        min_one: bool,
+    ) -> Result<ReadResult, LogError> {
+        let log_end = self.log_end_offset();
+        if offset < self.log_start || offset > log_end {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start: self.log_start,
+                log_end,
+            });
+        }
+        let empty = ReadResult {
+            bytes: Bytes::new(),
+            log_start_offset: self.log_start,
+        };
+        let upto = upto.min(log_end);
+        let mut found = None;
+        for seg in &self.segments[self.segment_index_for(offset)..] {
+            if let Some((pos, header)) = seg.find_batch(offset)? {
+                found = Some((seg, pos, header));
+                break;
+            }
+        }
+        let Some((seg, pos, header)) = found else {
+            return Ok(empty);
+        };
+        if header.last_offset() >= upto {
+            return Ok(empty);
+        }
+        let limit = match seg.find_batch(upto)? {
+            Some((upto_pos, _)) => upto_pos,
+            None => seg.size,
+        };
+        let first_len = header.total_len();
+        let len = if first_len > max_bytes {
+            if !min_one {
+                return Ok(empty);
+            }
+            first_len
+        } else {
+            max_bytes.min((limit - pos) as usize)
+        };
+        let mut buf = seg.read_at(pos, len)?;
+        let (_, whole) = split_batches(&buf);
+        buf.truncate(whole);
+        Ok(ReadResult {
+            bytes: Bytes::from(buf),
+            log_start_offset: self.log_start,
+        })
+    }
+
+    /// ListOffsets by timestamp. Batch granularity: the answer is the base offset and max
+    /// timestamp of the first batch (not wholly below the log start) whose max timestamp is at
+    /// least `ts` (what Kafka answers when it does not look inside a batch), raised to the log
+    /// start offset.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, LogError> {
+        for seg in &self.segments {
+            if seg.max_timestamp >= ts && seg.next_offset > self.log_start {
+                if let Some((offset, found_ts)) = seg.find_by_timestamp(ts, self.log_start)? {
+                    return Ok(Some((offset.max(self.log_start), found_ts)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// ListOffsets MAX_TIMESTAMP (KIP-734): (offset, timestamp). The offset is the base offset
+    /// of the first batch holding the largest timestamp (the log does not look inside batches;
+    /// a fetch from there returns the record), raised to the log start. `None` when no batch
+    /// carries a timestamp. Segment granularity for the log start: a segment partly below it
+    /// still counts whole.
+    pub fn max_timestamp_and_offset(&self) -> Option<(i64, i64)> {
+        let mut best: Option<&Segment> = None;
+        for seg in &self.segments {
+            if seg.max_timestamp >= 0
+                && seg.next_offset > self.log_start
+                && best.is_none_or(|b| seg.max_timestamp > b.max_timestamp)
+            {
+                best = Some(seg);
+            }
+        }
+        best.map(|s| {
+            (
+                s.offset_of_max_timestamp.max(self.log_start),
+                s.max_timestamp,
+            )
+        })
+    }
+
+    /// Everything needed to fsync what was appended so far, without borrowing the log.
+    pub fn flush_handle(&self) -> FlushHandle {
+        let mut first = self.segment_index_for(self.recovery_point);
+        if first > 0 && self.segments[first].base == self.recovery_point {
+            // The previous segment got its final time-index entry when it was rolled.
+            first -= 1;
+        }
+        let truncations = self
+            .truncations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        FlushHandle {
+            files: self.segments[first..]
+                .iter()
+                .flat_map(|s| s.files())
+                .collect(),
+            dir: self.dir.clone(),
+            target: self.log_end_offset(),
+            dir_generation: self.dir_generation,
+            dir_synced: self.dir_synced.clone(),
+            truncation_generation: truncations.generation,
+            truncations: self.truncations.clone(),
+        }
+    }
+
+    /// Advances the recovery point to `offset` (as returned by `FlushHandle::sync`) and writes
+    /// its checkpoint. The checkpoint is not fsynced: losing it only means more recovery work.
+    pub fn mark_flushed(&mut self, offset: i64) -> Result<(), LogError> {
+        let offset = offset.min(self.log_end_offset());
+        if offset > self.recovery_point {
+            self.recovery_point = offset;
+            checkpoint::write_offset(&self.dir, checkpoint::RECOVERY_POINT_FILE, offset, false)?;
+        }
+        Ok(())
+    }
+
+    /// fsync everything appended so far and advance the recovery point.
+    pub fn flush(&mut self) -> Result<(), LogError> {
+        let offset = self.flush_handle().sync()?;
+        self.mark_flushed(offset)
+    }
+
+    /// DeleteRecords: moves the log start to `offset` and deletes segments wholly below it.
+    /// Returns the new log start (unchanged if `offset` is not above it).
+    pub fn delete_records_before(&mut self, offset: i64) -> Result<i64, LogError> {
+        let log_end = self.log_end_offset();
+        if offset > log_end || offset < 0 {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start: self.log_start,
+                log_end,
+            });
+        }
+        if offset > self.log_start {
+            self.set_log_start(offset)?;
+            let doomed = self
+                .segments
+                .partition_point(|s| s.next_offset <= offset)
+                .min(self.segments.len() - 1);
+            self.delete_oldest(doomed)?;
+        }
+        Ok(self.log_start)
+    }
+
+    fn set_log_start(&mut self, offset: i64) -> Result<(), LogError> {
+        checkpoint::write_offset(&self.dir, checkpoint::LOG_START_FILE, offset, true)?;
+        self.log_start = offset;
+        if self.epochs.truncate_from_start(offset) {
+            self.epochs.persist(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the `n` oldest segments (never the active one); the log start must already be
+    /// at or beyond them.
+    fn delete_oldest(&mut self, n: usize) -> Result<(), LogError> {
+        assert!(
+            n < self.segments.len(),
+            "the active segment is never deleted"
+        );
+        for seg in self.segments.drain(..n) {
+            assert!(seg.next_offset <= self.log_start || seg.size == 0);
+            seg.delete_files()?;
+            self.dir_generation += 1;
+        }
+        Ok(())
+    }
+
+    /// Time and size retention over whole sealed segments, oldest first, stopping at the first
+    /// segment that must stay. Returns the number of segments deleted.
+    pub fn apply_retention(&mut self, now_ms: i64) -> Result<usize, LogError> {
+        let mut remaining = self.size_bytes();
+        let mut n = 0;
+        for seg in &self.segments[..self.segments.len() - 1] {
+            let newest_ms = if seg.max_timestamp >= 0 {
+                seg.max_timestamp
+            } else {
+                seg.created_ms
+            };
+            let by_time = self.config.retention_ms >= 0
+                && now_ms.saturating_sub(newest_ms) > self.config.retention_ms;
+            let by_size = self.config.retention_bytes >= 0
+                && remaining - seg.size >= self.config.retention_bytes as u64;
+            if !(by_time || by_size) {
+                break;
+            }
+            remaining -= seg.size;
+            n += 1;
+        }
+        if n > 0 {
+            let new_start = self.segments[n].base;
+            if new_start > self.log_start {
+                self.set_log_start(new_start)?;
+            }
+            self.delete_oldest(n)?;
+        }
+        Ok(n)
+    }
+
+    /// Drops every batch at or after the one containing `offset` (replication truncation; the
+    /// cut is at a batch boundary). Below the log start the log restarts empty at `offset`.
+    /// The cut is fsynced before returning, so truncated data cannot come back after a crash.
+    pub fn truncate_to(&mut self, offset: i64) -> Result<(), LogError> {
+        if offset >= self.log_end_offset() {
+            return Ok(());
+        }
+        if offset < self.log_start {
+            let fresh = Segment::create(&self.dir, offset.max(0), 0)?;
+            for seg in std::mem::replace(&mut self.segments, vec![fresh]) {
+                if seg.base != offset.max(0) {
+                    seg.delete_files()?;
+                }
+            }
+            self.set_log_start(offset.max(0))?;
+        } else {
+            while self.segments.len() > 1 && self.active().base >= offset {
+                if let Some(seg) = self.segments.pop() {
+                    seg.delete_files()?;
+                }
+            }
+            self.active_mut().truncate_to(offset)?;
+        }
+        self.dir_generation += 1;
+        let log_end = self.log_end_offset();
+        for file in self.active().files() {
+            file.sync_all()?;
+        }
+        checkpoint::sync_dir(&self.dir)?;
+        if self.epochs.truncate_from_end(log_end) {
+            self.epochs.persist(&self.dir)?;
+        }
+        if self.recovery_point > log_end {
+            self.recovery_point = log_end;
+            checkpoint::write_offset(&self.dir, checkpoint::RECOVERY_POINT_FILE, log_end, true)?;
+        }
+        let mut truncations = self
+            .truncations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        truncations.generation += 1;
+        let generation = truncations.generation;
+        truncations.recent.push_back((generation, log_end));
+        if truncations.recent.len() > KEPT_TRUNCATIONS {
+            truncations.recent.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Clean shutdown: seal the active time index, fsync everything, write the marker.
+    pub fn close(mut self) -> Result<(), LogError> {
+        self.active_mut().seal_time_index()?;
+        self.flush()?;
+        checkpoint::write_atomic(&self.dir, checkpoint::CLEAN_SHUTDOWN_FILE, b"", true)?;
+        Ok(())
+    }
+
+    /// OffsetForLeaderEpoch (KIP-101), Kafka's rules: see `EpochCache::end_offset_for`.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        self.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.epochs.latest_epoch()
+    }
+
+    /// (epoch, start offset) pairs of the leader-epoch cache, oldest first.
+    pub fn epoch_entries(&self) -> Vec<(i32, i64)> {
+        self.epochs.entries().to_vec()
+    }
+
+    #[cfg(test)]
+    fn fail_next_write_after(&mut self, bytes: usize) {
+        self.active_mut().fail_next_write_after = Some(bytes);
+    }
+}

@@ -1,0 +1,144 @@
+//! One Kafka connection: frames in, responses out, in order.
+//!
+//! Requests on a connection are handled one at a time, as Kafka does (it mutes a channel while a
+//! request is in flight), so responses are naturally in request order. Anything malformed closes
+//! this connection with a log line and touches nothing else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{
+    find_coordinator_response::FindCoordinatorResponse, ApiKey, HeartbeatResponse,
+    JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse, ResponseKind, SaslHandshakeResponse,
+    SyncGroupResponse,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::api;
+use crate::broker::Broker;
+use crate::protocol::frame::{read_frame, FrameError, MemoryBudget};
+use crate::protocol::request::{encode_response, parse, RequestError};
+
+pub async fn serve(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    budget: MemoryBudget,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let max = broker.config.broker.socket_request_max_bytes;
+    metrics::gauge!("strata_connections").increment(1.0);
+    loop {
+        let frame = tokio::select! {
+            frame = read_frame(&mut reader, max, &budget) => frame,
+            _ = shutdown.changed() => break,
+        };
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(FrameError::Io(e)) => {
+                tracing::debug!(%peer, error = %e, "connection read failed");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "closing connection: bad frame");
+                metrics::counter!("strata_bad_frames_total").increment(1);
+                break;
+            }
+        };
+        let Some(response) = respond(&broker, &frame.body, peer).await else {
+            continue;
+        };
+        drop(frame);
+        match response {
+            Ok(bytes) => {
+                if let Err(e) = writer.write_all(&bytes).await {
+                    tracing::debug!(%peer, error = %e, "connection write failed");
+                    break;
+                }
+            }
+            Err(()) => break,
+        }
+    }
+    metrics::gauge!("strata_connections").decrement(1.0);
+}
+
+/// `None`: nothing to send (acks=0). `Some(Err(()))`: close the connection.
+async fn respond(
+    broker: &Arc<Broker>,
+    body: &Bytes,
+    peer: SocketAddr,
+) -> Option<Result<Bytes, ()>> {
+    let request = match parse(body) {
+        Ok(r) => r,
+        Err(RequestError::Unsupported {
+            api,
+            version,
+            correlation_id,
+        }) => {
+            tracing::info!(%peer, ?api, version, "unsupported API version");
+            return Some(unsupported(api, version, correlation_id).ok_or(()));
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "closing connection: bad request");
+            metrics::counter!("strata_bad_requests_total").increment(1);
+            return Some(Err(()));
+        }
+    };
+    let api = request.api;
+    let version = request.version;
+    let correlation_id = request.header.correlation_id;
+    let response = api::dispatch(broker, request).await?;
+    match encode_response(api, version, correlation_id, &response) {
+        Ok(bytes) => Some(Ok(bytes)),
+        Err(e) => {
+            tracing::error!(%peer, ?api, version, error = %e, "encoding a response failed");
+            Some(Err(()))
+        }
+    }
+}
+
+/// An UNSUPPORTED_VERSION answer where one can be expressed: ApiVersions per KIP-511, and the
+/// group and SASL APIs whose responses carry a top-level error code. Other APIs get the
+/// connection closed, as Kafka does for requests it cannot parse.
+fn unsupported(api: ApiKey, version: i16, correlation_id: i32) -> Option<Bytes> {
+    if api == ApiKey::ApiVersions {
+        return api::unsupported_version_response(correlation_id).ok();
+    }
+    let valid = api.valid_versions();
+    if version < valid.min || version > valid.max {
+        return None;
+    }
+    let code = ResponseError::UnsupportedVersion.code();
+    let body = match api {
+        ApiKey::FindCoordinator => {
+            ResponseKind::FindCoordinator(FindCoordinatorResponse::default().with_error_code(code))
+        }
+        ApiKey::JoinGroup => {
+            ResponseKind::JoinGroup(JoinGroupResponse::default().with_error_code(code))
+        }
+        ApiKey::SyncGroup => {
+            ResponseKind::SyncGroup(SyncGroupResponse::default().with_error_code(code))
+        }
+        ApiKey::Heartbeat => {
+            ResponseKind::Heartbeat(HeartbeatResponse::default().with_error_code(code))
+        }
+        ApiKey::LeaveGroup => {
+            ResponseKind::LeaveGroup(LeaveGroupResponse::default().with_error_code(code))
+        }
+        ApiKey::ListGroups => {
+            ResponseKind::ListGroups(ListGroupsResponse::default().with_error_code(code))
+        }
+        ApiKey::SaslHandshake => {
+            ResponseKind::SaslHandshake(SaslHandshakeResponse::default().with_error_code(code))
+        }
+        _ => return None,
+    };
+    encode_response(api, version, correlation_id, &body).ok()
+}

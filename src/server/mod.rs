@@ -1,0 +1,231 @@
+//! Starting and stopping a broker: listeners, the accept loop, background duties (retention,
+//! flush.ms, producer snapshots) and a clean shutdown that lets in-flight requests finish.
+
+mod admin;
+mod connection;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::broker::Broker;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::protocol::frame::MemoryBudget;
+
+/// Most connections served at once; more wait in the kernel's accept queue.
+const MAX_CONNECTIONS: usize = 10_000;
+/// How long shutdown waits for in-flight requests before closing connections anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often flush.ms deadlines are checked.
+const FLUSH_TICK: Duration = Duration::from_millis(100);
+
+/// A running broker. Dropping it without `shutdown` leaves the log to be recovered on next start,
+/// like a crash.
+pub struct RunningBroker {
+    pub broker: Arc<Broker>,
+    kafka_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl RunningBroker {
+    pub fn kafka_addr(&self) -> SocketAddr {
+        self.kafka_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish, then closes every partition cleanly.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("shutdown grace expired; aborting remaining tasks");
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
+        let broker = self.broker.clone();
+        drop(self);
+        let _ = tokio::task::spawn_blocking(move || broker.shutdown()).await;
+        tracing::info!("broker stopped cleanly");
+    }
+}
+
+/// Opens the log, binds the listeners and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
+    start_with_clock(config, Clock::System).await
+}
+
+pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<RunningBroker> {
+    crate::telemetry::install_metrics();
+    raise_open_file_limit();
+    std::fs::create_dir_all(&config.data_dir)?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_listener = TcpListener::bind(&config.admin_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding admin listener {}: {e}", config.admin_listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(admin::serve(
+        admin_listener,
+        ready.clone(),
+        shutdown_rx.clone(),
+    ));
+
+    let broker = tokio::task::spawn_blocking(move || Broker::open(config, clock)).await??;
+    let broker = Arc::new(broker);
+    let listener = TcpListener::bind(&broker.config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding Kafka listener {}: {e}", broker.config.listen))?;
+    let kafka_addr = listener.local_addr()?;
+    let (host, port) = advertised(&broker.config, kafka_addr)?;
+    broker.set_advertised(host, port);
+
+    let budget = MemoryBudget::new(
+        broker.config.broker.queued_max_request_bytes,
+        broker.config.broker.socket_request_max_bytes,
+    );
+    tasks.spawn(accept_loop(
+        broker.clone(),
+        listener,
+        budget,
+        shutdown_rx.clone(),
+    ));
+    tasks.spawn(background(broker.clone(), shutdown_rx));
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(%kafka_addr, %admin_addr, data_dir = %broker.config.data_dir.display(), "strata ready");
+    Ok(RunningBroker {
+        broker,
+        kafka_addr,
+        admin_addr,
+        shutdown,
+        tasks,
+    })
+}
+
+/// `--advertise host:port`, or the address actually bound.
+fn advertised(config: &Config, bound: SocketAddr) -> anyhow::Result<(String, i32)> {
+    match &config.advertise {
+        Some(a) => {
+            let (host, port) = a
+                .rsplit_once(':')
+                .ok_or_else(|| anyhow::anyhow!("--advertise must be host:port, got {a:?}"))?;
+            let port: i32 = port
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--advertise port in {a:?} is not a number"))?;
+            Ok((
+                host.trim_matches(|c| c == '[' || c == ']').to_string(),
+                port,
+            ))
+        }
+        None => Ok((bound.ip().to_string(), bound.port() as i32)),
+    }
+}
+
+async fn accept_loop(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    budget: MemoryBudget,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let broker = broker.clone();
+                let budget = budget.clone();
+                let shutdown = shutdown.clone();
+                connections.spawn(async move {
+                    connection::serve(broker, stream, peer, budget, shutdown).await;
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        while connections.try_join_next().is_some() {}
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+/// Retention every `log.retention.check.interval.ms`, flush.ms every tick, producer snapshots with
+/// retention so that replay after a crash stays short.
+async fn background(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let retention_every =
+        Duration::from_millis(broker.config.broker.log_retention_check_interval_ms.max(1) as u64);
+    let mut retention = tokio::time::interval(retention_every);
+    let mut flush = tokio::time::interval(FLUSH_TICK);
+    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = flush.tick() => {
+                let now = broker.clock.now_ms();
+                for p in broker.partitions() {
+                    if let Err(e) = p.maybe_flush(now).await {
+                        tracing::error!(topic = p.topic, partition = p.index, error = %e, "flush failed");
+                    }
+                }
+            }
+            _ = retention.tick() => {
+                let broker = broker.clone();
+                let _ = tokio::task::spawn_blocking(move || apply_retention(&broker)).await;
+            }
+        }
+    }
+}
+
+fn apply_retention(broker: &Broker) {
+    let now = broker.clock.now_ms();
+    for p in broker.partitions() {
+        match p.apply_retention(now) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                topic = p.topic,
+                partition = p.index,
+                segments = n,
+                "retention deleted segments"
+            ),
+            Err(e) => {
+                tracing::error!(topic = p.topic, partition = p.index, error = %e, "retention failed")
+            }
+        }
+        if let Err(e) = p.snapshot_producers() {
+            tracing::warn!(topic = p.topic, partition = p.index, error = %e, "producer snapshot failed");
+        }
+        crate::telemetry::record_partition(&p);
+    }
+}
+
+/// Many partitions mean many open segment files: lift the soft limit to the hard limit.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}

@@ -1,0 +1,226 @@
+//! Disk full: with the data dir on a small tmpfs, produce fails with KAFKA_STORAGE_ERROR (56)
+//! once the disk is full, everything acknowledged before stays readable, and after the disk is
+//! grown the same data dir serves again with nothing lost or torn.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use strata::record::batch::{split_batches, Codec};
+use strata::record::builder::BatchBuilder;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(path: &Path, size: &str) -> Result<Mount, String> {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Mount(path.to_path_buf()))
+    }
+
+    fn grow(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount");
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+async fn call<R: Encodable, S: Decodable>(
+    stream: &mut TcpStream,
+    api: ApiKey,
+    version: i16,
+    request: &R,
+) -> S {
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(7);
+    let mut buf = bytes::BytesMut::new();
+    header
+        .encode(&mut buf, api.request_header_version(version))
+        .unwrap();
+    request.encode(&mut buf, version).unwrap();
+    stream
+        .write_all(&(buf.len() as i32).to_be_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&buf).await.unwrap();
+    let len = stream.read_i32().await.unwrap();
+    let mut body = vec![0u8; len as usize];
+    stream.read_exact(&mut body).await.unwrap();
+    let mut body = Bytes::from(body);
+    ResponseHeader::decode(&mut body, api.response_header_version(version)).unwrap();
+    S::decode(&mut body, version).unwrap()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn produce(stream: &mut TcpStream, i: usize) -> i16 {
+    let mut b = BatchBuilder::new(Codec::None);
+    let value = vec![(i % 251) as u8; 16 * 1024];
+    for _ in 0..4 {
+        b.record(
+            now_ms(),
+            Some(format!("k{i}").as_bytes()),
+            Some(&value),
+            &[],
+        );
+    }
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("full")))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(Bytes::from(b.build())))])]);
+    let r: ProduceResponse = call(stream, ApiKey::Produce, 9, &request).await;
+    r.responses[0].partition_responses[0].error_code
+}
+
+/// Reads the whole partition and returns the batches' keys (one per batch), checking CRCs.
+async fn read_keys(stream: &mut TcpStream) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut offset = 0;
+    loop {
+        let request = FetchRequest::default()
+            .with_max_bytes(4 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("full")))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(4 << 20)])]);
+        let r: FetchResponse = call(stream, ApiKey::Fetch, 12, &request).await;
+        let p = &r.responses[0].partitions[0];
+        assert_eq!(
+            p.error_code, 0,
+            "fetch at {offset}: high watermark {}, log start {}",
+            p.high_watermark, p.log_start_offset
+        );
+        let records = p.records.clone().unwrap();
+        let (batches, whole) = split_batches(&records);
+        assert_eq!(whole, records.len(), "fetch returned a torn batch");
+        if batches.is_empty() {
+            return keys;
+        }
+        for (header, range) in &batches {
+            strata::record::batch::check_crc(header, &records[range.clone()])
+                .expect("stored batch intact");
+            let limits = strata::record::validate::ValidationLimits {
+                max_batch_bytes: usize::MAX,
+                max_decompressed_bytes: 1 << 24,
+            };
+            let (_, recs) =
+                strata::record::records::decode_batch(&records[range.clone()], &limits).unwrap();
+            keys.push(String::from_utf8(recs[0].key.clone().unwrap()).unwrap());
+            offset = header.last_offset() + 1;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_is_a_storage_error_and_loses_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let mount = match Mount::tmpfs(root.path(), "6m") {
+        Ok(m) => m,
+        Err(e) => {
+            if std::env::var("STRATA_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
+                panic!("disk-full test needs to mount a tmpfs (root): {e}");
+            }
+            eprintln!(
+                "SKIP disk_full_is_a_storage_error_and_loses_nothing: cannot mount a tmpfs: {e}"
+            );
+            return;
+        }
+    };
+    let dir = root.path().join("data");
+    let running = support::start_in(&dir, &[("log.segment.bytes", "1048576")]).await;
+    running
+        .broker
+        .create_topic("full", 1, 1, &Default::default(), false)
+        .unwrap();
+    let addr = running.kafka_addr().to_string();
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    for i in 0..400 {
+        match produce(&mut stream, i).await {
+            0 => acked.push(format!("k{i}")),
+            56 => {
+                refused += 1;
+                if refused >= 5 {
+                    break;
+                }
+            }
+            other => panic!("unexpected error code {other}"),
+        }
+    }
+    assert!(
+        refused >= 5,
+        "the disk never filled ({} batches acknowledged)",
+        acked.len()
+    );
+    assert!(acked.len() > 10);
+    // Everything acknowledged is readable and intact, in order, with nothing else in between.
+    assert_eq!(read_keys(&mut stream).await, acked);
+    let metrics = reqwest_free_get(&running.admin_addr().to_string(), "/metrics").await;
+    assert!(
+        metrics.contains("strata_storage_errors_total"),
+        "storage errors are counted"
+    );
+    running.shutdown().await;
+
+    // More space: the same data dir recovers and serves again.
+    mount.grow("64m");
+    let running = support::start_in(&dir, &[("log.segment.bytes", "1048576")]).await;
+    let mut stream = TcpStream::connect(running.kafka_addr()).await.unwrap();
+    assert_eq!(
+        read_keys(&mut stream).await,
+        acked,
+        "acknowledged data survives the restart"
+    );
+    assert_eq!(produce(&mut stream, 10_000).await, 0);
+    running.shutdown().await;
+    drop(mount);
+}
+
+/// A tiny HTTP GET (the admin API) without an HTTP client dependency.
+async fn reqwest_free_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}

@@ -13,19 +13,19 @@
 
 mod checkpoint;
 mod epoch_cache;
+mod flush;
 mod index;
 mod recovery;
+mod retention;
 mod segment;
 mod time_index;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -34,6 +34,8 @@ use tracing::warn;
 use crate::record::batch::{set_base_offset_and_epoch, split_batches, BatchHeader};
 
 use epoch_cache::EpochCache;
+pub use flush::FlushHandle;
+use flush::Truncations;
 use segment::Segment;
 
 /// Per-log settings, named after Kafka's topic configs.
@@ -111,65 +113,6 @@ pub struct ReadResult {
     /// Whole batches only, concatenated; empty when nothing is readable.
     pub bytes: Bytes,
     pub log_start_offset: i64,
-}
-
-/// Truncations since some point, so a `FlushHandle` created before a truncation does not
-/// claim durability for data written after it.
-#[derive(Debug, Default)]
-struct Truncations {
-    generation: u64,
-    /// (generation, log end after that truncation), the most recent few.
-    recent: VecDeque<(u64, i64)>,
-}
-const KEPT_TRUNCATIONS: usize = 16;
-
-/// The fsync part of a flush, detached from the `Log` so it can run without its lock.
-#[derive(Debug)]
-pub struct FlushHandle {
-    files: Vec<Arc<File>>,
-    dir: PathBuf,
-    target: i64,
-    dir_generation: u64,
-    dir_synced: Arc<AtomicU64>,
-    truncation_generation: u64,
-    truncations: Arc<Mutex<Truncations>>,
-}
-
-impl FlushHandle {
-    /// The log end offset when the handle was taken.
-    pub fn target(&self) -> i64 {
-        self.target
-    }
-
-    /// fsyncs the files and, if segments were created or deleted, the directory. Returns the
-    /// offset below which everything is now durable, for `Log::mark_flushed`: the target, lowered
-    /// if the log was truncated meanwhile (-1 if too many truncations to tell).
-    pub fn sync(self) -> io::Result<i64> {
-        for file in &self.files {
-            file.sync_data()?;
-        }
-        if self.dir_synced.load(Ordering::Acquire) < self.dir_generation {
-            checkpoint::sync_dir(&self.dir)?;
-            self.dir_synced
-                .fetch_max(self.dir_generation, Ordering::AcqRel);
-        }
-        let truncations = self
-            .truncations
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if truncations.generation == self.truncation_generation {
-            return Ok(self.target);
-        }
-        let oldest_kept = truncations.recent.front().map_or(u64::MAX, |&(g, _)| g);
-        if oldest_kept > self.truncation_generation + 1 {
-            return Ok(-1);
-        }
-        Ok(truncations
-            .recent
-            .iter()
-            .filter(|&&(g, _)| g > self.truncation_generation)
-            .fold(self.target, |t, &(_, end)| t.min(end)))
-    }
 }
 
 #[derive(Debug)]
@@ -434,174 +377,6 @@ impl Log {
                 s.max_timestamp,
             )
         })
-    }
-
-    /// Everything needed to fsync what was appended so far, without borrowing the log.
-    pub fn flush_handle(&self) -> FlushHandle {
-        let mut first = self.segment_index_for(self.recovery_point);
-        if first > 0 && self.segments[first].base == self.recovery_point {
-            // The previous segment got its final time-index entry when it was rolled.
-            first -= 1;
-        }
-        let truncations = self
-            .truncations
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        FlushHandle {
-            files: self.segments[first..]
-                .iter()
-                .flat_map(|s| s.files())
-                .collect(),
-            dir: self.dir.clone(),
-            target: self.log_end_offset(),
-            dir_generation: self.dir_generation,
-            dir_synced: self.dir_synced.clone(),
-            truncation_generation: truncations.generation,
-            truncations: self.truncations.clone(),
-        }
-    }
-
-    /// Advances the recovery point to `offset` (as returned by `FlushHandle::sync`) and writes
-    /// its checkpoint. The checkpoint is not fsynced: losing it only means more recovery work.
-    pub fn mark_flushed(&mut self, offset: i64) -> Result<(), LogError> {
-        let offset = offset.min(self.log_end_offset());
-        if offset > self.recovery_point {
-            self.recovery_point = offset;
-            checkpoint::write_offset(&self.dir, checkpoint::RECOVERY_POINT_FILE, offset, false)?;
-        }
-        Ok(())
-    }
-
-    /// fsync everything appended so far and advance the recovery point.
-    pub fn flush(&mut self) -> Result<(), LogError> {
-        let offset = self.flush_handle().sync()?;
-        self.mark_flushed(offset)
-    }
-
-    /// DeleteRecords: moves the log start to `offset` and deletes segments wholly below it.
-    /// Returns the new log start (unchanged if `offset` is not above it).
-    pub fn delete_records_before(&mut self, offset: i64) -> Result<i64, LogError> {
-        let log_end = self.log_end_offset();
-        if offset > log_end || offset < 0 {
-            return Err(LogError::OffsetOutOfRange {
-                offset,
-                log_start: self.log_start,
-                log_end,
-            });
-        }
-        if offset > self.log_start {
-            self.set_log_start(offset)?;
-            let doomed = self
-                .segments
-                .partition_point(|s| s.next_offset <= offset)
-                .min(self.segments.len() - 1);
-            self.delete_oldest(doomed)?;
-        }
-        Ok(self.log_start)
-    }
-
-    fn set_log_start(&mut self, offset: i64) -> Result<(), LogError> {
-        checkpoint::write_offset(&self.dir, checkpoint::LOG_START_FILE, offset, true)?;
-        self.log_start = offset;
-        if self.epochs.truncate_from_start(offset) {
-            self.epochs.persist(&self.dir)?;
-        }
-        Ok(())
-    }
-
-    /// Deletes the `n` oldest segments (never the active one); the log start must already be
-    /// at or beyond them.
-    fn delete_oldest(&mut self, n: usize) -> Result<(), LogError> {
-        assert!(
-            n < self.segments.len(),
-            "the active segment is never deleted"
-        );
-        for seg in self.segments.drain(..n) {
-            assert!(seg.next_offset <= self.log_start || seg.size == 0);
-            seg.delete_files()?;
-            self.dir_generation += 1;
-        }
-        Ok(())
-    }
-
-    /// Time and size retention over whole sealed segments, oldest first, stopping at the first
-    /// segment that must stay. Returns the number of segments deleted.
-    pub fn apply_retention(&mut self, now_ms: i64) -> Result<usize, LogError> {
-        let mut remaining = self.size_bytes();
-        let mut n = 0;
-        for seg in &self.segments[..self.segments.len() - 1] {
-            let newest_ms = if seg.max_timestamp >= 0 {
-                seg.max_timestamp
-            } else {
-                seg.created_ms
-            };
-            let by_time = self.config.retention_ms >= 0
-                && now_ms.saturating_sub(newest_ms) > self.config.retention_ms;
-            let by_size = self.config.retention_bytes >= 0
-                && remaining - seg.size >= self.config.retention_bytes as u64;
-            if !(by_time || by_size) {
-                break;
-            }
-            remaining -= seg.size;
-            n += 1;
-        }
-        if n > 0 {
-            let new_start = self.segments[n].base;
-            if new_start > self.log_start {
-                self.set_log_start(new_start)?;
-            }
-            self.delete_oldest(n)?;
-        }
-        Ok(n)
-    }
-
-    /// Drops every batch at or after the one containing `offset` (replication truncation; the
-    /// cut is at a batch boundary). Below the log start the log restarts empty at `offset`.
-    /// The cut is fsynced before returning, so truncated data cannot come back after a crash.
-    pub fn truncate_to(&mut self, offset: i64) -> Result<(), LogError> {
-        if offset >= self.log_end_offset() {
-            return Ok(());
-        }
-        if offset < self.log_start {
-            let fresh = Segment::create(&self.dir, offset.max(0), 0)?;
-            for seg in std::mem::replace(&mut self.segments, vec![fresh]) {
-                if seg.base != offset.max(0) {
-                    seg.delete_files()?;
-                }
-            }
-            self.set_log_start(offset.max(0))?;
-        } else {
-            while self.segments.len() > 1 && self.active().base >= offset {
-                if let Some(seg) = self.segments.pop() {
-                    seg.delete_files()?;
-                }
-            }
-            self.active_mut().truncate_to(offset)?;
-        }
-        self.dir_generation += 1;
-        let log_end = self.log_end_offset();
-        for file in self.active().files() {
-            file.sync_all()?;
-        }
-        checkpoint::sync_dir(&self.dir)?;
-        if self.epochs.truncate_from_end(log_end) {
-            self.epochs.persist(&self.dir)?;
-        }
-        if self.recovery_point > log_end {
-            self.recovery_point = log_end;
-            checkpoint::write_offset(&self.dir, checkpoint::RECOVERY_POINT_FILE, log_end, true)?;
-        }
-        let mut truncations = self
-            .truncations
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        truncations.generation += 1;
-        let generation = truncations.generation;
-        truncations.recent.push_back((generation, log_end));
-        if truncations.recent.len() > KEPT_TRUNCATIONS {
-            truncations.recent.pop_front();
-        }
-        Ok(())
     }
 
     /// Clean shutdown: seal the active time index, fsync everything, write the marker.

@@ -221,6 +221,14 @@ impl Log {
                 header.last_offset_delta
             )));
         }
+        let max_len = recovery::max_recovery_batch_len(&self.config);
+        if batch.len() as u64 > max_len {
+            // Recovery would discard it as garbage.
+            return Err(LogError::InvalidBatch(format!(
+                "{} bytes, above max(segment.bytes, 2 * max_batch_bytes) = {max_len}",
+                batch.len()
+            )));
+        }
         let base_offset = self.log_end_offset();
         set_base_offset_and_epoch(batch, base_offset, leader_epoch);
         let header = BatchHeader {
@@ -383,6 +391,13 @@ impl Log {
     pub fn close(mut self) -> Result<(), LogError> {
         self.active_mut().seal_time_index()?;
         self.flush()?;
+        let recovery_point = self.recovery_point;
+        checkpoint::write_offset(
+            &self.dir,
+            checkpoint::RECOVERY_POINT_FILE,
+            recovery_point,
+            true,
+        )?;
         checkpoint::write_atomic(&self.dir, checkpoint::CLEAN_SHUTDOWN_FILE, b"", true)?;
         Ok(())
     }

@@ -105,8 +105,9 @@ impl Segment {
         ]
     }
 
+    /// Offset relative to the base, clamped to u32 (exact for offsets of this segment's
+    /// batches, which `can_hold` keeps in range).
     pub(super) fn rel(&self, offset: i64) -> u32 {
-        debug_assert!(offset >= self.base && offset - self.base <= i64::from(u32::MAX));
         (offset - self.base).clamp(0, i64::from(u32::MAX)) as u32
     }
 

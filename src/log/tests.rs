@@ -448,3 +448,47 @@ fn recovery_cuts_at_torn_tail_and_bad_crc() {
         batches[15].1.start as u64
     );
 }
+
+#[test]
+fn unclean_reopen_scans_from_the_recovery_point() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = Log::open(dir.path(), small_config(), 0).expect("open");
+    fill(&mut log, 60);
+    log.flush().expect("flush");
+    assert_eq!(log.recovery_point(), 180);
+    fill(&mut log, 60);
+    let last_base = *log.segment_bases().last().expect("bases");
+    drop(log);
+    // Corrupt the first batch of the last segment, which lies above the recovery point.
+    let file = dir.path().join(format!("{last_base:020}.log"));
+    let mut bytes = std::fs::read(&file).expect("read");
+    bytes[30] ^= 1;
+    std::fs::write(&file, &bytes).expect("write");
+    let log = Log::open(dir.path(), small_config(), 0).expect("reopen");
+    assert_eq!(log.log_end_offset(), last_base);
+    assert_eq!(log.recovery_point(), last_base);
+    assert_eq!(
+        checkpoint::read_offset(dir.path(), checkpoint::RECOVERY_POINT_FILE).expect("ckpt"),
+        Some(last_base)
+    );
+}
+
+#[test]
+fn clean_open_rebuilds_a_broken_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = Log::open(dir.path(), small_config(), 0).expect("open");
+    let appended = fill(&mut log, 30);
+    log.close().expect("close");
+    let index = dir.path().join("00000000000000000000.index");
+    let good = std::fs::read(&index).expect("read");
+    assert!(good.len() >= 16);
+    let mut bad = good.clone();
+    bad[8..16].copy_from_slice(&[0xff; 8]); // an entry past the end of the .log
+    std::fs::write(&index, &bad).expect("write");
+    let log = Log::open(dir.path(), small_config(), 0).expect("reopen");
+    assert_eq!(std::fs::read(&index).expect("read"), good);
+    for offset in 0..log.log_end_offset() {
+        let r = log.read(offset, 1, i64::MAX, true).expect("read");
+        assert_eq!(&r.bytes[..], &appended[(offset / 3) as usize][..]);
+    }
+}

@@ -3,6 +3,8 @@
 use super::*;
 use crate::record::batch::{compute_crc, split_batches};
 
+mod concurrency;
+
 fn put_varint(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
     while z >= 0x80 {

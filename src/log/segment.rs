@@ -67,9 +67,12 @@ impl Segment {
             .truncate(false)
             .open(dir.join(file_name(base, LOG_SUFFIX)))?;
         let size = log.metadata()?.len();
-        let (index, index_ok) = OffsetIndex::open(&dir.join(file_name(base, INDEX_SUFFIX)), size)?;
-        let (time_index, time_ok) =
-            TimeIndex::open(&dir.join(file_name(base, TIME_INDEX_SUFFIX)), size)?;
+        let index_path = dir.join(file_name(base, INDEX_SUFFIX));
+        let time_path = dir.join(file_name(base, TIME_INDEX_SUFFIX));
+        // A missing index next to a non-empty `.log` was lost, not empty: rebuild it.
+        let indexes_exist = size == 0 || (index_path.exists() && time_path.exists());
+        let (index, index_ok) = OffsetIndex::open(&index_path, size)?;
+        let (time_index, time_ok) = TimeIndex::open(&time_path, size)?;
         let segment = Segment {
             base,
             dir: dir.to_path_buf(),
@@ -86,7 +89,7 @@ impl Segment {
             #[cfg(test)]
             fail_next_write_after: None,
         };
-        Ok((segment, index_ok && time_ok))
+        Ok((segment, indexes_exist && index_ok && time_ok))
     }
 
     /// Creates a new, empty segment (files truncated if left over).

@@ -489,6 +489,11 @@ fn clean_open_rebuilds_a_broken_index() {
     std::fs::write(&index, &bad).expect("write");
     let log = Log::open(dir.path(), small_config(), 0).expect("reopen");
     assert_eq!(std::fs::read(&index).expect("read"), good);
+    log.close().expect("close");
+    // A lost index is rebuilt too, not trusted as empty.
+    std::fs::remove_file(&index).expect("rm");
+    let log = Log::open(dir.path(), small_config(), 0).expect("reopen");
+    assert_eq!(std::fs::read(&index).expect("read"), good);
     for offset in 0..log.log_end_offset() {
         let r = log.read(offset, 1, i64::MAX, true).expect("read");
         assert_eq!(&r.bytes[..], &appended[(offset / 3) as usize][..]);

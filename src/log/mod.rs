@@ -132,6 +132,10 @@ pub struct Log {
 }
 
 impl Log {
+    /// Opens (creating `dir` if needed) the partition log. Without the clean-shutdown marker
+    /// the segments from the recovery point on are scanned and repaired (`recovery.rs`); the
+    /// marker is removed (durably) so a later crash is seen as unclean. `now_ms` is the creation
+    /// time of new segments, the base of `segment.ms` while they hold no timestamp.
     pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<Log, LogError> {
         let loaded = recovery::load(dir, &config, now_ms)?;
         Ok(Log {
@@ -147,6 +151,7 @@ impl Log {
         })
     }
 
+    /// New settings apply from the next append / retention pass; existing segments stay.
     pub fn set_config(&mut self, config: LogConfig) {
         self.config = config;
     }

@@ -303,3 +303,39 @@ fn offsets_not_continuing() {
     fs::write(&path, &bytes).expect("write");
     check_recovered(work.path(), pristine.path(), &stored, 2, 1 << 20);
 }
+
+/// Real disk-full: run with `STRATA_ENOSPC_DIR` on a small filesystem, e.g. as root
+/// `mount -t tmpfs -o size=256k tmpfs /tmp/strata-enospc`. The append that hits ENOSPC fails
+/// with `is_storage_full`, and the log (memory and files) stays exactly as before it.
+#[test]
+#[ignore = "needs a small filesystem in STRATA_ENOSPC_DIR"]
+fn real_enospc() {
+    let Some(root) = std::env::var_os("STRATA_ENOSPC_DIR") else {
+        return;
+    };
+    let dir = tempfile::tempdir_in(root).expect("tempdir");
+    // Ballast, deleted after the failure so the reopen has room for its checkpoints.
+    let ballast = dir.path().join("ballast");
+    fs::write(&ballast, vec![0u8; 16 * 1024]).expect("ballast");
+    let log_dir = dir.path().join("topic-0");
+    let mut log = Log::open(&log_dir, config(1 << 20), 0).expect("open");
+    let mut appended = Vec::new();
+    let err = loop {
+        let mut b = batch(3, 1000, 0);
+        match log.append(&mut b, 0, 0) {
+            Ok(_) => appended.extend_from_slice(&b),
+            Err(e) => break e,
+        }
+    };
+    assert!(err.is_storage_full(), "{err}");
+    assert_eq!(log.size_bytes(), appended.len() as u64);
+    let seg = log_dir.join("00000000000000000000.log");
+    assert_eq!(fs::read(&seg).expect("read"), appended);
+    assert_eq!(read_all(&log), appended);
+    let end = log.log_end_offset();
+    drop(log);
+    fs::remove_file(&ballast).expect("rm ballast");
+    let log = Log::open(&log_dir, config(1 << 20), 0).expect("reopen");
+    assert_eq!(log.log_end_offset(), end);
+    assert_eq!(read_all(&log), appended);
+}

@@ -241,7 +241,7 @@ impl Log {
             partition_leader_epoch: leader_epoch,
             ..header
         };
-        if self.should_roll(batch.len(), header.last_offset(), now_ms) {
+        if self.should_roll(batch.len(), &header, now_ms) {
             self.roll(now_ms)?;
         }
         let saved_epochs = if self.epochs.latest_epoch().is_none_or(|e| leader_epoch > e) {
@@ -275,7 +275,7 @@ impl Log {
         })
     }
 
-    fn should_roll(&self, len: usize, last_offset: i64, now_ms: i64) -> bool {
+    fn should_roll(&self, len: usize, header: &BatchHeader, now_ms: i64) -> bool {
         let active = self.active();
         if active.size == 0 {
             return false;
@@ -283,8 +283,9 @@ impl Log {
         let segment_bytes = self.config.segment_bytes.min(u64::from(u32::MAX));
         active.size + len as u64 > segment_bytes
             || (self.config.segment_ms >= 0
-                && now_ms.saturating_sub(active.rolling_base_ms()) > self.config.segment_ms)
-            || !active.can_hold(len, last_offset)
+                && active.time_waited_for_roll_ms(now_ms, header.max_timestamp)
+                    > self.config.segment_ms)
+            || !active.can_hold(len, header.last_offset())
     }
 
     fn roll(&mut self, now_ms: i64) -> Result<(), LogError> {

@@ -192,13 +192,33 @@ fn rolls_by_bytes_and_by_ms() {
     log.append(&mut batch(1, 400, 0, 0), 0, 0).expect("append");
     assert_eq!(log.segment_count(), 2, "{len} * 3 > 1000 must roll");
     assert_eq!(log.segment_bases(), vec![0, 2]);
-    // segment.ms counts from the first batch's timestamp (0 here).
+    // segment.ms: the incoming batch's timestamp minus the first batch's (0 here).
     log.append(&mut batch(1, 10, 50, 50), 0, 100)
         .expect("append");
     assert_eq!(log.segment_count(), 2);
     log.append(&mut batch(1, 10, 101, 101), 0, 101)
         .expect("append");
     assert_eq!(log.segment_bases(), vec![0, 2, 4]);
+    // Record time, not the clock, once the segment has a timestamp (Kafka's
+    // timeWaitedForRoll): old data replayed late does not roll on every append.
+    log.append(&mut batch(1, 10, 5, 5), 0, 10_000)
+        .expect("append");
+    assert_eq!(log.segment_count(), 3);
+    // Without timestamps, the clock since creation counts.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_ms: 100,
+        ..small_config()
+    };
+    let mut log = Log::open(dir2.path(), config, 1000).expect("open");
+    log.append(&mut batch(1, 10, -1, -1), 0, 1000)
+        .expect("append");
+    log.append(&mut batch(1, 10, -1, -1), 0, 1100)
+        .expect("append");
+    assert_eq!(log.segment_count(), 1);
+    log.append(&mut batch(1, 10, -1, -1), 0, 1101)
+        .expect("append");
+    assert_eq!(log.segment_count(), 2);
     assert!(dir.path().join("00000000000000000004.log").exists());
     assert!(dir.path().join("00000000000000000004.index").exists());
     assert!(dir.path().join("00000000000000000004.timeindex").exists());

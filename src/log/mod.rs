@@ -13,19 +13,19 @@
 
 mod checkpoint;
 mod epoch_cache;
+mod flush;
 mod index;
 mod recovery;
+mod retention;
 mod segment;
 mod time_index;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -34,6 +34,8 @@ use tracing::warn;
 use crate::record::batch::{set_base_offset_and_epoch, split_batches, BatchHeader};
 
 use epoch_cache::EpochCache;
+pub use flush::FlushHandle;
+use flush::Truncations;
 use segment::Segment;
 
 /// Per-log settings, named after Kafka's topic configs.
@@ -113,65 +115,6 @@ pub struct ReadResult {
     pub log_start_offset: i64,
 }
 
-/// Truncations since some point, so a `FlushHandle` created before a truncation does not
-/// claim durability for data written after it.
-#[derive(Debug, Default)]
-struct Truncations {
-    generation: u64,
-    /// (generation, log end after that truncation), the most recent few.
-    recent: VecDeque<(u64, i64)>,
-}
-const KEPT_TRUNCATIONS: usize = 16;
-
-/// The fsync part of a flush, detached from the `Log` so it can run without its lock.
-#[derive(Debug)]
-pub struct FlushHandle {
-    files: Vec<Arc<File>>,
-    dir: PathBuf,
-    target: i64,
-    dir_generation: u64,
-    dir_synced: Arc<AtomicU64>,
-    truncation_generation: u64,
-    truncations: Arc<Mutex<Truncations>>,
-}
-
-impl FlushHandle {
-    /// The log end offset when the handle was taken.
-    pub fn target(&self) -> i64 {
-        self.target
-    }
-
-    /// fsyncs the files and, if segments were created or deleted, the directory. Returns the
-    /// offset below which everything is now durable, for `Log::mark_flushed`: the target, lowered
-    /// if the log was truncated meanwhile (-1 if too many truncations to tell).
-    pub fn sync(self) -> io::Result<i64> {
-        for file in &self.files {
-            file.sync_data()?;
-        }
-        if self.dir_synced.load(Ordering::Acquire) < self.dir_generation {
-            checkpoint::sync_dir(&self.dir)?;
-            self.dir_synced
-                .fetch_max(self.dir_generation, Ordering::AcqRel);
-        }
-        let truncations = self
-            .truncations
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if truncations.generation == self.truncation_generation {
-            return Ok(self.target);
-        }
-        let oldest_kept = truncations.recent.front().map_or(u64::MAX, |&(g, _)| g);
-        if oldest_kept > self.truncation_generation + 1 {
-            return Ok(-1);
-        }
-        Ok(truncations
-            .recent
-            .iter()
-            .filter(|&&(g, _)| g > self.truncation_generation)
-            .fold(self.target, |t, &(_, end)| t.min(end)))
-    }
-}
-
 #[derive(Debug)]
 pub struct Log {
     dir: PathBuf,
@@ -189,6 +132,10 @@ pub struct Log {
 }
 
 impl Log {
+    /// Opens (creating `dir` if needed) the partition log. Without the clean-shutdown marker
+    /// the segments from the recovery point on are scanned and repaired (`recovery.rs`); the
+    /// marker is removed (durably) so a later crash is seen as unclean. `now_ms` is the creation
+    /// time of new segments, the base of `segment.ms` while they hold no timestamp.
     pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<Log, LogError> {
         let loaded = recovery::load(dir, &config, now_ms)?;
         Ok(Log {
@@ -204,6 +151,7 @@ impl Log {
         })
     }
 
+    /// New settings apply from the next append / retention pass; existing segments stay.
     pub fn set_config(&mut self, config: LogConfig) {
         self.config = config;
     }
@@ -278,6 +226,14 @@ impl Log {
                 header.last_offset_delta
             )));
         }
+        let max_len = recovery::max_recovery_batch_len(&self.config);
+        if batch.len() as u64 > max_len {
+            // Recovery would discard it as garbage.
+            return Err(LogError::InvalidBatch(format!(
+                "{} bytes, above max(segment.bytes, 2 * max_batch_bytes) = {max_len}",
+                batch.len()
+            )));
+        }
         let base_offset = self.log_end_offset();
         set_base_offset_and_epoch(batch, base_offset, leader_epoch);
         let header = BatchHeader {
@@ -285,7 +241,7 @@ impl Log {
             partition_leader_epoch: leader_epoch,
             ..header
         };
-        if self.should_roll(batch.len(), header.last_offset(), now_ms) {
+        if self.should_roll(batch.len(), &header, now_ms) {
             self.roll(now_ms)?;
         }
         let saved_epochs = if self.epochs.latest_epoch().is_none_or(|e| leader_epoch > e) {
@@ -319,7 +275,7 @@ impl Log {
         })
     }
 
-    fn should_roll(&self, len: usize, last_offset: i64, now_ms: i64) -> bool {
+    fn should_roll(&self, len: usize, header: &BatchHeader, now_ms: i64) -> bool {
         let active = self.active();
         if active.size == 0 {
             return false;
@@ -327,8 +283,9 @@ impl Log {
         let segment_bytes = self.config.segment_bytes.min(u64::from(u32::MAX));
         active.size + len as u64 > segment_bytes
             || (self.config.segment_ms >= 0
-                && now_ms.saturating_sub(active.rolling_base_ms()) > self.config.segment_ms)
-            || !active.can_hold(len, last_offset)
+                && active.time_waited_for_roll_ms(now_ms, header.max_timestamp)
+                    > self.config.segment_ms)
+            || !active.can_hold(len, header.last_offset())
     }
 
     fn roll(&mut self, now_ms: i64) -> Result<(), LogError> {
@@ -436,178 +393,17 @@ impl Log {
         })
     }
 
-    /// Everything needed to fsync what was appended so far, without borrowing the log.
-    pub fn flush_handle(&self) -> FlushHandle {
-        let mut first = self.segment_index_for(self.recovery_point);
-        if first > 0 && self.segments[first].base == self.recovery_point {
-            // The previous segment got its final time-index entry when it was rolled.
-            first -= 1;
-        }
-        let truncations = self
-            .truncations
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        FlushHandle {
-            files: self.segments[first..]
-                .iter()
-                .flat_map(|s| s.files())
-                .collect(),
-            dir: self.dir.clone(),
-            target: self.log_end_offset(),
-            dir_generation: self.dir_generation,
-            dir_synced: self.dir_synced.clone(),
-            truncation_generation: truncations.generation,
-            truncations: self.truncations.clone(),
-        }
-    }
-
-    /// Advances the recovery point to `offset` (as returned by `FlushHandle::sync`) and writes
-    /// its checkpoint. The checkpoint is not fsynced: losing it only means more recovery work.
-    pub fn mark_flushed(&mut self, offset: i64) -> Result<(), LogError> {
-        let offset = offset.min(self.log_end_offset());
-        if offset > self.recovery_point {
-            self.recovery_point = offset;
-            checkpoint::write_offset(&self.dir, checkpoint::RECOVERY_POINT_FILE, offset, false)?;
-        }
-        Ok(())
-    }
-
-    /// fsync everything appended so far and advance the recovery point.
-    pub fn flush(&mut self) -> Result<(), LogError> {
-        let offset = self.flush_handle().sync()?;
-        self.mark_flushed(offset)
-    }
-
-    /// DeleteRecords: moves the log start to `offset` and deletes segments wholly below it.
-    /// Returns the new log start (unchanged if `offset` is not above it).
-    pub fn delete_records_before(&mut self, offset: i64) -> Result<i64, LogError> {
-        let log_end = self.log_end_offset();
-        if offset > log_end || offset < 0 {
-            return Err(LogError::OffsetOutOfRange {
-                offset,
-                log_start: self.log_start,
-                log_end,
-            });
-        }
-        if offset > self.log_start {
-            self.set_log_start(offset)?;
-            let doomed = self
-                .segments
-                .partition_point(|s| s.next_offset <= offset)
-                .min(self.segments.len() - 1);
-            self.delete_oldest(doomed)?;
-        }
-        Ok(self.log_start)
-    }
-
-    fn set_log_start(&mut self, offset: i64) -> Result<(), LogError> {
-        checkpoint::write_offset(&self.dir, checkpoint::LOG_START_FILE, offset, true)?;
-        self.log_start = offset;
-        if self.epochs.truncate_from_start(offset) {
-            self.epochs.persist(&self.dir)?;
-        }
-        Ok(())
-    }
-
-    /// Deletes the `n` oldest segments (never the active one); the log start must already be
-    /// at or beyond them.
-    fn delete_oldest(&mut self, n: usize) -> Result<(), LogError> {
-        assert!(
-            n < self.segments.len(),
-            "the active segment is never deleted"
-        );
-        for seg in self.segments.drain(..n) {
-            assert!(seg.next_offset <= self.log_start || seg.size == 0);
-            seg.delete_files()?;
-            self.dir_generation += 1;
-        }
-        Ok(())
-    }
-
-    /// Time and size retention over whole sealed segments, oldest first, stopping at the first
-    /// segment that must stay. Returns the number of segments deleted.
-    pub fn apply_retention(&mut self, now_ms: i64) -> Result<usize, LogError> {
-        let mut remaining = self.size_bytes();
-        let mut n = 0;
-        for seg in &self.segments[..self.segments.len() - 1] {
-            let newest_ms = if seg.max_timestamp >= 0 {
-                seg.max_timestamp
-            } else {
-                seg.created_ms
-            };
-            let by_time = self.config.retention_ms >= 0
-                && now_ms.saturating_sub(newest_ms) > self.config.retention_ms;
-            let by_size = self.config.retention_bytes >= 0
-                && remaining - seg.size >= self.config.retention_bytes as u64;
-            if !(by_time || by_size) {
-                break;
-            }
-            remaining -= seg.size;
-            n += 1;
-        }
-        if n > 0 {
-            let new_start = self.segments[n].base;
-            if new_start > self.log_start {
-                self.set_log_start(new_start)?;
-            }
-            self.delete_oldest(n)?;
-        }
-        Ok(n)
-    }
-
-    /// Drops every batch at or after the one containing `offset` (replication truncation; the
-    /// cut is at a batch boundary). Below the log start the log restarts empty at `offset`.
-    /// The cut is fsynced before returning, so truncated data cannot come back after a crash.
-    pub fn truncate_to(&mut self, offset: i64) -> Result<(), LogError> {
-        if offset >= self.log_end_offset() {
-            return Ok(());
-        }
-        if offset < self.log_start {
-            let fresh = Segment::create(&self.dir, offset.max(0), 0)?;
-            for seg in std::mem::replace(&mut self.segments, vec![fresh]) {
-                if seg.base != offset.max(0) {
-                    seg.delete_files()?;
-                }
-            }
-            self.set_log_start(offset.max(0))?;
-        } else {
-            while self.segments.len() > 1 && self.active().base >= offset {
-                if let Some(seg) = self.segments.pop() {
-                    seg.delete_files()?;
-                }
-            }
-            self.active_mut().truncate_to(offset)?;
-        }
-        self.dir_generation += 1;
-        let log_end = self.log_end_offset();
-        for file in self.active().files() {
-            file.sync_all()?;
-        }
-        checkpoint::sync_dir(&self.dir)?;
-        if self.epochs.truncate_from_end(log_end) {
-            self.epochs.persist(&self.dir)?;
-        }
-        if self.recovery_point > log_end {
-            self.recovery_point = log_end;
-            checkpoint::write_offset(&self.dir, checkpoint::RECOVERY_POINT_FILE, log_end, true)?;
-        }
-        let mut truncations = self
-            .truncations
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        truncations.generation += 1;
-        let generation = truncations.generation;
-        truncations.recent.push_back((generation, log_end));
-        if truncations.recent.len() > KEPT_TRUNCATIONS {
-            truncations.recent.pop_front();
-        }
-        Ok(())
-    }
-
     /// Clean shutdown: seal the active time index, fsync everything, write the marker.
     pub fn close(mut self) -> Result<(), LogError> {
         self.active_mut().seal_time_index()?;
         self.flush()?;
+        let recovery_point = self.recovery_point;
+        checkpoint::write_offset(
+            &self.dir,
+            checkpoint::RECOVERY_POINT_FILE,
+            recovery_point,
+            true,
+        )?;
         checkpoint::write_atomic(&self.dir, checkpoint::CLEAN_SHUTDOWN_FILE, b"", true)?;
         Ok(())
     }

@@ -157,6 +157,7 @@ pub(super) fn load(dir: &Path, config: &LogConfig, now_ms: i64) -> Result<Loaded
         }
         if !trusted {
             let stats = recover_segment(&mut seg, max_batch_len, config, &mut epochs)?;
+            seg.seal_time_index()?;
             scanned += 1;
             total.batches += stats.batches;
             total.bytes += stats.bytes;

@@ -45,8 +45,8 @@ pub(crate) struct Segment {
     pub(super) max_timestamp: i64,
     /// Base offset of the first batch carrying `max_timestamp` (see `Log::max_timestamp_and_offset`).
     pub(super) offset_of_max_timestamp: i64,
-    /// Max timestamp of the first batch, the base of `segment.ms` rolling (as Kafka's
-    /// `rollingBasedTimestamp`); `created_ms` when the segment is empty or has no timestamp.
+    /// Max timestamp of the first batch, the base of `segment.ms` rolling (Kafka's
+    /// `rollingBasedTimestamp`); `created_ms` is used when it is missing or negative.
     pub(super) first_batch_timestamp: Option<i64>,
     pub(super) created_ms: i64,
     pub(super) bytes_since_index: u64,
@@ -67,9 +67,12 @@ impl Segment {
             .truncate(false)
             .open(dir.join(file_name(base, LOG_SUFFIX)))?;
         let size = log.metadata()?.len();
-        let (index, index_ok) = OffsetIndex::open(&dir.join(file_name(base, INDEX_SUFFIX)), size)?;
-        let (time_index, time_ok) =
-            TimeIndex::open(&dir.join(file_name(base, TIME_INDEX_SUFFIX)), size)?;
+        let index_path = dir.join(file_name(base, INDEX_SUFFIX));
+        let time_path = dir.join(file_name(base, TIME_INDEX_SUFFIX));
+        // A missing index next to a non-empty `.log` was lost, not empty: rebuild it.
+        let indexes_exist = size == 0 || (index_path.exists() && time_path.exists());
+        let (index, index_ok) = OffsetIndex::open(&index_path, size)?;
+        let (time_index, time_ok) = TimeIndex::open(&time_path, size)?;
         let segment = Segment {
             base,
             dir: dir.to_path_buf(),
@@ -86,7 +89,7 @@ impl Segment {
             #[cfg(test)]
             fail_next_write_after: None,
         };
-        Ok((segment, index_ok && time_ok))
+        Ok((segment, indexes_exist && index_ok && time_ok))
     }
 
     /// Creates a new, empty segment (files truncated if left over).
@@ -105,8 +108,9 @@ impl Segment {
         ]
     }
 
+    /// Offset relative to the base, clamped to u32 (exact for offsets of this segment's
+    /// batches, which `can_hold` keeps in range).
     pub(super) fn rel(&self, offset: i64) -> u32 {
-        debug_assert!(offset >= self.base && offset - self.base <= i64::from(u32::MAX));
         (offset - self.base).clamp(0, i64::from(u32::MAX)) as u32
     }
 
@@ -115,11 +119,14 @@ impl Segment {
         self.size + len as u64 <= u64::from(u32::MAX) && last - self.base <= i64::from(u32::MAX)
     }
 
-    /// Timestamp `segment.ms` is measured from.
-    pub(super) fn rolling_base_ms(&self) -> i64 {
+    /// How long the segment has been open, for `segment.ms`, as Kafka's `timeWaitedForRoll`:
+    /// by record time (the incoming batch's max timestamp minus the first batch's) when the
+    /// first batch has a timestamp, so replayed old data does not roll on every append; else by
+    /// the clock since the segment was created.
+    pub(super) fn time_waited_for_roll_ms(&self, now_ms: i64, incoming_max_timestamp: i64) -> i64 {
         match self.first_batch_timestamp {
-            Some(ts) if ts >= 0 => ts,
-            _ => self.created_ms,
+            Some(first) if first >= 0 => incoming_max_timestamp.saturating_sub(first),
+            _ => now_ms.saturating_sub(self.created_ms),
         }
     }
 

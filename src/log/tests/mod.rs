@@ -3,6 +3,8 @@
 use super::*;
 use crate::record::batch::{compute_crc, split_batches};
 
+mod concurrency;
+
 fn put_varint(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
     while z >= 0x80 {
@@ -190,13 +192,33 @@ fn rolls_by_bytes_and_by_ms() {
     log.append(&mut batch(1, 400, 0, 0), 0, 0).expect("append");
     assert_eq!(log.segment_count(), 2, "{len} * 3 > 1000 must roll");
     assert_eq!(log.segment_bases(), vec![0, 2]);
-    // segment.ms counts from the first batch's timestamp (0 here).
+    // segment.ms: the incoming batch's timestamp minus the first batch's (0 here).
     log.append(&mut batch(1, 10, 50, 50), 0, 100)
         .expect("append");
     assert_eq!(log.segment_count(), 2);
     log.append(&mut batch(1, 10, 101, 101), 0, 101)
         .expect("append");
     assert_eq!(log.segment_bases(), vec![0, 2, 4]);
+    // Record time, not the clock, once the segment has a timestamp (Kafka's
+    // timeWaitedForRoll): old data replayed late does not roll on every append.
+    log.append(&mut batch(1, 10, 5, 5), 0, 10_000)
+        .expect("append");
+    assert_eq!(log.segment_count(), 3);
+    // Without timestamps, the clock since creation counts.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_ms: 100,
+        ..small_config()
+    };
+    let mut log = Log::open(dir2.path(), config, 1000).expect("open");
+    log.append(&mut batch(1, 10, -1, -1), 0, 1000)
+        .expect("append");
+    log.append(&mut batch(1, 10, -1, -1), 0, 1100)
+        .expect("append");
+    assert_eq!(log.segment_count(), 1);
+    log.append(&mut batch(1, 10, -1, -1), 0, 1101)
+        .expect("append");
+    assert_eq!(log.segment_count(), 2);
     assert!(dir.path().join("00000000000000000004.log").exists());
     assert!(dir.path().join("00000000000000000004.index").exists());
     assert!(dir.path().join("00000000000000000004.timeindex").exists());
@@ -447,4 +469,53 @@ fn recovery_cuts_at_torn_tail_and_bad_crc() {
         std::fs::metadata(&file).expect("meta").len(),
         batches[15].1.start as u64
     );
+}
+
+#[test]
+fn unclean_reopen_scans_from_the_recovery_point() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = Log::open(dir.path(), small_config(), 0).expect("open");
+    fill(&mut log, 60);
+    log.flush().expect("flush");
+    assert_eq!(log.recovery_point(), 180);
+    fill(&mut log, 60);
+    let last_base = *log.segment_bases().last().expect("bases");
+    drop(log);
+    // Corrupt the first batch of the last segment, which lies above the recovery point.
+    let file = dir.path().join(format!("{last_base:020}.log"));
+    let mut bytes = std::fs::read(&file).expect("read");
+    bytes[30] ^= 1;
+    std::fs::write(&file, &bytes).expect("write");
+    let log = Log::open(dir.path(), small_config(), 0).expect("reopen");
+    assert_eq!(log.log_end_offset(), last_base);
+    assert_eq!(log.recovery_point(), last_base);
+    assert_eq!(
+        checkpoint::read_offset(dir.path(), checkpoint::RECOVERY_POINT_FILE).expect("ckpt"),
+        Some(last_base)
+    );
+}
+
+#[test]
+fn clean_open_rebuilds_a_broken_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = Log::open(dir.path(), small_config(), 0).expect("open");
+    let appended = fill(&mut log, 30);
+    log.close().expect("close");
+    let index = dir.path().join("00000000000000000000.index");
+    let good = std::fs::read(&index).expect("read");
+    assert!(good.len() >= 16);
+    let mut bad = good.clone();
+    bad[8..16].copy_from_slice(&[0xff; 8]); // an entry past the end of the .log
+    std::fs::write(&index, &bad).expect("write");
+    let log = Log::open(dir.path(), small_config(), 0).expect("reopen");
+    assert_eq!(std::fs::read(&index).expect("read"), good);
+    log.close().expect("close");
+    // A lost index is rebuilt too, not trusted as empty.
+    std::fs::remove_file(&index).expect("rm");
+    let log = Log::open(dir.path(), small_config(), 0).expect("reopen");
+    assert_eq!(std::fs::read(&index).expect("read"), good);
+    for offset in 0..log.log_end_offset() {
+        let r = log.read(offset, 1, i64::MAX, true).expect("read");
+        assert_eq!(&r.bytes[..], &appended[(offset / 3) as usize][..]);
+    }
 }

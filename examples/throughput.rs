@@ -16,8 +16,14 @@ use rdkafka::{Offset, TopicPartitionList};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let bootstrap = args.get(1).cloned().unwrap_or_else(|| "127.0.0.1:9092".into());
-    let records: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let bootstrap = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:9092".into());
+    let records: usize = args
+        .get(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let record_bytes: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1024);
     let topic = format!("throughput-{}", std::process::id());
     let payload: Vec<u8> = (0..record_bytes).map(|i| b'a' + (i % 26) as u8).collect();
@@ -69,7 +75,8 @@ fn main() {
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Offset(1)).expect("offset");
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(1))
+        .expect("offset");
     consumer.assign(&tpl).expect("assign");
     let started = Instant::now();
     let mut got = 0usize;

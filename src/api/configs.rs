@@ -39,10 +39,10 @@ pub fn describe(
             let result = DescribeConfigsResult::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone());
-            let wanted = |name: &str| {
-                r.configuration_keys
-                    .as_ref()
-                    .is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
+            // Null (and, leniently, an empty list) means every config.
+            let wanted = |name: &str| match &r.configuration_keys {
+                Some(keys) if !keys.is_empty() => keys.iter().any(|k| k.as_str() == name),
+                _ => true,
             };
             let entries = match r.resource_type {
                 TOPIC => describe_topic(

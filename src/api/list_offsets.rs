@@ -88,8 +88,7 @@ fn lookup(
         LATEST => Ok((partition.high_watermark(), -1)),
         EARLIEST => Ok((partition.log_start_offset(), -1)),
         MAX_TIMESTAMP => Ok(partition
-            .max_timestamp_and_offset()
-            .map(|(ts, offset)| (offset, ts))
+            .max_timestamp_and_offset(max_decompressed)?
             .unwrap_or((-1, -1))),
         ts if ts >= 0 => Ok(partition
             .offset_for_timestamp(ts, max_decompressed)?

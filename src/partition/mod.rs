@@ -288,44 +288,73 @@ impl Partition {
         ts: i64,
         max_decompressed: usize,
     ) -> Result<Option<(i64, i64)>, LogError> {
-        let hw = self.high_watermark();
-        let state = self.state.read().expect("partition lock");
-        let Some((batch_offset, batch_ts)) = state.log.offset_for_timestamp(ts)? else {
+        let found = self
+            .state
+            .read()
+            .expect("partition lock")
+            .log
+            .offset_for_timestamp(ts)?;
+        let Some((batch_offset, batch_ts)) = found else {
             return Ok(None);
         };
+        self.first_record_in_batch(batch_offset, max_decompressed, |_, t| t >= ts)
+            .map(|exact| exact.or(Some((batch_offset, batch_ts))))
+    }
+
+    /// ListOffsets MAX_TIMESTAMP (KIP-734): (offset, timestamp) of the first record carrying the
+    /// largest timestamp. The log knows the batch; the record is found inside it.
+    pub fn max_timestamp_and_offset(
+        &self,
+        max_decompressed: usize,
+    ) -> Result<Option<(i64, i64)>, LogError> {
+        let found = self
+            .state
+            .read()
+            .expect("partition lock")
+            .log
+            .max_timestamp_and_offset();
+        let Some((batch_offset, max_ts)) = found else {
+            return Ok(None);
+        };
+        let exact =
+            self.first_record_in_batch(batch_offset, max_decompressed, |_, t| t == max_ts)?;
+        Ok(Some(exact.unwrap_or((batch_offset, max_ts))))
+    }
+
+    /// (offset, timestamp) of the first record at or after `batch_offset`, in the batch holding
+    /// it and below the high watermark, for which `wanted(offset, timestamp)` holds.
+    fn first_record_in_batch(
+        &self,
+        batch_offset: i64,
+        max_decompressed: usize,
+        wanted: impl Fn(i64, i64) -> bool,
+    ) -> Result<Option<(i64, i64)>, LogError> {
+        let hw = self.high_watermark();
         if batch_offset >= hw {
             return Ok(None);
         }
-        let read = state.log.read(batch_offset, 1, hw, true)?;
-        drop(state);
+        let read = self.read(batch_offset, 1, true)?;
         let limits = ValidationLimits {
             max_batch_bytes: usize::MAX,
             max_decompressed_bytes: max_decompressed,
         };
         let (batches, _) = crate::record::batch::split_batches(&read.bytes);
         let Some((_, range)) = batches.first() else {
-            return Ok(Some((batch_offset, batch_ts)));
+            return Ok(None);
         };
         let mut found = None;
         let scan = for_each_record(&read.bytes[range.clone()], &limits, |header, record| {
             let offset = record.offset(header);
             let timestamp = record.timestamp(header);
-            if found.is_none() && offset >= batch_offset && timestamp >= ts {
+            if found.is_none() && offset >= batch_offset && wanted(offset, timestamp) {
                 found = Some((offset, timestamp));
             }
         });
         if let Err(e) = scan {
-            tracing::warn!(topic = self.topic, partition = self.index, error = %e, "unreadable batch during timestamp lookup");
+            tracing::warn!(topic = self.topic, partition = self.index, error = %e, "unreadable batch during an offset lookup");
+            return Ok(None);
         }
-        Ok(Some(found.unwrap_or((batch_offset, batch_ts))))
-    }
-
-    pub fn max_timestamp_and_offset(&self) -> Option<(i64, i64)> {
-        self.state
-            .read()
-            .expect("partition lock")
-            .log
-            .max_timestamp_and_offset()
+        Ok(found)
     }
 
     pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {

@@ -1,8 +1,7 @@
 //! Admin HTTP: /healthz (the process answers), /readyz (log recovered and Kafka listener bound),
 //! /metrics (Prometheus text format).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -10,17 +9,21 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::broker::Broker;
+
+/// `broker` is set once the log is recovered and the Kafka listener is bound: that is readiness.
 pub async fn serve(
     listener: TcpListener,
-    ready: Arc<AtomicBool>,
+    broker: Arc<OnceLock<Arc<Broker>>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let ready = broker.clone();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
             get(move || {
-                let ready = ready.load(Ordering::SeqCst);
+                let ready = ready.get().is_some();
                 async move {
                     if ready {
                         (StatusCode::OK, "ready\n")
@@ -30,7 +33,18 @@ pub async fn serve(
                 }
             }),
         )
-        .route("/metrics", get(|| async { crate::telemetry::render() }));
+        .route(
+            "/metrics",
+            get(move || {
+                // Per-partition gauges are read at scrape time so they are never stale.
+                if let Some(broker) = broker.get() {
+                    for partition in broker.partitions() {
+                        crate::telemetry::record_partition(&partition);
+                    }
+                }
+                async { crate::telemetry::render() }
+            }),
+        );
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;

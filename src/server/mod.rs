@@ -5,8 +5,7 @@ mod admin;
 mod connection;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -72,7 +71,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     crate::telemetry::install_metrics();
     raise_open_file_limit();
     std::fs::create_dir_all(&config.data_dir)?;
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready: Arc<OnceLock<Arc<Broker>>> = Arc::new(OnceLock::new());
     let admin_listener = TcpListener::bind(&config.admin_listen)
         .await
         .map_err(|e| anyhow::anyhow!("binding admin listener {}: {e}", config.admin_listen))?;
@@ -105,7 +104,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         shutdown_rx.clone(),
     ));
     tasks.spawn(background(broker.clone(), shutdown_rx));
-    ready.store(true, Ordering::SeqCst);
+    let _ = ready.set(broker.clone());
     tracing::info!(%kafka_addr, %admin_addr, data_dir = %broker.config.data_dir.display(), "strata ready");
     Ok(RunningBroker {
         broker,
@@ -218,7 +217,6 @@ fn apply_retention(broker: &Broker) {
         if let Err(e) = p.snapshot_producers() {
             tracing::warn!(topic = p.topic, partition = p.index, error = %e, "producer snapshot failed");
         }
-        crate::telemetry::record_partition(&p);
     }
 }
 

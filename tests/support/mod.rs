@@ -63,3 +63,76 @@ pub fn init_logging() {
         .with_test_writer()
         .try_init();
 }
+
+/// A raw Kafka connection for protocol-level tests: message types from kafka-protocol.
+pub struct KafkaConn {
+    stream: tokio::net::TcpStream,
+    correlation_id: i32,
+}
+
+impl KafkaConn {
+    pub async fn connect(addr: &str) -> KafkaConn {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        KafkaConn {
+            stream,
+            correlation_id: 0,
+        }
+    }
+
+    /// Sends `request` at `version` and decodes the response.
+    pub async fn call<R, S>(
+        &mut self,
+        api: kafka_protocol::messages::ApiKey,
+        version: i16,
+        request: &R,
+    ) -> S
+    where
+        R: kafka_protocol::protocol::Encodable,
+        S: kafka_protocol::protocol::Decodable,
+    {
+        use kafka_protocol::messages::{RequestHeader, ResponseHeader};
+        use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.correlation_id += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("strata-tests")));
+        let mut buf = bytes::BytesMut::new();
+        header
+            .encode(&mut buf, api.request_header_version(version))
+            .unwrap();
+        request.encode(&mut buf, version).unwrap();
+        self.stream
+            .write_all(&(buf.len() as i32).to_be_bytes())
+            .await
+            .unwrap();
+        self.stream.write_all(&buf).await.unwrap();
+        let len = self.stream.read_i32().await.expect("response length");
+        let mut body = vec![0u8; len as usize];
+        self.stream.read_exact(&mut body).await.unwrap();
+        let mut body = bytes::Bytes::from(body);
+        let header =
+            ResponseHeader::decode(&mut body, api.response_header_version(version)).unwrap();
+        assert_eq!(header.correlation_id, self.correlation_id);
+        S::decode(&mut body, version).expect("decodable response")
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// One uncompressed batch of `n` records "v{first+i}" with timestamps `ts0 + i`.
+pub fn batch(first: usize, n: usize, ts0: i64) -> Vec<u8> {
+    let mut b = strata::record::builder::BatchBuilder::new(strata::record::batch::Codec::None);
+    for i in 0..n {
+        let value = format!("v{}", first + i);
+        b.record(ts0 + i as i64, Some(b"k"), Some(value.as_bytes()), &[]);
+    }
+    b.build()
+}

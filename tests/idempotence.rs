@@ -268,3 +268,27 @@ async fn duplicates_gaps_and_restarts() {
     assert!(running.broker.next_producer_id().unwrap() > pid);
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_producer_fails_fast_with_a_clear_error() {
+    let broker = support::TestBroker::start(&[]).await;
+    let bootstrap = broker.bootstrap();
+    let outcome = tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::{BaseProducer, Producer};
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("transactional.id", "tx-test")
+            .create()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let result = producer.init_transactions(Duration::from_secs(30));
+        (result, started.elapsed())
+    })
+    .await
+    .unwrap();
+    let (result, took) = outcome;
+    let err = result.expect_err("transactions are not supported");
+    assert!(took < Duration::from_secs(10), "took {took:?}: {err}");
+    eprintln!("transactional producer refused after {took:?}: {err}");
+    broker.running.shutdown().await;
+}

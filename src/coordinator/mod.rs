@@ -82,6 +82,11 @@ impl Coordinator {
         }
     }
 
+    /// The current generation of a group, if it exists.
+    pub fn generation(&self, group_id: &str) -> Option<i32> {
+        self.groups().get(group_id).map(|g| g.generation)
+    }
+
     pub fn is_loaded(&self) -> bool {
         self.loaded.load(Ordering::Acquire)
     }

@@ -530,3 +530,72 @@ async fn fetch_all(addr: &str, group: &str) -> Vec<(i32, i64)> {
         })
         .collect()
 }
+
+fn strata_group(bootstrap: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["group", "--bootstrap", bootstrap])
+        .args(args)
+        .output()
+        .expect("run strata");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_command_line_lists_describes_and_resets_only_inactive_groups() {
+    let broker = start().await;
+    let addr = broker.bootstrap();
+    create_topic(&addr, "t", 2).await;
+    let mut conn = KafkaConn::connect(&addr).await;
+    assert_eq!(commit(&mut conn, "idle", -1, "", "t", 0, 7).await, 0);
+    let joined = join_dynamic(&mut conn, "busy", 10_000).await;
+    assert_eq!(joined.error_code, 0);
+    let run = |args: Vec<&'static str>| {
+        let b = addr.clone();
+        tokio::task::spawn_blocking(move || strata_group(&b, &args))
+    };
+    let (ok, out, err) = run(vec!["list"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l == "idle\tEmpty"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("busy\t")), "{out}");
+    let (ok, out, err) = run(vec!["describe", "idle"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("state Empty") && out.contains("t\t0\t7\t0\t0"),
+        "{out}"
+    );
+
+    let (ok, out, err) = run(vec![
+        "reset-offsets",
+        "idle",
+        "--topic",
+        "t",
+        "--to-offset",
+        "3",
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(out, "t\t0\t3\nt\t1\t3\n");
+    assert_eq!(fetch_all(&addr, "idle").await, vec![(0, 3), (1, 3)]);
+    let (ok, _, err) = run(vec![
+        "reset-offsets",
+        "idle",
+        "--topic",
+        "t",
+        "--to-earliest",
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(fetch_all(&addr, "idle").await, vec![(0, 0), (1, 0)]);
+
+    let (ok, _, err) = run(vec!["reset-offsets", "busy", "--topic", "t", "--to-latest"])
+        .await
+        .unwrap();
+    assert!(!ok && err.contains("stop its consumers first"), "{err}");
+    broker.running.shutdown().await;
+}

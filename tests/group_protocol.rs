@@ -599,3 +599,50 @@ async fn group_command_line_lists_describes_and_resets_only_inactive_groups() {
     assert!(!ok && err.contains("stop its consumers first"), "{err}");
     broker.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_bound_the_offsets_log_and_keep_every_offset() {
+    let broker = start_with(&[("offsets.topic.num.partitions", "1")]).await;
+    create_topic(&broker.bootstrap(), "t", 10).await;
+    let b = broker.running.broker.clone();
+    let rounds = strata::coordinator::store::SNAPSHOT_MIN_RECORDS as i64 / 10 + 200;
+    for i in 0..rounds {
+        let partitions = (0..10)
+            .map(|p| strata::coordinator::CommitPartition {
+                partition: p,
+                offset: i,
+                leader_epoch: 0,
+                metadata: None,
+            })
+            .collect();
+        let r = b
+            .coordinator
+            .commit(&b, "g", -1, "", None, vec![("t".into(), partitions)])
+            .await
+            .unwrap();
+        assert!(r[0].1.iter().all(|(_, code)| *code == 0));
+    }
+    let offsets_log = b
+        .topic(strata::coordinator::OFFSETS_TOPIC)
+        .unwrap()
+        .partitions[0]
+        .clone();
+    let started = std::time::Instant::now();
+    while offsets_log.log_start_offset() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no snapshot written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = offsets_log.log_end_offset() - offsets_log.log_start_offset();
+    assert!(left < 1000, "{left} records left to replay");
+    drop((b, offsets_log));
+    let broker = broker
+        .restart(&[SETTINGS, &[("offsets.topic.num.partitions", "1")]].concat())
+        .await;
+    support::wait_groups_loaded(&broker.running).await;
+    let expected: Vec<(i32, i64)> = (0..10).map(|p| (p, rounds - 1)).collect();
+    assert_eq!(fetch_all(&broker.bootstrap(), "g").await, expected);
+    broker.running.shutdown().await;
+}

@@ -23,7 +23,7 @@ use crate::record::validate::{for_each_record, ValidationLimits};
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
 /// Records appended after a snapshot before the next one is considered.
-pub const SNAPSHOT_MIN_RECORDS: u64 = 100_000;
+pub const SNAPSHOT_MIN_RECORDS: u64 = 10_000;
 
 /// Uncompressed bytes per batch written; well below the topic's max.message.bytes.
 const BATCH_TARGET_BYTES: usize = 512 * 1024;

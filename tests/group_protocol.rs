@@ -646,3 +646,46 @@ async fn snapshots_bound_the_offsets_log_and_keep_every_offset() {
     assert_eq!(fetch_all(&broker.bootstrap(), "g").await, expected);
     broker.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offsets_topic_is_internal_and_only_the_coordinator_writes_it() {
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let broker = start().await;
+    let mut conn = KafkaConn::connect(&broker.bootstrap()).await;
+    let offsets = strata::coordinator::OFFSETS_TOPIC;
+    let req = MetadataRequest::default().with_topics(None);
+    let r: MetadataResponse = conn.call(ApiKey::Metadata, 12, &req).await;
+    let t = r
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().map(|n| n.as_str()) == Some(offsets))
+        .unwrap();
+    assert!(t.is_internal);
+    assert_eq!(t.partitions.len(), 4, "offsets.topic.num.partitions");
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(s(offsets)))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(Bytes::from(support::batch(
+                    0,
+                    1,
+                    support::now_ms(),
+                ))))])]);
+    let r: ProduceResponse = conn.call(ApiKey::Produce, 9, &req).await;
+    assert_eq!(
+        r.responses[0].partition_responses[0].error_code, 17,
+        "INVALID_TOPIC_EXCEPTION"
+    );
+    let req = DeleteTopicsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![
+            DeleteTopicState::default().with_name(Some(TopicName(s(offsets))))
+        ]);
+    let r: DeleteTopicsResponse = conn.call(ApiKey::DeleteTopics, 6, &req).await;
+    assert_ne!(r.responses[0].error_code, 0);
+    broker.running.shutdown().await;
+}

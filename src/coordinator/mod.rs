@@ -14,6 +14,8 @@ pub mod membership;
 pub mod offsets;
 pub mod store;
 mod tasks;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -108,3 +108,30 @@ fn a_member_that_does_not_rejoin_is_removed_at_the_rebalance_timeout() {
     assert_eq!((a2.generation, a2.members.len()), (3, 1));
     assert!(!g.members.contains_key(&b1.member_id));
 }
+
+#[tokio::test]
+async fn requests_before_the_load_get_coordinator_load_in_progress() {
+    use kafka_protocol::error::ResponseError;
+    let c = super::Coordinator::new(
+        &crate::config::BrokerSettings::default(),
+        crate::clock::Clock::System,
+    );
+    let joined = c.join("g", params("", &["range"])).await;
+    assert_eq!(
+        joined.error,
+        ResponseError::CoordinatorLoadInProgress.code()
+    );
+    assert_eq!(
+        c.heartbeat("g", "m", None, 1),
+        Err(ResponseError::CoordinatorLoadInProgress)
+    );
+    assert_eq!(
+        c.fetch("g", None).unwrap_err(),
+        ResponseError::CoordinatorLoadInProgress
+    );
+    c.set_loaded();
+    assert_eq!(
+        c.heartbeat("g", "m", None, 1),
+        Err(ResponseError::UnknownMemberId)
+    );
+}

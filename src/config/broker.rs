@@ -31,6 +31,10 @@ pub const BROKER_DEFS: &[BrokerDef] = &[
     BrokerDef { name: "log.flush.interval.messages", kind: Kind::Long { min: 1 }, default: "9223372036854775807", doc: "Default flush.messages." },
     BrokerDef { name: "log.flush.interval.ms", kind: Kind::Long { min: 0 }, default: "9223372036854775807", doc: "Default flush.ms." },
     BrokerDef { name: "log.message.timestamp.type", kind: Kind::Choice(&["CreateTime", "LogAppendTime"]), default: "CreateTime", doc: "Default message.timestamp.type." },
+    BrokerDef { name: "remote.log.storage.system.enable", kind: Kind::Bool, default: "true", doc: "Offload sealed segments to the object store (strata's default; Kafka's is false)." },
+    BrokerDef { name: "remote.log.manager.task.interval.ms", kind: Kind::Long { min: 10 }, default: "30000", doc: "How often sealed segments are checked for offload and local retention." },
+    BrokerDef { name: "log.local.retention.ms", kind: Kind::Long { min: -2 }, default: "86400000", doc: "Default local.retention.ms: how long offloaded segments stay on local disk; -2 = retention.ms." },
+    BrokerDef { name: "log.local.retention.bytes", kind: Kind::Long { min: -2 }, default: "-2", doc: "Default local.retention.bytes: local bytes kept of offloaded segments; -2 = retention.bytes." },
     BrokerDef { name: "strata.batch.max.decompressed.bytes", kind: Kind::Int { min: 1024, max: I32_MAX }, default: "67108864", doc: "Largest decompressed size of one batch during validation (decompression-bomb bound); larger batches are CORRUPT_MESSAGE." },
 ];
 
@@ -52,6 +56,8 @@ pub struct BrokerSettings {
     pub log_flush_interval_ms: i64,
     pub log_message_timestamp_type: String,
     pub batch_max_decompressed_bytes: usize,
+    pub remote_log_storage_system_enable: bool,
+    pub remote_log_manager_task_interval_ms: i64,
     /// Normalised values by name, for DescribeConfigs; only names in `BROKER_DEFS`.
     values: BTreeMap<&'static str, String>,
     /// Names set explicitly (not defaults).
@@ -101,6 +107,8 @@ impl BrokerSettings {
             log_flush_interval_ms: int(get("log.flush.interval.ms")),
             log_message_timestamp_type: get("log.message.timestamp.type").to_string(),
             batch_max_decompressed_bytes: int(get("strata.batch.max.decompressed.bytes")) as usize,
+            remote_log_storage_system_enable: get("remote.log.storage.system.enable") == "true",
+            remote_log_manager_task_interval_ms: int(get("remote.log.manager.task.interval.ms")),
             values,
             overridden,
         })

@@ -18,7 +18,9 @@ pub mod partition;
 pub mod protocol;
 pub mod record;
 pub mod server;
+pub mod store;
 pub mod telemetry;
+pub mod tiering;
 
 #[global_allocator]
 static ALLOCATOR: alloc::GuardedAlloc = alloc::GuardedAlloc;

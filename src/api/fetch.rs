@@ -19,6 +19,8 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use tokio::time::Instant;
 
 use crate::broker::{Broker, Topic};
+use crate::error::ApiError;
+use crate::log::LogError;
 use crate::partition::Partition;
 
 /// Upper bound on how long one fetch may wait, whatever the client asks.
@@ -93,7 +95,7 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
         .filter_map(|w| w.partition.as_ref().map(|p| p.subscribe()))
         .collect();
     let results = loop {
-        let results = read_all(&wanted, max_bytes);
+        let results = read_all(broker, &wanted, max_bytes).await;
         let total: usize = results
             .iter()
             .map(|r| r.records.as_ref().map_or(0, Bytes::len))
@@ -110,7 +112,7 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
         match tokio::time::timeout_at(deadline, changed).await {
             Ok((Ok(()), _, _)) => continue,
             // A partition went away (topic deleted) or the deadline passed: answer with what we have.
-            _ => break read_all(&wanted, max_bytes),
+            _ => break read_all(broker, &wanted, max_bytes).await,
         }
     };
     let mut bytes_out = 0usize;
@@ -154,46 +156,95 @@ pub fn epoch_error(leader_epoch: i32, current_leader_epoch: i32) -> Option<Respo
     }
 }
 
-fn read_all(wanted: &[Wanted], max_bytes: usize) -> Vec<PartitionData> {
+async fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: usize) -> Vec<PartitionData> {
     let mut remaining = max_bytes;
     let mut any_data = false;
-    wanted
-        .iter()
-        .map(|w| {
-            let data = PartitionData::default().with_partition_index(w.index);
-            let Some(partition) = &w.partition else {
-                return data
-                    .with_error_code(w.error.map_or(0, |e| e.code()))
-                    .with_high_watermark(-1);
-            };
-            let hw = partition.high_watermark();
-            let data = data
-                .with_high_watermark(hw)
-                .with_last_stable_offset(hw)
-                .with_log_start_offset(partition.log_start_offset())
-                .with_records(Some(Bytes::new()));
-            if let Some(e) = w.error {
-                return data.with_error_code(e.code());
+    let mut out = Vec::with_capacity(wanted.len());
+    for w in wanted {
+        let data = PartitionData::default().with_partition_index(w.index);
+        let Some(partition) = &w.partition else {
+            out.push(
+                data.with_error_code(w.error.map_or(0, |e| e.code()))
+                    .with_high_watermark(-1),
+            );
+            continue;
+        };
+        let hw = partition.high_watermark();
+        let data = data
+            .with_high_watermark(hw)
+            .with_last_stable_offset(hw)
+            .with_log_start_offset(partition.log_start_offset())
+            .with_records(Some(Bytes::new()));
+        if let Some(e) = w.error {
+            out.push(data.with_error_code(e.code()));
+            continue;
+        }
+        if w.fetch_offset == hw {
+            out.push(data);
+            continue;
+        }
+        let limit = w.max_bytes.min(remaining);
+        let read = match partition.read(w.fetch_offset, limit, !any_data) {
+            Ok(read) => Ok(read.bytes),
+            Err(LogError::OffsetOutOfRange { .. })
+                if w.fetch_offset >= partition.log_start_offset() =>
+            {
+                cold_read(
+                    broker,
+                    partition,
+                    w.fetch_offset,
+                    if any_data { limit } else { limit.max(1) },
+                )
+                .await
             }
-            if w.fetch_offset == hw {
-                return data;
+            Err(e) => Err(ApiError::from(e)),
+        };
+        match read {
+            Ok(bytes) => {
+                remaining = remaining.saturating_sub(bytes.len());
+                any_data |= !bytes.is_empty();
+                out.push(data.with_records(Some(bytes)));
             }
-            let limit = w.max_bytes.min(remaining);
-            match partition.read(w.fetch_offset, limit, !any_data) {
-                Ok(read) => {
-                    let n = read.bytes.len();
-                    remaining = remaining.saturating_sub(n);
-                    any_data |= n > 0;
-                    data.with_records(Some(read.bytes))
-                        .with_log_start_offset(read.log_start_offset)
-                }
-                Err(e) => {
-                    let e = crate::error::ApiError::from(e);
-                    data.with_error_code(e.code())
-                }
-            }
-        })
-        .collect()
+            Err(e) => out.push(data.with_error_code(e.code())),
+        }
+    }
+    out
+}
+
+/// Reads offsets that are only in the object store. A file that cannot be read or decoded is
+/// KAFKA_STORAGE_ERROR for the client, a log line and a metric — never records.
+async fn cold_read(
+    broker: &Broker,
+    partition: &Partition,
+    offset: i64,
+    max_bytes: usize,
+) -> Result<Bytes, ApiError> {
+    let out_of_range = || {
+        ApiError::new(
+            ResponseError::OffsetOutOfRange,
+            format!("offset {offset} is not in the log"),
+        )
+    };
+    let Some(tiering) = &broker.tiering else {
+        return Err(out_of_range());
+    };
+    let remote = tiering
+        .remote_log(&partition.topic, partition.index)
+        .await
+        .map_err(|e| ApiError::new(ResponseError::KafkaStorageError, e.to_string()))?;
+    match remote.read(offset, max_bytes).await {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err(out_of_range()),
+        Err(e) => {
+            metrics::counter!("strata_tier_read_errors_total", "topic" => partition.topic.clone())
+                .increment(1);
+            tracing::error!(topic = partition.topic, partition = partition.index, offset, error = %e, "cold read failed");
+            Err(ApiError::new(
+                ResponseError::KafkaStorageError,
+                e.to_string(),
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -61,9 +61,9 @@ pub async fn dispatch(
             .await
             .map(ResponseKind::Produce),
         RequestKind::Fetch(r) => Some(ResponseKind::Fetch(fetch::handle(broker, r, version).await)),
-        RequestKind::ListOffsets(r) => Some(ResponseKind::ListOffsets(list_offsets::handle(
-            broker, r, version,
-        ))),
+        RequestKind::ListOffsets(r) => Some(ResponseKind::ListOffsets(
+            list_offsets::handle(broker, r, version).await,
+        )),
         RequestKind::OffsetForLeaderEpoch(r) => Some(ResponseKind::OffsetForLeaderEpoch(
             offset_for_leader_epoch::handle(broker, r),
         )),

@@ -56,6 +56,8 @@ pub struct Broker {
     advertised: RwLock<(String, i32)>,
     /// Every consumer group: this broker coordinates them all.
     pub coordinator: Coordinator,
+    /// Offload to object storage, unless remote.log.storage.system.enable is false.
+    pub tiering: Option<Arc<crate::tiering::service::Tiering>>,
 }
 
 fn partition_dir(config: &Config, topic: &str, index: i32) -> PathBuf {
@@ -85,6 +87,17 @@ impl Broker {
             "log loaded"
         );
         let first_producer_id = read_producer_id_block(&config)?;
+        let tiering = if config.broker.remote_log_storage_system_enable {
+            let url = config
+                .object_store
+                .clone()
+                .unwrap_or_else(|| format!("file://{}", config.data_dir.join("objects").display()));
+            let store = crate::store::Store::from_url(&url)?;
+            tracing::info!(object_store = url, "tiering enabled");
+            Some(Arc::new(crate::tiering::service::Tiering::new(store)))
+        } else {
+            None
+        };
         let broker = Broker {
             cluster_id: catalogue.cluster_id.clone(),
             topics: RwLock::new(registry),
@@ -93,6 +106,7 @@ impl Broker {
             producer_id_limit: Mutex::new(first_producer_id),
             advertised: RwLock::new(("127.0.0.1".into(), 9092)),
             coordinator: Coordinator::new(&config.broker, clock.clone()),
+            tiering,
             config,
             clock,
         };
@@ -252,6 +266,9 @@ impl Broker {
         persist(&self.config, &catalogue)?;
         let removed = self.topics.write().expect("topics lock").remove(name);
         drop(catalogue);
+        if let Some(tiering) = &self.tiering {
+            tiering.forget(name);
+        }
         if let Some(topic) = removed {
             let dirs: Vec<PathBuf> = topic
                 .partitions

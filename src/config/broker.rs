@@ -38,6 +38,10 @@ pub const BROKER_DEFS: &[BrokerDef] = &[
     BrokerDef { name: "offsets.topic.num.partitions", kind: Kind::Int { min: 1, max: 1000 }, default: "50", doc: "Partitions of __consumer_offsets, fixed when the topic is first created." },
     BrokerDef { name: "offsets.retention.minutes", kind: Kind::Int { min: 1, max: I32_MAX }, default: "10080", doc: "How long committed offsets of an empty group are kept." },
     BrokerDef { name: "offset.metadata.max.bytes", kind: Kind::Int { min: 0, max: I32_MAX }, default: "4096", doc: "Largest metadata string of a committed offset; larger commits get OFFSET_METADATA_TOO_LARGE." },
+    BrokerDef { name: "remote.log.storage.system.enable", kind: Kind::Bool, default: "true", doc: "Offload sealed segments to the object store (strata's default; Kafka's is false)." },
+    BrokerDef { name: "remote.log.manager.task.interval.ms", kind: Kind::Long { min: 10 }, default: "30000", doc: "How often sealed segments are checked for offload and local retention." },
+    BrokerDef { name: "log.local.retention.ms", kind: Kind::Long { min: -2 }, default: "86400000", doc: "Default local.retention.ms: how long offloaded segments stay on local disk; -2 = retention.ms." },
+    BrokerDef { name: "log.local.retention.bytes", kind: Kind::Long { min: -2 }, default: "-2", doc: "Default local.retention.bytes: local bytes kept of offloaded segments; -2 = retention.bytes." },
     BrokerDef { name: "strata.batch.max.decompressed.bytes", kind: Kind::Int { min: 1024, max: I32_MAX }, default: "67108864", doc: "Largest decompressed size of one batch during validation (decompression-bomb bound); larger batches are CORRUPT_MESSAGE." },
 ];
 
@@ -66,6 +70,8 @@ pub struct BrokerSettings {
     pub offsets_topic_num_partitions: i32,
     pub offsets_retention_ms: i64,
     pub offset_metadata_max_bytes: usize,
+    pub remote_log_storage_system_enable: bool,
+    pub remote_log_manager_task_interval_ms: i64,
     /// Normalised values by name, for DescribeConfigs; only names in `BROKER_DEFS`.
     values: BTreeMap<&'static str, String>,
     /// Names set explicitly (not defaults).
@@ -122,6 +128,8 @@ impl BrokerSettings {
             offsets_topic_num_partitions: int(get("offsets.topic.num.partitions")) as i32,
             offsets_retention_ms: int(get("offsets.retention.minutes")).saturating_mul(60_000),
             offset_metadata_max_bytes: int(get("offset.metadata.max.bytes")) as usize,
+            remote_log_storage_system_enable: get("remote.log.storage.system.enable") == "true",
+            remote_log_manager_task_interval_ms: int(get("remote.log.manager.task.interval.ms")),
             values,
             overridden,
         })

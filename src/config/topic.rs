@@ -28,8 +28,11 @@ pub const TOPIC_DEFS: &[TopicDef] = &[
     TopicDef { name: "compression.type", kind: Kind::Choice(&["producer", "gzip", "snappy", "lz4", "zstd", "uncompressed"]), broker_default: "", doc: "Only producer: batches are stored as the producer sent them, never re-compressed." },
     TopicDef { name: "flush.messages", kind: Kind::Long { min: 1 }, broker_default: "log.flush.interval.messages", doc: "fsync after this many messages since the last fsync." },
     TopicDef { name: "flush.ms", kind: Kind::Long { min: 0 }, broker_default: "log.flush.interval.ms", doc: "fsync when the oldest unflushed message is this old." },
+    TopicDef { name: "local.retention.bytes", kind: Kind::Long { min: -2 }, broker_default: "log.local.retention.bytes", doc: "Bytes of offloaded segments kept on local disk; -2 = retention.bytes." },
+    TopicDef { name: "local.retention.ms", kind: Kind::Long { min: -2 }, broker_default: "log.local.retention.ms", doc: "Age after which offloaded segments leave local disk; -2 = retention.ms." },
     TopicDef { name: "max.message.bytes", kind: Kind::Int { min: 0, max: I32_MAX }, broker_default: "message.max.bytes", doc: "Largest record batch (compressed, as sent)." },
     TopicDef { name: "message.timestamp.type", kind: Kind::Choice(&["CreateTime", "LogAppendTime"]), broker_default: "log.message.timestamp.type", doc: "CreateTime keeps the producer's timestamps; LogAppendTime stamps batches with the broker's clock." },
+    TopicDef { name: "remote.storage.enable", kind: Kind::Bool, broker_default: "", doc: "Offload this topic's sealed segments as Parquet to the object store." },
     TopicDef { name: "retention.bytes", kind: Kind::Long { min: -1 }, broker_default: "log.retention.bytes", doc: "Size of a partition above which old segments are deleted; -1 = unlimited." },
     TopicDef { name: "retention.ms", kind: Kind::Long { min: -1 }, broker_default: "log.retention.ms", doc: "Age after which old segments are deleted; -1 = forever." },
     TopicDef { name: "segment.bytes", kind: Kind::Int { min: 14, max: I32_MAX }, broker_default: "log.segment.bytes", doc: "Segment size at which the log rolls." },
@@ -77,6 +80,11 @@ pub struct TopicConfig {
     pub flush_messages: i64,
     pub flush_ms: i64,
     pub log_append_time: bool,
+    pub remote_storage_enable: bool,
+    /// Resolved: -2 became retention.ms.
+    pub local_retention_ms: i64,
+    /// Resolved: -2 became retention.bytes.
+    pub local_retention_bytes: i64,
 }
 
 /// Effective value of `def`: the override, else the broker default, else the fixed default.
@@ -95,6 +103,7 @@ fn effective<'a>(
     let fixed = match def.name {
         "cleanup.policy" => "delete",
         "compression.type" => "producer",
+        "remote.storage.enable" => "true",
         _ => "",
     };
     (from_broker.unwrap_or_else(|| fixed.to_string()), true)
@@ -117,6 +126,15 @@ impl TopicConfig {
             flush_messages: int(&get("flush.messages")),
             flush_ms: int(&get("flush.ms")),
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
+            remote_storage_enable: get("remote.storage.enable") == "true",
+            local_retention_ms: match int(&get("local.retention.ms")) {
+                -2 => int(&get("retention.ms")),
+                v => v,
+            },
+            local_retention_bytes: match int(&get("local.retention.bytes")) {
+                -2 => int(&get("retention.bytes")),
+                v => v,
+            },
         }
     }
 

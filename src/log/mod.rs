@@ -108,6 +108,16 @@ pub struct AppendInfo {
     pub log_append_time: i64,
 }
 
+/// A sealed segment as tiering sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub base: i64,
+    pub last_offset: i64,
+    pub size_bytes: u64,
+    /// Largest batch timestamp, or the segment's creation time when no batch has one.
+    pub max_timestamp: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadResult {
     /// Whole batches only, concatenated; empty when nothing is readable.
@@ -187,6 +197,24 @@ impl Log {
     /// Base offsets of the segments, oldest first.
     pub fn segment_bases(&self) -> Vec<i64> {
         self.segments.iter().map(|s| s.base).collect()
+    }
+
+    /// The sealed segments (all but the active one), oldest first: what tiering may offload.
+    pub fn sealed_segments(&self) -> Vec<SegmentInfo> {
+        let n = self.segments.len().saturating_sub(1);
+        self.segments[..n]
+            .iter()
+            .map(|s| SegmentInfo {
+                base: s.base,
+                last_offset: s.next_offset - 1,
+                size_bytes: s.size,
+                max_timestamp: if s.max_timestamp >= 0 {
+                    s.max_timestamp
+                } else {
+                    s.created_ms
+                },
+            })
+            .collect()
     }
 
     fn active(&self) -> &Segment {

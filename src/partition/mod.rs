@@ -10,8 +10,10 @@
 //! flush.ms as in Kafka: the page cache, not the disk, is what acknowledges by default.
 
 pub mod producer;
+mod tiered;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::RwLock;
 
 use bytes::{Bytes, BytesMut};
@@ -68,6 +70,8 @@ pub struct Partition {
     /// Serialises fsyncs so that one covers every append that came before it (group commit).
     flush_lock: tokio::sync::Mutex<()>,
     high_watermark: watch::Sender<i64>,
+    /// First offset held in the object store, -1 when none (set by tiering).
+    remote_start: AtomicI64,
 }
 
 pub fn log_config(config: &TopicConfig, max_decompressed: usize) -> LogConfig {
@@ -109,6 +113,7 @@ impl Partition {
             }),
             flush_lock: tokio::sync::Mutex::new(()),
             high_watermark: watch::Sender::new(hw),
+            remote_start: AtomicI64::new(-1),
         })
     }
 
@@ -135,12 +140,18 @@ impl Partition {
         self.high_watermark.subscribe()
     }
 
+    /// The partition's log start: the older of the local start and the offloaded start.
     pub fn log_start_offset(&self) -> i64 {
-        self.state
+        let local = self
+            .state
             .read()
             .expect("partition lock")
             .log
-            .log_start_offset()
+            .log_start_offset();
+        match self.remote_start.load(Ordering::SeqCst) {
+            remote if remote >= 0 && remote < local => remote,
+            _ => local,
+        }
     }
 
     pub fn log_end_offset(&self) -> i64 {

@@ -86,6 +86,9 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
 
     let broker = tokio::task::spawn_blocking(move || Broker::open(config, clock)).await??;
     let broker = Arc::new(broker);
+    if let Some(tiering) = &broker.tiering {
+        tiering.attach(&broker).await?;
+    }
     let listener = TcpListener::bind(&broker.config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("binding Kafka listener {}: {e}", broker.config.listen))?;
@@ -104,7 +107,10 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         shutdown_rx.clone(),
     ));
     tasks.spawn(crate::coordinator::run(broker.clone(), shutdown_rx.clone()));
-    tasks.spawn(background(broker.clone(), shutdown_rx));
+    tasks.spawn(background(broker.clone(), shutdown_rx.clone()));
+    if broker.tiering.is_some() {
+        tasks.spawn(offload_loop(broker.clone(), shutdown_rx));
+    }
     let _ = ready.set(broker.clone());
     tracing::info!(%kafka_addr, %admin_addr, data_dir = %broker.config.data_dir.display(), "strata ready");
     Ok(RunningBroker {
@@ -195,6 +201,31 @@ async fn background(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
             _ = retention.tick() => {
                 let broker = broker.clone();
                 let _ = tokio::task::spawn_blocking(move || apply_retention(&broker)).await;
+            }
+        }
+    }
+}
+
+/// Offload passes every `remote.log.manager.task.interval.ms`, in their own task so a slow or
+/// unreachable object store delays nothing else.
+async fn offload_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let Some(tiering) = broker.tiering.clone() else {
+        return;
+    };
+    let every = Duration::from_millis(
+        broker
+            .config
+            .broker
+            .remote_log_manager_task_interval_ms
+            .max(10) as u64,
+    );
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => {
+                tiering.run_once(&broker).await;
             }
         }
     }

@@ -1,0 +1,280 @@
+//! Object storage through the object_store crate, behind one facade that adds a deadline per
+//! request, retries with jittered exponential backoff for transient failures (5xx, 503 SlowDown,
+//! timeouts — object_store reports them as `Generic`), and Prometheus metrics of requests and
+//! bytes per operation.
+//!
+//! URLs: `file:///abs/path` (the embedded default is `{data-dir}/objects`), `memory://` (tests),
+//! `s3://bucket/prefix` (AWS S3 and MinIO, configured by the standard `AWS_*` variables:
+//! AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, AWS_REGION, credentials).
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use rand::Rng;
+
+/// Deadline of one attempt of a small request (manifests, ranged reads, lists, deletes).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_ATTEMPTS: u32 = 5;
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Part size of multipart uploads: object stores want >= 5 MiB; larger parts mean fewer PUTs.
+pub const MULTIPART_PART_BYTES: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object store URL {0:?}: {1}")]
+    Url(String, String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("object store {op} failed after {attempts} attempts: {source}")]
+    Failed {
+        op: &'static str,
+        attempts: u32,
+        source: object_store::Error,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    prefix: Path,
+    url: String,
+}
+
+/// Whether an error may go away on retry.
+fn transient(e: &object_store::Error) -> bool {
+    matches!(
+        e,
+        object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
+    )
+}
+
+impl Store {
+    /// Opens the store named by `url`; `file://` directories are created.
+    pub fn from_url(url: &str) -> Result<Store, StoreError> {
+        let bad = |m: String| StoreError::Url(url.to_string(), m);
+        let (inner, prefix): (Arc<dyn ObjectStore>, Path) =
+            if url == "memory://" || url == "memory:///" {
+                (
+                    Arc::new(object_store::memory::InMemory::new()),
+                    Path::default(),
+                )
+            } else if let Some(dir) = url.strip_prefix("file://") {
+                if !dir.starts_with('/') {
+                    return Err(bad(
+                        "file:// needs an absolute path (file:///abs/path)".into()
+                    ));
+                }
+                std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| bad(e.to_string()))?;
+                (Arc::new(fs), Path::default())
+            } else if let Some(rest) = url.strip_prefix("s3://") {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(bad("no bucket".into()));
+                }
+                let s3 = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?;
+                (Arc::new(s3), Path::from(prefix.trim_matches('/')))
+            } else {
+                return Err(bad(
+                    "expected file:///abs/path, s3://bucket/prefix or memory://".into(),
+                ));
+            };
+        Ok(Store {
+            inner,
+            prefix,
+            url: url.to_string(),
+        })
+    }
+
+    /// Wraps an existing store (tests inject failing or slow stores this way).
+    pub fn from_store(inner: Arc<dyn ObjectStore>, url: &str) -> Store {
+        Store {
+            inner,
+            prefix: Path::default(),
+            url: url.to_string(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn inner(&self) -> Arc<dyn ObjectStore> {
+        self.inner.clone()
+    }
+
+    /// `rel` below the store's prefix.
+    pub fn path(&self, rel: &str) -> Path {
+        if self.prefix.as_ref().is_empty() {
+            Path::from(rel)
+        } else {
+            Path::from(format!("{}/{}", self.prefix, rel))
+        }
+    }
+
+    /// Runs `attempt` with a deadline each time, retrying transient failures with jittered
+    /// exponential backoff.
+    async fn retry<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, attempt()).await {
+                Ok(r) => r,
+                Err(_) => Err(object_store::Error::Generic {
+                    store: "strata",
+                    source: format!("{op} timed out after {REQUEST_TIMEOUT:?}").into(),
+                }),
+            };
+            match outcome {
+                Ok(v) => {
+                    metrics::counter!("strata_object_store_requests_total", "op" => op, "outcome" => "ok").increment(1);
+                    return Ok(v);
+                }
+                Err(object_store::Error::NotFound { path, .. }) => {
+                    metrics::counter!("strata_object_store_requests_total", "op" => op, "outcome" => "not_found").increment(1);
+                    return Err(StoreError::NotFound(path));
+                }
+                Err(object_store::Error::AlreadyExists { path, .. })
+                | Err(object_store::Error::Precondition { path, .. }) => {
+                    metrics::counter!("strata_object_store_requests_total", "op" => op, "outcome" => "exists").increment(1);
+                    return Err(StoreError::AlreadyExists(path));
+                }
+                Err(e) if transient(&e) && tries < MAX_ATTEMPTS => {
+                    metrics::counter!("strata_object_store_requests_total", "op" => op, "outcome" => "retry").increment(1);
+                    let backoff = BACKOFF_BASE.saturating_mul(1 << tries).min(BACKOFF_MAX);
+                    let jitter = rand::rng().random_range(0.5..1.0);
+                    tracing::debug!(op, tries, error = %e, "object store request failed; retrying");
+                    tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                }
+                Err(e) => {
+                    metrics::counter!("strata_object_store_requests_total", "op" => op, "outcome" => "error").increment(1);
+                    return Err(StoreError::Failed {
+                        op,
+                        attempts: tries,
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Writes `body` only if nothing exists at `path` (the commit of numbered manifests).
+    pub async fn put_if_absent(&self, path: &Path, body: Bytes) -> Result<(), StoreError> {
+        let len = body.len() as u64;
+        let opts = || PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.retry("put", || {
+            self.inner
+                .put_opts(path, PutPayload::from_bytes(body.clone()), opts())
+        })
+        .await?;
+        metrics::counter!("strata_object_store_bytes_total", "op" => "put").increment(len);
+        Ok(())
+    }
+
+    pub async fn get(&self, path: &Path) -> Result<Bytes, StoreError> {
+        let bytes = self
+            .retry("get", || async {
+                self.inner.get(path).await?.bytes().await
+            })
+            .await?;
+        metrics::counter!("strata_object_store_bytes_total", "op" => "get")
+            .increment(bytes.len() as u64);
+        Ok(bytes)
+    }
+
+    pub async fn get_ranges(
+        &self,
+        path: &Path,
+        ranges: &[Range<u64>],
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let parts = self
+            .retry("get", || self.inner.get_ranges(path, ranges))
+            .await?;
+        let n: usize = parts.iter().map(Bytes::len).sum();
+        metrics::counter!("strata_object_store_bytes_total", "op" => "get").increment(n as u64);
+        Ok(parts)
+    }
+
+    pub async fn head(&self, path: &Path) -> Result<ObjectMeta, StoreError> {
+        self.retry("head", || self.inner.head(path)).await
+    }
+
+    /// Every object below `rel_prefix`.
+    pub async fn list(&self, rel_prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let prefix = self.path(rel_prefix);
+        self.retry("list", || {
+            self.inner.list(Some(&prefix)).try_collect::<Vec<_>>()
+        })
+        .await
+    }
+
+    /// Deletes `path`; a missing object is not an error.
+    pub async fn delete(&self, path: &Path) -> Result<(), StoreError> {
+        match self.retry("delete", || self.inner.delete(path)).await {
+            Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A streaming writer that uploads large objects in multipart parts. Callers must `abort` it
+    /// on failure; object_store's own client retries each part.
+    pub fn writer(&self, path: Path) -> BufWriter {
+        BufWriter::with_capacity(self.inner.clone(), path, MULTIPART_PART_BYTES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn create_if_absent_and_listing_on_memory_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file_url = format!("file://{}", dir.path().join("objects").display());
+        for url in ["memory://", file_url.as_str()] {
+            let store = Store::from_url(url).unwrap();
+            let p = store.path("_strata/manifests/x/00000000000000000001.json");
+            store
+                .put_if_absent(&p, Bytes::from_static(b"one"))
+                .await
+                .unwrap();
+            let again = store.put_if_absent(&p, Bytes::from_static(b"two")).await;
+            assert!(
+                matches!(again, Err(StoreError::AlreadyExists(_))),
+                "{url}: {again:?}"
+            );
+            assert_eq!(store.get(&p).await.unwrap(), Bytes::from_static(b"one"));
+            assert_eq!(store.list("_strata/manifests/x").await.unwrap().len(), 1);
+            store.delete(&p).await.unwrap();
+            store.delete(&p).await.unwrap();
+            assert!(matches!(store.get(&p).await, Err(StoreError::NotFound(_))));
+        }
+    }
+
+    #[test]
+    fn bad_urls_are_refused_with_a_reason() {
+        for url in ["ftp://x", "file://relative", "s3://", "nonsense"] {
+            assert!(Store::from_url(url).is_err(), "{url}");
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! Writing a segment's batches as one Parquet file to the object store, and reading rows back.
+//!
+//! Files are zstd-compressed, sorted by offset (recorded as the sorting column), with page-level
+//! statistics and the page index on `offset` and `timestamp`, and row groups bounded by bytes.
+//! The upload streams: row groups are written as they fill, and the object store writer turns
+//! them into multipart parts, so memory stays near one row group whatever the segment size.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, TryStreamExt};
+use object_store::path::Path;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::AsyncArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{
+    PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader, SortingColumn,
+};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use super::rows::{schema, RowsBuilder};
+use crate::record::validate::ValidationLimits;
+use crate::store::{Store, StoreError};
+
+/// Rows are handed to the Parquet writer in Arrow batches of about this size.
+const ARROW_BATCH_BYTES: usize = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("parquet: {0}")]
+    Parquet(#[from] ParquetError),
+    #[error("stored batch failed validation during offload: {0}")]
+    Batch(#[from] crate::record::BatchError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("corrupt remote file {path}: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+/// What was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub rows: u64,
+    pub size_bytes: u64,
+    pub min_timestamp: i64,
+    pub max_timestamp: i64,
+}
+
+fn properties(row_group_bytes: usize) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_column_statistics_enabled(ColumnPath::from("offset"), EnabledStatistics::Page)
+        .set_column_statistics_enabled(ColumnPath::from("timestamp"), EnabledStatistics::Page)
+        .set_sorting_columns(Some(vec![SortingColumn {
+            column_idx: 0,
+            descending: false,
+            nulls_first: false,
+        }]))
+        // Row groups are closed by bytes, never by a row count.
+        .set_max_row_group_row_count(None)
+        .set_max_row_group_bytes(Some(row_group_bytes.max(1 << 16)))
+        .build()
+}
+
+/// A Parquet file being written to the object store from stored batches, in offset order.
+pub struct ParquetUpload {
+    writer: AsyncArrowWriter<object_store::buffered::BufWriter>,
+    path: Path,
+    rows: RowsBuilder,
+    total: u64,
+    min_timestamp: i64,
+    max_timestamp: i64,
+    row_group_bytes: usize,
+}
+
+impl ParquetUpload {
+    pub fn new(
+        store: &Store,
+        path: Path,
+        row_group_bytes: usize,
+    ) -> Result<ParquetUpload, FileError> {
+        let writer = AsyncArrowWriter::try_new(
+            store.writer(path.clone()),
+            schema(),
+            Some(properties(row_group_bytes)),
+        )?;
+        Ok(ParquetUpload {
+            writer,
+            path,
+            rows: RowsBuilder::new(),
+            total: 0,
+            min_timestamp: i64::MAX,
+            max_timestamp: i64::MIN,
+            row_group_bytes,
+        })
+    }
+
+    /// Adds one whole stored batch (re-validated: local corruption is never uploaded).
+    pub async fn push(&mut self, batch: &[u8], limits: &ValidationLimits) -> Result<(), FileError> {
+        let header = crate::record::BatchHeader::parse(batch)?;
+        self.min_timestamp = self.min_timestamp.min(header.base_timestamp);
+        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+        self.rows.append_batch(batch, limits)?;
+        if self.rows.bytes() >= ARROW_BATCH_BYTES {
+            self.write_rows().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_rows(&mut self) -> Result<(), FileError> {
+        self.total += self.rows.rows() as u64;
+        self.writer.write(&self.rows.finish()).await?;
+        if self.writer.in_progress_size() >= self.row_group_bytes {
+            self.writer.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Completes the file; after this it is visible in the store.
+    pub async fn finish(mut self, store: &Store) -> Result<Written, FileError> {
+        if self.rows.rows() > 0 {
+            self.write_rows().await?;
+        }
+        self.writer.close().await?;
+        let size_bytes = store.head(&self.path).await?.size;
+        let empty = self.total == 0;
+        Ok(Written {
+            rows: self.total,
+            size_bytes,
+            min_timestamp: if empty { -1 } else { self.min_timestamp },
+            max_timestamp: if empty { -1 } else { self.max_timestamp },
+        })
+    }
+
+    /// Abandons the upload so no partial object is left behind.
+    pub async fn abort(self) {
+        let mut inner = self.writer.into_inner();
+        if let Err(e) = inner.abort().await {
+            tracing::debug!(path = %self.path, error = %e, "aborting an upload failed; orphan cleanup will remove any object");
+        }
+    }
+}
+
+/// Writes `batches` as one file (a convenience over [`ParquetUpload`]).
+pub async fn write_batches<'a, I>(
+    store: &Store,
+    path: Path,
+    batches: I,
+    limits: &ValidationLimits,
+    row_group_bytes: usize,
+) -> Result<Written, FileError>
+where
+    I: IntoIterator<Item = &'a [u8]>,
+{
+    let mut upload = ParquetUpload::new(store, path, row_group_bytes)?;
+    for batch in batches {
+        if let Err(e) = upload.push(batch, limits).await {
+            upload.abort().await;
+            return Err(e);
+        }
+    }
+    upload.finish(store).await
+}
+
+/// Ranged reads of one remote file for the Parquet reader.
+#[derive(Clone)]
+struct RemoteFileReader {
+    store: Store,
+    path: Path,
+    size: u64,
+}
+
+fn external(e: StoreError) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for RemoteFileReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            let mut parts = self
+                .store
+                .get_ranges(&self.path, std::slice::from_ref(&range))
+                .await
+                .map_err(external)?;
+            parts
+                .pop()
+                .ok_or_else(|| ParquetError::General("empty ranged read".into()))
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(external)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+/// Reads up to `max_rows` rows starting at row `skip` (offset - first offset of the file). Only
+/// the pages holding those rows are fetched, thanks to the page index.
+pub async fn read_rows(
+    store: &Store,
+    path: &str,
+    size: u64,
+    skip: usize,
+    max_rows: usize,
+) -> Result<Vec<RecordBatch>, FileError> {
+    let corrupt = |e: ParquetError| FileError::Corrupt {
+        path: path.to_string(),
+        reason: e.to_string(),
+    };
+    let reader = RemoteFileReader {
+        store: store.clone(),
+        path: store.path(path),
+        size,
+    };
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+        .await
+        .map_err(corrupt)?;
+    let total = builder.metadata().file_metadata().num_rows().max(0) as usize;
+    if skip >= total {
+        return Ok(Vec::new());
+    }
+    if builder.schema().fields() != schema().fields() {
+        return Err(FileError::Corrupt {
+            path: path.to_string(),
+            reason: "schema differs from strata's".into(),
+        });
+    }
+    let selection = RowSelection::from(vec![
+        RowSelector::skip(skip),
+        RowSelector::select(max_rows.min(total - skip)),
+    ]);
+    let stream = builder
+        .with_row_selection(selection)
+        .with_batch_size(max_rows.clamp(1, 8192))
+        .build()
+        .map_err(corrupt)?;
+    stream.try_collect().await.map_err(corrupt)
+}
+
+/// (offset, timestamp) of every row, reading only those two columns (ListOffsets by timestamp).
+pub async fn read_timestamps(
+    store: &Store,
+    path: &str,
+    size: u64,
+) -> Result<Vec<(i64, i64)>, FileError> {
+    use arrow_array::{Int64Array, TimestampMillisecondArray};
+    use parquet::arrow::ProjectionMask;
+    let corrupt = |e: ParquetError| FileError::Corrupt {
+        path: path.to_string(),
+        reason: e.to_string(),
+    };
+    let reader = RemoteFileReader {
+        store: store.clone(),
+        path: store.path(path),
+        size,
+    };
+    let builder =
+        ParquetRecordBatchStreamBuilder::new_with_options(reader, ArrowReaderOptions::new())
+            .await
+            .map_err(corrupt)?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [0, 1]);
+    let batches: Vec<RecordBatch> = builder
+        .with_projection(mask)
+        .build()
+        .map_err(corrupt)?
+        .try_collect()
+        .await
+        .map_err(corrupt)?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let bad = || FileError::Corrupt {
+            path: path.to_string(),
+            reason: "offset/timestamp columns have the wrong type".into(),
+        };
+        let offsets = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(bad)?;
+        let timestamps = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .ok_or_else(bad)?;
+        out.extend((0..b.num_rows()).map(|i| (offsets.value(i), timestamps.value(i))));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::batch::Codec;
+    use crate::record::builder::BatchBuilder;
+    use crate::tiering::rows::batches_from_rows;
+
+    #[tokio::test]
+    async fn segment_to_parquet_and_back() {
+        let store = Store::from_url("memory://").unwrap();
+        let mut stored = Vec::new();
+        for i in 0..50 {
+            let mut b = BatchBuilder::new(if i % 2 == 0 { Codec::Zstd } else { Codec::None });
+            b.base_offset(i * 20);
+            for r in 0..20 {
+                let v = format!(
+                    "{{\"n\": {}, \"pad\": \"{}\"}}",
+                    i * 20 + r,
+                    "x".repeat(100)
+                );
+                b.record(
+                    1_000 + i * 20 + r,
+                    Some(b"k"),
+                    Some(v.as_bytes()),
+                    &[("h", Some(b"1"))],
+                );
+            }
+            stored.push(b.build());
+        }
+        let limits = ValidationLimits {
+            max_batch_bytes: usize::MAX,
+            max_decompressed_bytes: 1 << 26,
+        };
+        let path = store.path("topic=t/partition=0/x.parquet");
+        let written = write_batches(
+            &store,
+            path,
+            stored.iter().map(Vec::as_slice),
+            &limits,
+            64 << 10,
+        )
+        .await
+        .unwrap();
+        assert_eq!(written.rows, 1000);
+        assert_eq!(
+            (written.min_timestamp, written.max_timestamp),
+            (1_000, 1_999)
+        );
+        let rows = read_rows(
+            &store,
+            "topic=t/partition=0/x.parquet",
+            written.size_bytes,
+            505,
+            30,
+        )
+        .await
+        .unwrap();
+        let n: usize = rows.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(n, 30);
+        let (rebuilt, next) = batches_from_rows(&rows[0], 505, usize::MAX).unwrap();
+        assert_eq!(
+            crate::record::BatchHeader::parse(&rebuilt[0])
+                .unwrap()
+                .base_offset,
+            505
+        );
+        assert!(next > 505);
+        // Past the end: nothing.
+        assert!(read_rows(
+            &store,
+            "topic=t/partition=0/x.parquet",
+            written.size_bytes,
+            1000,
+            5
+        )
+        .await
+        .unwrap()
+        .is_empty());
+    }
+
+    #[tokio::test]
+    async fn corrupt_and_truncated_files_are_errors_not_rows() {
+        let store = Store::from_url("memory://").unwrap();
+        let mut b = BatchBuilder::new(Codec::None);
+        b.record(1, None, Some(b"v"), &[]);
+        let batch = b.build();
+        let limits = ValidationLimits {
+            max_batch_bytes: usize::MAX,
+            max_decompressed_bytes: 1 << 20,
+        };
+        let written = write_batches(
+            &store,
+            store.path("good.parquet"),
+            [batch.as_slice()],
+            &limits,
+            1 << 20,
+        )
+        .await
+        .unwrap();
+        let body = store.get(&store.path("good.parquet")).await.unwrap();
+        store
+            .put_if_absent(&store.path("cut.parquet"), body.slice(..body.len() / 2))
+            .await
+            .unwrap();
+        let mut flipped = body.to_vec();
+        let mid = flipped.len() - 20;
+        flipped[mid] ^= 0xff;
+        store
+            .put_if_absent(&store.path("flip.parquet"), Bytes::from(flipped))
+            .await
+            .unwrap();
+        assert!(
+            read_rows(&store, "cut.parquet", written.size_bytes / 2, 0, 1)
+                .await
+                .is_err()
+        );
+        let flip = read_rows(&store, "flip.parquet", written.size_bytes, 0, 1).await;
+        assert!(flip.is_err() || flip.unwrap().iter().all(|b| b.num_rows() <= 1));
+    }
+}

@@ -1,0 +1,9 @@
+//! Tiering: sealed segments offloaded as Parquet to object storage, and read back for cold
+//! fetches. `rows` owns the Parquet row format, `manifest` the per-partition manifest, `file`
+//! the writing and reading of one file.
+
+pub mod file;
+pub mod manifest;
+pub mod remote;
+pub mod rows;
+pub mod service;

@@ -1,0 +1,246 @@
+//! One partition's remote log: its cached manifest, offload of sealed segments, cold reads.
+//!
+//! Invariants kept here (DESIGN.md, "Tiering"): only sealed segments entirely below the high
+//! watermark are offloaded (the caller hands them over; `offload` asserts it); a file is fully
+//! written before the manifest that references it is committed; manifests are fenced by leader
+//! epoch; file names are unique, so a retry never overwrites a committed file.
+
+use std::sync::{Arc, RwLock};
+
+use bytes::{Bytes, BytesMut};
+use uuid::Uuid;
+
+use super::file::{read_rows, FileError, ParquetUpload};
+use super::manifest::{CommitError, Manifest, ManifestStore, RemoteFile};
+use super::rows::batches_from_rows;
+use crate::record::validate::ValidationLimits;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TierError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("local read during offload: {0}")]
+    Local(String),
+}
+
+/// A sealed segment to offload: offsets `[first, last]`, below `high_watermark`.
+#[derive(Debug, Clone, Copy)]
+pub struct OffloadSegment {
+    pub first: i64,
+    pub last: i64,
+    pub high_watermark: i64,
+    pub leader_epoch: i32,
+    pub now_ms: i64,
+}
+
+pub struct RemoteLog {
+    store: Store,
+    topic: String,
+    partition: i32,
+    manifests: ManifestStore,
+    manifest: RwLock<Arc<Manifest>>,
+}
+
+/// Where an offload gets the batches of one sealed segment.
+pub trait SegmentSource: Send + Sync {
+    /// Whole batches from `offset` onwards, at most about `max_bytes`, never beyond the segment.
+    fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, String>;
+}
+
+impl RemoteLog {
+    /// Loads the newest manifest (one LIST, one GET).
+    pub async fn open(store: Store, topic: &str, partition: i32) -> Result<RemoteLog, StoreError> {
+        let manifests = ManifestStore::new(store.clone(), topic, partition);
+        let manifest = manifests.latest().await?;
+        Ok(RemoteLog {
+            store,
+            topic: topic.to_string(),
+            partition,
+            manifests,
+            manifest: RwLock::new(Arc::new(manifest)),
+        })
+    }
+
+    pub fn manifest(&self) -> Arc<Manifest> {
+        self.manifest.read().expect("manifest lock").clone()
+    }
+
+    fn set_manifest(&self, m: Manifest) {
+        *self.manifest.write().expect("manifest lock") = Arc::new(m);
+    }
+
+    /// Re-reads the newest manifest (after losing a commit race).
+    pub async fn refresh(&self) -> Result<Arc<Manifest>, StoreError> {
+        let m = self.manifests.latest().await?;
+        self.set_manifest(m);
+        Ok(self.manifest())
+    }
+
+    /// Uploads the segment `[first, last]` as one Parquet file and commits a manifest that adds
+    /// it. Returns the committed manifest.
+    pub async fn offload(
+        &self,
+        source: &dyn SegmentSource,
+        segment: &OffloadSegment,
+        limits: &ValidationLimits,
+        row_group_bytes: usize,
+    ) -> Result<Arc<Manifest>, TierError> {
+        let OffloadSegment {
+            first,
+            last,
+            high_watermark,
+            leader_epoch,
+            now_ms,
+        } = *segment;
+        assert!(
+            last < high_watermark,
+            "offload of offsets {first}..={last} not below the high watermark {high_watermark}"
+        );
+        let current = self.manifest();
+        let name = format!(
+            "topic={}/partition={}/{first:020}-{last:020}-{leader_epoch}-{}.parquet",
+            self.topic,
+            self.partition,
+            Uuid::new_v4().simple()
+        );
+        let mut upload = ParquetUpload::new(&self.store, self.store.path(&name), row_group_bytes)?;
+        let pushed: Result<(), TierError> = async {
+            let mut offset = first;
+            while offset <= last {
+                let chunk = source.read(offset, 8 << 20).map_err(TierError::Local)?;
+                let (batches, _) = crate::record::batch::split_batches(&chunk);
+                let Some((tail, _)) = batches.last() else {
+                    return Err(TierError::Local(format!("no batch at offset {offset}")));
+                };
+                let next = tail.last_offset() + 1;
+                for (header, range) in &batches {
+                    if header.last_offset() > last {
+                        return Err(TierError::Local(format!(
+                            "batch ending at {} crosses the segment end {last}",
+                            header.last_offset()
+                        )));
+                    }
+                    upload.push(&chunk[range.clone()], limits).await?;
+                }
+                offset = next;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = pushed {
+            upload.abort().await;
+            return Err(e);
+        }
+        let written = upload.finish(&self.store).await?;
+        let mut next = (*current).clone();
+        next.files.push(RemoteFile {
+            path: name,
+            first_offset: first,
+            last_offset: last,
+            min_timestamp: written.min_timestamp,
+            max_timestamp: written.max_timestamp,
+            size_bytes: written.size_bytes,
+            rows: written.rows,
+            leader_epoch,
+            uploaded_ms: now_ms,
+        });
+        if current.files.is_empty() {
+            next.log_start_offset = first;
+        }
+        let committed = match self.manifests.commit(&current, next, leader_epoch).await {
+            Ok(m) => m,
+            Err(e) => {
+                // The uploaded file is now an orphan; orphan cleanup removes it after the grace
+                // period. Refresh so the next attempt starts from what is committed.
+                let _ = self.refresh().await;
+                return Err(e.into());
+            }
+        };
+        metrics::counter!("strata_tier_offloaded_bytes_total", "topic" => self.topic.clone())
+            .increment(written.size_bytes);
+        metrics::counter!("strata_tier_offloaded_segments_total", "topic" => self.topic.clone())
+            .increment(1);
+        self.set_manifest(committed);
+        if let Err(e) = self.manifests.collect_garbage().await {
+            tracing::warn!(topic = self.topic, partition = self.partition, error = %e, "manifest garbage collection failed");
+        }
+        Ok(self.manifest())
+    }
+
+    /// Cold read: whole rebuilt batches from `offset`, at most about `max_bytes` (at least one
+    /// batch), or `None` when the remote log does not hold `offset`.
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Option<Bytes>, FileError> {
+        let manifest = self.manifest();
+        let Some(file) = manifest.file_for(offset).cloned() else {
+            return Ok(None);
+        };
+        // Rows are dense, so the row index is the offset difference. Guess the rows needed from
+        // the file's average row size (compressed, so an overestimate of rows is likely).
+        let avg_row = (file.size_bytes / file.rows.max(1)).max(16) as usize;
+        let want = (max_bytes / avg_row).clamp(1, 50_000);
+        let skip = (offset - file.first_offset) as usize;
+        let started = std::time::Instant::now();
+        let rows = read_rows(&self.store, &file.path, file.size_bytes, skip, want).await?;
+        let mut out = BytesMut::new();
+        let mut next = offset;
+        for batch in &rows {
+            let budget = max_bytes.saturating_sub(out.len());
+            if !out.is_empty() && budget == 0 {
+                break;
+            }
+            let (batches, after) =
+                batches_from_rows(batch, next, budget.max(1)).map_err(|reason| {
+                    FileError::Corrupt {
+                        path: file.path.clone(),
+                        reason,
+                    }
+                })?;
+            for b in batches {
+                out.extend_from_slice(&b);
+            }
+            if after == next {
+                break;
+            }
+            next = after;
+        }
+        metrics::histogram!("strata_tier_read_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("strata_tier_read_bytes_total", "topic" => self.topic.clone())
+            .increment(out.len() as u64);
+        Ok(Some(out.freeze()))
+    }
+
+    /// ListOffsets by timestamp over the remote log: the first record at or after the log start
+    /// whose timestamp is >= `ts`, if the remote log holds one.
+    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, FileError> {
+        let manifest = self.manifest();
+        for file in manifest
+            .files
+            .iter()
+            .filter(|f| f.last_offset >= manifest.log_start_offset)
+        {
+            if file.max_timestamp < ts {
+                continue;
+            }
+            let rows =
+                super::file::read_timestamps(&self.store, &file.path, file.size_bytes).await?;
+            if let Some(hit) = rows
+                .into_iter()
+                .find(|&(o, t)| o >= manifest.log_start_offset && t >= ts)
+            {
+                return Ok(Some(hit));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Offsets `[first, last]` held remotely, if any.
+    pub fn range(&self) -> Option<(i64, i64)> {
+        let m = self.manifest();
+        (!m.files.is_empty()).then(|| (m.first_offset(), m.last_offset()))
+    }
+}

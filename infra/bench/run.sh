@@ -136,8 +136,9 @@ def goal(name, value, target, higher=True):
     ok = value >= target if higher else value <= target
     if ok:
         return f"- {name}: **met** ({value:.2f} vs goal {'≥' if higher else '≤'} {target})"
-    miss = (target - value) / target * 100 if higher else (value - target) / target * 100
-    return f"- {name}: **missed by {miss:.0f}%** ({value:.2f} vs goal {'≥' if higher else '≤'} {target})"
+    if higher:
+        return f"- {name}: **missed by {(target - value) / target * 100:.0f}%** ({value:.2f} vs goal ≥ {target})"
+    return f"- {name}: **missed: {value / target:.1f}× the goal** ({value:.2f} vs goal ≤ {target})"
 
 goals = [
     goal("produce 1 KiB acks=1 / loopback ceiling", p1["produce"]["mb_per_s"] / loop, 0.30),

@@ -131,6 +131,10 @@ pub struct WorkloadArgs {
     /// Producer `batch.size` in bytes.
     #[arg(long, default_value_t = 1_000_000)]
     pub batch_bytes: u32,
+    /// Producer `queue.buffering.max.kbytes`: records waiting in the client. Kept at Kafka's
+    /// `buffer.memory` default (32 MiB) so ack latency under saturation reflects a bounded queue.
+    #[arg(long, default_value_t = 32 * 1024)]
+    pub buffer_kib: u32,
     /// Broker process to sample for CPU seconds and peak RSS (Linux /proc).
     #[arg(long)]
     pub broker_pid: Option<u32>,

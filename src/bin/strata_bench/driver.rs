@@ -326,7 +326,7 @@ fn produce(
         .set("compression.type", args.compression.as_config())
         .set("linger.ms", args.linger_ms.to_string())
         .set("batch.size", args.batch_bytes.to_string())
-        .set("queue.buffering.max.kbytes", "1048576")
+        .set("queue.buffering.max.kbytes", args.buffer_kib.to_string())
         .set("queue.buffering.max.messages", "1000000")
         .create_with_context(context)?;
     let mut value = payload::template(args.record_bytes as usize, index);

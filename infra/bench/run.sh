@@ -98,7 +98,7 @@ def sh(cmd):
 cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip() or platform.processor()
 mem_gib = int(sh("awk '/MemTotal/ {print $2}' /proc/meminfo")) / 2**20
 commit = sh(f"git -C {root} rev-parse --short HEAD")
-dirty = " (with uncommitted changes)" if sh(f"git -C {root} status --porcelain -uno") else ""
+dirty = " (with uncommitted changes)" if sh(f"git -C {root} status --porcelain -uno -- . ':!BENCHMARKS.md'") else ""
 fs = sh(f"df -T {res} | tail -1 | awk '{{print $2}}'")
 
 def ms(us):

@@ -11,6 +11,7 @@ pub mod broker;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod coordinator;
 pub mod error;
 pub mod fsutil;
 pub mod log;

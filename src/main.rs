@@ -1,8 +1,10 @@
-//! The `strata` binary: `strata serve` runs a broker; `strata topic ...` administers topics.
+//! The `strata` binary: `strata serve` runs a broker; `strata topic ...` administers topics,
+//! `strata group ...` consumer groups.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use strata::cli::group::GroupArgs;
 use strata::cli::topic::TopicArgs;
 use strata::config::ServeArgs;
 
@@ -23,6 +25,8 @@ enum Command {
     Serve(ServeArgs),
     /// Create, list, describe, delete topics and alter their configs.
     Topic(TopicArgs),
+    /// List and describe consumer groups, reset their committed offsets.
+    Group(GroupArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Topic(args) => strata::cli::topic::run(args).await,
+            Command::Group(args) => strata::cli::group::run(args).await,
         }
     });
     match result {

@@ -3,7 +3,8 @@
 //! aiokafka and kafkajs. The client scripts live in `tests/clients/`; each produces a record
 //! set with keys, null values, headers (including empty and null header values) and a
 //! compression codec, reads it back without a consumer group and exits 1 with a diff when
-//! anything differs.
+//! anything differs. `group_consumer.py` checks the Python clients' group consumers (subscribe,
+//! commit, a second member resuming at the commits); kafkajs consumes through a group too.
 //!
 //! A missing client skips its test (`SKIP <test>: <tool> not installed`) unless
 //! `STRATA_REQUIRE_EXTERNAL=1`, which `.ci/run` sets after installing every client; then a
@@ -103,6 +104,9 @@ impl BrokerProcess {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            // Group consumers join at once instead of after Kafka's 3 s initial delay.
+            "--set",
+            "group.initial.rebalance.delay.ms=0",
         ])
         .arg("--data-dir")
         .arg(dir.path().join("data"));
@@ -611,9 +615,53 @@ fn aiokafka() {
     );
 }
 
+/// A group consumer of `client` (tests/clients/group_consumer.py): reads everything, commits,
+/// and a second consumer of the same group resumes exactly at the commits.
+fn python_group_consumer(test: &str, module: &str, client: &str) {
+    let tool = format!("{} (Python module {module})", client.replace('_', "-"));
+    if !tool_available(test, &tool, python_module_installed(module)) {
+        return;
+    }
+    let broker = BrokerProcess::start();
+    let r = run_ok(
+        &broker,
+        Command::new(python())
+            .arg(clients_dir().join("group_consumer.py"))
+            .args([client, broker.kafka.as_str(), &format!("group-{client}")])
+            .current_dir(clients_dir())
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+        b"",
+    );
+    assert!(
+        r.stdout().contains(&format!("OK group-{client}")),
+        "{}",
+        r.describe()
+    );
+    broker.shutdown();
+}
+
+#[test]
+fn confluent_kafka_group_consumer() {
+    python_group_consumer(
+        "confluent_kafka_group_consumer",
+        "confluent_kafka",
+        "confluent_kafka",
+    );
+}
+
+#[test]
+fn kafka_python_group_consumer() {
+    python_group_consumer("kafka_python_group_consumer", "kafka", "kafka_python");
+}
+
+#[test]
+fn aiokafka_group_consumer() {
+    python_group_consumer("aiokafka_group_consumer", "aiokafka", "aiokafka");
+}
+
 // ---------------------------------------------------------------------------------------------
-// kafkajs: produces and checks admin calls; kcat reads the records back (see the script for why
-// kafkajs does not consume them itself yet).
+// kafkajs: produces, checks admin calls and consumes through a group; kcat reads the records back
+// as well.
 // ---------------------------------------------------------------------------------------------
 
 /// Normalizes a kcat `-J` message to the shape kafkajs_roundtrip.js writes: headers as

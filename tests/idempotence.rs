@@ -25,7 +25,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A TCP proxy that cuts every connection it carries every `period`, so that requests in flight
-/// are lost after the broker has handled them and the client must retry.
+/// are lost after the broker has handled them and the client must retry. Once `stop` is set it
+/// keeps forwarding without cuts: the broker advertises the proxy, so clients (and the group
+/// coordinator's address) still point at it.
 async fn chaos_proxy(
     listener: TcpListener,
     target: String,
@@ -33,7 +35,7 @@ async fn chaos_proxy(
     stop: Arc<AtomicBool>,
     cuts: Arc<AtomicUsize>,
 ) {
-    while !stop.load(Ordering::SeqCst) {
+    loop {
         let Ok(Ok((client, _))) =
             tokio::time::timeout(Duration::from_millis(100), listener.accept()).await
         else {
@@ -41,6 +43,7 @@ async fn chaos_proxy(
         };
         let target = target.clone();
         let cuts = cuts.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let Ok(server) = TcpStream::connect(&target).await else {
                 return;
@@ -67,7 +70,14 @@ async fn chaos_proxy(
             tokio::select! {
                 _ = up => {}
                 _ = down => {}
-                _ = tokio::time::sleep(period) => {
+                _ = async {
+                    loop {
+                        tokio::time::sleep(period).await;
+                        if !stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                    }
+                } => {
                     cuts.fetch_add(1, Ordering::SeqCst);
                 }
             }

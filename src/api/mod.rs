@@ -6,15 +6,27 @@ mod cluster;
 mod configs;
 mod create_partitions;
 mod create_topics;
+mod delete_groups;
 mod delete_records;
 mod delete_topics;
+mod describe_groups;
 mod fetch;
+mod find_coordinator;
+mod heartbeat;
 mod init_producer_id;
+mod join_group;
+mod leave_group;
+mod list_groups;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_delete;
+mod offset_fetch;
 mod offset_for_leader_epoch;
 mod produce;
+mod sync_group;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,11 +37,21 @@ use crate::protocol::request::Request;
 
 pub use api_versions::unsupported_version_response;
 
-/// Handles one request. `None` means no response is sent (Produce with acks=0).
-pub async fn dispatch(broker: &Arc<Broker>, request: Request) -> Option<ResponseKind> {
+/// Handles one request from `peer`. `None` means no response is sent (Produce with acks=0).
+pub async fn dispatch(
+    broker: &Arc<Broker>,
+    request: Request,
+    peer: Option<SocketAddr>,
+) -> Option<ResponseKind> {
     let started = Instant::now();
     let api = request.api;
     let version = request.version;
+    let client_id = request
+        .header
+        .client_id
+        .as_ref()
+        .map(|c| c.to_string())
+        .unwrap_or_default();
     let response = match request.body {
         RequestKind::ApiVersions(_) => Some(ResponseKind::ApiVersions(api_versions::handle())),
         RequestKind::Metadata(r) => {
@@ -73,6 +95,37 @@ pub async fn dispatch(broker: &Arc<Broker>, request: Request) -> Option<Response
         RequestKind::InitProducerId(r) => Some(ResponseKind::InitProducerId(
             init_producer_id::handle(broker, r),
         )),
+        RequestKind::FindCoordinator(r) => Some(ResponseKind::FindCoordinator(
+            find_coordinator::handle(broker, r, version),
+        )),
+        RequestKind::JoinGroup(r) => Some(ResponseKind::JoinGroup(
+            join_group::handle(broker, r, version, &client_id, peer).await,
+        )),
+        RequestKind::SyncGroup(r) => {
+            Some(ResponseKind::SyncGroup(sync_group::handle(broker, r).await))
+        }
+        RequestKind::Heartbeat(r) => Some(ResponseKind::Heartbeat(heartbeat::handle(broker, r))),
+        RequestKind::LeaveGroup(r) => Some(ResponseKind::LeaveGroup(leave_group::handle(
+            broker, r, version,
+        ))),
+        RequestKind::OffsetCommit(r) => Some(ResponseKind::OffsetCommit(
+            offset_commit::handle(broker, r).await,
+        )),
+        RequestKind::OffsetFetch(r) => Some(ResponseKind::OffsetFetch(offset_fetch::handle(
+            broker, r, version,
+        ))),
+        RequestKind::ListGroups(r) => {
+            Some(ResponseKind::ListGroups(list_groups::handle(broker, r)))
+        }
+        RequestKind::DescribeGroups(r) => Some(ResponseKind::DescribeGroups(
+            describe_groups::handle(broker, r),
+        )),
+        RequestKind::DeleteGroups(r) => Some(ResponseKind::DeleteGroups(
+            delete_groups::handle(broker, r).await,
+        )),
+        RequestKind::OffsetDelete(r) => Some(ResponseKind::OffsetDelete(
+            offset_delete::handle(broker, r).await,
+        )),
         other => {
             // The version table only lets served APIs through; reaching this is a bug in it.
             tracing::error!(
@@ -108,6 +161,17 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::DescribeLogDirs => "DescribeLogDirs",
         ApiKey::DescribeCluster => "DescribeCluster",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::DeleteGroups => "DeleteGroups",
+        ApiKey::OffsetDelete => "OffsetDelete",
         _ => "other",
     }
 }

@@ -31,6 +31,12 @@ pub async fn handle(
                     ResponseError::TransactionalIdAuthorizationFailed,
                     "transactions are not supported by this broker",
                 ))
+            } else if name == crate::coordinator::OFFSETS_TOPIC {
+                // Only the coordinator writes its log (Kafka refuses appends to internal topics).
+                Err(ApiError::new(
+                    ResponseError::InvalidTopicException,
+                    format!("cannot append to internal topic {name}"),
+                ))
             } else if !matches!(acks, -1..=1) {
                 Err(ApiError::new(
                     ResponseError::InvalidRequiredAcks,

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::config::{topic as topic_config, Config, TopicConfig};
+use crate::coordinator::{self, Coordinator};
 use crate::error::ApiError;
 use crate::partition::Partition;
 use topics::{Catalogue, TopicRecord};
@@ -53,6 +54,8 @@ pub struct Broker {
     producer_id_limit: Mutex<i64>,
     /// The address clients are told to connect to.
     advertised: RwLock<(String, i32)>,
+    /// Every consumer group: this broker coordinates them all.
+    pub coordinator: Coordinator,
 }
 
 fn partition_dir(config: &Config, topic: &str, index: i32) -> PathBuf {
@@ -89,10 +92,29 @@ impl Broker {
             next_producer_id: AtomicI64::new(first_producer_id),
             producer_id_limit: Mutex::new(first_producer_id),
             advertised: RwLock::new(("127.0.0.1".into(), 9092)),
+            coordinator: Coordinator::new(&config.broker, clock.clone()),
             config,
             clock,
         };
+        broker.create_offsets_topic()?;
         Ok(broker)
+    }
+
+    /// `__consumer_offsets` exists from the first start, so clients never auto-create it; an
+    /// existing topic keeps its partition count (group → partition must not change).
+    fn create_offsets_topic(&self) -> anyhow::Result<()> {
+        if self.topic(coordinator::OFFSETS_TOPIC).is_some() {
+            return Ok(());
+        }
+        self.create_topic(
+            coordinator::OFFSETS_TOPIC,
+            self.config.broker.offsets_topic_num_partitions,
+            -1,
+            &coordinator::store::topic_overrides(),
+            false,
+        )
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", coordinator::OFFSETS_TOPIC))?;
+        Ok(())
     }
 
     pub fn cluster_id(&self) -> &str {

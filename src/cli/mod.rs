@@ -1,4 +1,5 @@
 //! Command-line tools that speak the Kafka protocol to a broker (`--bootstrap`).
 
 pub mod client;
+pub mod group;
 pub mod topic;

@@ -31,6 +31,13 @@ pub const BROKER_DEFS: &[BrokerDef] = &[
     BrokerDef { name: "log.flush.interval.messages", kind: Kind::Long { min: 1 }, default: "9223372036854775807", doc: "Default flush.messages." },
     BrokerDef { name: "log.flush.interval.ms", kind: Kind::Long { min: 0 }, default: "9223372036854775807", doc: "Default flush.ms." },
     BrokerDef { name: "log.message.timestamp.type", kind: Kind::Choice(&["CreateTime", "LogAppendTime"]), default: "CreateTime", doc: "Default message.timestamp.type." },
+    BrokerDef { name: "group.initial.rebalance.delay.ms", kind: Kind::Int { min: 0, max: I32_MAX }, default: "3000", doc: "How long the first rebalance of an empty group waits for more members to join." },
+    BrokerDef { name: "group.max.size", kind: Kind::Int { min: 1, max: I32_MAX }, default: "2147483647", doc: "Most members of one consumer group; more get GROUP_MAX_SIZE_REACHED." },
+    BrokerDef { name: "group.min.session.timeout.ms", kind: Kind::Int { min: 0, max: I32_MAX }, default: "6000", doc: "Smallest session.timeout.ms a group member may ask for." },
+    BrokerDef { name: "group.max.session.timeout.ms", kind: Kind::Int { min: 0, max: I32_MAX }, default: "1800000", doc: "Largest session.timeout.ms a group member may ask for." },
+    BrokerDef { name: "offsets.topic.num.partitions", kind: Kind::Int { min: 1, max: 1000 }, default: "50", doc: "Partitions of __consumer_offsets, fixed when the topic is first created." },
+    BrokerDef { name: "offsets.retention.minutes", kind: Kind::Int { min: 1, max: I32_MAX }, default: "10080", doc: "How long committed offsets of an empty group are kept." },
+    BrokerDef { name: "offset.metadata.max.bytes", kind: Kind::Int { min: 0, max: I32_MAX }, default: "4096", doc: "Largest metadata string of a committed offset; larger commits get OFFSET_METADATA_TOO_LARGE." },
     BrokerDef { name: "strata.batch.max.decompressed.bytes", kind: Kind::Int { min: 1024, max: I32_MAX }, default: "67108864", doc: "Largest decompressed size of one batch during validation (decompression-bomb bound); larger batches are CORRUPT_MESSAGE." },
 ];
 
@@ -52,6 +59,13 @@ pub struct BrokerSettings {
     pub log_flush_interval_ms: i64,
     pub log_message_timestamp_type: String,
     pub batch_max_decompressed_bytes: usize,
+    pub group_initial_rebalance_delay_ms: i64,
+    pub group_max_size: usize,
+    pub group_min_session_timeout_ms: i32,
+    pub group_max_session_timeout_ms: i32,
+    pub offsets_topic_num_partitions: i32,
+    pub offsets_retention_ms: i64,
+    pub offset_metadata_max_bytes: usize,
     /// Normalised values by name, for DescribeConfigs; only names in `BROKER_DEFS`.
     values: BTreeMap<&'static str, String>,
     /// Names set explicitly (not defaults).
@@ -101,6 +115,13 @@ impl BrokerSettings {
             log_flush_interval_ms: int(get("log.flush.interval.ms")),
             log_message_timestamp_type: get("log.message.timestamp.type").to_string(),
             batch_max_decompressed_bytes: int(get("strata.batch.max.decompressed.bytes")) as usize,
+            group_initial_rebalance_delay_ms: int(get("group.initial.rebalance.delay.ms")),
+            group_max_size: int(get("group.max.size")) as usize,
+            group_min_session_timeout_ms: int(get("group.min.session.timeout.ms")) as i32,
+            group_max_session_timeout_ms: int(get("group.max.session.timeout.ms")) as i32,
+            offsets_topic_num_partitions: int(get("offsets.topic.num.partitions")) as i32,
+            offsets_retention_ms: int(get("offsets.retention.minutes")).saturating_mul(60_000),
+            offset_metadata_max_bytes: int(get("offset.metadata.max.bytes")) as usize,
             values,
             overridden,
         })

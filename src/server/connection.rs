@@ -9,11 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::{
-    find_coordinator_response::FindCoordinatorResponse, ApiKey, HeartbeatResponse,
-    JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse, ResponseKind, SaslHandshakeResponse,
-    SyncGroupResponse,
-};
+use kafka_protocol::messages::{ApiKey, ResponseKind, SaslHandshakeResponse};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -94,7 +90,7 @@ async fn respond(
     let api = request.api;
     let version = request.version;
     let correlation_id = request.header.correlation_id;
-    let response = api::dispatch(broker, request).await?;
+    let response = api::dispatch(broker, request, Some(peer)).await?;
     match encode_response(api, version, correlation_id, &response) {
         Ok(bytes) => Some(Ok(bytes)),
         Err(e) => {
@@ -104,8 +100,8 @@ async fn respond(
     }
 }
 
-/// An UNSUPPORTED_VERSION answer where one can be expressed: ApiVersions per KIP-511, and the
-/// group and SASL APIs whose responses carry a top-level error code. Other APIs get the
+/// An UNSUPPORTED_VERSION answer where one can be expressed: ApiVersions per KIP-511, and SASL,
+/// whose response carries a top-level error code. Other APIs get the
 /// connection closed, as Kafka does for requests it cannot parse.
 fn unsupported(api: ApiKey, version: i16, correlation_id: i32) -> Option<Bytes> {
     if api == ApiKey::ApiVersions {
@@ -117,24 +113,6 @@ fn unsupported(api: ApiKey, version: i16, correlation_id: i32) -> Option<Bytes> 
     }
     let code = ResponseError::UnsupportedVersion.code();
     let body = match api {
-        ApiKey::FindCoordinator => {
-            ResponseKind::FindCoordinator(FindCoordinatorResponse::default().with_error_code(code))
-        }
-        ApiKey::JoinGroup => {
-            ResponseKind::JoinGroup(JoinGroupResponse::default().with_error_code(code))
-        }
-        ApiKey::SyncGroup => {
-            ResponseKind::SyncGroup(SyncGroupResponse::default().with_error_code(code))
-        }
-        ApiKey::Heartbeat => {
-            ResponseKind::Heartbeat(HeartbeatResponse::default().with_error_code(code))
-        }
-        ApiKey::LeaveGroup => {
-            ResponseKind::LeaveGroup(LeaveGroupResponse::default().with_error_code(code))
-        }
-        ApiKey::ListGroups => {
-            ResponseKind::ListGroups(ListGroupsResponse::default().with_error_code(code))
-        }
         ApiKey::SaslHandshake => {
             ResponseKind::SaslHandshake(SaslHandshakeResponse::default().with_error_code(code))
         }

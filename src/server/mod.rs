@@ -103,6 +103,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         budget,
         shutdown_rx.clone(),
     ));
+    tasks.spawn(crate::coordinator::run(broker.clone(), shutdown_rx.clone()));
     tasks.spawn(background(broker.clone(), shutdown_rx));
     let _ = ready.set(broker.clone());
     tracing::info!(%kafka_addr, %admin_addr, data_dir = %broker.config.data_dir.display(), "strata ready");

@@ -14,12 +14,11 @@
 //     lists both topics, fetchTopicMetadata shows 3 partitions.
 //
 // kafkajs's consumer always joins a consumer group (FindCoordinator, JoinGroup,
-// SyncGroup, OffsetFetch, Heartbeat), which strata does not serve yet. So by
-// default this script does NOT consume: it writes the records it produced as
-// JSON lines (offset, key, payload, headers, ts) to EXPECTED_JSONL, and
-// tests/external_clients.rs reads the topic back with kcat (librdkafka) and
-// compares. Once consumer groups exist, set STRATA_KAFKAJS_CONSUME=1 (or make
-// it the default) to also consume the topic with kafkajs itself.
+// SyncGroup, OffsetFetch, Heartbeat): the script consumes the topic with kafkajs
+// itself through a group and compares (STRATA_KAFKAJS_CONSUME=0 skips that). It
+// also writes the records it produced as JSON lines (offset, key, payload,
+// headers, ts) to EXPECTED_JSONL, and tests/external_clients.rs reads the topic
+// back with kcat (librdkafka) and compares too.
 
 'use strict'
 
@@ -213,7 +212,7 @@ async function main() {
   })
   await admin.disconnect()
 
-  if (process.env.STRATA_KAFKAJS_CONSUME === '1') {
+  if (process.env.STRATA_KAFKAJS_CONSUME !== '0') {
     diffs.push(...(await consumeWithGroup(kafka, recs)))
   }
 

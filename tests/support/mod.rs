@@ -136,3 +136,16 @@ pub fn batch(first: usize, n: usize, ts0: i64) -> Vec<u8> {
     }
     b.build()
 }
+
+/// Waits until the group coordinator has replayed `__consumer_offsets` (group requests get
+/// COORDINATOR_LOAD_IN_PROGRESS before that).
+pub async fn wait_groups_loaded(running: &RunningBroker) {
+    let started = std::time::Instant::now();
+    while !running.broker.coordinator.is_loaded() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "coordinator did not load"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,257 @@
+//! The coordinator's background duties: the load at start, then a tick that drives session,
+//! rebalance and initial-delay deadlines, persists changed group metadata, expires offsets of
+//! empty groups (offsets.retention.minutes, KIP-211) and writes snapshots (see [`super::store`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::group::{Group, State};
+use super::offsets::{self, group_key, group_value, offset_key, OffsetsRecord};
+use super::store::{self, KeyValue, OFFSETS_TOPIC, SNAPSHOT_MIN_RECORDS};
+use super::Writer;
+use crate::broker::Broker;
+
+/// How often deadlines are checked: the resolution of session and rebalance timeouts.
+const TICK: Duration = Duration::from_millis(50);
+/// How often offsets of empty groups are checked for expiry (Kafka checks every 10 minutes).
+const EXPIRY_CHECK_MS: i64 = 60_000;
+
+pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let b = broker.clone();
+    match tokio::task::spawn_blocking(move || load(&b)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "loading consumer groups failed; group requests will fail");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the consumer group load task failed");
+            return;
+        }
+    }
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_expiry = broker.clock.now_ms();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = interval.tick() => tick(&broker, &mut last_expiry).await,
+        }
+    }
+}
+
+/// Replays every partition of `__consumer_offsets` into the group map.
+pub fn load(broker: &Broker) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let coordinator = &broker.coordinator;
+    let partitions = broker
+        .topic(OFFSETS_TOPIC)
+        .map(|t| t.partitions.len())
+        .unwrap_or(0)
+        .max(1);
+    let now = coordinator.clock.now_ms();
+    let mut groups: HashMap<String, Group> = HashMap::new();
+    let mut writers = Vec::with_capacity(partitions);
+    let mut total = 0u64;
+    for p in 0..partitions {
+        let read = store::replay(broker, p as i32, |record| apply(&mut groups, record, now))?;
+        total += read;
+        writers.push(tokio::sync::Mutex::new(Writer {
+            since_snapshot: read,
+        }));
+    }
+    let _ = coordinator.writers.set(writers);
+    coordinator.groups().extend(groups);
+    coordinator.set_loaded();
+    let seconds = started.elapsed().as_secs_f64();
+    metrics::gauge!("strata_coordinator_load_seconds").set(seconds);
+    tracing::info!(records = total, seconds, "consumer groups loaded");
+    Ok(())
+}
+
+fn apply(groups: &mut HashMap<String, Group>, record: OffsetsRecord, now_ms: i64) {
+    match record {
+        OffsetsRecord::Offset {
+            group,
+            topic,
+            partition,
+            value,
+        } => match value {
+            Some(c) => {
+                groups
+                    .entry(group.clone())
+                    .or_insert_with(|| Group::new(&group, now_ms))
+                    .offsets
+                    .insert((topic, partition), c);
+            }
+            None => {
+                if let Some(g) = groups.get_mut(&group) {
+                    g.offsets.remove(&(topic, partition));
+                }
+            }
+        },
+        OffsetsRecord::Group { group, value } => match value {
+            Some((protocol_type, generation)) => {
+                let g = groups
+                    .entry(group.clone())
+                    .or_insert_with(|| Group::new(&group, now_ms));
+                g.generation = generation;
+                g.protocol_type = Some(protocol_type).filter(|t| !t.is_empty());
+            }
+            None => {
+                groups.remove(&group);
+            }
+        },
+    }
+}
+
+async fn tick(broker: &Broker, last_expiry: &mut i64) {
+    let c = &broker.coordinator;
+    let now = c.clock.now_ms();
+    let mut dirty: BTreeMap<i32, Vec<KeyValue>> = BTreeMap::new();
+    {
+        let mut groups = c.groups();
+        for g in groups.values_mut() {
+            g.tick(&c.settings, now);
+            if g.dirty {
+                g.dirty = false;
+                dirty
+                    .entry(c.partition_of(&g.id))
+                    .or_default()
+                    .push((group_key(&g.id), Some(group_value(g))));
+            }
+        }
+    }
+    for (p, records) in dirty {
+        write(broker, p, &records).await;
+    }
+    if now.saturating_sub(*last_expiry) >= EXPIRY_CHECK_MS {
+        *last_expiry = now;
+        for p in 0..c.partition_count() {
+            expire(broker, p, now).await;
+        }
+    }
+    for p in 0..c.partition_count() {
+        maybe_snapshot(broker, p).await;
+    }
+}
+
+async fn write(broker: &Broker, p: i32, records: &[KeyValue]) {
+    let Some(writer) = broker
+        .coordinator
+        .writers
+        .get()
+        .and_then(|w| w.get(p as usize))
+    else {
+        return;
+    };
+    let mut writer = writer.lock().await;
+    match store::append(broker, p, records).await {
+        Ok(_) => writer.since_snapshot += records.len() as u64,
+        Err(e) => tracing::warn!(partition = p, error = ?e, "persisting group metadata failed"),
+    }
+}
+
+/// Offsets of a group that has been empty for offsets.retention.minutes are removed; an empty
+/// group without offsets is removed too.
+async fn expire(broker: &Broker, p: i32, now_ms: i64) {
+    let c = &broker.coordinator;
+    let Some(writer) = c.writers.get().and_then(|w| w.get(p as usize)) else {
+        return;
+    };
+    let mut writer = writer.lock().await;
+    let records: Vec<KeyValue> = {
+        let mut groups = c.groups();
+        let mut records = Vec::new();
+        let retention = c.settings.offsets_retention_ms;
+        groups.retain(|id, g| {
+            if c.partition_of(id) != p || g.state != State::Empty || !g.is_empty() {
+                return true;
+            }
+            let last_commit = g.offsets.values().map(|o| o.commit_timestamp_ms).max();
+            let since = g.state_since_ms.max(last_commit.unwrap_or(i64::MIN));
+            if now_ms.saturating_sub(since) >= retention {
+                for (t, part) in g.offsets.keys() {
+                    records.push((offset_key(id, t, *part), None));
+                }
+                g.offsets.clear();
+            }
+            if g.offsets.is_empty() {
+                records.push((group_key(id), None));
+                return false;
+            }
+            true
+        });
+        records
+    };
+    if records.is_empty() {
+        return;
+    }
+    match store::append(broker, p, &records).await {
+        Ok(_) => writer.since_snapshot += records.len() as u64,
+        Err(e) => tracing::warn!(partition = p, error = ?e, "writing offset expiry failed"),
+    }
+}
+
+/// Rewrites a partition's live state and moves its log start past everything older.
+async fn maybe_snapshot(broker: &Broker, p: i32) {
+    let c = &broker.coordinator;
+    let Some(writer) = c.writers.get().and_then(|w| w.get(p as usize)) else {
+        return;
+    };
+    if writer.lock().await.since_snapshot < SNAPSHOT_MIN_RECORDS {
+        return;
+    }
+    let mut writer = writer.lock().await;
+    let records: Vec<KeyValue> = {
+        let groups = c.groups();
+        let mut records = Vec::new();
+        for (id, g) in groups.iter().filter(|(id, _)| c.partition_of(id) == p) {
+            records.push((group_key(id), Some(group_value(g))));
+            for ((t, part), committed) in &g.offsets {
+                records.push((
+                    offset_key(id, t, *part),
+                    Some(offsets::offset_value(committed)),
+                ));
+            }
+        }
+        records
+    };
+    if writer.since_snapshot < (records.len() as u64).max(SNAPSHOT_MIN_RECORDS) {
+        return;
+    }
+    let Some(partition) = broker
+        .topic(OFFSETS_TOPIC)
+        .and_then(|t| t.partition(p).cloned())
+    else {
+        return;
+    };
+    let start = if records.is_empty() {
+        Ok(None)
+    } else {
+        store::append(broker, p, &records).await
+    };
+    let start = match start {
+        Ok(Some(first)) => first,
+        Ok(None) => partition.log_end_offset(),
+        Err(e) => {
+            tracing::warn!(partition = p, error = ?e, "writing a coordinator snapshot failed");
+            return;
+        }
+    };
+    match partition.delete_records_before(start) {
+        Ok(_) => {
+            tracing::info!(
+                partition = p,
+                live = records.len(),
+                replaced = writer.since_snapshot,
+                "coordinator snapshot written"
+            );
+            writer.since_snapshot = 0;
+        }
+        Err(e) => tracing::warn!(partition = p, error = %e, "advancing the log start failed"),
+    }
+}

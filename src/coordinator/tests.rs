@@ -1,0 +1,137 @@
+//! The group state machine driven by hand-picked times (no broker, no sleeping).
+
+use bytes::Bytes;
+
+use super::group::{Group, GroupSettings, JoinOutcome, Reply, State};
+use super::membership::{JoinParams, SyncParams};
+
+fn settings(delay_ms: i64) -> GroupSettings {
+    GroupSettings {
+        initial_rebalance_delay_ms: delay_ms,
+        max_size: 10,
+        min_session_timeout_ms: 1,
+        max_session_timeout_ms: 100_000,
+        offsets_retention_ms: 1_000,
+        offset_metadata_max_bytes: 100,
+    }
+}
+
+fn params(member: &str, protocols: &[&str]) -> JoinParams {
+    JoinParams {
+        member_id: member.to_string(),
+        instance_id: None,
+        client_id: "c".into(),
+        client_host: "/127.0.0.1".into(),
+        session_timeout_ms: 10_000,
+        rebalance_timeout_ms: 5_000,
+        protocol_type: "consumer".into(),
+        protocols: protocols
+            .iter()
+            .map(|p| (p.to_string(), Bytes::from_static(b"m")))
+            .collect(),
+        require_known_member_id: false,
+    }
+}
+
+fn later(reply: Reply<JoinOutcome>) -> tokio::sync::oneshot::Receiver<JoinOutcome> {
+    match reply {
+        Reply::Later(rx) => rx,
+        Reply::Now(o) => panic!("answered at once: {o:?}"),
+    }
+}
+
+#[test]
+fn the_initial_delay_holds_the_first_generation_back() {
+    let s = settings(3_000);
+    let mut g = Group::new("g", 0);
+    let mut a = later(g.join(params("", &["range"]), &s, 0));
+    // A second member during the delay extends it (KIP-134).
+    let mut b = later(g.join(params("", &["range"]), &s, 1_000));
+    g.tick(&s, 3_500);
+    assert!(a.try_recv().is_err(), "still waiting at 3.5 s");
+    g.tick(&s, 4_000);
+    let (a, b) = (a.try_recv().unwrap(), b.try_recv().unwrap());
+    assert_eq!((a.generation, b.generation), (1, 1));
+    assert_eq!(
+        a.members.len() + b.members.len(),
+        2,
+        "only the leader gets the members"
+    );
+    assert_eq!(g.state, State::CompletingRebalance);
+}
+
+#[test]
+fn protocol_is_chosen_by_vote_among_common_ones() {
+    let s = settings(0);
+    let mut g = Group::new("g", 0);
+    let mut a = later(g.join(params("", &["range", "roundrobin"]), &s, 0));
+    let a = a.try_recv().unwrap();
+    // b only speaks roundrobin: a rebalance; both vote for roundrobin (a's first common one).
+    let mut b = later(g.join(params("", &["roundrobin"]), &s, 1));
+    let mut a2 = later(g.join(params(&a.member_id, &["range", "roundrobin"]), &s, 2));
+    let (a2, _) = (a2.try_recv().unwrap(), b.try_recv().unwrap());
+    assert_eq!(a2.protocol_name.as_deref(), Some("roundrobin"));
+    // Sticky alone shares nothing with the group.
+    assert!(!g.supports("consumer", &[("sticky".into(), Bytes::new())]));
+}
+
+#[test]
+fn a_member_that_does_not_rejoin_is_removed_at_the_rebalance_timeout() {
+    let s = settings(0);
+    let mut g = Group::new("g", 0);
+    let a = later(g.join(params("", &["range"]), &s, 0))
+        .try_recv()
+        .unwrap();
+    let mut b = later(g.join(params("", &["range"]), &s, 10));
+    let a1 = later(g.join(params(&a.member_id, &["range"]), &s, 20))
+        .try_recv()
+        .unwrap();
+    let b1 = b.try_recv().unwrap();
+    let sync = |m: &str| SyncParams {
+        member_id: m.to_string(),
+        instance_id: None,
+        generation: 2,
+        protocol_type: None,
+        protocol_name: None,
+        assignments: Vec::new(),
+    };
+    let _ = g.sync(sync(&b1.member_id), 30);
+    let _ = g.sync(sync(&a1.member_id), 30);
+    assert_eq!(g.state, State::Stable);
+    // a changes its subscription: a rebalance that b ignores.
+    let mut a2 = later(g.join(params(&a.member_id, &["range", "sticky"]), &s, 100));
+    g.heartbeat(&b1.member_id, None, 2, 200).unwrap_err();
+    g.tick(&s, 100 + 4_999);
+    assert!(a2.try_recv().is_err());
+    g.tick(&s, 100 + 5_000);
+    let a2 = a2.try_recv().unwrap();
+    assert_eq!((a2.generation, a2.members.len()), (3, 1));
+    assert!(!g.members.contains_key(&b1.member_id));
+}
+
+#[tokio::test]
+async fn requests_before_the_load_get_coordinator_load_in_progress() {
+    use kafka_protocol::error::ResponseError;
+    let c = super::Coordinator::new(
+        &crate::config::BrokerSettings::default(),
+        crate::clock::Clock::System,
+    );
+    let joined = c.join("g", params("", &["range"])).await;
+    assert_eq!(
+        joined.error,
+        ResponseError::CoordinatorLoadInProgress.code()
+    );
+    assert_eq!(
+        c.heartbeat("g", "m", None, 1),
+        Err(ResponseError::CoordinatorLoadInProgress)
+    );
+    assert_eq!(
+        c.fetch("g", None).unwrap_err(),
+        ResponseError::CoordinatorLoadInProgress
+    );
+    c.set_loaded();
+    assert_eq!(
+        c.heartbeat("g", "m", None, 1),
+        Err(ResponseError::UnknownMemberId)
+    );
+}

@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod api;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod clock;

@@ -61,7 +61,7 @@ impl Tiering {
 
     /// Loads every partition's manifest so the log start offsets are right from the first request.
     pub async fn attach(&self, broker: &Broker) -> Result<(), StoreError> {
-        for topic in broker.topics() {
+        for topic in broker.topics().iter().filter(|t| !t.name.starts_with("__")) {
             for p in &topic.partitions {
                 let rl = self.remote_log(&topic.name, p.index).await?;
                 p.set_remote_start(rl.range().map_or(-1, |(first, _)| first));
@@ -75,7 +75,9 @@ impl Tiering {
     pub async fn run_once(&self, broker: &Broker) -> usize {
         let mut offloaded = 0;
         for topic in broker.topics() {
-            if !topic.config.remote_storage_enable {
+            // Internal topics (__consumer_offsets) bound their own size with snapshots and are
+            // read back by the broker at start: they stay local.
+            if !topic.config.remote_storage_enable || topic.name.starts_with("__") {
                 continue;
             }
             for p in &topic.partitions {

@@ -227,6 +227,30 @@ impl AsyncFileReader for RemoteFileReader {
     }
 }
 
+fn corrupt(path: &str) -> impl Fn(ParquetError) -> FileError + Copy + '_ {
+    move |e| FileError::Corrupt {
+        path: path.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Opens a remote file for reading: footer and (optionally) page index are fetched here.
+async fn open_file(
+    store: &Store,
+    path: &str,
+    size: u64,
+    options: ArrowReaderOptions,
+) -> Result<ParquetRecordBatchStreamBuilder<RemoteFileReader>, FileError> {
+    let reader = RemoteFileReader {
+        store: store.clone(),
+        path: store.path(path),
+        size,
+    };
+    ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+        .await
+        .map_err(corrupt(path))
+}
+
 /// Reads up to `max_rows` rows starting at row `skip` (offset - first offset of the file). Only
 /// the pages holding those rows are fetched, thanks to the page index.
 pub async fn read_rows(
@@ -236,19 +260,9 @@ pub async fn read_rows(
     skip: usize,
     max_rows: usize,
 ) -> Result<Vec<RecordBatch>, FileError> {
-    let corrupt = |e: ParquetError| FileError::Corrupt {
-        path: path.to_string(),
-        reason: e.to_string(),
-    };
-    let reader = RemoteFileReader {
-        store: store.clone(),
-        path: store.path(path),
-        size,
-    };
+    let corrupt = corrupt(path);
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
-        .await
-        .map_err(corrupt)?;
+    let builder = open_file(store, path, size, options).await?;
     let total = builder.metadata().file_metadata().num_rows().max(0) as usize;
     if skip >= total {
         return Ok(Vec::new());
@@ -279,19 +293,8 @@ pub async fn read_timestamps(
 ) -> Result<Vec<(i64, i64)>, FileError> {
     use arrow_array::{Int64Array, TimestampMillisecondArray};
     use parquet::arrow::ProjectionMask;
-    let corrupt = |e: ParquetError| FileError::Corrupt {
-        path: path.to_string(),
-        reason: e.to_string(),
-    };
-    let reader = RemoteFileReader {
-        store: store.clone(),
-        path: store.path(path),
-        size,
-    };
-    let builder =
-        ParquetRecordBatchStreamBuilder::new_with_options(reader, ArrowReaderOptions::new())
-            .await
-            .map_err(corrupt)?;
+    let corrupt = corrupt(path);
+    let builder = open_file(store, path, size, ArrowReaderOptions::new()).await?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), [0, 1]);
     let batches: Vec<RecordBatch> = builder
         .with_projection(mask)

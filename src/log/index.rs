@@ -24,6 +24,29 @@ use std::sync::Arc;
 
 pub(crate) const ENTRY_LEN: usize = 8;
 
+/// Opens (creating if absent) an index file of fixed-size entries and reads it whole. The bytes
+/// are `None` when the length is not a whole number of entries or claims more entries than a
+/// `.log` of `log_size` bytes can have: such an index must be rebuilt.
+pub(crate) fn open_entries(
+    path: &Path,
+    entry_len: usize,
+    log_size: u64,
+) -> io::Result<(Arc<File>, Option<Vec<u8>>)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    if len % entry_len as u64 != 0 || len / entry_len as u64 > log_size {
+        return Ok((Arc::new(file), None));
+    }
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, 0)?;
+    Ok((Arc::new(file), Some(buf)))
+}
+
 #[derive(Debug)]
 pub(crate) struct OffsetIndex {
     file: Arc<File>,
@@ -34,22 +57,14 @@ impl OffsetIndex {
     /// Opens (creating if absent) and loads the file. Returns the index and whether the loaded
     /// entries are sane for a `.log` of `log_size` bytes; an insane index must be rebuilt.
     pub(crate) fn open(path: &Path, log_size: u64) -> io::Result<(OffsetIndex, bool)> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        let len = file.metadata()?.len();
+        let (file, bytes) = open_entries(path, ENTRY_LEN, log_size)?;
         let mut index = OffsetIndex {
-            file: Arc::new(file),
+            file,
             entries: Vec::new(),
         };
-        if len % ENTRY_LEN as u64 != 0 || len / ENTRY_LEN as u64 > log_size {
+        let Some(buf) = bytes else {
             return Ok((index, false));
-        }
-        let mut buf = vec![0u8; len as usize];
-        index.file.read_exact_at(&mut buf, 0)?;
+        };
         let mut sane = true;
         for chunk in buf.chunks_exact(ENTRY_LEN) {
             let rel = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);

@@ -17,7 +17,7 @@
 //!
 //! Like the offset index it is append-only, not preallocated, and rebuildable from the `.log`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -34,22 +34,14 @@ pub(crate) struct TimeIndex {
 impl TimeIndex {
     /// Opens (creating if absent) and loads the file; the bool says whether it is sane.
     pub(crate) fn open(path: &Path, log_size: u64) -> io::Result<(TimeIndex, bool)> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        let len = file.metadata()?.len();
+        let (file, bytes) = super::index::open_entries(path, ENTRY_LEN, log_size)?;
         let mut index = TimeIndex {
-            file: Arc::new(file),
+            file,
             entries: Vec::new(),
         };
-        if len % ENTRY_LEN as u64 != 0 || len / ENTRY_LEN as u64 > log_size {
+        let Some(buf) = bytes else {
             return Ok((index, false));
-        }
-        let mut buf = vec![0u8; len as usize];
-        index.file.read_exact_at(&mut buf, 0)?;
+        };
         for chunk in buf.chunks_exact(ENTRY_LEN) {
             let mut ts = [0u8; 8];
             ts.copy_from_slice(&chunk[..8]);

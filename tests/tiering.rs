@@ -113,6 +113,36 @@ async fn run_suite(object_store: &str) {
             produced.entry(partition).or_default().push((d.offset, rec));
         }
     }
+    // Seal every segment holding the records above: three large uncompressed records per
+    // partition, one batch each, roll the log past them, so the active segment holds padding
+    // only. (How many offsets the last compressed segment holds depends on how the client
+    // batched, which depends on the machine's speed.)
+    let padder: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    for k in 0..3 {
+        for partition in 0..PARTITIONS {
+            let i = CODECS.len() * PER_CODEC + k * PARTITIONS as usize + partition as usize;
+            let rec: Rec = (None, Some(vec![b'x'; 200_000]), Vec::new(), t0 + i as i64);
+            let d = padder
+                .send(
+                    FutureRecord::<[u8], [u8]>::to("tiered")
+                        .partition(partition)
+                        .timestamp(rec.3)
+                        .payload(rec.1.as_deref().unwrap()),
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap();
+            produced.entry(partition).or_default().push((d.offset, rec));
+        }
+    }
+    let last_codec_record: HashMap<i32, i64> = produced
+        .iter()
+        .map(|(p, list)| (*p, list.iter().map(|(o, _)| *o).max().unwrap() - 3))
+        .collect();
     for list in produced.values_mut() {
         list.sort_by_key(|(o, _)| *o);
     }
@@ -129,10 +159,12 @@ async fn run_suite(object_store: &str) {
                 .await
                 .unwrap()
                 .manifest();
-            let hw = p.high_watermark();
+            // Every sealed segment offloaded, and local retention deleted what was offloaded.
+            let sealed_end = p.sealed_segments().last().map_or(-1, |s| s.last_offset);
             if remote.files.is_empty()
-                || remote.last_offset() < hw * 3 / 4
-                || p.local_log_start_offset() < hw / 2
+                || remote.last_offset() < sealed_end
+                || remote.last_offset() < last_codec_record[&p.index]
+                || p.local_log_start_offset() != remote.last_offset() + 1
             {
                 done = false;
             }

@@ -225,7 +225,14 @@ async fn offload_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = tick.tick() => {
-                tiering.run_once(&broker).await;
+                // A pass runs as its own task: a bug that panics in one pass is logged and the
+                // next pass still runs, instead of offload stopping silently for good.
+                let (tiering, broker) = (tiering.clone(), broker.clone());
+                let pass = tokio::spawn(async move { tiering.run_once(&broker).await });
+                if let Err(e) = pass.await {
+                    metrics::counter!("strata_tier_offload_panics_total").increment(1);
+                    tracing::error!(error = %e, "offload pass panicked");
+                }
             }
         }
     }

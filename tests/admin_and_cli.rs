@@ -139,3 +139,107 @@ async fn topic_command_line() {
     assert!(!ok && err.contains("UnknownTopicOrPartition"), "{err}");
     broker.running.shutdown().await;
 }
+
+/// `GET /v1/topics/{topic}`, `strata topic describe --admin` and the per-tier gauges show what
+/// each tier holds once segments are offloaded and deleted locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_status_over_http_cli_and_metrics() {
+    let broker = TestBroker::start(&[
+        ("remote.log.manager.task.interval.ms", "50"),
+        ("log.local.retention.ms", "0"),
+    ])
+    .await;
+    let admin = broker.admin();
+    let overrides = [("segment.bytes".to_string(), "2048".to_string())].into();
+    broker
+        .running
+        .broker
+        .create_topic("tiers", 2, 1, &overrides, false)
+        .unwrap();
+    let mut conn = KafkaConn::connect(&broker.bootstrap()).await;
+    let ts = now_ms();
+    for i in 0..20 {
+        let request = kafka_protocol::messages::ProduceRequest::default()
+            .with_acks(-1)
+            .with_topic_data(vec![
+                kafka_protocol::messages::produce_request::TopicProduceData::default()
+                    .with_name(kafka_protocol::messages::TopicName("tiers".into()))
+                    .with_partition_data(vec![
+                        kafka_protocol::messages::produce_request::PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(bytes::Bytes::from(batch(i * 50, 50, ts)))),
+                    ]),
+            ]);
+        let r: kafka_protocol::messages::ProduceResponse = conn
+            .call(kafka_protocol::messages::ApiKey::Produce, 9, &request)
+            .await;
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    // Wait until everything sealed is offloaded and deleted locally.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        let (code, body) = http_get(&admin, "/v1/topics/tiers").await;
+        assert_eq!(code, 200, "{body}");
+        let status: strata::tiering::status::TopicStatus = serde_json::from_str(&body).unwrap();
+        let p = &status.partitions[0];
+        if p.remote.files > 0 && p.local.start_offset == p.remote.end_offset {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not offloaded: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(status.remote_storage_enable);
+    let (p0, p1) = (&status.partitions[0], &status.partitions[1]);
+    assert_eq!(
+        (p0.partition, p0.high_watermark, p0.log_start_offset),
+        (0, 1000, 0)
+    );
+    assert_eq!(p0.remote.start_offset, 0);
+    assert!(p0.remote.end_offset > 0 && p0.remote.end_offset < 1000);
+    assert!(p0.remote.bytes > 0);
+    assert_eq!(p0.local.end_offset, 1000);
+    assert!(p0.local.bytes > 0 && p0.local.files >= 1);
+    assert_eq!(p0.offload_lag_records, 1000 - p0.remote.end_offset);
+    assert_eq!(
+        p0.offload_lag_bytes, p0.local.bytes,
+        "nothing local is offloaded any more"
+    );
+    let uploaded = p0.last_offload_ms.unwrap();
+    assert!((uploaded - now_ms()).abs() < 60_000);
+    // The empty partition: nothing in either tier, no lag.
+    assert_eq!(
+        (p1.high_watermark, p1.remote.files, p1.offload_lag_records),
+        (0, 0, 0)
+    );
+    assert_eq!(p1.last_offload_ms, None);
+    assert_eq!(http_get(&admin, "/v1/topics/nope").await.0, 404);
+
+    let b = broker.bootstrap();
+    let a = admin.clone();
+    let out =
+        tokio::task::spawn_blocking(move || strata(&b, &["describe", "tiers", "--admin", &a]))
+            .await
+            .unwrap();
+    assert!(out.0, "{}", out.2);
+    assert!(out.1.contains("remote offsets"), "{}", out.1);
+    let row = format!("[0, {})", p0.remote.end_offset);
+    assert!(out.1.contains(&row), "no remote range {row} in\n{}", out.1);
+
+    let (_, metrics) = http_get(&admin, "/metrics").await;
+    for needle in [
+        format!(
+            "strata_tier_end_offset{{topic=\"tiers\",partition=\"0\",tier=\"remote\"}} {}",
+            p0.remote.end_offset
+        ),
+        "strata_tier_end_offset{topic=\"tiers\",partition=\"0\",tier=\"local\"} 1000".to_string(),
+        "strata_tier_files{topic=\"tiers\",partition=\"1\",tier=\"remote\"} 0".to_string(),
+        "strata_tier_offload_lag_records{topic=\"tiers\",partition=\"0\"}".to_string(),
+        "strata_tier_last_offload_timestamp_seconds{topic=\"tiers\",partition=\"0\"}".to_string(),
+    ] {
+        assert!(metrics.contains(&needle), "missing {needle} in\n{metrics}");
+    }
+    broker.running.shutdown().await;
+}

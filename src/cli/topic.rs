@@ -41,7 +41,13 @@ pub enum TopicCommand {
     /// List topics.
     List,
     /// Show a topic's partitions, offsets and non-default configs.
-    Describe { name: String },
+    Describe {
+        name: String,
+        /// A broker's admin HTTP address: also show what each tier (local disk, object store)
+        /// holds per partition.
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: Option<String>,
+    },
     /// Delete a topic.
     Delete { name: String },
     /// Set or remove topic configs.
@@ -126,7 +132,12 @@ pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        TopicCommand::Describe { name } => describe(&mut client, &name).await?,
+        TopicCommand::Describe { name, admin } => {
+            describe(&mut client, &name).await?;
+            if let Some(admin) = admin {
+                describe_tiers(&admin, &name).await?;
+            }
+        }
         TopicCommand::Delete { name } => {
             let request = DeleteTopicsRequest::default()
                 .with_topics(vec![
@@ -263,4 +274,66 @@ async fn describe(client: &mut Client, name: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The per-tier table of `describe --admin`, from `GET /v1/topics/{topic}`.
+async fn describe_tiers(admin: &str, name: &str) -> anyhow::Result<()> {
+    let url = format!("http://{admin}/v1/topics/{name}");
+    let response = reqwest::get(&url)
+        .await
+        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
+    let code = response.status();
+    let body = response.text().await?;
+    anyhow::ensure!(code.is_success(), "GET {url}: {code}: {}", body.trim());
+    let status: crate::tiering::status::TopicStatus = serde_json::from_str(&body)?;
+    print!("{}", tier_table(&status));
+    Ok(())
+}
+
+fn tier_table(status: &crate::tiering::status::TopicStatus) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "  tiers (remote storage {}):\n",
+        if status.remote_storage_enable {
+            "on"
+        } else {
+            "off"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "    {:>9} {:>23} {:>12} {:>6} {:>23} {:>12} {:>6} {:>24} {:>11}",
+        "partition",
+        "local offsets",
+        "local bytes",
+        "segs",
+        "remote offsets",
+        "remote bytes",
+        "files",
+        "last offload",
+        "lag records"
+    );
+    for p in &status.partitions {
+        let range = |t: &crate::tiering::status::TierStatus| {
+            format!("[{}, {})", t.start_offset, t.end_offset)
+        };
+        let last = p.last_offload_ms.map_or("-".to_string(), |ms| {
+            let age = crate::clock::Clock::System.now_ms() - ms;
+            format!("{ms} ({}s ago)", age / 1000)
+        });
+        let _ = writeln!(
+            out,
+            "    {:>9} {:>23} {:>12} {:>6} {:>23} {:>12} {:>6} {:>24} {:>11}",
+            p.partition,
+            range(&p.local),
+            p.local.bytes,
+            p.local.files,
+            range(&p.remote),
+            p.remote.bytes,
+            p.remote.files,
+            last,
+            p.offload_lag_records
+        );
+    }
+    out
 }

@@ -1,9 +1,12 @@
 //! Admin HTTP: /healthz (the process answers), /readyz (log recovered and Kafka listener bound),
-//! /metrics (Prometheus text format).
+//! /metrics (Prometheus text format), /v1/topics/{topic} (what each tier of each partition holds,
+//! as JSON).
 
 use std::sync::{Arc, OnceLock};
 
-use axum::http::StatusCode;
+use axum::extract::Path;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
@@ -18,6 +21,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let ready = broker.clone();
+    let for_topics = broker.clone();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -36,13 +40,28 @@ pub async fn serve(
         .route(
             "/metrics",
             get(move || {
-                // Per-partition gauges are read at scrape time so they are never stale.
-                if let Some(broker) = broker.get() {
-                    for partition in broker.partitions() {
-                        crate::telemetry::record_partition(&partition);
+                let broker = broker.get().cloned();
+                async move {
+                    // Per-partition gauges are read at scrape time so they are never stale.
+                    if let Some(broker) = broker {
+                        for topic in broker.topics() {
+                            for partition in &topic.partitions {
+                                crate::telemetry::record_partition(partition);
+                            }
+                            let status =
+                                crate::tiering::status::topic_status(&broker, &topic).await;
+                            crate::tiering::status::record_metrics(&status);
+                        }
                     }
+                    crate::telemetry::render()
                 }
-                async { crate::telemetry::render() }
+            }),
+        )
+        .route(
+            "/v1/topics/{topic}",
+            get(move |Path(name): Path<String>| {
+                let broker = for_topics.get().cloned();
+                async move { topic_status(broker, &name).await }
             }),
         );
     let result = axum::serve(listener, app)
@@ -52,5 +71,19 @@ pub async fn serve(
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "admin listener failed");
+    }
+}
+
+async fn topic_status(broker: Option<Arc<Broker>>, name: &str) -> Response {
+    let Some(broker) = broker else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "recovering\n").into_response();
+    };
+    let Some(topic) = broker.topic(name) else {
+        return (StatusCode::NOT_FOUND, format!("unknown topic {name:?}\n")).into_response();
+    };
+    let status = crate::tiering::status::topic_status(&broker, &topic).await;
+    match serde_json::to_string_pretty(&status) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body + "\n").into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }

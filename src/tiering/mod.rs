@@ -7,3 +7,4 @@ pub mod manifest;
 pub mod remote;
 pub mod rows;
 pub mod service;
+pub mod status;

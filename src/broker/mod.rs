@@ -94,7 +94,14 @@ impl Broker {
                 .unwrap_or_else(|| format!("file://{}", config.data_dir.join("objects").display()));
             let store = crate::store::Store::from_url(&url)?;
             tracing::info!(object_store = url, "tiering enabled");
-            Some(Arc::new(crate::tiering::service::Tiering::new(store)))
+            let mut tiering = crate::tiering::service::Tiering::new(store);
+            let cache_bytes = config.broker.remote_cache_max_bytes;
+            if cache_bytes > 0 {
+                let dir = config.data_dir.join("remote-cache");
+                tiering =
+                    tiering.with_cache(crate::tiering::cache::ChunkCache::new(dir, cache_bytes)?);
+            }
+            Some(Arc::new(tiering))
         } else {
             None
         };

@@ -42,6 +42,7 @@ pub const BROKER_DEFS: &[BrokerDef] = &[
     BrokerDef { name: "remote.log.manager.task.interval.ms", kind: Kind::Long { min: 10 }, default: "30000", doc: "How often sealed segments are checked for offload and local retention." },
     BrokerDef { name: "log.local.retention.ms", kind: Kind::Long { min: -2 }, default: "86400000", doc: "Default local.retention.ms: how long offloaded segments stay on local disk; -2 = retention.ms." },
     BrokerDef { name: "log.local.retention.bytes", kind: Kind::Long { min: -2 }, default: "-2", doc: "Default local.retention.bytes: local bytes kept of offloaded segments; -2 = retention.bytes." },
+    BrokerDef { name: "strata.remote.cache.max.bytes", kind: Kind::Long { min: 0 }, default: "1073741824", doc: "Local disk kept for chunks of remote Parquet files read by cold fetches ({data-dir}/remote-cache, emptied at start); 0 = no cache, every cold read goes to the object store." },
     BrokerDef { name: "strata.batch.max.decompressed.bytes", kind: Kind::Int { min: 1024, max: I32_MAX }, default: "67108864", doc: "Largest decompressed size of one batch during validation (decompression-bomb bound); larger batches are CORRUPT_MESSAGE." },
 ];
 
@@ -72,6 +73,7 @@ pub struct BrokerSettings {
     pub offset_metadata_max_bytes: usize,
     pub remote_log_storage_system_enable: bool,
     pub remote_log_manager_task_interval_ms: i64,
+    pub remote_cache_max_bytes: u64,
     /// Normalised values by name, for DescribeConfigs; only names in `BROKER_DEFS`.
     values: BTreeMap<&'static str, String>,
     /// Names set explicitly (not defaults).
@@ -130,6 +132,7 @@ impl BrokerSettings {
             offset_metadata_max_bytes: int(get("offset.metadata.max.bytes")) as usize,
             remote_log_storage_system_enable: get("remote.log.storage.system.enable") == "true",
             remote_log_manager_task_interval_ms: int(get("remote.log.manager.task.interval.ms")),
+            remote_cache_max_bytes: int(get("strata.remote.cache.max.bytes")) as u64,
             values,
             overridden,
         })

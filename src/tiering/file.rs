@@ -13,7 +13,9 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, TryStreamExt};
 use object_store::path::Path;
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
+};
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -24,6 +26,7 @@ use parquet::file::metadata::{
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
+use super::cache::ChunkCache;
 use super::rows::{schema, RowsBuilder};
 use crate::record::validate::ValidationLimits;
 use crate::store::{Store, StoreError};
@@ -171,10 +174,13 @@ where
     upload.finish(store).await
 }
 
-/// Ranged reads of one remote file for the Parquet reader.
+/// Ranged reads of one remote file for the Parquet reader, through the cold-read cache when
+/// there is one.
 #[derive(Clone)]
 struct RemoteFileReader {
     store: Store,
+    cache: Option<Arc<ChunkCache>>,
+    name: String,
     path: Path,
     size: u64,
 }
@@ -186,11 +192,7 @@ fn external(e: StoreError) -> ParquetError {
 impl AsyncFileReader for RemoteFileReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         async move {
-            let mut parts = self
-                .store
-                .get_ranges(&self.path, std::slice::from_ref(&range))
-                .await
-                .map_err(external)?;
+            let mut parts = self.get_byte_ranges(vec![range]).await?;
             parts
                 .pop()
                 .ok_or_else(|| ParquetError::General("empty ranged read".into()))
@@ -203,10 +205,17 @@ impl AsyncFileReader for RemoteFileReader {
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
         async move {
-            self.store
-                .get_ranges(&self.path, &ranges)
-                .await
-                .map_err(external)
+            match &self.cache {
+                Some(cache) => cache
+                    .read_ranges(&self.store, &self.name, self.size, &ranges)
+                    .await
+                    .map_err(|e| ParquetError::External(e.into())),
+                None => self
+                    .store
+                    .get_ranges(&self.path, &ranges)
+                    .await
+                    .map_err(external),
+            }
         }
         .boxed()
     }
@@ -234,44 +243,61 @@ fn corrupt(path: &str) -> impl Fn(ParquetError) -> FileError + Copy + '_ {
     }
 }
 
-/// Opens a remote file for reading: footer and (optionally) page index are fetched here.
+/// Opens a remote file for reading. The footer and page index are fetched and parsed once,
+/// then kept by the cache.
 async fn open_file(
     store: &Store,
+    cache: Option<&Arc<ChunkCache>>,
     path: &str,
     size: u64,
-    options: ArrowReaderOptions,
 ) -> Result<ParquetRecordBatchStreamBuilder<RemoteFileReader>, FileError> {
-    let reader = RemoteFileReader {
+    let mut reader = RemoteFileReader {
         store: store.clone(),
+        cache: cache.cloned(),
+        name: path.to_string(),
         path: store.path(path),
         size,
     };
-    ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
-        .await
-        .map_err(corrupt(path))
+    let metadata = match cache.and_then(|c| c.footer(path)) {
+        Some(m) => m,
+        None => {
+            let options =
+                ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+            let m = ArrowReaderMetadata::load_async(&mut reader, options)
+                .await
+                .map_err(corrupt(path))?;
+            if m.schema().fields() != schema().fields() {
+                return Err(FileError::Corrupt {
+                    path: path.to_string(),
+                    reason: "schema differs from strata's".into(),
+                });
+            }
+            if let Some(c) = cache {
+                c.remember_footer(path, m.clone());
+            }
+            m
+        }
+    };
+    Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(
+        reader, metadata,
+    ))
 }
 
 /// Reads up to `max_rows` rows starting at row `skip` (offset - first offset of the file). Only
 /// the pages holding those rows are fetched, thanks to the page index.
 pub async fn read_rows(
     store: &Store,
+    cache: Option<&Arc<ChunkCache>>,
     path: &str,
     size: u64,
     skip: usize,
     max_rows: usize,
 ) -> Result<Vec<RecordBatch>, FileError> {
     let corrupt = corrupt(path);
-    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let builder = open_file(store, path, size, options).await?;
+    let builder = open_file(store, cache, path, size).await?;
     let total = builder.metadata().file_metadata().num_rows().max(0) as usize;
     if skip >= total {
         return Ok(Vec::new());
-    }
-    if builder.schema().fields() != schema().fields() {
-        return Err(FileError::Corrupt {
-            path: path.to_string(),
-            reason: "schema differs from strata's".into(),
-        });
     }
     let selection = RowSelection::from(vec![
         RowSelector::skip(skip),
@@ -288,13 +314,14 @@ pub async fn read_rows(
 /// (offset, timestamp) of every row, reading only those two columns (ListOffsets by timestamp).
 pub async fn read_timestamps(
     store: &Store,
+    cache: Option<&Arc<ChunkCache>>,
     path: &str,
     size: u64,
 ) -> Result<Vec<(i64, i64)>, FileError> {
     use arrow_array::{Int64Array, TimestampMillisecondArray};
     use parquet::arrow::ProjectionMask;
     let corrupt = corrupt(path);
-    let builder = open_file(store, path, size, ArrowReaderOptions::new()).await?;
+    let builder = open_file(store, cache, path, size).await?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), [0, 1]);
     let batches: Vec<RecordBatch> = builder
         .with_projection(mask)
@@ -374,6 +401,7 @@ mod tests {
         );
         let rows = read_rows(
             &store,
+            None,
             "topic=t/partition=0/x.parquet",
             written.size_bytes,
             505,
@@ -394,6 +422,7 @@ mod tests {
         // Past the end: nothing.
         assert!(read_rows(
             &store,
+            None,
             "topic=t/partition=0/x.parquet",
             written.size_bytes,
             1000,
@@ -436,11 +465,11 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            read_rows(&store, "cut.parquet", written.size_bytes / 2, 0, 1)
+            read_rows(&store, None, "cut.parquet", written.size_bytes / 2, 0, 1)
                 .await
                 .is_err()
         );
-        let flip = read_rows(&store, "flip.parquet", written.size_bytes, 0, 1).await;
+        let flip = read_rows(&store, None, "flip.parquet", written.size_bytes, 0, 1).await;
         assert!(flip.is_err() || flip.unwrap().iter().all(|b| b.num_rows() <= 1));
     }
 }

@@ -2,6 +2,7 @@
 //! fetches. `rows` owns the Parquet row format, `manifest` the per-partition manifest, `file`
 //! the writing and reading of one file.
 
+pub mod cache;
 pub mod file;
 pub mod manifest;
 pub mod remote;

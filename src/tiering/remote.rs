@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use bytes::{Bytes, BytesMut};
 use uuid::Uuid;
 
+use super::cache::ChunkCache;
 use super::file::{read_rows, FileError, ParquetUpload};
 use super::manifest::{CommitError, Manifest, ManifestStore, RemoteFile};
 use super::rows::batches_from_rows;
@@ -40,6 +41,7 @@ pub struct OffloadSegment {
 
 pub struct RemoteLog {
     store: Store,
+    cache: Option<Arc<ChunkCache>>,
     topic: String,
     partition: i32,
     manifests: ManifestStore,
@@ -59,11 +61,18 @@ impl RemoteLog {
         let manifest = manifests.latest().await?;
         Ok(RemoteLog {
             store,
+            cache: None,
             topic: topic.to_string(),
             partition,
             manifests,
             manifest: RwLock::new(Arc::new(manifest)),
         })
+    }
+
+    /// Cold reads of this log go through `cache` (none: straight to the object store).
+    pub fn with_cache(mut self, cache: Option<Arc<ChunkCache>>) -> RemoteLog {
+        self.cache = cache;
+        self
     }
 
     pub fn manifest(&self) -> Arc<Manifest> {
@@ -185,7 +194,15 @@ impl RemoteLog {
         let want = (max_bytes / avg_row).clamp(1, 50_000);
         let skip = (offset - file.first_offset) as usize;
         let started = std::time::Instant::now();
-        let rows = read_rows(&self.store, &file.path, file.size_bytes, skip, want).await?;
+        let rows = read_rows(
+            &self.store,
+            self.cache.as_ref(),
+            &file.path,
+            file.size_bytes,
+            skip,
+            want,
+        )
+        .await?;
         let mut out = BytesMut::new();
         let mut next = offset;
         for batch in &rows {
@@ -226,8 +243,13 @@ impl RemoteLog {
             if file.max_timestamp < ts {
                 continue;
             }
-            let rows =
-                super::file::read_timestamps(&self.store, &file.path, file.size_bytes).await?;
+            let rows = super::file::read_timestamps(
+                &self.store,
+                self.cache.as_ref(),
+                &file.path,
+                file.size_bytes,
+            )
+            .await?;
             if let Some(hit) = rows
                 .into_iter()
                 .find(|&(o, t)| o >= manifest.log_start_offset && t >= ts)

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::cache::ChunkCache;
 use super::remote::{OffloadSegment, RemoteLog, TierError};
 use crate::broker::{Broker, Topic};
 use crate::partition::Partition;
@@ -16,6 +17,7 @@ pub const ROW_GROUP_BYTES: usize = 128 << 20;
 
 pub struct Tiering {
     store: Store,
+    cache: Option<Arc<ChunkCache>>,
     logs: Mutex<HashMap<(String, i32), Arc<RemoteLog>>>,
 }
 
@@ -23,8 +25,19 @@ impl Tiering {
     pub fn new(store: Store) -> Tiering {
         Tiering {
             store,
+            cache: None,
             logs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Cold reads go through `cache`.
+    pub fn with_cache(mut self, cache: Arc<ChunkCache>) -> Tiering {
+        self.cache = Some(cache);
+        self
+    }
+
+    pub fn cache(&self) -> Option<&Arc<ChunkCache>> {
+        self.cache.as_ref()
     }
 
     pub fn store(&self) -> &Store {
@@ -41,7 +54,11 @@ impl Tiering {
         if let Some(rl) = self.logs.lock().expect("tiering lock").get(&key) {
             return Ok(rl.clone());
         }
-        let opened = Arc::new(RemoteLog::open(self.store.clone(), topic, partition).await?);
+        let opened = Arc::new(
+            RemoteLog::open(self.store.clone(), topic, partition)
+                .await?
+                .with_cache(self.cache.clone()),
+        );
         Ok(self
             .logs
             .lock()

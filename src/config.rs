@@ -33,8 +33,15 @@ pub struct Config {
     /// Absolute data directory.
     pub data_dir: PathBuf,
     pub node_id: i32,
-    /// Object store URL; accepted now, used once tiering exists.
+    /// Object store URL: file:///abs/path, s3://bucket/prefix, memory://.
     pub object_store: Option<String>,
+    /// Settings of an s3:// store by object_store's names (`endpoint`, `region`, `allow_http`,
+    /// `access_key_id`, `secret_access_key`, `virtual_hosted_style_request`, ...), applied over
+    /// the `AWS_*` environment, so one process can talk to several S3 servers.
+    pub object_store_options: BTreeMap<String, String>,
+    /// A ready store used instead of opening `object_store`: tests inject failing or slow
+    /// stores, or share one in-memory store between brokers.
+    pub object_store_override: Option<crate::store::Store>,
     pub seeds: Vec<String>,
     /// Kafka broker settings, validated.
     pub broker: BrokerSettings,
@@ -51,6 +58,8 @@ impl Config {
             data_dir: data_dir.to_path_buf(),
             node_id: 1,
             object_store: None,
+            object_store_options: BTreeMap::new(),
+            object_store_override: None,
             seeds: Vec::new(),
             broker: BrokerSettings::default(),
         }
@@ -84,6 +93,11 @@ pub struct ServeArgs {
     /// Object store URL: file:///abs/path, s3://bucket/prefix, memory://.
     #[arg(long, env = "STRATA_OBJECT_STORE")]
     pub object_store: Option<String>,
+    /// A setting of an s3:// object store, e.g. `--object-store-option endpoint=http://host:9000`
+    /// (object_store's key names, with or without the `aws_` prefix). Repeatable; overrides the
+    /// `AWS_*` environment.
+    #[arg(long = "object-store-option", value_name = "KEY=VALUE")]
+    pub object_store_options: Vec<String>,
     /// Cluster seeds: 1@host:9093,2@host:9093.
     #[arg(long, env = "STRATA_SEEDS", value_delimiter = ',')]
     pub seeds: Vec<String>,
@@ -103,6 +117,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     node_id: Option<i32>,
     object_store: Option<String>,
+    #[serde(default)]
+    object_store_options: BTreeMap<String, String>,
     seeds: Option<Vec<String>>,
     #[serde(default)]
     kafka: BTreeMap<String, toml::Value>,
@@ -135,6 +151,13 @@ impl ServeArgs {
             kafka.insert(name.trim().to_string(), value.trim().to_string());
         }
         let broker = BrokerSettings::from_map(&kafka).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut object_store_options = file.object_store_options;
+        for item in &self.object_store_options {
+            let (key, value) = item.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("--object-store-option expects KEY=VALUE, got {item:?}")
+            })?;
+            object_store_options.insert(key.trim().to_string(), value.trim().to_string());
+        }
 
         let data_dir = self
             .data_dir
@@ -168,6 +191,8 @@ impl ServeArgs {
             data_dir,
             node_id: self.node_id.or(file.node_id).unwrap_or(1),
             object_store: self.object_store.or(file.object_store),
+            object_store_options,
+            object_store_override: None,
             seeds,
             broker,
         })
@@ -215,7 +240,7 @@ mod tests {
         let path = dir.path().join("strata.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:1111\"\nnode_id = 7\n[kafka]\n\"num.partitions\" = 4\n\"auto.create.topics.enable\" = false\n",
+            "listen = \"127.0.0.1:1111\"\nnode_id = 7\n[object_store_options]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"us-east-1\"\n[kafka]\n\"num.partitions\" = 4\n\"auto.create.topics.enable\" = false\n",
         )
         .unwrap();
         let cli = Cli::parse_from([
@@ -226,8 +251,15 @@ mod tests {
             "127.0.0.1:2222",
             "--set",
             "num.partitions=6",
+            "--object-store-option",
+            "region=eu-west-1",
         ]);
         let config = cli.serve.resolve().unwrap();
+        assert_eq!(
+            config.object_store_options["endpoint"],
+            "http://127.0.0.1:9000"
+        );
+        assert_eq!(config.object_store_options["region"], "eu-west-1");
         assert_eq!(config.listen, "127.0.0.1:2222");
         assert_eq!(config.node_id, 7);
         assert_eq!(config.broker.num_partitions, 6);

@@ -5,8 +5,10 @@
 //!
 //! URLs: `file:///abs/path` (the embedded default is `{data-dir}/objects`), `memory://` (tests),
 //! `s3://bucket/prefix` (AWS S3 and MinIO, configured by the standard `AWS_*` variables:
-//! AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, AWS_REGION, credentials).
+//! AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, AWS_REGION, credentials, or explicit options by
+//! object_store's key names, which win over the environment).
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +62,16 @@ fn transient(e: &object_store::Error) -> bool {
 impl Store {
     /// Opens the store named by `url`; `file://` directories are created.
     pub fn from_url(url: &str) -> Result<Store, StoreError> {
+        Store::from_url_with_options(url, &BTreeMap::new())
+    }
+
+    /// Like [`Store::from_url`], with settings of an s3:// store (`endpoint`, `region`,
+    /// `allow_http`, credentials, ... as object_store's `AmazonS3ConfigKey` names them) applied
+    /// over the `AWS_*` environment. Other schemes take no options.
+    pub fn from_url_with_options(
+        url: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<Store, StoreError> {
         let bad = |m: String| StoreError::Url(url.to_string(), m);
         let (inner, prefix): (Arc<dyn ObjectStore>, Path) =
             if url == "memory://" || url == "memory:///" {
@@ -82,16 +94,24 @@ impl Store {
                 if bucket.is_empty() {
                     return Err(bad("no bucket".into()));
                 }
-                let s3 = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?;
+                let mut builder =
+                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                for (key, value) in options {
+                    let key: object_store::aws::AmazonS3ConfigKey = key
+                        .parse()
+                        .map_err(|e| bad(format!("object store option {key:?}: {e}")))?;
+                    builder = builder.with_config(key, value);
+                }
+                let s3 = builder.build().map_err(|e| bad(e.to_string()))?;
                 (Arc::new(s3), Path::from(prefix.trim_matches('/')))
             } else {
                 return Err(bad(
                     "expected file:///abs/path, s3://bucket/prefix or memory://".into(),
                 ));
             };
+        if !options.is_empty() && !url.starts_with("s3://") {
+            return Err(bad("object store options apply to s3:// stores only".into()));
+        }
         Ok(Store {
             inner,
             prefix,
@@ -276,5 +296,16 @@ mod tests {
         for url in ["ftp://x", "file://relative", "s3://", "nonsense"] {
             assert!(Store::from_url(url).is_err(), "{url}");
         }
+    }
+
+    #[test]
+    fn s3_options_are_checked() {
+        let opts = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        let good = opts("endpoint", "http://127.0.0.1:9000");
+        assert!(Store::from_url_with_options("s3://bucket/prefix", &good).is_ok());
+        assert!(Store::from_url_with_options("memory://", &good).is_err());
+        let unknown = opts("no_such_option", "1");
+        let err = Store::from_url_with_options("s3://bucket", &unknown).unwrap_err();
+        assert!(err.to_string().contains("no_such_option"), "{err}");
     }
 }

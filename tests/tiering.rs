@@ -1,8 +1,11 @@
-//! Tiering end to end, on memory:// and file://: records produced with every codec are offloaded
+//! Tiering end to end, on memory://, file:// and real S3 servers (s3s-fs in process, moto as a
+//! child process): records produced with every codec are offloaded
 //! as Parquet, local segments go by local retention, and a consumer from offset 0 reads every
 //! record back identical through cold reads; ListOffsets works across the tier boundary; the
 //! Parquet files are plain, readable Parquet with one row per record.
 
+#[path = "support/s3.rs"]
+mod s3;
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
@@ -41,13 +44,14 @@ fn settings() -> BrokerSettings {
 /// The suites are heavy: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn run_suite(object_store: &str) {
+async fn run_suite(object_store: &str, object_store_options: BTreeMap<String, String>) {
     let _serial = SERIAL.lock().await;
     support::init_logging();
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_tests(dir.path());
     config.broker = settings();
     config.object_store = Some(object_store.replace("{dir}", &dir.path().display().to_string()));
+    config.object_store_options = object_store_options;
     let broker = strata::server::start(config).await.unwrap();
     let overrides = BTreeMap::from([("segment.bytes".to_string(), "262144".to_string())]);
     broker
@@ -279,10 +283,26 @@ async fn run_suite(object_store: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offload_and_cold_reads_on_memory() {
-    run_suite("memory://").await;
+    run_suite("memory://", BTreeMap::new()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offload_and_cold_reads_on_file() {
-    run_suite("file://{dir}/objects").await;
+    run_suite("file://{dir}/objects", BTreeMap::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offload_and_cold_reads_on_s3s_fs() {
+    let server = s3::S3sFs::start("strata");
+    run_suite("s3://strata/cluster-a", server.options()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offload_and_cold_reads_on_moto() {
+    let moto =
+        tokio::task::spawn_blocking(|| s3::Moto::start("offload_and_cold_reads_on_moto", "strata"))
+            .await
+            .unwrap();
+    let Some(moto) = moto else { return };
+    run_suite("s3://strata/cluster-a", moto.options()).await;
 }

@@ -92,7 +92,12 @@ impl Broker {
                 .object_store
                 .clone()
                 .unwrap_or_else(|| format!("file://{}", config.data_dir.join("objects").display()));
-            let store = crate::store::Store::from_url(&url)?;
+            let store = match &config.object_store_override {
+                Some(store) => store.clone(),
+                None => {
+                    crate::store::Store::from_url_with_options(&url, &config.object_store_options)?
+                }
+            };
             tracing::info!(object_store = url, "tiering enabled");
             let mut tiering = crate::tiering::service::Tiering::new(store);
             let cache_bytes = config.broker.remote_cache_max_bytes;

@@ -1,0 +1,207 @@
+//! Real S3 servers for the tiering tests, on loopback only: s3s-fs in this process (it outlives
+//! broker restarts and child brokers killed with SIGKILL), and moto's `moto_server` as a child
+//! process. The broker is pointed at them by explicit object-store options, never by process-wide
+//! `AWS_*` variables, because tests run in parallel threads.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ACCESS_KEY: &str = "strata-test";
+const SECRET_KEY: &str = "strata-test-secret";
+const REGION: &str = "us-east-1";
+
+/// Options that point an s3:// store at `endpoint` (path-style, plain HTTP).
+fn options(endpoint: &str) -> BTreeMap<String, String> {
+    [
+        ("endpoint", endpoint),
+        ("allow_http", "true"),
+        ("region", REGION),
+        ("access_key_id", ACCESS_KEY),
+        ("secret_access_key", SECRET_KEY),
+        ("virtual_hosted_style_request", "false"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// `--object-store-option` flags for a child `strata serve`.
+pub fn option_args(options: &BTreeMap<String, String>) -> Vec<String> {
+    options
+        .iter()
+        .flat_map(|(k, v)| ["--object-store-option".to_string(), format!("{k}={v}")])
+        .collect()
+}
+
+/// An s3s-fs server on 127.0.0.1, serving a temp directory from its own thread and runtime.
+pub struct S3sFs {
+    addr: SocketAddr,
+    root: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl S3sFs {
+    /// Starts the server with `bucket` created (s3s-fs keeps a bucket as a directory).
+    pub fn start(bucket: &str) -> S3sFs {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let root = tempfile::tempdir().expect("s3s-fs root");
+        std::fs::create_dir(root.path().join(bucket)).expect("bucket dir");
+        let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs");
+        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = builder.build();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind s3s-fs");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("s3s-fs addr");
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("s3s-fs".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("s3s-fs runtime");
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                    let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    loop {
+                        let socket = tokio::select! {
+                            accepted = listener.accept() => match accepted {
+                                Ok((socket, _)) => socket,
+                                Err(_) => continue,
+                            },
+                            _ = &mut stopped => break,
+                        };
+                        let conn = http
+                            .serve_connection(TokioIo::new(socket), service.clone())
+                            .into_owned();
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                    }
+                });
+                // Dropping the runtime ends the connection tasks.
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })
+            .expect("s3s-fs thread");
+        S3sFs {
+            addr,
+            root,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn options(&self) -> BTreeMap<String, String> {
+        options(&self.endpoint())
+    }
+
+    /// The directory holding the buckets.
+    pub fn root(&self) -> &std::path::Path {
+        self.root.path()
+    }
+}
+
+impl Drop for S3sFs {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `moto_server` as a child process on a free loopback port, killed on drop.
+pub struct Moto {
+    child: Child,
+    port: u16,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// One plain HTTP/1.1 request without a body; the status code, if the server answered.
+fn http_status(port: u16, method: &str, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+impl Moto {
+    /// Starts moto with `bucket` created, or `None` (with the reason printed) when moto_server is
+    /// not installed — unless `STRATA_REQUIRE_EXTERNAL=1`, then it panics.
+    pub fn start(test: &str, bucket: &str) -> Option<Moto> {
+        let installed = Command::new("moto_server")
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            if std::env::var("STRATA_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
+                panic!(
+                    "{test}: moto_server is not installed and STRATA_REQUIRE_EXTERNAL=1; \
+                     `pip install -r tests/clients/requirements.txt` installs it"
+                );
+            }
+            println!("SKIP {test}: moto_server not installed (pip install \"moto[server]\")");
+            return None;
+        }
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn moto_server");
+        let moto = Moto { child, port };
+        // Ready when it answers; then create the bucket (moto accepts unsigned requests).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http_status(port, "GET", "/").is_none() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let status = http_status(port, "PUT", &format!("/{bucket}"));
+        assert_eq!(status, Some(200), "creating bucket {bucket} on moto");
+        Some(moto)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn options(&self) -> BTreeMap<String, String> {
+        options(&self.endpoint())
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

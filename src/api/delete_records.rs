@@ -10,20 +10,17 @@ use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
 use crate::broker::Broker;
 use crate::error::ApiError;
+use crate::tiering::service::Tiering;
 
-pub fn handle(broker: &Arc<Broker>, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
-    let topics = request
-        .topics
-        .into_iter()
-        .map(|t| {
-            let topic = broker.topic(t.name.as_str());
-            let partitions = t
-                .partitions
-                .into_iter()
-                .map(|p| {
-                    let out = DeleteRecordsPartitionResult::default()
-                        .with_partition_index(p.partition_index);
-                    let outcome = match topic.as_ref().and_then(|t| t.partition(p.partition_index))
+pub async fn handle(broker: &Arc<Broker>, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for t in request.topics {
+        let topic = broker.topic(t.name.as_str());
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for p in t.partitions {
+            let out =
+                DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
+            let outcome = match topic.as_ref().and_then(|t| t.partition(p.partition_index))
                     {
                         None => Err(ApiError::new(
                             ResponseError::UnknownTopicOrPartition,
@@ -43,20 +40,32 @@ pub fn handle(broker: &Arc<Broker>, request: DeleteRecordsRequest) -> DeleteReco
                             ResponseError::OffsetOutOfRange,
                             format!("offset {} is negative", p.offset),
                         )),
-                        Some(partition) => partition
-                            .delete_records_before(p.offset)
-                            .map_err(ApiError::from),
+                        Some(partition) => match (&broker.tiering, topic.as_deref()) {
+                            // Both tiers: the manifest commit makes the new start durable
+                            // remotely (a cold fetch below it is OFFSET_OUT_OF_RANGE, also after
+                            // a restart).
+                            (Some(tiering), Some(topic)) if Tiering::manages(topic) => tiering
+                                .delete_records(partition, p.offset)
+                                .await
+                                .map_err(|e| {
+                                    tracing::warn!(topic = topic.name, partition = partition.index, error = %e, "DeleteRecords failed");
+                                    ApiError::new(ResponseError::KafkaStorageError, e.to_string())
+                                }),
+                            _ => partition
+                                .delete_records_before(p.offset)
+                                .map_err(ApiError::from),
+                        },
                     };
-                    match outcome {
-                        Ok(low) => out.with_low_watermark(low),
-                        Err(e) => out.with_error_code(e.code()).with_low_watermark(-1),
-                    }
-                })
-                .collect();
+            partitions.push(match outcome {
+                Ok(low) => out.with_low_watermark(low),
+                Err(e) => out.with_error_code(e.code()).with_low_watermark(-1),
+            });
+        }
+        topics.push(
             DeleteRecordsTopicResult::default()
                 .with_name(t.name)
-                .with_partitions(partitions)
-        })
-        .collect();
+                .with_partitions(partitions),
+        );
+    }
     DeleteRecordsResponse::default().with_topics(topics)
 }

@@ -22,6 +22,7 @@ use crate::broker::{Broker, Topic};
 use crate::error::ApiError;
 use crate::log::LogError;
 use crate::partition::Partition;
+use crate::tiering::file::FileError;
 
 /// Upper bound on how long one fetch may wait, whatever the client asks.
 const MAX_WAIT_CAP_MS: i32 = 60_000;
@@ -238,7 +239,11 @@ async fn cold_read(
         Err(e) => {
             metrics::counter!("strata_tier_read_errors_total", "topic" => partition.topic.clone())
                 .increment(1);
-            tracing::error!(topic = partition.topic, partition = partition.index, offset, error = %e, "cold read failed");
+            if matches!(e, FileError::Corrupt { .. }) {
+                metrics::counter!("strata_tier_corrupt_files_total", "topic" => partition.topic.clone())
+                    .increment(1);
+            }
+            tracing::error!(topic = partition.topic, partition = partition.index, offset, error = %e, "cold read failed; answering KAFKA_STORAGE_ERROR");
             Err(ApiError::new(
                 ResponseError::KafkaStorageError,
                 e.to_string(),

@@ -83,9 +83,9 @@ pub async fn dispatch(
         RequestKind::IncrementalAlterConfigs(r) => Some(ResponseKind::IncrementalAlterConfigs(
             configs::incremental_alter(broker, r),
         )),
-        RequestKind::DeleteRecords(r) => Some(ResponseKind::DeleteRecords(delete_records::handle(
-            broker, r,
-        ))),
+        RequestKind::DeleteRecords(r) => Some(ResponseKind::DeleteRecords(
+            delete_records::handle(broker, r).await,
+        )),
         RequestKind::DescribeCluster(r) => Some(ResponseKind::DescribeCluster(
             cluster::describe_cluster(broker, r),
         )),

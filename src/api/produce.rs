@@ -105,6 +105,8 @@ async fn append(
     let records =
         records.ok_or_else(|| ApiError::new(ResponseError::InvalidRecord, "records are null"))?;
     let bytes = records.len();
+    // DESIGN.md invariant 5: at log.dir.max.bytes produce fails (retriable), nothing is dropped.
+    broker.hot_bytes.admit(bytes, || broker.partitions())?;
     let appended = partition
         .append(
             records,

@@ -4,6 +4,7 @@
 //! `Topic` that shares the unchanged partitions and swaps it into the registry, so readers never
 //! hold a lock while they work on a partition.
 
+pub mod hot_bytes;
 pub mod topics;
 
 use std::collections::BTreeMap;
@@ -58,6 +59,8 @@ pub struct Broker {
     pub coordinator: Coordinator,
     /// Offload to object storage, unless remote.log.storage.system.enable is false.
     pub tiering: Option<Arc<crate::tiering::service::Tiering>>,
+    /// log.dir.max.bytes accounting.
+    pub hot_bytes: hot_bytes::HotBytes,
 }
 
 fn partition_dir(config: &Config, topic: &str, index: i32) -> PathBuf {
@@ -119,6 +122,7 @@ impl Broker {
             advertised: RwLock::new(("127.0.0.1".into(), 9092)),
             coordinator: Coordinator::new(&config.broker, clock.clone()),
             tiering,
+            hot_bytes: hot_bytes::HotBytes::new(config.broker.log_dir_max_bytes),
             config,
             clock,
         };

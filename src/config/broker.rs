@@ -40,6 +40,8 @@ pub const BROKER_DEFS: &[BrokerDef] = &[
     BrokerDef { name: "offset.metadata.max.bytes", kind: Kind::Int { min: 0, max: I32_MAX }, default: "4096", doc: "Largest metadata string of a committed offset; larger commits get OFFSET_METADATA_TOO_LARGE." },
     BrokerDef { name: "remote.log.storage.system.enable", kind: Kind::Bool, default: "true", doc: "Offload sealed segments to the object store (strata's default; Kafka's is false)." },
     BrokerDef { name: "remote.log.manager.task.interval.ms", kind: Kind::Long { min: 10 }, default: "30000", doc: "How often sealed segments are checked for offload and local retention." },
+    BrokerDef { name: "remote.orphan.grace.ms", kind: Kind::Long { min: 0 }, default: "600000", doc: "Age (object last-modified time against the broker clock) after which a Parquet file that the newest manifest does not reference is deleted; younger files may be uploads in flight." },
+    BrokerDef { name: "log.dir.max.bytes", kind: Kind::Long { min: -1 }, default: "-1", doc: "Bytes of hot segments in the data dir across all partitions (the file:// objects dir not counted) above which produce fails with KAFKA_STORAGE_ERROR until offload and retention free space; -1 = no cap (the disk itself is the limit)." },
     BrokerDef { name: "log.local.retention.ms", kind: Kind::Long { min: -2 }, default: "86400000", doc: "Default local.retention.ms: how long offloaded segments stay on local disk; -2 = retention.ms." },
     BrokerDef { name: "log.local.retention.bytes", kind: Kind::Long { min: -2 }, default: "-2", doc: "Default local.retention.bytes: local bytes kept of offloaded segments; -2 = retention.bytes." },
     BrokerDef { name: "strata.remote.cache.max.bytes", kind: Kind::Long { min: 0 }, default: "1073741824", doc: "Local disk kept for chunks of remote Parquet files read by cold fetches ({data-dir}/remote-cache, emptied at start); 0 = no cache, every cold read goes to the object store." },
@@ -74,6 +76,9 @@ pub struct BrokerSettings {
     pub remote_log_storage_system_enable: bool,
     pub remote_log_manager_task_interval_ms: i64,
     pub remote_cache_max_bytes: u64,
+    pub remote_orphan_grace_ms: i64,
+    /// -1: no cap.
+    pub log_dir_max_bytes: i64,
     /// Normalised values by name, for DescribeConfigs; only names in `BROKER_DEFS`.
     values: BTreeMap<&'static str, String>,
     /// Names set explicitly (not defaults).
@@ -133,6 +138,8 @@ impl BrokerSettings {
             remote_log_storage_system_enable: get("remote.log.storage.system.enable") == "true",
             remote_log_manager_task_interval_ms: int(get("remote.log.manager.task.interval.ms")),
             remote_cache_max_bytes: int(get("strata.remote.cache.max.bytes")) as u64,
+            remote_orphan_grace_ms: int(get("remote.orphan.grace.ms")),
+            log_dir_max_bytes: int(get("log.dir.max.bytes")),
             values,
             overridden,
         })

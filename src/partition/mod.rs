@@ -13,7 +13,7 @@ pub mod producer;
 mod tiered;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::RwLock;
 
 use bytes::{Bytes, BytesMut};
@@ -72,6 +72,8 @@ pub struct Partition {
     high_watermark: watch::Sender<i64>,
     /// First offset held in the object store, -1 when none (set by tiering).
     remote_start: AtomicI64,
+    /// Set by tiering: total retention spans both tiers and is applied by the tiering pass.
+    tiered: AtomicBool,
 }
 
 pub fn log_config(config: &TopicConfig, max_decompressed: usize) -> LogConfig {
@@ -114,6 +116,7 @@ impl Partition {
             flush_lock: tokio::sync::Mutex::new(()),
             high_watermark: watch::Sender::new(hw),
             remote_start: AtomicI64::new(-1),
+            tiered: AtomicBool::new(false),
         })
     }
 
@@ -387,10 +390,16 @@ impl Partition {
         state.log.delete_records_before(target)
     }
 
-    /// Retention and producer-id expiry; returns segments deleted.
+    /// Retention and producer-id expiry; returns segments deleted. A tiered partition's total
+    /// retention covers both tiers and is applied by the tiering pass (`tiering::retention`):
+    /// applied here to local segments alone it could delete segments not yet offloaded while
+    /// older remote files stay, leaving a hole in the log.
     pub fn apply_retention(&self, now_ms: i64) -> Result<usize, LogError> {
         let mut state = self.state.write().expect("partition lock");
         state.producers.expire(now_ms, PRODUCER_ID_EXPIRATION_MS);
+        if self.tiered.load(Ordering::SeqCst) && state.config.remote_storage_enable {
+            return Ok(0);
+        }
         state.log.apply_retention(now_ms)
     }
 

@@ -34,6 +34,12 @@ impl Partition {
         self.remote_start.store(offset, Ordering::SeqCst);
     }
 
+    /// Marks the partition as managed by tiering, which from now on applies its total
+    /// retention across both tiers.
+    pub fn set_tiered(&self) {
+        self.tiered.store(true, Ordering::SeqCst);
+    }
+
     pub fn remote_start(&self) -> i64 {
         self.remote_start.load(Ordering::SeqCst)
     }

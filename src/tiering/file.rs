@@ -236,10 +236,33 @@ impl AsyncFileReader for RemoteFileReader {
     }
 }
 
+/// A decoding error is a corrupt file; an object-store error inside it stays a store error
+/// (the file may be fine and the store unreachable).
 fn corrupt(path: &str) -> impl Fn(ParquetError) -> FileError + Copy + '_ {
-    move |e| FileError::Corrupt {
-        path: path.to_string(),
-        reason: e.to_string(),
+    move |e| match e {
+        ParquetError::External(inner) => match inner.downcast::<StoreError>() {
+            Ok(store) => FileError::Store(*store),
+            Err(other) => FileError::Corrupt {
+                path: path.to_string(),
+                reason: other.to_string(),
+            },
+        },
+        e => FileError::Corrupt {
+            path: path.to_string(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// After a store error while reading: a file shorter or longer than the manifest says (truncated
+/// or overwritten) is corrupt; otherwise the store error stands.
+async fn size_checked(store: &Store, path: &str, size: u64, error: StoreError) -> FileError {
+    match store.head(&store.path(path)).await {
+        Ok(meta) if meta.size != size => FileError::Corrupt {
+            path: path.to_string(),
+            reason: format!("object is {} bytes, the manifest says {size}", meta.size),
+        },
+        _ => FileError::Store(error),
     }
 }
 
@@ -293,9 +316,34 @@ pub async fn read_rows(
     skip: usize,
     max_rows: usize,
 ) -> Result<Vec<RecordBatch>, FileError> {
+    read_rows_checked(store, cache, path, size, None, skip, max_rows).await
+}
+
+/// [`read_rows`] of a file the manifest says holds `expected_rows` rows: a file whose footer
+/// says otherwise (overwritten, truncated and re-padded, another file's bytes) is corrupt.
+pub async fn read_rows_checked(
+    store: &Store,
+    cache: Option<&Arc<ChunkCache>>,
+    path: &str,
+    size: u64,
+    expected_rows: Option<u64>,
+    skip: usize,
+    max_rows: usize,
+) -> Result<Vec<RecordBatch>, FileError> {
     let corrupt = corrupt(path);
-    let builder = open_file(store, cache, path, size).await?;
-    let total = builder.metadata().file_metadata().num_rows().max(0) as usize;
+    let builder = match open_file(store, cache, path, size).await {
+        Ok(builder) => builder,
+        Err(FileError::Store(e)) => return Err(size_checked(store, path, size, e).await),
+        Err(e) => return Err(e),
+    };
+    let rows_in_footer = builder.metadata().file_metadata().num_rows();
+    if let Some(expected) = expected_rows.filter(|&e| u64::try_from(rows_in_footer) != Ok(e)) {
+        return Err(FileError::Corrupt {
+            path: path.to_string(),
+            reason: format!("{rows_in_footer} rows, the manifest says {expected}"),
+        });
+    }
+    let total = rows_in_footer.max(0) as usize;
     if skip >= total {
         return Ok(Vec::new());
     }

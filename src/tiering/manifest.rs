@@ -154,6 +154,12 @@ impl ManifestStore {
             });
         }
         next.check().map_err(CommitError::Invalid)?;
+        if next.log_start_offset < current.log_start_offset {
+            return Err(CommitError::Invalid(format!(
+                "log start offset would move back from {} to {}",
+                current.log_start_offset, next.log_start_offset
+            )));
+        }
         next.version = current.version + 1;
         next.leader_epoch = leader_epoch;
         let body = serde_json::to_vec(&next).map_err(|e| CommitError::Invalid(e.to_string()))?;

@@ -5,7 +5,9 @@
 pub mod cache;
 pub mod file;
 pub mod manifest;
+pub mod orphans;
 pub mod remote;
+pub mod retention;
 pub mod rows;
 pub mod service;
 pub mod status;

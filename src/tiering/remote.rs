@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use uuid::Uuid;
 
 use super::cache::ChunkCache;
-use super::file::{read_rows, FileError, ParquetUpload};
+use super::file::{read_rows_checked, FileError, ParquetUpload};
 use super::manifest::{CommitError, Manifest, ManifestStore, RemoteFile};
 use super::rows::batches_from_rows;
 use crate::record::validate::ValidationLimits;
@@ -37,6 +37,8 @@ pub struct OffloadSegment {
     pub high_watermark: i64,
     pub leader_epoch: i32,
     pub now_ms: i64,
+    /// Longest an upload may take and still be committed (half the orphan grace period).
+    pub max_upload: std::time::Duration,
 }
 
 pub struct RemoteLog {
@@ -105,7 +107,9 @@ impl RemoteLog {
             high_watermark,
             leader_epoch,
             now_ms,
+            ..
         } = *segment;
+        let started = std::time::Instant::now();
         assert!(
             last < high_watermark,
             "offload of offsets {first}..={last} not below the high watermark {high_watermark}"
@@ -146,6 +150,16 @@ impl RemoteLog {
             return Err(e);
         }
         let written = upload.finish(&self.store).await?;
+        // Orphan cleanup deletes unreferenced files older than its grace period by their
+        // last-modified time, which for a multipart upload can be when it began: an upload that
+        // took that long is abandoned (left as an orphan) rather than committed.
+        if started.elapsed() > segment.max_upload {
+            return Err(TierError::Local(format!(
+                "upload of {name} took {:?}, more than {:?}: not committed",
+                started.elapsed(),
+                segment.max_upload
+            )));
+        }
         let mut next = (*current).clone();
         next.files.push(RemoteFile {
             path: name,
@@ -159,26 +173,61 @@ impl RemoteLog {
             uploaded_ms: now_ms,
         });
         if current.files.is_empty() {
-            next.log_start_offset = first;
+            // DeleteRecords or retention may have moved the log start past everything remote,
+            // into this segment: the start never moves back.
+            next.log_start_offset = current.log_start_offset.max(first);
         }
-        let committed = match self.manifests.commit(&current, next, leader_epoch).await {
-            Ok(m) => m,
-            Err(e) => {
-                // The uploaded file is now an orphan; orphan cleanup removes it after the grace
-                // period. Refresh so the next attempt starts from what is committed.
-                let _ = self.refresh().await;
-                return Err(e.into());
-            }
-        };
+        // On failure the uploaded file is an orphan; orphan cleanup removes it after the grace
+        // period.
+        let committed = self.commit(&current, next, leader_epoch).await?;
         metrics::counter!("strata_tier_offloaded_bytes_total", "topic" => self.topic.clone())
             .increment(written.size_bytes);
         metrics::counter!("strata_tier_offloaded_segments_total", "topic" => self.topic.clone())
             .increment(1);
-        self.set_manifest(committed);
+        Ok(committed)
+    }
+
+    /// Commits `next` as the version after `current` (fenced by `leader_epoch`) and caches it;
+    /// on failure the cache is refreshed so the next attempt starts from what is committed.
+    /// Old manifest versions are garbage-collected after a commit.
+    pub async fn commit(
+        &self,
+        current: &Manifest,
+        next: Manifest,
+        leader_epoch: i32,
+    ) -> Result<Arc<Manifest>, TierError> {
+        match self.manifests.commit(current, next, leader_epoch).await {
+            Ok(committed) => self.set_manifest(committed),
+            Err(e) => {
+                let _ = self.refresh().await;
+                return Err(e.into());
+            }
+        }
         if let Err(e) = self.manifests.collect_garbage().await {
             tracing::warn!(topic = self.topic, partition = self.partition, error = %e, "manifest garbage collection failed");
         }
         Ok(self.manifest())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The cold-read cache, if any: files deleted from the store are forgotten there.
+    pub fn chunk_cache(&self) -> Option<&Arc<ChunkCache>> {
+        self.cache.as_ref()
+    }
+
+    pub fn manifest_store(&self) -> &ManifestStore {
+        &self.manifests
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
     }
 
     /// Cold read: whole rebuilt batches from `offset`, at most about `max_bytes` (at least one
@@ -194,11 +243,12 @@ impl RemoteLog {
         let want = (max_bytes / avg_row).clamp(1, 50_000);
         let skip = (offset - file.first_offset) as usize;
         let started = std::time::Instant::now();
-        let rows = read_rows(
+        let rows = read_rows_checked(
             &self.store,
             self.cache.as_ref(),
             &file.path,
             file.size_bytes,
+            Some(file.rows),
             skip,
             want,
         )
@@ -224,6 +274,13 @@ impl RemoteLog {
                 break;
             }
             next = after;
+        }
+        if out.is_empty() {
+            // The manifest places `offset` in this file, so a read always yields a batch.
+            return Err(FileError::Corrupt {
+                path: file.path.clone(),
+                reason: format!("no record at offset {offset}, which the manifest places here"),
+            });
         }
         metrics::histogram!("strata_tier_read_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("strata_tier_read_bytes_total", "topic" => self.topic.clone())

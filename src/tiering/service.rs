@@ -5,8 +5,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use super::cache::ChunkCache;
+use super::manifest::Manifest;
 use super::remote::{OffloadSegment, RemoteLog, TierError};
+use super::retention::total_retention_cut;
 use crate::broker::{Broker, Topic};
 use crate::partition::Partition;
 use crate::record::validate::ValidationLimits;
@@ -19,6 +23,8 @@ pub struct Tiering {
     store: Store,
     cache: Option<Arc<ChunkCache>>,
     logs: Mutex<HashMap<(String, i32), Arc<RemoteLog>>>,
+    /// Broker-clock time of the last orphan sweep.
+    last_orphan_sweep_ms: Mutex<Option<i64>>,
 }
 
 impl Tiering {
@@ -27,6 +33,7 @@ impl Tiering {
             store,
             cache: None,
             logs: Mutex::new(HashMap::new()),
+            last_orphan_sweep_ms: Mutex::new(None),
         }
     }
 
@@ -82,22 +89,42 @@ impl Tiering {
             for p in &topic.partitions {
                 let rl = self.remote_log(&topic.name, p.index).await?;
                 p.set_remote_start(rl.range().map_or(-1, |(first, _)| first));
+                if Self::manages(topic) {
+                    p.set_tiered();
+                }
             }
         }
         Ok(())
     }
 
-    /// One offload pass over every partition of every tiered topic. Errors are logged and
-    /// retried on the next pass; segments not offloaded are never deleted locally.
+    /// Whether tiering manages `topic`: internal topics (__consumer_offsets) bound their own
+    /// size with snapshots and are read back by the broker at start, so they stay local.
+    pub fn manages(topic: &Topic) -> bool {
+        topic.config.remote_storage_enable && !topic.name.starts_with("__")
+    }
+
+    /// One pass over every partition of every tiered topic: offload, total retention across
+    /// both tiers, local retention, and (at most every half grace period) orphan cleanup.
+    /// Errors are logged and retried on the next pass; segments not offloaded are never deleted
+    /// locally unless past total retention.
     pub async fn run_once(&self, broker: &Broker) -> usize {
         let mut offloaded = 0;
+        let now = broker.clock.now_ms();
+        let grace_ms = broker.config.broker.remote_orphan_grace_ms;
+        let sweep = {
+            let mut last = self.last_orphan_sweep_ms.lock().expect("tiering lock");
+            let due = last.is_none_or(|t| now.saturating_sub(t) >= grace_ms / 2);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
         for topic in broker.topics() {
-            // Internal topics (__consumer_offsets) bound their own size with snapshots and are
-            // read back by the broker at start: they stay local.
-            if !topic.config.remote_storage_enable || topic.name.starts_with("__") {
+            if !Self::manages(&topic) {
                 continue;
             }
             for p in &topic.partitions {
+                p.set_tiered();
                 match self.offload_partition(broker, &topic, p).await {
                     Ok(n) => offloaded += n,
                     Err(e) => {
@@ -105,9 +132,56 @@ impl Tiering {
                         tracing::warn!(topic = topic.name, partition = p.index, error = %e, "offload failed; will retry");
                     }
                 }
+                if sweep {
+                    self.sweep_orphans(broker, &topic, p, grace_ms).await;
+                }
             }
         }
+        broker.hot_bytes.recount(&broker.partitions());
         offloaded
+    }
+
+    async fn sweep_orphans(
+        &self,
+        broker: &Broker,
+        topic: &Topic,
+        p: &Arc<Partition>,
+        grace_ms: i64,
+    ) {
+        let swept = async {
+            let rl = self.remote_log(&topic.name, p.index).await?;
+            rl.collect_orphans(broker.clock.now_ms(), grace_ms, p.leader_epoch())
+                .await
+        };
+        match swept.await {
+            Ok(deleted) if !deleted.is_empty() => tracing::info!(
+                topic = topic.name,
+                partition = p.index,
+                files = deleted.len(),
+                "orphan cleanup deleted unreferenced remote files"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(topic = topic.name, partition = p.index, error = %e, "orphan cleanup failed; will retry")
+            }
+        }
+    }
+
+    /// DeleteRecords on a tiered partition: the remote log start moves first (a committed
+    /// manifest, files wholly below dropped and deleted), then the local one, so a restart sees
+    /// the new start in both tiers. Returns the partition's new log start (the low watermark).
+    pub async fn delete_records(&self, p: &Partition, offset: i64) -> Result<i64, TierError> {
+        let target = if offset < 0 {
+            p.high_watermark()
+        } else {
+            offset
+        };
+        let rl = self.remote_log(&p.topic, p.index).await?;
+        rl.advance_log_start(target, p.leader_epoch()).await?;
+        p.delete_records_before(target)
+            .map_err(|e| TierError::Local(e.to_string()))?;
+        p.set_remote_start(rl.manifest().first_offset());
+        Ok(p.log_start_offset())
     }
 
     async fn offload_partition(
@@ -122,10 +196,15 @@ impl Tiering {
             max_batch_bytes: usize::MAX,
             max_decompressed_bytes: broker.config.broker.batch_max_decompressed_bytes,
         };
+        let max_upload =
+            Duration::from_millis((broker.config.broker.remote_orphan_grace_ms / 2).max(0) as u64);
         let mut count = 0;
         for seg in p.sealed_segments() {
             let hw = p.high_watermark();
-            if seg.last_offset <= manifest.last_offset() || seg.last_offset < seg.base {
+            if seg.last_offset <= manifest.last_offset()
+                || seg.last_offset < seg.base
+                || seg.last_offset < manifest.log_start_offset
+            {
                 continue;
             }
             if seg.last_offset >= hw {
@@ -147,6 +226,7 @@ impl Tiering {
                 high_watermark: hw,
                 leader_epoch: p.leader_epoch(),
                 now_ms: now,
+                max_upload,
             };
             manifest = rl.offload(&**p, &segment, &limits, ROW_GROUP_BYTES).await?;
             p.set_remote_start(manifest.first_offset());
@@ -159,6 +239,7 @@ impl Tiering {
                 "segment offloaded"
             );
         }
+        manifest = self.apply_total_retention(broker, topic, p, &rl).await?;
         let deleted = p
             .apply_local_retention(manifest.last_offset(), broker.clock.now_ms())
             .map_err(|e| TierError::Local(e.to_string()))?;
@@ -171,5 +252,61 @@ impl Tiering {
             );
         }
         Ok(count)
+    }
+
+    /// retention.ms / retention.bytes over both tiers (`retention::total_retention_cut`): the
+    /// remote log start moves first (commit, then file deletes), then the local one. The
+    /// manifest is the truth for the log start: local segments below it are deleted, also when
+    /// an earlier pass or DeleteRecords committed but failed to delete locally.
+    async fn apply_total_retention(
+        &self,
+        broker: &Broker,
+        topic: &Topic,
+        p: &Arc<Partition>,
+        rl: &RemoteLog,
+    ) -> Result<Arc<Manifest>, TierError> {
+        let (local_bytes, _) = p.size();
+        let cut = total_retention_cut(
+            &rl.manifest(),
+            &p.sealed_segments(),
+            local_bytes,
+            topic.config.retention_ms,
+            topic.config.retention_bytes,
+            broker.clock.now_ms(),
+        );
+        let manifest = match cut {
+            Some(cut) if cut > p.log_start_offset() => {
+                let committed = rl.advance_log_start(cut, p.leader_epoch()).await?;
+                tracing::info!(
+                    topic = topic.name,
+                    partition = p.index,
+                    log_start_offset = cut,
+                    "retention moved the log start"
+                );
+                committed
+            }
+            _ => rl.manifest(),
+        };
+        let start = cut.unwrap_or(-1).max(if manifest.version > 0 {
+            manifest.log_start_offset
+        } else {
+            -1
+        });
+        if start > p.local_log_start_offset() {
+            if start > p.log_end_offset() {
+                tracing::warn!(
+                    topic = topic.name,
+                    partition = p.index,
+                    log_start_offset = start,
+                    log_end_offset = p.log_end_offset(),
+                    "the manifest's log start is beyond the local log end"
+                );
+            } else {
+                p.delete_records_before(start)
+                    .map_err(|e| TierError::Local(e.to_string()))?;
+            }
+        }
+        p.set_remote_start(rl.manifest().first_offset());
+        Ok(rl.manifest())
     }
 }

@@ -1,0 +1,463 @@
+//! Tiering limits and cleanup, end to end with raw Kafka requests and an injected clock:
+//! retention.ms and DeleteRecords move the log start in both tiers (manifest committed, files
+//! deleted, cold Fetch below it OFFSET_OUT_OF_RANGE, ListOffsets earliest right, also after a
+//! restart); orphans older than remote.orphan.grace.ms go and nothing else does;
+//! log.dir.max.bytes refuses produce with KAFKA_STORAGE_ERROR until offload frees space; a
+//! corrupt or truncated remote file is KAFKA_STORAGE_ERROR, never records.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::delete_records_request::{
+    DeleteRecordsPartition, DeleteRecordsTopic,
+};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use strata::clock::Clock;
+use strata::config::{BrokerSettings, Config};
+use strata::record::batch::split_batches;
+use strata::server::RunningBroker;
+use strata::tiering::manifest::Manifest;
+use support::KafkaConn;
+
+const OFFSET_OUT_OF_RANGE: i16 = 1;
+const KAFKA_STORAGE_ERROR: i16 = 56;
+
+fn tn(v: &str) -> TopicName {
+    TopicName(StrBytes::from_string(v.to_string()))
+}
+
+async fn start(dir: &Path, settings: &[(&str, &str)], clock: Clock) -> RunningBroker {
+    support::init_logging();
+    let mut config = Config::for_tests(dir);
+    let map: BTreeMap<String, String> = settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    config.broker = BrokerSettings::from_map(&map).unwrap();
+    strata::server::start_with_clock(config, clock)
+        .await
+        .unwrap()
+}
+
+fn create(running: &RunningBroker, topic: &str, overrides: &[(&str, &str)]) {
+    let overrides: BTreeMap<String, String> = overrides
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    running
+        .broker
+        .create_topic(topic, 1, 1, &overrides, false)
+        .unwrap();
+}
+
+/// Produces one batch; returns (error code, base offset).
+async fn produce(conn: &mut KafkaConn, topic: &str, records: Vec<u8>) -> (i16, i64) {
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(tn(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(Bytes::from(records)))])]);
+    let r: ProduceResponse = conn.call(ApiKey::Produce, 9, &request).await;
+    let p = &r.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// One fetch at `offset`: (error code, log start offset, batches as (base, last offset)).
+async fn fetch(conn: &mut KafkaConn, topic: &str, offset: i64) -> (i16, i64, Vec<(i64, i64)>) {
+    let request = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(tn(topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])]);
+    let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &request).await;
+    let p = &r.responses[0].partitions[0];
+    let records = p.records.clone().unwrap_or_default();
+    let (batches, whole) = split_batches(&records);
+    assert_eq!(whole, records.len(), "a torn batch");
+    let batches = batches
+        .iter()
+        .map(|(h, _)| (h.base_offset, h.last_offset()))
+        .collect();
+    (p.error_code, p.log_start_offset, batches)
+}
+
+/// Every offset from `from` to the high watermark, by fetching (hot and cold).
+async fn read_all(conn: &mut KafkaConn, topic: &str, from: i64, until: i64) -> Vec<i64> {
+    let mut offsets = Vec::new();
+    let mut next = from;
+    while next < until {
+        let (code, _, batches) = fetch(conn, topic, next).await;
+        assert_eq!(code, 0, "fetch at {next}");
+        assert!(!batches.is_empty(), "nothing at {next} below {until}");
+        for (base, last) in batches {
+            offsets.extend(base.max(next)..=last);
+            next = last + 1;
+        }
+    }
+    offsets
+}
+
+async fn earliest(conn: &mut KafkaConn, topic: &str) -> i64 {
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(tn(topic))
+            .with_partitions(vec![
+                ListOffsetsPartition::default().with_timestamp(-2)
+            ])]);
+    let r: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, 7, &request).await;
+    let p = &r.topics[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    p.offset
+}
+
+async fn delete_records(conn: &mut KafkaConn, topic: &str, offset: i64) -> (i16, i64) {
+    let request = DeleteRecordsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![DeleteRecordsTopic::default()
+            .with_name(tn(topic))
+            .with_partitions(vec![
+                DeleteRecordsPartition::default().with_offset(offset)
+            ])]);
+    let r: DeleteRecordsResponse = conn.call(ApiKey::DeleteRecords, 2, &request).await;
+    let p = &r.topics[0].partitions[0];
+    (p.error_code, p.low_watermark)
+}
+
+async fn manifest(running: &RunningBroker, topic: &str) -> Arc<Manifest> {
+    running
+        .broker
+        .tiering
+        .as_ref()
+        .unwrap()
+        .remote_log(topic, 0)
+        .await
+        .unwrap()
+        .manifest()
+}
+
+/// Polls `check` every 20 ms until it holds; fails after 60 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until every sealed segment of `topic`-0 is offloaded and local retention removed them.
+async fn wait_offloaded(running: &RunningBroker, topic: &str, min_files: usize) -> Arc<Manifest> {
+    let p = running.broker.topic(topic).unwrap().partitions[0].clone();
+    eventually("offload and local retention", || async {
+        let m = manifest(running, topic).await;
+        m.files.len() >= min_files
+            && p.sealed_segments().is_empty()
+            && p.local_log_start_offset() == m.last_offset() + 1
+    })
+    .await;
+    manifest(running, topic).await
+}
+
+fn objects(dir: &Path, topic: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(
+        dir.join("objects")
+            .join(format!("topic={topic}"))
+            .join("partition=0"),
+    )
+    .map(|d| {
+        d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    })
+    .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn file_name(path: &str) -> String {
+    path.rsplit('/').next().unwrap().to_string()
+}
+
+const TIERING: [(&str, &str); 2] = [
+    ("remote.log.manager.task.interval.ms", "50"),
+    ("log.local.retention.ms", "0"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_and_delete_records_move_the_log_start_in_both_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = support::now_ms();
+    let (clock, time): (Clock, Arc<AtomicI64>) = Clock::manual(t0);
+    let running = start(dir.path(), &TIERING, clock).await;
+    create(
+        &running,
+        "r",
+        &[("segment.bytes", "1024"), ("retention.ms", "3600000")],
+    );
+    let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
+    // 40 batches of 5 records, batch i stamped ts0 + i seconds, all before the clock's now.
+    let ts0 = t0 - 100_000;
+    for i in 0..40 {
+        let (code, base) = produce(
+            &mut conn,
+            "r",
+            support::batch(i * 5, 5, ts0 + i as i64 * 1000),
+        )
+        .await;
+        assert_eq!((code, base), (0, i as i64 * 5));
+    }
+    let m = wait_offloaded(&running, "r", 4).await;
+    assert_eq!(earliest(&mut conn, "r").await, 0);
+    assert_eq!(
+        read_all(&mut conn, "r", 0, 200).await,
+        (0..200).collect::<Vec<_>>()
+    );
+
+    // DeleteRecords inside the second file: the first file leaves the manifest and the bucket.
+    let target = m.files[1].first_offset + 2;
+    assert_eq!(delete_records(&mut conn, "r", target).await, (0, target));
+    let after = manifest(&running, "r").await;
+    assert_eq!(after.log_start_offset, target);
+    assert_eq!(after.files, m.files[1..].to_vec());
+    assert!(!objects(dir.path(), "r").contains(&file_name(&m.files[0].path)));
+    assert_eq!(objects(dir.path(), "r").len(), after.files.len());
+    let (code, log_start, _) = fetch(&mut conn, "r", target - 1).await;
+    assert_eq!((code, log_start), (OFFSET_OUT_OF_RANGE, target));
+    let (code, _, batches) = fetch(&mut conn, "r", target).await;
+    assert_eq!(code, 0);
+    assert!(batches[0].0 <= target && target <= batches[0].1);
+    assert_eq!(earliest(&mut conn, "r").await, target);
+    // Backwards is a no-op answering the current start.
+    assert_eq!(delete_records(&mut conn, "r", 1).await, (0, target));
+
+    // retention.ms: files whose newest record is past it go, oldest first, whole files.
+    let now = ts0 + 3_600_000 + 22_500;
+    let expected_cut = after
+        .files
+        .iter()
+        .take_while(|f| now - f.max_timestamp > 3_600_000)
+        .last()
+        .map(|f| f.last_offset + 1)
+        .unwrap();
+    assert!(expected_cut > target && expected_cut < 200);
+    time.store(now, Ordering::SeqCst);
+    eventually("retention moves the log start", || async {
+        manifest(&running, "r").await.log_start_offset == expected_cut
+    })
+    .await;
+    let kept = manifest(&running, "r").await;
+    assert!(kept.files.iter().all(|f| f.last_offset >= expected_cut));
+    assert_eq!(kept.files.first().unwrap().first_offset, expected_cut);
+    eventually("dropped files deleted", || async {
+        objects(dir.path(), "r").len() == kept.files.len()
+    })
+    .await;
+    assert_eq!(earliest(&mut conn, "r").await, expected_cut);
+    let (code, log_start, _) = fetch(&mut conn, "r", expected_cut - 1).await;
+    assert_eq!((code, log_start), (OFFSET_OUT_OF_RANGE, expected_cut));
+    assert_eq!(
+        read_all(&mut conn, "r", expected_cut, 200).await,
+        (expected_cut..200).collect::<Vec<_>>()
+    );
+
+    // The manifest is the truth after a restart.
+    running.shutdown().await;
+    let (clock, _time) = Clock::manual(now);
+    let running = start(dir.path(), &TIERING, clock).await;
+    let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
+    assert_eq!(earliest(&mut conn, "r").await, expected_cut);
+    let (code, _, _) = fetch(&mut conn, "r", target).await;
+    assert_eq!(code, OFFSET_OUT_OF_RANGE);
+    assert_eq!(
+        read_all(&mut conn, "r", expected_cut, 200).await,
+        (expected_cut..200).collect::<Vec<_>>()
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_older_than_the_grace_period_are_deleted_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = support::now_ms();
+    let (clock, time) = Clock::manual(t0);
+    let running = start(dir.path(), &TIERING, clock).await;
+    create(&running, "o", &[("segment.bytes", "1024")]);
+    let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
+    for i in 0..20 {
+        assert_eq!(
+            produce(&mut conn, "o", support::batch(i * 5, 5, t0 - 1000))
+                .await
+                .0,
+            0
+        );
+    }
+    let m = wait_offloaded(&running, "o", 2).await;
+    let part_dir = dir.path().join("objects/topic=o/partition=0");
+    // A failed upload (old) and an upload still in flight (modified 600 s after t0).
+    let old = "00000000000000000000-00000000000000000009-0-0ld0rphan.parquet";
+    let young = "00000000000000000000-00000000000000000009-0-y0ungupl0ad.parquet";
+    std::fs::write(part_dir.join(old), b"half an upload").unwrap();
+    let f = std::fs::File::create(part_dir.join(young)).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + Duration::from_millis((t0 + 600_000) as u64))
+        .unwrap();
+    drop(f);
+    // 700 s later: past the default grace (600 s) for the old orphan and the committed files,
+    // not for the young one.
+    time.store(t0 + 700_000, Ordering::SeqCst);
+    eventually("the old orphan is deleted", || async {
+        !part_dir.join(old).exists()
+    })
+    .await;
+    let now = manifest(&running, "o").await;
+    assert_eq!(now.files, m.files);
+    let left = objects(dir.path(), "o");
+    assert!(left.contains(&young.to_string()), "{left:?}");
+    for f in &m.files {
+        assert!(left.contains(&file_name(&f.path)), "{} was deleted", f.path);
+    }
+    assert_eq!(left.len(), m.files.len() + 1);
+    assert_eq!(
+        read_all(&mut conn, "o", 0, 100).await,
+        (0..100).collect::<Vec<_>>()
+    );
+    assert!(strata::telemetry::render().contains("strata_tier_orphans_deleted_total"));
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_dir_max_bytes_refuses_produce_until_offload_frees_space() {
+    let dir = tempfile::tempdir().unwrap();
+    // Offload runs once at start and then only when the test says so: offload is "behind".
+    let running = start(
+        dir.path(),
+        &[
+            ("remote.log.manager.task.interval.ms", "3600000"),
+            ("log.local.retention.ms", "0"),
+            ("log.dir.max.bytes", "8192"),
+        ],
+        Clock::System,
+    )
+    .await;
+    create(&running, "cap", &[("segment.bytes", "2048")]);
+    let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
+    let value = "x".repeat(100);
+    let big_batch = |i: usize| {
+        let mut b = strata::record::builder::BatchBuilder::new(strata::record::batch::Codec::None);
+        for _ in 0..4 {
+            b.record(
+                support::now_ms(),
+                Some(format!("k{i}").as_bytes()),
+                Some(value.as_bytes()),
+                &[],
+            );
+        }
+        b.build()
+    };
+    let mut acked = 0i64;
+    let mut refused = 0;
+    for i in 0..200 {
+        match produce(&mut conn, "cap", big_batch(i)).await {
+            (0, base) => {
+                assert_eq!(base, acked);
+                acked += 4;
+            }
+            (code, _) => {
+                assert_eq!(code, KAFKA_STORAGE_ERROR);
+                refused += 1;
+                if refused == 3 {
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(refused, 3, "the cap never refused");
+    assert!(acked >= 40, "only {acked} records before the cap");
+    let hot = running.broker.hot_bytes.bytes();
+    assert!(hot <= 8192, "{hot} hot bytes above the cap");
+    // Everything acknowledged is there.
+    assert_eq!(
+        read_all(&mut conn, "cap", 0, acked).await,
+        (0..acked).collect::<Vec<_>>()
+    );
+    assert!(strata::telemetry::render().contains("strata_produce_rejected_total"));
+
+    // Offload catches up and local retention frees the disk: produce works again.
+    let tiering = running.broker.tiering.clone().unwrap();
+    assert!(tiering.run_once(&running.broker).await > 0);
+    assert!(running.broker.hot_bytes.bytes() < 4096);
+    let (code, base) = produce(&mut conn, "cap", big_batch(999)).await;
+    assert_eq!((code, base), (0, acked));
+    assert_eq!(
+        read_all(&mut conn, "cap", 0, acked + 4).await,
+        (0..acked + 4).collect::<Vec<_>>()
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_or_truncated_remote_files_are_storage_errors_never_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), &TIERING, Clock::System).await;
+    create(&running, "c", &[("segment.bytes", "1024")]);
+    let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
+    for i in 0..30 {
+        assert_eq!(
+            produce(&mut conn, "c", support::batch(i * 5, 5, support::now_ms()))
+                .await
+                .0,
+            0
+        );
+    }
+    // Nothing is read before the files are damaged: the cold-read cache holds no copy of them.
+    let m = wait_offloaded(&running, "c", 3).await;
+    let path = |i: usize| dir.path().join("objects").join(&m.files[i].path);
+
+    // Truncated: half the file.
+    let body = std::fs::read(path(0)).unwrap();
+    std::fs::write(path(0), &body[..body.len() / 2]).unwrap();
+    let (code, _, batches) = fetch(&mut conn, "c", 0).await;
+    assert_eq!(code, KAFKA_STORAGE_ERROR);
+    assert!(batches.is_empty());
+
+    // Overwritten with another valid file: other offsets, other row count.
+    std::fs::copy(path(2), path(1)).unwrap();
+    let (code, _, batches) = fetch(&mut conn, "c", m.files[1].first_offset).await;
+    assert_eq!(code, KAFKA_STORAGE_ERROR);
+    assert!(batches.is_empty());
+
+    // Garbage of the right length.
+    let len = std::fs::metadata(path(2)).unwrap().len() as usize;
+    std::fs::write(path(2), vec![0x5a; len]).unwrap();
+    let (code, _, batches) = fetch(&mut conn, "c", m.files[2].first_offset).await;
+    assert_eq!(code, KAFKA_STORAGE_ERROR);
+    assert!(batches.is_empty());
+
+    assert!(strata::telemetry::render().contains("strata_tier_corrupt_files_total"));
+    // Hot data is unaffected.
+    let local = m.last_offset() + 1;
+    assert_eq!(
+        read_all(&mut conn, "c", local, 150).await,
+        (local..150).collect::<Vec<_>>()
+    );
+    running.shutdown().await;
+}

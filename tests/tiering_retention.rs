@@ -26,6 +26,7 @@ use strata::clock::Clock;
 use strata::config::{BrokerSettings, Config};
 use strata::record::batch::split_batches;
 use strata::server::RunningBroker;
+use strata::store::Store;
 use strata::tiering::manifest::Manifest;
 use support::KafkaConn;
 
@@ -37,8 +38,22 @@ fn tn(v: &str) -> TopicName {
 }
 
 async fn start(dir: &Path, settings: &[(&str, &str)], clock: Clock) -> RunningBroker {
+    start_on(dir, settings, clock, None).await
+}
+
+/// A broker on `store` (kept across restarts, so memory:// works too), else file:// in `dir`.
+async fn start_on(
+    dir: &Path,
+    settings: &[(&str, &str)],
+    clock: Clock,
+    store: Option<Store>,
+) -> RunningBroker {
     support::init_logging();
     let mut config = Config::for_tests(dir);
+    if let Some(store) = store {
+        config.object_store = Some(store.url().to_string());
+        config.object_store_override = Some(store);
+    }
     let map: BTreeMap<String, String> = settings
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -179,17 +194,16 @@ async fn wait_offloaded(running: &RunningBroker, topic: &str, min_files: usize) 
     manifest(running, topic).await
 }
 
-fn objects(dir: &Path, topic: &str) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(
-        dir.join("objects")
-            .join(format!("topic={topic}"))
-            .join("partition=0"),
-    )
-    .map(|d| {
-        d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect()
-    })
-    .unwrap_or_default();
+/// Names of the objects under `topic={topic}/partition=0/`.
+async fn objects(running: &RunningBroker, topic: &str) -> Vec<String> {
+    let store = running.broker.tiering.as_ref().unwrap().store();
+    let mut names: Vec<String> = store
+        .list(&format!("topic={topic}/partition=0"))
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| m.location.filename().map(str::to_string))
+        .collect();
     names.sort();
     names
 }
@@ -204,11 +218,20 @@ const TIERING: [(&str, &str); 2] = [
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_and_delete_records_move_the_log_start_in_both_tiers() {
+async fn retention_and_delete_records_move_the_log_start_in_both_tiers_on_memory() {
+    retention_and_delete_records(Some(Store::from_url("memory://").unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_and_delete_records_move_the_log_start_in_both_tiers_on_file() {
+    retention_and_delete_records(None).await;
+}
+
+async fn retention_and_delete_records(store: Option<Store>) {
     let dir = tempfile::tempdir().unwrap();
     let t0 = support::now_ms();
     let (clock, time): (Clock, Arc<AtomicI64>) = Clock::manual(t0);
-    let running = start(dir.path(), &TIERING, clock).await;
+    let running = start_on(dir.path(), &TIERING, clock, store.clone()).await;
     create(
         &running,
         "r",
@@ -239,8 +262,10 @@ async fn retention_and_delete_records_move_the_log_start_in_both_tiers() {
     let after = manifest(&running, "r").await;
     assert_eq!(after.log_start_offset, target);
     assert_eq!(after.files, m.files[1..].to_vec());
-    assert!(!objects(dir.path(), "r").contains(&file_name(&m.files[0].path)));
-    assert_eq!(objects(dir.path(), "r").len(), after.files.len());
+    assert!(!objects(&running, "r")
+        .await
+        .contains(&file_name(&m.files[0].path)));
+    assert_eq!(objects(&running, "r").await.len(), after.files.len());
     let (code, log_start, _) = fetch(&mut conn, "r", target - 1).await;
     assert_eq!((code, log_start), (OFFSET_OUT_OF_RANGE, target));
     let (code, _, batches) = fetch(&mut conn, "r", target).await;
@@ -269,7 +294,7 @@ async fn retention_and_delete_records_move_the_log_start_in_both_tiers() {
     assert!(kept.files.iter().all(|f| f.last_offset >= expected_cut));
     assert_eq!(kept.files.first().unwrap().first_offset, expected_cut);
     eventually("dropped files deleted", || async {
-        objects(dir.path(), "r").len() == kept.files.len()
+        objects(&running, "r").await.len() == kept.files.len()
     })
     .await;
     assert_eq!(earliest(&mut conn, "r").await, expected_cut);
@@ -283,7 +308,7 @@ async fn retention_and_delete_records_move_the_log_start_in_both_tiers() {
     // The manifest is the truth after a restart.
     running.shutdown().await;
     let (clock, _time) = Clock::manual(now);
-    let running = start(dir.path(), &TIERING, clock).await;
+    let running = start_on(dir.path(), &TIERING, clock, store).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     assert_eq!(earliest(&mut conn, "r").await, expected_cut);
     let (code, _, _) = fetch(&mut conn, "r", target).await;
@@ -330,7 +355,7 @@ async fn orphans_older_than_the_grace_period_are_deleted_and_nothing_else() {
     .await;
     let now = manifest(&running, "o").await;
     assert_eq!(now.files, m.files);
-    let left = objects(dir.path(), "o");
+    let left = objects(&running, "o").await;
     assert!(left.contains(&young.to_string()), "{left:?}");
     for f in &m.files {
         assert!(left.contains(&file_name(&f.path)), "{} was deleted", f.path);

@@ -33,7 +33,9 @@ pub struct RemoteFile {
 pub struct Manifest {
     pub version: u64,
     pub leader_epoch: i32,
-    /// The partition's log start offset (DeleteRecords and retention move it).
+    /// The partition's log start offset (DeleteRecords and retention move it, never back).
+    /// Files may start below it (a start inside a file); offsets below it are never served.
+    /// When no file is left it is the last start committed, and the local log start rules.
     pub log_start_offset: i64,
     pub files: Vec<RemoteFile>,
 }

@@ -321,6 +321,50 @@ async fn retention_and_delete_records(store: Option<Store>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_bytes_counts_remote_files_and_local_segments_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), &TIERING, Clock::System).await;
+    create(&running, "b", &[("segment.bytes", "1024")]);
+    let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
+    for i in 0..50 {
+        let records = support::batch(i * 5, 5, support::now_ms() - 1000);
+        assert_eq!(produce(&mut conn, "b", records).await.0, 0);
+    }
+    let m = wait_offloaded(&running, "b", 4).await;
+    let p = running.broker.topic("b").unwrap().partitions[0].clone();
+    let (local_bytes, _) = p.size();
+    let n = m.files.len();
+    // Room for the last two files and the local (active) segment: everything older goes, and
+    // nothing more, since one byte less than that is not a whole file.
+    let keep = m.files[n - 2].size_bytes + m.files[n - 1].size_bytes + local_bytes;
+    let overrides = BTreeMap::from([
+        ("segment.bytes".to_string(), "1024".to_string()),
+        ("retention.bytes".to_string(), keep.to_string()),
+    ]);
+    running.broker.set_overrides("b", overrides, false).unwrap();
+    eventually("retention.bytes drops the oldest files", || async {
+        manifest(&running, "b").await.files.len() == 2
+    })
+    .await;
+    let after = manifest(&running, "b").await;
+    assert_eq!(after.files, m.files[n - 2..].to_vec());
+    assert_eq!(after.log_start_offset, m.files[n - 2].first_offset);
+    assert_eq!(earliest(&mut conn, "b").await, after.log_start_offset);
+    // The local segment was not counted twice, nor deleted.
+    assert_eq!(p.size().0, local_bytes);
+    eventually("dropped files deleted", || async {
+        objects(&running, "b").await.len() == 2
+    })
+    .await;
+    let start = after.log_start_offset;
+    assert_eq!(
+        read_all(&mut conn, "b", start, 250).await,
+        (start..250).collect::<Vec<_>>()
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphans_older_than_the_grace_period_are_deleted_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let t0 = support::now_ms();

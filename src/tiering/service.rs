@@ -88,10 +88,21 @@ impl Tiering {
         for topic in broker.topics().iter().filter(|t| !t.name.starts_with("__")) {
             for p in &topic.partitions {
                 let rl = self.remote_log(&topic.name, p.index).await?;
-                p.set_remote_start(rl.range().map_or(-1, |(first, _)| first));
                 if Self::manages(topic) {
                     p.set_tiered();
+                    // A stop between a manifest commit that moved the log start and the local
+                    // cut: the manifest is the truth, so the local log catches up before serving.
+                    let m = rl.manifest();
+                    if m.version > 0
+                        && m.log_start_offset > p.local_log_start_offset()
+                        && m.log_start_offset <= p.log_end_offset()
+                    {
+                        if let Err(e) = p.delete_records_before(m.log_start_offset) {
+                            tracing::warn!(topic = topic.name, partition = p.index, error = %e, "moving the local log start to the manifest's failed; the next pass retries");
+                        }
+                    }
                 }
+                p.set_remote_start(rl.range().map_or(-1, |(first, _)| first));
             }
         }
         Ok(())

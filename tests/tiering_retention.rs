@@ -238,9 +238,9 @@ async fn retention_and_delete_records(store: Option<Store>) {
         &[("segment.bytes", "1024"), ("retention.ms", "3600000")],
     );
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
-    // 40 batches of 5 records, batch i stamped ts0 + i seconds, all before the clock's now.
+    // 50 batches of 5 records, batch i stamped ts0 + i seconds, all before the clock's now.
     let ts0 = t0 - 100_000;
-    for i in 0..40 {
+    for i in 0..50 {
         let (code, base) = produce(
             &mut conn,
             "r",
@@ -252,8 +252,8 @@ async fn retention_and_delete_records(store: Option<Store>) {
     let m = wait_offloaded(&running, "r", 4).await;
     assert_eq!(earliest(&mut conn, "r").await, 0);
     assert_eq!(
-        read_all(&mut conn, "r", 0, 200).await,
-        (0..200).collect::<Vec<_>>()
+        read_all(&mut conn, "r", 0, 250).await,
+        (0..250).collect::<Vec<_>>()
     );
 
     // DeleteRecords inside the second file: the first file leaves the manifest and the bucket.
@@ -284,7 +284,7 @@ async fn retention_and_delete_records(store: Option<Store>) {
         .last()
         .map(|f| f.last_offset + 1)
         .unwrap();
-    assert!(expected_cut > target && expected_cut < 200);
+    assert!(expected_cut > target && expected_cut < 250);
     time.store(now, Ordering::SeqCst);
     eventually("retention moves the log start", || async {
         manifest(&running, "r").await.log_start_offset == expected_cut
@@ -301,8 +301,25 @@ async fn retention_and_delete_records(store: Option<Store>) {
     let (code, log_start, _) = fetch(&mut conn, "r", expected_cut - 1).await;
     assert_eq!((code, log_start), (OFFSET_OUT_OF_RANGE, expected_cut));
     assert_eq!(
-        read_all(&mut conn, "r", expected_cut, 200).await,
-        (expected_cut..200).collect::<Vec<_>>()
+        read_all(&mut conn, "r", expected_cut, 250).await,
+        (expected_cut..250).collect::<Vec<_>>()
+    );
+
+    // Old manifest versions are garbage-collected: the newest and five before it stay.
+    let versions = running
+        .broker
+        .tiering
+        .as_ref()
+        .unwrap()
+        .store()
+        .list("_strata/manifests/topic=r/partition=0")
+        .await
+        .unwrap()
+        .len();
+    assert!(
+        kept.version > 6 && versions == 6,
+        "{versions} manifest versions kept of {}",
+        kept.version
     );
 
     // The manifest is the truth after a restart.
@@ -314,8 +331,8 @@ async fn retention_and_delete_records(store: Option<Store>) {
     let (code, _, _) = fetch(&mut conn, "r", target).await;
     assert_eq!(code, OFFSET_OUT_OF_RANGE);
     assert_eq!(
-        read_all(&mut conn, "r", expected_cut, 200).await,
-        (expected_cut..200).collect::<Vec<_>>()
+        read_all(&mut conn, "r", expected_cut, 250).await,
+        (expected_cut..250).collect::<Vec<_>>()
     );
     running.shutdown().await;
 }
@@ -483,49 +500,66 @@ async fn log_dir_max_bytes_refuses_produce_until_offload_frees_space() {
     running.shutdown().await;
 }
 
+/// The `strata_tier_corrupt_files_total` counter of `topic`.
+fn corrupt_count(topic: &str) -> u64 {
+    let prefix = format!("strata_tier_corrupt_files_total{{topic=\"{topic}\"}} ");
+    strata::telemetry::render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_or_truncated_remote_files_are_storage_errors_never_records() {
+    corrupt_files("through-cache", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_or_truncated_remote_files_without_the_cache() {
+    corrupt_files("direct", &[("strata.remote.cache.max.bytes", "0")]).await;
+}
+
+async fn corrupt_files(topic: &str, extra: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
-    let running = start(dir.path(), &TIERING, Clock::System).await;
-    create(&running, "c", &[("segment.bytes", "1024")]);
+    let settings: Vec<(&str, &str)> = TIERING.iter().chain(extra).copied().collect();
+    let running = start(dir.path(), &settings, Clock::System).await;
+    create(&running, topic, &[("segment.bytes", "1024")]);
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     for i in 0..30 {
-        assert_eq!(
-            produce(&mut conn, "c", support::batch(i * 5, 5, support::now_ms()))
-                .await
-                .0,
-            0
-        );
+        let records = support::batch(i * 5, 5, support::now_ms());
+        assert_eq!(produce(&mut conn, topic, records).await.0, 0);
     }
     // Nothing is read before the files are damaged: the cold-read cache holds no copy of them.
-    let m = wait_offloaded(&running, "c", 3).await;
+    let m = wait_offloaded(&running, topic, 3).await;
     let path = |i: usize| dir.path().join("objects").join(&m.files[i].path);
 
     // Truncated: half the file.
     let body = std::fs::read(path(0)).unwrap();
     std::fs::write(path(0), &body[..body.len() / 2]).unwrap();
-    let (code, _, batches) = fetch(&mut conn, "c", 0).await;
+    let (code, _, batches) = fetch(&mut conn, topic, 0).await;
     assert_eq!(code, KAFKA_STORAGE_ERROR);
     assert!(batches.is_empty());
+    assert_eq!(corrupt_count(topic), 1);
 
-    // Overwritten with another valid file: other offsets, other row count.
+    // Overwritten with another valid file: other offsets.
     std::fs::copy(path(2), path(1)).unwrap();
-    let (code, _, batches) = fetch(&mut conn, "c", m.files[1].first_offset).await;
+    let (code, _, batches) = fetch(&mut conn, topic, m.files[1].first_offset).await;
     assert_eq!(code, KAFKA_STORAGE_ERROR);
     assert!(batches.is_empty());
+    assert_eq!(corrupt_count(topic), 2);
 
     // Garbage of the right length.
     let len = std::fs::metadata(path(2)).unwrap().len() as usize;
     std::fs::write(path(2), vec![0x5a; len]).unwrap();
-    let (code, _, batches) = fetch(&mut conn, "c", m.files[2].first_offset).await;
+    let (code, _, batches) = fetch(&mut conn, topic, m.files[2].first_offset).await;
     assert_eq!(code, KAFKA_STORAGE_ERROR);
     assert!(batches.is_empty());
+    assert_eq!(corrupt_count(topic), 3);
 
-    assert!(strata::telemetry::render().contains("strata_tier_corrupt_files_total"));
     // Hot data is unaffected.
     let local = m.last_offset() + 1;
     assert_eq!(
-        read_all(&mut conn, "c", local, 150).await,
+        read_all(&mut conn, topic, local, 150).await,
         (local..150).collect::<Vec<_>>()
     );
     running.shutdown().await;

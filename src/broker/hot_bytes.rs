@@ -7,7 +7,9 @@
 //! partition (sizes of the segment files) runs after each tiering pass and, when an append would
 //! cross the cap, at most every `RECOUNT_EVERY`, so deletes are seen without a counter in the
 //! log's hot path. Concurrent appends to different partitions can overshoot the cap by at most
-//! the batches admitted at the same moment.
+//! the batches admitted at the same moment. Only Produce is capped: the group coordinator's own
+//! appends to `__consumer_offsets` (small, and bounded by its snapshots) still go through, so
+//! consumers can commit while producers wait.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

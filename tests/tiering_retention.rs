@@ -5,6 +5,8 @@
 //! log.dir.max.bytes refuses produce with KAFKA_STORAGE_ERROR until offload frees space; a
 //! corrupt or truncated remote file is KAFKA_STORAGE_ERROR, never records.
 
+#[path = "support/faulty.rs"]
+mod faulty;
 mod support;
 
 use std::collections::BTreeMap;
@@ -496,6 +498,79 @@ async fn log_dir_max_bytes_refuses_produce_until_offload_frees_space() {
     assert_eq!(
         read_all(&mut conn, "cap", 0, acked + 4).await,
         (0..acked + 4).collect::<Vec<_>>()
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_fills_log_dir_max_bytes_and_produce_recovers_by_itself() {
+    use faulty::{Fault, FaultyStore, ALL_OPS};
+    let dir = tempfile::tempdir().unwrap();
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let faulty = FaultyStore::new(memory.clone());
+    let store = Store::from_store(faulty.clone(), "memory://");
+    let settings = [
+        ("remote.log.manager.task.interval.ms", "50"),
+        ("log.local.retention.ms", "0"),
+        ("log.dir.max.bytes", "8192"),
+    ];
+    let running = start_on(dir.path(), &settings, Clock::System, Some(store)).await;
+    // The object store goes away before the topic exists: nothing can be offloaded.
+    faulty.inject(ALL_OPS, "", Fault::Fail, None);
+    create(&running, "out", &[("segment.bytes", "2048")]);
+    let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
+    let mut acked = 0i64;
+    let mut refused = 0;
+    for i in 0..200 {
+        let records = support::batch(i * 5, 5, support::now_ms() - 1000);
+        match produce(&mut conn, "out", records).await {
+            (0, base) => {
+                assert_eq!(base, acked);
+                acked += 5;
+            }
+            (code, _) => {
+                assert_eq!(code, KAFKA_STORAGE_ERROR);
+                refused += 1;
+                if refused == 3 {
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(refused, 3, "the cap never refused");
+    let p = running.broker.topic("out").unwrap().partitions[0].clone();
+    // Nothing was offloaded, and no segment that was not offloaded was deleted.
+    assert_eq!(p.local_log_start_offset(), 0);
+    assert!(faulty.injected() > 0);
+    assert_eq!(
+        read_all(&mut conn, "out", 0, acked).await,
+        (0..acked).collect::<Vec<_>>()
+    );
+
+    // The outage ends: offload catches up, local retention frees the disk, produce goes on.
+    faulty.heal();
+    let started = Instant::now();
+    loop {
+        let records = support::batch(0, 5, support::now_ms());
+        match produce(&mut conn, "out", records).await {
+            (0, base) => {
+                assert_eq!(base, acked);
+                acked += 5;
+                break;
+            }
+            (code, _) => assert_eq!(code, KAFKA_STORAGE_ERROR),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "produce did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!manifest(&running, "out").await.files.is_empty());
+    assert!(p.local_log_start_offset() > 0);
+    assert_eq!(
+        read_all(&mut conn, "out", 0, acked).await,
+        (0..acked).collect::<Vec<_>>()
     );
     running.shutdown().await;
 }

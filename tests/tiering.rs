@@ -306,3 +306,202 @@ async fn offload_and_cold_reads_on_moto() {
     let Some(moto) = moto else { return };
     run_suite("s3://strata/cluster-a", moto.options()).await;
 }
+
+fn python() -> String {
+    std::env::var("STRATA_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Whether pyarrow can be imported; a missing pyarrow skips the test with a reason, or fails it
+/// under `STRATA_REQUIRE_EXTERNAL=1` (as in CI, where `.ci/run` installs it).
+fn pyarrow_available(test: &str) -> bool {
+    let present = std::process::Command::new(python())
+        .args(["-c", "import pyarrow"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        if std::env::var("STRATA_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
+            panic!("{test}: pyarrow is not installed and STRATA_REQUIRE_EXTERNAL=1");
+        }
+        println!(
+            "SKIP {test}: pyarrow not installed (pip install -r tests/clients/requirements.txt)"
+        );
+    }
+    present
+}
+
+fn hex(bytes: Option<&[u8]>) -> serde_json::Value {
+    bytes.map_or(serde_json::Value::Null, |b| {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+            .into()
+    })
+}
+
+/// Runs tests/clients/read_parquet.py; one JSON value per printed row.
+async fn read_parquet(args: Vec<String>) -> Vec<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/read_parquet.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(python())
+            .arg(script)
+            .args(&args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("read_parquet.py finishes")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "read_parquet.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// pyarrow, given the newest manifest of each partition, reads exactly the produced rows from the
+/// files it lists (keys, values and headers as bytes, nulls kept), with `topic` and `partition`
+/// from the Hive-style paths; a plain directory scan finds the same rows (no orphans here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offloaded_files_read_back_in_pyarrow() {
+    const TEST: &str = "offloaded_files_read_back_in_pyarrow";
+    const TOPIC: &str = "analytics";
+    const RECORDS: usize = 6_000;
+    if !pyarrow_available(TEST) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    support::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects");
+    let mut config = Config::for_tests(dir.path());
+    config.broker = settings();
+    config.object_store = Some(format!("file://{}", objects.display()));
+    let broker = strata::server::start(config).await.unwrap();
+    let overrides = BTreeMap::from([("segment.bytes".to_string(), "65536".to_string())]);
+    broker
+        .broker
+        .create_topic(TOPIC, 2, 1, &overrides, false)
+        .unwrap();
+    let bootstrap = broker.kafka_addr().to_string();
+    let t0 = support::now_ms() - 1_000_000;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.size", "16384")
+        .create()
+        .unwrap();
+    let mut pending = Vec::new();
+    for i in 0..RECORDS {
+        // Keys and values that are not UTF-8, nulls, and a header with a null value.
+        let key = (!i.is_multiple_of(9)).then(|| [&[0xff, 0x00][..], &i.to_le_bytes()].concat());
+        let value = (!i.is_multiple_of(13))
+            .then(|| [format!("row {i} ").as_bytes(), &[0xc3, 0x28], &[b'v'; 64]].concat());
+        let headers: Vec<(String, Option<Vec<u8>>)> = vec![
+            ("n".into(), Some(i.to_string().into_bytes())),
+            ("null".into(), None),
+            ("bin".into(), Some(vec![0xfe, i as u8])),
+        ];
+        let mut h = OwnedHeaders::new();
+        for (k, v) in &headers {
+            h = h.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        let partition = (i % 2) as i32;
+        let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(TOPIC)
+            .partition(partition)
+            .timestamp(t0 + i as i64)
+            .headers(h);
+        if let Some(k) = &key {
+            r = r.key(k.as_slice());
+        }
+        if let Some(v) = &value {
+            r = r.payload(v.as_slice());
+        }
+        let f = producer.send_result(r).map_err(|(e, _)| e).unwrap();
+        pending.push((key, value, headers, t0 + i as i64, f));
+    }
+    let mut produced: BTreeMap<(i32, i64), serde_json::Value> = BTreeMap::new();
+    for (key, value, headers, ts, f) in pending {
+        let d = f.await.unwrap().unwrap();
+        let headers: Vec<serde_json::Value> = headers
+            .iter()
+            .map(|(k, v)| serde_json::json!([k, hex(v.as_deref())]))
+            .collect();
+        produced.insert(
+            (d.partition, d.offset),
+            serde_json::json!({
+                "topic": TOPIC,
+                "partition": d.partition,
+                "offset": d.offset,
+                "timestamp": ts,
+                "key": hex(key.as_deref()),
+                "value": hex(value.as_deref()),
+                "headers": headers,
+            }),
+        );
+    }
+
+    // Wait until every sealed segment is offloaded (and deleted locally); nothing more is
+    // produced, so the newest manifests stay the newest.
+    let topic = broker.broker.topic(TOPIC).unwrap();
+    let tiering = broker.broker.tiering.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut manifests = Vec::new();
+    let mut last = HashMap::new();
+    for p in &topic.partitions {
+        loop {
+            let m = tiering.remote_log(TOPIC, p.index).await.unwrap().manifest();
+            if !m.files.is_empty()
+                && p.sealed_segments().is_empty()
+                && p.local_log_start_offset() == m.last_offset() + 1
+            {
+                manifests.push(format!(
+                    "_strata/manifests/topic={TOPIC}/partition={}/{:020}.json",
+                    p.index, m.version
+                ));
+                last.insert(p.index, m.last_offset());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "partition {}: offloaded up to {}, {} sealed segments, local start {}",
+                p.index,
+                m.last_offset(),
+                p.sealed_segments().len(),
+                p.local_log_start_offset()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let expected: Vec<serde_json::Value> = produced
+        .iter()
+        .filter(|((p, o), _)| *o <= last[p])
+        .map(|(_, row)| row.clone())
+        .collect();
+    assert!(
+        expected.len() >= RECORDS / 2,
+        "only {} rows offloaded",
+        expected.len()
+    );
+
+    let root = objects.display().to_string();
+    let by_manifest = read_parquet([vec![root.clone()], manifests].concat()).await;
+    assert_eq!(by_manifest.len(), expected.len());
+    for (got, want) in by_manifest.iter().zip(&expected) {
+        assert_eq!(got, want);
+    }
+    let scanned = read_parquet(vec![root, "--scan".into(), TOPIC.into()]).await;
+    assert_eq!(scanned, by_manifest, "directory scan");
+    broker.shutdown().await;
+}

@@ -4,11 +4,14 @@
 //! record back identical through cold reads; ListOffsets works across the tier boundary; the
 //! Parquet files are plain, readable Parquet with one row per record.
 
+#[path = "support/faulty.rs"]
+mod faulty;
 #[path = "support/s3.rs"]
 mod s3;
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -368,7 +371,9 @@ async fn read_parquet(args: Vec<String>) -> Vec<serde_json::Value> {
 
 /// pyarrow, given the newest manifest of each partition, reads exactly the produced rows from the
 /// files it lists (keys, values and headers as bytes, nulls kept), with `topic` and `partition`
-/// from the Hive-style paths; a plain directory scan finds the same rows (no orphans here).
+/// from the Hive-style paths. A failed manifest commit leaves an orphan, which a plain directory
+/// scan sees as duplicated rows until orphan cleanup deletes it after `remote.orphan.grace.ms`
+/// (broker clock moved forward); then the scan finds exactly the manifest's rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offloaded_files_read_back_in_pyarrow() {
     const TEST: &str = "offloaded_files_read_back_in_pyarrow";
@@ -381,10 +386,35 @@ async fn offloaded_files_read_back_in_pyarrow() {
     support::init_logging();
     let dir = tempfile::tempdir().unwrap();
     let objects = dir.path().join("objects");
+    std::fs::create_dir_all(&objects).unwrap();
     let mut config = Config::for_tests(dir.path());
-    config.broker = settings();
-    config.object_store = Some(format!("file://{}", objects.display()));
-    let broker = strata::server::start(config).await.unwrap();
+    let map: BTreeMap<String, String> = [
+        ("remote.log.manager.task.interval.ms", "100"),
+        ("log.local.retention.ms", "0"),
+        ("remote.orphan.grace.ms", "60000"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    config.broker = BrokerSettings::from_map(&map).unwrap();
+    // The first manifest commit fails for good (the store retries a PUT 5 times): its file is
+    // left an orphan.
+    let faults = faulty::FaultyStore::new(Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(&objects).unwrap(),
+    ));
+    faults.inject(
+        &[faulty::Op::Put],
+        "_strata/manifests",
+        faulty::Fault::Fail,
+        Some(5),
+    );
+    let url = format!("file://{}", objects.display());
+    config.object_store = Some(url.clone());
+    config.object_store_override = Some(strata::store::Store::from_store(faults.clone(), &url));
+    let (clock, now) = strata::clock::Clock::manual(support::now_ms());
+    let broker = strata::server::start_with_clock(config, clock)
+        .await
+        .unwrap();
     let overrides = BTreeMap::from([("segment.bytes".to_string(), "65536".to_string())]);
     broker
         .broker
@@ -495,13 +525,47 @@ async fn offloaded_files_read_back_in_pyarrow() {
         expected.len()
     );
 
+    assert!(faults.spent(), "the failed commit happened");
+
     let root = objects.display().to_string();
     let by_manifest = read_parquet([vec![root.clone()], manifests].concat()).await;
     assert_eq!(by_manifest.len(), expected.len());
     for (got, want) in by_manifest.iter().zip(&expected) {
         assert_eq!(got, want);
     }
-    let scanned = read_parquet(vec![root, "--scan".into(), TOPIC.into()]).await;
-    assert_eq!(scanned, by_manifest, "directory scan");
+    // Before cleanup a directory scan also reads the orphan: the same rows, some twice.
+    let scan = vec![root, "--scan".into(), TOPIC.into()];
+    let scanned = read_parquet(scan.clone()).await;
+    assert!(scanned.len() > by_manifest.len(), "the orphan is visible");
+    let mut distinct = scanned.clone();
+    distinct.dedup();
+    assert_eq!(distinct, by_manifest, "an orphan holds only committed rows");
+
+    // Past the grace period (broker clock) orphan cleanup deletes it.
+    now.fetch_add(120_000, std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut files = 0;
+        let mut referenced = 0;
+        for p in &topic.partitions {
+            let rl = tiering.remote_log(TOPIC, p.index).await.unwrap();
+            referenced += rl.manifest().files.len();
+            files += tiering
+                .store()
+                .list(&format!("topic={TOPIC}/partition={}", p.index))
+                .await
+                .unwrap()
+                .len();
+        }
+        if files == referenced {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orphans not deleted: {files} files, {referenced} referenced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(read_parquet(scan).await, by_manifest, "directory scan");
     broker.shutdown().await;
 }

@@ -575,6 +575,56 @@ async fn an_outage_fills_log_dir_max_bytes_and_produce_recovers_by_itself() {
     running.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_retention_of_offloaded_segments_goes_on_during_an_outage() {
+    use faulty::{Fault, FaultyStore, ALL_OPS};
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()));
+    let store = Store::from_store(faulty.clone(), "memory://");
+    let t0 = support::now_ms();
+    let (clock, time) = Clock::manual(t0);
+    let settings = [
+        ("remote.log.manager.task.interval.ms", "50"),
+        ("log.local.retention.ms", "60000"),
+    ];
+    let running = start_on(dir.path(), &settings, clock, Some(store)).await;
+    create(&running, "keep", &[("segment.bytes", "1024")]);
+    let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
+    for i in 0..20 {
+        let records = support::batch(i * 5, 5, t0);
+        assert_eq!(produce(&mut conn, "keep", records).await.0, 0);
+    }
+    let p = running.broker.topic("keep").unwrap().partitions[0].clone();
+    eventually("every sealed segment offloaded", || async {
+        let m = manifest(&running, "keep").await;
+        let sealed = p.sealed_segments();
+        !sealed.is_empty() && m.last_offset() == sealed.last().unwrap().last_offset
+    })
+    .await;
+    assert_eq!(p.local_log_start_offset(), 0, "within local.retention.ms");
+    // The store goes away, more is produced, and local.retention.ms passes.
+    faulty.inject(ALL_OPS, "", Fault::Fail, None);
+    let offloaded = manifest(&running, "keep").await.last_offset();
+    for i in 20..30 {
+        let records = support::batch(i * 5, 5, t0);
+        assert_eq!(produce(&mut conn, "keep", records).await.0, 0);
+    }
+    time.store(t0 + 61_000, Ordering::SeqCst);
+    eventually("offloaded segments leave local disk", || async {
+        p.local_log_start_offset() == offloaded + 1
+    })
+    .await;
+    // Segments not offloaded stay, and every record is still readable (cold reads wait for
+    // the store).
+    assert!(p.sealed_segments().iter().all(|s| s.base > offloaded));
+    faulty.heal();
+    assert_eq!(
+        read_all(&mut conn, "keep", 0, 150).await,
+        (0..150).collect::<Vec<_>>()
+    );
+    running.shutdown().await;
+}
+
 /// The `strata_tier_corrupt_files_total` counter of `topic`.
 fn corrupt_count(topic: &str) -> u64 {
     let prefix = format!("strata_tier_corrupt_files_total{{topic=\"{topic}\"}} ");

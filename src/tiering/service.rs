@@ -195,6 +195,9 @@ impl Tiering {
         Ok(p.log_start_offset())
     }
 
+    /// Offload, then total retention, then local retention. Local retention needs only what
+    /// is already committed, so it runs even when offload failed (an object-store outage):
+    /// offloaded segments still leave local disk while new ones wait.
     async fn offload_partition(
         &self,
         broker: &Broker,
@@ -202,6 +205,36 @@ impl Tiering {
         p: &Arc<Partition>,
     ) -> Result<usize, TierError> {
         let rl = self.remote_log(&topic.name, p.index).await?;
+        let outcome = match self.offload_segments(broker, topic, p, &rl).await {
+            Ok(count) => self
+                .apply_total_retention(broker, topic, p, &rl)
+                .await
+                .map(|_| count),
+            Err(e) => Err(e),
+        };
+        let deleted = p
+            .apply_local_retention(rl.manifest().last_offset(), broker.clock.now_ms())
+            .map_err(|e| TierError::Local(e.to_string()))?;
+        if deleted > 0 {
+            tracing::info!(
+                topic = topic.name,
+                partition = p.index,
+                segments = deleted,
+                "local retention deleted offloaded segments"
+            );
+        }
+        outcome
+    }
+
+    /// Offloads the sealed segments below the high watermark not yet in the manifest, oldest
+    /// first; returns how many.
+    async fn offload_segments(
+        &self,
+        broker: &Broker,
+        topic: &Topic,
+        p: &Arc<Partition>,
+        rl: &RemoteLog,
+    ) -> Result<usize, TierError> {
         let mut manifest = rl.manifest();
         let limits = ValidationLimits {
             max_batch_bytes: usize::MAX,
@@ -248,18 +281,6 @@ impl Tiering {
                 first = seg.base,
                 last = seg.last_offset,
                 "segment offloaded"
-            );
-        }
-        manifest = self.apply_total_retention(broker, topic, p, &rl).await?;
-        let deleted = p
-            .apply_local_retention(manifest.last_offset(), broker.clock.now_ms())
-            .map_err(|e| TierError::Local(e.to_string()))?;
-        if deleted > 0 {
-            tracing::info!(
-                topic = topic.name,
-                partition = p.index,
-                segments = deleted,
-                "local retention deleted offloaded segments"
             );
         }
         Ok(count)

@@ -6,7 +6,8 @@
 //!   local segments are kept; when the outage ends offload catches up by itself;
 //! - manifest commits that fail (before or after the PUT landed): the uploaded file of a failed
 //!   commit stays an orphan, the retry commits a new file, no offset is missing or duplicated;
-//! - kill -9 of the `strata` process during offload, on file:// and on an in-process s3s-fs;
+//! - kill -9 of the `strata` process during offload: on file:// right after commits, on an
+//!   in-process s3s-fs between a data file's upload and its commit (one orphan per kill);
 //! - two writers racing to commit the same manifest version, on memory://, file:// and moto:
 //!   exactly one wins, the loser sees the winner's manifest.
 
@@ -495,11 +496,26 @@ async fn newest_version(store: &Store, topic: &str, partition: i32) -> u64 {
         .map_or(0, |m| m.version)
 }
 
-/// Produces, then kills the broker with SIGKILL right after an offload commit (so the next
-/// segment's upload is likely in flight), restarts it, a few times; then offload must complete
-/// with consistent manifests and the exact set of acknowledged records readable.
-async fn kill9_during_offload(object_store: &str, options: BTreeMap<String, String>, check: Store) {
+/// Where a kill falls.
+enum KillPoint {
+    /// Right after a manifest commit is visible (the next upload is starting).
+    AfterCommit,
+    /// While a data file is stored but its PUT is not answered yet (the in-process s3s-fs holds
+    /// the reply back): the file is left an orphan, the segment must be uploaded again.
+    BetweenUploadAndCommit(Arc<s3::Hooks>),
+}
+
+/// Produces, then kills the broker with SIGKILL during offload and restarts it, a few times;
+/// then offload must complete with consistent manifests and the exact set of acknowledged
+/// records readable.
+async fn kill9_during_offload(
+    object_store: &str,
+    options: BTreeMap<String, String>,
+    check: Store,
+    kill_point: KillPoint,
+) {
     const TOPIC: &str = "killed";
+    const ROUNDS: usize = 4;
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let port = s3::free_port();
@@ -520,28 +536,49 @@ async fn kill9_during_offload(object_store: &str, options: BTreeMap<String, Stri
     let mut acked = Acked::new();
     produce(&bootstrap, TOPIC, 2, "k", 30_000, &mut acked).await;
     drop(broker);
+    if let KillPoint::BetweenUploadAndCommit(hooks) = &kill_point {
+        hooks
+            .parquet_put_reply_delay_ms
+            .store(2_000, std::sync::atomic::Ordering::SeqCst);
+    }
     let mut broker = start(100).await.unwrap();
 
     let mut kills = 0;
-    for round in 0..4 {
-        let p = round % 2;
-        let before = newest_version(&check, TOPIC, p).await;
+    for round in 0..ROUNDS {
+        let p = (round % 2) as i32;
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut finished = false;
-        while newest_version(&check, TOPIC, p).await == before {
-            let segments = local_segments(dir.path(), TOPIC, p);
-            if segments.len() == 1 && before > 0 {
-                finished = true;
-                break;
+        match &kill_point {
+            KillPoint::AfterCommit => {
+                let before = newest_version(&check, TOPIC, p).await;
+                let mut finished = false;
+                while newest_version(&check, TOPIC, p).await == before {
+                    if local_segments(dir.path(), TOPIC, p).len() == 1 && before > 0 {
+                        finished = true;
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "no offload progress");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                if finished {
+                    break;
+                }
+                // Vary where the kill falls in the upload that starts now.
+                tokio::time::sleep(Duration::from_millis(round as u64 * 2)).await;
             }
-            assert!(Instant::now() < deadline, "no offload progress");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            KillPoint::BetweenUploadAndCommit(hooks) => {
+                let puts = || hooks.parquet_puts.load(std::sync::atomic::Ordering::SeqCst);
+                let before = puts();
+                while puts() == before {
+                    assert!(Instant::now() < deadline, "no upload");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                if round == ROUNDS - 1 {
+                    hooks
+                        .parquet_put_reply_delay_ms
+                        .store(0, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
         }
-        if finished {
-            break;
-        }
-        // A commit just landed: the next upload starts now; vary where the kill falls.
-        tokio::time::sleep(Duration::from_millis(round as u64 * 2)).await;
         drop(broker);
         kills += 1;
         broker = start(100).await.unwrap();
@@ -550,6 +587,7 @@ async fn kill9_during_offload(object_store: &str, options: BTreeMap<String, Stri
 
     // Offload completes after the restarts: only the active segment is left locally.
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut orphan_count = 0;
     for p in 0..2 {
         loop {
             let segments = local_segments(dir.path(), TOPIC, p);
@@ -569,6 +607,11 @@ async fn kill9_during_offload(object_store: &str, options: BTreeMap<String, Stri
             newest.files.len(),
             orphans.len()
         );
+        orphan_count += orphans.len();
+    }
+    if let KillPoint::BetweenUploadAndCommit(_) = kill_point {
+        // Each kill left its stored but uncommitted file, and nothing else is unreferenced.
+        assert_eq!(orphan_count, kills);
     }
     consume_exact(&bootstrap, TOPIC, 2, &acked).await;
     drop(broker);
@@ -579,15 +622,16 @@ async fn kill9_during_offload_on_file() {
     let objects = tempfile::tempdir().unwrap();
     let url = format!("file://{}", objects.path().display());
     let check = Store::from_url(&url).unwrap();
-    kill9_during_offload(&url, BTreeMap::new(), check).await;
+    kill9_during_offload(&url, BTreeMap::new(), check, KillPoint::AfterCommit).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_during_offload_on_s3s_fs() {
+async fn kill9_between_upload_and_commit_on_s3s_fs() {
     let server = s3::S3sFs::start("strata");
     let url = "s3://strata/killed-cluster";
     let check = Store::from_url_with_options(url, &server.options()).unwrap();
-    kill9_during_offload(url, server.options(), check).await;
+    let kill_point = KillPoint::BetweenUploadAndCommit(server.hooks());
+    kill9_during_offload(url, server.options(), check, kill_point).await;
 }
 
 fn race_file(round: u64, writer: &str) -> RemoteFile {

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const ACCESS_KEY: &str = "strata-test";
@@ -37,10 +39,21 @@ pub fn option_args(options: &BTreeMap<String, String>) -> Vec<String> {
         .collect()
 }
 
+/// Knobs and counters of the in-process server, shared with the test.
+#[derive(Debug, Default)]
+pub struct Hooks {
+    /// PUTs of `.parquet` objects stored so far.
+    pub parquet_puts: AtomicU64,
+    /// How long the response of a `.parquet` PUT is held back after the object is stored, so
+    /// that a test can kill the broker between an upload and its manifest commit.
+    pub parquet_put_reply_delay_ms: AtomicU64,
+}
+
 /// An s3s-fs server on 127.0.0.1, serving a temp directory from its own thread and runtime.
 pub struct S3sFs {
     addr: SocketAddr,
     root: tempfile::TempDir,
+    hooks: Arc<Hooks>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -58,6 +71,8 @@ impl S3sFs {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind s3s-fs");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("s3s-fs addr");
+        let hooks = Arc::new(Hooks::default());
+        let server_hooks = hooks.clone();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("s3s-fs".into())
@@ -78,8 +93,29 @@ impl S3sFs {
                             },
                             _ = &mut stopped => break,
                         };
+                        let (service, hooks) = (service.clone(), server_hooks.clone());
+                        let hooked = hyper::service::service_fn(
+                            move |req: http::Request<hyper::body::Incoming>| {
+                                let (service, hooks) = (service.clone(), hooks.clone());
+                                async move {
+                                    let parquet = req.method() == http::Method::PUT
+                                        && req.uri().path().ends_with(".parquet");
+                                    let response =
+                                        hyper::service::Service::call(&service, req).await;
+                                    if parquet
+                                        && response.as_ref().is_ok_and(|r| r.status().is_success())
+                                    {
+                                        hooks.parquet_puts.fetch_add(1, Ordering::SeqCst);
+                                        let ms =
+                                            hooks.parquet_put_reply_delay_ms.load(Ordering::SeqCst);
+                                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                                    }
+                                    response
+                                }
+                            },
+                        );
                         let conn = http
-                            .serve_connection(TokioIo::new(socket), service.clone())
+                            .serve_connection(TokioIo::new(socket), hooked)
                             .into_owned();
                         tokio::spawn(async move {
                             let _ = conn.await;
@@ -93,6 +129,7 @@ impl S3sFs {
         S3sFs {
             addr,
             root,
+            hooks,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -104,6 +141,10 @@ impl S3sFs {
 
     pub fn options(&self) -> BTreeMap<String, String> {
         options(&self.endpoint())
+    }
+
+    pub fn hooks(&self) -> Arc<Hooks> {
+        self.hooks.clone()
     }
 
     /// The directory holding the buckets.

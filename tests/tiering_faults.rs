@@ -300,6 +300,20 @@ async fn check_manifests(store: &Store, topic: &str, partition: i32) -> (Manifes
     (newest, orphans)
 }
 
+/// Sum of a Prometheus counter over the series whose line contains `labels`.
+fn metric(name: &str, labels: &str) -> f64 {
+    strata::telemetry::render()
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Injected faults are errors the broker handles: an offload pass never panics.
+fn assert_no_offload_panics() {
+    assert_eq!(metric("strata_tier_offload_panics_total", ""), 0.0);
+}
+
 async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !cond() {
@@ -345,6 +359,8 @@ async fn outage_keeps_produce_and_hot_reads_and_offload_catches_up() {
     assert!(written.is_empty(), "nothing reached the store: {written:?}");
     // Hot reads serve everything meanwhile.
     consume_exact(&bootstrap, "outage", 2, &acked).await;
+    assert!(metric("strata_tier_offload_errors_total", "topic=\"outage\"") > 0.0);
+    assert_no_offload_panics();
 
     faulty.heal();
     wait_offloaded(&running, "outage", Duration::from_secs(90)).await;
@@ -354,6 +370,7 @@ async fn outage_keeps_produce_and_hot_reads_and_offload_catches_up() {
         assert!(orphans.is_empty(), "{orphans:?}");
     }
     consume_exact(&bootstrap, "outage", 2, &acked).await;
+    assert_no_offload_panics();
     running.shutdown().await;
 }
 
@@ -415,6 +432,8 @@ async fn failed_manifest_commits_leave_orphans_never_gaps_or_duplicates() {
     assert_eq!(orphans.len(), 1, "no new orphan: {orphans:?}");
     assert!(second.files.len() > first.files.len());
     consume_exact(&bootstrap, "commits", 1, &acked).await;
+    assert!(metric("strata_tier_offload_errors_total", "topic=\"commits\"") > 0.0);
+    assert_no_offload_panics();
     running.shutdown().await;
 }
 

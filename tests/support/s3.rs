@@ -192,10 +192,38 @@ fn http_status(port: u16, method: &str, path: &str) -> Option<u16> {
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
+/// Serves moto's S3 app one request at a time (HTTP/1.0, no threads).
+const SERIAL_MOTO: &str = "import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+run_simple(sys.argv[1], int(sys.argv[2]), DomainDispatcherApplication(create_backend_app), threaded=False)
+";
+
 impl Moto {
-    /// Starts moto with `bucket` created, or `None` (with the reason printed) when moto_server is
-    /// not installed — unless `STRATA_REQUIRE_EXTERNAL=1`, then it panics.
+    /// Starts `moto_server` with `bucket` created, or `None` (with the reason printed) when moto
+    /// is not installed — unless `STRATA_REQUIRE_EXTERNAL=1`, then it panics.
     pub fn start(test: &str, bucket: &str) -> Option<Moto> {
+        Moto::start_with(test, bucket, |port| {
+            let mut cmd = Command::new("moto_server");
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            cmd
+        })
+    }
+
+    /// Like [`Moto::start`], but moto handles one request at a time. moto_server (5.2.1) checks
+    /// `If-None-Match: *` and then stores the object without a lock while serving requests on
+    /// threads, so two racing create-if-absent PUTs can both succeed; served serially, the check
+    /// and the write are atomic, as on S3.
+    pub fn start_serial(test: &str, bucket: &str) -> Option<Moto> {
+        Moto::start_with(test, bucket, |port| {
+            let python = std::env::var("STRATA_PYTHON").unwrap_or_else(|_| "python3".into());
+            let mut cmd = Command::new(python);
+            cmd.args(["-c", SERIAL_MOTO, "127.0.0.1", &port.to_string()]);
+            cmd
+        })
+    }
+
+    fn start_with(test: &str, bucket: &str, command: impl FnOnce(u16) -> Command) -> Option<Moto> {
         let installed = Command::new("moto_server")
             .arg("--help")
             .stdout(Stdio::null())
@@ -213,17 +241,16 @@ impl Moto {
             return None;
         }
         let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let child = command(port)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn moto_server");
+            .expect("spawn moto");
         let moto = Moto { child, port };
         // Ready when it answers; then create the bucket (moto accepts unsigned requests).
         let deadline = Instant::now() + Duration::from_secs(60);
         while http_status(port, "GET", "/").is_none() {
-            assert!(Instant::now() < deadline, "moto_server did not start");
+            assert!(Instant::now() < deadline, "moto did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
         let status = http_status(port, "PUT", &format!("/{bucket}"));

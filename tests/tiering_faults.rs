@@ -4,6 +4,7 @@
 //!
 //! - an object-store outage: produce (acks=all) and hot fetch go on, offload makes no progress,
 //!   local segments are kept; when the outage ends offload catches up by itself;
+//! - a data upload that hangs: produce and fetch go on meanwhile;
 //! - manifest commits that fail (before or after the PUT landed): the uploaded file of a failed
 //!   commit stays an orphan, the retry commits a new file, no offset is missing or duplicated;
 //! - kill -9 of the `strata` process during offload: on file:// right after commits, on an
@@ -370,6 +371,59 @@ async fn outage_keeps_produce_and_hot_reads_and_offload_catches_up() {
         assert!(orphans.is_empty(), "{orphans:?}");
     }
     consume_exact(&bootstrap, "outage", 2, &acked).await;
+    assert_no_offload_panics();
+    running.shutdown().await;
+}
+
+/// A data upload that hangs (a stalled connection) delays nothing else: produce (acks=all)
+/// and fetch go on while the offload pass waits; when the upload goes through, offload
+/// catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_upload_delays_neither_produce_nor_fetch() {
+    let _serial = SERIAL.lock().await;
+    let faulty = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()));
+    let store = Store::from_store(faulty.clone(), "memory://faulty");
+    // Far longer than the test takes: the upload only goes on when healed.
+    faulty.inject(
+        &[Op::Put],
+        ".parquet",
+        Fault::Delay(Duration::from_secs(600)),
+        Some(1),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_broker(dir.path(), store.clone()).await;
+    create_topic(&running, "stalled", 2);
+    let bootstrap = running.kafka_addr().to_string();
+    let mut acked = Acked::new();
+    produce(&bootstrap, "stalled", 2, "a", 6_000, &mut acked).await;
+    wait_until("an upload hangs", Duration::from_secs(60), || {
+        faulty.spent()
+    })
+    .await;
+    produce(&bootstrap, "stalled", 2, "b", 6_000, &mut acked).await;
+    consume_exact(&bootstrap, "stalled", 2, &acked).await;
+    let tiering = running.broker.tiering.clone().unwrap();
+    let mut committed = 0;
+    for p in 0..2 {
+        committed += tiering
+            .remote_log("stalled", p)
+            .await
+            .unwrap()
+            .manifest()
+            .files
+            .len();
+    }
+    assert_eq!(
+        committed, 0,
+        "the pass is still waiting for its first upload"
+    );
+
+    faulty.heal();
+    wait_offloaded(&running, "stalled", Duration::from_secs(60)).await;
+    for p in 0..2 {
+        check_manifests(&store, "stalled", p).await;
+    }
+    consume_exact(&bootstrap, "stalled", 2, &acked).await;
     assert_no_offload_panics();
     running.shutdown().await;
 }

@@ -45,7 +45,7 @@ pub enum Fault {
     Fail,
     /// A put reaches the store, then the caller gets an error anyway (the response was lost).
     FailAfterPut,
-    /// The call waits this long, then goes through.
+    /// The call waits this long (or until [`FaultyStore::heal`]), then goes through.
     Delay(Duration),
 }
 
@@ -62,6 +62,8 @@ struct Rule {
 struct State {
     rules: Mutex<Vec<Rule>>,
     injected: AtomicU64,
+    /// Wakes delayed calls when the faults are healed.
+    healed: tokio::sync::Notify,
 }
 
 impl State {
@@ -90,7 +92,10 @@ impl State {
         match self.fault(op, path) {
             Some(Fault::Fail) => Err(State::error(op, path)),
             Some(Fault::Delay(d)) => {
-                tokio::time::sleep(d).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = self.healed.notified() => {}
+                }
                 Ok(None)
             }
             other => Ok(other),
@@ -126,6 +131,7 @@ impl FaultyStore {
     /// Removes every rule: the outage is over.
     pub fn heal(&self) {
         self.state.rules.lock().unwrap().clear();
+        self.state.healed.notify_waiters();
     }
 
     /// Calls disturbed so far.

@@ -99,7 +99,8 @@ impl HotBytes {
                 ),
             ));
         }
-        self.bytes.fetch_add(len, Ordering::SeqCst);
+        let now = self.bytes.fetch_add(len, Ordering::SeqCst) + len;
+        metrics::gauge!("strata_hot_segment_bytes").set(now as f64);
         Ok(())
     }
 }

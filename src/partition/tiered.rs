@@ -88,3 +88,68 @@ impl SegmentSource for Partition {
             .map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::topic::check_overrides;
+    use crate::config::{BrokerSettings, TopicConfig};
+    use crate::record::batch::Codec;
+    use crate::record::builder::BatchBuilder;
+
+    async fn partition(dir: &std::path::Path) -> Partition {
+        let overrides: BTreeMap<String, String> = [
+            ("segment.bytes", "1024"),
+            ("retention.ms", "1000"),
+            ("local.retention.ms", "1000"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let config = TopicConfig::resolve(
+            &BrokerSettings::default(),
+            &check_overrides(&overrides).unwrap(),
+        );
+        let p = Partition::open(dir, "t", 0, 0, config, 1 << 20, 0).unwrap();
+        for i in 0..30 {
+            let mut b = BatchBuilder::new(Codec::None);
+            for r in 0..5 {
+                b.record(1_000 + i * 5 + r, Some(b"k"), Some(b"some value"), &[]);
+            }
+            p.append(Bytes::from(b.build()), 1 << 20, 1_000)
+                .await
+                .unwrap();
+        }
+        assert!(p.sealed_segments().len() >= 3);
+        p
+    }
+
+    #[tokio::test]
+    async fn a_tiered_partition_leaves_total_retention_to_tiering() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path()).await;
+        p.set_tiered();
+        // Everything is past retention.ms, but nothing is offloaded: applied to local segments
+        // alone, total retention could cut below files still in the object store.
+        assert_eq!(p.apply_retention(1_000_000).unwrap(), 0);
+        assert_eq!(p.local_log_start_offset(), 0);
+        // Local retention deletes only what the manifest covers.
+        let covered = p.sealed_segments()[1].last_offset;
+        assert_eq!(p.apply_local_retention(covered, 1_000_000).unwrap(), 2);
+        assert_eq!(p.local_log_start_offset(), covered + 1);
+    }
+
+    #[tokio::test]
+    async fn an_untiered_partition_keeps_local_total_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path()).await;
+        let sealed = p.sealed_segments();
+        assert_eq!(p.apply_retention(1_000_000).unwrap(), sealed.len());
+        assert_eq!(
+            p.local_log_start_offset(),
+            sealed.last().unwrap().last_offset + 1
+        );
+    }
+}

@@ -20,6 +20,8 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use rand::Rng;
 
+mod metered;
+
 /// Deadline of one attempt of a small request (manifests, ranged reads, lists, deletes).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_ATTEMPTS: u32 = 5;
@@ -113,7 +115,7 @@ impl Store {
             return Err(bad("object store options apply to s3:// stores only".into()));
         }
         Ok(Store {
-            inner,
+            inner: Arc::new(metered::Metered::new(inner)),
             prefix,
             url: url.to_string(),
         })
@@ -122,7 +124,7 @@ impl Store {
     /// Wraps an existing store (tests inject failing or slow stores this way).
     pub fn from_store(inner: Arc<dyn ObjectStore>, url: &str) -> Store {
         Store {
-            inner,
+            inner: Arc::new(metered::Metered::new(inner)),
             prefix: Path::default(),
             url: url.to_string(),
         }

@@ -2,7 +2,9 @@
 //! read touching many small ranges of one chunk costs one request) and kept on local disk, with
 //! the total bounded by `strata.remote.cache.max.bytes` (least recently used chunks go first).
 //! Concurrent readers of one chunk share one GET; sequential readers have the next chunks
-//! fetched ahead of them in the background. Parsed file footers are kept in memory too.
+//! fetched ahead of them in the background. Parsed file footers are kept in memory too, and so
+//! are the decoded rows a cold Fetch read beyond what it returned, keyed by the offset the next
+//! sequential Fetch will ask for, so pages are decompressed once per consumer, not per Fetch.
 //!
 //! The cache directory holds only copies: it is emptied at start, and losing it loses nothing.
 
@@ -14,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arrow_array::RecordBatch;
 use bytes::{Bytes, BytesMut};
 use futures::future::{BoxFuture, Shared};
 use futures::FutureExt;
@@ -31,6 +34,8 @@ const PREFETCH_CHUNKS: u64 = 2;
 const MAX_FETCHES: usize = 8;
 /// Parsed footers kept in memory.
 const MAX_FOOTERS: usize = 4096;
+/// Decoded rows kept for the next sequential Fetch, across all partitions.
+const ROWS_BUDGET: usize = 256 << 20;
 
 type ChunkKey = (String, u64);
 type Fetch = Shared<BoxFuture<'static, Result<Bytes, String>>>;
@@ -55,6 +60,9 @@ struct State {
     chunks: HashMap<ChunkKey, Entry>,
     inflight: HashMap<ChunkKey, Fetch>,
     footers: HashMap<String, ArrowReaderMetadata>,
+    /// (file, next offset) → decoded rows holding that offset.
+    rows: HashMap<(String, i64), DecodedRows>,
+    rows_bytes: usize,
     bytes: u64,
     tick: u64,
     next_id: u64,
@@ -63,6 +71,12 @@ struct State {
 struct Entry {
     id: u64,
     len: u64,
+    used: u64,
+}
+
+struct DecodedRows {
+    batches: Arc<Vec<RecordBatch>>,
+    bytes: usize,
     used: u64,
 }
 
@@ -123,10 +137,64 @@ impl ChunkCache {
         state.footers.insert(path.to_string(), metadata);
     }
 
+    /// Rows decoded earlier from `path` that hold offset `next` (taken out of the cache).
+    pub fn take_rows(&self, path: &str, next: i64) -> Option<Arc<Vec<RecordBatch>>> {
+        let mut state = self.state();
+        let entry = state.rows.remove(&(path.to_string(), next))?;
+        state.rows_bytes -= entry.bytes;
+        Some(entry.batches)
+    }
+
+    /// Keeps decoded rows of `path` for the Fetch that will ask for offset `next`.
+    pub fn keep_rows(&self, path: &str, next: i64, batches: Arc<Vec<RecordBatch>>) {
+        let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+        if bytes > ROWS_BUDGET / 4 {
+            return;
+        }
+        let mut state = self.state();
+        state.tick += 1;
+        let used = state.tick;
+        state.rows_bytes += bytes;
+        if let Some(old) = state.rows.insert(
+            (path.to_string(), next),
+            DecodedRows {
+                batches,
+                bytes,
+                used,
+            },
+        ) {
+            state.rows_bytes -= old.bytes;
+        }
+        while state.rows_bytes > ROWS_BUDGET {
+            let Some(victim) = state
+                .rows
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(e) = state.rows.remove(&victim) {
+                state.rows_bytes -= e.bytes;
+            }
+        }
+    }
+
     /// Drops everything cached of `path` (the file was found corrupt, or deleted remotely).
     pub fn forget(&self, path: &str) {
         let mut state = self.state();
         state.footers.remove(path);
+        let stale: Vec<(String, i64)> = state
+            .rows
+            .keys()
+            .filter(|(p, _)| p == path)
+            .cloned()
+            .collect();
+        for key in stale {
+            if let Some(e) = state.rows.remove(&key) {
+                state.rows_bytes -= e.bytes;
+            }
+        }
         let gone: Vec<ChunkKey> = state
             .chunks
             .keys()

@@ -243,22 +243,35 @@ impl RemoteLog {
         let want = (max_bytes / avg_row).clamp(1, 50_000);
         let skip = (offset - file.first_offset) as usize;
         let started = std::time::Instant::now();
-        let rows = read_rows_checked(
-            &self.store,
-            self.cache.as_ref(),
-            &file.path,
-            file.size_bytes,
-            Some(file.rows),
-            skip,
-            want,
-        )
-        .await?;
+        // A sequential consumer continues where the previous Fetch stopped: the rows decoded
+        // then beyond what it returned are still at hand.
+        let rows = match self
+            .cache
+            .as_ref()
+            .and_then(|c| c.take_rows(&file.path, offset))
+        {
+            Some(rows) => rows,
+            None => Arc::new(
+                read_rows_checked(
+                    &self.store,
+                    self.cache.as_ref(),
+                    &file.path,
+                    file.size_bytes,
+                    Some(file.rows),
+                    skip,
+                    want,
+                )
+                .await?,
+            ),
+        };
         let mut out = BytesMut::new();
         let mut next = offset;
-        // Offset after the last row of the row batches seen so far (rows are dense).
-        let mut rows_end = offset;
-        for batch in &rows {
-            rows_end += batch.num_rows() as i64;
+        for batch in rows.iter() {
+            let batch_last = last_row_offset(std::slice::from_ref(batch));
+            // Rows kept from an earlier Fetch start before `offset`: skip what was returned.
+            if batch_last < next {
+                continue;
+            }
             let budget = max_bytes.saturating_sub(out.len());
             if !out.is_empty() && budget == 0 {
                 break;
@@ -275,7 +288,7 @@ impl RemoteLog {
             }
             // The budget ran out inside this row batch: the next one does not continue at
             // `after`, so stop here.
-            if after < rows_end {
+            if after <= batch_last {
                 break;
             }
             next = after;
@@ -286,6 +299,11 @@ impl RemoteLog {
                 path: file.path.clone(),
                 reason: format!("no record at offset {offset}, which the manifest places here"),
             });
+        }
+        if let Some(cache) = &self.cache {
+            if next <= last_row_offset(&rows) {
+                cache.keep_rows(&file.path, next, rows);
+            }
         }
         metrics::histogram!("strata_tier_read_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("strata_tier_read_bytes_total", "topic" => self.topic.clone())
@@ -329,11 +347,26 @@ impl RemoteLog {
     }
 }
 
+/// Offset of the last row in `rows`, or -1.
+fn last_row_offset(rows: &[arrow_array::RecordBatch]) -> i64 {
+    rows.iter()
+        .rev()
+        .find(|b| b.num_rows() > 0)
+        .and_then(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .map(|o| o.value(b.num_rows() - 1))
+        })
+        .unwrap_or(-1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::batch::Codec;
+    use crate::record::batch::{split_batches, Codec};
     use crate::record::builder::BatchBuilder;
+    use crate::record::BatchHeader;
 
     /// A sealed segment held in memory: whole batches by base offset.
     struct Batches(Vec<(i64, i64, Vec<u8>)>);
@@ -348,6 +381,25 @@ mod tests {
                 out.extend_from_slice(b);
             }
             Ok(out.into())
+        }
+    }
+
+    struct Segment(Vec<Vec<u8>>);
+
+    impl SegmentSource for Segment {
+        fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, String> {
+            let mut out = Vec::new();
+            for b in &self.0 {
+                let header = BatchHeader::parse(b).map_err(|e| e.to_string())?;
+                if header.last_offset() < offset {
+                    continue;
+                }
+                if !out.is_empty() && out.len() + b.len() > max_bytes {
+                    break;
+                }
+                out.extend_from_slice(b);
+            }
+            Ok(Bytes::from(out))
         }
     }
 
@@ -398,5 +450,77 @@ mod tests {
             }
         }
         assert_eq!(offset, RECORDS);
+    }
+
+    /// Fetches walk the whole file in order, with and without the cache that keeps the rows
+    /// decoded beyond each Fetch (here several Arrow batches, so kept rows start before the
+    /// next Fetch's offset); every offset comes back once, with its value.
+    #[tokio::test]
+    async fn sequential_small_reads_return_every_offset_once() {
+        let mut batches = Vec::new();
+        for i in 0..2000i64 {
+            let mut b = BatchBuilder::new(if i % 3 == 0 { Codec::Zstd } else { Codec::None });
+            b.base_offset(i * 10);
+            for r in 0..10 {
+                let o = i * 10 + r;
+                let v = format!("value-{o}-");
+                b.record(1_000 + i * 10 + r, None, Some(v.as_bytes()), &[]);
+            }
+            batches.push(b.build());
+        }
+        let limits = ValidationLimits {
+            max_batch_bytes: usize::MAX,
+            max_decompressed_bytes: 1 << 20,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        for cached in [false, true] {
+            let store = Store::from_url("memory://").unwrap();
+            let cache = cached.then(|| {
+                crate::tiering::cache::ChunkCache::with_chunk_bytes(
+                    dir.path().join("c"),
+                    1 << 20,
+                    4096,
+                )
+                .unwrap()
+            });
+            let remote = RemoteLog::open(store, "t", 0)
+                .await
+                .unwrap()
+                .with_cache(cache);
+            let segment = OffloadSegment {
+                first: 0,
+                last: 19_999,
+                high_watermark: 20_000,
+                leader_epoch: 0,
+                now_ms: 0,
+                max_upload: std::time::Duration::from_secs(60),
+            };
+            remote
+                .offload(&Segment(batches.clone()), &segment, &limits, 1 << 16)
+                .await
+                .unwrap();
+            let mut offset = 0;
+            while offset < 20_000 {
+                let chunk = remote
+                    .read(offset, 200_000)
+                    .await
+                    .map_err(|e| format!("cached {cached}: {e}"))
+                    .unwrap()
+                    .unwrap();
+                let (found, _) = split_batches(&chunk);
+                assert!(!found.is_empty(), "nothing at {offset} (cached: {cached})");
+                for (header, range) in &found {
+                    assert_eq!(header.base_offset, offset, "cached: {cached}");
+                    crate::record::for_each_record(&chunk[range.clone()], &limits, |h, r| {
+                        let o = r.offset(h);
+                        let v = r.value.expect("a value");
+                        assert!(v.starts_with(format!("value-{o}-").as_bytes()));
+                    })
+                    .unwrap();
+                    offset = header.last_offset() + 1;
+                }
+            }
+            assert_eq!(offset, 20_000);
+        }
     }
 }

@@ -1,0 +1,205 @@
+//! Offload: one sealed segment of 1 KiB JSON-like records → Parquet (zstd, page index) → the
+//! object store (memory://, so the figure is the encoder's, per core: a current-thread runtime),
+//! for producer batches sent uncompressed and with zstd. Also the cold-read side: the file read
+//! back in 1 MiB Fetches through a remote log, rows decoded and rebuilt into RecordBatch v2.
+//!
+//! Prints the Parquet file size against the segment size once per variant.
+//!
+//! `cargo bench --bench offload`
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use strata::record::batch::split_batches;
+use strata::record::batch::Codec;
+use strata::record::builder::BatchBuilder;
+use strata::record::validate::ValidationLimits;
+use strata::record::BatchHeader;
+use strata::store::Store;
+use strata::tiering::cache::ChunkCache;
+use strata::tiering::file::write_batches;
+use strata::tiering::remote::{OffloadSegment, RemoteLog, SegmentSource};
+use strata::tiering::service::ROW_GROUP_BYTES;
+
+/// 32 MiB segments: large enough for several pages per column, small enough to iterate.
+const SEGMENT_BYTES: usize = 32 << 20;
+const RECORDS_PER_BATCH: usize = 16;
+
+const WORDS: [&str; 16] = [
+    "click", "view", "purchase", "search", "signup", "logout", "mobile", "desktop", "berlin",
+    "paris", "tokyo", "lima", "chrome", "firefox", "safari", "android",
+];
+
+/// A JSON event of about 1 KiB with realistic variety (ids, words, numbers, free text).
+fn record(rng: &mut StdRng, i: u64) -> Vec<u8> {
+    let mut text = String::new();
+    while text.len() < 700 {
+        text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+        text.push(' ');
+        text.push_str(&rng.random_range(0..100_000u32).to_string());
+        text.push(' ');
+    }
+    format!(
+        "{{\"event_id\":{i},\"user\":\"u-{:08x}\",\"session\":\"{:016x}\",\"type\":\"{}\",\"city\":\"{}\",\"amount\":{:.2},\"ts\":{},\"note\":\"{text}\"}}",
+        rng.random::<u32>(),
+        rng.random::<u64>(),
+        WORDS[rng.random_range(0..6)],
+        WORDS[rng.random_range(8..12)],
+        rng.random_range(0.0..1000.0f64),
+        1_700_000_000_000u64 + i,
+    )
+    .into_bytes()
+}
+
+fn segment(codec: Codec) -> (Vec<Vec<u8>>, usize) {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut batches = Vec::new();
+    let mut bytes = 0;
+    let mut offset = 0u64;
+    while bytes < SEGMENT_BYTES {
+        let mut b = BatchBuilder::new(codec);
+        b.base_offset(offset as i64);
+        for _ in 0..RECORDS_PER_BATCH {
+            let key = format!("u-{}", offset % 10_000);
+            b.record(
+                1_700_000_000_000 + offset as i64,
+                Some(key.as_bytes()),
+                Some(&record(&mut rng, offset)),
+                &[("source", Some(b"bench"))],
+            );
+            offset += 1;
+        }
+        let batch = b.build();
+        bytes += batch.len();
+        batches.push(batch);
+    }
+    (batches, bytes)
+}
+
+fn bench_offload(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let limits = ValidationLimits {
+        max_batch_bytes: usize::MAX,
+        max_decompressed_bytes: 64 << 20,
+    };
+    let mut group = c.benchmark_group("offload");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    for (name, codec) in [("uncompressed", Codec::None), ("zstd", Codec::Zstd)] {
+        let (batches, bytes) = segment(codec);
+        let store = Store::from_url("memory://").expect("store");
+        let written = rt
+            .block_on(write_batches(
+                &store,
+                store.path("probe.parquet"),
+                batches.iter().map(Vec::as_slice),
+                &limits,
+                ROW_GROUP_BYTES,
+            ))
+            .expect("offload");
+        eprintln!(
+            "offload/{name}: segment {bytes} B, {} records -> Parquet {} B ({:.3} of the segment)",
+            written.rows,
+            written.size_bytes,
+            written.size_bytes as f64 / bytes as f64
+        );
+        group.throughput(Throughput::Bytes(bytes as u64));
+        let mut n = 0u64;
+        group.bench_function(format!("segment_to_parquet_{name}"), |b| {
+            b.iter(|| {
+                n += 1;
+                rt.block_on(write_batches(
+                    &store,
+                    store.path(&format!("f{n}.parquet")),
+                    batches.iter().map(Vec::as_slice),
+                    &limits,
+                    ROW_GROUP_BYTES,
+                ))
+                .expect("offload")
+            })
+        });
+
+        // Cold read: the whole file read back sequentially in 1 MiB Fetches through a remote
+        // log and the cold-read cache (warm after the first pass: this measures decoding and
+        // rebuilding batches, not the store).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = ChunkCache::new(dir.path().join("cache"), 1 << 30).expect("cache");
+        let remote = rt
+            .block_on(RemoteLog::open(store.clone(), "bench", 0))
+            .expect("remote log")
+            .with_cache(Some(cache));
+        let source = Segment(batches.clone());
+        let last = source.last_offset();
+        let manifest = rt
+            .block_on(remote.offload(
+                &source,
+                &OffloadSegment {
+                    first: 0,
+                    last,
+                    high_watermark: last + 1,
+                    leader_epoch: 0,
+                    now_ms: 0,
+                },
+                &limits,
+                ROW_GROUP_BYTES,
+            ))
+            .expect("offload");
+        assert_eq!(manifest.last_offset(), last);
+        group.throughput(Throughput::Bytes(bytes as u64));
+        group.bench_function(format!("cold_read_1MiB_fetches_{name}"), |b| {
+            b.iter(|| {
+                let mut offset = 0;
+                let mut read = 0;
+                while offset <= last {
+                    let chunk = rt
+                        .block_on(remote.read(black_box(offset), 1 << 20))
+                        .expect("read")
+                        .expect("held remotely");
+                    let (batches, _) = split_batches(&chunk);
+                    offset = batches.last().expect("a batch").0.last_offset() + 1;
+                    read += chunk.len();
+                }
+                read
+            })
+        });
+    }
+    group.finish();
+}
+
+/// A sealed segment in memory, as the offload reads it.
+struct Segment(Vec<Vec<u8>>);
+
+impl Segment {
+    fn last_offset(&self) -> i64 {
+        BatchHeader::parse(self.0.last().expect("batches"))
+            .expect("header")
+            .last_offset()
+    }
+}
+
+impl SegmentSource for Segment {
+    fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, String> {
+        let mut out = Vec::new();
+        for b in &self.0 {
+            let header = BatchHeader::parse(b).map_err(|e| e.to_string())?;
+            if header.last_offset() < offset {
+                continue;
+            }
+            if !out.is_empty() && out.len() + b.len() > max_bytes {
+                break;
+            }
+            out.extend_from_slice(b);
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+criterion_group!(benches, bench_offload);
+criterion_main!(benches);

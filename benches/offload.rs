@@ -146,6 +146,7 @@ fn bench_offload(c: &mut Criterion) {
                     high_watermark: last + 1,
                     leader_epoch: 0,
                     now_ms: 0,
+                    max_upload: Duration::from_secs(600),
                 },
                 &limits,
                 ROW_GROUP_BYTES,

@@ -239,9 +239,13 @@ async fn cold_read(
         Err(e) => {
             metrics::counter!("strata_tier_read_errors_total", "topic" => partition.topic.clone())
                 .increment(1);
-            if matches!(e, FileError::Corrupt { .. }) {
+            if let FileError::Corrupt { path, .. } = &e {
                 metrics::counter!("strata_tier_corrupt_files_total", "topic" => partition.topic.clone())
                     .increment(1);
+                // If the damage is in the local copy, the next read fetches the file afresh.
+                if let Some(cache) = tiering.cache() {
+                    cache.forget(path);
+                }
             }
             tracing::error!(topic = partition.topic, partition = partition.index, offset, error = %e, "cold read failed; answering KAFKA_STORAGE_ERROR");
             Err(ApiError::new(

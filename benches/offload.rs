@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use strata::bench::payload::json_event;
 use strata::record::batch::split_batches;
 use strata::record::batch::Codec;
 use strata::record::builder::BatchBuilder;
@@ -29,34 +28,7 @@ use strata::tiering::service::ROW_GROUP_BYTES;
 const SEGMENT_BYTES: usize = 32 << 20;
 const RECORDS_PER_BATCH: usize = 16;
 
-const WORDS: [&str; 16] = [
-    "click", "view", "purchase", "search", "signup", "logout", "mobile", "desktop", "berlin",
-    "paris", "tokyo", "lima", "chrome", "firefox", "safari", "android",
-];
-
-/// A JSON event of about 1 KiB with realistic variety (ids, words, numbers, free text).
-fn record(rng: &mut StdRng, i: u64) -> Vec<u8> {
-    let mut text = String::new();
-    while text.len() < 700 {
-        text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
-        text.push(' ');
-        text.push_str(&rng.random_range(0..100_000u32).to_string());
-        text.push(' ');
-    }
-    format!(
-        "{{\"event_id\":{i},\"user\":\"u-{:08x}\",\"session\":\"{:016x}\",\"type\":\"{}\",\"city\":\"{}\",\"amount\":{:.2},\"ts\":{},\"note\":\"{text}\"}}",
-        rng.random::<u32>(),
-        rng.random::<u64>(),
-        WORDS[rng.random_range(0..6)],
-        WORDS[rng.random_range(8..12)],
-        rng.random_range(0.0..1000.0f64),
-        1_700_000_000_000u64 + i,
-    )
-    .into_bytes()
-}
-
 fn segment(codec: Codec) -> (Vec<Vec<u8>>, usize) {
-    let mut rng = StdRng::seed_from_u64(7);
     let mut batches = Vec::new();
     let mut bytes = 0;
     let mut offset = 0u64;
@@ -68,7 +40,7 @@ fn segment(codec: Codec) -> (Vec<Vec<u8>>, usize) {
             b.record(
                 1_700_000_000_000 + offset as i64,
                 Some(key.as_bytes()),
-                Some(&record(&mut rng, offset)),
+                Some(&json_event(offset)),
                 &[("source", Some(b"bench"))],
             );
             offset += 1;

@@ -93,3 +93,52 @@ mod tests {
         );
     }
 }
+
+const EVENT_WORDS: [&str; 16] = [
+    "click", "view", "purchase", "search", "signup", "logout", "mobile", "desktop", "berlin",
+    "paris", "tokyo", "lima", "chrome", "firefox", "safari", "android",
+];
+
+/// A JSON event of about 1 KiB, different for each `i`: ids, words, numbers and free text, the
+/// kind of record the tiering benchmarks offload (realistic to compress, unlike filler).
+pub fn json_event(i: u64) -> Vec<u8> {
+    let mut x = i
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        x >> 16
+    };
+    let mut text = String::with_capacity(800);
+    while text.len() < 700 {
+        text.push_str(EVENT_WORDS[(next() % 16) as usize]);
+        text.push(' ');
+        text.push_str(&(next() % 100_000).to_string());
+        text.push(' ');
+    }
+    format!(
+        "{{\"event_id\":{i},\"user\":\"u-{:08x}\",\"session\":\"{:012x}\",\"type\":\"{}\",\"city\":\"{}\",\"amount\":{}.{:02},\"ts\":{},\"note\":\"{text}\"}}",
+        next() as u32,
+        next(),
+        EVENT_WORDS[(next() % 6) as usize],
+        EVENT_WORDS[8 + (next() % 4) as usize],
+        next() % 1000,
+        next() % 100,
+        1_700_000_000_000u64 + i,
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod json_tests {
+    #[test]
+    fn events_are_about_a_kib_and_differ() {
+        let a = super::json_event(1);
+        let b = super::json_event(2);
+        assert!((900..1200).contains(&a.len()), "{}", a.len());
+        assert_ne!(a, b);
+        assert!(a.starts_with(b"{\"event_id\":1,"));
+    }
+}

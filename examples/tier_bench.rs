@@ -1,0 +1,278 @@
+//! Tiering end to end, in one process: produce 1 KiB JSON events into one partition with the
+//! default 1 GiB segments, wait for the sealed segments to be offloaded (counting object-store
+//! PUTs), consume them from local disk (hot), let local retention delete them, and consume the
+//! same offsets again from the object store through the cold-read cache (cold, counting GETs).
+//!
+//! ```text
+//! cargo run --release --example tier_bench -- [records] [segment.bytes] [object store URL]
+//! # defaults: 2200000 records (a bit over 2 GiB), 1073741824, file:// under the data dir
+//! STRATA_BENCH_DIR=/some/disk  # where the data dir goes (default: the system temp dir)
+//! ```
+//! Prints a table and, last, one JSON object.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use strata::bench::payload::json_event;
+use strata::config::{BrokerSettings, Config};
+
+const TOPIC: &str = "tier-bench";
+
+/// Sum of a Prometheus counter over the label sets whose labels contain all of `labels`.
+fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn puts(metrics: &str) -> f64 {
+    ["put", "put_part", "multipart_create", "multipart_complete"]
+        .iter()
+        .map(|op| {
+            counter(
+                metrics,
+                "strata_object_store_ops_total",
+                &[&format!("op=\"{op}\""), &format!("topic=\"{TOPIC}\"")],
+            )
+        })
+        .sum()
+}
+
+fn gets(metrics: &str) -> f64 {
+    counter(
+        metrics,
+        "strata_object_store_ops_total",
+        &["op=\"get\"", &format!("topic=\"{TOPIC}\"")],
+    )
+}
+
+/// Consumes offsets `[0, end)` of the partition; returns (record bytes, seconds).
+fn consume(bootstrap: &str, end: i64) -> (u64, f64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "tier-bench")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "8388608")
+        .set("queued.max.messages.kbytes", "262144")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(TOPIC, 0, Offset::Offset(0))
+        .expect("partition");
+    consumer.assign(&tpl).expect("assign");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(1800);
+    let mut bytes = 0u64;
+    let mut next = 0;
+    while next < end {
+        assert!(Instant::now() < deadline, "consumed up to {next} of {end}");
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                assert_eq!(m.offset(), next, "offsets in order, none missing");
+                bytes += m.payload().map_or(0, <[u8]>::len) as u64;
+                next += 1;
+            }
+            Some(Err(e)) => panic!("consume failed at {next}: {e}"),
+            None => {}
+        }
+    }
+    (bytes, started.elapsed().as_secs_f64())
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let records: u64 = args
+        .get(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_200_000);
+    let segment_bytes: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1 << 30);
+    let tmp = match std::env::var_os("STRATA_BENCH_DIR") {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .expect("temp dir");
+    let mut config = Config::for_tests(tmp.path());
+    config.object_store = args.get(3).cloned();
+    let settings: BTreeMap<String, String> = [
+        ("remote.log.manager.task.interval.ms", "500"),
+        ("log.local.retention.ms", "-1"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    config.broker = BrokerSettings::from_map(&settings).expect("settings");
+    let running = strata::server::start(config).await.expect("broker");
+    let broker = running.broker.clone();
+    let overrides = BTreeMap::from([("segment.bytes".to_string(), segment_bytes.to_string())]);
+    broker
+        .create_topic(TOPIC, 1, 1, &overrides, false)
+        .expect("topic");
+    let bootstrap = running.kafka_addr().to_string();
+
+    // Produce.
+    let b = bootstrap.clone();
+    let (produced_bytes, produce_secs) = tokio::task::spawn_blocking(move || {
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .set("acks", "1")
+            .set("linger.ms", "5")
+            .set("batch.size", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .create()
+            .expect("producer");
+        let started = Instant::now();
+        let mut bytes = 0u64;
+        for i in 0..records {
+            let value = json_event(i);
+            bytes += value.len() as u64;
+            let mut record = BaseRecord::<(), [u8]>::to(TOPIC)
+                .partition(0)
+                .payload(&value);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        record = r;
+                        producer.poll(Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(300)).expect("flush");
+        (bytes, started.elapsed().as_secs_f64())
+    })
+    .await
+    .expect("producer thread");
+
+    // Offload of every sealed segment.
+    let before_offload = strata::telemetry::render();
+    let partition = broker.topic(TOPIC).expect("topic").partitions[0].clone();
+    let tiering = broker.tiering.clone().expect("tiering is on");
+    let offload_started = Instant::now();
+    let sealed_end = partition
+        .sealed_segments()
+        .last()
+        .map(|s| s.last_offset)
+        .expect("at least one sealed segment: produce more than segment.bytes");
+    let sealed_bytes: u64 = partition
+        .sealed_segments()
+        .iter()
+        .map(|s| s.size_bytes)
+        .sum();
+    let manifest = loop {
+        let m = tiering
+            .remote_log(TOPIC, 0)
+            .await
+            .expect("remote log")
+            .manifest();
+        if m.last_offset() >= sealed_end {
+            break m;
+        }
+        assert!(
+            offload_started.elapsed() < Duration::from_secs(1800),
+            "offload did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let offload_secs = offload_started.elapsed().as_secs_f64();
+    let after_offload = strata::telemetry::render();
+    let parquet_bytes = manifest.size_bytes();
+    let put_count = puts(&after_offload) - puts(&before_offload);
+    let end = manifest.last_offset() + 1;
+
+    // Hot: the same offsets from local disk.
+    let b = bootstrap.clone();
+    let (hot_bytes, hot_secs) = tokio::task::spawn_blocking(move || consume(&b, end))
+        .await
+        .expect("hot consumer");
+
+    // Local retention deletes the offloaded segments; then cold.
+    broker
+        .set_overrides(
+            TOPIC,
+            BTreeMap::from([
+                ("segment.bytes".to_string(), segment_bytes.to_string()),
+                ("local.retention.ms".to_string(), "0".to_string()),
+            ]),
+            false,
+        )
+        .expect("alter");
+    let waited = Instant::now();
+    while partition.local_log_start_offset() < end {
+        assert!(
+            waited.elapsed() < Duration::from_secs(120),
+            "local retention did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before_cold = strata::telemetry::render();
+    let b = bootstrap.clone();
+    let (cold_bytes, cold_secs) = tokio::task::spawn_blocking(move || consume(&b, end))
+        .await
+        .expect("cold consumer");
+    let after_cold = strata::telemetry::render();
+    let get_count = gets(&after_cold) - gets(&before_cold);
+    let get_bytes = counter(
+        &after_cold,
+        "strata_object_store_op_bytes_total",
+        &["op=\"get\"", &format!("topic=\"{TOPIC}\"")],
+    ) - counter(
+        &before_cold,
+        "strata_object_store_op_bytes_total",
+        &["op=\"get\"", &format!("topic=\"{TOPIC}\"")],
+    );
+    running.shutdown().await;
+
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let mbs = |b: u64, s: f64| b as f64 / 1e6 / s;
+    println!("records {records} x ~1 KiB JSON, segment.bytes {segment_bytes}");
+    println!(
+        "produce            {:>8.1} MB/s ({:.2} GiB in {produce_secs:.1} s)",
+        mbs(produced_bytes, produce_secs),
+        gib(produced_bytes)
+    );
+    println!(
+        "offload            {:>8.1} MB/s of segments ({:.2} GiB in {offload_secs:.1} s, after produce)",
+        mbs(sealed_bytes, offload_secs),
+        gib(sealed_bytes)
+    );
+    println!(
+        "parquet / segment  {:>8.3}",
+        parquet_bytes as f64 / sealed_bytes as f64
+    );
+    println!(
+        "PUTs per GiB       {:>8.1} ({put_count} PUT requests)",
+        put_count / gib(sealed_bytes)
+    );
+    println!("hot consume        {:>8.1} MB/s", mbs(hot_bytes, hot_secs));
+    println!(
+        "cold consume       {:>8.1} MB/s ({:.0}% of hot)",
+        mbs(cold_bytes, cold_secs),
+        100.0 * mbs(cold_bytes, cold_secs) / mbs(hot_bytes, hot_secs)
+    );
+    println!(
+        "GETs per GiB read  {:>8.1} ({get_count} GET requests, {:.2} GiB fetched)",
+        get_count / gib(cold_bytes),
+        get_bytes / (1u64 << 30) as f64
+    );
+    println!(
+        "{{\"records\":{records},\"segment_bytes\":{segment_bytes},\"produce_mb_s\":{:.1},\"offload_mb_s\":{:.1},\"parquet_ratio\":{:.3},\"puts_per_gib\":{:.1},\"hot_mb_s\":{:.1},\"cold_mb_s\":{:.1},\"gets_per_gib\":{:.1}}}",
+        mbs(produced_bytes, produce_secs),
+        mbs(sealed_bytes, offload_secs),
+        parquet_bytes as f64 / sealed_bytes as f64,
+        put_count / gib(sealed_bytes),
+        mbs(hot_bytes, hot_secs),
+        mbs(cold_bytes, cold_secs),
+        get_count / gib(cold_bytes),
+    );
+}

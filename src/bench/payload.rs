@@ -112,7 +112,7 @@ pub fn json_event(i: u64) -> Vec<u8> {
         x >> 16
     };
     let mut text = String::with_capacity(800);
-    while text.len() < 700 {
+    while text.len() < 880 {
         text.push_str(EVENT_WORDS[(next() % 16) as usize]);
         text.push(' ');
         text.push_str(&(next() % 100_000).to_string());

@@ -43,7 +43,8 @@ cat "$results/ceilings.json" >&2
 
 echo "== broker" >&2
 "$bin/strata" serve --listen "127.0.0.1:$port" --peer-listen "127.0.0.1:$((port + 1))" \
-  --admin-listen "127.0.0.1:$((port + 2))" --data-dir "$work/data" >"$work/broker.log" 2>&1 &
+  --admin-listen "127.0.0.1:$((port + 2))" --data-dir "$work/data" \
+  --set remote.log.manager.task.interval.ms=1000 >"$work/broker.log" 2>&1 &
 broker_pid=$!
 for _ in $(seq 100); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
@@ -72,6 +73,30 @@ run produce_1k_acksall produce t-1k-acksall --records "$n1k" --acks all
 run produce_1k_acks1_lz4 produce t-1k-acks1-lz4 --records "$n1k" --acks 1 --compression lz4
 run produce_1k_acksall_lz4 produce t-1k-acksall-lz4 --records "$n1k" --acks all --compression lz4
 run consume_hot consume t-1k-acks1 --records "$n1k"
+# Cold: a topic with 64 MiB segments and no local retention, produced, offloaded to the
+# embedded file:// object store, its offloaded segments deleted locally, then consumed from the
+# start: everything but the active segment comes from Parquet through the cold-read cache.
+"$bin/strata" topic --bootstrap "127.0.0.1:$port" create t-cold --partitions 1 \
+  --config segment.bytes=67108864 --config local.retention.ms=0 >&2
+run produce_cold produce t-cold --records "$n1k" --acks 1 --partitions 1
+cold_records=$(ADMIN="127.0.0.1:$((port + 2))" python3 - <<'PY'
+import json, os, sys, time, urllib.request
+url = f"http://{os.environ['ADMIN']}/v1/topics/t-cold"
+deadline = time.time() + 600
+while True:
+    p = json.load(urllib.request.urlopen(url))["partitions"][0]
+    # Offloaded and deleted locally: only the active segment is left on disk.
+    if p["remote"]["files"] > 0 and p["local"]["files"] == 1 \
+            and p["local"]["start_offset"] == p["remote"]["end_offset"]:
+        print(p["remote"]["end_offset"])
+        break
+    if time.time() > deadline:
+        sys.exit(f"offload did not finish: {p}")
+    time.sleep(1)
+PY
+)
+echo "cold records: $cold_records" >&2
+run consume_cold consume t-cold --records "$cold_records"
 run produce_100b produce t-100b --records "$(count 3000000)" --record-bytes 100 --acks 1
 run produce_1000p produce t-1000p --records "$(count 500000)" --partitions 1000 --acks 1
 run e2e_50mbs e2e t-e2e --records "$(count 600000)" --rate 50 --acks 1
@@ -127,7 +152,7 @@ row("produce 1 KiB, acks=all, none", "produce_1k_acksall", "produce")
 row("produce 1 KiB, acks=1, lz4", "produce_1k_acks1_lz4", "produce")
 row("produce 1 KiB, acks=all, lz4", "produce_1k_acksall_lz4", "produce")
 c1 = row("consume 1 KiB from hot (page cache)", "consume_hot", "consume")
-rows.append("| consume from cold (object store) | – | – | – | – | – | – | – | N/A: tiering does not exist yet |")
+cold = row("consume 1 KiB from cold (object store, Parquet)", "consume_cold", "consume", "offsets only in the object store")
 row("produce 100 B, acks=1, none", "produce_100b", "produce")
 row("produce 1 KiB, acks=1, 1000 partitions", "produce_1000p", "produce")
 e2e = row("e2e 1 KiB at 50 MB/s, acks=1", "e2e_50mbs", "consume", "latency is end to end")
@@ -143,6 +168,7 @@ def goal(name, value, target, higher=True):
 goals = [
     goal("produce 1 KiB acks=1 / loopback ceiling", p1["produce"]["mb_per_s"] / loop, 0.30),
     goal("hot consume 1 KiB / loopback ceiling", c1["consume"]["mb_per_s"] / loop, 0.50),
+    goal("cold consume / hot consume (issue 4)", cold["consume"]["mb_per_s"] / c1["consume"]["mb_per_s"], 0.50),
     goal("broker CPU s per GiB ingested (produce 1 KiB acks=1)", p1["broker"]["cpu_s_per_gib"], 0.5, higher=False),
 ]
 

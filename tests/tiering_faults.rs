@@ -375,6 +375,67 @@ async fn outage_keeps_produce_and_hot_reads_and_offload_catches_up() {
     running.shutdown().await;
 }
 
+/// A broker restarted while the object store is unreachable starts anyway and serves its local
+/// log (produce and hot fetch), with the log start at the local start; once the store answers,
+/// the manifests load on the next pass, the log start goes back to the remote start and every
+/// acknowledged record is readable again from offset 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_during_an_outage_serves_the_local_log() {
+    let _serial = SERIAL.lock().await;
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let faulty = FaultyStore::new(memory.clone());
+    let store = Store::from_store(faulty.clone(), "memory://faulty");
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_broker(dir.path(), store.clone()).await;
+    create_topic(&running, "restart-outage", 1);
+    let mut acked = Acked::new();
+    produce(
+        &running.kafka_addr().to_string(),
+        "restart-outage",
+        1,
+        "a",
+        10_000,
+        &mut acked,
+    )
+    .await;
+    wait_offloaded(&running, "restart-outage", Duration::from_secs(90)).await;
+    running.shutdown().await;
+
+    faulty.inject(ALL_OPS, "", Fault::Fail, None);
+    let started = Instant::now();
+    let running = start_broker(dir.path(), store.clone()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "start waited {:?} for the store",
+        started.elapsed()
+    );
+    let p = running.broker.topic("restart-outage").unwrap().partitions[0].clone();
+    let local_start = p.local_log_start_offset();
+    assert!(
+        local_start > 0,
+        "the test needs offloaded, locally deleted records"
+    );
+    assert_eq!(
+        p.log_start_offset(),
+        local_start,
+        "only the local log is known"
+    );
+    let bootstrap = running.kafka_addr().to_string();
+    produce(&bootstrap, "restart-outage", 1, "b", 2_000, &mut acked).await;
+    assert!(metric("strata_tier_attach_errors_total", "") > 0.0);
+
+    faulty.heal();
+    wait_until(
+        "the manifest loads after the outage",
+        Duration::from_secs(60),
+        || p.log_start_offset() == 0,
+    )
+    .await;
+    consume_exact(&bootstrap, "restart-outage", 1, &acked).await;
+    assert_no_offload_panics();
+    running.shutdown().await;
+}
+
 /// A data upload that hangs (a stalled connection) delays nothing else: produce (acks=all)
 /// and fetch go on while the offload pass waits; when the upload goes through, offload
 /// catches up.

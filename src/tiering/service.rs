@@ -85,27 +85,47 @@ impl Tiering {
 
     /// Loads every partition's manifest so the log start offsets are right from the first request.
     pub async fn attach(&self, broker: &Broker) -> Result<(), StoreError> {
+        // An unreachable object store must not keep the broker from serving its local logs
+        // (DESIGN.md invariant 5): the first failure is logged and the remaining manifests load
+        // on the tiering passes, which retry until the store answers.
+        let mut reachable = true;
         for topic in broker.topics().iter().filter(|t| !t.name.starts_with("__")) {
             for p in &topic.partitions {
-                let rl = self.remote_log(&topic.name, p.index).await?;
                 if Self::manages(topic) {
                     p.set_tiered();
-                    // A stop between a manifest commit that moved the log start and the local
-                    // cut: the manifest is the truth, so the local log catches up before serving.
-                    let m = rl.manifest();
-                    if m.version > 0
-                        && m.log_start_offset > p.local_log_start_offset()
-                        && m.log_start_offset <= p.log_end_offset()
-                    {
-                        if let Err(e) = p.delete_records_before(m.log_start_offset) {
-                            tracing::warn!(topic = topic.name, partition = p.index, error = %e, "moving the local log start to the manifest's failed; the next pass retries");
-                        }
+                }
+                if !reachable {
+                    continue;
+                }
+                match self.remote_log(&topic.name, p.index).await {
+                    Ok(rl) => self.sync_log_start(topic, p, &rl),
+                    Err(e) => {
+                        metrics::counter!("strata_tier_attach_errors_total").increment(1);
+                        tracing::error!(topic = topic.name, partition = p.index, error = %e, "object store unreachable at start: partitions serve their local logs, manifests load on the next tiering pass");
+                        reachable = false;
                     }
                 }
-                p.set_remote_start(rl.range().map_or(-1, |(first, _)| first));
             }
         }
         Ok(())
+    }
+
+    /// The partition's log start from its manifest: the remote start, and, after a stop between
+    /// a manifest commit that moved the log start and the local cut, the local log catching up
+    /// (the manifest is the truth). Idempotent; cheap once the manifest is cached.
+    fn sync_log_start(&self, topic: &Topic, p: &Partition, rl: &RemoteLog) {
+        if Self::manages(topic) {
+            let m = rl.manifest();
+            if m.version > 0
+                && m.log_start_offset > p.local_log_start_offset()
+                && m.log_start_offset <= p.log_end_offset()
+            {
+                if let Err(e) = p.delete_records_before(m.log_start_offset) {
+                    tracing::warn!(topic = topic.name, partition = p.index, error = %e, "moving the local log start to the manifest's failed; the next pass retries");
+                }
+            }
+        }
+        p.set_remote_start(rl.range().map_or(-1, |(first, _)| first));
     }
 
     /// Whether tiering manages `topic`: internal topics (__consumer_offsets) bound their own
@@ -136,6 +156,10 @@ impl Tiering {
             }
             for p in &topic.partitions {
                 p.set_tiered();
+                // Manifests not loaded at start (store unreachable then) load here.
+                if let Ok(rl) = self.remote_log(&topic.name, p.index).await {
+                    self.sync_log_start(&topic, p, &rl);
+                }
                 match self.offload_partition(broker, &topic, p).await {
                     Ok(n) => offloaded += n,
                     Err(e) => {

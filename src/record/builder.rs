@@ -6,7 +6,7 @@
 
 use super::batch::{compute_crc, Codec, BATCH_HEADER_LEN, LOG_OVERHEAD};
 use super::compression::compress;
-use super::varint::{encode_varint, encode_varlong, varint_len};
+use super::varint::{encode_varint, encode_varlong, varint_len, varlong_len};
 
 /// Kafka's "no timestamp" (`RecordBatch.NO_TIMESTAMP`), used for the timestamps of an empty batch.
 const NO_TIMESTAMP: i64 = -1;
@@ -117,8 +117,6 @@ impl BatchBuilder {
         } else {
             self.max_timestamp.max(timestamp_ms)
         };
-        let headers: Vec<(&[u8], Option<&[u8]>)> =
-            headers.iter().map(|&(k, v)| (k.as_bytes(), v)).collect();
         encode_record(
             &mut self.section,
             0,
@@ -126,7 +124,7 @@ impl BatchBuilder {
             self.records_count,
             key,
             value,
-            &headers,
+            headers,
         );
         self.records_count += 1;
         self
@@ -162,7 +160,10 @@ impl BatchBuilder {
         records_count: i32,
         last_offset_delta: i32,
     ) -> Vec<u8> {
-        let compressed = compress(self.codec, section);
+        let compressed = match self.codec {
+            Codec::None => std::borrow::Cow::Borrowed(section),
+            codec => std::borrow::Cow::Owned(compress(codec, section)),
+        };
         let total = BATCH_HEADER_LEN + compressed.len();
         let batch_length =
             i32::try_from(total - LOG_OVERHEAD).expect("a batch is smaller than 2 GiB");
@@ -191,37 +192,47 @@ impl BatchBuilder {
 
 /// Appends one encoded record (layout in [`super::records`]). Header keys are raw bytes so
 /// tests can write keys the parser must reject.
-pub(crate) fn encode_record(
+pub(crate) fn encode_record<K: AsRef<[u8]>>(
     out: &mut Vec<u8>,
     attributes: i8,
     timestamp_delta: i64,
     offset_delta: i32,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
-    headers: &[(&[u8], Option<&[u8]>)],
+    headers: &[(K, Option<&[u8]>)],
 ) {
-    let mut body = Vec::with_capacity(
-        16 + key.map_or(0, <[u8]>::len)
-            + value.map_or(0, <[u8]>::len)
-            + headers
-                .iter()
-                .map(|(k, v)| 10 + k.len() + v.map_or(0, <[u8]>::len))
-                .sum::<usize>(),
-    );
-    body.push(attributes as u8);
-    encode_varlong(timestamp_delta, &mut body);
-    encode_varint(offset_delta, &mut body);
-    write_nullable(&mut body, key);
-    write_nullable(&mut body, value);
-    encode_varint(wire_len(headers.len()), &mut body);
-    for &(k, v) in headers {
-        write_nullable(&mut body, Some(k));
-        write_nullable(&mut body, v);
-    }
-    let body_len = wire_len(body.len());
-    out.reserve(varint_len(body_len) + body.len());
+    // The length prefix comes first, so compute it, then write every field straight into
+    // `out` (one copy of each key, value and header).
+    let body_len = 1
+        + varlong_len(timestamp_delta)
+        + varint_len(offset_delta)
+        + nullable_len(key)
+        + nullable_len(value)
+        + varint_len(wire_len(headers.len()))
+        + headers
+            .iter()
+            .map(|(k, v)| nullable_len(Some(k.as_ref())) + nullable_len(*v))
+            .sum::<usize>();
+    let body_len = wire_len(body_len);
+    out.reserve(varint_len(body_len) + body_len as usize);
     encode_varint(body_len, out);
-    out.extend_from_slice(&body);
+    out.push(attributes as u8);
+    encode_varlong(timestamp_delta, out);
+    encode_varint(offset_delta, out);
+    write_nullable(out, key);
+    write_nullable(out, value);
+    encode_varint(wire_len(headers.len()), out);
+    for (k, v) in headers {
+        write_nullable(out, Some(k.as_ref()));
+        write_nullable(out, *v);
+    }
+}
+
+fn nullable_len(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        None => varint_len(-1),
+        Some(b) => varint_len(wire_len(b.len())) + b.len(),
+    }
 }
 
 fn write_nullable(out: &mut Vec<u8>, bytes: Option<&[u8]>) {

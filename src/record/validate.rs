@@ -193,7 +193,7 @@ mod tests {
                 offset_delta(i),
                 None,
                 Some(b"v"),
-                &[],
+                &[] as &[(&[u8], Option<&[u8]>)],
             );
         }
         s
@@ -411,7 +411,7 @@ mod tests {
             0,
             None,
             None,
-            &[(b"ok", None), (b"caf\xe9", Some(b"v"))],
+            &[(&b"ok"[..], None), (&b"caf\xe9"[..], Some(&b"v"[..]))],
         );
         let bad_header = bad_header[1..].to_vec(); // strip its length; re-added below
         for (name, body) in [

@@ -80,6 +80,17 @@ pub fn encode_varlong(value: i64, out: &mut Vec<u8>) {
     write_unsigned(((value << 1) ^ (value >> 63)) as u64, out);
 }
 
+/// Bytes `encode_varlong(value)` writes.
+pub fn varlong_len(value: i64) -> usize {
+    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
+    let mut len = 1;
+    while raw >= 0x80 {
+        raw >>= 7;
+        len += 1;
+    }
+    len
+}
+
 /// Bytes `encode_varint(value)` writes.
 pub fn varint_len(value: i32) -> usize {
     let mut raw = ((value << 1) ^ (value >> 31)) as u32;

@@ -223,6 +223,24 @@ pub fn batches_from_rows(
     let epoch = column::<Int32Array>(rows, "leader_epoch")?;
 
     let mut out: Vec<Vec<u8>> = Vec::new();
+    // Every row's headers sit in one child array; a row's are the range its offsets give.
+    let entries = headers
+        .values()
+        .as_any()
+        .downcast_ref::<StructArray>()
+        .ok_or("headers are not structs")?;
+    let hk = entries
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or("header keys are not strings")?;
+    let hv = entries
+        .column(1)
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .ok_or("header values are not binary")?;
+    let header_offsets = headers.value_offsets();
+    let mut record_headers: Vec<(&str, Option<&[u8]>)> = Vec::new();
     let mut used = 0usize;
     let mut next = from;
     let mut i = 0;
@@ -251,24 +269,13 @@ pub fn batches_from_rows(
         }
         builder.log_append_time(attributes.value(i) & 0x08 != 0);
         while i < n && base.value(i) == batch_base {
-            let header_list = headers.value(i);
-            let entries = header_list
-                .as_any()
-                .downcast_ref::<StructArray>()
-                .ok_or("headers are not structs")?;
-            let hk = entries
-                .column(0)
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or("header keys are not strings")?;
-            let hv = entries
-                .column(1)
-                .as_any()
-                .downcast_ref::<BinaryArray>()
-                .ok_or("header values are not binary")?;
-            let record_headers: Vec<(&str, Option<&[u8]>)> = (0..entries.len())
-                .map(|h| (hk.value(h), (!hv.is_null(h)).then(|| hv.value(h))))
-                .collect();
+            let (from_entry, to_entry) =
+                (header_offsets[i] as usize, header_offsets[i + 1] as usize);
+            record_headers.clear();
+            record_headers.extend(
+                (from_entry..to_entry)
+                    .map(|h| (hk.value(h), (!hv.is_null(h)).then(|| hv.value(h)))),
+            );
             builder.record(
                 timestamp.value(i),
                 (!key.is_null(i)).then(|| key.value(i)),

@@ -366,7 +366,6 @@ mod tests {
     use super::*;
     use crate::record::batch::{split_batches, Codec};
     use crate::record::builder::BatchBuilder;
-    use crate::record::BatchHeader;
 
     /// A sealed segment held in memory: whole batches by base offset.
     struct Batches(Vec<(i64, i64, Vec<u8>)>);
@@ -381,25 +380,6 @@ mod tests {
                 out.extend_from_slice(b);
             }
             Ok(out.into())
-        }
-    }
-
-    struct Segment(Vec<Vec<u8>>);
-
-    impl SegmentSource for Segment {
-        fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, String> {
-            let mut out = Vec::new();
-            for b in &self.0 {
-                let header = BatchHeader::parse(b).map_err(|e| e.to_string())?;
-                if header.last_offset() < offset {
-                    continue;
-                }
-                if !out.is_empty() && out.len() + b.len() > max_bytes {
-                    break;
-                }
-                out.extend_from_slice(b);
-            }
-            Ok(Bytes::from(out))
         }
     }
 
@@ -466,7 +446,7 @@ mod tests {
                 let v = format!("value-{o}-");
                 b.record(1_000 + i * 10 + r, None, Some(v.as_bytes()), &[]);
             }
-            batches.push(b.build());
+            batches.push((i * 10, i * 10 + 9, b.build()));
         }
         let limits = ValidationLimits {
             max_batch_bytes: usize::MAX,
@@ -496,7 +476,7 @@ mod tests {
                 max_upload: std::time::Duration::from_secs(60),
             };
             remote
-                .offload(&Segment(batches.clone()), &segment, &limits, 1 << 16)
+                .offload(&Batches(batches.clone()), &segment, &limits, 1 << 16)
                 .await
                 .unwrap();
             let mut offset = 0;

@@ -191,6 +191,7 @@ async fn main() {
     let end = manifest.last_offset() + 1;
 
     // Hot: the same offsets from local disk.
+    eprintln!("tier_bench: hot consume of offsets 0..{end}");
     let b = bootstrap.clone();
     let (hot_bytes, hot_secs) = tokio::task::spawn_blocking(move || consume(&b, end))
         .await
@@ -215,6 +216,7 @@ async fn main() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!("tier_bench: cold consume of offsets 0..{end}");
     let before_cold = strata::telemetry::render();
     let b = bootstrap.clone();
     let (cold_bytes, cold_secs) = tokio::task::spawn_blocking(move || consume(&b, end))
@@ -231,6 +233,12 @@ async fn main() {
         "strata_object_store_op_bytes_total",
         &["op=\"get\"", &format!("topic=\"{TOPIC}\"")],
     );
+    for line in after_cold
+        .lines()
+        .filter(|l| l.starts_with("strata_tier_read"))
+    {
+        eprintln!("{line}");
+    }
     running.shutdown().await;
 
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;

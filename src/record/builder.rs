@@ -36,7 +36,10 @@ pub struct BatchBuilder {
     base_timestamp: Option<i64>,
     max_timestamp: i64,
     records_count: i32,
+    /// The records section, behind `prefix` bytes: none for a builder of its own, or what the
+    /// buffer held plus room for the header for one appending to a buffer.
     section: Vec<u8>,
+    prefix: usize,
 }
 
 impl BatchBuilder {
@@ -55,7 +58,40 @@ impl BatchBuilder {
             max_timestamp: NO_TIMESTAMP,
             records_count: 0,
             section: Vec::new(),
+            prefix: 0,
         }
+    }
+
+    /// An uncompressed builder that appends its batch to `out`: records are encoded in place,
+    /// behind room left for the header, so the batch is never copied.
+    /// [`BatchBuilder::finish_appended`] fills in the header and hands `out` back.
+    pub fn appending(mut out: Vec<u8>) -> BatchBuilder {
+        let prefix = out.len() + BATCH_HEADER_LEN;
+        out.resize(prefix, 0);
+        BatchBuilder {
+            section: out,
+            prefix,
+            ..BatchBuilder::new(Codec::None)
+        }
+    }
+
+    /// Ends a builder made by [`BatchBuilder::appending`]: the buffer with the batch appended.
+    pub fn finish_appended(self) -> Vec<u8> {
+        assert!(
+            self.prefix >= BATCH_HEADER_LEN && self.codec == Codec::None,
+            "finish_appended of a builder not made by appending"
+        );
+        let start = self.prefix - BATCH_HEADER_LEN;
+        let header = self.header(
+            self.section.len() - self.prefix,
+            self.records_count,
+            self.records_count - 1,
+        );
+        let mut out = self.section;
+        out[start..start + BATCH_HEADER_LEN].copy_from_slice(&header);
+        let crc = compute_crc(&out[start..]);
+        out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
+        out
     }
 
     pub fn base_offset(&mut self, base_offset: i64) -> &mut BatchBuilder {
@@ -141,7 +177,7 @@ impl BatchBuilder {
 
     /// Uncompressed bytes of the records so far.
     pub fn records_bytes(&self) -> usize {
-        self.section.len()
+        self.section.len() - self.prefix
     }
 
     /// Writes the batch: header, compressed records, CRC.
@@ -149,7 +185,11 @@ impl BatchBuilder {
     /// # Panics
     /// If the compressed batch exceeds i32::MAX bytes, which no Kafka batch may.
     pub fn build(&self) -> Vec<u8> {
-        self.assemble(&self.section, self.records_count, self.records_count - 1)
+        self.assemble(
+            &self.section[self.prefix..],
+            self.records_count,
+            self.records_count - 1,
+        )
     }
 
     /// Writes a batch around an already-encoded records section, with the count and last offset
@@ -164,28 +204,46 @@ impl BatchBuilder {
             Codec::None => std::borrow::Cow::Borrowed(section),
             codec => std::borrow::Cow::Owned(compress(codec, section)),
         };
-        let total = BATCH_HEADER_LEN + compressed.len();
-        let batch_length =
-            i32::try_from(total - LOG_OVERHEAD).expect("a batch is smaller than 2 GiB");
-        let base_timestamp = self.base_timestamp.unwrap_or(NO_TIMESTAMP);
-        let mut out = Vec::with_capacity(total);
-        out.extend_from_slice(&self.base_offset.to_be_bytes());
-        out.extend_from_slice(&batch_length.to_be_bytes());
-        out.extend_from_slice(&self.partition_leader_epoch.to_be_bytes());
-        out.push(MAGIC_V2);
-        out.extend_from_slice(&0u32.to_be_bytes()); // CRC, filled below
-        out.extend_from_slice(&self.attributes.to_be_bytes());
-        out.extend_from_slice(&last_offset_delta.to_be_bytes());
-        out.extend_from_slice(&base_timestamp.to_be_bytes());
-        out.extend_from_slice(&self.max_timestamp.to_be_bytes());
-        out.extend_from_slice(&self.producer_id.to_be_bytes());
-        out.extend_from_slice(&self.producer_epoch.to_be_bytes());
-        out.extend_from_slice(&self.base_sequence.to_be_bytes());
-        out.extend_from_slice(&records_count.to_be_bytes());
-        debug_assert_eq!(out.len(), BATCH_HEADER_LEN);
+        let mut out = Vec::with_capacity(BATCH_HEADER_LEN + compressed.len());
+        out.extend_from_slice(&self.header(compressed.len(), records_count, last_offset_delta));
         out.extend_from_slice(&compressed);
         let crc = compute_crc(&out);
         out[17..21].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    /// The batch header before a records section of `section_len` bytes, CRC zero.
+    fn header(
+        &self,
+        section_len: usize,
+        records_count: i32,
+        last_offset_delta: i32,
+    ) -> [u8; BATCH_HEADER_LEN] {
+        let total = BATCH_HEADER_LEN + section_len;
+        let batch_length =
+            i32::try_from(total - LOG_OVERHEAD).expect("a batch is smaller than 2 GiB");
+        let base_timestamp = self.base_timestamp.unwrap_or(NO_TIMESTAMP);
+        let mut out = [0u8; BATCH_HEADER_LEN];
+        let mut at = 0;
+        for field in [
+            &self.base_offset.to_be_bytes()[..],
+            &batch_length.to_be_bytes(),
+            &self.partition_leader_epoch.to_be_bytes(),
+            &[MAGIC_V2],
+            &0u32.to_be_bytes(), // CRC, filled in by the caller
+            &self.attributes.to_be_bytes(),
+            &last_offset_delta.to_be_bytes(),
+            &base_timestamp.to_be_bytes(),
+            &self.max_timestamp.to_be_bytes(),
+            &self.producer_id.to_be_bytes(),
+            &self.producer_epoch.to_be_bytes(),
+            &self.base_sequence.to_be_bytes(),
+            &records_count.to_be_bytes(),
+        ] {
+            out[at..at + field.len()].copy_from_slice(field);
+            at += field.len();
+        }
+        debug_assert_eq!(at, BATCH_HEADER_LEN);
         out
     }
 }
@@ -286,6 +344,24 @@ mod tests {
             (7, 2, 100)
         );
         assert_eq!(header.last_sequence(), 102);
+    }
+
+    #[test]
+    fn an_appended_batch_is_the_built_one() {
+        let fill = |b: &mut BatchBuilder| {
+            b.base_offset(9)
+                .producer(3, 1, 5)
+                .record(10, Some(b"k"), Some(b"v"), &[("h", Some(b"x"))])
+                .record(12, None, Some(b"w"), &[]);
+        };
+        let mut built = BatchBuilder::new(Codec::None);
+        fill(&mut built);
+        let mut appending = BatchBuilder::appending(b"before".to_vec());
+        fill(&mut appending);
+        assert_eq!(appending.records_bytes(), built.records_bytes());
+        let out = appending.finish_appended();
+        assert_eq!(&out[..6], b"before");
+        assert_eq!(out[6..], built.build());
     }
 
     #[test]

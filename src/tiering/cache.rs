@@ -3,8 +3,7 @@
 //! the total bounded by `strata.remote.cache.max.bytes` (least recently used chunks go first).
 //! Concurrent readers of one chunk share one GET; sequential readers have the next chunks
 //! fetched ahead of them in the background. Parsed file footers are kept in memory too, and so
-//! are the decoded rows a cold Fetch read beyond what it returned, keyed by the offset the next
-//! sequential Fetch will ask for, so pages are decompressed once per consumer, not per Fetch.
+//! are rebuilt batches between Fetches ([`super::readahead`]).
 //!
 //! The cache directory holds only copies: it is emptied at start, and losing it loses nothing.
 
@@ -16,13 +15,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arrow_array::RecordBatch;
 use bytes::{Bytes, BytesMut};
 use futures::future::{BoxFuture, Shared};
 use futures::FutureExt;
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use tokio::sync::Semaphore;
 
+use super::readahead::Spans;
 use crate::store::Store;
 
 /// Chunk size: 8 MiB means at most 128 GETs per GiB read, and ranges far smaller than a
@@ -34,8 +33,8 @@ const PREFETCH_CHUNKS: u64 = 2;
 const MAX_FETCHES: usize = 8;
 /// Parsed footers kept in memory.
 const MAX_FOOTERS: usize = 4096;
-/// Decoded rows kept for the next sequential Fetch, across all partitions.
-const ROWS_BUDGET: usize = 256 << 20;
+/// Rebuilt batches kept or read ahead for sequential Fetches, across all partitions.
+const SPANS_BUDGET: usize = 256 << 20;
 
 type ChunkKey = (String, u64);
 type Fetch = Shared<BoxFuture<'static, Result<Bytes, String>>>;
@@ -53,6 +52,7 @@ pub struct ChunkCache {
     state: Mutex<State>,
     fetches: Arc<Semaphore>,
     downloads: AtomicU64,
+    spans: Spans,
 }
 
 #[derive(Default)]
@@ -60,9 +60,6 @@ struct State {
     chunks: HashMap<ChunkKey, Entry>,
     inflight: HashMap<ChunkKey, Fetch>,
     footers: HashMap<String, ArrowReaderMetadata>,
-    /// (file, next offset) → decoded rows holding that offset.
-    rows: HashMap<(String, i64), DecodedRows>,
-    rows_bytes: usize,
     bytes: u64,
     tick: u64,
     next_id: u64,
@@ -71,12 +68,6 @@ struct State {
 struct Entry {
     id: u64,
     len: u64,
-    used: u64,
-}
-
-struct DecodedRows {
-    batches: Arc<Vec<RecordBatch>>,
-    bytes: usize,
     used: u64,
 }
 
@@ -104,6 +95,7 @@ impl ChunkCache {
             state: Mutex::new(State::default()),
             fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
             downloads: AtomicU64::new(0),
+            spans: Spans::new(SPANS_BUDGET),
         }))
     }
 
@@ -137,64 +129,16 @@ impl ChunkCache {
         state.footers.insert(path.to_string(), metadata);
     }
 
-    /// Rows decoded earlier from `path` that hold offset `next` (taken out of the cache).
-    pub fn take_rows(&self, path: &str, next: i64) -> Option<Arc<Vec<RecordBatch>>> {
-        let mut state = self.state();
-        let entry = state.rows.remove(&(path.to_string(), next))?;
-        state.rows_bytes -= entry.bytes;
-        Some(entry.batches)
-    }
-
-    /// Keeps decoded rows of `path` for the Fetch that will ask for offset `next`.
-    pub fn keep_rows(&self, path: &str, next: i64, batches: Arc<Vec<RecordBatch>>) {
-        let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-        if bytes > ROWS_BUDGET / 4 {
-            return;
-        }
-        let mut state = self.state();
-        state.tick += 1;
-        let used = state.tick;
-        state.rows_bytes += bytes;
-        if let Some(old) = state.rows.insert(
-            (path.to_string(), next),
-            DecodedRows {
-                batches,
-                bytes,
-                used,
-            },
-        ) {
-            state.rows_bytes -= old.bytes;
-        }
-        while state.rows_bytes > ROWS_BUDGET {
-            let Some(victim) = state
-                .rows
-                .iter()
-                .min_by_key(|(_, e)| e.used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            if let Some(e) = state.rows.remove(&victim) {
-                state.rows_bytes -= e.bytes;
-            }
-        }
+    /// Rebuilt batches kept between Fetches and read ahead.
+    pub fn spans(&self) -> &Spans {
+        &self.spans
     }
 
     /// Drops everything cached of `path` (the file was found corrupt, or deleted remotely).
     pub fn forget(&self, path: &str) {
+        self.spans.forget(path);
         let mut state = self.state();
         state.footers.remove(path);
-        let stale: Vec<(String, i64)> = state
-            .rows
-            .keys()
-            .filter(|(p, _)| p == path)
-            .cloned()
-            .collect();
-        for key in stale {
-            if let Some(e) = state.rows.remove(&key) {
-                state.rows_bytes -= e.bytes;
-            }
-        }
         let gone: Vec<ChunkKey> = state
             .chunks
             .keys()

@@ -318,11 +318,14 @@ pub async fn read_rows(
     skip: usize,
     max_rows: usize,
 ) -> Result<Vec<RecordBatch>, FileError> {
-    read_rows_checked(store, cache, path, size, None, skip, max_rows).await
+    read_rows_checked(store, cache, path, size, None, skip, max_rows, usize::MAX).await
 }
 
 /// [`read_rows`] of a file the manifest says holds `expected_rows` rows: a file whose footer
 /// says otherwise (overwritten, truncated and re-padded, another file's bytes) is corrupt.
+/// Rows are also bounded by about `max_bytes` of uncompressed column data, by the average row
+/// size the footer gives (at least one row is read).
+#[allow(clippy::too_many_arguments)]
 pub async fn read_rows_checked(
     store: &Store,
     cache: Option<&Arc<ChunkCache>>,
@@ -331,6 +334,7 @@ pub async fn read_rows_checked(
     expected_rows: Option<u64>,
     skip: usize,
     max_rows: usize,
+    max_bytes: usize,
 ) -> Result<Vec<RecordBatch>, FileError> {
     let corrupt = corrupt(path);
     let builder = match open_file(store, cache, path, size).await {
@@ -349,6 +353,14 @@ pub async fn read_rows_checked(
     if skip >= total {
         return Ok(Vec::new());
     }
+    let data_bytes: i64 = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| g.total_byte_size())
+        .sum();
+    let row_bytes = (data_bytes.max(1) as usize / total).max(1);
+    let max_rows = max_rows.min((max_bytes / row_bytes).max(1));
     let selection = RowSelection::from(vec![
         RowSelector::skip(skip),
         RowSelector::select(max_rows.min(total - skip)),
@@ -406,7 +418,7 @@ mod tests {
     use super::*;
     use crate::record::batch::Codec;
     use crate::record::builder::BatchBuilder;
-    use crate::tiering::rows::batches_from_rows;
+    use crate::tiering::rows::rebuild_batches;
 
     #[tokio::test]
     async fn segment_to_parquet_and_back() {
@@ -461,14 +473,15 @@ mod tests {
         .unwrap();
         let n: usize = rows.iter().map(RecordBatch::num_rows).sum();
         assert_eq!(n, 30);
-        let (rebuilt, next) = batches_from_rows(&rows[0], 505, usize::MAX).unwrap();
+        let mut rebuilt = Vec::new();
+        let next = rebuild_batches(&rows[0], 505, &mut rebuilt).unwrap();
         assert_eq!(
-            crate::record::BatchHeader::parse(&rebuilt[0])
+            crate::record::BatchHeader::parse(&rebuilt)
                 .unwrap()
                 .base_offset,
             505
         );
-        assert!(next > 505);
+        assert_eq!(next, 535);
         // Past the end: nothing.
         assert!(read_rows(
             &store,

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod file;
 pub mod manifest;
 pub mod orphans;
+pub mod readahead;
 pub mod remote;
 pub mod retention;
 pub mod rows;

@@ -5,16 +5,20 @@
 //! written before the manifest that references it is committed; manifests are fenced by leader
 //! epoch; file names are unique, so a retry never overwrites a committed file.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::cache::ChunkCache;
 use super::file::{read_rows_checked, FileError, ParquetUpload};
 use super::manifest::{CommitError, Manifest, ManifestStore, RemoteFile};
-use super::rows::batches_from_rows;
+use super::readahead::Span;
+use super::rows::rebuild_batches;
 use crate::record::validate::ValidationLimits;
+use crate::record::BatchHeader;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -231,68 +235,56 @@ impl RemoteLog {
     }
 
     /// Cold read: whole rebuilt batches from `offset`, at most about `max_bytes` (at least one
-    /// batch), or `None` when the remote log does not hold `offset`.
+    /// batch), or `None` when the remote log does not hold `offset`. One read stays in one file.
+    ///
+    /// Rows are decoded and rebuilt a span at a time ([`super::readahead`]): what this Fetch
+    /// does not return is kept for the next one, and the next span is decoded in the
+    /// background meanwhile.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Option<Bytes>, FileError> {
         let manifest = self.manifest();
         let Some(file) = manifest.file_for(offset).cloned() else {
             return Ok(None);
         };
-        // Rows are dense, so the row index is the offset difference. Guess the rows needed from
-        // the file's average row size (compressed, so an overestimate of rows is likely).
-        let avg_row = (file.size_bytes / file.rows.max(1)).max(16) as usize;
-        let want = (max_bytes / avg_row).clamp(1, 50_000);
-        let skip = (offset - file.first_offset) as usize;
         let started = std::time::Instant::now();
-        // A sequential consumer continues where the previous Fetch stopped: the rows decoded
-        // then beyond what it returned are still at hand.
-        let rows = match self
-            .cache
-            .as_ref()
-            .and_then(|c| c.take_rows(&file.path, offset))
-        {
-            Some(rows) => rows,
-            None => Arc::new(
-                read_rows_checked(
-                    &self.store,
-                    self.cache.as_ref(),
-                    &file.path,
-                    file.size_bytes,
-                    Some(file.rows),
-                    skip,
-                    want,
-                )
-                .await?,
-            ),
-        };
-        let mut out = BytesMut::new();
-        let mut next = offset;
-        for batch in rows.iter() {
-            let batch_last = last_row_offset(std::slice::from_ref(batch));
-            // Rows kept from an earlier Fetch start before `offset`: skip what was returned.
-            if batch_last < next {
-                continue;
+        let span_bytes = max_bytes.clamp(MIN_SPAN_BYTES, MAX_SPAN_BYTES);
+        let mut pieces: Vec<Bytes> = Vec::new();
+        let mut used = 0;
+        let mut at = offset;
+        while at <= file.last_offset && used < max_bytes.max(1) {
+            let span = self.span(&file, at, span_bytes).await?;
+            self.read_ahead(&manifest, span.end, span_bytes);
+            let (take, next) = whole_batches_within(&span.bytes, max_bytes - used, used == 0);
+            if take > 0 {
+                pieces.push(span.bytes.slice(..take));
+                used += take;
             }
-            let budget = max_bytes.saturating_sub(out.len());
-            if !out.is_empty() && budget == 0 {
+            if take < span.bytes.len() {
+                if let Some(cache) = &self.cache {
+                    let first = next.unwrap_or(span.first);
+                    cache.spans().keep(
+                        &file.path,
+                        Span {
+                            first,
+                            end: span.end,
+                            bytes: span.bytes.slice(take..),
+                        },
+                    );
+                }
                 break;
             }
-            let (batches, after) =
-                batches_from_rows(batch, next, budget.max(1)).map_err(|reason| {
-                    FileError::Corrupt {
-                        path: file.path.clone(),
-                        reason,
-                    }
-                })?;
-            for b in batches {
-                out.extend_from_slice(&b);
-            }
-            // The budget ran out inside this row batch: the next one does not continue at
-            // `after`, so stop here.
-            if after <= batch_last {
-                break;
-            }
-            next = after;
+            at = span.end;
         }
+        let out = match pieces.len() {
+            0 => Bytes::new(),
+            1 => pieces.pop().expect("one piece"),
+            _ => {
+                let mut out = BytesMut::with_capacity(used);
+                for p in &pieces {
+                    out.extend_from_slice(p);
+                }
+                out.freeze()
+            }
+        };
         if out.is_empty() {
             // The manifest places `offset` in this file, so a read always yields a batch.
             return Err(FileError::Corrupt {
@@ -300,15 +292,68 @@ impl RemoteLog {
                 reason: format!("no record at offset {offset}, which the manifest places here"),
             });
         }
-        if let Some(cache) = &self.cache {
-            if next <= last_row_offset(&rows) {
-                cache.keep_rows(&file.path, next, rows);
-            }
-        }
         metrics::histogram!("strata_tier_read_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("strata_tier_read_bytes_total", "topic" => self.topic.clone())
             .increment(out.len() as u64);
-        Ok(Some(out.freeze()))
+        Ok(Some(out))
+    }
+
+    /// The rebuilt span of `file` starting at `first`: kept or read ahead by an earlier Fetch,
+    /// or decoded now.
+    async fn span(
+        &self,
+        file: &RemoteFile,
+        first: i64,
+        bytes: usize,
+    ) -> Result<Arc<Span>, FileError> {
+        let held = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.spans().take(&file.path, first));
+        if let Some(pending) = held {
+            if let Some(span) = pending.await {
+                metrics::counter!("strata_tier_read_spans_total", "source" => "held").increment(1);
+                return Ok(span);
+            }
+        }
+        metrics::counter!("strata_tier_read_spans_total", "source" => "decoded").increment(1);
+        let span = decode_span(
+            self.store.clone(),
+            self.cache.clone(),
+            file.clone(),
+            first,
+            bytes,
+        )
+        .await?;
+        Ok(Arc::new(span))
+    }
+
+    /// Starts decoding the span at offset `at` in the background, for the Fetch after this one
+    /// (with a cache to hold it, and when the budget has room).
+    fn read_ahead(&self, manifest: &Manifest, at: i64, bytes: usize) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        let Some(file) = manifest.file_for(at).cloned() else {
+            return;
+        };
+        let path = file.path.clone();
+        let store = self.store.clone();
+        let for_task = cache.clone();
+        cache.spans().read_ahead(&path, at, bytes, move || {
+            let decoding = decode_span(store, Some(for_task), file, at, bytes);
+            async move {
+                match decoding.await {
+                    Ok(span) => Some(Arc::new(span)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "read-ahead failed; the Fetch decodes again");
+                        None
+                    }
+                }
+            }
+            .boxed()
+            .shared()
+        });
     }
 
     /// ListOffsets by timestamp over the remote log: the first record at or after the log start
@@ -347,18 +392,112 @@ impl RemoteLog {
     }
 }
 
-/// Offset of the last row in `rows`, or -1.
-fn last_row_offset(rows: &[arrow_array::RecordBatch]) -> i64 {
-    rows.iter()
-        .rev()
-        .find(|b| b.num_rows() > 0)
-        .and_then(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<arrow_array::Int64Array>()
-                .map(|o| o.value(b.num_rows() - 1))
+/// Smallest and largest span decoded at once: several Parquet pages even for small Fetches,
+/// so a page is decompressed once for a sequential consumer.
+const MIN_SPAN_BYTES: usize = 4 << 20;
+const MAX_SPAN_BYTES: usize = 16 << 20;
+
+/// CPU-bound span decodes running at once, process-wide: one per core.
+fn decode_permits() -> Arc<Semaphore> {
+    static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    PERMITS
+        .get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(2, usize::from);
+            Arc::new(Semaphore::new(cores))
         })
-        .unwrap_or(-1)
+        .clone()
+}
+
+/// Decodes about `bytes` of rows of `file` from offset `first` and rebuilds them into batches,
+/// on a blocking thread (not a runtime worker, which other connections need). Starts now; the
+/// future only waits for the result.
+fn decode_span(
+    store: Store,
+    cache: Option<Arc<ChunkCache>>,
+    file: RemoteFile,
+    first: i64,
+    bytes: usize,
+) -> impl std::future::Future<Output = Result<Span, FileError>> + Send + 'static {
+    let path = file.path.clone();
+    let task = tokio::spawn(async move {
+        let _permit = decode_permits().acquire_owned().await;
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            runtime.block_on(rebuild_span(&store, cache.as_ref(), &file, first, bytes))
+        })
+        .await
+    });
+    async move {
+        match task.await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) | Err(e) => Err(FileError::Corrupt {
+                path,
+                reason: format!("decoding stopped: {e}"),
+            }),
+        }
+    }
+}
+
+async fn rebuild_span(
+    store: &Store,
+    cache: Option<&Arc<ChunkCache>>,
+    file: &RemoteFile,
+    first: i64,
+    bytes: usize,
+) -> Result<Span, FileError> {
+    let corrupt = |reason: String| FileError::Corrupt {
+        path: file.path.clone(),
+        reason,
+    };
+    let skip = usize::try_from(first - file.first_offset)
+        .map_err(|_| corrupt(format!("offset {first} is before the file")))?;
+    let left = usize::try_from(file.last_offset + 1 - first).unwrap_or(0);
+    let rows = read_rows_checked(
+        store,
+        cache,
+        &file.path,
+        file.size_bytes,
+        Some(file.rows),
+        skip,
+        left,
+        bytes,
+    )
+    .await?;
+    if let Some(cache) = cache {
+        cache.spans().count_decoded();
+    }
+    let count: usize = rows.iter().map(|b| b.num_rows()).sum();
+    let mut out = Vec::with_capacity(bytes + bytes / 4);
+    let mut next = first;
+    for batch in &rows {
+        next = rebuild_batches(batch, next, &mut out).map_err(corrupt)?;
+    }
+    if count == 0 || next != first + count as i64 {
+        return Err(corrupt(format!(
+            "{count} rows read from offset {first}, batches rebuilt up to {next}"
+        )));
+    }
+    Ok(Span {
+        first,
+        end: next,
+        bytes: out.into(),
+    })
+}
+
+/// The length of the whole batches at the start of `bytes` that fit in `budget` (the first
+/// one even when it does not, if `at_least_one`), and the offset after them.
+fn whole_batches_within(bytes: &[u8], budget: usize, at_least_one: bool) -> (usize, Option<i64>) {
+    let mut len = 0;
+    let mut next = None;
+    while let Ok(header) = BatchHeader::parse(&bytes[len..]) {
+        let end = len + header.total_len();
+        if end > bytes.len() || (end > budget && !(at_least_one && len == 0)) {
+            break;
+        }
+        len = end;
+        next = Some(header.last_offset() + 1);
+    }
+    (len, next)
 }
 
 #[cfg(test)]
@@ -432,9 +571,9 @@ mod tests {
         assert_eq!(offset, RECORDS);
     }
 
-    /// Fetches walk the whole file in order, with and without the cache that keeps the rows
-    /// decoded beyond each Fetch (here several Arrow batches, so kept rows start before the
-    /// next Fetch's offset); every offset comes back once, with its value.
+    /// Fetches walk the whole file in order, with and without the cache that keeps the batches
+    /// rebuilt beyond each Fetch (here several Arrow batches per span, and Fetches ending inside
+    /// spans); every offset comes back once, with its value.
     #[tokio::test]
     async fn sequential_small_reads_return_every_offset_once() {
         let mut batches = Vec::new();
@@ -502,5 +641,72 @@ mod tests {
             }
             assert_eq!(offset, 20_000);
         }
+    }
+
+    /// A sequential consumer with small Fetches has each span decoded once: what a Fetch does
+    /// not return is kept, the next span is read ahead, and nothing is returned twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sequential_reads_decode_each_span_once() {
+        const RECORDS: i64 = 24_000;
+        let value = vec![b'x'; 1000];
+        let batches: Vec<_> = (0..RECORDS / 40)
+            .map(|i| {
+                let mut b = BatchBuilder::new(Codec::Lz4);
+                b.base_offset(i * 40);
+                for r in 0..40 {
+                    let mut v = value.clone();
+                    v[..8].copy_from_slice(&(i * 40 + r).to_be_bytes());
+                    b.record(i * 40 + r, None, Some(&v), &[]);
+                }
+                (i * 40, i * 40 + 39, b.build())
+            })
+            .collect();
+        let limits = ValidationLimits {
+            max_batch_bytes: usize::MAX,
+            max_decompressed_bytes: 1 << 20,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cache = crate::tiering::cache::ChunkCache::new(dir.path().join("c"), 1 << 30).unwrap();
+        let remote = RemoteLog::open(Store::from_url("memory://").unwrap(), "t", 0)
+            .await
+            .unwrap()
+            .with_cache(Some(cache.clone()));
+        let segment = OffloadSegment {
+            first: 0,
+            last: RECORDS - 1,
+            high_watermark: RECORDS,
+            leader_epoch: 0,
+            now_ms: 0,
+            max_upload: std::time::Duration::from_secs(60),
+        };
+        remote
+            .offload(&Batches(batches), &segment, &limits, 1 << 30)
+            .await
+            .unwrap();
+        let (mut offset, mut bytes, mut fetches) = (0, 0, 0);
+        while offset < RECORDS {
+            let chunk = remote.read(offset, 1 << 20).await.unwrap().unwrap();
+            assert!(chunk.len() <= 1 << 20, "{} bytes", chunk.len());
+            let (found, _) = split_batches(&chunk);
+            for (header, range) in &found {
+                assert_eq!(header.base_offset, offset);
+                crate::record::for_each_record(&chunk[range.clone()], &limits, |h, r| {
+                    assert_eq!(r.value.unwrap()[..8], r.offset(h).to_be_bytes());
+                })
+                .unwrap();
+                offset = header.last_offset() + 1;
+            }
+            bytes += chunk.len();
+            fetches += 1;
+        }
+        // About 24 MB in 1 MiB Fetches: 4 MiB spans, each decoded once (the last span may be
+        // read ahead into nothing more).
+        let spans = bytes.div_ceil(MIN_SPAN_BYTES) as u64;
+        assert!(fetches >= 20, "{fetches} fetches");
+        assert!(
+            (spans..=spans + 1).contains(&cache.spans().decoded()),
+            "{} spans decoded for {spans} spans of data",
+            cache.spans().decoded()
+        );
     }
 }

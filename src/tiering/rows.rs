@@ -29,7 +29,6 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
-use crate::record::batch::Codec;
 use crate::record::builder::BatchBuilder;
 use crate::record::validate::{for_each_record, ValidationLimits};
 use crate::record::BatchError;
@@ -201,15 +200,11 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, S
         .ok_or_else(|| format!("column {name} is missing or has the wrong type"))
 }
 
-/// Rebuilds Kafka RecordBatch v2 bytes from rows, starting at offset `from`: consecutive rows of
-/// one stored batch become one batch again (uncompressed; a batch that began before `from`
-/// starts at `from`). Stops before `max_bytes` is exceeded, except that the first batch is
-/// always whole (KIP-74). Returns the batches and the next offset to read.
-pub fn batches_from_rows(
-    rows: &RecordBatch,
-    from: i64,
-    max_bytes: usize,
-) -> Result<(Vec<Vec<u8>>, i64), String> {
+/// Rebuilds Kafka RecordBatch v2 from the rows at and after offset `from`, appending them to
+/// `out`: consecutive rows of one stored batch become one batch again (uncompressed; a batch
+/// that began before `from`, or in an earlier Arrow batch, starts at its first row here).
+/// Returns the offset after the last row (`from` when no row is at or after it).
+pub fn rebuild_batches(rows: &RecordBatch, from: i64, out: &mut Vec<u8>) -> Result<i64, String> {
     let offset = column::<Int64Array>(rows, "offset")?;
     let timestamp = column::<TimestampMillisecondArray>(rows, "timestamp")?;
     let key = column::<BinaryArray>(rows, "key")?;
@@ -222,7 +217,6 @@ pub fn batches_from_rows(
     let attributes = column::<Int16Array>(rows, "batch_attributes")?;
     let epoch = column::<Int32Array>(rows, "leader_epoch")?;
 
-    let mut out: Vec<Vec<u8>> = Vec::new();
     // Every row's headers sit in one child array; a row's are the range its offsets give.
     let entries = headers
         .values()
@@ -241,7 +235,6 @@ pub fn batches_from_rows(
         .ok_or("header values are not binary")?;
     let header_offsets = headers.value_offsets();
     let mut record_headers: Vec<(&str, Option<&[u8]>)> = Vec::new();
-    let mut used = 0usize;
     let mut next = from;
     let mut i = 0;
     let n = rows.num_rows();
@@ -256,7 +249,7 @@ pub fn batches_from_rows(
                 "rows are not dense: expected offset {next}, found {first}"
             ));
         }
-        let mut builder = BatchBuilder::new(Codec::None);
+        let mut builder = BatchBuilder::appending(std::mem::take(out));
         builder
             .base_offset(first)
             .partition_leader_epoch(epoch.value(i));
@@ -284,23 +277,16 @@ pub fn batches_from_rows(
             );
             i += 1;
         }
-        let bytes = builder.build();
-        if !out.is_empty() && used + bytes.len() > max_bytes {
-            break;
-        }
-        used += bytes.len();
         next = first + builder.len() as i64;
-        out.push(bytes);
-        if used >= max_bytes {
-            break;
-        }
+        *out = builder.finish_appended();
     }
-    Ok((out, next))
+    Ok(next)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::batch::{split_batches, Codec};
     use crate::record::records::decode_batch;
 
     fn limits() -> ValidationLimits {
@@ -341,10 +327,13 @@ mod tests {
         }
         let batch = rows.finish();
         assert_eq!(batch.num_rows(), 12);
-        let (rebuilt, next) = batches_from_rows(&batch, 0, usize::MAX).unwrap();
-        assert_eq!(next, 12);
+        let mut out = Vec::new();
+        assert_eq!(rebuild_batches(&batch, 0, &mut out).unwrap(), 12);
+        let (rebuilt, rest) = split_batches(&out);
+        assert_eq!(rest, out.len());
         assert_eq!(rebuilt.len(), 3, "one batch per stored batch");
-        for (orig, again) in stored.iter().zip(&rebuilt) {
+        for (orig, (_, again)) in stored.iter().zip(rebuilt) {
+            let again = &out[again];
             let (h1, r1) = decode_batch(orig, &limits()).unwrap();
             let (h2, r2) = decode_batch(again, &limits()).unwrap();
             assert_eq!(
@@ -378,11 +367,17 @@ mod tests {
             };
             assert_eq!(view(&h1, &r1), view(&h2, &r2));
         }
-        // Starting inside a batch and with a small byte limit.
-        let (part, next) = batches_from_rows(&batch, 6, 1).unwrap();
-        assert_eq!(part.len(), 1, "KIP-74: one batch even over the limit");
-        assert_eq!(next, 8);
-        let (h, r) = decode_batch(&part[0], &limits()).unwrap();
+        // Starting inside a batch: it starts at `from`, with the sequence that offset had.
+        let mut part = b"kept".to_vec();
+        assert_eq!(rebuild_batches(&batch, 6, &mut part).unwrap(), 12);
+        assert_eq!(&part[..4], b"kept");
+        let (found, _) = split_batches(&part[4..]);
+        assert_eq!(found.len(), 2);
+        let (h, r) = decode_batch(&part[4..][found[0].1.clone()], &limits()).unwrap();
         assert_eq!((h.base_offset, r.len(), h.base_sequence), (6, 2, 12));
+        // Past the last row: nothing.
+        let mut none = Vec::new();
+        assert_eq!(rebuild_batches(&batch, 12, &mut none).unwrap(), 12);
+        assert!(none.is_empty());
     }
 }

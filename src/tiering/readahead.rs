@@ -1,0 +1,212 @@
+//! Rebuilt batches of remote files held in memory between cold Fetches.
+//!
+//! A cold read decodes a span of rows (several Parquet pages, usually more than one Fetch
+//! returns) and rebuilds them into RecordBatch v2 once. What the Fetch did not return is kept
+//! here under the offset the consumer will ask for next, and the span after it is decoded in
+//! the background while the consumer works through the first. So a sequential consumer has
+//! each page decompressed once, and decoding runs on another core than the connection's.
+//!
+//! Everything is bounded by one byte budget across all partitions: a read-ahead that does not
+//! fit is not started, and kept spans go least recently used first. Losing a span loses
+//! nothing: the next Fetch decodes it again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, Shared};
+
+/// Whole rebuilt batches holding offsets `[first, end)` of one remote file, in order.
+#[derive(Debug)]
+pub struct Span {
+    pub first: i64,
+    pub end: i64,
+    pub bytes: Bytes,
+}
+
+/// A span being decoded in the background, or ready; `None` if decoding failed (the reader
+/// then decodes it itself and reports the error).
+pub type PendingSpan = Shared<BoxFuture<'static, Option<Arc<Span>>>>;
+
+pub struct Spans {
+    budget: usize,
+    state: Mutex<State>,
+    decoded: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    /// (file, first offset) → span.
+    spans: HashMap<(String, i64), Entry>,
+    bytes: usize,
+    tick: u64,
+}
+
+struct Entry {
+    span: PendingSpan,
+    /// Its bytes when ready; what it is expected to hold while it is decoded.
+    bytes: usize,
+    used: u64,
+}
+
+impl Spans {
+    pub fn new(budget: usize) -> Spans {
+        Spans {
+            budget,
+            state: Mutex::new(State::default()),
+            decoded: AtomicU64::new(0),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("spans lock")
+    }
+
+    /// The span of `path` starting at offset `first`, taken out.
+    pub fn take(&self, path: &str, first: i64) -> Option<PendingSpan> {
+        let mut state = self.state();
+        let entry = state.spans.remove(&(path.to_string(), first))?;
+        state.bytes -= entry.bytes;
+        Some(entry.span)
+    }
+
+    /// Keeps a decoded span; the least recently used spans go to make room. A span larger than
+    /// a quarter of the budget is not kept.
+    pub fn keep(&self, path: &str, span: Span) {
+        let bytes = span.bytes.len();
+        if bytes > self.budget / 4 {
+            return;
+        }
+        let first = span.first;
+        let ready: PendingSpan = futures::FutureExt::shared(Box::pin(futures::future::ready(Some(
+            Arc::new(span),
+        ))) as BoxFuture<'static, _>);
+        let mut state = self.state();
+        while state.bytes + bytes > self.budget {
+            let Some(victim) = state
+                .spans
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(e) = state.spans.remove(&victim) {
+                state.bytes -= e.bytes;
+            }
+        }
+        Self::insert(&mut state, path, first, ready, bytes);
+    }
+
+    /// Starts a read-ahead of the span of `path` at `first` (expected to hold about `bytes`)
+    /// with `start`, unless one is already held or it does not fit in the budget. Returns
+    /// whether it was started.
+    pub fn read_ahead(
+        &self,
+        path: &str,
+        first: i64,
+        bytes: usize,
+        start: impl FnOnce() -> PendingSpan,
+    ) -> bool {
+        let mut state = self.state();
+        if state.spans.contains_key(&(path.to_string(), first)) || state.bytes + bytes > self.budget
+        {
+            return false;
+        }
+        Self::insert(&mut state, path, first, start(), bytes);
+        true
+    }
+
+    fn insert(state: &mut State, path: &str, first: i64, span: PendingSpan, bytes: usize) {
+        state.tick += 1;
+        let used = state.tick;
+        state.bytes += bytes;
+        if let Some(old) = state
+            .spans
+            .insert((path.to_string(), first), Entry { span, bytes, used })
+        {
+            state.bytes -= old.bytes;
+        }
+        metrics::gauge!("strata_tier_read_ahead_bytes").set(state.bytes as f64);
+    }
+
+    /// Drops every span of `path`.
+    pub fn forget(&self, path: &str) {
+        let mut state = self.state();
+        let gone: Vec<(String, i64)> = state
+            .spans
+            .keys()
+            .filter(|(p, _)| p == path)
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(e) = state.spans.remove(&key) {
+                state.bytes -= e.bytes;
+            }
+        }
+    }
+
+    /// Counts a span decoded (by a Fetch or ahead of one).
+    pub fn count_decoded(&self) {
+        self.decoded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Spans decoded so far.
+    pub fn decoded(&self) -> u64 {
+        self.decoded.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held or being decoded now.
+    pub fn bytes(&self) -> usize {
+        self.state().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    fn span(first: i64, len: usize) -> Span {
+        Span {
+            first,
+            end: first + 1,
+            bytes: Bytes::from(vec![0u8; len]),
+        }
+    }
+
+    #[tokio::test]
+    async fn spans_are_taken_once_and_the_budget_holds() {
+        let spans = Spans::new(1200);
+        spans.keep("f", span(0, 200));
+        spans.keep("f", span(10, 200));
+        spans.keep("g", span(0, 300));
+        assert_eq!(spans.bytes(), 700);
+        // Too big for a quarter of the budget: not kept.
+        spans.keep("g", span(5, 301));
+        assert_eq!(spans.bytes(), 700);
+        // Room is made by dropping the least recently used.
+        spans.keep("g", span(20, 250));
+        spans.keep("h", span(0, 300));
+        assert_eq!(spans.bytes(), 1050);
+        assert!(spans.take("f", 0).is_none(), "the oldest went first");
+        let taken = spans.take("g", 20).unwrap().await.unwrap();
+        assert_eq!((taken.first, taken.bytes.len()), (20, 250));
+        assert!(spans.take("g", 20).is_none());
+        spans.forget("g");
+        assert!(spans.take("g", 0).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_read_ahead_starts_only_when_it_fits_and_is_not_held() {
+        let spans = Spans::new(1000);
+        let pending = || async { Some(Arc::new(span(7, 10))) }.boxed().shared();
+        assert!(spans.read_ahead("f", 7, 600, pending));
+        assert!(!spans.read_ahead("f", 7, 10, pending), "already held");
+        assert!(!spans.read_ahead("f", 8, 600, pending), "over the budget");
+        assert_eq!(spans.take("f", 7).unwrap().await.unwrap().first, 7);
+        assert_eq!(spans.bytes(), 0);
+        assert!(spans.read_ahead("f", 8, 600, pending));
+    }
+}

@@ -157,10 +157,15 @@ pub fn epoch_error(leader_epoch: i32, current_leader_epoch: i32) -> Option<Respo
     }
 }
 
+/// Reads every wanted partition within the response budget. Hot reads are served in order;
+/// partitions whose offsets are only in the object store are read concurrently afterwards,
+/// each with the budget it would have had in order (so the total still holds).
 async fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: usize) -> Vec<PartitionData> {
     let mut remaining = max_bytes;
     let mut any_data = false;
     let mut out = Vec::with_capacity(wanted.len());
+    // (index in `out`, partition, offset, byte limit)
+    let mut cold = Vec::new();
     for w in wanted {
         let data = PartitionData::default().with_partition_index(w.index);
         let Some(partition) = &w.partition else {
@@ -185,29 +190,36 @@ async fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: usize) -> Vec<P
             continue;
         }
         let limit = w.max_bytes.min(remaining);
-        let read = match partition.read(w.fetch_offset, limit, !any_data) {
-            Ok(read) => Ok(read.bytes),
+        match partition.read(w.fetch_offset, limit, !any_data) {
+            Ok(read) => {
+                remaining = remaining.saturating_sub(read.bytes.len());
+                any_data |= !read.bytes.is_empty();
+                out.push(data.with_records(Some(read.bytes)));
+            }
             Err(LogError::OffsetOutOfRange { .. })
                 if w.fetch_offset >= partition.log_start_offset() =>
             {
-                cold_read(
-                    broker,
-                    partition,
-                    w.fetch_offset,
-                    if any_data { limit } else { limit.max(1) },
-                )
-                .await
+                // Counted as if it fills its limit; a cold read returns at least one batch.
+                let limit = if any_data { limit } else { limit.max(1) };
+                remaining = remaining.saturating_sub(limit);
+                any_data |= limit > 0;
+                cold.push((out.len(), partition.clone(), w.fetch_offset, limit));
+                out.push(data);
             }
-            Err(e) => Err(ApiError::from(e)),
-        };
-        match read {
-            Ok(bytes) => {
-                remaining = remaining.saturating_sub(bytes.len());
-                any_data |= !bytes.is_empty();
-                out.push(data.with_records(Some(bytes)));
-            }
-            Err(e) => out.push(data.with_error_code(e.code())),
+            Err(e) => out.push(data.with_error_code(ApiError::from(e).code())),
         }
+    }
+    let reads = futures::future::join_all(
+        cold.iter()
+            .map(|(_, partition, offset, limit)| cold_read(broker, partition, *offset, *limit)),
+    )
+    .await;
+    for ((i, ..), read) in cold.iter().zip(reads) {
+        let data = std::mem::take(&mut out[*i]);
+        out[*i] = match read {
+            Ok(bytes) => data.with_records(Some(bytes)),
+            Err(e) => data.with_error_code(e.code()),
+        };
     }
     out
 }

@@ -54,8 +54,21 @@ fn gets(metrics: &str) -> f64 {
     )
 }
 
-/// Consumes offsets `[0, end)` of the partition; returns (record bytes, seconds).
-fn consume(bootstrap: &str, end: i64) -> (u64, f64) {
+/// CPU seconds this process (broker and clients) has used.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// Consumes offsets `[0, end)` of the partition; returns (record bytes, seconds, CPU seconds
+/// of the whole process meanwhile).
+fn consume(bootstrap: &str, end: i64) -> (u64, f64, f64) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "tier-bench")
@@ -70,6 +83,7 @@ fn consume(bootstrap: &str, end: i64) -> (u64, f64) {
         .expect("partition");
     consumer.assign(&tpl).expect("assign");
     let started = Instant::now();
+    let cpu_before = cpu_seconds();
     let deadline = started + Duration::from_secs(1800);
     let mut bytes = 0u64;
     let mut next = 0;
@@ -85,7 +99,11 @@ fn consume(bootstrap: &str, end: i64) -> (u64, f64) {
             None => {}
         }
     }
-    (bytes, started.elapsed().as_secs_f64())
+    (
+        bytes,
+        started.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu_before,
+    )
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -193,7 +211,7 @@ async fn main() {
     // Hot: the same offsets from local disk.
     eprintln!("tier_bench: hot consume of offsets 0..{end}");
     let b = bootstrap.clone();
-    let (hot_bytes, hot_secs) = tokio::task::spawn_blocking(move || consume(&b, end))
+    let (hot_bytes, hot_secs, hot_cpu) = tokio::task::spawn_blocking(move || consume(&b, end))
         .await
         .expect("hot consumer");
 
@@ -219,7 +237,7 @@ async fn main() {
     eprintln!("tier_bench: cold consume of offsets 0..{end}");
     let before_cold = strata::telemetry::render();
     let b = bootstrap.clone();
-    let (cold_bytes, cold_secs) = tokio::task::spawn_blocking(move || consume(&b, end))
+    let (cold_bytes, cold_secs, cold_cpu) = tokio::task::spawn_blocking(move || consume(&b, end))
         .await
         .expect("cold consumer");
     let after_cold = strata::telemetry::render();
@@ -262,11 +280,16 @@ async fn main() {
         "PUTs per GiB       {:>8.1} ({put_count} PUT requests)",
         put_count / gib(sealed_bytes)
     );
-    println!("hot consume        {:>8.1} MB/s", mbs(hot_bytes, hot_secs));
     println!(
-        "cold consume       {:>8.1} MB/s ({:.0}% of hot)",
+        "hot consume        {:>8.1} MB/s ({:.2} CPU s per GiB, broker and consumer)",
+        mbs(hot_bytes, hot_secs),
+        hot_cpu / gib(hot_bytes)
+    );
+    println!(
+        "cold consume       {:>8.1} MB/s ({:.0}% of hot; {:.2} CPU s per GiB)",
         mbs(cold_bytes, cold_secs),
-        100.0 * mbs(cold_bytes, cold_secs) / mbs(hot_bytes, hot_secs)
+        100.0 * mbs(cold_bytes, cold_secs) / mbs(hot_bytes, hot_secs),
+        cold_cpu / gib(cold_bytes)
     );
     println!(
         "GETs per GiB read  {:>8.1} ({get_count} GET requests, {:.2} GiB fetched)",

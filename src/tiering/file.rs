@@ -353,14 +353,7 @@ pub async fn read_rows_checked(
     if skip >= total {
         return Ok(Vec::new());
     }
-    let data_bytes: i64 = builder
-        .metadata()
-        .row_groups()
-        .iter()
-        .map(|g| g.total_byte_size())
-        .sum();
-    let row_bytes = (data_bytes.max(1) as usize / total).max(1);
-    let max_rows = max_rows.min((max_bytes / row_bytes).max(1));
+    let max_rows = max_rows.min((max_bytes / row_bytes(builder.metadata())).max(1));
     let selection = RowSelection::from(vec![
         RowSelector::skip(skip),
         RowSelector::select(max_rows.min(total - skip)),
@@ -371,6 +364,17 @@ pub async fn read_rows_checked(
         .build()
         .map_err(corrupt)?;
     stream.try_collect().await.map_err(corrupt)
+}
+
+/// Average uncompressed bytes of column data per row of a file (about a rebuilt record's size).
+pub fn row_bytes(metadata: &ParquetMetaData) -> usize {
+    let rows = metadata.file_metadata().num_rows().max(1) as usize;
+    let data: i64 = metadata
+        .row_groups()
+        .iter()
+        .map(|g| g.total_byte_size())
+        .sum();
+    (data.max(1) as usize / rows).max(1)
 }
 
 /// (offset, timestamp) of every row, reading only those two columns (ListOffsets by timestamp).

@@ -71,6 +71,17 @@ impl Spans {
         Some(entry.span)
     }
 
+    /// The span of `path` starting at offset `first`, taken out only if it is decoded already.
+    pub fn take_ready(&self, path: &str, first: i64) -> Option<Arc<Span>> {
+        let mut state = self.state();
+        let key = (path.to_string(), first);
+        let span = state.spans.get(&key)?.span.peek()?.clone()?;
+        if let Some(entry) = state.spans.remove(&key) {
+            state.bytes -= entry.bytes;
+        }
+        Some(span)
+    }
+
     /// Keeps a decoded span; the least recently used spans go to make room. A span larger than
     /// a quarter of the budget is not kept.
     pub fn keep(&self, path: &str, span: Span) {
@@ -205,6 +216,10 @@ mod tests {
         assert!(spans.read_ahead("f", 7, 600, pending));
         assert!(!spans.read_ahead("f", 7, 10, pending), "already held");
         assert!(!spans.read_ahead("f", 8, 600, pending), "over the budget");
+        let never = || futures::future::pending().boxed().shared();
+        assert!(spans.read_ahead("g", 0, 10, never));
+        assert!(spans.take_ready("g", 0).is_none(), "not decoded yet");
+        assert!(spans.take("g", 0).is_some(), "but held");
         assert_eq!(spans.take("f", 7).unwrap().await.unwrap().first, 7);
         assert_eq!(spans.bytes(), 0);
         assert!(spans.read_ahead("f", 8, 600, pending));

@@ -7,6 +7,7 @@
 
 use std::sync::{Arc, OnceLock, RwLock};
 
+use arrow_array::RecordBatch;
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use tokio::sync::Semaphore;
@@ -246,13 +247,27 @@ impl RemoteLog {
             return Ok(None);
         };
         let started = std::time::Instant::now();
-        let span_bytes = max_bytes.clamp(MIN_SPAN_BYTES, MAX_SPAN_BYTES);
+        // A little under the Fetch's size, so a Fetch is usually one whole span (no copy).
+        let span_bytes = (max_bytes - max_bytes / 8).clamp(MIN_SPAN_BYTES, MAX_SPAN_BYTES);
         let mut pieces: Vec<Bytes> = Vec::new();
         let mut used = 0;
         let mut at = offset;
         while at <= file.last_offset && used < max_bytes.max(1) {
-            let span = self.span(&file, at, span_bytes).await?;
-            self.read_ahead(&manifest, span.end, span_bytes);
+            let span = if pieces.is_empty() {
+                self.span(&file, at, span_bytes).await?
+            } else {
+                // More only if it is ready: waiting here for the read-ahead just started would
+                // make the consumer wait for decoding instead of overlapping with it.
+                match self
+                    .cache
+                    .as_ref()
+                    .and_then(|c| c.spans().take_ready(&file.path, at))
+                {
+                    Some(span) => span,
+                    None => break,
+                }
+            };
+            self.read_ahead(&manifest, &file.path, span.end, span_bytes);
             let (take, next) = whole_batches_within(&span.bytes, max_bytes - used, used == 0);
             if take > 0 {
                 pieces.push(span.bytes.slice(..take));
@@ -322,38 +337,55 @@ impl RemoteLog {
             self.cache.clone(),
             file.clone(),
             first,
-            bytes,
+            SpanRows::Bytes(bytes),
         )
         .await?;
         Ok(Arc::new(span))
     }
 
-    /// Starts decoding the span at offset `at` in the background, for the Fetch after this one
-    /// (with a cache to hold it, and when the budget has room).
-    fn read_ahead(&self, manifest: &Manifest, at: i64, bytes: usize) {
+    /// Starts decoding the spans from offset `at` on in the background, for the Fetches after
+    /// this one (with a cache to hold them, and while the budget has room). Spans hold a fixed
+    /// number of rows from the file's average row size, so the ones after the next are known
+    /// before it is decoded and several decode at once.
+    fn read_ahead(&self, manifest: &Manifest, path: &str, at: i64, bytes: usize) {
         let Some(cache) = &self.cache else {
             return;
         };
-        let Some(file) = manifest.file_for(at).cloned() else {
+        // Known once the file has been opened (the footer is cached).
+        let Some(row_bytes) = cache
+            .footer(path)
+            .map(|f| super::file::row_bytes(f.metadata()))
+        else {
             return;
         };
-        let path = file.path.clone();
-        let store = self.store.clone();
-        let for_task = cache.clone();
-        cache.spans().read_ahead(&path, at, bytes, move || {
-            let decoding = decode_span(store, Some(for_task), file, at, bytes);
-            async move {
-                match decoding.await {
-                    Ok(span) => Some(Arc::new(span)),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "read-ahead failed; the Fetch decodes again");
-                        None
+        let rows = (bytes / row_bytes).max(1) as i64;
+        let mut start = at;
+        for _ in 0..READ_AHEAD_SPANS {
+            let Some(file) = manifest.file_for(start).cloned() else {
+                return;
+            };
+            let end = (start + rows).min(file.last_offset + 1);
+            let path = file.path.clone();
+            let store = self.store.clone();
+            let for_task = cache.clone();
+            let first = start;
+            cache.spans().read_ahead(&path, first, bytes, move || {
+                let rows = SpanRows::Exactly((end - first) as usize);
+                let decoding = decode_span(store, Some(for_task), file, first, rows);
+                async move {
+                    match decoding.await {
+                        Ok(span) => Some(Arc::new(span)),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "read-ahead failed; the Fetch decodes again");
+                            None
+                        }
                     }
                 }
-            }
-            .boxed()
-            .shared()
-        });
+                .boxed()
+                .shared()
+            });
+            start = end;
+        }
     }
 
     /// ListOffsets by timestamp over the remote log: the first record at or after the log start
@@ -396,6 +428,16 @@ impl RemoteLog {
 /// so a page is decompressed once for a sequential consumer.
 const MIN_SPAN_BYTES: usize = 4 << 20;
 const MAX_SPAN_BYTES: usize = 16 << 20;
+/// Spans decoded ahead of a sequential consumer: two keep two cores decoding.
+const READ_AHEAD_SPANS: usize = 2;
+
+/// How many rows a span holds.
+#[derive(Debug, Clone, Copy)]
+enum SpanRows {
+    /// About this many bytes of rows, by the file's average row size.
+    Bytes(usize),
+    Exactly(usize),
+}
 
 /// CPU-bound span decodes running at once, process-wide: one per core.
 fn decode_permits() -> Arc<Semaphore> {
@@ -408,7 +450,7 @@ fn decode_permits() -> Arc<Semaphore> {
         .clone()
 }
 
-/// Decodes about `bytes` of rows of `file` from offset `first` and rebuilds them into batches,
+/// Decodes the `rows` of `file` from offset `first` and rebuilds them into batches,
 /// on a blocking thread (not a runtime worker, which other connections need). Starts now; the
 /// future only waits for the result.
 fn decode_span(
@@ -416,14 +458,14 @@ fn decode_span(
     cache: Option<Arc<ChunkCache>>,
     file: RemoteFile,
     first: i64,
-    bytes: usize,
+    rows: SpanRows,
 ) -> impl std::future::Future<Output = Result<Span, FileError>> + Send + 'static {
     let path = file.path.clone();
     let task = tokio::spawn(async move {
         let _permit = decode_permits().acquire_owned().await;
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            runtime.block_on(rebuild_span(&store, cache.as_ref(), &file, first, bytes))
+            runtime.block_on(rebuild_span(&store, cache.as_ref(), &file, first, rows))
         })
         .await
     });
@@ -443,7 +485,7 @@ async fn rebuild_span(
     cache: Option<&Arc<ChunkCache>>,
     file: &RemoteFile,
     first: i64,
-    bytes: usize,
+    rows: SpanRows,
 ) -> Result<Span, FileError> {
     let corrupt = |reason: String| FileError::Corrupt {
         path: file.path.clone(),
@@ -452,6 +494,10 @@ async fn rebuild_span(
     let skip = usize::try_from(first - file.first_offset)
         .map_err(|_| corrupt(format!("offset {first} is before the file")))?;
     let left = usize::try_from(file.last_offset + 1 - first).unwrap_or(0);
+    let (max_rows, max_bytes) = match rows {
+        SpanRows::Bytes(bytes) => (left, bytes),
+        SpanRows::Exactly(rows) => (rows.min(left), usize::MAX),
+    };
     let rows = read_rows_checked(
         store,
         cache,
@@ -459,15 +505,15 @@ async fn rebuild_span(
         file.size_bytes,
         Some(file.rows),
         skip,
-        left,
-        bytes,
+        max_rows,
+        max_bytes,
     )
     .await?;
     if let Some(cache) = cache {
         cache.spans().count_decoded();
     }
     let count: usize = rows.iter().map(|b| b.num_rows()).sum();
-    let mut out = Vec::with_capacity(bytes + bytes / 4);
+    let mut out = Vec::with_capacity(rows.iter().map(RecordBatch::get_array_memory_size).sum());
     let mut next = first;
     for batch in &rows {
         next = rebuild_batches(batch, next, &mut out).map_err(corrupt)?;

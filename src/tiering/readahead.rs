@@ -23,6 +23,36 @@ pub struct Span {
     pub first: i64,
     pub end: i64,
     pub bytes: Bytes,
+    /// Memory it keeps alive: more than `bytes` when they are the tail of a larger buffer.
+    pub held: usize,
+}
+
+impl Span {
+    pub fn new(first: i64, end: i64, bytes: Bytes) -> Span {
+        let held = bytes.len();
+        Span {
+            first,
+            end,
+            bytes,
+            held,
+        }
+    }
+
+    /// The batches from byte `at` on, which start at offset `first`. A small tail is copied
+    /// out so it does not keep the whole buffer alive.
+    pub fn tail(&self, at: usize, first: i64) -> Span {
+        let bytes = self.bytes.slice(at..);
+        if bytes.len() < self.held / 2 {
+            Span::new(first, self.end, Bytes::copy_from_slice(&bytes))
+        } else {
+            Span {
+                first,
+                end: self.end,
+                bytes,
+                held: self.held,
+            }
+        }
+    }
 }
 
 /// A span being decoded in the background, or ready; `None` if decoding failed (the reader
@@ -85,7 +115,7 @@ impl Spans {
     /// Keeps a decoded span; the least recently used spans go to make room. A span larger than
     /// a quarter of the budget is not kept.
     pub fn keep(&self, path: &str, span: Span) {
-        let bytes = span.bytes.len();
+        let bytes = span.held;
         if bytes > self.budget / 4 {
             return;
         }
@@ -180,11 +210,17 @@ mod tests {
     use futures::FutureExt;
 
     fn span(first: i64, len: usize) -> Span {
-        Span {
-            first,
-            end: first + 1,
-            bytes: Bytes::from(vec![0u8; len]),
-        }
+        Span::new(first, first + 1, Bytes::from(vec![0u8; len]))
+    }
+
+    #[test]
+    fn a_small_tail_is_copied_out_a_large_one_shares_the_buffer() {
+        let whole = span(0, 1000);
+        let large = whole.tail(300, 5);
+        assert_eq!((large.first, large.bytes.len(), large.held), (5, 700, 1000));
+        let small = large.tail(400, 9);
+        assert_eq!((small.first, small.bytes.len(), small.held), (9, 300, 300));
+        assert_eq!(small.end, whole.end);
     }
 
     #[tokio::test]

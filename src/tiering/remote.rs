@@ -7,7 +7,6 @@
 
 use std::sync::{Arc, OnceLock, RwLock};
 
-use arrow_array::RecordBatch;
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use tokio::sync::Semaphore;
@@ -17,7 +16,7 @@ use super::cache::ChunkCache;
 use super::file::{read_rows_checked, FileError, ParquetUpload};
 use super::manifest::{CommitError, Manifest, ManifestStore, RemoteFile};
 use super::readahead::Span;
-use super::rows::rebuild_batches;
+use super::rows::{rebuild_batches, rebuilt_size_hint};
 use crate::record::validate::ValidationLimits;
 use crate::record::BatchHeader;
 use crate::store::{Store, StoreError};
@@ -276,14 +275,7 @@ impl RemoteLog {
             if take < span.bytes.len() {
                 if let Some(cache) = &self.cache {
                     let first = next.unwrap_or(span.first);
-                    cache.spans().keep(
-                        &file.path,
-                        Span {
-                            first,
-                            end: span.end,
-                            bytes: span.bytes.slice(take..),
-                        },
-                    );
+                    cache.spans().keep(&file.path, span.tail(take, first));
                 }
                 break;
             }
@@ -513,7 +505,7 @@ async fn rebuild_span(
         cache.spans().count_decoded();
     }
     let count: usize = rows.iter().map(|b| b.num_rows()).sum();
-    let mut out = Vec::with_capacity(rows.iter().map(RecordBatch::get_array_memory_size).sum());
+    let mut out = Vec::with_capacity(rows.iter().map(rebuilt_size_hint).sum());
     let mut next = first;
     for batch in &rows {
         next = rebuild_batches(batch, next, &mut out).map_err(corrupt)?;
@@ -523,11 +515,7 @@ async fn rebuild_span(
             "{count} rows read from offset {first}, batches rebuilt up to {next}"
         )));
     }
-    Ok(Span {
-        first,
-        end: next,
-        bytes: out.into(),
-    })
+    Ok(Span::new(first, next, out.into()))
 }
 
 /// The length of the whole batches at the start of `bytes` that fit in `budget` (the first

@@ -200,6 +200,22 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, S
         .ok_or_else(|| format!("column {name} is missing or has the wrong type"))
 }
 
+/// About how many bytes [`rebuild_batches`] appends for all of `rows`: keys, values and header
+/// data plus a per-record allowance for lengths, deltas and batch headers.
+pub fn rebuilt_size_hint(rows: &RecordBatch) -> usize {
+    let data = |name: &str| column::<BinaryArray>(rows, name).map_or(0, |a| a.value_data().len());
+    let headers = column::<ListArray>(rows, "headers")
+        .ok()
+        .and_then(|h| h.values().as_any().downcast_ref::<StructArray>())
+        .map_or(0, |e| {
+            e.columns()
+                .iter()
+                .map(|c| c.to_data().buffers().iter().map(|b| b.len()).sum::<usize>())
+                .sum()
+        });
+    data("key") + data("value") + headers + rows.num_rows() * 24
+}
+
 /// Rebuilds Kafka RecordBatch v2 from the rows at and after offset `from`, appending them to
 /// `out`: consecutive rows of one stored batch become one batch again (uncompressed; a batch
 /// that began before `from`, or in an earlier Arrow batch, starts at its first row here).
@@ -329,6 +345,12 @@ mod tests {
         assert_eq!(batch.num_rows(), 12);
         let mut out = Vec::new();
         assert_eq!(rebuild_batches(&batch, 0, &mut out).unwrap(), 12);
+        let hint = rebuilt_size_hint(&batch);
+        assert!(
+            (out.len() / 2..=out.len() * 2).contains(&hint),
+            "hint {hint} for {} bytes",
+            out.len()
+        );
         let (rebuilt, rest) = split_batches(&out);
         assert_eq!(rest, out.len());
         assert_eq!(rebuilt.len(), 3, "one batch per stored batch");

@@ -20,6 +20,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use rand::Rng;
 
+mod abort_on_drop;
 mod metered;
 
 /// Deadline of one attempt of a small request (manifests, ranged reads, lists, deletes).
@@ -258,8 +259,9 @@ impl Store {
         }
     }
 
-    /// A streaming writer that uploads large objects in multipart parts. Callers must `abort` it
-    /// on failure; object_store's own client retries each part.
+    /// A streaming writer that uploads large objects in multipart parts. Callers `abort` it on
+    /// failure; an upload dropped unfinished is aborted anyway (`abort_on_drop`). object_store's
+    /// own client retries each part.
     pub fn writer(&self, path: Path) -> BufWriter {
         BufWriter::with_capacity(self.inner.clone(), path, MULTIPART_PART_BYTES)
     }

@@ -7,6 +7,8 @@
 //! - a data upload that hangs: produce and fetch go on meanwhile;
 //! - manifest commits that fail (before or after the PUT landed): the uploaded file of a failed
 //!   commit stays an orphan, the retry commits a new file, no offset is missing or duplicated;
+//! - multipart uploads (a Parquet file over one 16 MiB part) whose parts or completion fail: each
+//!   is aborted, leaves no object, and the retry offloads the segment;
 //! - kill -9 of the `strata` process during offload: on file:// right after commits, on an
 //!   in-process s3s-fs between a data file's upload and its commit (one orphan per kill);
 //! - two writers racing to commit the same manifest version, on memory://, file:// and moto:
@@ -77,6 +79,19 @@ async fn produce(
     n: usize,
     acked: &mut Acked,
 ) {
+    let records = (0..n).map(|i| record(tag, i)).collect();
+    produce_records(bootstrap, topic, partitions, records, acked).await;
+}
+
+/// Produces `records` round-robin over `partitions` with acks=all; every one must be
+/// acknowledged, and is added to `acked` at its offset.
+async fn produce_records(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    records: Vec<Rec>,
+    acked: &mut Acked,
+) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
@@ -87,9 +102,8 @@ async fn produce(
         .set("message.timeout.ms", "60000")
         .create()
         .unwrap();
-    let mut pending = Vec::with_capacity(n);
-    for i in 0..n {
-        let rec = record(tag, i);
+    let mut pending = Vec::with_capacity(records.len());
+    for (i, rec) in records.into_iter().enumerate() {
         let mut headers = OwnedHeaders::new();
         for (k, v) in &rec.headers {
             headers = headers.insert(Header {
@@ -548,6 +562,100 @@ async fn failed_manifest_commits_leave_orphans_never_gaps_or_duplicates() {
     assert!(second.files.len() > first.files.len());
     consume_exact(&bootstrap, "commits", 1, &acked).await;
     assert!(metric("strata_tier_offload_errors_total", "topic=\"commits\"") > 0.0);
+    assert_no_offload_panics();
+    running.shutdown().await;
+}
+
+/// Records of `value_bytes` random (incompressible) bytes each, so the Parquet file of a segment
+/// is about as large as the segment.
+fn random_records(tag: &str, n: usize, value_bytes: usize) -> Vec<Rec> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|i| {
+            let mut value = Vec::with_capacity(value_bytes);
+            while value.len() < value_bytes {
+                // xorshift64
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                value.extend_from_slice(&x.to_le_bytes());
+            }
+            value.truncate(value_bytes);
+            Rec {
+                key: Some(format!("{tag}-{i}").into_bytes()),
+                value: Some(value),
+                headers: vec![("i".to_string(), Some(i.to_string().into_bytes()))],
+            }
+        })
+        .collect()
+}
+
+/// A segment whose Parquet file is larger than one multipart part goes up in parts
+/// (`MULTIPART_PART_BYTES`). Parts that fail, then a completion that fails: each failed upload is
+/// aborted (parts are billed until then on S3) and leaves no object behind, offload retries, and
+/// once the store behaves the segment is offloaded with no orphan and every record reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_multipart_uploads_are_aborted_and_retried() {
+    use futures::TryStreamExt;
+    use object_store::ObjectStore;
+    const SEGMENT: usize = 20 << 20;
+    const VALUE_BYTES: usize = 10_000;
+    let _serial = SERIAL.lock().await;
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let faulty = FaultyStore::new(memory.clone());
+    let store = Store::from_store(faulty.clone(), "memory://faulty");
+    faulty.inject(&[Op::PutPart], ".parquet", Fault::Fail, None);
+    faulty.inject(&[Op::CompleteMultipart], ".parquet", Fault::Fail, Some(1));
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_broker(dir.path(), store.clone()).await;
+    let overrides = BTreeMap::from([("segment.bytes".to_string(), SEGMENT.to_string())]);
+    running
+        .broker
+        .create_topic("multipart", 1, 1, &overrides, false)
+        .unwrap();
+    let bootstrap = running.kafka_addr().to_string();
+    let mut acked = Acked::new();
+    // One sealed segment of SEGMENT bytes and an active one.
+    let records = random_records("m", SEGMENT / VALUE_BYTES + 200, VALUE_BYTES);
+    produce_records(&bootstrap, "multipart", 1, records, &mut acked).await;
+    let p = running.broker.topic("multipart").unwrap().partitions[0].clone();
+    assert_eq!(p.sealed_segments().len(), 1);
+
+    wait_until(
+        "an upload whose part failed is aborted",
+        Duration::from_secs(60),
+        || faulty.aborts() >= 1,
+    )
+    .await;
+    let objects: Vec<_> = memory.list(None).try_collect().await.unwrap();
+    assert!(
+        objects
+            .iter()
+            .all(|o| !o.location.as_ref().contains("multipart")),
+        "no object of a failed upload is visible: {objects:?}"
+    );
+    assert_eq!(p.local_log_start_offset(), 0, "the segment is kept");
+    assert!(metric("strata_tier_offload_errors_total", "topic=\"multipart\"") > 0.0);
+
+    // Parts go through now; the completion fails once, and that upload is aborted too.
+    let aborted = faulty.aborts();
+    faulty.heal_ops(&[Op::PutPart]);
+    wait_until(
+        "the failed completion is aborted",
+        Duration::from_secs(60),
+        || faulty.spent() && faulty.aborts() > aborted,
+    )
+    .await;
+    wait_offloaded(&running, "multipart", Duration::from_secs(60)).await;
+    let (manifest, orphans) = check_manifests(&store, "multipart", 0).await;
+    assert!(orphans.is_empty(), "aborted uploads left {orphans:?}");
+    assert_eq!(manifest.files.len(), 1);
+    assert!(
+        manifest.files[0].size_bytes > strata::store::MULTIPART_PART_BYTES as u64,
+        "the file ({} bytes) must take more than one part",
+        manifest.files[0].size_bytes
+    );
+    consume_exact(&bootstrap, "multipart", 1, &acked).await;
     assert_no_offload_panics();
     running.shutdown().await;
 }

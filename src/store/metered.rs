@@ -77,10 +77,14 @@ impl ObjectStore for Metered {
     ) -> Result<Box<dyn MultipartUpload>> {
         count("multipart_create", Some(location), 0);
         let upload = self.inner.put_multipart_opts(location, opts).await?;
-        Ok(Box::new(MeteredUpload {
-            inner: upload,
-            location: location.clone(),
-        }))
+        // The guard sits outside the meter, so its aborts are counted as multipart_abort.
+        Ok(Box::new(super::abort_on_drop::AbortOnDrop::new(
+            Box::new(MeteredUpload {
+                inner: upload,
+                location: location.clone(),
+            }),
+            location.to_string(),
+        )))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {

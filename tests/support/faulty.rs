@@ -1,7 +1,8 @@
 //! An object store that fails or delays chosen calls on purpose: it wraps another store, and
 //! rules pick the operations and the paths (by substring) to disturb, how often, and how.
 //! Failures are `Generic` errors, which is how object_store reports a 503 from S3, so the broker
-//! sees what a real outage looks like.
+//! sees what a real outage looks like. Multipart uploads are wrapped too: their parts and their
+//! completion can be disturbed like any call, and aborts are counted.
 #![allow(dead_code)]
 
 use std::fmt;
@@ -15,13 +16,18 @@ use futures::stream::{self, BoxStream, StreamExt};
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result, UploadPart,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Put,
+    /// Starting a multipart upload.
     PutMultipart,
+    /// One part of a multipart upload.
+    PutPart,
+    /// Completing a multipart upload (the object appears).
+    CompleteMultipart,
     Get,
     Head,
     List,
@@ -32,6 +38,8 @@ pub enum Op {
 pub const ALL_OPS: &[Op] = &[
     Op::Put,
     Op::PutMultipart,
+    Op::PutPart,
+    Op::CompleteMultipart,
     Op::Get,
     Op::Head,
     Op::List,
@@ -62,6 +70,8 @@ struct Rule {
 struct State {
     rules: Mutex<Vec<Rule>>,
     injected: AtomicU64,
+    /// Multipart uploads aborted.
+    aborts: AtomicU64,
     /// Wakes delayed calls when the faults are healed.
     healed: tokio::sync::Notify,
 }
@@ -92,13 +102,18 @@ impl State {
         match self.fault(op, path) {
             Some(Fault::Fail) => Err(State::error(op, path)),
             Some(Fault::Delay(d)) => {
-                tokio::select! {
-                    _ = tokio::time::sleep(d) => {}
-                    _ = self.healed.notified() => {}
-                }
+                self.delay(d).await;
                 Ok(None)
             }
             other => Ok(other),
+        }
+    }
+
+    /// Waits `d`, or until the faults are healed.
+    async fn delay(&self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.healed.notified() => {}
         }
     }
 }
@@ -132,6 +147,21 @@ impl FaultyStore {
     pub fn heal(&self) {
         self.state.rules.lock().unwrap().clear();
         self.state.healed.notify_waiters();
+    }
+
+    /// Removes the rules that disturb any of `ops`; the others stay.
+    pub fn heal_ops(&self, ops: &[Op]) {
+        self.state
+            .rules
+            .lock()
+            .unwrap()
+            .retain(|r| !r.ops.iter().any(|op| ops.contains(op)));
+        self.state.healed.notify_waiters();
+    }
+
+    /// Multipart uploads aborted so far.
+    pub fn aborts(&self) -> u64 {
+        self.state.aborts.load(Ordering::SeqCst)
     }
 
     /// Calls disturbed so far.
@@ -180,7 +210,12 @@ impl ObjectStore for FaultyStore {
         self.state
             .before(Op::PutMultipart, location.as_ref())
             .await?;
-        self.inner.put_multipart_opts(location, opts).await
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(FaultyUpload {
+            inner,
+            location: location.clone(),
+            state: self.state.clone(),
+        }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
@@ -233,5 +268,54 @@ impl ObjectStore for FaultyStore {
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         self.state.before(Op::Copy, to.as_ref()).await?;
         self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// A multipart upload whose parts and completion the rules of its store can disturb.
+#[derive(Debug)]
+struct FaultyUpload {
+    inner: Box<dyn MultipartUpload>,
+    location: Path,
+    state: Arc<State>,
+}
+
+#[async_trait::async_trait]
+impl MultipartUpload for FaultyUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        let path = self.location.to_string();
+        match self.state.fault(Op::PutPart, &path) {
+            None => self.inner.put_part(data),
+            Some(Fault::Fail) => Box::pin(async move { Err(State::error(Op::PutPart, &path)) }),
+            Some(Fault::FailAfterPut) => {
+                let part = self.inner.put_part(data);
+                Box::pin(async move {
+                    part.await?;
+                    Err(State::error(Op::PutPart, &path))
+                })
+            }
+            Some(Fault::Delay(d)) => {
+                let part = self.inner.put_part(data);
+                let state = self.state.clone();
+                Box::pin(async move {
+                    state.delay(d).await;
+                    part.await
+                })
+            }
+        }
+    }
+
+    async fn complete(&mut self) -> Result<PutResult> {
+        let path = self.location.to_string();
+        let after = self.state.before(Op::CompleteMultipart, &path).await?;
+        let result = self.inner.complete().await?;
+        match after {
+            Some(Fault::FailAfterPut) => Err(State::error(Op::CompleteMultipart, &path)),
+            _ => Ok(result),
+        }
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        self.state.aborts.fetch_add(1, Ordering::SeqCst);
+        self.inner.abort().await
     }
 }

@@ -39,6 +39,10 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// The objects asked for may not be used yet (the remote data of a deleted topic of the same
+    /// name is still being deleted); retriable.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("object store {op} failed after {attempts} attempts: {source}")]
     Failed {
         op: &'static str,
@@ -146,6 +150,20 @@ impl Store {
         } else {
             Path::from(format!("{}/{}", self.prefix, rel))
         }
+    }
+
+    /// The inverse of [`Store::path`]: `path` relative to the store's prefix (the form the
+    /// manifests and the cold-read cache name files by), or `None` when it is outside it.
+    pub fn relative(&self, path: &Path) -> Option<String> {
+        if self.prefix.as_ref().is_empty() {
+            return Some(path.to_string());
+        }
+        path.prefix_match(&self.prefix).map(|parts| {
+            parts
+                .map(|p| p.as_ref().to_string())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
     }
 
     /// Runs `attempt` with a deadline each time, retrying transient failures with jittered

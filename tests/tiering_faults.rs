@@ -9,6 +9,8 @@
 //!   commit stays an orphan, the retry commits a new file, no offset is missing or duplicated;
 //! - multipart uploads (a Parquet file over one 16 MiB part) whose parts or completion fail: each
 //!   is aborted, leaves no object, and the retry offloads the segment;
+//! - a topic deleted during an outage, re-created and the broker restarted meanwhile: its remote
+//!   data is deleted once the store answers, the new topic's data never;
 //! - kill -9 of the `strata` process during offload: on file:// right after commits, on an
 //!   in-process s3s-fs between a data file's upload and its commit (one orphan per kill);
 //! - two writers racing to commit the same manifest version, on memory://, file:// and moto:
@@ -656,6 +658,113 @@ async fn failed_multipart_uploads_are_aborted_and_retried() {
         manifest.files[0].size_bytes
     );
     consume_exact(&bootstrap, "multipart", 1, &acked).await;
+    assert_no_offload_panics();
+    running.shutdown().await;
+}
+
+/// DeleteTopics during an object-store outage: the topic's remote data cannot go yet. The name
+/// can be re-created at once, but the new topic stays local while the old data is in the bucket;
+/// the pending deletion survives a restart; when the store answers, the old topic's files and
+/// manifests go, the new topic offloads into the emptied prefixes, and the other topic keeps
+/// everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_deleted_during_an_outage_loses_its_remote_data_afterwards_and_only_that() {
+    let _serial = SERIAL.lock().await;
+    let faulty = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()));
+    let store = Store::from_store(faulty.clone(), "memory://faulty");
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_broker(dir.path(), store.clone()).await;
+    create_topic(&running, "gone", 1);
+    create_topic(&running, "stays", 1);
+    let bootstrap = running.kafka_addr().to_string();
+    let (mut old, mut stays) = (Acked::new(), Acked::new());
+    produce(&bootstrap, "gone", 1, "old", 4_000, &mut old).await;
+    produce(&bootstrap, "stays", 1, "s", 4_000, &mut stays).await;
+    wait_offloaded(&running, "gone", Duration::from_secs(60)).await;
+    wait_offloaded(&running, "stays", Duration::from_secs(60)).await;
+    let listed = |prefix: &str| {
+        let (store, prefix) = (store.clone(), prefix.to_string());
+        async move {
+            let mut names: Vec<String> = store
+                .list(&prefix)
+                .await
+                .unwrap()
+                .iter()
+                .map(|m| m.location.to_string())
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    let old_files = listed("topic=gone").await;
+    assert!(!old_files.is_empty());
+    let stays_objects = (
+        listed("topic=stays").await,
+        listed("_strata/manifests/topic=stays").await,
+    );
+    let old_id = running.broker.topic("gone").unwrap().id;
+
+    faulty.inject(ALL_OPS, "", Fault::Fail, None);
+    running.broker.delete_topic("gone").unwrap();
+    let tiering = running.broker.tiering.clone().unwrap();
+    wait_until(
+        "a deletion pass hits the outage",
+        Duration::from_secs(60),
+        || metric("strata_tier_topic_deletion_errors_total", "") > 0.0,
+    )
+    .await;
+    // Re-created at once; it serves produce and fetch from its local log, not tiered yet.
+    create_topic(&running, "gone", 1);
+    let mut new = Acked::new();
+    produce(&bootstrap, "gone", 1, "new", 3_000, &mut new).await;
+    assert!(tiering.is_fenced("gone"));
+    assert!(tiering.remote_log("gone", 0).await.is_err());
+
+    // The record of the pending deletion survives a restart (still during the outage).
+    running.shutdown().await;
+    let running = start_broker(dir.path(), store.clone()).await;
+    let pending = running.broker.remote_deletions();
+    assert_eq!(pending.len(), 1);
+    assert_eq!((pending[0].name.as_str(), pending[0].id), ("gone", old_id));
+    let tiering = running.broker.tiering.clone().unwrap();
+    assert!(tiering.is_fenced("gone"));
+    let bootstrap = running.kafka_addr().to_string();
+    produce(&bootstrap, "gone", 1, "new2", 1_000, &mut new).await;
+    consume_exact(&bootstrap, "gone", 1, &new).await;
+
+    faulty.heal();
+    wait_until(
+        "the deletion finishes after the outage",
+        Duration::from_secs(60),
+        || running.broker.remote_deletions().is_empty(),
+    )
+    .await;
+    assert!(metric("strata_tier_deleted_topic_files_total", "kind=\"data\"") > 0.0);
+    assert!(metric("strata_tier_deleted_topic_files_total", "kind=\"manifest\"") > 0.0);
+    // The new topic offloads into the emptied prefixes, its manifests numbered afresh.
+    wait_offloaded(&running, "gone", Duration::from_secs(60)).await;
+    let (manifest, orphans) = check_manifests(&store, "gone", 0).await;
+    assert!(orphans.is_empty(), "{orphans:?}");
+    let new_files = listed("topic=gone").await;
+    assert!(
+        new_files.iter().all(|f| !old_files.contains(f)),
+        "a file of the deleted topic is left"
+    );
+    // One commit per offloaded segment, from version 1: no version of the old topic was left.
+    assert_eq!(manifest.version, manifest.files.len() as u64);
+    assert_eq!(
+        manifest.files.len(),
+        new_files.len(),
+        "every file is the new topic's"
+    );
+    consume_exact(&bootstrap, "gone", 1, &new).await;
+    // The other topic lost nothing.
+    assert_eq!(listed("topic=stays").await, stays_objects.0);
+    assert_eq!(
+        listed("_strata/manifests/topic=stays").await,
+        stays_objects.1
+    );
+    consume_exact(&bootstrap, "stays", 1, &stays).await;
     assert_no_offload_panics();
     running.shutdown().await;
 }

@@ -3,7 +3,8 @@
 //! deleted, cold Fetch below it OFFSET_OUT_OF_RANGE, ListOffsets earliest right, also after a
 //! restart); orphans older than remote.orphan.grace.ms go and nothing else does;
 //! log.dir.max.bytes refuses produce with KAFKA_STORAGE_ERROR until offload frees space; a
-//! corrupt or truncated remote file is KAFKA_STORAGE_ERROR, never records.
+//! corrupt or truncated remote file is KAFKA_STORAGE_ERROR, never records; DeleteTopics deletes
+//! the topic's remote files and manifests (and its cold-read cache entries), nothing else.
 
 #[path = "support/faulty.rs"]
 mod faulty;
@@ -335,6 +336,116 @@ async fn retention_and_delete_records(store: Option<Store>) {
     assert_eq!(
         read_all(&mut conn, "r", expected_cut, 250).await,
         (expected_cut..250).collect::<Vec<_>>()
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_topic_deletes_its_remote_data_on_memory() {
+    delete_topic_remote_data(Some(Store::from_url("memory://").unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_topic_deletes_its_remote_data_on_file() {
+    delete_topic_remote_data(None).await;
+}
+
+async fn delete_topic_remote_data(store: Option<Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_on(dir.path(), &TIERING, Clock::System, store).await;
+    let tiering = running.broker.tiering.clone().unwrap();
+    let store = tiering.store().clone();
+    let all = |prefix: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut names: Vec<String> = store
+                .list(prefix)
+                .await
+                .unwrap()
+                .iter()
+                .map(|m| m.location.to_string())
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
+    for topic in ["doomed", "doomed2"] {
+        create(&running, topic, &[("segment.bytes", "1024")]);
+        for i in 0..50 {
+            let (code, _) = produce(
+                &mut conn,
+                topic,
+                support::batch(i * 5, 5, support::now_ms()),
+            )
+            .await;
+            assert_eq!(code, 0);
+        }
+        wait_offloaded(&running, topic, 4).await;
+    }
+    // A cold read puts chunks of "doomed"'s files in the cache.
+    assert_eq!(read_all(&mut conn, "doomed", 0, 250).await.len(), 250);
+    let cache = tiering.cache().unwrap().clone();
+    assert!(cache.cached_bytes() > 0);
+    assert!(!all("topic=doomed").await.is_empty());
+    assert!(!all("_strata/manifests/topic=doomed").await.is_empty());
+    let kept = (
+        all("topic=doomed2").await,
+        all("_strata/manifests/topic=doomed2").await,
+    );
+
+    let r: DeleteTopicsResponse = conn
+        .call(
+            ApiKey::DeleteTopics,
+            5,
+            &DeleteTopicsRequest::default()
+                .with_timeout_ms(5000)
+                .with_topic_names(vec![tn("doomed")]),
+        )
+        .await;
+    assert_eq!(r.responses[0].error_code, 0);
+    eventually("the deleted topic's remote data is deleted", || async {
+        running.broker.remote_deletions().is_empty()
+    })
+    .await;
+    assert!(all("topic=doomed").await.is_empty());
+    assert!(all("_strata/manifests/topic=doomed").await.is_empty());
+    assert_eq!(
+        cache.cached_bytes(),
+        0,
+        "the cache forgot the deleted files"
+    );
+    // "doomed2" starts with "doomed" but is another topic: untouched, and readable cold.
+    assert_eq!(
+        (
+            all("topic=doomed2").await,
+            all("_strata/manifests/topic=doomed2").await
+        ),
+        kept
+    );
+    assert_eq!(
+        read_all(&mut conn, "doomed2", 0, 250).await,
+        (0..250).collect::<Vec<_>>()
+    );
+
+    // The name again: a new topic from offset 0, offloaded under the same prefixes, manifest
+    // versions from 1.
+    create(&running, "doomed", &[("segment.bytes", "1024")]);
+    for i in 0..30 {
+        let (code, base) = produce(
+            &mut conn,
+            "doomed",
+            support::batch(i * 5, 5, support::now_ms()),
+        )
+        .await;
+        assert_eq!((code, base), (0, i as i64 * 5));
+    }
+    let m = wait_offloaded(&running, "doomed", 2).await;
+    assert_eq!(m.files[0].first_offset, 0);
+    assert_eq!(m.version, m.files.len() as u64);
+    assert_eq!(
+        read_all(&mut conn, "doomed", 0, 150).await,
+        (0..150).collect::<Vec<_>>()
     );
     running.shutdown().await;
 }

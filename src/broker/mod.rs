@@ -21,7 +21,7 @@ use crate::config::{topic as topic_config, Config, TopicConfig};
 use crate::coordinator::{self, Coordinator};
 use crate::error::ApiError;
 use crate::partition::Partition;
-use topics::{Catalogue, TopicRecord};
+use topics::{Catalogue, DeletedTopic, TopicRecord};
 
 pub struct Topic {
     pub name: String,
@@ -103,6 +103,7 @@ impl Broker {
             };
             tracing::info!(object_store = url, "tiering enabled");
             let mut tiering = crate::tiering::service::Tiering::new(store);
+            tiering.fence_deleted(catalogue.deleting.iter().map(|d| d.name.as_str()));
             let cache_bytes = config.broker.remote_cache_max_bytes;
             if cache_bytes > 0 {
                 let dir = config.data_dir.join("remote-cache");
@@ -272,19 +273,31 @@ impl Broker {
         Ok(topic)
     }
 
-    /// DeleteTopics: the topic disappears at once; its files are removed in the background.
+    /// DeleteTopics: the topic disappears at once; its files are removed in the background, the
+    /// local ones now, the remote ones by the tiering service (`tiering::topic_deletion`), which
+    /// finds the deletion recorded in the catalogue, also after a restart.
     pub fn delete_topic(&self, name: &str) -> Result<(), ApiError> {
         let mut catalogue = self.catalogue.lock().expect("catalogue lock");
         let Some(pos) = catalogue.topics.iter().position(|t| t.name == name) else {
             return Err(unknown_topic(name));
         };
-        catalogue.topics.remove(pos);
-        persist(&self.config, &catalogue)?;
-        let removed = self.topics.write().expect("topics lock").remove(name);
-        drop(catalogue);
-        if let Some(tiering) = &self.tiering {
-            tiering.forget(name);
+        let mut next = catalogue.clone();
+        let record = next.topics.remove(pos);
+        if self.tiering.is_some() {
+            next.deleting.push(DeletedTopic {
+                name: record.name,
+                id: record.id,
+            });
         }
+        persist(&self.config, &next)?;
+        *catalogue = next;
+        let removed = self.topics.write().expect("topics lock").remove(name);
+        // Under the catalogue lock, so the fence and the record of pending deletions never
+        // disagree (see `remote_deletion_done`).
+        if let Some(tiering) = &self.tiering {
+            tiering.topic_deleted(name);
+        }
+        drop(catalogue);
         if let Some(topic) = removed {
             let dirs: Vec<PathBuf> = topic
                 .partitions
@@ -304,6 +317,40 @@ impl Broker {
         }
         tracing::info!(topic = name, "topic deleted");
         Ok(())
+    }
+
+    /// Deleted topics whose remote data is still to be deleted, oldest first.
+    pub fn remote_deletions(&self) -> Vec<DeletedTopic> {
+        self.catalogue
+            .lock()
+            .expect("catalogue lock")
+            .deleting
+            .clone()
+    }
+
+    /// Records that the remote data of `done` (deleted topics of one name) is gone. Once no
+    /// deletion of that name is pending, the tiering service may use the name's prefixes again
+    /// (a topic re-created with that name starts offloading). Returns whether a deletion of the
+    /// name is still pending: one recorded after `done` was read.
+    pub fn remote_deletion_done(
+        &self,
+        name: &str,
+        done: &[DeletedTopic],
+    ) -> Result<bool, ApiError> {
+        let mut catalogue = self.catalogue.lock().expect("catalogue lock");
+        let mut next = catalogue.clone();
+        next.deleting.retain(|d| !done.contains(d));
+        if next.deleting.len() != catalogue.deleting.len() {
+            persist(&self.config, &next)?;
+            *catalogue = next;
+        }
+        let pending = catalogue.deleting.iter().any(|d| d.name == name);
+        if !pending {
+            if let Some(tiering) = &self.tiering {
+                tiering.unfence(name);
+            }
+        }
+        Ok(pending)
     }
 
     /// CreatePartitions: grows a topic to `count` partitions.

@@ -2,7 +2,10 @@
 //!
 //! Format: `{data-dir}/meta/topics.json`, written atomically on every change:
 //! `{"cluster_id": "...", "topics": [{"name", "id" (UUID), "partitions" (count),
-//! "leader_epoch", "overrides": {config name: value}}]}`.
+//! "leader_epoch", "overrides": {config name: value}}], "deleting": [{"name", "id"}]}`.
+//! `deleting` (absent when empty) lists deleted topics whose data in the object store is not yet
+//! deleted (`tiering::topic_deletion`); it is written in the same atomic replacement that removes
+//! the topic, so a crash can never forget a deletion.
 //!
 //! This is the single-node stand-in for the metadata quorum of DESIGN.md (openraft), which comes
 //! with replication: one writer (the broker), one file, atomic replacement.
@@ -22,10 +25,19 @@ pub struct TopicRecord {
     pub overrides: BTreeMap<String, String>,
 }
 
+/// A deleted topic whose remote data is still to be deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedTopic {
+    pub name: String,
+    pub id: Uuid,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Catalogue {
     pub cluster_id: String,
     pub topics: Vec<TopicRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleting: Vec<DeletedTopic>,
 }
 
 pub fn catalogue_path(data_dir: &Path) -> PathBuf {
@@ -40,6 +52,7 @@ pub fn load(data_dir: &Path) -> anyhow::Result<Catalogue> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Catalogue {
             cluster_id: new_cluster_id(),
             topics: Vec::new(),
+            deleting: Vec::new(),
         }),
         Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
     }
@@ -113,5 +126,16 @@ mod tests {
         let back = load(dir.path()).unwrap();
         assert_eq!(back.cluster_id, c.cluster_id);
         assert_eq!(back.topics, c.topics);
+        assert!(back.deleting.is_empty());
+        // A catalogue written before `deleting` existed still loads.
+        assert!(!std::fs::read_to_string(catalogue_path(dir.path()))
+            .unwrap()
+            .contains("deleting"));
+        c.deleting.push(DeletedTopic {
+            name: "gone".into(),
+            id: Uuid::new_v4(),
+        });
+        save(dir.path(), &c).unwrap();
+        assert_eq!(load(dir.path()).unwrap().deleting, c.deleting);
     }
 }

@@ -206,7 +206,8 @@ async fn background(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Offload passes every `remote.log.manager.task.interval.ms`, in their own task so a slow or
+/// Offload passes every `remote.log.manager.task.interval.ms`, and right after a topic is
+/// deleted (its remote data goes first thing in a pass), in their own task so a slow or
 /// unreachable object store delays nothing else.
 async fn offload_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let Some(tiering) = broker.tiering.clone() else {
@@ -224,16 +225,16 @@ async fn offload_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            _ = tick.tick() => {
-                // A pass runs as its own task: a bug that panics in one pass is logged and the
-                // next pass still runs, instead of offload stopping silently for good.
-                let (tiering, broker) = (tiering.clone(), broker.clone());
-                let pass = tokio::spawn(async move { tiering.run_once(&broker).await });
-                if let Err(e) = pass.await {
-                    metrics::counter!("strata_tier_offload_panics_total").increment(1);
-                    tracing::error!(error = %e, "offload pass panicked");
-                }
-            }
+            _ = tick.tick() => {}
+            _ = tiering.woken() => {}
+        }
+        // A pass runs as its own task: a bug that panics in one pass is logged and the next
+        // pass still runs, instead of offload stopping silently for good.
+        let (tiering, broker) = (tiering.clone(), broker.clone());
+        let pass = tokio::spawn(async move { tiering.run_once(&broker).await });
+        if let Err(e) = pass.await {
+            metrics::counter!("strata_tier_offload_panics_total").increment(1);
+            tracing::error!(error = %e, "offload pass panicked");
         }
     }
 }

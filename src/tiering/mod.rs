@@ -12,3 +12,4 @@ pub mod retention;
 pub mod rows;
 pub mod service;
 pub mod status;
+pub mod topic_deletion;

@@ -2,7 +2,7 @@
 //! runs every `remote.log.manager.task.interval.ms` in its own task — one segment at a time, so
 //! its memory and bandwidth are bounded and produce and fetch never wait for it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
@@ -25,6 +25,12 @@ pub struct Tiering {
     logs: Mutex<HashMap<(String, i32), Arc<RemoteLog>>>,
     /// Broker-clock time of the last orphan sweep.
     last_orphan_sweep_ms: Mutex<Option<i64>>,
+    /// Names whose deleted incarnations still have data in the object store: no remote log of
+    /// them is opened and a topic of that name is not tiered until it is gone
+    /// (`topic_deletion`). Changed only under the broker's catalogue lock.
+    fenced: Mutex<HashSet<String>>,
+    /// Asks the offload loop for a pass now (a topic was deleted).
+    wake: tokio::sync::Notify,
 }
 
 impl Tiering {
@@ -34,6 +40,8 @@ impl Tiering {
             cache: None,
             logs: Mutex::new(HashMap::new()),
             last_orphan_sweep_ms: Mutex::new(None),
+            fenced: Mutex::new(HashSet::new()),
+            wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -57,6 +65,11 @@ impl Tiering {
         topic: &str,
         partition: i32,
     ) -> Result<Arc<RemoteLog>, StoreError> {
+        if self.is_fenced(topic) {
+            return Err(StoreError::Unavailable(format!(
+                "the remote data of a deleted topic named {topic:?} is still being deleted"
+            )));
+        }
         let key = (topic.to_string(), partition);
         if let Some(rl) = self.logs.lock().expect("tiering lock").get(&key) {
             return Ok(rl.clone());
@@ -76,11 +89,46 @@ impl Tiering {
     }
 
     /// Forgets a deleted topic's remote logs.
-    pub fn forget(&self, topic: &str) {
+    fn forget(&self, topic: &str) {
         self.logs
             .lock()
             .expect("tiering lock")
             .retain(|(t, _), _| t != topic);
+    }
+
+    /// A topic was deleted (the broker recorded it, under its catalogue lock): fence its name,
+    /// forget its remote logs, and have the next pass start now to delete its remote data.
+    pub fn topic_deleted(&self, topic: &str) {
+        self.fence_deleted([topic]);
+        self.forget(topic);
+        self.wake.notify_one();
+    }
+
+    /// Fences names with pending remote deletions (the broker's catalogue, at start).
+    pub fn fence_deleted<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
+        let mut fenced = self.fenced.lock().expect("tiering lock");
+        fenced.extend(topics.into_iter().map(str::to_string));
+        metrics::gauge!("strata_tier_fenced_topic_names").set(fenced.len() as f64);
+    }
+
+    /// The remote data of every deleted topic named `topic` is gone (the broker calls this
+    /// under its catalogue lock): the name's remote logs may be opened again, empty.
+    pub fn unfence(&self, topic: &str) {
+        // Forget first: a remote log opened before the fence must not outlive it.
+        self.forget(topic);
+        let mut fenced = self.fenced.lock().expect("tiering lock");
+        fenced.remove(topic);
+        metrics::gauge!("strata_tier_fenced_topic_names").set(fenced.len() as f64);
+    }
+
+    /// Whether `topic`'s name is fenced (see `topic_deletion`).
+    pub fn is_fenced(&self, topic: &str) -> bool {
+        self.fenced.lock().expect("tiering lock").contains(topic)
+    }
+
+    /// Resolves when a pass is asked for before the next tick.
+    pub async fn woken(&self) {
+        self.wake.notified().await
     }
 
     /// Loads every partition's manifest so the log start offsets are right from the first request.
@@ -90,6 +138,11 @@ impl Tiering {
         // on the tiering passes, which retry until the store answers.
         let mut reachable = true;
         for topic in broker.topics().iter().filter(|t| !t.name.starts_with("__")) {
+            // A re-created topic whose predecessor's remote data is still being deleted stays
+            // local until it is gone (`topic_deletion`).
+            if self.is_fenced(&topic.name) {
+                continue;
+            }
             for p in &topic.partitions {
                 if Self::manages(topic) {
                     p.set_tiered();
@@ -134,11 +187,12 @@ impl Tiering {
         topic.config.remote_storage_enable && !topic.name.starts_with("__")
     }
 
-    /// One pass over every partition of every tiered topic: offload, total retention across
-    /// both tiers, local retention, and (at most every half grace period) orphan cleanup.
-    /// Errors are logged and retried on the next pass; segments not offloaded are never deleted
-    /// locally unless past total retention.
+    /// One pass: the remote data of deleted topics first, then over every partition of every
+    /// tiered topic: offload, total retention across both tiers, local retention, and (at most
+    /// every half grace period) orphan cleanup. Errors are logged and retried on the next pass;
+    /// segments not offloaded are never deleted locally unless past total retention.
     pub async fn run_once(&self, broker: &Broker) -> usize {
+        self.delete_deleted_topics(broker).await;
         let mut offloaded = 0;
         let now = broker.clock.now_ms();
         let grace_ms = broker.config.broker.remote_orphan_grace_ms;
@@ -151,7 +205,7 @@ impl Tiering {
             due
         };
         for topic in broker.topics() {
-            if !Self::manages(&topic) {
+            if !Self::manages(&topic) || self.is_fenced(&topic.name) {
                 continue;
             }
             for p in &topic.partitions {
@@ -174,6 +228,50 @@ impl Tiering {
         }
         broker.hot_bytes.recount(&broker.partitions());
         offloaded
+    }
+
+    /// Deletes the remote data of the topics DeleteTopics recorded (`topic_deletion`), one name
+    /// at a time; a name whose data is gone is cleared from the record and unfenced. Runs in the
+    /// pass's task before any offload, so no upload of a deleted topic is in flight meanwhile.
+    async fn delete_deleted_topics(&self, broker: &Broker) {
+        let pending = broker.remote_deletions();
+        metrics::gauge!("strata_tier_topic_deletions_pending").set(pending.len() as f64);
+        let mut names: Vec<&str> = pending.iter().map(|d| d.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            let deleted = match super::topic_deletion::delete_remote_data(
+                &self.store,
+                self.cache.as_ref(),
+                name,
+            )
+            .await
+            {
+                Ok(deleted) => deleted,
+                Err(e) => {
+                    metrics::counter!("strata_tier_topic_deletion_errors_total").increment(1);
+                    tracing::warn!(topic = name, error = %e, "deleting the remote data of a deleted topic failed; will retry");
+                    continue;
+                }
+            };
+            let done: Vec<_> = pending.iter().filter(|d| d.name == name).cloned().collect();
+            match broker.remote_deletion_done(name, &done) {
+                Ok(_) => tracing::info!(
+                    topic = name,
+                    topic_ids = ?done.iter().map(|d| d.id).collect::<Vec<_>>(),
+                    files = deleted.files,
+                    manifests = deleted.manifests,
+                    "remote data of deleted topic deleted"
+                ),
+                Err(e) => {
+                    tracing::warn!(topic = name, error = %e, "recording a finished remote deletion failed; will retry")
+                }
+            }
+        }
+        if !pending.is_empty() {
+            metrics::gauge!("strata_tier_topic_deletions_pending")
+                .set(broker.remote_deletions().len() as f64);
+        }
     }
 
     async fn sweep_orphans(

@@ -57,14 +57,33 @@ pub struct Written {
 
 /// zstd level 1: level 3 spent two thirds of offload time in the compressor for a few percent
 /// of size on JSON-like values (BENCHMARKS.md, "Tiering").
+///
+/// Statistics and dictionaries only where they pay (BENCHMARKS.md, "Tiering"):
+/// - `offset` and `timestamp` carry page statistics and the page index (readers prune pages by
+///   them); every other column keeps chunk statistics except the arbitrary-bytes ones (key,
+///   value, header keys and values), whose min/max nobody reads and which cost a comparison of
+///   the bytes per row.
+/// - No dictionary on `offset` (every value distinct), `timestamp` (nearly so) and `value`
+///   (high cardinality: the dictionary fills up on the first megabyte and falls back to plain
+///   after hashing it). Low-cardinality columns keep it: producer fields, batch fields, header
+///   keys, and keys (which fall back to plain by themselves when they are unique).
 fn properties(row_group_bytes: usize) -> WriterProperties {
-    WriterProperties::builder()
+    let bytes_columns = [
+        ColumnPath::from("key"),
+        ColumnPath::from("value"),
+        header_column("key"),
+        header_column("value"),
+    ];
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("valid level"),
         ))
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_column_statistics_enabled(ColumnPath::from("offset"), EnabledStatistics::Page)
         .set_column_statistics_enabled(ColumnPath::from("timestamp"), EnabledStatistics::Page)
+        .set_column_dictionary_enabled(ColumnPath::from("offset"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("timestamp"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("value"), false)
         .set_sorting_columns(Some(vec![SortingColumn {
             column_idx: 0,
             descending: false,
@@ -72,8 +91,22 @@ fn properties(row_group_bytes: usize) -> WriterProperties {
         }]))
         // Row groups are closed by bytes, never by a row count.
         .set_max_row_group_row_count(None)
-        .set_max_row_group_bytes(Some(row_group_bytes.max(1 << 16)))
-        .build()
+        .set_max_row_group_bytes(Some(row_group_bytes.max(1 << 16)));
+    for column in bytes_columns {
+        builder = builder.set_column_statistics_enabled(column, EnabledStatistics::None);
+    }
+    builder.build()
+}
+
+/// The Parquet path of a field of the header structs (`headers.list.item.<field>`, the
+/// three-level list layout the Arrow writer produces for the schema in [`super::rows`]).
+fn header_column(field: &str) -> ColumnPath {
+    ColumnPath::new(
+        ["headers", "list", "item", field]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+    )
 }
 
 /// A Parquet file being written to the object store from stored batches, in offset order.
@@ -498,6 +531,101 @@ mod tests {
         .await
         .unwrap()
         .is_empty());
+    }
+
+    /// The layout readers rely on: zstd everywhere, sorted by offset, page statistics and the
+    /// page index on `offset` and `timestamp`; and none of the statistics or dictionaries
+    /// [`properties`] leaves out on purpose.
+    #[tokio::test]
+    async fn file_layout_follows_the_contract() {
+        use parquet::basic::Encoding;
+        use parquet::file::page_index::column_index::ColumnIndexMetaData;
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        use parquet::file::serialized_reader::ReadOptionsBuilder;
+
+        let store = Store::from_url("memory://").unwrap();
+        let mut stored = Vec::new();
+        for i in 0..20 {
+            let mut b = BatchBuilder::new(Codec::None);
+            b.base_offset(i * 50);
+            for r in 0..50 {
+                let v = format!(
+                    "{{\"n\": {}, \"pad\": \"{}\"}}",
+                    i * 50 + r,
+                    "y".repeat(200)
+                );
+                b.record(
+                    5_000 + i * 50 + r,
+                    Some(b"k"),
+                    Some(v.as_bytes()),
+                    &[("h", None)],
+                );
+            }
+            stored.push(b.build());
+        }
+        let limits = ValidationLimits {
+            max_batch_bytes: usize::MAX,
+            max_decompressed_bytes: 1 << 26,
+        };
+        let path = store.path("layout.parquet");
+        write_batches(
+            &store,
+            path.clone(),
+            stored.iter().map(Vec::as_slice),
+            &limits,
+            1 << 20,
+        )
+        .await
+        .unwrap();
+        let body = store.get(&path).await.unwrap();
+        let options = ReadOptionsBuilder::new().with_page_index().build();
+        let reader = SerializedFileReader::new_with_options(body, options).unwrap();
+        let metadata = reader.metadata();
+        let column_index = metadata.column_index().expect("page index");
+        let offset_index = metadata.offset_index().expect("offset index");
+        assert!(metadata.num_row_groups() > 0);
+        for (g, group) in metadata.row_groups().iter().enumerate() {
+            assert_eq!(
+                group.sorting_columns().map(Vec::as_slice),
+                Some(
+                    &[SortingColumn {
+                        column_idx: 0,
+                        descending: false,
+                        nulls_first: false
+                    }][..]
+                )
+            );
+            for (c, chunk) in group.columns().iter().enumerate() {
+                let name = chunk.column_path().string();
+                assert!(
+                    matches!(chunk.compression(), Compression::ZSTD(_)),
+                    "{name}"
+                );
+                assert!(!offset_index[g][c].page_locations().is_empty(), "{name}");
+                let paged = !matches!(column_index[g][c], ColumnIndexMetaData::NONE);
+                let bytes = matches!(
+                    name.as_str(),
+                    "key" | "value" | "headers.list.item.key" | "headers.list.item.value"
+                );
+                let dictionary = chunk
+                    .encodings()
+                    .any(|e| e == Encoding::RLE_DICTIONARY || e == Encoding::PLAIN_DICTIONARY);
+                match name.as_str() {
+                    "offset" | "timestamp" => {
+                        assert!(paged, "{name} has the page index");
+                        assert!(chunk.statistics().is_some(), "{name}");
+                        assert!(!dictionary, "{name}");
+                    }
+                    _ => {
+                        assert!(!paged, "{name}");
+                        assert_eq!(chunk.statistics().is_none(), bytes, "{name}");
+                    }
+                }
+                if name == "value" {
+                    assert!(!dictionary, "{name}");
+                }
+            }
+        }
     }
 
     #[tokio::test]

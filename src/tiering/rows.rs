@@ -86,6 +86,33 @@ pub struct RowsBuilder {
     bytes: usize,
 }
 
+/// How much the builders reserve: what the last finished batch held, plus an eighth. Records of
+/// one segment are alike, so the next batch fits and its buffers are allocated once instead of
+/// doubling (and copying) their way up from empty.
+#[derive(Debug, Clone, Copy, Default)]
+struct Capacity {
+    rows: usize,
+    key_bytes: usize,
+    value_bytes: usize,
+    headers: usize,
+    header_key_bytes: usize,
+    header_value_bytes: usize,
+}
+
+impl Capacity {
+    fn with_slack(self) -> Capacity {
+        let slack = |n: usize| n.saturating_add(n / 8);
+        Capacity {
+            rows: slack(self.rows),
+            key_bytes: slack(self.key_bytes),
+            value_bytes: slack(self.value_bytes),
+            headers: slack(self.headers),
+            header_key_bytes: slack(self.header_key_bytes),
+            header_value_bytes: slack(self.header_value_bytes),
+        }
+    }
+}
+
 impl Default for RowsBuilder {
     fn default() -> Self {
         RowsBuilder::new()
@@ -94,27 +121,58 @@ impl Default for RowsBuilder {
 
 impl RowsBuilder {
     pub fn new() -> RowsBuilder {
+        RowsBuilder::with_capacity(Capacity::default())
+    }
+
+    fn with_capacity(c: Capacity) -> RowsBuilder {
         let header = StructBuilder::new(
             header_fields(),
             vec![
-                Box::new(StringBuilder::new()),
-                Box::new(BinaryBuilder::new()),
+                Box::new(StringBuilder::with_capacity(c.headers, c.header_key_bytes)),
+                Box::new(BinaryBuilder::with_capacity(
+                    c.headers,
+                    c.header_value_bytes,
+                )),
             ],
         );
         RowsBuilder {
-            offset: Int64Builder::new(),
-            timestamp: TimestampMillisecondBuilder::new().with_timezone("UTC"),
-            key: BinaryBuilder::new(),
-            value: BinaryBuilder::new(),
-            headers: ListBuilder::new(header),
-            producer_id: Int64Builder::new(),
-            producer_epoch: Int16Builder::new(),
-            sequence: Int32Builder::new(),
-            batch_base_offset: Int64Builder::new(),
-            batch_attributes: Int16Builder::new(),
-            leader_epoch: Int32Builder::new(),
+            offset: Int64Builder::with_capacity(c.rows),
+            timestamp: TimestampMillisecondBuilder::with_capacity(c.rows).with_timezone("UTC"),
+            key: BinaryBuilder::with_capacity(c.rows, c.key_bytes),
+            value: BinaryBuilder::with_capacity(c.rows, c.value_bytes),
+            headers: ListBuilder::with_capacity(header, c.rows),
+            producer_id: Int64Builder::with_capacity(c.rows),
+            producer_epoch: Int16Builder::with_capacity(c.rows),
+            sequence: Int32Builder::with_capacity(c.rows),
+            batch_base_offset: Int64Builder::with_capacity(c.rows),
+            batch_attributes: Int16Builder::with_capacity(c.rows),
+            leader_epoch: Int32Builder::with_capacity(c.rows),
             rows: 0,
             bytes: 0,
+        }
+    }
+
+    /// What the builders hold now.
+    fn held(&mut self) -> Capacity {
+        let entries = self.headers.values();
+        let headers = arrow_array::builder::ArrayBuilder::len(entries);
+        let header_key_bytes = entries
+            .field_builder::<StringBuilder>(0)
+            .expect("header key builder")
+            .values_slice()
+            .len();
+        let header_value_bytes = entries
+            .field_builder::<BinaryBuilder>(1)
+            .expect("header value builder")
+            .values_slice()
+            .len();
+        Capacity {
+            rows: self.rows,
+            key_bytes: self.key.values_slice().len(),
+            value_bytes: self.value.values_slice().len(),
+            headers,
+            header_key_bytes,
+            header_value_bytes,
         }
     }
 
@@ -172,23 +230,24 @@ impl RowsBuilder {
         Ok(())
     }
 
-    /// Takes the rows so far as one Arrow batch.
+    /// Takes the rows so far as one Arrow batch. The builders start again with room for as
+    /// many rows and bytes as this batch held.
     pub fn finish(&mut self) -> RecordBatch {
+        let next = RowsBuilder::with_capacity(self.held().with_slack());
+        let mut full = std::mem::replace(self, next);
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.offset.finish()),
-            Arc::new(self.timestamp.finish()),
-            Arc::new(self.key.finish()),
-            Arc::new(self.value.finish()),
-            Arc::new(self.headers.finish()),
-            Arc::new(self.producer_id.finish()),
-            Arc::new(self.producer_epoch.finish()),
-            Arc::new(self.sequence.finish()),
-            Arc::new(self.batch_base_offset.finish()),
-            Arc::new(self.batch_attributes.finish()),
-            Arc::new(self.leader_epoch.finish()),
+            Arc::new(full.offset.finish()),
+            Arc::new(full.timestamp.finish()),
+            Arc::new(full.key.finish()),
+            Arc::new(full.value.finish()),
+            Arc::new(full.headers.finish()),
+            Arc::new(full.producer_id.finish()),
+            Arc::new(full.producer_epoch.finish()),
+            Arc::new(full.sequence.finish()),
+            Arc::new(full.batch_base_offset.finish()),
+            Arc::new(full.batch_attributes.finish()),
+            Arc::new(full.leader_epoch.finish()),
         ];
-        self.rows = 0;
-        self.bytes = 0;
         RecordBatch::try_new(schema(), columns).expect("columns match the schema")
     }
 }

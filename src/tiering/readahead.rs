@@ -12,10 +12,18 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, Shared};
+use tokio::sync::Semaphore;
+
+use super::cache::ChunkCache;
+use super::file::{read_rows_checked, FileError};
+use super::manifest::RemoteFile;
+use super::rows::{rebuild_batches, rebuilt_size_hint};
+use crate::record::BatchHeader;
+use crate::store::Store;
 
 /// Whole rebuilt batches holding offsets `[first, end)` of one remote file, in order.
 #[derive(Debug)]
@@ -202,6 +210,121 @@ impl Spans {
     pub fn bytes(&self) -> usize {
         self.state().bytes
     }
+}
+
+/// How many rows a span holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SpanRows {
+    /// About this many bytes of rows, by the file's average row size.
+    Bytes(usize),
+    Exactly(usize),
+}
+
+/// CPU-bound span decodes running at once, process-wide: one per core.
+fn decode_permits() -> Arc<Semaphore> {
+    static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    PERMITS
+        .get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(2, usize::from);
+            Arc::new(Semaphore::new(cores))
+        })
+        .clone()
+}
+
+/// Decodes the `rows` of `file` from offset `first` and rebuilds them into batches,
+/// on a blocking thread (not a runtime worker, which other connections need). Starts now; the
+/// future only waits for the result.
+pub(crate) fn decode_span(
+    store: Store,
+    cache: Option<Arc<ChunkCache>>,
+    file: RemoteFile,
+    first: i64,
+    rows: SpanRows,
+) -> impl std::future::Future<Output = Result<Span, FileError>> + Send + 'static {
+    let path = file.path.clone();
+    let task = tokio::spawn(async move {
+        let _permit = decode_permits().acquire_owned().await;
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            runtime.block_on(rebuild_span(&store, cache.as_ref(), &file, first, rows))
+        })
+        .await
+    });
+    async move {
+        match task.await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) | Err(e) => Err(FileError::Corrupt {
+                path,
+                reason: format!("decoding stopped: {e}"),
+            }),
+        }
+    }
+}
+
+async fn rebuild_span(
+    store: &Store,
+    cache: Option<&Arc<ChunkCache>>,
+    file: &RemoteFile,
+    first: i64,
+    rows: SpanRows,
+) -> Result<Span, FileError> {
+    let corrupt = |reason: String| FileError::Corrupt {
+        path: file.path.clone(),
+        reason,
+    };
+    let skip = usize::try_from(first - file.first_offset)
+        .map_err(|_| corrupt(format!("offset {first} is before the file")))?;
+    let left = usize::try_from(file.last_offset + 1 - first).unwrap_or(0);
+    let (max_rows, max_bytes) = match rows {
+        SpanRows::Bytes(bytes) => (left, bytes),
+        SpanRows::Exactly(rows) => (rows.min(left), usize::MAX),
+    };
+    let rows = read_rows_checked(
+        store,
+        cache,
+        &file.path,
+        file.size_bytes,
+        Some(file.rows),
+        skip,
+        max_rows,
+        max_bytes,
+    )
+    .await?;
+    if let Some(cache) = cache {
+        cache.spans().count_decoded();
+    }
+    let count: usize = rows.iter().map(|b| b.num_rows()).sum();
+    let mut out = Vec::with_capacity(rows.iter().map(rebuilt_size_hint).sum());
+    let mut next = first;
+    for batch in &rows {
+        next = rebuild_batches(batch, next, &mut out).map_err(corrupt)?;
+    }
+    if count == 0 || next != first + count as i64 {
+        return Err(corrupt(format!(
+            "{count} rows read from offset {first}, batches rebuilt up to {next}"
+        )));
+    }
+    Ok(Span::new(first, next, out.into()))
+}
+
+/// The length of the whole batches at the start of `bytes` that fit in `budget` (the first
+/// one even when it does not, if `at_least_one`), and the offset after them.
+pub(crate) fn whole_batches_within(
+    bytes: &[u8],
+    budget: usize,
+    at_least_one: bool,
+) -> (usize, Option<i64>) {
+    let mut len = 0;
+    let mut next = None;
+    while let Ok(header) = BatchHeader::parse(&bytes[len..]) {
+        let end = len + header.total_len();
+        if end > bytes.len() || (end > budget && !(at_least_one && len == 0)) {
+            break;
+        }
+        len = end;
+        next = Some(header.last_offset() + 1);
+    }
+    (len, next)
 }
 
 #[cfg(test)]

@@ -5,20 +5,17 @@
 //! written before the manifest that references it is committed; manifests are fenced by leader
 //! epoch; file names are unique, so a retry never overwrites a committed file.
 
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
-use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::cache::ChunkCache;
-use super::file::{read_rows_checked, FileError, ParquetUpload};
+use super::file::{FileError, ParquetUpload};
 use super::manifest::{CommitError, Manifest, ManifestStore, RemoteFile};
-use super::readahead::Span;
-use super::rows::{rebuild_batches, rebuilt_size_hint};
+use super::readahead::{decode_span, whole_batches_within, Span, SpanRows};
 use crate::record::validate::ValidationLimits;
-use crate::record::BatchHeader;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -423,122 +420,23 @@ const MAX_SPAN_BYTES: usize = 16 << 20;
 /// Spans decoded ahead of a sequential consumer: two keep two cores decoding.
 const READ_AHEAD_SPANS: usize = 2;
 
-/// How many rows a span holds.
-#[derive(Debug, Clone, Copy)]
-enum SpanRows {
-    /// About this many bytes of rows, by the file's average row size.
-    Bytes(usize),
-    Exactly(usize),
-}
-
-/// CPU-bound span decodes running at once, process-wide: one per core.
-fn decode_permits() -> Arc<Semaphore> {
-    static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    PERMITS
-        .get_or_init(|| {
-            let cores = std::thread::available_parallelism().map_or(2, usize::from);
-            Arc::new(Semaphore::new(cores))
-        })
-        .clone()
-}
-
-/// Decodes the `rows` of `file` from offset `first` and rebuilds them into batches,
-/// on a blocking thread (not a runtime worker, which other connections need). Starts now; the
-/// future only waits for the result.
-fn decode_span(
-    store: Store,
-    cache: Option<Arc<ChunkCache>>,
-    file: RemoteFile,
-    first: i64,
-    rows: SpanRows,
-) -> impl std::future::Future<Output = Result<Span, FileError>> + Send + 'static {
-    let path = file.path.clone();
-    let task = tokio::spawn(async move {
-        let _permit = decode_permits().acquire_owned().await;
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            runtime.block_on(rebuild_span(&store, cache.as_ref(), &file, first, rows))
-        })
-        .await
-    });
-    async move {
-        match task.await {
-            Ok(Ok(result)) => result,
-            Ok(Err(e)) | Err(e) => Err(FileError::Corrupt {
-                path,
-                reason: format!("decoding stopped: {e}"),
-            }),
-        }
-    }
-}
-
-async fn rebuild_span(
-    store: &Store,
-    cache: Option<&Arc<ChunkCache>>,
-    file: &RemoteFile,
-    first: i64,
-    rows: SpanRows,
-) -> Result<Span, FileError> {
-    let corrupt = |reason: String| FileError::Corrupt {
-        path: file.path.clone(),
-        reason,
-    };
-    let skip = usize::try_from(first - file.first_offset)
-        .map_err(|_| corrupt(format!("offset {first} is before the file")))?;
-    let left = usize::try_from(file.last_offset + 1 - first).unwrap_or(0);
-    let (max_rows, max_bytes) = match rows {
-        SpanRows::Bytes(bytes) => (left, bytes),
-        SpanRows::Exactly(rows) => (rows.min(left), usize::MAX),
-    };
-    let rows = read_rows_checked(
-        store,
-        cache,
-        &file.path,
-        file.size_bytes,
-        Some(file.rows),
-        skip,
-        max_rows,
-        max_bytes,
-    )
-    .await?;
-    if let Some(cache) = cache {
-        cache.spans().count_decoded();
-    }
-    let count: usize = rows.iter().map(|b| b.num_rows()).sum();
-    let mut out = Vec::with_capacity(rows.iter().map(rebuilt_size_hint).sum());
-    let mut next = first;
-    for batch in &rows {
-        next = rebuild_batches(batch, next, &mut out).map_err(corrupt)?;
-    }
-    if count == 0 || next != first + count as i64 {
-        return Err(corrupt(format!(
-            "{count} rows read from offset {first}, batches rebuilt up to {next}"
-        )));
-    }
-    Ok(Span::new(first, next, out.into()))
-}
-
-/// The length of the whole batches at the start of `bytes` that fit in `budget` (the first
-/// one even when it does not, if `at_least_one`), and the offset after them.
-fn whole_batches_within(bytes: &[u8], budget: usize, at_least_one: bool) -> (usize, Option<i64>) {
-    let mut len = 0;
-    let mut next = None;
-    while let Ok(header) = BatchHeader::parse(&bytes[len..]) {
-        let end = len + header.total_len();
-        if end > bytes.len() || (end > budget && !(at_least_one && len == 0)) {
-            break;
-        }
-        len = end;
-        next = Some(header.last_offset() + 1);
-    }
-    (len, next)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::record::batch::{split_batches, Codec};
     use crate::record::builder::BatchBuilder;
+
+    /// Offsets `[0, records)`, all below the high watermark, leader epoch 0.
+    fn segment_of(records: i64) -> OffloadSegment {
+        OffloadSegment {
+            first: 0,
+            last: records - 1,
+            high_watermark: records,
+            leader_epoch: 0,
+            now_ms: 0,
+            max_upload: std::time::Duration::from_secs(60),
+        }
+    }
 
     /// A sealed segment held in memory: whole batches by base offset.
     struct Batches(Vec<(i64, i64, Vec<u8>)>);
@@ -575,14 +473,7 @@ mod tests {
                 (i * 100, i * 100 + 99, b.build())
             })
             .collect();
-        let segment = OffloadSegment {
-            first: 0,
-            last: RECORDS - 1,
-            high_watermark: RECORDS,
-            leader_epoch: 0,
-            now_ms: 0,
-            max_upload: std::time::Duration::from_secs(60),
-        };
+        let segment = segment_of(RECORDS);
         let limits = ValidationLimits {
             max_batch_bytes: usize::MAX,
             max_decompressed_bytes: 64 << 20,
@@ -640,14 +531,7 @@ mod tests {
                 .await
                 .unwrap()
                 .with_cache(cache);
-            let segment = OffloadSegment {
-                first: 0,
-                last: 19_999,
-                high_watermark: 20_000,
-                leader_epoch: 0,
-                now_ms: 0,
-                max_upload: std::time::Duration::from_secs(60),
-            };
+            let segment = segment_of(20_000);
             remote
                 .offload(&Batches(batches.clone()), &segment, &limits, 1 << 16)
                 .await
@@ -705,14 +589,7 @@ mod tests {
             .await
             .unwrap()
             .with_cache(Some(cache.clone()));
-        let segment = OffloadSegment {
-            first: 0,
-            last: RECORDS - 1,
-            high_watermark: RECORDS,
-            leader_epoch: 0,
-            now_ms: 0,
-            max_upload: std::time::Duration::from_secs(60),
-        };
+        let segment = segment_of(RECORDS);
         remote
             .offload(&Batches(batches), &segment, &limits, 1 << 30)
             .await

@@ -102,7 +102,8 @@ fn bench_offload(c: &mut Criterion) {
         // log and the cold-read cache (warm after the first pass: this measures decoding and
         // rebuilding batches, not the store).
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = ChunkCache::new(dir.path().join("cache"), 1 << 30).expect("cache");
+        let cache =
+            ChunkCache::for_store(&store, dir.path().join("cache"), 1 << 30).expect("cache");
         let remote = rt
             .block_on(RemoteLog::open(store.clone(), "bench", 0))
             .expect("remote log")

@@ -107,8 +107,12 @@ impl Broker {
             let cache_bytes = config.broker.remote_cache_max_bytes;
             if cache_bytes > 0 {
                 let dir = config.data_dir.join("remote-cache");
-                tiering =
-                    tiering.with_cache(crate::tiering::cache::ChunkCache::new(dir, cache_bytes)?);
+                let cache = crate::tiering::cache::ChunkCache::for_store(
+                    tiering.store(),
+                    dir,
+                    cache_bytes,
+                )?;
+                tiering = tiering.with_cache(cache);
             }
             Some(Arc::new(tiering))
         } else {

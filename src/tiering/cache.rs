@@ -1,6 +1,9 @@
 //! The cold-read cache: remote Parquet files are fetched in aligned chunks (one GET each, so a
-//! read touching many small ranges of one chunk costs one request) and kept on local disk, with
-//! the total bounded by `strata.remote.cache.max.bytes` (least recently used chunks go first).
+//! read touching many small ranges of one chunk costs one request). The chunks fetched last are
+//! kept in memory (at most [`MEMORY_BYTES`]) and read from there without a copy; chunks of a
+//! remote store are also copied to local disk, with the total bounded by
+//! `strata.remote.cache.max.bytes` (least recently used chunks go first). A `file://` or
+//! `memory://` store is local already, so its chunks get no disk copy.
 //! Concurrent readers of one chunk share one GET; sequential readers have the next chunks
 //! fetched ahead of them in the background. Parsed file footers are kept in memory too, and so
 //! are rebuilt batches between Fetches ([`super::readahead`]).
@@ -27,6 +30,8 @@ use crate::store::Store;
 /// Chunk size: 8 MiB means at most 128 GETs per GiB read, and ranges far smaller than a
 /// chunk (the pages of one column) coalesce into the chunk's single GET.
 pub const CHUNK_BYTES: u64 = 8 << 20;
+/// Chunks fetched last, kept in memory (also bounded by the cache's size).
+pub const MEMORY_BYTES: u64 = 128 << 20;
 /// Chunks fetched ahead of a reader that moves forward through a file.
 const PREFETCH_CHUNKS: u64 = 2;
 /// GETs in flight at once (each buffers at most one chunk in memory).
@@ -46,8 +51,10 @@ enum Chunk {
 }
 
 pub struct ChunkCache {
-    dir: PathBuf,
+    /// Where disk copies go; `None` when the store is local and a copy would gain nothing.
+    dir: Option<PathBuf>,
     max_bytes: u64,
+    memory_max_bytes: u64,
     chunk_bytes: u64,
     state: Mutex<State>,
     fetches: Arc<Semaphore>,
@@ -60,37 +67,56 @@ struct State {
     chunks: HashMap<ChunkKey, Entry>,
     inflight: HashMap<ChunkKey, Fetch>,
     footers: HashMap<String, ArrowReaderMetadata>,
-    bytes: u64,
+    disk_bytes: u64,
+    memory_bytes: u64,
     tick: u64,
     next_id: u64,
 }
 
+/// One cached chunk: in memory, on disk, or both.
 struct Entry {
-    id: u64,
     len: u64,
     used: u64,
+    memory: Option<Bytes>,
+    /// The id of its disk copy.
+    file: Option<u64>,
+    /// Its disk copy is being written: it stays listed even if it leaves memory meanwhile.
+    writing: bool,
 }
 
 impl ChunkCache {
-    /// A cache in `dir` (emptied now) of at most `max_bytes`.
-    pub fn new(dir: PathBuf, max_bytes: u64) -> std::io::Result<Arc<ChunkCache>> {
+    /// A cache of at most `max_bytes` on disk in `dir` (emptied now), or in memory only.
+    pub fn new(dir: Option<PathBuf>, max_bytes: u64) -> std::io::Result<Arc<ChunkCache>> {
         Self::with_chunk_bytes(dir, max_bytes, CHUNK_BYTES)
     }
 
-    pub fn with_chunk_bytes(
+    /// The cache for reads from `store`: chunks of a local store are kept in memory only.
+    pub fn for_store(
+        store: &Store,
         dir: PathBuf,
+        max_bytes: u64,
+    ) -> std::io::Result<Arc<ChunkCache>> {
+        let local = store.url().starts_with("file://") || store.url().starts_with("memory://");
+        Self::new((!local).then_some(dir), max_bytes)
+    }
+
+    pub fn with_chunk_bytes(
+        dir: Option<PathBuf>,
         max_bytes: u64,
         chunk_bytes: u64,
     ) -> std::io::Result<Arc<ChunkCache>> {
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        if let Some(dir) = &dir {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            std::fs::create_dir_all(dir)?;
         }
-        std::fs::create_dir_all(&dir)?;
         Ok(Arc::new(ChunkCache {
             dir,
             max_bytes,
+            memory_max_bytes: max_bytes.min(MEMORY_BYTES),
             chunk_bytes: chunk_bytes.max(1),
             state: Mutex::new(State::default()),
             fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
@@ -103,8 +129,14 @@ impl ChunkCache {
         self.state.lock().expect("cache lock")
     }
 
-    fn file_of(&self, id: u64) -> PathBuf {
-        self.dir.join(format!("{id}.chunk"))
+    fn file_of(&self, id: u64) -> Option<PathBuf> {
+        Some(self.dir.as_ref()?.join(format!("{id}.chunk")))
+    }
+
+    fn remove_file(&self, id: u64) {
+        if let Some(file) = self.file_of(id) {
+            let _ = std::fs::remove_file(file);
+        }
     }
 
     /// GETs made so far.
@@ -112,9 +144,20 @@ impl ChunkCache {
         self.downloads.load(Ordering::Relaxed)
     }
 
-    /// Bytes of chunks on disk now.
+    /// Bytes of chunks cached now, on disk and in memory (a chunk in both counts twice).
     pub fn cached_bytes(&self) -> u64 {
-        self.state().bytes
+        let state = self.state();
+        state.disk_bytes + state.memory_bytes
+    }
+
+    /// Bytes of chunks on disk now.
+    pub fn disk_bytes(&self) -> u64 {
+        self.state().disk_bytes
+    }
+
+    /// Bytes of chunks in memory now.
+    pub fn memory_bytes(&self) -> u64 {
+        self.state().memory_bytes
     }
 
     pub fn footer(&self, path: &str) -> Option<ArrowReaderMetadata> {
@@ -147,10 +190,26 @@ impl ChunkCache {
             .collect();
         for key in gone {
             if let Some(e) = state.chunks.remove(&key) {
-                state.bytes -= e.len;
-                let _ = std::fs::remove_file(self.file_of(e.id));
+                self.drop_entry(&mut state, e);
             }
         }
+        self.publish(&state);
+    }
+
+    /// Gives back what a removed entry held.
+    fn drop_entry(&self, state: &mut State, e: Entry) {
+        if e.memory.is_some() {
+            state.memory_bytes -= e.len;
+        }
+        if let Some(id) = e.file {
+            state.disk_bytes -= e.len;
+            self.remove_file(id);
+        }
+    }
+
+    fn publish(&self, state: &State) {
+        metrics::gauge!("strata_tier_cache_bytes").set(state.disk_bytes as f64);
+        metrics::gauge!("strata_tier_cache_memory_bytes").set(state.memory_bytes as f64);
     }
 
     /// The bytes of `ranges` of the object `path` (of `size` bytes), through the cache.
@@ -183,23 +242,31 @@ impl ChunkCache {
                 });
             }
         }
-        // Chunks on disk are read from there; missing ones are fetched and used straight from
-        // memory, so a read never depends on its chunks surviving eviction.
+        // Cached chunks are read from memory or disk; missing ones are fetched and used
+        // straight from memory, so a read never depends on its chunks surviving eviction.
         let mut sources: HashMap<u64, Chunk> = HashMap::new();
         {
             let mut state = self.state();
             state.tick += 1;
             let tick = state.tick;
             for &index in &wanted {
-                if let Some(e) = state.chunks.get_mut(&(path.to_string(), index)) {
-                    e.used = tick;
-                    match File::open(self.file_of(e.id)) {
-                        Ok(f) => {
-                            sources.insert(index, Chunk::Disk(f));
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(format!("opening the cold-read cache: {e}")),
+                let Some(e) = state.chunks.get_mut(&(path.to_string(), index)) else {
+                    continue;
+                };
+                e.used = tick;
+                if let Some(bytes) = &e.memory {
+                    sources.insert(index, Chunk::Memory(bytes.clone()));
+                    continue;
+                }
+                let Some(file) = e.file.and_then(|id| self.file_of(id)) else {
+                    continue;
+                };
+                match File::open(file) {
+                    Ok(f) => {
+                        sources.insert(index, Chunk::Disk(f));
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(format!("opening the cold-read cache: {e}")),
                 }
             }
         }
@@ -223,6 +290,8 @@ impl ChunkCache {
             .map_err(|e| format!("reading the cold-read cache: {e}"))
     }
 
+    /// The bytes of each range: a slice of a chunk in memory when the range lies within it,
+    /// a copy otherwise.
     fn copy_out(
         &self,
         sources: &HashMap<u64, Chunk>,
@@ -230,7 +299,16 @@ impl ChunkCache {
     ) -> std::io::Result<Vec<Bytes>> {
         let mut parts = Vec::with_capacity(ranges.len());
         for r in ranges {
-            let mut out = BytesMut::zeroed((r.end.saturating_sub(r.start)) as usize);
+            let index = r.start / self.chunk_bytes;
+            let within = (r.start - index * self.chunk_bytes) as usize;
+            let len = r.end.saturating_sub(r.start) as usize;
+            if let Some(Chunk::Memory(b)) = sources.get(&index) {
+                if within + len <= b.len() && within + len <= self.chunk_bytes as usize {
+                    parts.push(b.slice(within..within + len));
+                    continue;
+                }
+            }
+            let mut out = BytesMut::zeroed(len);
             let mut pos = r.start;
             while pos < r.end {
                 let index = pos / self.chunk_bytes;
@@ -266,7 +344,7 @@ impl ChunkCache {
         let cache = self.clone();
         let fut_key = key.clone();
         let fetch = async move {
-            let result = cache.download(&store, &fut_key, size).await;
+            let result = cache.clone().download(&store, &fut_key, size).await;
             cache.state().inflight.remove(&fut_key);
             result
         }
@@ -276,7 +354,13 @@ impl ChunkCache {
         fetch
     }
 
-    async fn download(&self, store: &Store, key: &ChunkKey, size: u64) -> Result<Bytes, String> {
+    /// One GET; the chunk goes to memory at once and to disk in the background.
+    async fn download(
+        self: Arc<Self>,
+        store: &Store,
+        key: &ChunkKey,
+        size: u64,
+    ) -> Result<Bytes, String> {
         let (path, index) = key;
         let start = index * self.chunk_bytes;
         let end = (start + self.chunk_bytes).min(size);
@@ -300,58 +384,117 @@ impl ChunkCache {
                 bytes.len()
             ));
         }
-        let id = {
-            let mut state = self.state();
-            state.next_id += 1;
-            state.next_id
-        };
-        let file = self.file_of(id);
-        let written = bytes.clone();
-        tokio::task::spawn_blocking(move || std::fs::write(file, &written))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("writing the cold-read cache: {e}"))?;
         metrics::counter!("strata_tier_cache_fill_bytes_total").increment(bytes.len() as u64);
-        let mut state = self.state();
-        state.tick += 1;
-        let used = state.tick;
-        state.bytes += bytes.len() as u64;
-        let replaced = state.chunks.insert(
-            key.clone(),
-            Entry {
-                id,
-                len: bytes.len() as u64,
-                used,
-            },
-        );
-        if let Some(old) = replaced {
-            // Fetched twice (a reader saw it missing just before it landed): keep one copy.
-            state.bytes -= old.len;
-            let _ = std::fs::remove_file(self.file_of(old.id));
+        let len = bytes.len() as u64;
+        let disk_copy = {
+            let mut state = self.state();
+            state.tick += 1;
+            let used = state.tick;
+            state.memory_bytes += len;
+            let replaced = state.chunks.insert(
+                key.clone(),
+                Entry {
+                    len,
+                    used,
+                    memory: Some(bytes.clone()),
+                    file: None,
+                    writing: self.dir.is_some(),
+                },
+            );
+            if let Some(old) = replaced {
+                // Fetched twice (a reader saw it missing just before it landed): keep one copy.
+                self.drop_entry(&mut state, old);
+            }
+            self.evict(&mut state, key);
+            self.publish(&state);
+            self.dir.is_some().then(|| {
+                state.next_id += 1;
+                state.next_id
+            })
+        };
+        if let Some(id) = disk_copy {
+            let cache = self.clone();
+            let key = key.clone();
+            let written = bytes.clone();
+            tokio::spawn(async move { cache.copy_to_disk(key, id, written).await });
         }
-        self.evict(&mut state, key);
-        metrics::gauge!("strata_tier_cache_bytes").set(state.bytes as f64);
         Ok(bytes)
     }
 
-    /// Least recently used chunks go until the cache fits, never the one just added.
-    fn evict(&self, state: &mut State, keep: &ChunkKey) {
-        while state.bytes > self.max_bytes {
-            let Some(victim) = state
-                .chunks
-                .iter()
-                .filter(|(k, _)| *k != keep)
-                .min_by_key(|(_, e)| e.used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            if let Some(e) = state.chunks.remove(&victim) {
-                state.bytes -= e.len;
-                let _ = std::fs::remove_file(self.file_of(e.id));
-                metrics::counter!("strata_tier_cache_evicted_bytes_total").increment(e.len);
+    /// Writes the disk copy of a chunk just fetched, if the chunk is still cached by then.
+    async fn copy_to_disk(self: Arc<Self>, key: ChunkKey, id: u64, bytes: Bytes) {
+        let Some(file) = self.file_of(id) else {
+            return;
+        };
+        let written = tokio::task::spawn_blocking(move || std::fs::write(file, &bytes))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let mut state = self.state();
+        let entry = state.chunks.get_mut(&key).filter(|e| e.file.is_none());
+        match (written, entry) {
+            (Ok(()), Some(entry)) => {
+                entry.file = Some(id);
+                entry.writing = false;
+                let len = entry.len;
+                state.disk_bytes += len;
+                self.evict(&mut state, &key);
+                self.publish(&state);
+            }
+            (Ok(()), None) => self.remove_file(id),
+            (Err(e), entry) => {
+                tracing::warn!(error = %e, "writing the cold-read cache");
+                self.remove_file(id);
+                if let Some(entry) = entry {
+                    entry.writing = false;
+                    if entry.memory.is_none() {
+                        state.chunks.remove(&key);
+                    }
+                }
             }
         }
+    }
+
+    /// Least recently used chunks leave memory, then disk, until each fits; never the one
+    /// just added.
+    fn evict(&self, state: &mut State, keep: &ChunkKey) {
+        while state.memory_bytes > self.memory_max_bytes {
+            let Some(victim) = Self::least_recent(state, keep, |e| e.memory.is_some()) else {
+                break;
+            };
+            let e = state.chunks.get_mut(&victim).expect("victim exists");
+            e.memory = None;
+            state.memory_bytes -= e.len;
+            if e.file.is_none() && !e.writing {
+                state.chunks.remove(&victim);
+            }
+        }
+        while state.disk_bytes > self.max_bytes {
+            let Some(victim) = Self::least_recent(state, keep, |e| e.file.is_some()) else {
+                break;
+            };
+            let e = state.chunks.get_mut(&victim).expect("victim exists");
+            let (id, len) = (e.file.take().expect("has a file"), e.len);
+            state.disk_bytes -= len;
+            if e.memory.is_none() {
+                state.chunks.remove(&victim);
+            }
+            self.remove_file(id);
+            metrics::counter!("strata_tier_cache_evicted_bytes_total").increment(len);
+        }
+    }
+
+    fn least_recent(
+        state: &State,
+        keep: &ChunkKey,
+        holds: impl Fn(&Entry) -> bool,
+    ) -> Option<ChunkKey> {
+        state
+            .chunks
+            .iter()
+            .filter(|(k, e)| *k != keep && holds(e))
+            .min_by_key(|(_, e)| e.used)
+            .map(|(k, _)| k.clone())
     }
 }
 
@@ -368,7 +511,8 @@ mod tests {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let cache = ChunkCache::with_chunk_bytes(dir.path().join("c"), 30_000, 10_000).unwrap();
+        let cache =
+            ChunkCache::with_chunk_bytes(Some(dir.path().join("c")), 30_000, 10_000).unwrap();
         let ranges = [0..5, 9_990..10_020, 55_000..75_001, 99_999..100_000, 7..7];
         let parts = cache
             .read_ranges(&store, "f", 100_000, &ranges)
@@ -377,8 +521,12 @@ mod tests {
         for (r, part) in ranges.iter().zip(&parts) {
             assert_eq!(&part[..], &body[r.start as usize..r.end as usize]);
         }
-        // Bounded: at most the budget plus the chunk that was just added.
-        assert!(cache.cached_bytes() <= 40_000, "{}", cache.cached_bytes());
+        // Bounded: at most the budget plus the chunk that was just added, in each tier.
+        let bounded = |cache: &ChunkCache| {
+            assert!(cache.memory_bytes() <= 40_000, "{}", cache.memory_bytes());
+            assert!(cache.disk_bytes() <= 40_000, "{}", cache.disk_bytes());
+        };
+        bounded(&cache);
         // Everything again, in order, through a cache smaller than the file.
         for start in (0..100_000u64).step_by(7_000) {
             let end = (start + 7_000).min(100_000);
@@ -387,9 +535,13 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(&part[0][..], &body[start as usize..end as usize]);
+            bounded(&cache);
         }
+        settle(&cache).await;
+        assert!(cache.disk_bytes() > 0, "chunks were copied to disk");
         cache.forget("f");
         assert_eq!(cache.cached_bytes(), 0);
+        assert_eq!(std::fs::read_dir(dir.path().join("c")).unwrap().count(), 0);
         // A file shorter than its stated size is an error, not short data.
         let err = cache
             .read_ranges(
@@ -411,7 +563,8 @@ mod tests {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let cache = ChunkCache::with_chunk_bytes(dir.path().join("c"), 1 << 20, 10_000).unwrap();
+        let cache =
+            ChunkCache::with_chunk_bytes(Some(dir.path().join("c")), 1 << 20, 10_000).unwrap();
         let reads = (0..16).map(|i| {
             let cache = cache.clone();
             let store = store.clone();
@@ -430,18 +583,91 @@ mod tests {
         for parts in futures::future::join_all(reads).await {
             assert_eq!(&parts[0][..], &[7u8; 50][..]);
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !cache.state().inflight.is_empty() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "prefetches never finished"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        settle(&cache).await;
         // Chunk 0 was read plus up to two prefetched chunks, each with one GET.
         let chunks = cache.state().chunks.len();
         assert!((1..=3).contains(&chunks), "{chunks}");
         assert_eq!(cache.downloads(), chunks as u64);
         assert_eq!(cache.state().inflight.len(), 0);
+    }
+
+    /// Waits until no GET is in flight and every fetched chunk has its disk copy.
+    async fn settle(cache: &ChunkCache) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let done = {
+                let state = cache.state();
+                state.inflight.is_empty() && state.chunks.values().all(|e| !e.writing)
+            };
+            if done {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fetches or disk copies never finished"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_leave_memory_for_disk_and_are_read_back_from_there() {
+        let store = Store::from_url("memory://").unwrap();
+        let body: Vec<u8> = (0..60_000u32).map(|i| (i % 241) as u8).collect();
+        store
+            .put_if_absent(&store.path("h"), Bytes::from(body.clone()))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cache =
+            ChunkCache::with_chunk_bytes(Some(dir.path().join("c")), 1 << 20, 10_000).unwrap();
+        // Shrink the memory tier to two chunks so that most chunks live on disk only.
+        let cache = Arc::new(ChunkCache {
+            memory_max_bytes: 20_000,
+            ..Arc::try_unwrap(cache).ok().unwrap()
+        });
+        for start in (0..60_000u64).step_by(10_000) {
+            cache
+                .read_ranges(
+                    &store,
+                    "h",
+                    60_000,
+                    std::slice::from_ref(&(start..start + 1)),
+                )
+                .await
+                .unwrap();
+            settle(&cache).await;
+        }
+        let gets = cache.downloads();
+        assert_eq!(gets, 6, "each chunk fetched once");
+        assert_eq!(cache.disk_bytes(), 60_000);
+        assert!(cache.memory_bytes() <= 30_000, "{}", cache.memory_bytes());
+        // Chunk 0 left memory long ago: it comes back from its disk copy, with no GET.
+        let part = cache
+            .read_ranges(&store, "h", 60_000, std::slice::from_ref(&(5..20_005)))
+            .await
+            .unwrap();
+        assert_eq!(&part[0][..], &body[5..20_005]);
+        assert_eq!(cache.downloads(), gets);
+    }
+
+    #[tokio::test]
+    async fn a_local_store_gets_no_disk_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::from_url(&format!("file://{}", dir.path().join("o").display())).unwrap();
+        store
+            .put_if_absent(&store.path("k"), Bytes::from(vec![3u8; 25_000]))
+            .await
+            .unwrap();
+        let cache = ChunkCache::for_store(&store, dir.path().join("c"), 1 << 20).unwrap();
+        let parts = cache
+            .read_ranges(&store, "k", 25_000, &[0..10, 24_000..25_000])
+            .await
+            .unwrap();
+        assert_eq!(&parts[1][..], &[3u8; 1000][..]);
+        settle(&cache).await;
+        assert!(cache.memory_bytes() > 0);
+        assert_eq!(cache.disk_bytes(), 0);
+        assert!(!dir.path().join("c").exists());
     }
 }

@@ -389,14 +389,23 @@ pub async fn read_rows_checked(
     if skip >= total {
         return Ok(Vec::new());
     }
-    let max_rows = max_rows.min((max_bytes / row_bytes(builder.metadata())).max(1));
+    let row_bytes = row_bytes(builder.metadata());
+    let mut max_rows = max_rows.min((max_bytes / row_bytes).max(1));
+    if max_bytes != usize::MAX {
+        // Bounded by bytes, not asked for an exact count: end where a value page ends.
+        let end = skip + max_rows.min(total - skip);
+        max_rows = page_aligned_end(builder.metadata(), skip, end) - skip;
+    }
+    // Arrow batches of about 1 MiB: a batch then spans one or two pages of the value column,
+    // and its buffers, reserved page by page, are not regrown (and copied) page after page.
+    let batch_rows = ((1 << 20) / row_bytes).clamp(64, 8192);
     let selection = RowSelection::from(vec![
         RowSelector::skip(skip),
         RowSelector::select(max_rows.min(total - skip)),
     ]);
     let stream = builder
         .with_row_selection(selection)
-        .with_batch_size(max_rows.clamp(1, 8192))
+        .with_batch_size(max_rows.clamp(1, batch_rows))
         .build()
         .map_err(corrupt)?;
     stream.try_collect().await.map_err(corrupt)
@@ -411,6 +420,45 @@ pub fn row_bytes(metadata: &ParquetMetaData) -> usize {
         .map(|g| g.total_byte_size())
         .sum();
     (data.max(1) as usize / rows).max(1)
+}
+
+/// The last start of a page of the value column (most of what is decompressed) in
+/// `(start, end]`, in rows from the file's start; `end` itself when no page starts there or
+/// `end` is the file's end. Rows read up to there leave no value page half-read, to be
+/// decompressed again by the read that continues.
+pub fn page_aligned_end(metadata: &ParquetMetaData, start: usize, end: usize) -> usize {
+    let total = metadata.file_metadata().num_rows().max(0) as usize;
+    let column = metadata
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.path().parts() == ["value"]);
+    let (Some(index), Some(column)) = (metadata.offset_index(), column) else {
+        return end;
+    };
+    if end >= total {
+        return end;
+    }
+    let mut aligned = None;
+    let mut group_start = 0;
+    for (group, pages) in metadata.row_groups().iter().zip(index) {
+        let group_rows = group.num_rows().max(0) as usize;
+        if group_start > end {
+            break;
+        }
+        if group_start + group_rows > start {
+            let mut starts = pages
+                .get(column)
+                .map(|c| c.page_locations().as_slice())
+                .unwrap_or_default()
+                .iter()
+                .map(|p| group_start + p.first_row_index.max(0) as usize);
+            aligned = starts.rfind(|&b| b > start && b <= end).or(aligned);
+        }
+        group_start += group_rows;
+    }
+    aligned.unwrap_or(end)
 }
 
 /// (offset, timestamp) of every row, reading only those two columns (ListOffsets by timestamp).
@@ -629,6 +677,94 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test]
+    async fn byte_bounded_reads_end_where_a_value_page_ends() {
+        // 6000 records of ~1 KiB in 4 MiB row groups: several value pages per row group.
+        let store = Store::from_url("memory://").unwrap();
+        let mut stored = Vec::new();
+        let mut seed = 7u64;
+        for i in 0..60 {
+            let mut b = BatchBuilder::new(Codec::None);
+            b.base_offset(i * 100);
+            for r in 0..100 {
+                let v: Vec<u8> = (0..1000)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        b'a' + (seed >> 60) as u8
+                    })
+                    .collect();
+                b.record(i * 100 + r, None, Some(&v), &[]);
+            }
+            stored.push(b.build());
+        }
+        let limits = ValidationLimits {
+            max_batch_bytes: usize::MAX,
+            max_decompressed_bytes: 1 << 26,
+        };
+        let written = write_batches(
+            &store,
+            store.path("pages.parquet"),
+            stored.iter().map(Vec::as_slice),
+            &limits,
+            4 << 20,
+        )
+        .await
+        .unwrap();
+        let size = written.size_bytes;
+        let builder = open_file(&store, None, "pages.parquet", size)
+            .await
+            .unwrap();
+        let metadata = builder.metadata().clone();
+        let mut starts = Vec::new();
+        let mut group_start = 0;
+        for (g, group) in metadata.row_groups().iter().enumerate() {
+            let pages = metadata.offset_index().unwrap()[g][3].page_locations();
+            starts.extend(
+                pages
+                    .iter()
+                    .map(|p| group_start + p.first_row_index as usize),
+            );
+            group_start += group.num_rows() as usize;
+        }
+        let groups = metadata.num_row_groups();
+        assert!(
+            starts.len() > 2 * groups,
+            "{} pages in {groups} groups",
+            starts.len()
+        );
+        for (start, end) in [(0, 1), (0, 2500), (100, 3333), (1999, 4000), (5000, 6000)] {
+            let aligned = page_aligned_end(&metadata, start, end);
+            let expected = starts
+                .iter()
+                .copied()
+                .rfind(|&b| b > start && b <= end)
+                .filter(|_| end < 6000)
+                .unwrap_or(end);
+            assert_eq!(aligned, expected, "({start}, {end})");
+        }
+        // A read of ~2.5 MB from row 100 ends at a page start, and the next read starts there.
+        let rows = read_rows_checked(
+            &store,
+            None,
+            "pages.parquet",
+            size,
+            None,
+            100,
+            6000,
+            2_500_000,
+        )
+        .await
+        .unwrap();
+        let count: usize = rows.iter().map(RecordBatch::num_rows).sum();
+        assert!(starts.contains(&(100 + count)), "{count} rows from 100");
+        assert!(count > 1000, "{count}");
+        // Asked for an exact count, a read returns exactly that.
+        let rows = read_rows(&store, None, "pages.parquet", size, 100, 1234)
+            .await
+            .unwrap();
+        assert_eq!(rows.iter().map(RecordBatch::num_rows).sum::<usize>(), 1234);
     }
 
     #[tokio::test]

@@ -71,6 +71,7 @@ pub struct Spans {
     budget: usize,
     state: Mutex<State>,
     decoded: AtomicU64,
+    decoded_rows: AtomicU64,
 }
 
 #[derive(Default)]
@@ -94,6 +95,7 @@ impl Spans {
             budget,
             state: Mutex::new(State::default()),
             decoded: AtomicU64::new(0),
+            decoded_rows: AtomicU64::new(0),
         }
     }
 
@@ -196,9 +198,15 @@ impl Spans {
         }
     }
 
-    /// Counts a span decoded (by a Fetch or ahead of one).
-    pub fn count_decoded(&self) {
+    /// Counts a span of `rows` rows decoded (by a Fetch or ahead of one).
+    pub fn count_decoded(&self, rows: usize) {
         self.decoded.fetch_add(1, Ordering::Relaxed);
+        self.decoded_rows.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+
+    /// Rows decoded so far, in all spans.
+    pub fn decoded_rows(&self) -> u64 {
+        self.decoded_rows.load(Ordering::Relaxed)
     }
 
     /// Spans decoded so far.
@@ -290,10 +298,10 @@ async fn rebuild_span(
         max_bytes,
     )
     .await?;
-    if let Some(cache) = cache {
-        cache.spans().count_decoded();
-    }
     let count: usize = rows.iter().map(|b| b.num_rows()).sum();
+    if let Some(cache) = cache {
+        cache.spans().count_decoded(count);
+    }
     let mut out = Vec::with_capacity(rows.iter().map(rebuilt_size_hint).sum());
     let mut next = first;
     for batch in &rows {

@@ -334,8 +334,8 @@ impl RemoteLog {
 
     /// Starts decoding the spans from offset `at` on in the background, for the Fetches after
     /// this one (with a cache to hold them, and while the budget has room). Spans hold a fixed
-    /// number of rows from the file's average row size, so the ones after the next are known
-    /// before it is decoded and several decode at once.
+    /// number of rows from the file's average row size, ending where a value page ends, so the
+    /// ones after the next are known before it is decoded and several decode at once.
     fn read_ahead(&self, manifest: &Manifest, path: &str, at: i64, bytes: usize) {
         let Some(cache) = &self.cache else {
             return;
@@ -347,13 +347,19 @@ impl RemoteLog {
         else {
             return;
         };
-        let rows = (bytes / row_bytes).max(1) as i64;
+        let rows = (bytes / row_bytes).max(1);
         let mut start = at;
         for _ in 0..READ_AHEAD_SPANS {
             let Some(file) = manifest.file_for(start).cloned() else {
                 return;
             };
-            let end = (start + rows).min(file.last_offset + 1);
+            let from = (start - file.first_offset) as usize;
+            let to = (from + rows).min(file.rows as usize);
+            let to = match cache.footer(&file.path) {
+                Some(footer) => super::file::page_aligned_end(footer.metadata(), from, to),
+                None => to,
+            };
+            let end = file.first_offset + to as i64;
             let path = file.path.clone();
             let store = self.store.clone();
             let for_task = cache.clone();
@@ -521,7 +527,7 @@ mod tests {
             let store = Store::from_url("memory://").unwrap();
             let cache = cached.then(|| {
                 crate::tiering::cache::ChunkCache::with_chunk_bytes(
-                    dir.path().join("c"),
+                    Some(dir.path().join("c")),
                     1 << 20,
                     4096,
                 )
@@ -584,7 +590,8 @@ mod tests {
             max_decompressed_bytes: 1 << 20,
         };
         let dir = tempfile::tempdir().unwrap();
-        let cache = crate::tiering::cache::ChunkCache::new(dir.path().join("c"), 1 << 30).unwrap();
+        let cache =
+            crate::tiering::cache::ChunkCache::new(Some(dir.path().join("c")), 1 << 30).unwrap();
         let remote = RemoteLog::open(Store::from_url("memory://").unwrap(), "t", 0)
             .await
             .unwrap()
@@ -610,14 +617,20 @@ mod tests {
             bytes += chunk.len();
             fetches += 1;
         }
-        // About 24 MB in 1 MiB Fetches: 4 MiB spans, each decoded once (the last span may be
-        // read ahead into nothing more).
+        // About 24 MB in 1 MiB Fetches: spans of at most 4 MiB, ending where value pages end,
+        // and each row decoded once (the last span may be read ahead into nothing more).
         let spans = bytes.div_ceil(MIN_SPAN_BYTES) as u64;
         assert!(fetches >= 20, "{fetches} fetches");
         assert!(
-            (spans..=spans + 1).contains(&cache.spans().decoded()),
+            cache.spans().decoded() >= spans,
+            "{}",
+            cache.spans().decoded()
+        );
+        assert!(
+            cache.spans().decoded() <= 2 * spans + 1,
             "{} spans decoded for {spans} spans of data",
             cache.spans().decoded()
         );
+        assert_eq!(cache.spans().decoded_rows(), RECORDS as u64);
     }
 }

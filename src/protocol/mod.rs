@@ -4,4 +4,5 @@
 
 pub mod frame;
 pub mod request;
+pub mod splice;
 pub mod versions;

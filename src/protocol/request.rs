@@ -1,11 +1,15 @@
 //! Request parsing: the fixed start of the header is checked by hand (the crate's header decoder
 //! can panic on frames shorter than 4 bytes), then kafka-protocol decodes header and body.
 
-use bytes::{Buf, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, FetchResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+};
+use kafka_protocol::protocol::buf::ByteBufMut;
 use kafka_protocol::protocol::{Decodable, Encodable};
 use thiserror::Error;
 
+use super::splice::SpliceBuf;
 use super::versions::is_served;
 
 /// api_key (2) + api_version (2) + correlation_id (4).
@@ -98,6 +102,36 @@ pub fn encode_response(
     Ok(buf.freeze())
 }
 
+/// A Fetch response frame (size, header, body) in parts: the record data of its partitions is
+/// referenced, not copied ([`super::splice`]), and the rest is encoded into one buffer sized
+/// up front.
+pub fn encode_fetch_response(
+    version: i16,
+    correlation_id: i32,
+    body: &FetchResponse,
+) -> anyhow::Result<Vec<Bytes>> {
+    let splice: Vec<Bytes> = body
+        .responses
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .filter_map(|p| p.records.clone())
+        .collect();
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let header_version = ApiKey::Fetch.response_header_version(version);
+    let size = header.compute_size(header_version)? + body.compute_size(version)?;
+    let spliced: usize = splice.iter().map(Bytes::len).sum();
+    let mut buf = SpliceBuf::new((4 + size).saturating_sub(spliced), &splice);
+    buf.put_i32(i32::try_from(size)?);
+    header.encode(&mut buf, header_version)?;
+    body.encode(&mut buf, version)?;
+    anyhow::ensure!(
+        buf.offset() == 4 + size,
+        "Fetch v{version}: encoded {} bytes, computed {size}",
+        buf.offset() - 4,
+    );
+    Ok(buf.into_parts())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +199,44 @@ mod tests {
                 matches!(parse(&f), Err(RequestError::Malformed { .. })),
                 "cut {cut}"
             );
+        }
+    }
+
+    #[test]
+    fn a_fetch_response_in_parts_is_the_same_frame_with_its_records_spliced() {
+        use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+        use kafka_protocol::messages::TopicName;
+        let big = Bytes::from(vec![5u8; 100_000]);
+        let small = Bytes::from(vec![6u8; 100]);
+        let partition = |i: i32, records: Option<Bytes>| {
+            PartitionData::default()
+                .with_partition_index(i)
+                .with_high_watermark(42)
+                .with_records(records)
+        };
+        let response =
+            FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+                .with_topic(TopicName(
+                    kafka_protocol::protocol::StrBytes::from_static_str("t"),
+                ))
+                .with_partitions(vec![
+                    partition(0, Some(big.clone())),
+                    partition(1, None),
+                    partition(2, Some(small)),
+                    partition(3, Some(big.clone())),
+                ])]);
+        for version in [4, 11, 12, 16] {
+            let parts = encode_fetch_response(version, 7, &response).unwrap();
+            let whole = encode_response(
+                ApiKey::Fetch,
+                version,
+                7,
+                &ResponseKind::Fetch(response.clone()),
+            )
+            .unwrap();
+            assert_eq!(parts.concat(), whole.to_vec(), "v{version}");
+            let spliced = parts.iter().filter(|p| p.as_ptr() == big.as_ptr()).count();
+            assert_eq!(spliced, 2, "v{version}: the large records are not copied");
         }
     }
 }

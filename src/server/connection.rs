@@ -10,14 +10,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{ApiKey, ResponseKind, SaslHandshakeResponse};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::api;
 use crate::broker::Broker;
 use crate::protocol::frame::{read_frame, FrameError, MemoryBudget};
-use crate::protocol::request::{encode_response, parse, RequestError};
+use crate::protocol::request::{encode_fetch_response, encode_response, parse, RequestError};
+use crate::protocol::splice::write_parts;
 
 pub async fn serve(
     broker: Arc<Broker>,
@@ -53,8 +53,8 @@ pub async fn serve(
         };
         drop(frame);
         match response {
-            Ok(bytes) => {
-                if let Err(e) = writer.write_all(&bytes).await {
+            Ok(parts) => {
+                if let Err(e) = write_parts(&mut writer, &parts).await {
                     tracing::debug!(%peer, error = %e, "connection write failed");
                     break;
                 }
@@ -65,12 +65,13 @@ pub async fn serve(
     metrics::gauge!("strata_connections").decrement(1.0);
 }
 
-/// `None`: nothing to send (acks=0). `Some(Err(()))`: close the connection.
+/// The response frame, in parts. `None`: nothing to send (acks=0). `Some(Err(()))`: close the
+/// connection.
 async fn respond(
     broker: &Arc<Broker>,
     body: &Bytes,
     peer: SocketAddr,
-) -> Option<Result<Bytes, ()>> {
+) -> Option<Result<Vec<Bytes>, ()>> {
     let request = match parse(body) {
         Ok(r) => r,
         Err(RequestError::Unsupported {
@@ -79,7 +80,11 @@ async fn respond(
             correlation_id,
         }) => {
             tracing::info!(%peer, ?api, version, "unsupported API version");
-            return Some(unsupported(api, version, correlation_id).ok_or(()));
+            return Some(
+                unsupported(api, version, correlation_id)
+                    .map(|b| vec![b])
+                    .ok_or(()),
+            );
         }
         Err(e) => {
             tracing::warn!(%peer, error = %e, "closing connection: bad request");
@@ -91,8 +96,12 @@ async fn respond(
     let version = request.version;
     let correlation_id = request.header.correlation_id;
     let response = api::dispatch(broker, request, Some(peer)).await?;
-    match encode_response(api, version, correlation_id, &response) {
-        Ok(bytes) => Some(Ok(bytes)),
+    let encoded = match &response {
+        ResponseKind::Fetch(fetch) => encode_fetch_response(version, correlation_id, fetch),
+        _ => encode_response(api, version, correlation_id, &response).map(|b| vec![b]),
+    };
+    match encoded {
+        Ok(parts) => Some(Ok(parts)),
         Err(e) => {
             tracing::error!(%peer, ?api, version, error = %e, "encoding a response failed");
             Some(Err(()))

@@ -1,7 +1,9 @@
-//! Tiering end to end, in one process: produce 1 KiB JSON events into one partition with the
-//! default 1 GiB segments, wait for the sealed segments to be offloaded (counting object-store
-//! PUTs), consume them from local disk (hot), let local retention delete them, and consume the
-//! same offsets again from the object store through the cold-read cache (cold, counting GETs).
+//! Tiering end to end, in one process: produce the same 1 KiB JSON events into two topics of one
+//! partition with the default 1 GiB segments, one tiered and one not. Wait for the tiered
+//! topic's sealed segments to be offloaded (counting object-store PUTs) and let local retention
+//! delete them. Then consume the same offsets from both: from local disk (hot, the untiered
+//! topic) and from the object store through the cold-read cache (cold, counting GETs), in
+//! slices taken alternately, so that a machine whose speed drifts slows both alike.
 //!
 //! ```text
 //! cargo run --release --example tier_bench -- [records] [segment.bytes] [object store URL]
@@ -22,6 +24,10 @@ use strata::bench::payload::json_event;
 use strata::config::{BrokerSettings, Config};
 
 const TOPIC: &str = "tier-bench";
+/// The same records, never offloaded: the hot side of the comparison.
+const HOT_TOPIC: &str = "tier-bench-hot";
+/// Hot and cold consumes alternate in this many slices of the offsets.
+const SLICES: i64 = 8;
 
 /// Sum of a Prometheus counter over the label sets whose labels contain all of `labels`.
 fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
@@ -66,9 +72,9 @@ fn cpu_seconds() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
-/// Consumes offsets `[0, end)` of the partition; returns (record bytes, seconds, CPU seconds
-/// of the whole process meanwhile).
-fn consume(bootstrap: &str, end: i64) -> (u64, f64, f64) {
+/// Consumes offsets `[from, to)` of partition 0 of `topic` with a new consumer; returns
+/// (record bytes, seconds, CPU seconds of the whole process meanwhile).
+fn consume(bootstrap: &str, topic: &str, from: i64, to: i64) -> (u64, f64, f64) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "tier-bench")
@@ -79,16 +85,16 @@ fn consume(bootstrap: &str, end: i64) -> (u64, f64, f64) {
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(TOPIC, 0, Offset::Offset(0))
+    tpl.add_partition_offset(topic, 0, Offset::Offset(from))
         .expect("partition");
     consumer.assign(&tpl).expect("assign");
     let started = Instant::now();
     let cpu_before = cpu_seconds();
     let deadline = started + Duration::from_secs(1800);
     let mut bytes = 0u64;
-    let mut next = 0;
-    while next < end {
-        assert!(Instant::now() < deadline, "consumed up to {next} of {end}");
+    let mut next = from;
+    while next < to {
+        assert!(Instant::now() < deadline, "consumed up to {next} of {to}");
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
                 assert_eq!(m.offset(), next, "offsets in order, none missing");
@@ -104,6 +110,31 @@ fn consume(bootstrap: &str, end: i64) -> (u64, f64, f64) {
         started.elapsed().as_secs_f64(),
         cpu_seconds() - cpu_before,
     )
+}
+
+/// Bytes, seconds and CPU seconds summed over the slices of one side.
+#[derive(Default)]
+struct Side {
+    bytes: u64,
+    secs: f64,
+    cpu: f64,
+}
+
+impl Side {
+    fn add(&mut self, (bytes, secs, cpu): (u64, f64, f64)) -> f64 {
+        self.bytes += bytes;
+        self.secs += secs;
+        self.cpu += cpu;
+        bytes as f64 / 1e6 / secs
+    }
+
+    fn mb_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.secs
+    }
+
+    fn cpu_per_gib(&self) -> f64 {
+        self.cpu / (self.bytes as f64 / (1u64 << 30) as f64)
+    }
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -135,6 +166,11 @@ async fn main() {
     broker
         .create_topic(TOPIC, 1, 1, &overrides, false)
         .expect("topic");
+    let mut untiered = overrides.clone();
+    untiered.insert("remote.storage.enable".to_string(), "false".to_string());
+    broker
+        .create_topic(HOT_TOPIC, 1, 1, &untiered, false)
+        .expect("hot topic");
     let bootstrap = running.kafka_addr().to_string();
 
     // Produce.
@@ -152,16 +188,18 @@ async fn main() {
         let mut bytes = 0u64;
         for i in 0..records {
             let value = json_event(i);
-            bytes += value.len() as u64;
-            let mut record = BaseRecord::<(), [u8]>::to(TOPIC)
-                .partition(0)
-                .payload(&value);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        record = r;
-                        producer.poll(Duration::from_millis(1));
+            for topic in [TOPIC, HOT_TOPIC] {
+                bytes += value.len() as u64;
+                let mut record = BaseRecord::<(), [u8]>::to(topic)
+                    .partition(0)
+                    .payload(&value);
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((_, r)) => {
+                            record = r;
+                            producer.poll(Duration::from_millis(1));
+                        }
                     }
                 }
             }
@@ -208,14 +246,7 @@ async fn main() {
     let put_count = puts(&after_offload) - puts(&before_offload);
     let end = manifest.last_offset() + 1;
 
-    // Hot: the same offsets from local disk.
-    eprintln!("tier_bench: hot consume of offsets 0..{end}");
-    let b = bootstrap.clone();
-    let (hot_bytes, hot_secs, hot_cpu) = tokio::task::spawn_blocking(move || consume(&b, end))
-        .await
-        .expect("hot consumer");
-
-    // Local retention deletes the offloaded segments; then cold.
+    // Local retention deletes the offloaded segments of the tiered topic.
     broker
         .set_overrides(
             TOPIC,
@@ -234,12 +265,35 @@ async fn main() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("tier_bench: cold consume of offsets 0..{end}");
+
+    // Hot (the untiered topic, from local disk) and cold (the tiered one, from the object
+    // store), slice by slice; which goes first alternates.
+    eprintln!("tier_bench: hot and cold consume of offsets 0..{end} in {SLICES} slices");
     let before_cold = strata::telemetry::render();
     let b = bootstrap.clone();
-    let (cold_bytes, cold_secs, cold_cpu) = tokio::task::spawn_blocking(move || consume(&b, end))
-        .await
-        .expect("cold consumer");
+    let (hot, cold) = tokio::task::spawn_blocking(move || {
+        let (mut hot, mut cold) = (Side::default(), Side::default());
+        for slice in 0..SLICES {
+            let (from, to) = (end * slice / SLICES, end * (slice + 1) / SLICES);
+            let mut ratio = [0.0; 2];
+            for side in [slice % 2, 1 - slice % 2] {
+                ratio[side as usize] = if side == 0 {
+                    hot.add(consume(&b, HOT_TOPIC, from, to))
+                } else {
+                    cold.add(consume(&b, TOPIC, from, to))
+                };
+            }
+            eprintln!(
+                "tier_bench: slice {slice}: hot {:.0} MB/s, cold {:.0} MB/s ({:.0}%)",
+                ratio[0],
+                ratio[1],
+                100.0 * ratio[1] / ratio[0]
+            );
+        }
+        (hot, cold)
+    })
+    .await
+    .expect("consumers");
     let after_cold = strata::telemetry::render();
     let get_count = gets(&after_cold) - gets(&before_cold);
     let get_bytes = counter(
@@ -263,7 +317,7 @@ async fn main() {
     let mbs = |b: u64, s: f64| b as f64 / 1e6 / s;
     println!("records {records} x ~1 KiB JSON, segment.bytes {segment_bytes}");
     println!(
-        "produce            {:>8.1} MB/s ({:.2} GiB in {produce_secs:.1} s)",
+        "produce            {:>8.1} MB/s ({:.2} GiB into the two topics in {produce_secs:.1} s)",
         mbs(produced_bytes, produce_secs),
         gib(produced_bytes)
     );
@@ -282,18 +336,18 @@ async fn main() {
     );
     println!(
         "hot consume        {:>8.1} MB/s ({:.2} CPU s per GiB, broker and consumer)",
-        mbs(hot_bytes, hot_secs),
-        hot_cpu / gib(hot_bytes)
+        hot.mb_s(),
+        hot.cpu_per_gib()
     );
     println!(
         "cold consume       {:>8.1} MB/s ({:.0}% of hot; {:.2} CPU s per GiB)",
-        mbs(cold_bytes, cold_secs),
-        100.0 * mbs(cold_bytes, cold_secs) / mbs(hot_bytes, hot_secs),
-        cold_cpu / gib(cold_bytes)
+        cold.mb_s(),
+        100.0 * cold.mb_s() / hot.mb_s(),
+        cold.cpu_per_gib()
     );
     println!(
         "GETs per GiB read  {:>8.1} ({get_count} GET requests, {:.2} GiB fetched)",
-        get_count / gib(cold_bytes),
+        get_count / gib(cold.bytes),
         get_bytes / (1u64 << 30) as f64
     );
     println!(
@@ -302,8 +356,8 @@ async fn main() {
         mbs(sealed_bytes, offload_secs),
         parquet_bytes as f64 / sealed_bytes as f64,
         put_count / gib(sealed_bytes),
-        mbs(hot_bytes, hot_secs),
-        mbs(cold_bytes, cold_secs),
-        get_count / gib(cold_bytes),
+        hot.mb_s(),
+        cold.mb_s(),
+        get_count / gib(cold.bytes),
     );
 }

@@ -9,6 +9,7 @@
 //! cargo run --release --example tier_bench -- [records] [segment.bytes] [object store URL]
 //! # defaults: 2200000 records (a bit over 2 GiB), 1073741824, file:// under the data dir
 //! STRATA_BENCH_DIR=/some/disk  # where the data dir goes (default: the system temp dir)
+//! STRATA_BENCH_SLICES=8        # hot/cold alternations
 //! ```
 //! Prints a table and, last, one JSON object.
 
@@ -26,7 +27,9 @@ use strata::config::{BrokerSettings, Config};
 const TOPIC: &str = "tier-bench";
 /// The same records, never offloaded: the hot side of the comparison.
 const HOT_TOPIC: &str = "tier-bench-hot";
-/// Hot and cold consumes alternate in this many slices of the offsets.
+/// Hot and cold consumes alternate in this many slices of the offsets (unless
+/// STRATA_BENCH_SLICES says otherwise). Each slice starts a new consumer, which costs the cold
+/// side a Fetch that finds nothing decoded ahead, so fewer slices favour cold slightly.
 const SLICES: i64 = 8;
 
 /// Sum of a Prometheus counter over the label sets whose labels contain all of `labels`.
@@ -268,15 +271,24 @@ async fn main() {
 
     // Hot (the untiered topic, from local disk) and cold (the tiered one, from the object
     // store), slice by slice; which goes first alternates.
-    eprintln!("tier_bench: hot and cold consume of offsets 0..{end} in {SLICES} slices");
+    let slices: i64 = std::env::var("STRATA_BENCH_SLICES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(SLICES);
+    eprintln!("tier_bench: hot and cold consume of offsets 0..{end} in {slices} slices");
     let before_cold = strata::telemetry::render();
     let b = bootstrap.clone();
     let (hot, cold) = tokio::task::spawn_blocking(move || {
         let (mut hot, mut cold) = (Side::default(), Side::default());
-        for slice in 0..SLICES {
-            let (from, to) = (end * slice / SLICES, end * (slice + 1) / SLICES);
+        for slice in 0..slices {
+            let (from, to) = (end * slice / slices, end * (slice + 1) / slices);
             let mut ratio = [0.0; 2];
             for side in [slice % 2, 1 - slice % 2] {
+                eprintln!(
+                    "tier_bench: {} slice {slice}",
+                    ["hot", "cold"][side as usize]
+                );
                 ratio[side as usize] = if side == 0 {
                     hot.add(consume(&b, HOT_TOPIC, from, to))
                 } else {

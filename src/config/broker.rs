@@ -44,7 +44,7 @@ pub const BROKER_DEFS: &[BrokerDef] = &[
     BrokerDef { name: "log.dir.max.bytes", kind: Kind::Long { min: -1 }, default: "-1", doc: "Bytes of hot segments in the data dir across all partitions (the file:// objects dir not counted) above which produce fails with KAFKA_STORAGE_ERROR until offload and retention free space; -1 = no cap (the disk itself is the limit)." },
     BrokerDef { name: "log.local.retention.ms", kind: Kind::Long { min: -2 }, default: "86400000", doc: "Default local.retention.ms: how long offloaded segments stay on local disk; -2 = retention.ms." },
     BrokerDef { name: "log.local.retention.bytes", kind: Kind::Long { min: -2 }, default: "-2", doc: "Default local.retention.bytes: local bytes kept of offloaded segments; -2 = retention.bytes." },
-    BrokerDef { name: "strata.remote.cache.max.bytes", kind: Kind::Long { min: 0 }, default: "1073741824", doc: "Local disk kept for chunks of remote Parquet files read by cold fetches ({data-dir}/remote-cache, emptied at start); 0 = no cache, every cold read goes to the object store." },
+    BrokerDef { name: "strata.remote.cache.max.bytes", kind: Kind::Long { min: 0 }, default: "1073741824", doc: "Bytes kept for chunks of remote Parquet files read by cold fetches: on local disk ({data-dir}/remote-cache, emptied at start) for a remote store, with the chunks fetched last (at most 128 MiB) in memory; a file:// store, local already, gets the memory part only. 0 = no cache, every cold read goes to the object store." },
     BrokerDef { name: "strata.batch.max.decompressed.bytes", kind: Kind::Int { min: 1024, max: I32_MAX }, default: "67108864", doc: "Largest decompressed size of one batch during validation (decompression-bomb bound); larger batches are CORRUPT_MESSAGE." },
 ];
 

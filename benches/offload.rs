@@ -5,12 +5,16 @@
 //!
 //! Prints the Parquet file size against the segment size once per variant.
 //!
+//! The offload is measured twice: in wall time (`offload/…`) and in the CPU time of the process
+//! (`offload_cpu/…`: the "per core" figure, which a shared machine's lost cycles do not skew).
+//!
 //! `cargo bench --bench offload`
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::Bytes;
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use strata::bench::payload::json_event;
 use strata::record::batch::split_batches;
@@ -52,7 +56,61 @@ fn segment(codec: Codec) -> (Vec<Vec<u8>>, usize) {
     (batches, bytes)
 }
 
+/// CPU time used by the whole process (every thread), as a criterion measurement.
+struct ProcessCpuTime;
+
+fn process_cpu_time() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to fill in.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+impl Measurement for ProcessCpuTime {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        process_cpu_time()
+    }
+
+    fn end(&self, started: Duration) -> Duration {
+        process_cpu_time().saturating_sub(started)
+    }
+
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        static WALL: WallTime = WallTime;
+        WALL.formatter()
+    }
+}
+
 fn bench_offload(c: &mut Criterion) {
+    offload_benches(c, "offload", true);
+}
+
+fn bench_offload_cpu(c: &mut Criterion<ProcessCpuTime>) {
+    offload_benches(c, "offload_cpu", false);
+}
+
+/// Segment → Parquet → store for both kinds of producer batches, and (with `cold_reads`) the
+/// files read back.
+fn offload_benches<M: Measurement>(c: &mut Criterion<M>, group: &str, cold_reads: bool) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -61,7 +119,7 @@ fn bench_offload(c: &mut Criterion) {
         max_batch_bytes: usize::MAX,
         max_decompressed_bytes: 64 << 20,
     };
-    let mut group = c.benchmark_group("offload");
+    let mut group = c.benchmark_group(group);
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
     for (name, codec) in [("uncompressed", Codec::None), ("zstd", Codec::Zstd)] {
@@ -97,6 +155,9 @@ fn bench_offload(c: &mut Criterion) {
                 .expect("offload")
             })
         });
+        if !cold_reads {
+            continue;
+        }
 
         // Cold read: the whole file read back sequentially in 1 MiB Fetches through a remote
         // log and the cold-read cache (warm after the first pass: this measures decoding and
@@ -176,4 +237,9 @@ impl SegmentSource for Segment {
 }
 
 criterion_group!(benches, bench_offload);
-criterion_main!(benches);
+criterion_group! {
+    name = cpu;
+    config = Criterion::default().with_measurement(ProcessCpuTime);
+    targets = bench_offload_cpu
+}
+criterion_main!(benches, cpu);

@@ -49,6 +49,9 @@ pub enum StoreError {
         attempts: u32,
         source: object_store::Error,
     },
+    /// The failure of a request that several readers waited on together.
+    #[error("{0}")]
+    Shared(Arc<StoreError>),
 }
 
 #[derive(Clone, Debug)]

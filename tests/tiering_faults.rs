@@ -452,6 +452,115 @@ async fn a_restart_during_an_outage_serves_the_local_log() {
     running.shutdown().await;
 }
 
+/// Reads `log` from `from` to its end in 1 MiB cold reads; returns the records read.
+async fn read_remote(log: &strata::tiering::remote::RemoteLog, from: i64) -> i64 {
+    let (_, last) = log.range().expect("a remote range");
+    let mut offset = from;
+    while offset <= last {
+        let chunk = log
+            .read(offset, 1 << 20)
+            .await
+            .expect("cold read")
+            .expect("held remotely");
+        let (batches, _) = strata::record::batch::split_batches(&chunk);
+        offset = batches.last().expect("a batch").0.last_offset() + 1;
+    }
+    offset - from
+}
+
+/// A store that hangs on some files holds no decoding slot: while more cold reads than there
+/// are cores wait for it, cold reads of pages already cached go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_store_does_not_stall_cold_reads_of_cached_pages() {
+    let _serial = SERIAL.lock().await;
+    let faulty = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()));
+    let store = Store::from_store(faulty.clone(), "memory://faulty");
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_broker(dir.path(), store.clone()).await;
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let hung_partitions = 2 * cores as i32;
+    create_topic(&running, "cached", 1);
+    create_topic(&running, "hung", hung_partitions);
+    let bootstrap = running.kafka_addr().to_string();
+    produce(&bootstrap, "cached", 1, "c", 3_000, &mut Acked::new()).await;
+    produce(
+        &bootstrap,
+        "hung",
+        hung_partitions,
+        "h",
+        4_000,
+        &mut Acked::new(),
+    )
+    .await;
+    wait_offloaded(&running, "cached", Duration::from_secs(90)).await;
+    wait_offloaded(&running, "hung", Duration::from_secs(90)).await;
+    let tiering = running.broker.tiering.clone().unwrap();
+    let cached = tiering.remote_log("cached", 0).await.unwrap();
+    let (first, last) = cached.range().unwrap();
+    assert_eq!(read_remote(&cached, first).await, last - first + 1);
+    let mut hung_logs = Vec::new();
+    for p in 0..hung_partitions {
+        hung_logs.push(tiering.remote_log("hung", p).await.unwrap());
+    }
+
+    faulty.inject(
+        &[Op::Get],
+        "topic=hung/",
+        Fault::Delay(Duration::from_secs(600)),
+        None,
+    );
+    let hung: Vec<_> = hung_logs
+        .into_iter()
+        .map(|log| {
+            tokio::spawn(async move {
+                let (first, _) = log.range().unwrap();
+                read_remote(&log, first).await
+            })
+        })
+        .collect();
+    wait_until(
+        "more cold reads than cores wait for the store",
+        Duration::from_secs(30),
+        || faulty.injected() > cores as u64,
+    )
+    .await;
+    let again = tokio::time::timeout(Duration::from_secs(30), read_remote(&cached, first))
+        .await
+        .expect("a cold read of cached pages waited for reads of a hung store");
+    assert_eq!(again, last - first + 1);
+    assert!(
+        hung.iter().all(|h| !h.is_finished()),
+        "the store still hangs"
+    );
+
+    faulty.heal();
+    for (p, read) in hung.into_iter().enumerate() {
+        let read = read.await.unwrap();
+        let remote = tiering.remote_log("hung", p as i32).await.unwrap();
+        let (first, last) = remote.range().unwrap();
+        assert_eq!(
+            read,
+            last - first + 1,
+            "partition {p} after the store healed"
+        );
+    }
+
+    // A store that fails is a store error, not a corrupt file (which would be counted and
+    // dropped from the cache).
+    let cache = tiering.cache().unwrap();
+    for file in &cached.manifest().files {
+        cache.forget(&file.path);
+    }
+    faulty.inject(&[Op::Get], "topic=cached/", Fault::Fail, None);
+    match cached.read(first, 1 << 20).await {
+        Err(strata::tiering::file::FileError::Store(_)) => {}
+        other => panic!("expected a store error, got {other:?}"),
+    }
+    faulty.heal();
+    assert_no_offload_panics();
+    running.shutdown().await;
+}
+
 /// A data upload that hangs (a stalled connection) delays nothing else: produce (acks=all)
 /// and fetch go on while the offload pass waits; when the upload goes through, offload
 /// catches up.

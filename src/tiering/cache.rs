@@ -25,7 +25,7 @@ use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use tokio::sync::Semaphore;
 
 use super::readahead::Spans;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Chunk size: 8 MiB means at most 128 GETs per GiB read, and ranges far smaller than a
 /// chunk (the pages of one column) coalesce into the chunk's single GET.
@@ -42,7 +42,27 @@ const MAX_FOOTERS: usize = 4096;
 const SPANS_BUDGET: usize = 256 << 20;
 
 type ChunkKey = (String, u64);
-type Fetch = Shared<BoxFuture<'static, Result<Bytes, String>>>;
+type Fetch = Shared<BoxFuture<'static, Result<Bytes, CacheError>>>;
+
+/// Why a read through the cache failed: the store (unreachable, slow: the file may be fine), or
+/// anything else (an object shorter than the manifest says, the local disk copy unreadable).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CacheError {
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CacheError {
+    /// The store's error, if that is what this is.
+    pub fn into_store_error(self) -> Result<StoreError, String> {
+        match self {
+            CacheError::Store(e) => Ok(Arc::try_unwrap(e).unwrap_or_else(StoreError::Shared)),
+            CacheError::Other(reason) => Err(reason),
+        }
+    }
+}
 
 /// Where the bytes of one chunk come from during a read.
 enum Chunk {
@@ -219,7 +239,32 @@ impl ChunkCache {
         path: &str,
         size: u64,
         ranges: &[Range<u64>],
-    ) -> Result<Vec<Bytes>, String> {
+    ) -> Result<Vec<Bytes>, CacheError> {
+        let sources = self.chunks_for(store, path, size, ranges).await?;
+        self.copy_out(&sources, ranges)
+            .map_err(|e| CacheError::Other(format!("reading the cold-read cache: {e}")))
+    }
+
+    /// Makes the chunks holding `ranges` of `path` present, for a read soon.
+    pub async fn fetch_ranges(
+        self: &Arc<Self>,
+        store: &Store,
+        path: &str,
+        size: u64,
+        ranges: &[Range<u64>],
+    ) -> Result<(), CacheError> {
+        self.chunks_for(store, path, size, ranges).await.map(drop)
+    }
+
+    /// The chunks holding `ranges`, by index: cached ones, and missing ones fetched (sharing a
+    /// GET in flight). The next chunks are prefetched in the background.
+    async fn chunks_for(
+        self: &Arc<Self>,
+        store: &Store,
+        path: &str,
+        size: u64,
+        ranges: &[Range<u64>],
+    ) -> Result<HashMap<u64, Chunk>, CacheError> {
         let mut wanted: Vec<u64> = ranges
             .iter()
             .filter(|r| r.end > r.start)
@@ -266,7 +311,11 @@ impl ChunkCache {
                         sources.insert(index, Chunk::Disk(f));
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(format!("opening the cold-read cache: {e}")),
+                    Err(e) => {
+                        return Err(CacheError::Other(format!(
+                            "opening the cold-read cache: {e}"
+                        )))
+                    }
                 }
             }
         }
@@ -286,8 +335,7 @@ impl ChunkCache {
                 .into_iter()
                 .zip(fetched.into_iter().map(Chunk::Memory)),
         );
-        self.copy_out(&sources, ranges)
-            .map_err(|e| format!("reading the cold-read cache: {e}"))
+        Ok(sources)
     }
 
     /// The bytes of each range: a slice of a chunk in memory when the range lies within it,
@@ -360,29 +408,31 @@ impl ChunkCache {
         store: &Store,
         key: &ChunkKey,
         size: u64,
-    ) -> Result<Bytes, String> {
+    ) -> Result<Bytes, CacheError> {
         let (path, index) = key;
         let start = index * self.chunk_bytes;
         let end = (start + self.chunk_bytes).min(size);
         if start >= end {
-            return Err(format!("chunk {index} of {path} is past its size {size}"));
+            return Err(CacheError::Other(format!(
+                "chunk {index} of {path} is past its size {size}"
+            )));
         }
         let _permit = self
             .fetches
             .acquire()
             .await
-            .map_err(|_| "cache closed".to_string())?;
+            .map_err(|_| CacheError::Other("cache closed".to_string()))?;
         self.downloads.fetch_add(1, Ordering::Relaxed);
         let mut parts = store
             .get_ranges(&store.path(path), std::slice::from_ref(&(start..end)))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| CacheError::Store(Arc::new(e)))?;
         let bytes = parts.pop().unwrap_or_default();
         if bytes.len() as u64 != end - start {
-            return Err(format!(
+            return Err(CacheError::Other(format!(
                 "{path}: asked for bytes {start}..{end}, got {} (object shorter than the manifest says)",
                 bytes.len()
-            ));
+            )));
         }
         metrics::counter!("strata_tier_cache_fill_bytes_total").increment(bytes.len() as u64);
         let len = bytes.len() as u64;
@@ -552,6 +602,7 @@ mod tests {
             )
             .await
             .unwrap_err();
+        let err = err.to_string();
         assert!(err.contains("shorter") || err.contains("ange"), "{err}");
     }
 

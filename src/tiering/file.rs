@@ -247,7 +247,10 @@ impl AsyncFileReader for RemoteFileReader {
                 Some(cache) => cache
                     .read_ranges(&self.store, &self.name, self.size, &ranges)
                     .await
-                    .map_err(|e| ParquetError::External(e.into())),
+                    .map_err(|e| match e.into_store_error() {
+                        Ok(store) => external(store),
+                        Err(other) => ParquetError::External(other.into()),
+                    }),
                 None => self
                     .store
                     .get_ranges(&self.path, &ranges)
@@ -354,25 +357,90 @@ pub async fn read_rows(
     skip: usize,
     max_rows: usize,
 ) -> Result<Vec<RecordBatch>, FileError> {
-    read_rows_checked(store, cache, path, size, None, skip, max_rows, usize::MAX).await
+    let wanted = RowsWanted {
+        expected_rows: None,
+        skip,
+        max_rows,
+        max_bytes: usize::MAX,
+    };
+    read_rows_checked(store, cache, path, size, wanted).await
 }
 
-/// [`read_rows`] of a file the manifest says holds `expected_rows` rows: a file whose footer
-/// says otherwise (overwritten, truncated and re-padded, another file's bytes) is corrupt.
-/// Rows are also bounded by about `max_bytes` of uncompressed column data, by the average row
-/// size the footer gives (at least one row is read).
-#[allow(clippy::too_many_arguments)]
+/// Which rows of a file to read: from row `skip` (offset - first offset of the file), at most
+/// `max_rows`, and about `max_bytes` of uncompressed column data by the average row size the
+/// footer gives (at least one row; a read bounded by bytes ends where a value page ends). A file
+/// whose footer does not hold `expected_rows` rows (overwritten, truncated and re-padded,
+/// another file's bytes) is corrupt.
+#[derive(Clone, Copy, Debug)]
+pub struct RowsWanted {
+    pub expected_rows: Option<u64>,
+    pub skip: usize,
+    pub max_rows: usize,
+    pub max_bytes: usize,
+}
+
+/// [`read_rows`], bounded and checked as `wanted` says.
 pub async fn read_rows_checked(
     store: &Store,
     cache: Option<&Arc<ChunkCache>>,
     path: &str,
     size: u64,
-    expected_rows: Option<u64>,
-    skip: usize,
-    max_rows: usize,
-    max_bytes: usize,
+    wanted: RowsWanted,
 ) -> Result<Vec<RecordBatch>, FileError> {
-    let corrupt = corrupt(path);
+    let builder = open_checked(store, cache, path, size, wanted.expected_rows).await?;
+    let Some(rows) = rows_to_read(builder.metadata(), &wanted) else {
+        return Ok(Vec::new());
+    };
+    // Arrow batches of about 1 MiB: a batch then spans one or two pages of the value column,
+    // and its buffers, reserved page by page, are not regrown (and copied) page after page.
+    let batch_rows = ((1 << 20) / row_bytes(builder.metadata())).clamp(64, 8192);
+    let selection = RowSelection::from(vec![
+        RowSelector::skip(rows.start),
+        RowSelector::select(rows.len()),
+    ]);
+    let stream = builder
+        .with_row_selection(selection)
+        .with_batch_size(rows.len().clamp(1, batch_rows))
+        .build()
+        .map_err(corrupt(path))?;
+    stream.try_collect().await.map_err(corrupt(path))
+}
+
+/// Fetches into `cache` the pages that [`read_rows_checked`] reads for the same `wanted`, so
+/// that decoding them afterwards waits for no store.
+pub async fn prefetch_rows(
+    store: &Store,
+    cache: &Arc<ChunkCache>,
+    path: &str,
+    size: u64,
+    wanted: RowsWanted,
+) -> Result<(), FileError> {
+    let builder = open_checked(store, Some(cache), path, size, wanted.expected_rows).await?;
+    let Some(rows) = rows_to_read(builder.metadata(), &wanted) else {
+        return Ok(());
+    };
+    let ranges = page_ranges(builder.metadata(), rows);
+    match cache.fetch_ranges(store, path, size, &ranges).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(match e.into_store_error() {
+            Ok(store) => FileError::Store(store),
+            Err(reason) => FileError::Corrupt {
+                path: path.to_string(),
+                reason,
+            },
+        }),
+    }
+}
+
+/// [`open_file`], with a store error checked against the object's size and the row count
+/// checked against `expected_rows`.
+async fn open_checked(
+    store: &Store,
+    cache: Option<&Arc<ChunkCache>>,
+    path: &str,
+    size: u64,
+    expected_rows: Option<u64>,
+) -> Result<ParquetRecordBatchStreamBuilder<RemoteFileReader>, FileError> {
     let builder = match open_file(store, cache, path, size).await {
         Ok(builder) => builder,
         Err(FileError::Store(e)) => return Err(size_checked(store, path, size, e).await),
@@ -385,30 +453,67 @@ pub async fn read_rows_checked(
             reason: format!("{rows_in_footer} rows, the manifest says {expected}"),
         });
     }
-    let total = rows_in_footer.max(0) as usize;
+    Ok(builder)
+}
+
+/// The rows `wanted` of a file, counted from its first row; `None` when it starts past the end.
+fn rows_to_read(metadata: &ParquetMetaData, wanted: &RowsWanted) -> Option<Range<usize>> {
+    let total = metadata.file_metadata().num_rows().max(0) as usize;
+    let skip = wanted.skip;
     if skip >= total {
-        return Ok(Vec::new());
+        return None;
     }
-    let row_bytes = row_bytes(builder.metadata());
-    let mut max_rows = max_rows.min((max_bytes / row_bytes).max(1));
-    if max_bytes != usize::MAX {
-        // Bounded by bytes, not asked for an exact count: end where a value page ends.
-        let end = skip + max_rows.min(total - skip);
-        max_rows = page_aligned_end(builder.metadata(), skip, end) - skip;
+    let max_rows = wanted
+        .max_rows
+        .min((wanted.max_bytes / row_bytes(metadata)).max(1));
+    let end = skip + max_rows.min(total - skip);
+    if wanted.max_bytes == usize::MAX {
+        return Some(skip..end);
     }
-    // Arrow batches of about 1 MiB: a batch then spans one or two pages of the value column,
-    // and its buffers, reserved page by page, are not regrown (and copied) page after page.
-    let batch_rows = ((1 << 20) / row_bytes).clamp(64, 8192);
-    let selection = RowSelection::from(vec![
-        RowSelector::skip(skip),
-        RowSelector::select(max_rows.min(total - skip)),
-    ]);
-    let stream = builder
-        .with_row_selection(selection)
-        .with_batch_size(max_rows.clamp(1, batch_rows))
-        .build()
-        .map_err(corrupt)?;
-    stream.try_collect().await.map_err(corrupt)
+    // Bounded by bytes, not asked for an exact count: end where a value page ends.
+    Some(skip..page_aligned_end(metadata, skip, end))
+}
+
+/// The byte ranges of the pages holding rows `rows` (counted from the file's first row), with
+/// their columns' dictionary pages; whole column chunks where a column has no offset index.
+fn page_ranges(metadata: &ParquetMetaData, rows: Range<usize>) -> Vec<Range<u64>> {
+    let mut ranges = Vec::new();
+    let mut group_start = 0;
+    for (g, group) in metadata.row_groups().iter().enumerate() {
+        let group_rows = group.num_rows().max(0) as usize;
+        let (from, to) = (group_start, group_start + group_rows);
+        group_start = to;
+        if to <= rows.start || from >= rows.end {
+            continue;
+        }
+        let (want_from, want_to) = (rows.start.max(from) - from, rows.end.min(to) - from);
+        for (c, column) in group.columns().iter().enumerate() {
+            let pages = metadata
+                .offset_index()
+                .and_then(|index| index.get(g)?.get(c))
+                .map(|o| o.page_locations().as_slice())
+                .filter(|pages| !pages.is_empty());
+            let Some(pages) = pages else {
+                let (start, len) = column.byte_range();
+                ranges.push(start..start + len);
+                continue;
+            };
+            if let Some(dictionary) = column.dictionary_page_offset() {
+                ranges.push(dictionary.max(0) as u64..pages[0].offset.max(0) as u64);
+            }
+            for (i, page) in pages.iter().enumerate() {
+                let first = page.first_row_index.max(0) as usize;
+                let next = pages
+                    .get(i + 1)
+                    .map_or(group_rows, |p| p.first_row_index.max(0) as usize);
+                if first < want_to && next > want_from {
+                    let start = page.offset.max(0) as u64;
+                    ranges.push(start..start + page.compressed_page_size.max(0) as u64);
+                }
+            }
+        }
+    }
+    ranges
 }
 
 /// Average uncompressed bytes of column data per row of a file (about a rebuilt record's size).
@@ -679,10 +784,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn byte_bounded_reads_end_where_a_value_page_ends() {
-        // 6000 records of ~1 KiB in 4 MiB row groups: several value pages per row group.
-        let store = Store::from_url("memory://").unwrap();
+    /// "pages.parquet": 6000 records of ~1 KiB (random letters) in 4 MiB row groups, several
+    /// value pages per row group; returns its size.
+    async fn paged_file(store: &Store) -> u64 {
         let mut stored = Vec::new();
         let mut seed = 7u64;
         for i in 0..60 {
@@ -703,16 +807,22 @@ mod tests {
             max_batch_bytes: usize::MAX,
             max_decompressed_bytes: 1 << 26,
         };
-        let written = write_batches(
-            &store,
+        write_batches(
+            store,
             store.path("pages.parquet"),
             stored.iter().map(Vec::as_slice),
             &limits,
             4 << 20,
         )
         .await
-        .unwrap();
-        let size = written.size_bytes;
+        .unwrap()
+        .size_bytes
+    }
+
+    #[tokio::test]
+    async fn byte_bounded_reads_end_where_a_value_page_ends() {
+        let store = Store::from_url("memory://").unwrap();
+        let size = paged_file(&store).await;
         let builder = open_file(&store, None, "pages.parquet", size)
             .await
             .unwrap();
@@ -745,18 +855,15 @@ mod tests {
             assert_eq!(aligned, expected, "({start}, {end})");
         }
         // A read of ~2.5 MB from row 100 ends at a page start, and the next read starts there.
-        let rows = read_rows_checked(
-            &store,
-            None,
-            "pages.parquet",
-            size,
-            None,
-            100,
-            6000,
-            2_500_000,
-        )
-        .await
-        .unwrap();
+        let wanted = RowsWanted {
+            expected_rows: None,
+            skip: 100,
+            max_rows: 6000,
+            max_bytes: 2_500_000,
+        };
+        let rows = read_rows_checked(&store, None, "pages.parquet", size, wanted)
+            .await
+            .unwrap();
         let count: usize = rows.iter().map(RecordBatch::num_rows).sum();
         assert!(starts.contains(&(100 + count)), "{count} rows from 100");
         assert!(count > 1000, "{count}");
@@ -765,6 +872,41 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows.iter().map(RecordBatch::num_rows).sum::<usize>(), 1234);
+    }
+
+    #[tokio::test]
+    async fn prefetched_pages_are_all_a_read_needs_and_little_more() {
+        let store = Store::from_url("memory://").unwrap();
+        let size = paged_file(&store).await;
+        let cache = ChunkCache::with_chunk_bytes(None, 1 << 30, 32 << 10).unwrap();
+        let wanted = RowsWanted {
+            expected_rows: Some(6000),
+            skip: 2500,
+            max_rows: 6000,
+            max_bytes: 1_500_000,
+        };
+        prefetch_rows(&store, &cache, "pages.parquet", size, wanted)
+            .await
+            .unwrap();
+        let chunks = size.div_ceil(32 << 10);
+        assert!(
+            cache.downloads() < chunks / 2,
+            "{} of {chunks} chunks fetched",
+            cache.downloads()
+        );
+        // Through a store without the file: everything the read needs is in the cache.
+        let empty = Store::from_url("memory://").unwrap();
+        let rows = read_rows_checked(&empty, Some(&cache), "pages.parquet", size, wanted)
+            .await
+            .unwrap();
+        let count: usize = rows.iter().map(RecordBatch::num_rows).sum();
+        assert!(count > 500, "{count}");
+        let offsets = rows[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow_array::Int64Array>()
+            .unwrap();
+        assert_eq!(offsets.value(0), 2500);
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use futures::future::{BoxFuture, Shared};
 use tokio::sync::Semaphore;
 
 use super::cache::ChunkCache;
-use super::file::{read_rows_checked, FileError};
+use super::file::{prefetch_rows, read_rows_checked, FileError, RowsWanted};
 use super::manifest::RemoteFile;
 use super::rows::{rebuild_batches, rebuilt_size_hint};
 use crate::record::BatchHeader;
@@ -241,7 +241,9 @@ fn decode_permits() -> Arc<Semaphore> {
 
 /// Decodes the `rows` of `file` from offset `first` and rebuilds them into batches,
 /// on a blocking thread (not a runtime worker, which other connections need). Starts now; the
-/// future only waits for the result.
+/// future only waits for the result. With a cache, the pages are fetched first, before a
+/// decoding slot is taken: a slow or unreachable store then keeps no core from decoding pages
+/// that are here already.
 pub(crate) fn decode_span(
     store: Store,
     cache: Option<Arc<ChunkCache>>,
@@ -251,22 +253,46 @@ pub(crate) fn decode_span(
 ) -> impl std::future::Future<Output = Result<Span, FileError>> + Send + 'static {
     let path = file.path.clone();
     let task = tokio::spawn(async move {
+        let wanted = rows_wanted(&file, first, rows)?;
+        if let Some(cache) = &cache {
+            prefetch_rows(&store, cache, &file.path, file.size_bytes, wanted).await?;
+        }
         let _permit = decode_permits().acquire_owned().await;
         let runtime = tokio::runtime::Handle::current();
+        let path = file.path.clone();
         tokio::task::spawn_blocking(move || {
-            runtime.block_on(rebuild_span(&store, cache.as_ref(), &file, first, rows))
+            runtime.block_on(rebuild_span(&store, cache.as_ref(), &file, first, wanted))
         })
         .await
+        .unwrap_or_else(|e| Err(stopped(path, e)))
     });
-    async move {
-        match task.await {
-            Ok(Ok(result)) => result,
-            Ok(Err(e)) | Err(e) => Err(FileError::Corrupt {
-                path,
-                reason: format!("decoding stopped: {e}"),
-            }),
-        }
+    async move { task.await.unwrap_or_else(|e| Err(stopped(path, e))) }
+}
+
+fn stopped(path: String, e: tokio::task::JoinError) -> FileError {
+    FileError::Corrupt {
+        path,
+        reason: format!("decoding stopped: {e}"),
     }
+}
+
+/// The rows of `file` a span from offset `first` holds.
+fn rows_wanted(file: &RemoteFile, first: i64, rows: SpanRows) -> Result<RowsWanted, FileError> {
+    let skip = usize::try_from(first - file.first_offset).map_err(|_| FileError::Corrupt {
+        path: file.path.clone(),
+        reason: format!("offset {first} is before the file"),
+    })?;
+    let left = usize::try_from(file.last_offset + 1 - first).unwrap_or(0);
+    let (max_rows, max_bytes) = match rows {
+        SpanRows::Bytes(bytes) => (left, bytes),
+        SpanRows::Exactly(rows) => (rows.min(left), usize::MAX),
+    };
+    Ok(RowsWanted {
+        expected_rows: Some(file.rows),
+        skip,
+        max_rows,
+        max_bytes,
+    })
 }
 
 async fn rebuild_span(
@@ -274,30 +300,13 @@ async fn rebuild_span(
     cache: Option<&Arc<ChunkCache>>,
     file: &RemoteFile,
     first: i64,
-    rows: SpanRows,
+    wanted: RowsWanted,
 ) -> Result<Span, FileError> {
     let corrupt = |reason: String| FileError::Corrupt {
         path: file.path.clone(),
         reason,
     };
-    let skip = usize::try_from(first - file.first_offset)
-        .map_err(|_| corrupt(format!("offset {first} is before the file")))?;
-    let left = usize::try_from(file.last_offset + 1 - first).unwrap_or(0);
-    let (max_rows, max_bytes) = match rows {
-        SpanRows::Bytes(bytes) => (left, bytes),
-        SpanRows::Exactly(rows) => (rows.min(left), usize::MAX),
-    };
-    let rows = read_rows_checked(
-        store,
-        cache,
-        &file.path,
-        file.size_bytes,
-        Some(file.rows),
-        skip,
-        max_rows,
-        max_bytes,
-    )
-    .await?;
+    let rows = read_rows_checked(store, cache, &file.path, file.size_bytes, wanted).await?;
     let count: usize = rows.iter().map(|b| b.num_rows()).sum();
     if let Some(cache) = cache {
         cache.spans().count_decoded(count);

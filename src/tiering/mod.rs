@@ -7,6 +7,7 @@ pub mod file;
 pub mod manifest;
 pub mod orphans;
 pub mod readahead;
+pub mod reader;
 pub mod remote;
 pub mod retention;
 pub mod rows;

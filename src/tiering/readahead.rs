@@ -19,8 +19,9 @@ use futures::future::{BoxFuture, Shared};
 use tokio::sync::Semaphore;
 
 use super::cache::ChunkCache;
-use super::file::{prefetch_rows, read_rows_checked, FileError, RowsWanted};
+use super::file::FileError;
 use super::manifest::RemoteFile;
+use super::reader::{prefetch_rows, read_rows_checked, RowsWanted};
 use super::rows::{rebuild_batches, rebuilt_size_hint};
 use crate::record::BatchHeader;
 use crate::store::Store;

@@ -343,7 +343,7 @@ impl RemoteLog {
         // Known once the file has been opened (the footer is cached).
         let Some(row_bytes) = cache
             .footer(path)
-            .map(|f| super::file::row_bytes(f.metadata()))
+            .map(|f| super::reader::row_bytes(f.metadata()))
         else {
             return;
         };
@@ -356,7 +356,7 @@ impl RemoteLog {
             let from = (start - file.first_offset) as usize;
             let to = (from + rows).min(file.rows as usize);
             let to = match cache.footer(&file.path) {
-                Some(footer) => super::file::page_aligned_end(footer.metadata(), from, to),
+                Some(footer) => super::reader::page_aligned_end(footer.metadata(), from, to),
                 None => to,
             };
             let end = file.first_offset + to as i64;
@@ -395,7 +395,7 @@ impl RemoteLog {
             if file.max_timestamp < ts {
                 continue;
             }
-            let rows = super::file::read_timestamps(
+            let rows = super::reader::read_timestamps(
                 &self.store,
                 self.cache.as_ref(),
                 &file.path,

@@ -791,25 +791,11 @@ async fn a_topic_deleted_during_an_outage_loses_its_remote_data_afterwards_and_o
     produce(&bootstrap, "stays", 1, "s", 4_000, &mut stays).await;
     wait_offloaded(&running, "gone", Duration::from_secs(60)).await;
     wait_offloaded(&running, "stays", Duration::from_secs(60)).await;
-    let listed = |prefix: &str| {
-        let (store, prefix) = (store.clone(), prefix.to_string());
-        async move {
-            let mut names: Vec<String> = store
-                .list(&prefix)
-                .await
-                .unwrap()
-                .iter()
-                .map(|m| m.location.to_string())
-                .collect();
-            names.sort();
-            names
-        }
-    };
-    let old_files = listed("topic=gone").await;
+    let old_files = support::object_names(&store, "topic=gone").await;
     assert!(!old_files.is_empty());
     let stays_objects = (
-        listed("topic=stays").await,
-        listed("_strata/manifests/topic=stays").await,
+        support::object_names(&store, "topic=stays").await,
+        support::object_names(&store, "_strata/manifests/topic=stays").await,
     );
     let old_id = running.broker.topic("gone").unwrap().id;
 
@@ -854,7 +840,7 @@ async fn a_topic_deleted_during_an_outage_loses_its_remote_data_afterwards_and_o
     wait_offloaded(&running, "gone", Duration::from_secs(60)).await;
     let (manifest, orphans) = check_manifests(&store, "gone", 0).await;
     assert!(orphans.is_empty(), "{orphans:?}");
-    let new_files = listed("topic=gone").await;
+    let new_files = support::object_names(&store, "topic=gone").await;
     assert!(
         new_files.iter().all(|f| !old_files.contains(f)),
         "a file of the deleted topic is left"
@@ -868,9 +854,12 @@ async fn a_topic_deleted_during_an_outage_loses_its_remote_data_afterwards_and_o
     );
     consume_exact(&bootstrap, "gone", 1, &new).await;
     // The other topic lost nothing.
-    assert_eq!(listed("topic=stays").await, stays_objects.0);
     assert_eq!(
-        listed("_strata/manifests/topic=stays").await,
+        support::object_names(&store, "topic=stays").await,
+        stays_objects.0
+    );
+    assert_eq!(
+        support::object_names(&store, "_strata/manifests/topic=stays").await,
         stays_objects.1
     );
     consume_exact(&bootstrap, "stays", 1, &stays).await;

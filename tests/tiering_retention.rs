@@ -355,20 +355,7 @@ async fn delete_topic_remote_data(store: Option<Store>) {
     let running = start_on(dir.path(), &TIERING, Clock::System, store).await;
     let tiering = running.broker.tiering.clone().unwrap();
     let store = tiering.store().clone();
-    let all = |prefix: &'static str| {
-        let store = store.clone();
-        async move {
-            let mut names: Vec<String> = store
-                .list(prefix)
-                .await
-                .unwrap()
-                .iter()
-                .map(|m| m.location.to_string())
-                .collect();
-            names.sort();
-            names
-        }
-    };
+    let all = |prefix: &'static str| support::object_names(&store, prefix);
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     for topic in ["doomed", "doomed2"] {
         create(&running, topic, &[("segment.bytes", "1024")]);

@@ -149,3 +149,16 @@ pub async fn wait_groups_loaded(running: &RunningBroker) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// The names of the objects under `prefix` in `store`, sorted.
+pub async fn object_names(store: &strata::store::Store, prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = store
+        .list(prefix)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.location.to_string())
+        .collect();
+    names.sort();
+    names
+}

@@ -8,7 +8,7 @@ pub mod hot_bytes;
 pub mod topics;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -74,12 +74,13 @@ impl Broker {
     /// Loads the catalogue and opens (recovering where needed) every partition.
     pub fn open(config: Config, clock: Clock) -> anyhow::Result<Broker> {
         std::fs::create_dir_all(config.data_dir.join("topics"))?;
+        remove_deleted_partitions(&config.data_dir.join("topics"));
         let started = Instant::now();
         let catalogue = topics::load(&config.data_dir)?;
         topics::save(&config.data_dir, &catalogue)?;
         let mut registry = BTreeMap::new();
         for record in &catalogue.topics {
-            let topic = open_topic(&config, &clock, record, Vec::new())?;
+            let topic = open_topic(&config, &clock, record, Vec::new(), Opening::Existing)?;
             registry.insert(record.name.clone(), Arc::new(topic));
         }
         let recovery = started.elapsed();
@@ -266,7 +267,13 @@ impl Broker {
                 leader_epoch: 0,
             }));
         }
-        let topic = Arc::new(open_topic(&self.config, &self.clock, &record, Vec::new())?);
+        let topic = Arc::new(open_topic(
+            &self.config,
+            &self.clock,
+            &record,
+            Vec::new(),
+            Opening::New,
+        )?);
         catalogue.topics.push(record);
         persist(&self.config, &catalogue)?;
         self.topics
@@ -301,24 +308,28 @@ impl Broker {
         if let Some(tiering) = &self.tiering {
             tiering.topic_deleted(name);
         }
-        drop(catalogue);
-        if let Some(topic) = removed {
-            let dirs: Vec<PathBuf> = topic
-                .partitions
-                .iter()
-                .map(|p| p.dir().to_path_buf())
-                .collect();
-            tokio::task::spawn_blocking(move || {
-                for dir in dirs {
-                    let doomed = dir.with_extension(format!("{}-delete", Uuid::new_v4().simple()));
-                    if std::fs::rename(&dir, &doomed).is_ok() {
-                        if let Err(e) = std::fs::remove_dir_all(&doomed) {
-                            tracing::warn!(dir = %doomed.display(), error = %e, "could not remove deleted partition");
-                        }
-                    }
+        // Moved aside before the lock is released: a topic created with this name right after
+        // finds its partitions' places free, and no late write of the old log can land there.
+        let doomed: Vec<PathBuf> = removed
+            .iter()
+            .flat_map(|topic| topic.partitions.iter())
+            .filter_map(|p| match p.move_aside_for_deletion() {
+                Ok(doomed) => Some(doomed),
+                Err(e) => {
+                    // Left in place, it is a stray that a new partition moves aside (`open_topic`).
+                    tracing::error!(topic = name, partition = p.index, error = %e, "could not move a deleted partition aside");
+                    None
                 }
-            });
-        }
+            })
+            .collect();
+        drop(catalogue);
+        tokio::task::spawn_blocking(move || {
+            for dir in doomed {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "could not remove a deleted partition; retried at the next start");
+                }
+            }
+        });
         tracing::info!(topic = name, "topic deleted");
         Ok(())
     }
@@ -365,9 +376,10 @@ impl Broker {
         validate_only: bool,
     ) -> Result<(), ApiError> {
         let mut catalogue = self.catalogue.lock().expect("catalogue lock");
-        let Some(record) = catalogue.topics.iter_mut().find(|t| t.name == name) else {
+        let Some(pos) = catalogue.topics.iter().position(|t| t.name == name) else {
             return Err(unknown_topic(name));
         };
+        let record = &catalogue.topics[pos];
         if count <= record.partitions {
             return Err(ApiError::new(
                 ResponseError::InvalidPartitions,
@@ -387,15 +399,18 @@ impl Broker {
             return Ok(());
         }
         let old = self.topic(name).ok_or_else(|| unknown_topic(name))?;
-        record.partitions = count;
-        let record = record.clone();
+        // The catalogue changes only once the new partitions opened and the change is on disk.
+        let mut next = catalogue.clone();
+        next.topics[pos].partitions = count;
         let topic = Arc::new(open_topic(
             &self.config,
             &self.clock,
-            &record,
+            &next.topics[pos],
             old.partitions.clone(),
+            Opening::New,
         )?);
-        persist(&self.config, &catalogue)?;
+        persist(&self.config, &next)?;
+        *catalogue = next;
         self.topics
             .write()
             .expect("topics lock")
@@ -506,16 +521,32 @@ fn persist(config: &Config, catalogue: &Catalogue) -> Result<(), ApiError> {
 }
 
 /// Opens a topic's partitions, reusing the already open ones in `existing`.
+/// Whether `open_topic` opens partitions the catalogue already had, or creates new ones.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    Existing,
+    New,
+}
+
 fn open_topic(
     config: &Config,
     clock: &Clock,
     record: &TopicRecord,
     existing: Vec<Arc<Partition>>,
+    opening: Opening,
 ) -> Result<Topic, ApiError> {
     let topic_config = TopicConfig::resolve(&config.broker, &record.overrides);
     let mut partitions = existing;
     for index in partitions.len() as i32..record.partitions {
         let dir = partition_dir(config, &record.name, index);
+        if opening == Opening::New {
+            move_stray_aside(&dir).map_err(|e| {
+                ApiError::new(
+                    ResponseError::KafkaStorageError,
+                    format!("moving aside {}: {e}", dir.display()),
+                )
+            })?;
+        }
         let partition = Partition::open(
             &dir,
             &record.name,
@@ -538,6 +569,43 @@ fn open_topic(
     })
 }
 
+/// A new partition's directory must not exist yet; one that does (a crash between DeleteTopics'
+/// catalogue write and moving its partitions aside, or a directory the broker does not know)
+/// would otherwise be loaded as the new partition's log. It is moved aside, kept for the operator.
+fn move_stray_aside(dir: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let stray = crate::partition::aside(dir, crate::partition::STRAY_SUFFIX);
+    std::fs::rename(dir, &stray)?;
+    tracing::warn!(dir = %dir.display(), moved_to = %stray.display(), "a directory was already where a new partition goes; moved aside, not loaded");
+    Ok(())
+}
+
+/// Removes what DeleteTopics moved aside and could not remove before the broker stopped.
+fn remove_deleted_partitions(topics_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(topics_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name
+            .to_string_lossy()
+            .ends_with(crate::partition::DELETED_SUFFIX)
+        {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => {
+                tracing::info!(dir = %entry.path().display(), "removed a deleted partition left by the last run")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %entry.path().display(), error = %e, "could not remove a deleted partition")
+            }
+        }
+    }
+}
+
 fn producer_id_path(config: &Config) -> PathBuf {
     config.data_dir.join("meta").join("producer-id-block")
 }
@@ -556,3 +624,6 @@ fn read_producer_id_block(config: &Config) -> anyhow::Result<i64> {
 fn write_producer_id_block(config: &Config, limit: i64) -> std::io::Result<()> {
     crate::fsutil::write_atomic(&producer_id_path(config), limit.to_string().as_bytes())
 }
+
+#[cfg(test)]
+mod tests;

@@ -174,6 +174,19 @@ impl Log {
         &self.dir
     }
 
+    /// Moves the log's directory to `to` (on the same file system) and keeps working there: the
+    /// open files are unaffected, and every later file operation (segment roll, deletion,
+    /// checkpoint) uses the new place. DeleteTopics moves a partition aside this way, so the name
+    /// is free at once and nothing of the old log can land in a new partition of that name.
+    pub fn rename_dir(&mut self, to: &Path) -> io::Result<()> {
+        std::fs::rename(&self.dir, to)?;
+        self.dir = to.to_path_buf();
+        for segment in &mut self.segments {
+            segment.dir = to.to_path_buf();
+        }
+        Ok(())
+    }
+
     pub fn log_start_offset(&self) -> i64 {
         self.log_start
     }

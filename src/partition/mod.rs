@@ -64,7 +64,6 @@ struct State {
 pub struct Partition {
     pub topic: String,
     pub index: i32,
-    dir: PathBuf,
     leader_epoch: i32,
     state: RwLock<State>,
     /// Serialises fsyncs so that one covers every append that came before it (group commit).
@@ -104,7 +103,6 @@ impl Partition {
         Ok(Partition {
             topic: topic.to_string(),
             index,
-            dir: dir.to_path_buf(),
             leader_epoch,
             state: RwLock::new(State {
                 log,
@@ -124,8 +122,24 @@ impl Partition {
         self.leader_epoch
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Where the log is now (it moves once, when its topic is deleted).
+    pub fn dir(&self) -> PathBuf {
+        self.state
+            .read()
+            .expect("partition lock")
+            .log
+            .dir()
+            .to_path_buf()
+    }
+
+    /// DeleteTopics: moves the partition's directory aside to `{dir}.{uuid}-delete`, where the
+    /// old log (still referenced by requests in flight) keeps working until the directory is
+    /// removed. Returns the new place.
+    pub fn move_aside_for_deletion(&self) -> std::io::Result<PathBuf> {
+        let mut state = self.state.write().expect("partition lock");
+        let doomed = aside(state.log.dir(), DELETED_SUFFIX);
+        state.log.rename_dir(&doomed)?;
+        Ok(doomed)
     }
 
     pub fn set_config(&self, config: TopicConfig, max_decompressed: usize) {
@@ -407,7 +421,7 @@ impl Partition {
     pub fn close(self) -> Result<(), LogError> {
         let state = self.state.into_inner().expect("partition lock");
         let end = state.log.log_end_offset();
-        producer::write_snapshot(&self.dir, end, &state.producers)?;
+        producer::write_snapshot(state.log.dir(), end, &state.producers)?;
         state.log.close()
     }
 
@@ -415,9 +429,23 @@ impl Partition {
     pub fn snapshot_producers(&self) -> Result<(), LogError> {
         let state = self.state.read().expect("partition lock");
         let end = state.log.log_end_offset();
-        producer::write_snapshot(&self.dir, end, &state.producers)?;
+        producer::write_snapshot(state.log.dir(), end, &state.producers)?;
         Ok(())
     }
+}
+
+/// The ending of a partition directory moved aside by DeleteTopics (removed, also at startup).
+pub const DELETED_SUFFIX: &str = "-delete";
+/// The ending of a partition directory found where a new partition was to be created: left over
+/// by a crash during DeleteTopics, or not the broker's. Kept for the operator, never loaded.
+pub const STRAY_SUFFIX: &str = "-stray";
+
+/// `{dir}.{uuid}{suffix}`, beside `dir`. Partition directories end in `-{index}`, so these never
+/// collide with one.
+pub fn aside(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}{suffix}", uuid::Uuid::new_v4().simple()));
+    dir.with_file_name(name)
 }
 
 /// Loads the producer snapshot and replays the batches the log holds beyond it.

@@ -748,13 +748,34 @@ async fn corrupt_files(topic: &str, extra: &[(&str, &str)]) {
     let running = start(dir.path(), &settings, Clock::System).await;
     create(&running, topic, &[("segment.bytes", "1024")]);
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
-    for i in 0..30 {
+    for i in 0..40 {
         let records = support::batch(i * 5, 5, support::now_ms());
         assert_eq!(produce(&mut conn, topic, records).await.0, 0);
     }
     // Nothing is read before the files are damaged: the cold-read cache holds no copy of them.
-    let m = wait_offloaded(&running, topic, 3).await;
+    let m = wait_offloaded(&running, topic, 4).await;
     let path = |i: usize| dir.path().join("objects").join(&m.files[i].path);
+
+    // One flipped bit in the data pages: found by the block checksums in the footer.
+    let mut body = std::fs::read(path(3)).unwrap();
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(bytes::Bytes::from(
+        body.clone(),
+    ))
+    .unwrap();
+    let footer = parquet::file::reader::FileReader::metadata(&reader);
+    let sums = footer
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|e| e.key == "strata.crc32c"))
+        .and_then(|e| e.value.clone())
+        .expect("block checksums in the footer");
+    let covered: usize = sums.split('/').nth(2).unwrap().parse().unwrap();
+    body[covered / 2] ^= 0x08;
+    std::fs::write(path(3), &body).unwrap();
+    let (code, _, batches) = fetch(&mut conn, topic, m.files[3].first_offset).await;
+    assert_eq!(code, KAFKA_STORAGE_ERROR);
+    assert!(batches.is_empty());
+    assert_eq!(corrupt_count(topic), 1);
 
     // Truncated: half the file.
     let body = std::fs::read(path(0)).unwrap();
@@ -762,14 +783,14 @@ async fn corrupt_files(topic: &str, extra: &[(&str, &str)]) {
     let (code, _, batches) = fetch(&mut conn, topic, 0).await;
     assert_eq!(code, KAFKA_STORAGE_ERROR);
     assert!(batches.is_empty());
-    assert_eq!(corrupt_count(topic), 1);
+    assert_eq!(corrupt_count(topic), 2);
 
     // Overwritten with another valid file: other offsets.
     std::fs::copy(path(2), path(1)).unwrap();
     let (code, _, batches) = fetch(&mut conn, topic, m.files[1].first_offset).await;
     assert_eq!(code, KAFKA_STORAGE_ERROR);
     assert!(batches.is_empty());
-    assert_eq!(corrupt_count(topic), 2);
+    assert_eq!(corrupt_count(topic), 3);
 
     // Garbage of the right length.
     let len = std::fs::metadata(path(2)).unwrap().len() as usize;
@@ -777,13 +798,13 @@ async fn corrupt_files(topic: &str, extra: &[(&str, &str)]) {
     let (code, _, batches) = fetch(&mut conn, topic, m.files[2].first_offset).await;
     assert_eq!(code, KAFKA_STORAGE_ERROR);
     assert!(batches.is_empty());
-    assert_eq!(corrupt_count(topic), 3);
+    assert_eq!(corrupt_count(topic), 4);
 
     // Hot data is unaffected.
     let local = m.last_offset() + 1;
     assert_eq!(
-        read_all(&mut conn, topic, local, 150).await,
-        (local..150).collect::<Vec<_>>()
+        read_all(&mut conn, topic, local, 200).await,
+        (local..200).collect::<Vec<_>>()
     );
     running.shutdown().await;
 }

@@ -24,6 +24,7 @@ use futures::FutureExt;
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use tokio::sync::Semaphore;
 
+use super::checksum::BlockSums;
 use super::readahead::Spans;
 use crate::store::{Store, StoreError};
 
@@ -87,6 +88,9 @@ struct State {
     chunks: HashMap<ChunkKey, Entry>,
     inflight: HashMap<ChunkKey, Fetch>,
     footers: HashMap<String, ArrowReaderMetadata>,
+    /// The block checksums of files whose footer carries them: every chunk of such a file in
+    /// `chunks` has been checked against them.
+    sums: HashMap<String, Arc<BlockSums>>,
     disk_bytes: u64,
     memory_bytes: u64,
     tick: u64,
@@ -102,6 +106,8 @@ struct Entry {
     file: Option<u64>,
     /// Its disk copy is being written: it stays listed even if it leaves memory meanwhile.
     writing: bool,
+    /// Checked against the file's block checksums.
+    verified: bool,
 }
 
 impl ChunkCache {
@@ -184,12 +190,41 @@ impl ChunkCache {
         self.state().footers.get(path).cloned()
     }
 
-    pub fn remember_footer(&self, path: &str, metadata: ArrowReaderMetadata) {
+    /// Keeps a file's parsed footer. When it carries block checksums, the chunks of the file
+    /// fetched before they were known (the footer's own) are checked now, and every later one
+    /// as it arrives; an error says the file is corrupt.
+    pub fn remember_footer(&self, path: &str, metadata: ArrowReaderMetadata) -> Result<(), String> {
+        let sums = BlockSums::from_metadata(metadata.metadata())?.map(Arc::new);
         let mut state = self.state();
         if state.footers.len() >= MAX_FOOTERS {
             state.footers.clear();
+            state.sums.clear();
+        }
+        if let Some(sums) = sums {
+            let unchecked: Vec<ChunkKey> = state
+                .chunks
+                .iter()
+                .filter(|((p, _), e)| p == path && !e.verified)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in unchecked {
+                let e = state.chunks.get_mut(&key).expect("listed");
+                match &e.memory {
+                    Some(bytes) => {
+                        sums.verify(key.1 * self.chunk_bytes, bytes)?;
+                        e.verified = true;
+                    }
+                    // Only on disk: fetched again, and checked then, when next read.
+                    None => {
+                        let e = state.chunks.remove(&key).expect("listed");
+                        self.drop_entry(&mut state, e);
+                    }
+                }
+            }
+            state.sums.insert(path.to_string(), sums);
         }
         state.footers.insert(path.to_string(), metadata);
+        Ok(())
     }
 
     /// Rebuilt batches kept between Fetches and read ahead.
@@ -202,6 +237,7 @@ impl ChunkCache {
         self.spans.forget(path);
         let mut state = self.state();
         state.footers.remove(path);
+        state.sums.remove(path);
         let gone: Vec<ChunkKey> = state
             .chunks
             .keys()
@@ -436,9 +472,21 @@ impl ChunkCache {
             )));
         }
         metrics::counter!("strata_tier_cache_fill_bytes_total").increment(bytes.len() as u64);
+        let checked = |sums: Option<Arc<BlockSums>>| match sums {
+            Some(sums) => sums
+                .verify(start, &bytes)
+                .map(|()| true)
+                .map_err(|why| CacheError::Other(format!("{path}: {why}"))),
+            None => Ok(false),
+        };
+        let mut verified = checked(self.state().sums.get(path).cloned())?;
         let len = bytes.len() as u64;
         let disk_copy = {
             let mut state = self.state();
+            if !verified {
+                // The footer (and with it the checksums) may have arrived during the check.
+                verified = checked(state.sums.get(path).cloned())?;
+            }
             state.tick += 1;
             let used = state.tick;
             state.memory_bytes += len;
@@ -450,6 +498,7 @@ impl ChunkCache {
                     memory: Some(bytes.clone()),
                     file: None,
                     writing: self.dir.is_some(),
+                    verified,
                 },
             );
             if let Some(old) = replaced {

@@ -5,15 +5,20 @@
 //! statistics and the page index on `offset` and `timestamp`, and row groups bounded by bytes.
 //! The upload streams: row groups are written as they fill, and the object store writer turns
 //! them into multipart parts, so memory stays near one row group whatever the segment size.
+//! Everything up to the last data page is checksummed on the way out ([`super::checksum`]).
 
+use bytes::Bytes;
+use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
-use parquet::file::metadata::SortingColumn;
+use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+use tokio::io::AsyncWriteExt;
 
+use super::checksum::{Summer, KEY};
 use super::rows::{schema, RowsBuilder};
 use crate::record::validate::ValidationLimits;
 use crate::store::{Store, StoreError};
@@ -100,8 +105,15 @@ fn header_column(field: &str) -> ColumnPath {
 }
 
 /// A Parquet file being written to the object store from stored batches, in offset order.
+///
+/// Parquet's synchronous writer encodes into a buffer, which goes to the store's multipart
+/// writer after each row group (what parquet's `AsyncArrowWriter` does too; owning the step
+/// lets every byte up to the last data page pass the checksummer, the writer's own buffer
+/// included).
 pub struct ParquetUpload {
-    writer: AsyncArrowWriter<object_store::buffered::BufWriter>,
+    writer: ArrowWriter<Vec<u8>>,
+    upload: BufWriter,
+    summer: Summer,
     path: Path,
     rows: RowsBuilder,
     total: u64,
@@ -116,13 +128,11 @@ impl ParquetUpload {
         path: Path,
         row_group_bytes: usize,
     ) -> Result<ParquetUpload, FileError> {
-        let writer = AsyncArrowWriter::try_new(
-            store.writer(path.clone()),
-            schema(),
-            Some(properties(row_group_bytes)),
-        )?;
+        let writer = ArrowWriter::try_new(Vec::new(), schema(), Some(properties(row_group_bytes)))?;
         Ok(ParquetUpload {
             writer,
+            upload: store.writer(path.clone()),
+            summer: Summer::default(),
             path,
             rows: RowsBuilder::new(),
             total: 0,
@@ -146,11 +156,33 @@ impl ParquetUpload {
 
     async fn write_rows(&mut self) -> Result<(), FileError> {
         self.total += self.rows.rows() as u64;
-        self.writer.write(&self.rows.finish()).await?;
+        let row_groups = self.writer.flushed_row_groups().len();
+        self.writer.write(&self.rows.finish())?;
         if self.writer.in_progress_size() >= self.row_group_bytes {
-            self.writer.flush().await?;
+            self.writer.flush()?;
+        }
+        if self.writer.flushed_row_groups().len() != row_groups {
+            self.send_data().await?;
         }
         Ok(())
+    }
+
+    /// Uploads what the writer has encoded so far: data pages, checksummed on the way.
+    async fn send_data(&mut self) -> Result<(), FileError> {
+        self.writer.sync().map_err(ParquetError::from)?;
+        let data = std::mem::take(self.writer.inner_mut());
+        self.summer.update(&data);
+        self.send(data).await
+    }
+
+    async fn send(&mut self, bytes: Vec<u8>) -> Result<(), FileError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.upload
+            .put(Bytes::from(bytes))
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)).into())
     }
 
     /// Completes the file; after this it is visible in the store.
@@ -158,7 +190,20 @@ impl ParquetUpload {
         if self.rows.rows() > 0 {
             self.write_rows().await?;
         }
-        self.writer.close().await?;
+        // The last row group goes out first, so the checksums cover every data page; the page
+        // index and the footer follow.
+        self.writer.flush()?;
+        self.send_data().await?;
+        let sums = self.summer.sums();
+        self.writer
+            .append_key_value_metadata(KeyValue::new(KEY.to_string(), sums.encode()));
+        self.writer.finish()?;
+        let footer = std::mem::take(self.writer.inner_mut());
+        self.send(footer).await?;
+        self.upload
+            .shutdown()
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))?;
         let size_bytes = store.head(&self.path).await?.size;
         let empty = self.total == 0;
         Ok(Written {
@@ -171,8 +216,8 @@ impl ParquetUpload {
 
     /// Abandons the upload so no partial object is left behind.
     pub async fn abort(self) {
-        let mut inner = self.writer.into_inner();
-        if let Err(e) = inner.abort().await {
+        let mut upload = self.upload;
+        if let Err(e) = upload.abort().await {
             tracing::debug!(path = %self.path, error = %e, "aborting an upload failed; orphan cleanup will remove any object");
         }
     }

@@ -3,6 +3,7 @@
 //! the writing and reading of one file.
 
 pub mod cache;
+pub mod checksum;
 pub mod file;
 pub mod manifest;
 pub mod orphans;

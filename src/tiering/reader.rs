@@ -19,6 +19,7 @@ use parquet::errors::ParquetError;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 
 use super::cache::ChunkCache;
+use super::checksum::BlockSums;
 use super::file::FileError;
 use super::rows::schema;
 use crate::store::{Store, StoreError};
@@ -32,10 +33,48 @@ struct RemoteFileReader {
     name: String,
     path: Path,
     size: u64,
+    /// The file's block checksums, for reads without the cache (which checks them itself).
+    sums: Option<Arc<BlockSums>>,
 }
 
 fn external(e: StoreError) -> ParquetError {
     ParquetError::External(Box::new(e))
+}
+
+impl RemoteFileReader {
+    /// `ranges` read widened to whole checksummed blocks, checked, and cut back.
+    async fn get_checked(
+        &self,
+        sums: &BlockSums,
+        ranges: &[Range<u64>],
+    ) -> parquet::errors::Result<Vec<Bytes>> {
+        let block = sums.block_bytes();
+        let widened: Vec<Range<u64>> = ranges
+            .iter()
+            .map(|r| {
+                r.start / block * block..r.end.div_ceil(block).saturating_mul(block).min(self.size)
+            })
+            .collect();
+        let parts = self
+            .store
+            .get_ranges(&self.path, &widened)
+            .await
+            .map_err(external)?;
+        ranges
+            .iter()
+            .zip(widened)
+            .zip(parts)
+            .map(|((r, w), bytes)| {
+                sums.verify(w.start, &bytes)
+                    .map_err(|why| ParquetError::General(format!("{}: {why}", self.name)))?;
+                let at = (r.start - w.start) as usize;
+                bytes
+                    .get(at..at + (r.end - r.start) as usize)
+                    .map(|b| bytes.slice_ref(b))
+                    .ok_or_else(|| ParquetError::General(format!("{}: short read", self.name)))
+            })
+            .collect()
+    }
 }
 
 impl AsyncFileReader for RemoteFileReader {
@@ -62,11 +101,14 @@ impl AsyncFileReader for RemoteFileReader {
                         Ok(store) => external(store),
                         Err(other) => ParquetError::External(other.into()),
                     }),
-                None => self
-                    .store
-                    .get_ranges(&self.path, &ranges)
-                    .await
-                    .map_err(external),
+                None => match &self.sums {
+                    Some(sums) => self.get_checked(sums, &ranges).await,
+                    None => self
+                        .store
+                        .get_ranges(&self.path, &ranges)
+                        .await
+                        .map_err(external),
+                },
             }
         }
         .boxed()
@@ -132,6 +174,7 @@ async fn open_file(
         name: path.to_string(),
         path: store.path(path),
         size,
+        sums: None,
     };
     let metadata = match cache.and_then(|c| c.footer(path)) {
         Some(m) => m,
@@ -147,8 +190,17 @@ async fn open_file(
                     reason: "schema differs from strata's".into(),
                 });
             }
-            if let Some(c) = cache {
-                c.remember_footer(path, m.clone());
+            let damaged = |reason| FileError::Corrupt {
+                path: path.to_string(),
+                reason,
+            };
+            match cache {
+                Some(c) => c.remember_footer(path, m.clone()).map_err(damaged)?,
+                None => {
+                    reader.sums = BlockSums::from_metadata(m.metadata())
+                        .map_err(damaged)?
+                        .map(Arc::new)
+                }
             }
             m
         }

@@ -5,10 +5,11 @@
 //! hold a lock while they work on a partition.
 
 pub mod hot_bytes;
+mod open;
 pub mod topics;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -21,6 +22,7 @@ use crate::config::{topic as topic_config, Config, TopicConfig};
 use crate::coordinator::{self, Coordinator};
 use crate::error::ApiError;
 use crate::partition::Partition;
+use open::{open_topic, remove_deleted_partitions, Opening};
 use topics::{Catalogue, DeletedTopic, TopicRecord};
 
 pub struct Topic {
@@ -61,13 +63,6 @@ pub struct Broker {
     pub tiering: Option<Arc<crate::tiering::service::Tiering>>,
     /// log.dir.max.bytes accounting.
     pub hot_bytes: hot_bytes::HotBytes,
-}
-
-fn partition_dir(config: &Config, topic: &str, index: i32) -> PathBuf {
-    config
-        .data_dir
-        .join("topics")
-        .join(format!("{topic}-{index}"))
 }
 
 impl Broker {
@@ -518,92 +513,6 @@ fn persist(config: &Config, catalogue: &Catalogue) -> Result<(), ApiError> {
             format!("persisting topic metadata: {e}"),
         )
     })
-}
-
-/// Opens a topic's partitions, reusing the already open ones in `existing`.
-/// Whether `open_topic` opens partitions the catalogue already had, or creates new ones.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Opening {
-    Existing,
-    New,
-}
-
-fn open_topic(
-    config: &Config,
-    clock: &Clock,
-    record: &TopicRecord,
-    existing: Vec<Arc<Partition>>,
-    opening: Opening,
-) -> Result<Topic, ApiError> {
-    let topic_config = TopicConfig::resolve(&config.broker, &record.overrides);
-    let mut partitions = existing;
-    for index in partitions.len() as i32..record.partitions {
-        let dir = partition_dir(config, &record.name, index);
-        if opening == Opening::New {
-            move_stray_aside(&dir).map_err(|e| {
-                ApiError::new(
-                    ResponseError::KafkaStorageError,
-                    format!("moving aside {}: {e}", dir.display()),
-                )
-            })?;
-        }
-        let partition = Partition::open(
-            &dir,
-            &record.name,
-            index,
-            record.leader_epoch,
-            topic_config.clone(),
-            config.broker.batch_max_decompressed_bytes,
-            clock.now_ms(),
-        )
-        .map_err(ApiError::from)?;
-        partitions.push(Arc::new(partition));
-    }
-    Ok(Topic {
-        name: record.name.clone(),
-        id: record.id,
-        overrides: record.overrides.clone(),
-        config: topic_config,
-        partitions,
-        leader_epoch: record.leader_epoch,
-    })
-}
-
-/// A new partition's directory must not exist yet; one that does (a crash between DeleteTopics'
-/// catalogue write and moving its partitions aside, or a directory the broker does not know)
-/// would otherwise be loaded as the new partition's log. It is moved aside, kept for the operator.
-fn move_stray_aside(dir: &Path) -> std::io::Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    let stray = crate::partition::aside(dir, crate::partition::STRAY_SUFFIX);
-    std::fs::rename(dir, &stray)?;
-    tracing::warn!(dir = %dir.display(), moved_to = %stray.display(), "a directory was already where a new partition goes; moved aside, not loaded");
-    Ok(())
-}
-
-/// Removes what DeleteTopics moved aside and could not remove before the broker stopped.
-fn remove_deleted_partitions(topics_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(topics_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if !name
-            .to_string_lossy()
-            .ends_with(crate::partition::DELETED_SUFFIX)
-        {
-            continue;
-        }
-        match std::fs::remove_dir_all(entry.path()) {
-            Ok(()) => {
-                tracing::info!(dir = %entry.path().display(), "removed a deleted partition left by the last run")
-            }
-            Err(e) => {
-                tracing::warn!(dir = %entry.path().display(), error = %e, "could not remove a deleted partition")
-            }
-        }
-    }
 }
 
 fn producer_id_path(config: &Config) -> PathBuf {

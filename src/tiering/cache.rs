@@ -8,7 +8,8 @@
 //! fetched ahead of them in the background. Parsed file footers are kept in memory too, and so
 //! are rebuilt batches between Fetches ([`super::readahead`]).
 //!
-//! The cache directory holds only copies: it is emptied at start, and losing it loses nothing.
+//! Chunks of a file whose footer has block checksums ([`super::checksum`]) are checked once, as
+//! they arrive. The cache directory holds only copies: emptied at start, losing it loses nothing.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -29,8 +30,8 @@ use super::readahead::Spans;
 use crate::store::{Store, StoreError};
 
 /// Chunk size: 8 MiB means at most 128 GETs per GiB read, and ranges far smaller than a
-/// chunk (the pages of one column) coalesce into the chunk's single GET.
-pub const CHUNK_BYTES: u64 = 8 << 20;
+/// chunk (the pages of one column) coalesce into the chunk's single GET. Whole checksum blocks.
+pub const CHUNK_BYTES: u64 = 8 * super::checksum::BLOCK_BYTES;
 /// Chunks fetched last, kept in memory (also bounded by the cache's size).
 pub const MEMORY_BYTES: u64 = 128 << 20;
 /// Chunks fetched ahead of a reader that moves forward through a file.
@@ -209,16 +210,13 @@ impl ChunkCache {
                 .collect();
             for key in unchecked {
                 let e = state.chunks.get_mut(&key).expect("listed");
-                match &e.memory {
-                    Some(bytes) => {
-                        sums.verify(key.1 * self.chunk_bytes, bytes)?;
-                        e.verified = true;
-                    }
+                if let Some(bytes) = &e.memory {
+                    sums.verify(key.1 * self.chunk_bytes, bytes)?;
+                    e.verified = true;
+                } else {
                     // Only on disk: fetched again, and checked then, when next read.
-                    None => {
-                        let e = state.chunks.remove(&key).expect("listed");
-                        self.drop_entry(&mut state, e);
-                    }
+                    let e = state.chunks.remove(&key).expect("listed");
+                    self.drop_entry(&mut state, e);
                 }
             }
             state.sums.insert(path.to_string(), sums);

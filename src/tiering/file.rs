@@ -144,10 +144,10 @@ impl ParquetUpload {
 
     /// Adds one whole stored batch (re-validated: local corruption is never uploaded).
     pub async fn push(&mut self, batch: &[u8], limits: &ValidationLimits) -> Result<(), FileError> {
-        let header = crate::record::BatchHeader::parse(batch)?;
-        self.min_timestamp = self.min_timestamp.min(header.base_timestamp);
-        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
-        self.rows.append_batch(batch, limits)?;
+        if let Some((min, max)) = self.rows.append_batch(batch, limits)? {
+            self.min_timestamp = self.min_timestamp.min(min);
+            self.max_timestamp = self.max_timestamp.max(max);
+        }
         if self.rows.bytes() >= ARROW_BATCH_BYTES {
             self.write_rows().await?;
         }
@@ -252,6 +252,38 @@ mod tests {
     use crate::tiering::reader::read_rows;
     use crate::tiering::rows::rebuild_batches;
     use arrow_array::RecordBatch;
+
+    /// The file's timestamp range is the records' as consumers see them: a LogAppendTime batch's
+    /// records carry the append time, and a CreateTime batch may hold timestamps below its first.
+    #[tokio::test]
+    async fn timestamps_are_the_records_log_append_time_included() {
+        let store = Store::from_url("memory://").unwrap();
+        let mut create_time = BatchBuilder::new(Codec::None);
+        create_time.record(5_000, None, Some(b"a"), &[]);
+        create_time.record(4_000, None, Some(b"b"), &[]);
+        let mut appended = BatchBuilder::new(Codec::None);
+        appended.base_offset(2).log_append_time(true);
+        appended.record(1_000, None, Some(b"c"), &[]);
+        let mut appended = appended.build();
+        crate::record::batch::set_log_append_time(&mut appended, 7_000);
+        let limits = ValidationLimits {
+            max_batch_bytes: usize::MAX,
+            max_decompressed_bytes: 1 << 20,
+        };
+        let written = write_batches(
+            &store,
+            store.path("t.parquet"),
+            [create_time.build().as_slice(), appended.as_slice()],
+            &limits,
+            1 << 20,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (written.min_timestamp, written.max_timestamp),
+            (4_000, 7_000)
+        );
+    }
 
     #[tokio::test]
     async fn segment_to_parquet_and_back() {

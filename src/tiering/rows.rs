@@ -186,15 +186,22 @@ impl RowsBuilder {
     }
 
     /// Appends the records of one stored batch, re-validating it (a batch that does not validate
-    /// is corruption on local disk: the offload stops rather than upload it).
+    /// is corruption on local disk: the offload stops rather than upload it). Returns the least
+    /// and greatest record timestamp appended (as consumers see them: a LogAppendTime batch's
+    /// records all have the append time), `None` for a batch without records.
     pub fn append_batch(
         &mut self,
         batch: &[u8],
         limits: &ValidationLimits,
-    ) -> Result<(), BatchError> {
+    ) -> Result<Option<(i64, i64)>, BatchError> {
+        let mut span: Option<(i64, i64)> = None;
         for_each_record(batch, limits, |header, record| {
+            let timestamp = record.timestamp(header);
+            span = Some(span.map_or((timestamp, timestamp), |(lo, hi)| {
+                (lo.min(timestamp), hi.max(timestamp))
+            }));
             self.offset.append_value(record.offset(header));
-            self.timestamp.append_value(record.timestamp(header));
+            self.timestamp.append_value(timestamp);
             self.key.append_option(record.key);
             self.value.append_option(record.value);
             let entries = self.headers.values();
@@ -227,7 +234,7 @@ impl RowsBuilder {
             self.bytes +=
                 48 + record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len);
         })?;
-        Ok(())
+        Ok(span)
     }
 
     /// Takes the rows so far as one Arrow batch. The builders start again with room for as

@@ -30,6 +30,8 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Part size of multipart uploads: object stores want >= 5 MiB; larger parts mean fewer PUTs.
 pub const MULTIPART_PART_BYTES: usize = 16 << 20;
+/// Objects per bulk delete: S3's DeleteObjects takes at most 1000 keys.
+const DELETE_BATCH: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -272,12 +274,24 @@ impl Store {
         .await
     }
 
-    /// Deletes `path`; a missing object is not an error.
-    pub async fn delete(&self, path: &Path) -> Result<(), StoreError> {
-        match self.retry("delete", || self.inner.delete(path)).await {
-            Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
+    /// Deletes `paths`; missing objects are not an error. S3 deletes up to 1000 in one request
+    /// (DeleteObjects); other stores delete one by one. Each thousand is retried as a whole.
+    pub async fn delete_all(&self, paths: &[Path]) -> Result<(), StoreError> {
+        for batch in paths.chunks(DELETE_BATCH) {
+            self.retry("delete", || {
+                let locations = futures::stream::iter(Vec::from(batch).into_iter().map(Ok));
+                self.inner
+                    .delete_stream(futures::StreamExt::boxed(locations))
+                    .map_ok(drop)
+                    .or_else(|e| match e {
+                        object_store::Error::NotFound { .. } => futures::future::ready(Ok(())),
+                        e => futures::future::ready(Err(e)),
+                    })
+                    .try_collect::<()>()
+            })
+            .await?;
         }
+        Ok(())
     }
 
     /// A streaming writer that uploads large objects in multipart parts. Callers `abort` it on
@@ -310,9 +324,24 @@ mod tests {
             );
             assert_eq!(store.get(&p).await.unwrap(), Bytes::from_static(b"one"));
             assert_eq!(store.list("_strata/manifests/x").await.unwrap().len(), 1);
-            store.delete(&p).await.unwrap();
-            store.delete(&p).await.unwrap();
+            store.delete_all(&[p.clone(), p.clone()]).await.unwrap();
+            store.delete_all(std::slice::from_ref(&p)).await.unwrap();
             assert!(matches!(store.get(&p).await, Err(StoreError::NotFound(_))));
+            // More than one bulk request's worth, with missing objects among them.
+            let mut many = Vec::new();
+            for i in 0..1003 {
+                let p = store.path(&format!("bulk/{i:04}"));
+                if i % 100 != 7 {
+                    store.put_if_absent(&p, Bytes::new()).await.unwrap();
+                }
+                many.push(p);
+            }
+            let kept = store.path("bulkx/0");
+            store.put_if_absent(&kept, Bytes::new()).await.unwrap();
+            assert_eq!(store.list("bulk").await.unwrap().len(), 993);
+            store.delete_all(&many).await.unwrap();
+            assert!(store.list("bulk").await.unwrap().is_empty());
+            assert_eq!(store.list("bulkx").await.unwrap().len(), 1);
         }
     }
 

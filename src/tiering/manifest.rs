@@ -180,9 +180,8 @@ impl ManifestStore {
     pub async fn collect_garbage(&self) -> Result<usize, StoreError> {
         let versions = self.versions().await?;
         let doomed = versions.len().saturating_sub(KEEP_VERSIONS + 1);
-        for v in &versions[..doomed] {
-            self.store.delete(&self.path(*v)).await?;
-        }
+        let paths: Vec<_> = versions[..doomed].iter().map(|v| self.path(*v)).collect();
+        self.store.delete_all(&paths).await?;
         Ok(doomed)
     }
 }

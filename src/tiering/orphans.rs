@@ -30,7 +30,7 @@ impl RemoteLog {
             .iter()
             .map(|f| self.store().path(&f.path))
             .collect();
-        let mut deleted = Vec::new();
+        let mut orphans = Vec::new();
         for object in listed {
             let is_parquet = object
                 .location
@@ -49,17 +49,22 @@ impl RemoteLog {
                 "orphan cleanup about to delete {} which the cached manifest references",
                 object.location
             );
-            self.store().delete(&object.location).await?;
-            metrics::counter!("strata_tier_orphans_deleted_total", "topic" => self.topic().to_string())
-                .increment(1);
+            orphans.push((object.location, age_ms));
+        }
+        let paths: Vec<_> = orphans.iter().map(|(path, _)| path.clone()).collect();
+        self.store().delete_all(&paths).await?;
+        metrics::counter!("strata_tier_orphans_deleted_total", "topic" => self.topic().to_string())
+            .increment(orphans.len() as u64);
+        let mut deleted = Vec::with_capacity(orphans.len());
+        for (path, age_ms) in orphans {
             tracing::info!(
                 topic = self.topic(),
                 partition = self.partition(),
-                path = %object.location,
+                path = %path,
                 age_ms,
                 "orphan remote file deleted"
             );
-            deleted.push(object.location.to_string());
+            deleted.push(path.to_string());
         }
         Ok(deleted)
     }

@@ -110,40 +110,43 @@ impl RemoteLog {
     /// Deletes the files of `before` that the newest manifest `newest` no longer references. A
     /// failed delete leaves an orphan for orphan cleanup.
     async fn delete_dropped(&self, before: &Manifest, newest: &Manifest) {
-        for file in before
+        let dropped: Vec<_> = before
             .files
             .iter()
             .filter(|f| !newest.files.iter().any(|n| n.path == f.path))
-        {
+            .collect();
+        for file in &dropped {
             assert!(
                 !self.manifest().files.iter().any(|n| n.path == file.path),
                 "deleting {} which the newest manifest references",
                 file.path
             );
-            match self.store().delete(&self.store().path(&file.path)).await {
-                Ok(()) => {
-                    if let Some(cache) = self.chunk_cache() {
-                        cache.forget(&file.path);
-                    }
-                    metrics::counter!("strata_tier_deleted_files_total", "topic" => self.topic().to_string())
-                        .increment(1);
-                    tracing::info!(
-                        topic = self.topic(),
-                        partition = self.partition(),
-                        path = file.path,
-                        first = file.first_offset,
-                        last = file.last_offset,
-                        "remote file below the log start deleted"
-                    );
-                }
-                Err(e) => tracing::warn!(
-                    topic = self.topic(),
-                    partition = self.partition(),
-                    path = file.path,
-                    error = %e,
-                    "deleting a dropped remote file failed; orphan cleanup will retry"
-                ),
+        }
+        let paths: Vec<_> = dropped.iter().map(|f| self.store().path(&f.path)).collect();
+        if let Err(e) = self.store().delete_all(&paths).await {
+            tracing::warn!(
+                topic = self.topic(),
+                partition = self.partition(),
+                files = dropped.len(),
+                error = %e,
+                "deleting dropped remote files failed; orphan cleanup will retry"
+            );
+            return;
+        }
+        metrics::counter!("strata_tier_deleted_files_total", "topic" => self.topic().to_string())
+            .increment(dropped.len() as u64);
+        for file in dropped {
+            if let Some(cache) = self.chunk_cache() {
+                cache.forget(&file.path);
             }
+            tracing::info!(
+                topic = self.topic(),
+                partition = self.partition(),
+                path = file.path,
+                first = file.first_offset,
+                last = file.last_offset,
+                "remote file below the log start deleted"
+            );
         }
     }
 }

@@ -26,13 +26,10 @@
 
 use std::sync::Arc;
 
-use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
 
 use super::cache::ChunkCache;
 use crate::store::{Store, StoreError};
-
-/// Deletes in flight at once.
-const CONCURRENT_DELETES: usize = 8;
 
 /// What a wipe of one topic name deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -53,27 +50,25 @@ pub async fn delete_remote_data(
     let data = format!("topic={topic}");
     let mut deleted = Deleted::default();
     for (prefix, is_data) in [(&manifests, false), (&data, true)] {
-        let objects = store.list(prefix).await?;
-        let n = futures::stream::iter(objects)
-            .map(|object| async move {
-                store.delete(&object.location).await?;
-                if is_data {
-                    if let (Some(cache), Some(rel)) = (cache, store.relative(&object.location)) {
-                        cache.forget(&rel);
-                    }
-                }
-                let kind = if is_data { "data" } else { "manifest" };
-                metrics::counter!("strata_tier_deleted_topic_files_total", "kind" => kind)
-                    .increment(1);
-                Ok::<_, StoreError>(())
-            })
-            .buffer_unordered(CONCURRENT_DELETES)
-            .try_fold(0, |n, ()| async move { Ok(n + 1) })
-            .await?;
+        let objects: Vec<Path> = store
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|o| o.location)
+            .collect();
+        store.delete_all(&objects).await?;
+        let kind = if is_data { "data" } else { "manifest" };
+        metrics::counter!("strata_tier_deleted_topic_files_total", "kind" => kind)
+            .increment(objects.len() as u64);
         if is_data {
-            deleted.files = n;
+            if let Some(cache) = cache {
+                for rel in objects.iter().filter_map(|o| store.relative(o)) {
+                    cache.forget(&rel);
+                }
+            }
+            deleted.files = objects.len();
         } else {
-            deleted.manifests = n;
+            deleted.manifests = objects.len();
         }
     }
     for prefix in [&manifests, &data] {

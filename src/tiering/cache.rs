@@ -105,8 +105,10 @@ struct Entry {
     memory: Option<Bytes>,
     /// The id of its disk copy.
     file: Option<u64>,
-    /// Its disk copy is being written: it stays listed even if it leaves memory meanwhile.
-    writing: bool,
+    /// The id of its disk copy being written: it stays listed even if it leaves memory
+    /// meanwhile, and only that write may complete it (a write for an entry since replaced
+    /// removes its file).
+    copying: Option<u64>,
     /// Checked against the file's block checksums.
     verified: bool,
 }
@@ -488,6 +490,10 @@ impl ChunkCache {
             state.tick += 1;
             let used = state.tick;
             state.memory_bytes += len;
+            let copying = self.dir.is_some().then(|| {
+                state.next_id += 1;
+                state.next_id
+            });
             let replaced = state.chunks.insert(
                 key.clone(),
                 Entry {
@@ -495,7 +501,7 @@ impl ChunkCache {
                     used,
                     memory: Some(bytes.clone()),
                     file: None,
-                    writing: self.dir.is_some(),
+                    copying,
                     verified,
                 },
             );
@@ -505,10 +511,7 @@ impl ChunkCache {
             }
             self.evict(&mut state, key);
             self.publish(&state);
-            self.dir.is_some().then(|| {
-                state.next_id += 1;
-                state.next_id
-            })
+            copying
         };
         if let Some(id) = disk_copy {
             let cache = self.clone();
@@ -529,11 +532,11 @@ impl ChunkCache {
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
         let mut state = self.state();
-        let entry = state.chunks.get_mut(&key).filter(|e| e.file.is_none());
+        let entry = state.chunks.get_mut(&key).filter(|e| e.copying == Some(id));
         match (written, entry) {
             (Ok(()), Some(entry)) => {
                 entry.file = Some(id);
-                entry.writing = false;
+                entry.copying = None;
                 let len = entry.len;
                 state.disk_bytes += len;
                 self.evict(&mut state, &key);
@@ -544,7 +547,7 @@ impl ChunkCache {
                 tracing::warn!(error = %e, "writing the cold-read cache");
                 self.remove_file(id);
                 if let Some(entry) = entry {
-                    entry.writing = false;
+                    entry.copying = None;
                     if entry.memory.is_none() {
                         state.chunks.remove(&key);
                     }
@@ -563,7 +566,7 @@ impl ChunkCache {
             let e = state.chunks.get_mut(&victim).expect("victim exists");
             e.memory = None;
             state.memory_bytes -= e.len;
-            if e.file.is_none() && !e.writing {
+            if e.file.is_none() && e.copying.is_none() {
                 state.chunks.remove(&victim);
             }
         }

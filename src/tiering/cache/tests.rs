@@ -94,7 +94,7 @@ async fn settle(cache: &ChunkCache) {
     loop {
         let done = {
             let state = cache.state();
-            state.inflight.is_empty() && state.chunks.values().all(|e| !e.writing)
+            state.inflight.is_empty() && state.chunks.values().all(|e| e.copying.is_none())
         };
         if done {
             return;

@@ -1,6 +1,7 @@
 //! Tiering end to end, in one process: produce the same 1 KiB JSON events into two topics of one
 //! partition with the default 1 GiB segments, one tiered and one not. Wait for the tiered
-//! topic's sealed segments to be offloaded (counting object-store PUTs) and let local retention
+//! topic's sealed segments to be offloaded (counting object-store PUTs and CPU time: tiering is
+//! switched on for the topic only once produce has ended) and let local retention
 //! delete them. Then consume the same offsets from both: from local disk (hot, the untiered
 //! topic) and from the object store through the cold-read cache (cold, counting GETs), in
 //! slices taken alternately, so that a machine whose speed drifts slows both alike.
@@ -166,14 +167,15 @@ async fn main() {
     let running = strata::server::start(config).await.expect("broker");
     let broker = running.broker.clone();
     let overrides = BTreeMap::from([("segment.bytes".to_string(), segment_bytes.to_string())]);
-    broker
-        .create_topic(TOPIC, 1, 1, &overrides, false)
-        .expect("topic");
     let mut untiered = overrides.clone();
     untiered.insert("remote.storage.enable".to_string(), "false".to_string());
-    broker
-        .create_topic(HOT_TOPIC, 1, 1, &untiered, false)
-        .expect("hot topic");
+    // The tiered topic starts untiered too, so that its whole offload happens after produce,
+    // alone on the machine, and its CPU time can be measured.
+    for topic in [TOPIC, HOT_TOPIC] {
+        broker
+            .create_topic(topic, 1, 1, &untiered, false)
+            .expect("topic");
+    }
     let bootstrap = running.kafka_addr().to_string();
 
     // Produce.
@@ -217,7 +219,12 @@ async fn main() {
     let before_offload = strata::telemetry::render();
     let partition = broker.topic(TOPIC).expect("topic").partitions[0].clone();
     let tiering = broker.tiering.clone().expect("tiering is on");
+    eprintln!("tier_bench: offloading");
+    let offload_cpu_before = cpu_seconds();
     let offload_started = Instant::now();
+    broker
+        .set_overrides(TOPIC, overrides.clone(), false)
+        .expect("tiering on");
     let sealed_end = partition
         .sealed_segments()
         .last()
@@ -244,6 +251,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let offload_secs = offload_started.elapsed().as_secs_f64();
+    let offload_cpu = cpu_seconds() - offload_cpu_before;
     let after_offload = strata::telemetry::render();
     let parquet_bytes = manifest.size_bytes();
     let put_count = puts(&after_offload) - puts(&before_offload);
@@ -339,6 +347,10 @@ async fn main() {
         gib(sealed_bytes)
     );
     println!(
+        "offload per core   {:>8.1} MB/s of segments per CPU second ({offload_cpu:.1} CPU s)",
+        mbs(sealed_bytes, offload_cpu),
+    );
+    println!(
         "parquet / segment  {:>8.3}",
         parquet_bytes as f64 / sealed_bytes as f64
     );
@@ -363,9 +375,10 @@ async fn main() {
         get_bytes / (1u64 << 30) as f64
     );
     println!(
-        "{{\"records\":{records},\"segment_bytes\":{segment_bytes},\"produce_mb_s\":{:.1},\"offload_mb_s\":{:.1},\"parquet_ratio\":{:.3},\"puts_per_gib\":{:.1},\"hot_mb_s\":{:.1},\"cold_mb_s\":{:.1},\"gets_per_gib\":{:.1}}}",
+        "{{\"records\":{records},\"segment_bytes\":{segment_bytes},\"produce_mb_s\":{:.1},\"offload_mb_s\":{:.1},\"offload_mb_per_cpu_s\":{:.1},\"parquet_ratio\":{:.3},\"puts_per_gib\":{:.1},\"hot_mb_s\":{:.1},\"cold_mb_s\":{:.1},\"gets_per_gib\":{:.1}}}",
         mbs(produced_bytes, produce_secs),
         mbs(sealed_bytes, offload_secs),
+        mbs(sealed_bytes, offload_cpu),
         parquet_bytes as f64 / sealed_bytes as f64,
         put_count / gib(sealed_bytes),
         hot.mb_s(),

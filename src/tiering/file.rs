@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use super::checksum::{Summer, KEY};
 use super::rows::{schema, RowsBuilder};
 use crate::record::validate::ValidationLimits;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, MULTIPART_PART_BYTES};
 
 /// Rows are handed to the Parquet writer in Arrow batches of about this size: small enough that
 /// the builders' buffers are still in the core's cache (1 MiB of L2 here) when the writer copies
@@ -170,19 +170,23 @@ impl ParquetUpload {
     /// Uploads what the writer has encoded so far: data pages, checksummed on the way.
     async fn send_data(&mut self) -> Result<(), FileError> {
         self.writer.sync().map_err(ParquetError::from)?;
-        let data = std::mem::take(self.writer.inner_mut());
-        self.summer.update(&data);
-        self.send(data).await
+        self.summer.update(self.writer.inner());
+        self.send().await
     }
 
-    async fn send(&mut self, bytes: Vec<u8>) -> Result<(), FileError> {
-        if bytes.is_empty() {
-            return Ok(());
+    /// Hands the encoded bytes to the multipart writer in part-sized copies and empties the
+    /// writer's buffer, keeping its memory for the next row group: a fresh buffer per row group
+    /// (tens of MiB, so mapped anew each time) cost more in page faults than the copy.
+    async fn send(&mut self) -> Result<(), FileError> {
+        let buffer = self.writer.inner_mut();
+        for piece in buffer.chunks(MULTIPART_PART_BYTES) {
+            self.upload
+                .put(Bytes::copy_from_slice(piece))
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))?;
         }
-        self.upload
-            .put(Bytes::from(bytes))
-            .await
-            .map_err(|e| ParquetError::External(Box::new(e)).into())
+        buffer.clear();
+        Ok(())
     }
 
     /// Completes the file; after this it is visible in the store.
@@ -198,8 +202,7 @@ impl ParquetUpload {
         self.writer
             .append_key_value_metadata(KeyValue::new(KEY.to_string(), sums.encode()));
         self.writer.finish()?;
-        let footer = std::mem::take(self.writer.inner_mut());
-        self.send(footer).await?;
+        self.send().await?;
         self.upload
             .shutdown()
             .await

@@ -105,9 +105,7 @@ struct Entry {
     memory: Option<Bytes>,
     /// The id of its disk copy.
     file: Option<u64>,
-    /// The id of its disk copy being written: it stays listed even if it leaves memory
-    /// meanwhile, and only that write may complete it (a write for an entry since replaced
-    /// removes its file).
+    /// Its disk copy being written, by id: listed even out of memory until that write lands.
     copying: Option<u64>,
     /// Checked against the file's block checksums.
     verified: bool,
@@ -163,9 +161,7 @@ impl ChunkCache {
     }
 
     fn remove_file(&self, id: u64) {
-        if let Some(file) = self.file_of(id) {
-            let _ = std::fs::remove_file(file);
-        }
+        let _ = self.file_of(id).map(std::fs::remove_file);
     }
 
     /// GETs made so far.
@@ -506,7 +502,8 @@ impl ChunkCache {
                 },
             );
             if let Some(old) = replaced {
-                // Fetched twice (a reader saw it missing just before it landed): keep one copy.
+                // Fetched twice (a reader saw it missing just before it landed): keep one copy;
+                // the old entry's disk copy, if still being written, is removed when it lands.
                 self.drop_entry(&mut state, old);
             }
             self.evict(&mut state, key);

@@ -207,10 +207,9 @@ mod tests {
     async fn a_flipped_byte_in_a_data_page_is_corrupt_with_or_without_the_cache() {
         use crate::record::batch::Codec;
         use crate::record::builder::BatchBuilder;
-        use crate::record::validate::ValidationLimits;
         use crate::store::Store;
         use crate::tiering::cache::ChunkCache;
-        use crate::tiering::file::{write_batches, FileError};
+        use crate::tiering::file::{write_test_file, FileError};
         use crate::tiering::reader::read_rows;
 
         let store = Store::from_url("memory://").unwrap();
@@ -232,19 +231,8 @@ mod tests {
                 batch.build()
             })
             .collect();
-        let limits = ValidationLimits {
-            max_batch_bytes: usize::MAX,
-            max_decompressed_bytes: 1 << 20,
-        };
-        let written = write_batches(
-            &store,
-            store.path("good.parquet"),
-            batches.iter().map(Vec::as_slice),
-            &limits,
-            1 << 30,
-        )
-        .await
-        .unwrap();
+        let written =
+            write_test_file(&store, "good.parquet", batches.iter().map(Vec::as_slice)).await;
         let body = store.get(&store.path("good.parquet")).await.unwrap();
         let reader = parquet::file::serialized_reader::SerializedFileReader::new(body.clone());
         let metadata = parquet::file::reader::FileReader::metadata(&reader.unwrap()).clone();

@@ -104,6 +104,11 @@ fn header_column(field: &str) -> ColumnPath {
     )
 }
 
+/// A failed write to the multipart upload (object_store's own client has retried it).
+fn upload_failed(e: impl std::error::Error + Send + Sync + 'static) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
 /// A Parquet file being written to the object store from stored batches, in offset order.
 ///
 /// Parquet's synchronous writer encodes into a buffer, which goes to the store's multipart
@@ -183,7 +188,7 @@ impl ParquetUpload {
             self.upload
                 .put(Bytes::copy_from_slice(piece))
                 .await
-                .map_err(|e| ParquetError::External(Box::new(e)))?;
+                .map_err(upload_failed)?;
         }
         buffer.clear();
         Ok(())
@@ -203,10 +208,7 @@ impl ParquetUpload {
             .append_key_value_metadata(KeyValue::new(KEY.to_string(), sums.encode()));
         self.writer.finish()?;
         self.send().await?;
-        self.upload
-            .shutdown()
-            .await
-            .map_err(|e| ParquetError::External(Box::new(e)))?;
+        self.upload.shutdown().await.map_err(upload_failed)?;
         let size_bytes = store.head(&self.path).await?.size;
         let empty = self.total == 0;
         Ok(Written {
@@ -247,6 +249,23 @@ where
     upload.finish(store).await
 }
 
+/// Test helper: `batches` written as `name` with no validation limits to speak of and one
+/// row group.
+#[cfg(test)]
+pub(crate) async fn write_test_file<'a>(
+    store: &Store,
+    name: &str,
+    batches: impl IntoIterator<Item = &'a [u8]>,
+) -> Written {
+    let limits = ValidationLimits {
+        max_batch_bytes: usize::MAX,
+        max_decompressed_bytes: 1 << 26,
+    };
+    write_batches(store, store.path(name), batches, &limits, 1 << 30)
+        .await
+        .expect("test file written")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,19 +288,12 @@ mod tests {
         appended.record(1_000, None, Some(b"c"), &[]);
         let mut appended = appended.build();
         crate::record::batch::set_log_append_time(&mut appended, 7_000);
-        let limits = ValidationLimits {
-            max_batch_bytes: usize::MAX,
-            max_decompressed_bytes: 1 << 20,
-        };
-        let written = write_batches(
+        let written = write_test_file(
             &store,
-            store.path("t.parquet"),
+            "t.parquet",
             [create_time.build().as_slice(), appended.as_slice()],
-            &limits,
-            1 << 20,
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(
             (written.min_timestamp, written.max_timestamp),
             (4_000, 7_000)

@@ -2,7 +2,7 @@ use super::*;
 use crate::record::batch::Codec;
 use crate::record::builder::BatchBuilder;
 use crate::record::validate::ValidationLimits;
-use crate::tiering::file::write_batches;
+use crate::tiering::file::{write_batches, write_test_file};
 
 /// "pages.parquet": 6000 records of ~1 KiB (random letters) in 4 MiB row groups, several
 /// value pages per row group; returns its size.
@@ -135,19 +135,7 @@ async fn corrupt_and_truncated_files_are_errors_not_rows() {
     let mut b = BatchBuilder::new(Codec::None);
     b.record(1, None, Some(b"v"), &[]);
     let batch = b.build();
-    let limits = ValidationLimits {
-        max_batch_bytes: usize::MAX,
-        max_decompressed_bytes: 1 << 20,
-    };
-    let written = write_batches(
-        &store,
-        store.path("good.parquet"),
-        [batch.as_slice()],
-        &limits,
-        1 << 20,
-    )
-    .await
-    .unwrap();
+    let written = write_test_file(&store, "good.parquet", [batch.as_slice()]).await;
     let body = store.get(&store.path("good.parquet")).await.unwrap();
     store
         .put_if_absent(&store.path("cut.parquet"), body.slice(..body.len() / 2))

@@ -746,7 +746,13 @@ async fn failed_multipart_uploads_are_aborted_and_retried() {
         "no object of a failed upload is visible: {objects:?}"
     );
     assert_eq!(p.local_log_start_offset(), 0, "the segment is kept");
-    assert!(metric("strata_tier_offload_errors_total", "topic=\"multipart\"") > 0.0);
+    // The upload is aborted before its error reaches the tiering pass, which counts it.
+    wait_until(
+        "the failed offload is counted",
+        Duration::from_secs(60),
+        || metric("strata_tier_offload_errors_total", "topic=\"multipart\"") > 0.0,
+    )
+    .await;
 
     // Parts go through now; the completion fails once, and that upload is aborted too.
     let aborted = faulty.aborts();

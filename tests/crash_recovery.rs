@@ -2,6 +2,8 @@
 //! the broker is killed with SIGKILL and restarted on the same port and data dir, 20 times. Every
 //! acknowledged record must be in the log exactly once afterwards.
 
+mod support;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -88,18 +90,10 @@ impl ProducerContext for Acks {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn acknowledged_records_survive_twenty_kill_nines_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = support::reusable_port();
     let bootstrap = format!("127.0.0.1:{port}");
     let mut broker = Broker::start(dir.path(), port);
 

@@ -31,7 +31,7 @@ use strata::record::batch::split_batches;
 use strata::server::RunningBroker;
 use strata::store::Store;
 use strata::tiering::manifest::Manifest;
-use support::KafkaConn;
+use support::{metric, KafkaConn};
 
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 const KAFKA_STORAGE_ERROR: i16 = 56;
@@ -171,6 +171,11 @@ async fn manifest(running: &RunningBroker, topic: &str) -> Arc<Manifest> {
         .manifest()
 }
 
+/// The log start offset the broker answers with (ListOffsets earliest, Fetch's log start).
+fn partition_log_start(running: &RunningBroker, topic: &str) -> i64 {
+    running.broker.topic(topic).unwrap().partitions[0].log_start_offset()
+}
+
 /// Polls `check` every 20 ms until it holds; fails after 60 s.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -298,6 +303,11 @@ async fn retention_and_delete_records(store: Option<Store>) {
     assert_eq!(kept.files.first().unwrap().first_offset, expected_cut);
     eventually("dropped files deleted", || async {
         objects(&running, "r").await.len() == kept.files.len()
+    })
+    .await;
+    // The pass moves the partition's log start after it deleted the dropped files.
+    eventually("the partition's log start follows the manifest", || async {
+        partition_log_start(&running, "r") == expected_cut
     })
     .await;
     assert_eq!(earliest(&mut conn, "r").await, expected_cut);
@@ -466,6 +476,11 @@ async fn retention_bytes_counts_remote_files_and_local_segments_once() {
     let after = manifest(&running, "b").await;
     assert_eq!(after.files, m.files[n - 2..].to_vec());
     assert_eq!(after.log_start_offset, m.files[n - 2].first_offset);
+    // The pass moves the partition's log start after the commit (and its deletes).
+    eventually("the partition's log start follows the manifest", || async {
+        partition_log_start(&running, "b") == after.log_start_offset
+    })
+    .await;
     assert_eq!(earliest(&mut conn, "b").await, after.log_start_offset);
     // The local segment was not counted twice, nor deleted.
     assert_eq!(p.size().0, local_bytes);
@@ -526,7 +541,11 @@ async fn orphans_older_than_the_grace_period_are_deleted_and_nothing_else() {
         read_all(&mut conn, "o", 0, 100).await,
         (0..100).collect::<Vec<_>>()
     );
-    assert!(strata::telemetry::render().contains("strata_tier_orphans_deleted_total"));
+    // Counted after the delete the test waited for.
+    eventually("the orphan is counted", || async {
+        metric("strata_tier_orphans_deleted_total", "topic=\"o\"") >= 1.0
+    })
+    .await;
     running.shutdown().await;
 }
 
@@ -545,6 +564,7 @@ async fn log_dir_max_bytes_refuses_produce_until_offload_frees_space() {
     )
     .await;
     create(&running, "cap", &[("segment.bytes", "2048")]);
+    let rejected = metric("strata_produce_rejected_total", "log_dir_max_bytes");
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     let value = "x".repeat(100);
     let big_batch = |i: usize| {
@@ -585,7 +605,7 @@ async fn log_dir_max_bytes_refuses_produce_until_offload_frees_space() {
         read_all(&mut conn, "cap", 0, acked).await,
         (0..acked).collect::<Vec<_>>()
     );
-    assert!(strata::telemetry::render().contains("strata_produce_rejected_total"));
+    assert!(metric("strata_produce_rejected_total", "log_dir_max_bytes") >= rejected + 3.0);
 
     // Offload catches up and local retention frees the disk: produce works again.
     let tiering = running.broker.tiering.clone().unwrap();
@@ -639,7 +659,10 @@ async fn an_outage_fills_log_dir_max_bytes_and_produce_recovers_by_itself() {
     let p = running.broker.topic("out").unwrap().partitions[0].clone();
     // Nothing was offloaded, and no segment that was not offloaded was deleted.
     assert_eq!(p.local_log_start_offset(), 0);
-    assert!(faulty.injected() > 0);
+    eventually("a tiering pass meets the outage", || async {
+        faulty.injected() > 0
+    })
+    .await;
     assert_eq!(
         read_all(&mut conn, "out", 0, acked).await,
         (0..acked).collect::<Vec<_>>()
@@ -725,11 +748,10 @@ async fn local_retention_of_offloaded_segments_goes_on_during_an_outage() {
 
 /// The `strata_tier_corrupt_files_total` counter of `topic`.
 fn corrupt_count(topic: &str) -> u64 {
-    let prefix = format!("strata_tier_corrupt_files_total{{topic=\"{topic}\"}} ");
-    strata::telemetry::render()
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().parse().unwrap()))
-        .unwrap_or(0)
+    metric(
+        "strata_tier_corrupt_files_total",
+        &format!("topic=\"{topic}\""),
+    ) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -162,3 +162,43 @@ pub async fn object_names(store: &strata::store::Store, prefix: &str) -> Vec<Str
     names.sort();
     names
 }
+
+/// The sum of the series of metric `name` whose labels contain `labels` (all series if empty),
+/// from the process's Prometheus exposition (the recorder is global to the test binary).
+pub fn metric(name: &str, labels: &str) -> f64 {
+    strata::telemetry::render()
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A free loopback port below the kernel's ephemeral range, for a server that restarts on the
+/// same port. A client reconnecting to an ephemeral port while nothing listens there can be given
+/// that very port as its source port and connect to itself (TCP simultaneous open), holding the
+/// port the server needs. Falls back to any free port when the range leaves no room below it.
+pub fn reusable_port() -> u16 {
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST);
+    // Test processes run side by side: each starts at its own place in the span.
+    let seed = std::process::id().wrapping_mul(7_919);
+    for _ in 0..span.min(1_000) {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOWEST + seed.wrapping_add(step) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}

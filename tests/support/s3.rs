@@ -170,14 +170,6 @@ pub struct Moto {
     port: u16,
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// One plain HTTP/1.1 request without a body; the status code, if the server answered.
 fn http_status(port: u16, method: &str, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -240,7 +232,7 @@ impl Moto {
             println!("SKIP {test}: moto_server not installed (pip install \"moto[server]\")");
             return None;
         }
-        let port = free_port();
+        let port = crate::support::reusable_port();
         let child = command(port)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -31,6 +31,7 @@ use strata::record::batch::split_batches;
 use strata::server::RunningBroker;
 use strata::store::Store;
 use strata::tiering::manifest::Manifest;
+use strata::tiering::remote::TierError;
 use support::{metric, KafkaConn};
 
 const OFFSET_OUT_OF_RANGE: i16 = 1;
@@ -390,6 +391,8 @@ async fn delete_topic_remote_data(store: Option<Store>) {
         all("topic=doomed2").await,
         all("_strata/manifests/topic=doomed2").await,
     );
+    // What a DeleteRecords in flight across the deletion holds.
+    let held = tiering.remote_log("doomed", 0).await.unwrap();
 
     let r: DeleteTopicsResponse = conn
         .call(
@@ -406,6 +409,13 @@ async fn delete_topic_remote_data(store: Option<Store>) {
     })
     .await;
     assert!(all("topic=doomed").await.is_empty());
+    assert!(all("_strata/manifests/topic=doomed").await.is_empty());
+    // Its late commit does not put a manifest of the deleted topic into the emptied prefix,
+    // where the name's next topic would load it.
+    let late = held
+        .advance_log_start(held.manifest().files[1].first_offset, 0)
+        .await;
+    assert!(matches!(late, Err(TierError::Retired(_))), "{late:?}");
     assert!(all("_strata/manifests/topic=doomed").await.is_empty());
     assert_eq!(
         cache.cached_bytes(),

@@ -10,6 +10,7 @@ use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
 use crate::broker::Broker;
 use crate::error::ApiError;
+use crate::tiering::remote::TierError;
 use crate::tiering::service::Tiering;
 
 pub async fn handle(broker: &Arc<Broker>, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
@@ -49,7 +50,13 @@ pub async fn handle(broker: &Arc<Broker>, request: DeleteRecordsRequest) -> Dele
                                 .await
                                 .map_err(|e| {
                                     tracing::warn!(topic = topic.name, partition = partition.index, error = %e, "DeleteRecords failed");
-                                    ApiError::new(ResponseError::KafkaStorageError, e.to_string())
+                                    // The topic was deleted while this request ran.
+                                    let code = if matches!(e, TierError::Retired(_)) {
+                                        ResponseError::UnknownTopicOrPartition
+                                    } else {
+                                        ResponseError::KafkaStorageError
+                                    };
+                                    ApiError::new(code, e.to_string())
                                 }),
                             _ => partition
                                 .delete_records_before(p.offset)

@@ -5,6 +5,7 @@
 //! written before the manifest that references it is committed; manifests are fenced by leader
 //! epoch; file names are unique, so a retry never overwrites a committed file.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
@@ -28,6 +29,8 @@ pub enum TierError {
     Store(#[from] StoreError),
     #[error("local read during offload: {0}")]
     Local(String),
+    #[error("the topic of remote log {0} was deleted: nothing more is committed to it")]
+    Retired(String),
 }
 
 /// A sealed segment to offload: offsets `[first, last]`, below `high_watermark`.
@@ -49,6 +52,11 @@ pub struct RemoteLog {
     partition: i32,
     manifests: ManifestStore,
     manifest: RwLock<Arc<Manifest>>,
+    /// Set when the topic is deleted: a holder from before (a DeleteRecords in flight) commits
+    /// no manifest into the prefixes the deletion empties (`topic_deletion`).
+    retired: AtomicBool,
+    /// Held across each manifest commit, so the deletion can wait for one in flight.
+    committing: tokio::sync::Mutex<()>,
 }
 
 /// Where an offload gets the batches of one sealed segment.
@@ -69,7 +77,20 @@ impl RemoteLog {
             partition,
             manifests,
             manifest: RwLock::new(Arc::new(manifest)),
+            retired: AtomicBool::new(false),
+            committing: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The topic was deleted: no further commit. One already under way may still land; wait for
+    /// it with [`RemoteLog::commits_settled`].
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    /// Resolves once no commit is under way; after [`RemoteLog::retire`], none will start.
+    pub async fn commits_settled(&self) {
+        drop(self.committing.lock().await);
     }
 
     /// Cold reads of this log go through `cache` (none: straight to the object store).
@@ -197,6 +218,13 @@ impl RemoteLog {
         next: Manifest,
         leader_epoch: i32,
     ) -> Result<Arc<Manifest>, TierError> {
+        let _committing = self.committing.lock().await;
+        if self.retired.load(Ordering::SeqCst) {
+            return Err(TierError::Retired(format!(
+                "{}-{}",
+                self.topic, self.partition
+            )));
+        }
         match self.manifests.commit(current, next, leader_epoch).await {
             Ok(committed) => self.set_manifest(committed),
             Err(e) => {

@@ -3,6 +3,7 @@
 //! its memory and bandwidth are bounded and produce and fetch never wait for it.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
@@ -23,6 +24,12 @@ pub struct Tiering {
     store: Store,
     cache: Option<Arc<ChunkCache>>,
     logs: Mutex<HashMap<(String, i32), Arc<RemoteLog>>>,
+    /// How many times remote logs were forgotten (changed under the `logs` lock): a log whose
+    /// opening spanned a forget may hold a deleted incarnation's manifest and is not cached.
+    forgets: AtomicU64,
+    /// Remote logs of deleted topics that a holder from before the deletion may still commit
+    /// through: the deletion waits for such a commit before it lists (`topic_deletion`).
+    retired: Mutex<Vec<Arc<RemoteLog>>>,
     /// Broker-clock time of the last orphan sweep.
     last_orphan_sweep_ms: Mutex<Option<i64>>,
     /// Names whose deleted incarnations still have data in the object store: no remote log of
@@ -39,6 +46,8 @@ impl Tiering {
             store,
             cache: None,
             logs: Mutex::new(HashMap::new()),
+            forgets: AtomicU64::new(0),
+            retired: Mutex::new(Vec::new()),
             last_orphan_sweep_ms: Mutex::new(None),
             fenced: Mutex::new(HashSet::new()),
             wake: tokio::sync::Notify::new(),
@@ -65,43 +74,69 @@ impl Tiering {
         topic: &str,
         partition: i32,
     ) -> Result<Arc<RemoteLog>, StoreError> {
-        if self.is_fenced(topic) {
-            return Err(StoreError::Unavailable(format!(
-                "the remote data of a deleted topic named {topic:?} is still being deleted"
-            )));
-        }
         let key = (topic.to_string(), partition);
-        if let Some(rl) = self.logs.lock().expect("tiering lock").get(&key) {
-            return Ok(rl.clone());
+        loop {
+            if self.is_fenced(topic) {
+                return Err(StoreError::Unavailable(format!(
+                    "the remote data of a deleted topic named {topic:?} is still being deleted"
+                )));
+            }
+            let forgets = {
+                let logs = self.logs.lock().expect("tiering lock");
+                if let Some(rl) = logs.get(&key) {
+                    return Ok(rl.clone());
+                }
+                self.forgets.load(Ordering::SeqCst)
+            };
+            let opened = Arc::new(
+                RemoteLog::open(self.store.clone(), topic, partition)
+                    .await?
+                    .with_cache(self.cache.clone()),
+            );
+            let mut logs = self.logs.lock().expect("tiering lock");
+            // A topic was deleted (or its fence lifted) while this one loaded: what it read may
+            // be a deleted incarnation's, so look again (the fence first).
+            if self.forgets.load(Ordering::SeqCst) == forgets {
+                return Ok(logs.entry(key).or_insert(opened).clone());
+            }
         }
-        let opened = Arc::new(
-            RemoteLog::open(self.store.clone(), topic, partition)
-                .await?
-                .with_cache(self.cache.clone()),
-        );
-        Ok(self
-            .logs
-            .lock()
-            .expect("tiering lock")
-            .entry(key)
-            .or_insert(opened)
-            .clone())
     }
 
-    /// Forgets a deleted topic's remote logs.
-    fn forget(&self, topic: &str) {
-        self.logs
-            .lock()
-            .expect("tiering lock")
-            .retain(|(t, _), _| t != topic);
+    /// Forgets the remote logs of `topic` and retires them: they commit nothing more.
+    fn forget(&self, topic: &str) -> Vec<Arc<RemoteLog>> {
+        let mut logs = self.logs.lock().expect("tiering lock");
+        self.forgets.fetch_add(1, Ordering::SeqCst);
+        let forgotten: Vec<_> = logs
+            .extract_if(|(t, _), _| t == topic)
+            .map(|(_, rl)| rl)
+            .collect();
+        for rl in &forgotten {
+            rl.retire();
+        }
+        forgotten
     }
 
     /// A topic was deleted (the broker recorded it, under its catalogue lock): fence its name,
     /// forget its remote logs, and have the next pass start now to delete its remote data.
     pub fn topic_deleted(&self, topic: &str) {
         self.fence_deleted([topic]);
-        self.forget(topic);
+        let forgotten = self.forget(topic);
+        self.retired.lock().expect("tiering lock").extend(forgotten);
         self.wake.notify_one();
+    }
+
+    /// Waits until no remote log of `topic` retired by its deletion is committing (a
+    /// DeleteRecords that took it before the deletion); none will commit afterwards.
+    pub async fn retired_commits_settled(&self, topic: &str) {
+        let retired: Vec<_> = self
+            .retired
+            .lock()
+            .expect("tiering lock")
+            .extract_if(.., |rl| rl.topic() == topic)
+            .collect();
+        for rl in retired {
+            rl.commits_settled().await;
+        }
     }
 
     /// Fences names with pending remote deletions (the broker's catalogue, at start).
@@ -240,6 +275,7 @@ impl Tiering {
         names.sort_unstable();
         names.dedup();
         for name in names {
+            self.retired_commits_settled(name).await;
             let deleted = match super::topic_deletion::delete_remote_data(
                 &self.store,
                 self.cache.as_ref(),

@@ -23,6 +23,12 @@
 //! before the pass's offload, in the same task, so no upload of the old incarnation is in flight
 //! when it lists; the fence lifts under the catalogue lock when no deletion of the name is left,
 //! and only then does the new topic write to the prefixes. Its data is therefore never deleted.
+//!
+//! Requests already under way at the deletion: a DeleteRecords may hold a partition's remote
+//! log from before it and commit late, which would put a manifest of the deleted incarnation
+//! into the emptied prefix for the next topic of the name to load. The deletion *retires* the
+//! remote logs it forgets (they commit nothing more) and the wipe first waits out a commit
+//! already under way; a remote log whose loading spanned the deletion is not cached.
 
 use std::sync::Arc;
 

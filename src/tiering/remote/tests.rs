@@ -203,3 +203,29 @@ async fn sequential_reads_decode_each_span_once() {
     );
     assert_eq!(cache.spans().decoded_rows(), RECORDS as u64);
 }
+
+/// A deleted topic's remote log, held by a request from before the deletion: retiring it lets a
+/// commit under way finish (the deletion waits for it) and refuses every later one.
+#[tokio::test]
+async fn a_retired_log_waits_out_a_commit_under_way_and_commits_nothing_after() {
+    let store = Store::from_url("memory://").unwrap();
+    let rl = Arc::new(RemoteLog::open(store.clone(), "t", 0).await.unwrap());
+    let under_way = rl.committing.lock().await;
+    rl.retire();
+    let settled = tokio::spawn({
+        let rl = rl.clone();
+        async move { rl.commits_settled().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!settled.is_finished(), "settled with a commit under way");
+    drop(under_way);
+    settled.await.unwrap();
+
+    let current = rl.manifest();
+    let mut next = (*current).clone();
+    next.log_start_offset = 10;
+    let refused = rl.commit(&current, next, 0).await;
+    assert!(matches!(refused, Err(TierError::Retired(_))), "{refused:?}");
+    assert!(store.list("_strata/manifests").await.unwrap().is_empty());
+    assert_eq!(rl.manifest().version, 0);
+}

@@ -416,11 +416,12 @@ impl Group {
                 self.complete_join(now_ms)
             }
             State::PreparingRebalance => self.maybe_complete_join(now_ms),
-            State::CompletingRebalance
+            State::CompletingRebalance | State::Stable
                 if now_ms >= self.sync_deadline_ms && !self.pending_sync.is_empty() =>
             {
                 // Kafka 3.x: members that got a JoinGroup response but never synced are
-                // removed after the rebalance timeout, so they cannot hold the group.
+                // removed after the rebalance timeout, so they cannot hold the group; also once
+                // the leader's sync made it Stable, since such a member has no assignment.
                 let lagging: Vec<String> = self.pending_sync.iter().cloned().collect();
                 for id in lagging {
                     self.remove_member(&id);

@@ -109,6 +109,52 @@ fn a_member_that_does_not_rejoin_is_removed_at_the_rebalance_timeout() {
     assert!(!g.members.contains_key(&b1.member_id));
 }
 
+/// Kafka 3.x (`onExpirePendingSync`): members that got their JoinGroup response but send no
+/// SyncGroup within the rebalance timeout are removed, whether the leader's sync already made the
+/// group Stable or not; the group rebalances without them.
+#[test]
+fn a_member_that_never_syncs_is_removed_at_the_rebalance_timeout() {
+    let s = settings(0);
+    for leader_syncs in [false, true] {
+        let mut g = Group::new("g", 0);
+        let a = later(g.join(params("", &["range"]), &s, 0))
+            .try_recv()
+            .unwrap();
+        let mut b = later(g.join(params("", &["range"]), &s, 10));
+        let a1 = later(g.join(params(&a.member_id, &["range"]), &s, 20))
+            .try_recv()
+            .unwrap();
+        let b1 = b.try_recv().unwrap();
+        assert_eq!(a1.leader, a1.member_id);
+        if leader_syncs {
+            let sync = SyncParams {
+                member_id: a1.member_id.clone(),
+                instance_id: None,
+                generation: 2,
+                protocol_type: None,
+                protocol_name: None,
+                assignments: Vec::new(),
+            };
+            let _ = g.sync(sync, 30);
+            assert_eq!(g.state, State::Stable);
+        }
+        // b heartbeats (its session holds) but never syncs.
+        g.heartbeat(&b1.member_id, None, 2, 4_000).unwrap();
+        g.tick(&s, 20 + 4_999);
+        assert!(g.members.contains_key(&b1.member_id), "{leader_syncs}");
+        g.tick(&s, 20 + 5_000);
+        assert!(!g.members.contains_key(&b1.member_id), "{leader_syncs}");
+        // Without the leader's sync, the leader had not synced either: the group is left empty.
+        let (state, leader_stays) = if leader_syncs {
+            (State::PreparingRebalance, true)
+        } else {
+            (State::Empty, false)
+        };
+        assert_eq!(g.state, state, "{leader_syncs}");
+        assert_eq!(g.members.contains_key(&a1.member_id), leader_stays);
+    }
+}
+
 #[tokio::test]
 async fn requests_before_the_load_get_coordinator_load_in_progress() {
     use kafka_protocol::error::ResponseError;

@@ -119,5 +119,33 @@ fn bench_validation(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_validation);
+/// zstd decompression of the same records section in the two forms clients write: one frame
+/// that states its size (librdkafka, kafka-python; decoded in one call) and a streamed frame
+/// without it (the Java client; decoded through the streaming decoder). Throughput in bytes of
+/// records.
+fn bench_zstd_forms(c: &mut Criterion) {
+    use strata::record::compression::decompress;
+    const HEADER: usize = 61;
+    let plain = batch(Codec::None);
+    let mut group = c.benchmark_group("zstd_decompress");
+    // A 1 MiB batch, and a 16 KiB one (librdkafka's default batch.size is 1 MB, the Java
+    // client's 16 KiB).
+    for (size, records) in [
+        ("1MiB", &plain[HEADER..]),
+        ("16KiB", &plain[HEADER..HEADER + (16 << 10)]),
+    ] {
+        let sized = zstd::bulk::compress(records, 3).unwrap();
+        let streamed = zstd::stream::encode_all(records, 3).unwrap();
+        group.throughput(Throughput::Bytes(records.len() as u64));
+        for (form, packed) in [("stated_size", &sized), ("streamed", &streamed)] {
+            assert_eq!(decompress(Codec::Zstd, packed, 8 << 20).unwrap(), records);
+            group.bench_function(format!("{size}/{form}"), |b| {
+                b.iter(|| decompress(Codec::Zstd, black_box(packed), 8 << 20))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_validation, bench_zstd_forms);
 criterion_main!(benches);

@@ -56,14 +56,7 @@ pub fn decompress(codec: Codec, input: &[u8], limit: usize) -> Result<Vec<u8>, B
             input.len(),
             limit,
         ),
-        Codec::Zstd => {
-            let mut decoder =
-                zstd::stream::read::Decoder::with_buffer(input).map_err(decompress_error)?;
-            decoder
-                .window_log_max(zstd_window_log_max(limit))
-                .map_err(decompress_error)?;
-            read_bounded(decoder, input.len(), limit)
-        }
+        Codec::Zstd => zstd_decompress(input, limit),
     }
 }
 
@@ -91,8 +84,80 @@ pub fn compress(codec: Codec, input: &[u8]) -> Vec<u8> {
             encoder.write_all(input).expect(IN_MEMORY);
             encoder.finish().expect(IN_MEMORY)
         }
-        Codec::Zstd => zstd::stream::encode_all(input, 3).expect(IN_MEMORY),
+        // One frame that states its size, as librdkafka and kafka-python write.
+        Codec::Zstd => zstd::bulk::compress(input, 3).expect(IN_MEMORY),
     }
+}
+
+/// A decompression context kept per thread above this size (a frame with a large window made
+/// it grow) is dropped after use, so idle threads hold little.
+const ZSTD_CONTEXT_KEEP_BYTES: usize = 4 << 20;
+
+thread_local! {
+    /// The thread's zstd decompression context, reused across batches: creating one and its
+    /// window for every batch costs as much as decoding a small batch.
+    static ZSTD_CONTEXT: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn zstd_decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
+    ZSTD_CONTEXT.with_borrow_mut(|slot| {
+        let context = match slot {
+            Some(context) => context,
+            None => slot.insert(zstd::zstd_safe::DCtx::try_create().ok_or_else(|| {
+                BatchError::Decompress("zstd: no memory for a decompression context".into())
+            })?),
+        };
+        let decoded = zstd_decompress_with(context, input, limit);
+        if context.sizeof() > ZSTD_CONTEXT_KEEP_BYTES {
+            *slot = None;
+        }
+        decoded
+    })
+}
+
+/// The common zstd form (librdkafka and kafka-python compress each batch in one call) is one
+/// frame that states its decompressed size: decoded in one call straight into a buffer of that
+/// size. A stated size above `limit` is refused before anything is allocated, and a frame that
+/// decodes to another size is an error. Other forms (the Java client streams without a stated
+/// size; several frames) go through the streaming decoder, bounded by `limit` as it reads.
+fn zstd_decompress_with(
+    context: &mut zstd::zstd_safe::DCtx<'static>,
+    input: &[u8],
+    limit: usize,
+) -> Result<Vec<u8>, BatchError> {
+    use zstd::zstd_safe::{self, DParameter, ResetDirective};
+    let zstd_error =
+        |code: usize| BatchError::Decompress(format!("zstd: {}", zstd_safe::get_error_name(code)));
+    // A batch refused halfway (over the limit, corrupt) leaves a session open.
+    context
+        .reset(ResetDirective::SessionOnly)
+        .map_err(zstd_error)?;
+    context
+        .set_parameter(DParameter::WindowLogMax(zstd_window_log_max(limit)))
+        .map_err(zstd_error)?;
+    let stated = match zstd_safe::get_frame_content_size(input) {
+        Ok(Some(stated)) if zstd_safe::find_frame_compressed_size(input) == Ok(input.len()) => {
+            Some(stated)
+        }
+        _ => None,
+    };
+    if let Some(stated) = stated {
+        let stated = usize::try_from(stated)
+            .ok()
+            .filter(|&n| n <= limit)
+            .ok_or(BatchError::DecompressedTooLarge { limit })?;
+        let mut out = Vec::with_capacity(stated);
+        let n = context.decompress(&mut out, input).map_err(zstd_error)?;
+        if n != stated {
+            return Err(BatchError::Decompress(format!(
+                "zstd: frame states {stated} bytes but holds {n}"
+            )));
+        }
+        return Ok(out);
+    }
+    let decoder = zstd::stream::read::Decoder::with_context(input, context);
+    read_bounded(decoder, input.len(), limit)
 }
 
 fn decompress_error(e: std::io::Error) -> BatchError {
@@ -382,6 +447,112 @@ mod tests {
             decompress(Codec::Zstd, &single, 1 << 20),
             Err(BatchError::DecompressedTooLarge { limit: 1 << 20 })
         );
+    }
+
+    /// The Java client streams (no stated size); others write one frame with its size. Both
+    /// decode, and a stated size is never trusted beyond the limit or beyond what the frame holds.
+    #[test]
+    fn zstd_frames_with_and_without_a_stated_size() {
+        let data = sample(300_000);
+        let sized = compress(Codec::Zstd, &data);
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&sized).ok(),
+            Some(Some(300_000))
+        );
+        let streamed = zstd::stream::encode_all(&data[..], 3).unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&streamed).ok(),
+            Some(None)
+        );
+        let two_frames = [
+            compress(Codec::Zstd, &data[..1000]),
+            compress(Codec::Zstd, &data[1000..]),
+        ]
+        .concat();
+        for (form, packed) in [
+            ("sized", &sized),
+            ("streamed", &streamed),
+            ("two", &two_frames),
+        ] {
+            assert_eq!(
+                decompress(Codec::Zstd, packed, data.len()).as_deref(),
+                Ok(&data[..]),
+                "{form}"
+            );
+            assert_eq!(
+                decompress(Codec::Zstd, packed, data.len() - 1),
+                Err(BatchError::DecompressedTooLarge {
+                    limit: data.len() - 1
+                }),
+                "{form}"
+            );
+        }
+        // A stated size one more or one less than the frame holds.
+        for delta in [1i64, -1] {
+            let lying = with_stated_size(&sized, |n| n.wrapping_add_signed(delta));
+            let result = decompress(Codec::Zstd, &lying, 1 << 20);
+            assert!(
+                matches!(result, Err(BatchError::Decompress(_))),
+                "{delta}: {result:?}"
+            );
+        }
+        // A huge stated size is refused before anything is allocated.
+        let huge = with_stated_size(&sized, |_| u64::MAX >> 1);
+        assert_eq!(
+            decompress(Codec::Zstd, &huge, 1 << 20),
+            Err(BatchError::DecompressedTooLarge { limit: 1 << 20 })
+        );
+    }
+
+    /// The thread keeps its decompression context between batches, unless a frame with a large
+    /// window made it large.
+    #[test]
+    fn a_large_zstd_context_is_not_kept() {
+        let kept = || ZSTD_CONTEXT.with_borrow(|c| c.as_ref().map_or(0, |c| c.sizeof()));
+        let data = sample(1000);
+        let small = compress(Codec::Zstd, &data);
+        assert_eq!(decompress(Codec::Zstd, &small, 1 << 20).unwrap(), data);
+        assert!(
+            kept() > 0 && kept() <= ZSTD_CONTEXT_KEEP_BYTES,
+            "{}",
+            kept()
+        );
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        encoder.window_log(25).unwrap();
+        encoder.write_all(&data).unwrap();
+        let wide = encoder.finish().unwrap();
+        assert_eq!(decompress(Codec::Zstd, &wide, 64 << 20).unwrap(), data);
+        assert_eq!(kept(), 0, "a 32 MiB window stayed with the thread");
+        assert_eq!(decompress(Codec::Zstd, &small, 1 << 20).unwrap(), data);
+    }
+
+    /// `frame` (one zstd frame with an 8-byte content size field, or a 4-byte one for the
+    /// sizes used here) with its stated size rewritten.
+    fn with_stated_size(frame: &[u8], size: impl Fn(u64) -> u64) -> Vec<u8> {
+        let descriptor = frame[4];
+        let single_segment = descriptor & 0x20 != 0;
+        let dict_id_len = [0, 1, 2, 4][usize::from(descriptor & 3)];
+        let at = 5 + usize::from(!single_segment) + dict_id_len;
+        let mut out = frame.to_vec();
+        match descriptor >> 6 {
+            2 => {
+                let old = u32::from_le_bytes(frame[at..at + 4].try_into().unwrap());
+                let new = size(u64::from(old));
+                if new > u64::from(u32::MAX) {
+                    // Widen the field to 8 bytes.
+                    out[4] = descriptor | 0xC0;
+                    out.splice(at..at + 4, new.to_le_bytes());
+                } else {
+                    out[at..at + 4].copy_from_slice(&(new as u32).to_le_bytes());
+                }
+            }
+            3 => {
+                let old = u64::from_le_bytes(frame[at..at + 8].try_into().unwrap());
+                out[at..at + 8].copy_from_slice(&size(old).to_le_bytes());
+            }
+            other => panic!("test frames have a 4- or 8-byte size field, not flag {other}"),
+        }
+        out
     }
 
     #[test]

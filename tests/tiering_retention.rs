@@ -457,6 +457,63 @@ async fn delete_topic_remote_data(store: Option<Store>) {
     running.shutdown().await;
 }
 
+/// A topic deleted while the broker runs with tiering switched off keeps its remote data at
+/// first; the next broker with tiering deletes it, and the name's next topic never sees the
+/// old manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_deleted_while_tiering_is_off_loses_its_remote_data_when_it_is_on_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::from_url("memory://").unwrap();
+    let running = start_on(dir.path(), &TIERING, Clock::System, Some(store.clone())).await;
+    create(&running, "x", &[("segment.bytes", "1024")]);
+    let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
+    for i in 0..50 {
+        let (code, _) = produce(&mut conn, "x", support::batch(i * 5, 5, support::now_ms())).await;
+        assert_eq!(code, 0);
+    }
+    wait_offloaded(&running, "x", 4).await;
+    running.shutdown().await;
+    let all = |prefix: &'static str| support::object_names(&store, prefix);
+    assert!(!all("_strata/manifests/topic=x").await.is_empty());
+
+    let off = [("remote.log.storage.system.enable", "false")];
+    let running = start_on(dir.path(), &off, Clock::System, Some(store.clone())).await;
+    assert!(running.broker.tiering.is_none());
+    running.broker.delete_topic("x").unwrap();
+    assert_eq!(running.broker.remote_deletions().len(), 1);
+    running.shutdown().await;
+    assert!(
+        !all("topic=x").await.is_empty(),
+        "nothing could delete it yet"
+    );
+
+    let running = start_on(dir.path(), &TIERING, Clock::System, Some(store.clone())).await;
+    eventually("the old remote data is deleted", || async {
+        running.broker.remote_deletions().is_empty()
+    })
+    .await;
+    assert!(all("topic=x").await.is_empty());
+    assert!(all("_strata/manifests/topic=x").await.is_empty());
+    create(&running, "x", &[("segment.bytes", "1024")]);
+    let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
+    assert_eq!(earliest(&mut conn, "x").await, 0);
+    for i in 0..20 {
+        let (code, base) =
+            produce(&mut conn, "x", support::batch(i * 5, 5, support::now_ms())).await;
+        assert_eq!((code, base), (0, i as i64 * 5));
+    }
+    let m = wait_offloaded(&running, "x", 2).await;
+    assert_eq!(
+        (m.files[0].first_offset, m.version),
+        (0, m.files.len() as u64)
+    );
+    assert_eq!(
+        read_all(&mut conn, "x", 0, 100).await,
+        (0..100).collect::<Vec<_>>()
+    );
+    running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_bytes_counts_remote_files_and_local_segments_once() {
     let dir = tempfile::tempdir().unwrap();

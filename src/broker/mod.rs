@@ -289,12 +289,13 @@ impl Broker {
         };
         let mut next = catalogue.clone();
         let record = next.topics.remove(pos);
-        if self.tiering.is_some() {
-            next.deleting.push(DeletedTopic {
-                name: record.name,
-                id: record.id,
-            });
-        }
+        // Also with tiering switched off (remote.log.storage.system.enable=false): the topic may
+        // have remote data from before, which a broker with tiering deletes later, before the
+        // name's next topic could load the old manifest as its own.
+        next.deleting.push(DeletedTopic {
+            name: record.name,
+            id: record.id,
+        });
         persist(&self.config, &next)?;
         *catalogue = next;
         let removed = self.topics.write().expect("topics lock").remove(name);

@@ -75,31 +75,46 @@ fn protocol_is_chosen_by_vote_among_common_ones() {
     assert!(!g.supports("consumer", &[("sticky".into(), Bytes::new())]));
 }
 
-#[test]
-fn a_member_that_does_not_rejoin_is_removed_at_the_rebalance_timeout() {
-    let s = settings(0);
+/// a joins alone (generation 1), then b joins at 10 ms and a rejoins at 20 ms: generation 2,
+/// a the leader. Returns the group and a's and b's generation-2 JoinGroup answers.
+fn two_members_joined(s: &GroupSettings) -> (Group, JoinOutcome, JoinOutcome) {
     let mut g = Group::new("g", 0);
-    let a = later(g.join(params("", &["range"]), &s, 0))
+    let a = later(g.join(params("", &["range"]), s, 0))
         .try_recv()
         .unwrap();
-    let mut b = later(g.join(params("", &["range"]), &s, 10));
-    let a1 = later(g.join(params(&a.member_id, &["range"]), &s, 20))
+    let mut b = later(g.join(params("", &["range"]), s, 10));
+    let a1 = later(g.join(params(&a.member_id, &["range"]), s, 20))
         .try_recv()
         .unwrap();
     let b1 = b.try_recv().unwrap();
-    let sync = |m: &str| SyncParams {
-        member_id: m.to_string(),
+    assert_eq!(
+        (a1.generation, a1.leader.as_str()),
+        (2, a1.member_id.as_str())
+    );
+    (g, a1, b1)
+}
+
+/// A SyncGroup of `member` at `generation` that assigns nothing.
+fn sync_params(member: &str, generation: i32) -> SyncParams {
+    SyncParams {
+        member_id: member.to_string(),
         instance_id: None,
-        generation: 2,
+        generation,
         protocol_type: None,
         protocol_name: None,
         assignments: Vec::new(),
-    };
-    let _ = g.sync(sync(&b1.member_id), 30);
-    let _ = g.sync(sync(&a1.member_id), 30);
+    }
+}
+
+#[test]
+fn a_member_that_does_not_rejoin_is_removed_at_the_rebalance_timeout() {
+    let s = settings(0);
+    let (mut g, a1, b1) = two_members_joined(&s);
+    let _ = g.sync(sync_params(&b1.member_id, 2), 30);
+    let _ = g.sync(sync_params(&a1.member_id, 2), 30);
     assert_eq!(g.state, State::Stable);
     // a changes its subscription: a rebalance that b ignores.
-    let mut a2 = later(g.join(params(&a.member_id, &["range", "sticky"]), &s, 100));
+    let mut a2 = later(g.join(params(&a1.member_id, &["range", "sticky"]), &s, 100));
     g.heartbeat(&b1.member_id, None, 2, 200).unwrap_err();
     g.tick(&s, 100 + 4_999);
     assert!(a2.try_recv().is_err());
@@ -116,26 +131,9 @@ fn a_member_that_does_not_rejoin_is_removed_at_the_rebalance_timeout() {
 fn a_member_that_never_syncs_is_removed_at_the_rebalance_timeout() {
     let s = settings(0);
     for leader_syncs in [false, true] {
-        let mut g = Group::new("g", 0);
-        let a = later(g.join(params("", &["range"]), &s, 0))
-            .try_recv()
-            .unwrap();
-        let mut b = later(g.join(params("", &["range"]), &s, 10));
-        let a1 = later(g.join(params(&a.member_id, &["range"]), &s, 20))
-            .try_recv()
-            .unwrap();
-        let b1 = b.try_recv().unwrap();
-        assert_eq!(a1.leader, a1.member_id);
+        let (mut g, a1, b1) = two_members_joined(&s);
         if leader_syncs {
-            let sync = SyncParams {
-                member_id: a1.member_id.clone(),
-                instance_id: None,
-                generation: 2,
-                protocol_type: None,
-                protocol_name: None,
-                assignments: Vec::new(),
-            };
-            let _ = g.sync(sync, 30);
+            let _ = g.sync(sync_params(&a1.member_id, 2), 30);
             assert_eq!(g.state, State::Stable);
         }
         // b heartbeats (its session holds) but never syncs.

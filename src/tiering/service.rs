@@ -127,7 +127,7 @@ impl Tiering {
 
     /// Waits until no remote log of `topic` retired by its deletion is committing (a
     /// DeleteRecords that took it before the deletion); none will commit afterwards.
-    pub async fn retired_commits_settled(&self, topic: &str) {
+    async fn retired_commits_settled(&self, topic: &str) {
         let retired: Vec<_> = self
             .retired
             .lock()

@@ -1,11 +1,27 @@
 //! Errors at the API boundary: a Kafka error code a client can act on, plus a message for the
-//! clients and logs that carry one. Layers keep their own rich error enums and convert here.
+//! clients and logs that carry one. Layers keep their own rich error enums (with their causes)
+//! and convert here, in one place: each becomes one coarse [`Kind`] and the Kafka code a client
+//! expects for it.
 
 use kafka_protocol::error::ResponseError;
 
 use crate::log::LogError;
-use crate::partition::ProduceError;
+use crate::partition::{DeleteError, ProduceError, ReadError, RoleError};
 use crate::record::BatchError;
+use crate::tiering::remote::TierError;
+
+/// What a caller can do about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Try again (elsewhere, or later): a role change, an outage, a full disk.
+    Retriable,
+    /// The request itself is wrong: retrying it unchanged fails again.
+    InvalidRequest,
+    /// Stored data failed a check (a corrupt remote file): never served as records.
+    Corrupt,
+    /// A bug or a panic inside the broker.
+    Fatal,
+}
 
 /// An error as a Kafka client sees it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +41,59 @@ impl ApiError {
 
     pub fn code(&self) -> i16 {
         self.code.code()
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self.code {
+            ResponseError::CorruptMessage => Kind::Corrupt,
+            ResponseError::UnknownServerError => Kind::Fatal,
+            code if code.is_retriable() => Kind::Retriable,
+            _ => Kind::InvalidRequest,
+        }
+    }
+}
+
+impl From<RoleError> for ApiError {
+    fn from(e: RoleError) -> ApiError {
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+/// A cold read's or a remote commit's failure: KAFKA_STORAGE_ERROR (retriable) for the client,
+/// except a topic deleted meanwhile and a broker that no longer leads. Logged where it happened.
+fn tier_error(e: &TierError) -> ApiError {
+    let code = match e {
+        TierError::Retired(_) => ResponseError::UnknownTopicOrPartition,
+        TierError::NotLeader(_) => ResponseError::NotLeaderOrFollower,
+        _ => ResponseError::KafkaStorageError,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> ApiError {
+        match e {
+            ReadError::Role(r) => r.into(),
+            ReadError::OutOfRange { .. } => {
+                ApiError::new(ResponseError::OffsetOutOfRange, e.to_string())
+            }
+            ReadError::Local(l) => l.into(),
+            ReadError::Remote(t) => tier_error(&t),
+            ReadError::File(_) => ApiError::new(ResponseError::KafkaStorageError, e.to_string()),
+        }
+    }
+}
+
+impl From<DeleteError> for ApiError {
+    fn from(e: DeleteError) -> ApiError {
+        match e {
+            DeleteError::Role(r) => r.into(),
+            DeleteError::OutOfRange { .. } => {
+                ApiError::new(ResponseError::OffsetOutOfRange, e.to_string())
+            }
+            DeleteError::Remote(t) => tier_error(&t),
+            DeleteError::Local(l) => l.into(),
+        }
     }
 }
 
@@ -70,6 +139,7 @@ impl From<ProduceError> for ApiError {
             ProduceError::BatchCount(_) | ProduceError::Transactional => {
                 ApiError::new(ResponseError::InvalidRecord, e.to_string())
             }
+            ProduceError::Role(r) => r.into(),
             ProduceError::Storage(l) => l.into(),
         }
     }

@@ -156,7 +156,7 @@ async fn run_suite(object_store: &str, object_store_options: BTreeMap<String, St
 
     // Wait for offload and local retention: most of each partition only in the object store.
     let topic = broker.broker.topic("tiered").unwrap();
-    let tiering = broker.broker.tiering.clone().unwrap();
+    let tiering = support::Tiered::of(&broker.broker);
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let mut done = true;
@@ -485,7 +485,7 @@ async fn offloaded_files_read_back_in_pyarrow() {
     // Wait until every sealed segment is offloaded (and deleted locally); nothing more is
     // produced, so the newest manifests stay the newest.
     let topic = broker.broker.topic(TOPIC).unwrap();
-    let tiering = broker.broker.tiering.clone().unwrap();
+    let tiering = support::Tiered::of(&broker.broker);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut manifests = Vec::new();
     let mut last = HashMap::new();

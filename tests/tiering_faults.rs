@@ -236,7 +236,7 @@ fn create_topic(running: &RunningBroker, topic: &str, partitions: i32) {
 /// Waits until every sealed segment of `topic` is offloaded and local retention deleted it.
 async fn wait_offloaded(running: &RunningBroker, topic: &str, within: Duration) {
     let t = running.broker.topic(topic).unwrap();
-    let tiering = running.broker.tiering.clone().unwrap();
+    let tiering = support::Tiered::of(&running.broker);
     let deadline = Instant::now() + within;
     loop {
         let mut behind = Vec::new();
@@ -315,7 +315,7 @@ async fn check_manifests(store: &Store, topic: &str, partition: i32) -> (Manifes
         .map(|m| m.location.to_string())
         .filter(|p| !referenced.contains(p))
         .collect();
-    (newest, orphans)
+    (strata::tiering::manifest::Manifest::clone(&newest), orphans)
 }
 
 /// Sum of a Prometheus counter over the series whose line contains `labels`.
@@ -453,7 +453,7 @@ async fn read_remote(log: &strata::tiering::remote::RemoteLog, from: i64) -> i64
     let mut offset = from;
     while offset <= last {
         let chunk = log
-            .read(offset, 1 << 20)
+            .read(&log.manifest(), offset, 1 << 20)
             .await
             .expect("cold read")
             .expect("held remotely");
@@ -489,7 +489,7 @@ async fn a_hanging_store_does_not_stall_cold_reads_of_cached_pages() {
     .await;
     wait_offloaded(&running, "cached", Duration::from_secs(90)).await;
     wait_offloaded(&running, "hung", Duration::from_secs(90)).await;
-    let tiering = running.broker.tiering.clone().unwrap();
+    let tiering = support::Tiered::of(&running.broker);
     let cached = tiering.remote_log("cached", 0).await.unwrap();
     let (first, last) = cached.range().unwrap();
     assert_eq!(read_remote(&cached, first).await, last - first + 1);
@@ -547,7 +547,7 @@ async fn a_hanging_store_does_not_stall_cold_reads_of_cached_pages() {
         cache.forget(&file.path);
     }
     faulty.inject(&[Op::Get], "topic=cached/", Fault::Fail, None);
-    match cached.read(first, 1 << 20).await {
+    match cached.read(&cached.manifest(), first, 1 << 20).await {
         Err(strata::tiering::file::FileError::Store(_)) => {}
         other => panic!("expected a store error, got {other:?}"),
     }
@@ -583,7 +583,7 @@ async fn a_hanging_upload_delays_neither_produce_nor_fetch() {
     .await;
     produce(&bootstrap, "stalled", 2, "b", 6_000, &mut acked).await;
     consume_exact(&bootstrap, "stalled", 2, &acked).await;
-    let tiering = running.broker.tiering.clone().unwrap();
+    let tiering = support::Tiered::of(&running.broker);
     let mut committed = 0;
     for p in 0..2 {
         committed += tiering
@@ -802,7 +802,7 @@ async fn a_topic_deleted_during_an_outage_loses_its_remote_data_afterwards_and_o
 
     faulty.inject(ALL_OPS, "", Fault::Fail, None);
     running.broker.delete_topic("gone").unwrap();
-    let tiering = running.broker.tiering.clone().unwrap();
+    let tiering = support::Tiered::of(&running.broker);
     wait_until(
         "a deletion pass hits the outage",
         Duration::from_secs(60),
@@ -822,7 +822,7 @@ async fn a_topic_deleted_during_an_outage_loses_its_remote_data_afterwards_and_o
     let pending = running.broker.remote_deletions();
     assert_eq!(pending.len(), 1);
     assert_eq!((pending[0].name.as_str(), pending[0].id), ("gone", old_id));
-    let tiering = running.broker.tiering.clone().unwrap();
+    let tiering = support::Tiered::of(&running.broker);
     assert!(tiering.is_fenced("gone"));
     let bootstrap = running.kafka_addr().to_string();
     produce(&bootstrap, "gone", 1, "new2", 1_000, &mut new).await;
@@ -1117,7 +1117,7 @@ async fn commit_race(name: &str, a: Store, b: Store) {
             .map(|(i, who)| {
                 let (writer, barrier, current) =
                     (writers[i].clone(), barrier.clone(), current.clone());
-                let mut next = current.clone();
+                let mut next = strata::tiering::manifest::Manifest::clone(&current);
                 next.files.push(race_file(round, who));
                 tokio::spawn(async move {
                     barrier.wait().await;

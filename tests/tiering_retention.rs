@@ -161,15 +161,13 @@ async fn delete_records(conn: &mut KafkaConn, topic: &str, offset: i64) -> (i16,
 }
 
 async fn manifest(running: &RunningBroker, topic: &str) -> Arc<Manifest> {
-    running
-        .broker
-        .tiering
-        .as_ref()
-        .unwrap()
+    support::Tiered::of(&running.broker)
         .remote_log(topic, 0)
         .await
         .unwrap()
         .manifest()
+        .manifest()
+        .clone()
 }
 
 /// The log start offset the broker answers with (ListOffsets earliest, Fetch's log start).
@@ -205,7 +203,7 @@ async fn wait_offloaded(running: &RunningBroker, topic: &str, min_files: usize) 
 
 /// Names of the objects under `topic={topic}/partition=0/`.
 async fn objects(running: &RunningBroker, topic: &str) -> Vec<String> {
-    let store = running.broker.tiering.as_ref().unwrap().store();
+    let store = running.broker.tier().unwrap().store();
     let mut names: Vec<String> = store
         .list(&format!("topic={topic}/partition=0"))
         .await
@@ -322,8 +320,7 @@ async fn retention_and_delete_records(store: Option<Store>) {
     // Old manifest versions are garbage-collected: the newest and five before it stay.
     let versions = running
         .broker
-        .tiering
-        .as_ref()
+        .tier()
         .unwrap()
         .store()
         .list("_strata/manifests/topic=r/partition=0")
@@ -364,7 +361,7 @@ async fn deleting_a_topic_deletes_its_remote_data_on_file() {
 async fn delete_topic_remote_data(store: Option<Store>) {
     let dir = tempfile::tempdir().unwrap();
     let running = start_on(dir.path(), &TIERING, Clock::System, store).await;
-    let tiering = running.broker.tiering.clone().unwrap();
+    let tiering = support::Tiered::of(&running.broker);
     let store = tiering.store().clone();
     let all = |prefix: &'static str| support::object_names(&store, prefix);
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
@@ -675,8 +672,16 @@ async fn log_dir_max_bytes_refuses_produce_until_offload_frees_space() {
     assert!(metric("strata_produce_rejected_total", "log_dir_max_bytes") >= rejected + 3.0);
 
     // Offload catches up and local retention frees the disk: produce works again.
-    let tiering = running.broker.tiering.clone().unwrap();
-    assert!(tiering.run_once(&running.broker).await > 0);
+    assert!(
+        running
+            .broker
+            .tiering
+            .as_ref()
+            .unwrap()
+            .run_once(&*running.broker)
+            .await
+            > 0
+    );
     assert!(running.broker.hot_bytes.bytes() < 4096);
     let (code, base) = produce(&mut conn, "cap", big_batch(999)).await;
     assert_eq!((code, base), (0, acked));

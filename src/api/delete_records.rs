@@ -10,8 +10,6 @@ use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
 use crate::broker::Broker;
 use crate::error::ApiError;
-use crate::tiering::remote::TierError;
-use crate::tiering::service::Tiering;
 
 pub async fn handle(broker: &Arc<Broker>, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
     let mut topics = Vec::with_capacity(request.topics.len());
@@ -21,48 +19,23 @@ pub async fn handle(broker: &Arc<Broker>, request: DeleteRecordsRequest) -> Dele
         for p in t.partitions {
             let out =
                 DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
-            let outcome = match topic.as_ref().and_then(|t| t.partition(p.partition_index))
-                    {
-                        None => Err(ApiError::new(
-                            ResponseError::UnknownTopicOrPartition,
-                            "no such partition",
-                        )),
-                        Some(partition) if p.offset > partition.high_watermark() => {
-                            Err(ApiError::new(
-                                ResponseError::OffsetOutOfRange,
-                                format!(
-                                    "offset {} is beyond the high watermark {}",
-                                    p.offset,
-                                    partition.high_watermark()
-                                ),
-                            ))
-                        }
-                        Some(_) if p.offset < -1 => Err(ApiError::new(
-                            ResponseError::OffsetOutOfRange,
-                            format!("offset {} is negative", p.offset),
-                        )),
-                        Some(partition) => match (&broker.tiering, topic.as_deref()) {
-                            // Both tiers: the manifest commit makes the new start durable
-                            // remotely (a cold fetch below it is OFFSET_OUT_OF_RANGE, also after
-                            // a restart).
-                            (Some(tiering), Some(topic)) if Tiering::manages(topic) => tiering
-                                .delete_records(partition, p.offset)
-                                .await
-                                .map_err(|e| {
-                                    tracing::warn!(topic = topic.name, partition = partition.index, error = %e, "DeleteRecords failed");
-                                    // The topic was deleted while this request ran.
-                                    let code = if matches!(e, TierError::Retired(_)) {
-                                        ResponseError::UnknownTopicOrPartition
-                                    } else {
-                                        ResponseError::KafkaStorageError
-                                    };
-                                    ApiError::new(code, e.to_string())
-                                }),
-                            _ => partition
-                                .delete_records_before(p.offset)
-                                .map_err(ApiError::from),
-                        },
-                    };
+            let outcome = match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
+                None => Err(ApiError::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    "no such partition",
+                )),
+                Some(_) if p.offset < -1 => Err(ApiError::new(
+                    ResponseError::OffsetOutOfRange,
+                    format!("offset {} is negative", p.offset),
+                )),
+                // Across both tiers: on a tiered partition the manifest commit makes the new
+                // start durable remotely (a cold fetch below it is OFFSET_OUT_OF_RANGE, also
+                // after a restart).
+                Some(partition) => partition.delete_records_before(p.offset).await.map_err(|e| {
+                    tracing::warn!(topic = partition.topic, partition = partition.index, error = %e, "DeleteRecords failed");
+                    ApiError::from(e)
+                }),
+            };
             partitions.push(match outcome {
                 Ok(low) => out.with_low_watermark(low),
                 Err(e) => out.with_error_code(e.code()).with_low_watermark(-1),

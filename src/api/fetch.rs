@@ -20,9 +20,7 @@ use tokio::time::Instant;
 
 use crate::broker::{Broker, Topic};
 use crate::error::ApiError;
-use crate::log::LogError;
-use crate::partition::Partition;
-use crate::tiering::file::FileError;
+use crate::partition::{ColdRead, Isolation, Partition, Read};
 
 /// Upper bound on how long one fetch may wait, whatever the client asks.
 const MAX_WAIT_CAP_MS: i32 = 60_000;
@@ -43,6 +41,13 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
             .with_session_id(0);
     }
     let by_id = version >= 13;
+    // Without transactions the last stable offset is the high watermark (read_committed,
+    // isolation level 1, sees the same as read_uncommitted).
+    let isolation = if request.isolation_level == 1 {
+        Isolation::Committed
+    } else {
+        Isolation::HighWatermark
+    };
     let mut topics_out: Vec<FetchableTopicResponse> = Vec::new();
     let mut wanted: Vec<Wanted> = Vec::new();
     for fetch_topic in &request.topics {
@@ -69,7 +74,10 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
                 .cloned();
             let error = match &partition {
                 None => Some(missing),
-                Some(part) => epoch_error(part.leader_epoch(), p.current_leader_epoch),
+                Some(part) => part
+                    .check_leader(p.current_leader_epoch)
+                    .err()
+                    .map(|e| e.code()),
             };
             wanted.push(Wanted {
                 topic_index,
@@ -96,7 +104,7 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
         .filter_map(|w| w.partition.as_ref().map(|p| p.subscribe()))
         .collect();
     let results = loop {
-        let results = read_all(broker, &wanted, max_bytes).await;
+        let results = read_all(&wanted, max_bytes, isolation).await;
         let total: usize = results
             .iter()
             .map(|r| r.records.as_ref().map_or(0, Bytes::len))
@@ -113,7 +121,7 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
         match tokio::time::timeout_at(deadline, changed).await {
             Ok((Ok(()), _, _)) => continue,
             // A partition went away (topic deleted) or the deadline passed: answer with what we have.
-            _ => break read_all(broker, &wanted, max_bytes).await,
+            _ => break read_all(&wanted, max_bytes, isolation).await,
         }
     };
     let mut bytes_out = 0usize;
@@ -145,27 +153,16 @@ fn topic_label(broker: &Broker, t: &FetchableTopicResponse, by_id: bool) -> Opti
     }
 }
 
-/// KIP-320: a client that knows a newer epoch than ours talks to a stale leader; one that knows
-/// an older epoch must refresh its metadata first. -1 means "don't check".
-pub fn epoch_error(leader_epoch: i32, current_leader_epoch: i32) -> Option<ResponseError> {
-    if current_leader_epoch < 0 || current_leader_epoch == leader_epoch {
-        None
-    } else if current_leader_epoch > leader_epoch {
-        Some(ResponseError::UnknownLeaderEpoch)
-    } else {
-        Some(ResponseError::FencedLeaderEpoch)
-    }
-}
-
-/// Reads every wanted partition within the response budget. Hot reads are served in order;
-/// partitions whose offsets are only in the object store are read concurrently afterwards,
-/// each with the budget it would have had in order (so the total still holds).
-async fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: usize) -> Vec<PartitionData> {
+/// Reads every wanted partition within the response budget. The partition decides where each
+/// offset lives: what it has locally is read in order; reads from the object store run
+/// concurrently afterwards, each with the budget it would have had in order (so the total still
+/// holds).
+async fn read_all(wanted: &[Wanted], max_bytes: usize, isolation: Isolation) -> Vec<PartitionData> {
     let mut remaining = max_bytes;
     let mut any_data = false;
     let mut out = Vec::with_capacity(wanted.len());
-    // (index in `out`, partition, offset, byte limit)
-    let mut cold = Vec::new();
+    // (index in `out`, the read to finish, byte limit)
+    let mut cold: Vec<(usize, ColdRead, usize)> = Vec::new();
     for w in wanted {
         let data = PartitionData::default().with_partition_index(w.index);
         let Some(partition) = &w.partition else {
@@ -190,93 +187,34 @@ async fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: usize) -> Vec<P
             continue;
         }
         let limit = w.max_bytes.min(remaining);
-        match partition.read(w.fetch_offset, limit, !any_data) {
-            Ok(read) => {
-                remaining = remaining.saturating_sub(read.bytes.len());
-                any_data |= !read.bytes.is_empty();
-                out.push(data.with_records(Some(read.bytes)));
+        match partition.read_now(w.fetch_offset, limit, !any_data, isolation) {
+            Ok(Read::Ready(bytes)) => {
+                remaining = remaining.saturating_sub(bytes.len());
+                any_data |= !bytes.is_empty();
+                out.push(data.with_records(Some(bytes)));
             }
-            Err(LogError::OffsetOutOfRange { .. })
-                if w.fetch_offset >= partition.log_start_offset() =>
-            {
+            Ok(Read::Cold(read)) => {
                 // Counted as if it fills its limit; a cold read returns at least one batch.
                 let limit = if any_data { limit } else { limit.max(1) };
                 remaining = remaining.saturating_sub(limit);
                 any_data |= limit > 0;
-                cold.push((out.len(), partition.clone(), w.fetch_offset, limit));
+                cold.push((out.len(), read, limit));
                 out.push(data);
             }
             Err(e) => out.push(data.with_error_code(ApiError::from(e).code())),
         }
     }
-    let reads = futures::future::join_all(
-        cold.iter()
-            .map(|(_, partition, offset, limit)| cold_read(broker, partition, *offset, *limit)),
-    )
-    .await;
-    for ((i, ..), read) in cold.iter().zip(reads) {
-        let data = std::mem::take(&mut out[*i]);
-        out[*i] = match read {
+    let (places, reads): (Vec<usize>, Vec<_>) = cold
+        .into_iter()
+        .map(|(i, read, limit)| (i, read.read(limit)))
+        .unzip();
+    let reads = futures::future::join_all(reads).await;
+    for (i, read) in places.into_iter().zip(reads) {
+        let data = std::mem::take(&mut out[i]);
+        out[i] = match read {
             Ok(bytes) => data.with_records(Some(bytes)),
-            Err(e) => data.with_error_code(e.code()),
+            Err(e) => data.with_error_code(ApiError::from(e).code()),
         };
     }
     out
-}
-
-/// Reads offsets that are only in the object store. A file that cannot be read or decoded is
-/// KAFKA_STORAGE_ERROR for the client, a log line and a metric — never records.
-async fn cold_read(
-    broker: &Broker,
-    partition: &Partition,
-    offset: i64,
-    max_bytes: usize,
-) -> Result<Bytes, ApiError> {
-    let out_of_range = || {
-        ApiError::new(
-            ResponseError::OffsetOutOfRange,
-            format!("offset {offset} is not in the log"),
-        )
-    };
-    let Some(tiering) = &broker.tiering else {
-        return Err(out_of_range());
-    };
-    let remote = tiering
-        .remote_log(&partition.topic, partition.index)
-        .await
-        .map_err(|e| ApiError::new(ResponseError::KafkaStorageError, e.to_string()))?;
-    match remote.read(offset, max_bytes).await {
-        Ok(Some(bytes)) => Ok(bytes),
-        Ok(None) => Err(out_of_range()),
-        Err(e) => {
-            metrics::counter!("strata_tier_read_errors_total", "topic" => partition.topic.clone())
-                .increment(1);
-            if let FileError::Corrupt { path, .. } = &e {
-                metrics::counter!("strata_tier_corrupt_files_total", "topic" => partition.topic.clone())
-                    .increment(1);
-                // If the damage is in the local copy, the next read fetches the file afresh.
-                if let Some(cache) = tiering.cache() {
-                    cache.forget(path);
-                }
-            }
-            tracing::error!(topic = partition.topic, partition = partition.index, offset, error = %e, "cold read failed; answering KAFKA_STORAGE_ERROR");
-            Err(ApiError::new(
-                ResponseError::KafkaStorageError,
-                e.to_string(),
-            ))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn leader_epoch_checks() {
-        assert_eq!(epoch_error(3, -1), None);
-        assert_eq!(epoch_error(3, 3), None);
-        assert_eq!(epoch_error(3, 4), Some(ResponseError::UnknownLeaderEpoch));
-        assert_eq!(epoch_error(3, 2), Some(ResponseError::FencedLeaderEpoch));
-    }
 }

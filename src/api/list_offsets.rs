@@ -11,10 +11,9 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
-use super::fetch::epoch_error;
 use crate::broker::Broker;
 use crate::error::ApiError;
-use crate::partition::Partition;
+use crate::partition::{OffsetSpec, Partition};
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
@@ -43,11 +42,11 @@ pub async fn handle(
                 partitions.push(failed(response, ResponseError::UnknownTopicOrPartition));
                 continue;
             };
-            if let Some(e) = epoch_error(partition.leader_epoch(), p.current_leader_epoch) {
-                partitions.push(failed(response, e));
+            if let Err(e) = partition.check_leader(p.current_leader_epoch) {
+                partitions.push(failed(response, e.code()));
                 continue;
             }
-            let answer = match lookup(broker, partition, p.timestamp).await {
+            let answer = match lookup(partition, p.timestamp).await {
                 Ok((offset, timestamp)) => {
                     let response = response.with_offset(offset).with_timestamp(timestamp);
                     // The leader epoch field exists from v4.
@@ -71,59 +70,18 @@ pub async fn handle(
 }
 
 /// (offset, timestamp) for one target; (-1, -1) when no record qualifies.
-async fn lookup(
-    broker: &Broker,
-    partition: &Partition,
-    target: i64,
-) -> Result<(i64, i64), ApiError> {
-    let max_decompressed = broker.config.broker.batch_max_decompressed_bytes;
-    match target {
-        LATEST => Ok((partition.high_watermark(), -1)),
-        EARLIEST => Ok((partition.log_start_offset(), -1)),
-        MAX_TIMESTAMP => Ok(partition
-            .max_timestamp_and_offset(max_decompressed)?
-            .unwrap_or((-1, -1))),
-        ts if ts >= 0 => {
-            if let Some(hit) = remote_offset_for_timestamp(broker, partition, ts).await? {
-                return Ok(hit);
-            }
-            Ok(partition
-                .offset_for_timestamp(ts, max_decompressed)?
-                .unwrap_or((-1, -1)))
+async fn lookup(partition: &Partition, target: i64) -> Result<(i64, i64), ApiError> {
+    let spec = match target {
+        LATEST => OffsetSpec::Latest,
+        EARLIEST => OffsetSpec::Earliest,
+        MAX_TIMESTAMP => OffsetSpec::MaxTimestamp,
+        ts if ts >= 0 => OffsetSpec::Timestamp(ts),
+        other => {
+            return Err(ApiError::new(
+                ResponseError::InvalidRequest,
+                format!("timestamp {other} is not a time or a known special value"),
+            ))
         }
-        other => Err(ApiError::new(
-            ResponseError::InvalidRequest,
-            format!("timestamp {other} is not a time or a known special value"),
-        )),
-    }
-}
-
-/// The answer from the offloaded part of the log, when it holds records older than local disk.
-async fn remote_offset_for_timestamp(
-    broker: &Broker,
-    partition: &Partition,
-    ts: i64,
-) -> Result<Option<(i64, i64)>, ApiError> {
-    let (Some(tiering), remote_start) = (&broker.tiering, partition.remote_start()) else {
-        return Ok(None);
     };
-    if remote_start < 0 || remote_start >= partition.local_log_start_offset() {
-        return Ok(None);
-    }
-    let storage = |e: String| ApiError::new(ResponseError::KafkaStorageError, e);
-    let remote = tiering
-        .remote_log(&partition.topic, partition.index)
-        .await
-        .map_err(|e| storage(e.to_string()))?;
-    match remote.offset_for_timestamp(ts).await {
-        // Only remote answers below the local start; above it the local log is authoritative.
-        Ok(Some((offset, t))) if offset < partition.local_log_start_offset() => {
-            Ok(Some((offset, t)))
-        }
-        Ok(_) => Ok(None),
-        Err(e) => {
-            tracing::error!(topic = partition.topic, partition = partition.index, error = %e, "remote timestamp lookup failed");
-            Err(storage(e.to_string()))
-        }
-    }
+    Ok(partition.offsets(spec).await?.unwrap_or((-1, -1)))
 }

@@ -13,6 +13,7 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
 use uuid::Uuid;
 
 use super::{str_bytes, topic_name};
+use crate::partition::Role;
 use crate::broker::{Broker, Topic};
 
 pub fn handle(broker: &Arc<Broker>, request: MetadataRequest, version: i16) -> MetadataResponse {
@@ -93,12 +94,23 @@ fn describe(broker: &Broker, topic: &Topic) -> MetadataResponseTopic {
         .partitions
         .iter()
         .map(|p| {
-            MetadataResponsePartition::default()
+            let role = p.role();
+            let (leader, isr) = match &role {
+                Role::Leader { isr, .. } => (node, isr.iter().map(|&id| BrokerId(id)).collect()),
+                // A follower on one node has no leader to name (-1: LEADER_NOT_AVAILABLE).
+                Role::Follower { leader, .. } => (BrokerId(*leader), Vec::new()),
+            };
+            let partition = MetadataResponsePartition::default()
                 .with_partition_index(p.index)
-                .with_leader_id(node)
-                .with_leader_epoch(p.leader_epoch())
+                .with_leader_id(leader)
+                .with_leader_epoch(role.epoch())
                 .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_isr_nodes(isr);
+            if leader.0 < 0 {
+                partition.with_error_code(ResponseError::LeaderNotAvailable.code())
+            } else {
+                partition
+            }
         })
         .collect();
     MetadataResponseTopic::default()

@@ -10,7 +10,6 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 };
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 
-use super::fetch::epoch_error;
 use crate::broker::Broker;
 
 pub fn handle(
@@ -34,9 +33,9 @@ pub fn handle(
                             .with_leader_epoch(-1)
                             .with_end_offset(-1);
                     };
-                    if let Some(e) = epoch_error(partition.leader_epoch(), p.current_leader_epoch) {
+                    if let Err(e) = partition.check_leader(p.current_leader_epoch) {
                         return out
-                            .with_error_code(e.code())
+                            .with_error_code(e.code().code())
                             .with_leader_epoch(-1)
                             .with_end_offset(-1);
                     }

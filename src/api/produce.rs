@@ -107,12 +107,6 @@ async fn append(
     let bytes = records.len();
     // DESIGN.md invariant 5: at log.dir.max.bytes produce fails (retriable), nothing is dropped.
     broker.hot_bytes.admit(bytes, || broker.partitions())?;
-    let appended = partition
-        .append(
-            records,
-            broker.config.broker.batch_max_decompressed_bytes,
-            broker.clock.now_ms(),
-        )
-        .await?;
+    let appended = partition.append(records, broker.clock.now_ms()).await?;
     Ok((appended, bytes))
 }

@@ -22,6 +22,8 @@ use crate::config::{topic as topic_config, Config, TopicConfig};
 use crate::coordinator::{self, Coordinator};
 use crate::error::ApiError;
 use crate::partition::Partition;
+use crate::tiering::service::TieringHost;
+use crate::tiering::tier::RemoteTier;
 use open::{open_topic, remove_deleted_partitions, Opening};
 use topics::{Catalogue, DeletedTopic, TopicRecord};
 
@@ -31,7 +33,6 @@ pub struct Topic {
     pub overrides: BTreeMap<String, String>,
     pub config: TopicConfig,
     pub partitions: Vec<Arc<Partition>>,
-    pub leader_epoch: i32,
 }
 
 impl Topic {
@@ -59,7 +60,8 @@ pub struct Broker {
     advertised: RwLock<(String, i32)>,
     /// Every consumer group: this broker coordinates them all.
     pub coordinator: Coordinator,
-    /// Offload to object storage, unless remote.log.storage.system.enable is false.
+    /// Offload to object storage, unless remote.log.storage.system.enable is false: the remote
+    /// tier every tiered partition opens its remote log in, and the pass that drives them.
     pub tiering: Option<Arc<crate::tiering::service::Tiering>>,
     /// log.dir.max.bytes accounting.
     pub hot_bytes: hot_bytes::HotBytes,
@@ -73,9 +75,17 @@ impl Broker {
         let started = Instant::now();
         let catalogue = topics::load(&config.data_dir)?;
         topics::save(&config.data_dir, &catalogue)?;
+        let tier = open_remote_tier(&config, &catalogue)?;
         let mut registry = BTreeMap::new();
         for record in &catalogue.topics {
-            let topic = open_topic(&config, &clock, record, Vec::new(), Opening::Existing)?;
+            let topic = open_topic(
+                &config,
+                &clock,
+                tier.as_ref(),
+                record,
+                Vec::new(),
+                Opening::Existing,
+            )?;
             registry.insert(record.name.clone(), Arc::new(topic));
         }
         let recovery = started.elapsed();
@@ -86,34 +96,12 @@ impl Broker {
             "log loaded"
         );
         let first_producer_id = read_producer_id_block(&config)?;
-        let tiering = if config.broker.remote_log_storage_system_enable {
-            let url = config
-                .object_store
-                .clone()
-                .unwrap_or_else(|| format!("file://{}", config.data_dir.join("objects").display()));
-            let store = match &config.object_store_override {
-                Some(store) => store.clone(),
-                None => {
-                    crate::store::Store::from_url_with_options(&url, &config.object_store_options)?
-                }
-            };
-            tracing::info!(object_store = url, "tiering enabled");
-            let mut tiering = crate::tiering::service::Tiering::new(store);
-            tiering.fence_deleted(catalogue.deleting.iter().map(|d| d.name.as_str()));
-            let cache_bytes = config.broker.remote_cache_max_bytes;
-            if cache_bytes > 0 {
-                let dir = config.data_dir.join("remote-cache");
-                let cache = crate::tiering::cache::ChunkCache::for_store(
-                    tiering.store(),
-                    dir,
-                    cache_bytes,
-                )?;
-                tiering = tiering.with_cache(cache);
-            }
-            Some(Arc::new(tiering))
-        } else {
-            None
-        };
+        let tiering = tier.map(|tier| {
+            Arc::new(crate::tiering::service::Tiering::new(
+                tier,
+                config.broker.remote_orphan_grace_ms,
+            ))
+        });
         let broker = Broker {
             cluster_id: catalogue.cluster_id.clone(),
             topics: RwLock::new(registry),
@@ -146,6 +134,11 @@ impl Broker {
         )
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", coordinator::OFFSETS_TOPIC))?;
         Ok(())
+    }
+
+    /// The remote tier, when tiering is on.
+    pub fn tier(&self) -> Option<&Arc<RemoteTier>> {
+        self.tiering.as_ref().map(|t| t.tier())
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -259,16 +252,19 @@ impl Broker {
                 config: TopicConfig::resolve(settings, &record.overrides),
                 overrides: record.overrides,
                 partitions: Vec::new(),
-                leader_epoch: 0,
             }));
         }
         let topic = Arc::new(open_topic(
             &self.config,
             &self.clock,
+            self.tier(),
             &record,
             Vec::new(),
             Opening::New,
         )?);
+        for p in &topic.partitions {
+            p.activate();
+        }
         catalogue.topics.push(record);
         persist(&self.config, &catalogue)?;
         self.topics
@@ -301,8 +297,13 @@ impl Broker {
         let removed = self.topics.write().expect("topics lock").remove(name);
         // Under the catalogue lock, so the fence and the record of pending deletions never
         // disagree (see `remote_deletion_done`).
-        if let Some(tiering) = &self.tiering {
-            tiering.topic_deleted(name);
+        let retired: Vec<_> = removed
+            .iter()
+            .flat_map(|topic| topic.partitions.iter())
+            .filter_map(|p| p.retire_remote())
+            .collect();
+        if let Some(tier) = self.tier() {
+            tier.topic_deleted(name, retired);
         }
         // Moved aside before the lock is released: a topic created with this name right after
         // finds its partitions' places free, and no late write of the old log can land there.
@@ -357,8 +358,8 @@ impl Broker {
         }
         let pending = catalogue.deleting.iter().any(|d| d.name == name);
         if !pending {
-            if let Some(tiering) = &self.tiering {
-                tiering.unfence(name);
+            if let Some(tier) = self.tier() {
+                tier.unfence(name);
             }
         }
         Ok(pending)
@@ -401,10 +402,14 @@ impl Broker {
         let topic = Arc::new(open_topic(
             &self.config,
             &self.clock,
+            self.tier(),
             &next.topics[pos],
             old.partitions.clone(),
             Opening::New,
         )?);
+        for p in &topic.partitions {
+            p.activate();
+        }
         persist(&self.config, &next)?;
         *catalogue = next;
         self.topics
@@ -434,10 +439,7 @@ impl Broker {
         let old = self.topic(name).ok_or_else(|| unknown_topic(name))?;
         let config = TopicConfig::resolve(&self.config.broker, &overrides);
         for partition in &old.partitions {
-            partition.set_config(
-                config.clone(),
-                self.config.broker.batch_max_decompressed_bytes,
-            );
+            partition.set_config(config.clone());
         }
         let topic = Arc::new(Topic {
             name: old.name.clone(),
@@ -445,7 +447,6 @@ impl Broker {
             overrides,
             config,
             partitions: old.partitions.clone(),
-            leader_epoch: old.leader_epoch,
         });
         persist(&self.config, &catalogue)?;
         self.topics
@@ -496,6 +497,64 @@ impl Broker {
                 }
             }
         }
+    }
+}
+
+/// The remote tier: the object store (`--object-store`, or `file://{data-dir}/objects`), the
+/// cold-read cache, and the names of deleted topics whose remote data is still to be deleted.
+fn open_remote_tier(config: &Config, catalogue: &Catalogue) -> anyhow::Result<Option<Arc<RemoteTier>>> {
+    if !config.broker.remote_log_storage_system_enable {
+        return Ok(None);
+    }
+    let url = config
+        .object_store
+        .clone()
+        .unwrap_or_else(|| format!("file://{}", config.data_dir.join("objects").display()));
+    let store = match &config.object_store_override {
+        Some(store) => store.clone(),
+        None => crate::store::Store::from_url_with_options(&url, &config.object_store_options)?,
+    };
+    tracing::info!(object_store = url, "tiering enabled");
+    let cache_bytes = config.broker.remote_cache_max_bytes;
+    let cache = if cache_bytes > 0 {
+        let dir = config.data_dir.join("remote-cache");
+        Some(crate::tiering::cache::ChunkCache::for_store(
+            &store,
+            dir,
+            cache_bytes,
+        )?)
+    } else {
+        None
+    };
+    let tier = RemoteTier::new(store, cache);
+    tier.fence_deleted(catalogue.deleting.iter().map(|d| d.name.as_str()));
+    Ok(Some(Arc::new(tier)))
+}
+
+/// What the tiering pass needs from the broker, and nothing more.
+impl TieringHost for Broker {
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.topics()
+            .iter()
+            .filter(|t| !t.name.starts_with("__"))
+            .flat_map(|t| t.partitions.iter().cloned())
+            .collect()
+    }
+
+    fn remote_deletions(&self) -> Vec<DeletedTopic> {
+        Broker::remote_deletions(self)
+    }
+
+    fn remote_deletion_done(&self, name: &str, done: &[DeletedTopic]) -> anyhow::Result<bool> {
+        Broker::remote_deletion_done(self, name, done).map_err(|e| anyhow::anyhow!(e))
+    }
+
+    fn after_pass(&self) {
+        self.hot_bytes.recount(&Broker::partitions(self));
     }
 }
 

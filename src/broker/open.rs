@@ -11,7 +11,8 @@ use super::Topic;
 use crate::clock::Clock;
 use crate::config::{Config, TopicConfig};
 use crate::error::ApiError;
-use crate::partition::Partition;
+use crate::partition::{Partition, PartitionContext};
+use crate::tiering::tier::RemoteTier;
 
 fn partition_dir(config: &Config, topic: &str, index: i32) -> PathBuf {
     config
@@ -31,11 +32,19 @@ pub(super) enum Opening {
 pub(super) fn open_topic(
     config: &Config,
     clock: &Clock,
+    tier: Option<&Arc<RemoteTier>>,
     record: &TopicRecord,
     existing: Vec<Arc<Partition>>,
     opening: Opening,
 ) -> Result<Topic, ApiError> {
     let topic_config = TopicConfig::resolve(&config.broker, &record.overrides);
+    let context = PartitionContext {
+        node_id: config.node_id,
+        max_decompressed: config.broker.batch_max_decompressed_bytes,
+        // Internal topics (__consumer_offsets) bound their own size with snapshots and are read
+        // back by the broker at start: they stay local.
+        tier: tier.filter(|_| !record.name.starts_with("__")).cloned(),
+    };
     let mut partitions = existing;
     for index in partitions.len() as i32..record.partitions {
         let dir = partition_dir(config, &record.name, index);
@@ -51,9 +60,8 @@ pub(super) fn open_topic(
             &dir,
             &record.name,
             index,
-            record.leader_epoch,
             topic_config.clone(),
-            config.broker.batch_max_decompressed_bytes,
+            &context,
             clock.now_ms(),
         )
         .map_err(ApiError::from)?;
@@ -65,7 +73,6 @@ pub(super) fn open_topic(
         overrides: record.overrides.clone(),
         config: topic_config,
         partitions,
-        leader_epoch: record.leader_epoch,
     })
 }
 

@@ -28,7 +28,7 @@ fn records(n: usize) -> Bytes {
 }
 
 async fn append(p: &Partition, n: usize) -> i64 {
-    p.append(records(n), 1 << 20, 1_000)
+    p.append(records(n), 1_000)
         .await
         .unwrap()
         .base_offset
@@ -84,7 +84,7 @@ async fn a_topic_re_created_at_once_starts_empty_and_the_old_log_cannot_reach_it
     // A request that still held the old partition appends after the deletion: it rolls a
     // segment (or fails, once the old directory is removed), and no file of it may appear in the
     // new partition's directory.
-    match old.append(records(5), 1 << 20, 1_000).await {
+    match old.append(records(5), 1_000).await {
         Ok(appended) => assert_eq!(appended.base_offset, 15),
         Err(crate::partition::ProduceError::Storage(_)) => {}
         Err(e) => panic!("{e}"),

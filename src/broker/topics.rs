@@ -25,12 +25,7 @@ pub struct TopicRecord {
     pub overrides: BTreeMap<String, String>,
 }
 
-/// A deleted topic whose remote data is still to be deleted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeletedTopic {
-    pub name: String,
-    pub id: Uuid,
-}
+pub use crate::tiering::topic_deletion::DeletedTopic;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Catalogue {

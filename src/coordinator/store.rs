@@ -56,7 +56,6 @@ pub async fn append(
     else {
         return Err(ResponseError::CoordinatorNotAvailable);
     };
-    let max_decompressed = broker.config.broker.batch_max_decompressed_bytes;
     let mut first = None;
     let mut builder = BatchBuilder::new(Codec::None);
     let now = broker.clock.now_ms();
@@ -65,7 +64,7 @@ pub async fn append(
         let last = i + 1 == records.len();
         if builder.records_bytes() >= BATCH_TARGET_BYTES || last {
             let batch = Bytes::from(builder.build());
-            let appended = p.append(batch, max_decompressed, now).await.map_err(|e| {
+            let appended = p.append(batch, now).await.map_err(|e| {
                 tracing::error!(partition, error = %e, "writing __consumer_offsets failed");
                 ResponseError::KafkaStorageError
             })?;
@@ -98,17 +97,17 @@ pub fn replay(
     let mut offset = start;
     let mut count = 0u64;
     while offset < end {
-        let read = p.read(offset, 4 * 1024 * 1024, true)?;
-        if read.bytes.is_empty() {
+        let read = p.read_local(offset, 4 * 1024 * 1024)?;
+        if read.is_empty() {
             break;
         }
-        let (batches, _) = split_batches(&read.bytes);
+        let (batches, _) = split_batches(&read);
         if batches.is_empty() {
             break;
         }
         for (header, range) in batches {
             let next = header.last_offset().saturating_add(1);
-            let scan = for_each_record(&read.bytes[range], &limits, |h, r| {
+            let scan = for_each_record(&read[range], &limits, |h, r| {
                 if r.offset(h) < start {
                     return;
                 }

@@ -242,7 +242,7 @@ async fn maybe_snapshot(broker: &Broker, p: i32) {
             return;
         }
     };
-    match partition.delete_records_before(start) {
+    match partition.delete_records_before(start).await {
         Ok(_) => {
             tracing::info!(
                 partition = p,

@@ -35,6 +35,7 @@ use crate::record::batch::{set_base_offset_and_epoch, split_batches, BatchHeader
 
 use epoch_cache::EpochCache;
 pub use flush::FlushHandle;
+pub use retention::{Removal, RemovalHook};
 use flush::Truncations;
 use segment::Segment;
 
@@ -125,7 +126,6 @@ pub struct ReadResult {
     pub log_start_offset: i64,
 }
 
-#[derive(Debug)]
 pub struct Log {
     dir: PathBuf,
     config: LogConfig,
@@ -139,6 +139,21 @@ pub struct Log {
     dir_generation: u64,
     dir_synced: Arc<AtomicU64>,
     truncations: Arc<Mutex<Truncations>>,
+    /// Bumped on every change of `epochs` that must reach the disk.
+    epochs_generation: u64,
+    /// What the directory holds durably (shared with the log's pending removals).
+    persisted: Arc<Mutex<retention::Persisted>>,
+    removal_hook: Option<retention::RemovalHook>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("log_start", &self.log_start)
+            .field("segments", &self.segments.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Log {
@@ -158,6 +173,12 @@ impl Log {
             dir_generation: 0,
             dir_synced: Arc::new(AtomicU64::new(0)),
             truncations: Arc::new(Mutex::new(Truncations::default())),
+            epochs_generation: 0,
+            persisted: Arc::new(Mutex::new(retention::Persisted {
+                log_start: loaded.log_start,
+                epochs_generation: 0,
+            })),
+            removal_hook: None,
         })
     }
 
@@ -288,7 +309,7 @@ impl Log {
         let saved_epochs = if self.epochs.latest_epoch().is_none_or(|e| leader_epoch > e) {
             let saved = self.epochs.entries().to_vec();
             if self.epochs.assign(leader_epoch, base_offset) {
-                if let Err(e) = self.epochs.persist(&self.dir) {
+                if let Err(e) = self.persist_epochs_now() {
                     self.epochs = EpochCache::new(saved);
                     return Err(e.into());
                 }
@@ -303,7 +324,7 @@ impl Log {
         if let Err(e) = self.active_mut().append(batch, &header, interval) {
             if let Some(saved) = saved_epochs {
                 self.epochs = EpochCache::new(saved);
-                let _ = self.epochs.persist(&self.dir);
+                let _ = self.persist_epochs_now();
             }
             warn!(dir = %self.dir.display(), error = %e, "append failed; log left unchanged");
             return Err(e.into());
@@ -461,6 +482,35 @@ impl Log {
     /// (epoch, start offset) pairs of the leader-epoch cache, oldest first.
     pub fn epoch_entries(&self) -> Vec<(i32, i64)> {
         self.epochs.entries().to_vec()
+    }
+
+    /// Writes the epoch cache now (a new epoch's first append, a truncation): ordered with the
+    /// pending removals' writes by the epoch generation.
+    fn persist_epochs_now(&mut self) -> io::Result<()> {
+        self.epochs_generation += 1;
+        let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        self.epochs.persist(&self.dir)?;
+        persisted.epochs_generation = self.epochs_generation;
+        Ok(())
+    }
+
+    /// Writes the log start now (truncation below it restarts the log).
+    fn persist_log_start_now(&mut self) -> io::Result<()> {
+        let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        checkpoint::write_offset(&self.dir, checkpoint::LOG_START_FILE, self.log_start, true)?;
+        persisted.log_start = self.log_start;
+        if self.epochs_generation > persisted.epochs_generation {
+            self.epochs.persist(&self.dir)?;
+            persisted.epochs_generation = self.epochs_generation;
+        }
+        Ok(())
+    }
+
+    /// Runs `hook` at the start of every later [`Removal::complete`] of this log (tests park
+    /// segment deletion there).
+    #[doc(hidden)]
+    pub fn set_removal_hook(&mut self, hook: Option<RemovalHook>) {
+        self.removal_hook = hook;
     }
 
     #[cfg(test)]

@@ -1,14 +1,87 @@
 //! Moving the log start and end: DeleteRecords, time/size retention, and truncation for
 //! replication. Only whole segments are deleted, never the active one.
+//!
+//! Moving the start is two steps: under the caller's lock the log changes in memory (the new
+//! start, the segments taken out of the list); a [`Removal`] then persists the start and the
+//! epoch cache and deletes the segment files, off the lock and off the async runtime
+//! (`Removal::complete` blocks). Readers holding the lock never see a segment whose files are
+//! gone, and a produce or fetch never waits for an unlink or an fsync. If the process stops
+//! between the two, the old start and the old segments are found again at the next open: a
+//! DeleteRecords is answered only after its removal completed, and a tiered partition's start
+//! is the manifest's (re-applied at open).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use super::flush::KEPT_TRUNCATIONS;
 use super::segment::Segment;
 use super::{checkpoint, Log, LogError};
 
+/// A hook run by [`Removal::complete`] before it touches the disk (tests park it there).
+pub type RemovalHook = Arc<dyn Fn() + Send + Sync>;
+
+/// What the log's directory holds durably: the newest log start and epoch-cache generation
+/// written, so removals that complete out of order never write an older state over a newer.
+#[derive(Debug, Default)]
+pub(super) struct Persisted {
+    pub(super) log_start: i64,
+    pub(super) epochs_generation: u64,
+}
+
+/// The disk half of moving a log's start (see the module doc): persist the start (and the
+/// epoch cache if it changed), then delete the files of the segments taken out of the log.
+#[must_use = "a removal does nothing until completed"]
+pub struct Removal {
+    dir: PathBuf,
+    log_start: i64,
+    epochs: Option<Vec<(i32, i64)>>,
+    epochs_generation: u64,
+    segments: Vec<Segment>,
+    persisted: Arc<Mutex<Persisted>>,
+    hook: Option<RemovalHook>,
+}
+
+impl Removal {
+    /// Segments whose files this removal deletes.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Blocking: fsyncs the new start (and epochs), then unlinks the segment files. Run it on a
+    /// blocking thread (`spawn_blocking`), never under the partition's lock.
+    pub fn complete(self) -> Result<(), LogError> {
+        if let Some(hook) = &self.hook {
+            hook();
+        }
+        {
+            let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+            if self.log_start > persisted.log_start {
+                checkpoint::write_offset(&self.dir, checkpoint::LOG_START_FILE, self.log_start, true)?;
+                persisted.log_start = self.log_start;
+            }
+            if let Some(entries) = &self.epochs {
+                if self.epochs_generation > persisted.epochs_generation {
+                    checkpoint::write_epochs(&self.dir, entries)?;
+                    persisted.epochs_generation = self.epochs_generation;
+                }
+            }
+        }
+        for seg in &self.segments {
+            seg.delete_files()?;
+        }
+        if !self.segments.is_empty() {
+            checkpoint::sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
 impl Log {
-    /// DeleteRecords: moves the log start to `offset` and deletes segments wholly below it.
-    /// Returns the new log start (unchanged if `offset` is not above it).
-    pub fn delete_records_before(&mut self, offset: i64) -> Result<i64, LogError> {
+    /// DeleteRecords: moves the log start to `offset` and takes the segments wholly below it out
+    /// of the log. Only memory changes here: the returned [`Removal`] persists the new start and
+    /// deletes the files, outside whatever lock guards the log (`Removal::complete`). Returns
+    /// the new log start (unchanged if `offset` is not above it).
+    pub fn delete_records_before(&mut self, offset: i64) -> Result<(i64, Removal), LogError> {
         let log_end = self.log_end_offset();
         if offset > log_end || offset < 0 {
             return Err(LogError::OffsetOutOfRange {
@@ -17,44 +90,57 @@ impl Log {
                 log_end,
             });
         }
-        if offset > self.log_start {
-            self.set_log_start(offset)?;
-            let doomed = self
-                .segments
-                .partition_point(|s| s.next_offset <= offset)
-                .min(self.segments.len() - 1);
-            self.delete_oldest(doomed)?;
+        if offset <= self.log_start {
+            return Ok((self.log_start, self.removal(Vec::new(), false)));
         }
-        Ok(self.log_start)
-    }
-
-    fn set_log_start(&mut self, offset: i64) -> Result<(), LogError> {
-        checkpoint::write_offset(&self.dir, checkpoint::LOG_START_FILE, offset, true)?;
         self.log_start = offset;
-        if self.epochs.truncate_from_start(offset) {
-            self.epochs.persist(&self.dir)?;
-        }
-        Ok(())
+        let epochs_changed = self.epochs.truncate_from_start(offset);
+        let doomed = self
+            .segments
+            .partition_point(|s| s.next_offset <= offset)
+            .min(self.segments.len() - 1);
+        let segments = self.take_oldest(doomed);
+        Ok((self.log_start, self.removal(segments, epochs_changed)))
     }
 
-    /// Deletes the `n` oldest segments (never the active one); the log start must already be
-    /// at or beyond them.
-    fn delete_oldest(&mut self, n: usize) -> Result<(), LogError> {
+    /// What moving the log start leaves to do on disk, described while the log is locked.
+    fn removal(&mut self, segments: Vec<Segment>, epochs_changed: bool) -> Removal {
+        let epochs = epochs_changed.then(|| self.epochs.entries().to_vec());
+        if epochs.is_some() {
+            self.epochs_generation += 1;
+        }
+        Removal {
+            dir: self.dir.clone(),
+            log_start: self.log_start,
+            epochs,
+            epochs_generation: self.epochs_generation,
+            segments,
+            persisted: self.persisted.clone(),
+            hook: self.removal_hook.clone(),
+        }
+    }
+
+    /// Takes the `n` oldest segments out of the log (never the active one); the log start must
+    /// already be at or beyond them.
+    fn take_oldest(&mut self, n: usize) -> Vec<Segment> {
         assert!(
             n < self.segments.len(),
             "the active segment is never deleted"
         );
-        for seg in self.segments.drain(..n) {
+        let taken: Vec<Segment> = self.segments.drain(..n).collect();
+        for seg in &taken {
             assert!(seg.next_offset <= self.log_start || seg.size == 0);
-            seg.delete_files()?;
+        }
+        if !taken.is_empty() {
             self.dir_generation += 1;
         }
-        Ok(())
+        taken
     }
 
     /// Time and size retention over whole sealed segments, oldest first, stopping at the first
-    /// segment that must stay. Returns the number of segments deleted.
-    pub fn apply_retention(&mut self, now_ms: i64) -> Result<usize, LogError> {
+    /// segment that must stay. Returns the number of segments taken out of the log, and the
+    /// [`Removal`] that deletes them.
+    pub fn apply_retention(&mut self, now_ms: i64) -> Result<(usize, Removal), LogError> {
         let mut remaining = self.size_bytes();
         let mut n = 0;
         for seg in &self.segments[..self.segments.len() - 1] {
@@ -73,14 +159,17 @@ impl Log {
             remaining -= seg.size;
             n += 1;
         }
-        if n > 0 {
-            let new_start = self.segments[n].base;
-            if new_start > self.log_start {
-                self.set_log_start(new_start)?;
-            }
-            self.delete_oldest(n)?;
+        if n == 0 {
+            return Ok((0, self.removal(Vec::new(), false)));
         }
-        Ok(n)
+        let new_start = self.segments[n].base;
+        let mut epochs_changed = false;
+        if new_start > self.log_start {
+            self.log_start = new_start;
+            epochs_changed = self.epochs.truncate_from_start(new_start);
+        }
+        let segments = self.take_oldest(n);
+        Ok((n, self.removal(segments, epochs_changed)))
     }
 
     /// Drops every batch at or after the one containing `offset` (replication truncation; the
@@ -97,7 +186,10 @@ impl Log {
                     seg.delete_files()?;
                 }
             }
-            self.set_log_start(offset.max(0))?;
+            self.log_start = offset.max(0);
+            self.epochs.truncate_from_start(self.log_start);
+            self.epochs_generation += 1;
+            self.persist_log_start_now()?;
         } else {
             while self.segments.len() > 1 && self.active().base >= offset {
                 if let Some(seg) = self.segments.pop() {
@@ -113,7 +205,7 @@ impl Log {
         }
         checkpoint::sync_dir(&self.dir)?;
         if self.epochs.truncate_from_end(log_end) {
-            self.epochs.persist(&self.dir)?;
+            self.persist_epochs_now()?;
         }
         if self.recovery_point > log_end {
             self.recovery_point = log_end;

@@ -1,29 +1,50 @@
-//! One partition: the owner of its log, its producer state and its high watermark.
+//! One partition: the owner of its local log, its producer state, its high watermark, its
+//! remote log (the manifest of what is offloaded) and its role.
 //!
-//! The log sits behind a read-write lock whose write side is held only for the in-memory part of
-//! an append (producer check, page-cache write, index update); validation (decompression) runs
-//! before the lock and fsync after it, so appends from many producers group-commit. Readers take
-//! the read side for positional reads of whole batches.
+//! Ownership (STYLE.md, "one owner per piece of state"): one small state behind one
+//! read-write lock — the log, producer state, topic config, role, and the committed manifest
+//! the partition last adopted. Everything that changes them is a method here; handlers in
+//! `api/`, the tiering pass and the coordinator hold an `Arc<Partition>` and ask. The write side
+//! is held only for in-memory work (producer check, page-cache write, index update, swapping the
+//! segment list): validation runs before it, fsync after it (group commit), and deleting
+//! segment files or persisting a moved log start happens off the lock and off the runtime
+//! (`log::Removal`). Readers take the read side for positional reads of whole batches.
 //!
-//! A single broker is the whole ISR, so the high watermark is the log end offset once a batch is
-//! appended; acks=1 and acks=-1 complete at the same point. Fsync follows flush.messages /
-//! flush.ms as in Kafka: the page cache, not the disk, is what acknowledges by default.
+//! Reads go through the partition, which picks the tier (`read.rs`): hot from the local log,
+//! else cold from the object store through the remote log, at the manifest the partition holds.
+//! The log start has one definition (`State::log_start`): the older of the local start and the
+//! first offloaded offset, never below the committed manifest's log start.
+//!
+//! Role: `Leader { epoch, isr }` appends and serves consumers; `Follower` refuses both
+//! (NOT_LEADER_OR_FOLLOWER). The high watermark is the minimum log end over the ISR; on one
+//! node the ISR is the leader alone, so it is the log end once a batch is appended. Fsync follows
+//! flush.messages / flush.ms as in Kafka: the page cache, not the disk, acknowledges by default.
+//! Taking over as leader fences the bucket in the background (`tiered.rs`).
 
 pub mod producer;
+mod read;
+pub mod role;
 mod tiered;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
 use tokio::sync::watch;
 
 use crate::config::TopicConfig;
-use crate::log::{Log, LogConfig, LogError, ReadResult};
-use crate::record::validate::{for_each_record, validate_batch, ValidationLimits};
+use crate::log::{Log, LogConfig, LogError, Removal, RemovalHook};
+use crate::record::validate::{validate_batch, ValidationLimits};
 use crate::record::{BatchError, BatchHeader};
+use crate::tiering::manifest::Committed;
+use crate::tiering::tier::RemoteTier;
 use producer::{ProducerStates, SequenceCheck, SequenceError};
+pub use read::{ColdRead, Isolation, OffsetSpec, Read, ReadError, Snapshot};
+pub use role::Role;
+use tiered::RemoteSlot;
+pub use tiered::{DeleteError, TierPass};
 
 /// How long an idle producer id is remembered (Kafka's producer.id.expiration.ms default).
 pub const PRODUCER_ID_EXPIRATION_MS: i64 = 86_400_000;
@@ -40,8 +61,31 @@ pub enum ProduceError {
         "transactional and control batches are not supported: there is no transaction coordinator"
     )]
     Transactional,
+    #[error(transparent)]
+    Role(#[from] RoleError),
     #[error("storage: {0}")]
     Storage(#[from] LogError),
+}
+
+/// A request that this partition's role or epoch does not allow (KIP-320 for the epochs).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoleError {
+    #[error("this broker is not the leader of {partition} (leader: {leader})")]
+    NotLeader { partition: String, leader: i32 },
+    #[error("leader epoch {theirs} is older than the current epoch {ours}")]
+    FencedEpoch { ours: i32, theirs: i32 },
+    #[error("leader epoch {theirs} is newer than the current epoch {ours}")]
+    UnknownEpoch { ours: i32, theirs: i32 },
+}
+
+impl RoleError {
+    pub fn code(&self) -> ResponseError {
+        match self {
+            RoleError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
+            RoleError::FencedEpoch { .. } => ResponseError::FencedLeaderEpoch,
+            RoleError::UnknownEpoch { .. } => ResponseError::UnknownLeaderEpoch,
+        }
+    }
 }
 
 /// What a successful append returns to the producer.
@@ -53,26 +97,84 @@ pub struct Appended {
     pub log_start_offset: i64,
 }
 
+/// What every partition of a broker is opened with.
+#[derive(Clone)]
+pub struct PartitionContext {
+    pub node_id: i32,
+    /// strata.batch.max.decompressed.bytes.
+    pub max_decompressed: usize,
+    /// The broker's remote tier; `None` without tiering and for internal topics, which stay
+    /// local.
+    pub tier: Option<Arc<RemoteTier>>,
+}
+
 struct State {
     log: Log,
     producers: ProducerStates,
     config: TopicConfig,
+    role: Role,
+    /// Log ends of the other ISR members, as they report them (replication fills it).
+    replica_ends: BTreeMap<i32, i64>,
+    /// The newest committed manifest this partition adopted (empty before the first load).
+    manifest: Committed,
     unflushed_messages: i64,
     oldest_unflushed_ms: Option<i64>,
+}
+
+impl State {
+    /// The partition's log start: the older of the local start and the first offloaded offset,
+    /// never below a committed manifest's log start (DeleteRecords and retention move it there
+    /// first; the local log catches up after).
+    fn log_start(&self) -> i64 {
+        let local = self.log.log_start_offset();
+        let remote = self.manifest.first_offset();
+        let start = if remote >= 0 && remote < local {
+            remote
+        } else {
+            local
+        };
+        if self.manifest.version > 0 {
+            start.max(self.manifest.log_start_offset.min(self.log.log_end_offset()))
+        } else {
+            start
+        }
+    }
+
+    /// The minimum log end over the ISR (the leader's own end for itself).
+    fn leader_high_watermark(&self, node_id: i32, current: i64) -> i64 {
+        let end = self.log.log_end_offset();
+        match &self.role {
+            Role::Leader { isr, .. } => isr
+                .iter()
+                .map(|id| {
+                    if *id == node_id {
+                        end
+                    } else {
+                        self.replica_ends.get(id).copied().unwrap_or(current)
+                    }
+                })
+                .min()
+                .unwrap_or(end)
+                .max(current)
+                .min(end),
+            Role::Follower { .. } => current,
+        }
+    }
 }
 
 pub struct Partition {
     pub topic: String,
     pub index: i32,
-    leader_epoch: i32,
+    node_id: i32,
+    max_decompressed: usize,
     state: RwLock<State>,
     /// Serialises fsyncs so that one covers every append that came before it (group commit).
     flush_lock: tokio::sync::Mutex<()>,
+    /// Serialises role changes (each persists its epoch before it takes effect).
+    role_change: tokio::sync::Mutex<()>,
     high_watermark: watch::Sender<i64>,
-    /// First offset held in the object store, -1 when none (set by tiering).
-    remote_start: AtomicI64,
-    /// Set by tiering: total retention spans both tiers and is applied by the tiering pass.
-    tiered: AtomicBool,
+    /// The remote log and the bucket fence (`tiered.rs`); `None` when the partition stays local.
+    remote: Option<RemoteSlot>,
 }
 
 pub fn log_config(config: &TopicConfig, max_decompressed: usize) -> LogConfig {
@@ -88,64 +190,191 @@ pub fn log_config(config: &TopicConfig, max_decompressed: usize) -> LogConfig {
 
 impl Partition {
     /// Opens (recovering if needed) the partition's log in `dir` and rebuilds producer state.
+    /// It opens as the leader at its persisted epoch, with the ISR = this broker; a tiered
+    /// partition's leader duties on the bucket start with [`Partition::activate`].
     pub fn open(
         dir: &Path,
         topic: &str,
         index: i32,
-        leader_epoch: i32,
         config: TopicConfig,
-        max_decompressed: usize,
+        context: &PartitionContext,
         now_ms: i64,
     ) -> Result<Partition, LogError> {
-        let log = Log::open(dir, log_config(&config, max_decompressed), now_ms)?;
+        let log = Log::open(dir, log_config(&config, context.max_decompressed), now_ms)?;
         let producers = rebuild_producers(dir, &log, now_ms)?;
         let hw = log.log_end_offset();
+        let epoch = role::read_epoch(dir)
+            .or(log.latest_epoch())
+            .unwrap_or(0)
+            .max(0);
+        let role = Role::Leader {
+            epoch,
+            isr: vec![context.node_id],
+        };
+        let remote = context
+            .tier
+            .clone()
+            .map(|tier| RemoteSlot::new(tier, topic, index));
         Ok(Partition {
             topic: topic.to_string(),
             index,
-            leader_epoch,
+            node_id: context.node_id,
+            max_decompressed: context.max_decompressed,
             state: RwLock::new(State {
                 log,
                 producers,
                 config,
+                role,
+                replica_ends: BTreeMap::new(),
+                manifest: Committed::default(),
                 unflushed_messages: 0,
                 oldest_unflushed_ms: None,
             }),
             flush_lock: tokio::sync::Mutex::new(()),
+            role_change: tokio::sync::Mutex::new(()),
             high_watermark: watch::Sender::new(hw),
-            remote_start: AtomicI64::new(-1),
-            tiered: AtomicBool::new(false),
+            remote,
         })
     }
 
+    fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().expect("partition lock")
+    }
+
+    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().expect("partition lock")
+    }
+
+    fn name(&self) -> String {
+        format!("{}-{}", self.topic, self.index)
+    }
+
+    pub fn role(&self) -> Role {
+        self.read_state().role.clone()
+    }
+
+    /// The current leader epoch (as leader or as follower).
     pub fn leader_epoch(&self) -> i32 {
-        self.leader_epoch
+        self.read_state().role.epoch()
+    }
+
+    /// The node id of the leader as this partition knows it (-1: none).
+    pub fn leader(&self) -> i32 {
+        self.read_state().role.leader(self.node_id)
+    }
+
+    /// KIP-320 for consumers and admin requests: this broker must lead, and a client that names
+    /// an epoch (-1: don't check) must name the current one.
+    pub fn check_leader(&self, current_leader_epoch: i32) -> Result<(), RoleError> {
+        let state = self.read_state();
+        self.leader_check(&state.role, current_leader_epoch)
+    }
+
+    /// Kafka's order (`Partition.localLogWithEpochOrThrow`): the epoch first, both ways, then
+    /// leadership.
+    fn leader_check(&self, role: &Role, current_leader_epoch: i32) -> Result<(), RoleError> {
+        let ours = role.epoch();
+        if current_leader_epoch >= 0 && current_leader_epoch > ours {
+            return Err(RoleError::UnknownEpoch {
+                ours,
+                theirs: current_leader_epoch,
+            });
+        }
+        if current_leader_epoch >= 0 && current_leader_epoch < ours {
+            return Err(RoleError::FencedEpoch {
+                ours,
+                theirs: current_leader_epoch,
+            });
+        }
+        if !role.is_leader() {
+            return Err(RoleError::NotLeader {
+                partition: self.name(),
+                leader: role.leader(self.node_id),
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes this broker the leader at `epoch` (not older than the current one) with `isr`.
+    /// Returns once the epoch is persisted; produce and hot fetch never wait for the object
+    /// store: the bucket is fenced in the background (`tiered.rs`), and until that commit this
+    /// leader neither offloads nor deletes remote data.
+    pub async fn become_leader(self: &Arc<Self>, epoch: i32, isr: Vec<i32>) -> Result<(), LogError> {
+        let _change = self.role_change.lock().await;
+        let mut isr = isr;
+        if !isr.contains(&self.node_id) {
+            isr.push(self.node_id);
+        }
+        self.persist_epoch(epoch).await?;
+        {
+            let mut state = self.write_state();
+            state.role = Role::Leader { epoch, isr };
+            state.replica_ends.clear();
+            let hw = state.leader_high_watermark(self.node_id, self.high_watermark());
+            self.high_watermark.send_replace(hw);
+        }
+        tracing::info!(partition = self.name(), epoch, "became leader");
+        self.activate();
+        Ok(())
+    }
+
+    /// Makes this broker a follower of `leader` at `epoch` (not older than the current one):
+    /// appends and consumer reads are refused from now on, and leader-only tiering stops.
+    pub async fn become_follower(&self, leader: i32, epoch: i32) -> Result<(), LogError> {
+        let _change = self.role_change.lock().await;
+        self.persist_epoch(epoch).await?;
+        self.write_state().role = Role::Follower { leader, epoch };
+        if let Some(remote) = &self.remote {
+            remote.unfence_leader();
+        }
+        tracing::info!(partition = self.name(), leader, epoch, "became follower");
+        Ok(())
+    }
+
+    async fn persist_epoch(&self, epoch: i32) -> Result<(), LogError> {
+        let (dir, current) = {
+            let state = self.read_state();
+            (state.log.dir().to_path_buf(), state.role.epoch())
+        };
+        if epoch < current {
+            return Err(LogError::InvalidBatch(format!(
+                "leader epoch {epoch} is older than the current {current}"
+            )));
+        }
+        if epoch == current && role::read_epoch(&dir) == Some(epoch) {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || role::write_epoch(&dir, epoch))
+            .await
+            .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
+        Ok(())
     }
 
     /// Where the log is now (it moves once, when its topic is deleted).
     pub fn dir(&self) -> PathBuf {
-        self.state
-            .read()
-            .expect("partition lock")
-            .log
-            .dir()
-            .to_path_buf()
+        self.read_state().log.dir().to_path_buf()
     }
 
     /// DeleteTopics: moves the partition's directory aside to `{dir}.{uuid}-delete`, where the
     /// old log (still referenced by requests in flight) keeps working until the directory is
     /// removed. Returns the new place.
     pub fn move_aside_for_deletion(&self) -> std::io::Result<PathBuf> {
-        let mut state = self.state.write().expect("partition lock");
+        let mut state = self.write_state();
         let doomed = aside(state.log.dir(), DELETED_SUFFIX);
         state.log.rename_dir(&doomed)?;
         Ok(doomed)
     }
 
-    pub fn set_config(&self, config: TopicConfig, max_decompressed: usize) {
-        let mut state = self.state.write().expect("partition lock");
-        state.log.set_config(log_config(&config, max_decompressed));
+    pub fn set_config(&self, config: TopicConfig) {
+        let mut state = self.write_state();
+        state
+            .log
+            .set_config(log_config(&config, self.max_decompressed));
         state.config = config;
+    }
+
+    pub fn config(&self) -> TopicConfig {
+        self.read_state().config.clone()
     }
 
     pub fn high_watermark(&self) -> i64 {
@@ -157,50 +386,38 @@ impl Partition {
         self.high_watermark.subscribe()
     }
 
-    /// The partition's log start: the older of the local start and the offloaded start.
+    /// The partition's log start, across both tiers.
     pub fn log_start_offset(&self) -> i64 {
-        let local = self
-            .state
-            .read()
-            .expect("partition lock")
-            .log
-            .log_start_offset();
-        match self.remote_start.load(Ordering::SeqCst) {
-            remote if remote >= 0 && remote < local => remote,
-            _ => local,
-        }
+        self.read_state().log_start()
+    }
+
+    /// First offset still on local disk.
+    pub fn local_log_start_offset(&self) -> i64 {
+        self.read_state().log.log_start_offset()
     }
 
     pub fn log_end_offset(&self) -> i64 {
-        self.state
-            .read()
-            .expect("partition lock")
-            .log
-            .log_end_offset()
+        self.read_state().log.log_end_offset()
     }
 
-    /// (size in bytes, segment count) for metrics and DescribeLogDirs.
+    /// Sealed (no longer written) local segments, oldest first.
+    pub fn sealed_segments(&self) -> Vec<crate::log::SegmentInfo> {
+        self.read_state().log.sealed_segments()
+    }
+
+    /// (size in bytes, segment count) of the local log, for metrics and DescribeLogDirs.
     pub fn size(&self) -> (u64, usize) {
-        let state = self.state.read().expect("partition lock");
+        let state = self.read_state();
         (state.log.size_bytes(), state.log.segment_count())
     }
 
-    /// Validates and appends the records of one produce request for this partition.
-    pub async fn append(
-        &self,
-        records: Bytes,
-        max_decompressed: usize,
-        now_ms: i64,
-    ) -> Result<Appended, ProduceError> {
-        let max_batch_bytes = self
-            .state
-            .read()
-            .expect("partition lock")
-            .config
-            .max_message_bytes;
+    /// Validates and appends the records of one produce request for this partition (leader
+    /// only).
+    pub async fn append(&self, records: Bytes, now_ms: i64) -> Result<Appended, ProduceError> {
+        let max_batch_bytes = self.read_state().config.max_message_bytes;
         let limits = ValidationLimits {
             max_batch_bytes: max_batch_bytes.max(0) as usize,
-            max_decompressed_bytes: max_decompressed,
+            max_decompressed_bytes: self.max_decompressed,
         };
         let (batches, whole) = crate::record::batch::split_batches(&records);
         if batches.len() != 1 || whole != records.len() {
@@ -226,8 +443,9 @@ impl Partition {
         header: &BatchHeader,
         now_ms: i64,
     ) -> Result<Appended, ProduceError> {
-        let mut state = self.state.write().expect("partition lock");
-        let log_start_offset = state.log.log_start_offset();
+        let mut state = self.write_state();
+        self.leader_check(&state.role, -1)?;
+        let log_start_offset = state.log_start();
         match state.producers.check(header)? {
             SequenceCheck::Duplicate { base_offset } => {
                 return Ok(Appended {
@@ -242,7 +460,8 @@ impl Partition {
         if log_append_time {
             crate::record::batch::set_log_append_time(batch, now_ms);
         }
-        let info = state.log.append(batch, self.leader_epoch, now_ms)?;
+        let epoch = state.role.epoch();
+        let info = state.log.append(batch, epoch, now_ms)?;
         let stored = BatchHeader {
             base_offset: info.base_offset,
             ..*header
@@ -250,9 +469,15 @@ impl Partition {
         state.producers.record(&stored, now_ms);
         state.unflushed_messages += header.records_count as i64;
         state.oldest_unflushed_ms.get_or_insert(now_ms);
-        let end = state.log.log_end_offset();
-        drop(state);
-        self.high_watermark.send_replace(end);
+        // Under the lock, so a snapshot sees the high watermark and the log together.
+        let hw = state.leader_high_watermark(self.node_id, self.high_watermark());
+        self.high_watermark.send_if_modified(|current| {
+            let moved = hw > *current;
+            if moved {
+                *current = hw;
+            }
+            moved
+        });
         Ok(Appended {
             base_offset: info.base_offset,
             log_append_time_ms: if log_append_time { now_ms } else { -1 },
@@ -263,7 +488,7 @@ impl Partition {
     /// Fsyncs when flush.messages or flush.ms says so.
     pub async fn maybe_flush(&self, now_ms: i64) -> Result<(), LogError> {
         let due = {
-            let state = self.state.read().expect("partition lock");
+            let state = self.read_state();
             state.unflushed_messages >= state.config.flush_messages
                 || state
                     .oldest_unflushed_ms
@@ -279,7 +504,7 @@ impl Partition {
     pub async fn flush(&self) -> Result<(), LogError> {
         let _guard = self.flush_lock.lock().await;
         let handle = {
-            let state = self.state.read().expect("partition lock");
+            let state = self.read_state();
             if state.log.recovery_point() >= state.log.log_end_offset() {
                 return Ok(());
             }
@@ -288,7 +513,7 @@ impl Partition {
         let offset = tokio::task::spawn_blocking(move || handle.sync())
             .await
             .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
-        let mut state = self.state.write().expect("partition lock");
+        let mut state = self.write_state();
         state.log.mark_flushed(offset)?;
         if state.log.log_end_offset() <= offset {
             state.unflushed_messages = 0;
@@ -297,124 +522,34 @@ impl Partition {
         Ok(())
     }
 
-    /// Reads whole batches from `offset`, below the high watermark.
-    pub fn read(
-        &self,
-        offset: i64,
-        max_bytes: usize,
-        min_one: bool,
-    ) -> Result<ReadResult, LogError> {
-        let hw = self.high_watermark();
-        let state = self.state.read().expect("partition lock");
-        state.log.read(offset, max_bytes, hw, min_one)
-    }
-
-    /// ListOffsets by timestamp: the first offset whose record timestamp is >= `ts`. The log
-    /// finds the first batch whose max timestamp qualifies; the exact record is found inside it.
-    pub fn offset_for_timestamp(
-        &self,
-        ts: i64,
-        max_decompressed: usize,
-    ) -> Result<Option<(i64, i64)>, LogError> {
-        let found = self
-            .state
-            .read()
-            .expect("partition lock")
-            .log
-            .offset_for_timestamp(ts)?;
-        let Some((batch_offset, batch_ts)) = found else {
-            return Ok(None);
-        };
-        self.first_record_in_batch(batch_offset, max_decompressed, |_, t| t >= ts)
-            .map(|exact| exact.or(Some((batch_offset, batch_ts))))
-    }
-
-    /// ListOffsets MAX_TIMESTAMP (KIP-734): (offset, timestamp) of the first record carrying the
-    /// largest timestamp. The log knows the batch; the record is found inside it.
-    pub fn max_timestamp_and_offset(
-        &self,
-        max_decompressed: usize,
-    ) -> Result<Option<(i64, i64)>, LogError> {
-        let found = self
-            .state
-            .read()
-            .expect("partition lock")
-            .log
-            .max_timestamp_and_offset();
-        let Some((batch_offset, max_ts)) = found else {
-            return Ok(None);
-        };
-        let exact =
-            self.first_record_in_batch(batch_offset, max_decompressed, |_, t| t == max_ts)?;
-        Ok(Some(exact.unwrap_or((batch_offset, max_ts))))
-    }
-
-    /// (offset, timestamp) of the first record at or after `batch_offset`, in the batch holding
-    /// it and below the high watermark, for which `wanted(offset, timestamp)` holds.
-    fn first_record_in_batch(
-        &self,
-        batch_offset: i64,
-        max_decompressed: usize,
-        wanted: impl Fn(i64, i64) -> bool,
-    ) -> Result<Option<(i64, i64)>, LogError> {
-        let hw = self.high_watermark();
-        if batch_offset >= hw {
-            return Ok(None);
-        }
-        let read = self.read(batch_offset, 1, true)?;
-        let limits = ValidationLimits {
-            max_batch_bytes: usize::MAX,
-            max_decompressed_bytes: max_decompressed,
-        };
-        let (batches, _) = crate::record::batch::split_batches(&read.bytes);
-        let Some((_, range)) = batches.first() else {
-            return Ok(None);
-        };
-        let mut found = None;
-        let scan = for_each_record(&read.bytes[range.clone()], &limits, |header, record| {
-            let offset = record.offset(header);
-            let timestamp = record.timestamp(header);
-            if found.is_none() && offset >= batch_offset && wanted(offset, timestamp) {
-                found = Some((offset, timestamp));
-            }
-        });
-        if let Err(e) = scan {
-            tracing::warn!(topic = self.topic, partition = self.index, error = %e, "unreadable batch during an offset lookup");
-            return Ok(None);
-        }
-        Ok(found)
-    }
-
     pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
-        self.state
-            .read()
-            .expect("partition lock")
-            .log
-            .end_offset_for_epoch(epoch)
+        self.read_state().log.end_offset_for_epoch(epoch)
     }
 
-    /// DeleteRecords: moves the log start offset; returns the new low watermark.
-    pub fn delete_records_before(&self, offset: i64) -> Result<i64, LogError> {
-        let mut state = self.state.write().expect("partition lock");
-        let target = if offset < 0 {
-            state.log.log_end_offset()
-        } else {
-            offset
-        };
-        state.log.delete_records_before(target)
+    /// Moves the local log start to `offset` (not beyond the log end): the segment list changes
+    /// under the lock, the files go and the start is persisted after it, on a blocking thread.
+    async fn cut_local_start(&self, offset: i64) -> Result<i64, LogError> {
+        let (start, removal) = self.write_state().log.delete_records_before(offset)?;
+        complete_off_runtime(removal).await?;
+        Ok(start)
     }
 
-    /// Retention and producer-id expiry; returns segments deleted. A tiered partition's total
-    /// retention covers both tiers and is applied by the tiering pass (`tiering::retention`):
-    /// applied here to local segments alone it could delete segments not yet offloaded while
-    /// older remote files stay, leaving a hole in the log.
+    /// Retention of an untiered partition, and producer-id expiry; returns segments deleted.
+    /// Blocking (it completes the removal itself): run it on a blocking thread. A tiered
+    /// partition's total retention covers both tiers and is applied by the tiering pass
+    /// (`tiered.rs`): applied here to local segments alone it could delete segments not yet
+    /// offloaded while older remote files stay, leaving a hole in the log.
     pub fn apply_retention(&self, now_ms: i64) -> Result<usize, LogError> {
-        let mut state = self.state.write().expect("partition lock");
-        state.producers.expire(now_ms, PRODUCER_ID_EXPIRATION_MS);
-        if self.tiered.load(Ordering::SeqCst) && state.config.remote_storage_enable {
-            return Ok(0);
-        }
-        state.log.apply_retention(now_ms)
+        let (count, removal) = {
+            let mut state = self.write_state();
+            state.producers.expire(now_ms, PRODUCER_ID_EXPIRATION_MS);
+            if self.tiered(&state) {
+                return Ok(0);
+            }
+            state.log.apply_retention(now_ms)?
+        };
+        removal.complete()?;
+        Ok(count)
     }
 
     /// Clean shutdown: fsync, snapshot producer state, write the clean marker.
@@ -427,11 +562,29 @@ impl Partition {
 
     /// Writes a producer snapshot covering the log as it is now (bounds replay after a crash).
     pub fn snapshot_producers(&self) -> Result<(), LogError> {
-        let state = self.state.read().expect("partition lock");
+        let state = self.read_state();
         let end = state.log.log_end_offset();
         producer::write_snapshot(state.log.dir(), end, &state.producers)?;
         Ok(())
     }
+
+    /// Runs `hook` before every later segment deletion and log-start fsync of this partition
+    /// (tests park them there to show that produce and fetch do not wait for them).
+    #[doc(hidden)]
+    pub fn set_removal_hook(&self, hook: Option<RemovalHook>) {
+        self.write_state().log.set_removal_hook(hook);
+    }
+}
+
+/// Completes a log removal on a blocking thread (unlinks and fsyncs never run on a runtime
+/// worker), or right here outside a runtime.
+async fn complete_off_runtime(removal: Removal) -> Result<(), LogError> {
+    if removal.segment_count() == 0 && tokio::runtime::Handle::try_current().is_err() {
+        return removal.complete();
+    }
+    tokio::task::spawn_blocking(move || removal.complete())
+        .await
+        .map_err(|e| LogError::Io(std::io::Error::other(e)))?
 }
 
 /// The ending of a partition directory moved aside by DeleteTopics (removed, also at startup).

@@ -1,155 +1,571 @@
-//! What tiering needs from a partition: its sealed segments, the offloaded start of the log, and
-//! local retention that only ever deletes segments already covered by a committed manifest.
+//! The partition's remote tier: its remote log, the bucket fence a new leader commits, offload
+//! of sealed segments, retention across both tiers, and DeleteRecords across both tiers.
+//!
+//! Invariants (DESIGN.md, "Tiering") and where they hold here:
+//! 1. Only the leader offloads, retains and sweeps remote data, and only once its takeover is
+//!    committed in the bucket (`leader_epoch_for_remote`); an offload on a follower is refused
+//!    and counted (`strata_tier_offload_refused_total`). Only sealed segments wholly below the
+//!    high watermark are offloaded (`RemoteLog::offload` asserts it).
+//! 2. Data before index: `RemoteLog::offload` writes the file before committing the manifest.
+//! 3. Local segments are deleted only when a committed manifest covers them
+//!    (`apply_local_retention` takes a [`Committed`], which only a commit or a read of the store
+//!    makes) and past local.retention.*.
+//! 4. Manifests are fenced by leader epoch: `become_leader(epoch)` starts a task that reads the
+//!    newest manifest and, if it is older than `epoch`, commits a version at `epoch` (as
+//!    SlateDB's `FenceableManifest::init_writer` bumps the writer epoch), retrying through
+//!    outages. From then on a holder of an older epoch loses its next commit on the store's
+//!    create-if-absent. Produce and hot fetch never wait for this.
 
-use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use bytes::Bytes;
+use rand::Rng;
+use tokio::sync::watch;
 
-use super::Partition;
-use crate::log::{LogError, SegmentInfo};
-use crate::tiering::remote::SegmentSource;
+use super::{complete_off_runtime, Partition, State};
+use crate::log::LogError;
+use crate::record::validate::ValidationLimits;
+use crate::tiering::manifest::{CommitError, Committed, Manifest};
+use crate::tiering::remote::{OffloadSegment, RemoteLog, SegmentSource, TierError};
+use crate::tiering::retention::total_retention_cut;
+use crate::tiering::tier::RemoteTier;
+
+/// How long a DeleteRecords waits for a new leader's fence before giving up (retriable).
+const FENCE_WAIT: Duration = Duration::from_secs(30);
+/// Backoff between fencing attempts while the store fails.
+const FENCE_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const FENCE_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The partition's remote log (opened on first use) and the epoch its leadership is fenced at.
+pub(super) struct RemoteSlot {
+    tier: Arc<RemoteTier>,
+    topic: String,
+    index: i32,
+    log: Mutex<Option<Arc<RemoteLog>>>,
+    /// Serialises loading the remote log.
+    loading: tokio::sync::Mutex<()>,
+    /// Set when the topic is deleted: the remote log commits nothing more.
+    retired: std::sync::atomic::AtomicBool,
+    /// The leader epoch whose takeover is committed in the bucket (-1: none).
+    fenced_epoch: watch::Sender<i32>,
+    /// The epoch a fencing task is running for (-1: none), so passes start no second one.
+    fencing: Mutex<i32>,
+}
+
+impl RemoteSlot {
+    pub(super) fn new(tier: Arc<RemoteTier>, topic: &str, index: i32) -> RemoteSlot {
+        RemoteSlot {
+            tier,
+            topic: topic.to_string(),
+            index,
+            log: Mutex::new(None),
+            loading: tokio::sync::Mutex::new(()),
+            retired: std::sync::atomic::AtomicBool::new(false),
+            fenced_epoch: watch::Sender::new(-1),
+            fencing: Mutex::new(-1),
+        }
+    }
+
+    /// This broker no longer leads: leader-only remote work stops.
+    pub(super) fn unfence_leader(&self) {
+        self.fenced_epoch.send_replace(-1);
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn log(&self) -> Result<Arc<RemoteLog>, TierError> {
+        let retired = || TierError::Retired(format!("{}-{}", self.topic, self.index));
+        if self.is_retired() {
+            return Err(retired());
+        }
+        if let Some(rl) = self.log.lock().expect("remote slot").clone() {
+            return Ok(rl);
+        }
+        let _loading = self.loading.lock().await;
+        if let Some(rl) = self.log.lock().expect("remote slot").clone() {
+            return Ok(rl);
+        }
+        let rl = Arc::new(self.tier.open_log(&self.topic, self.index).await?);
+        let mut slot = self.log.lock().expect("remote slot");
+        // Deleted while it loaded: what it read may be the deleted topic's, and it must not
+        // commit into the prefixes the deletion empties.
+        if self.is_retired() {
+            rl.retire();
+            return Err(retired());
+        }
+        *slot = Some(rl.clone());
+        Ok(rl)
+    }
+}
+
+/// One tiering pass over a partition: what the pass driver (`tiering::service`) hands it.
+#[derive(Debug, Clone, Copy)]
+pub struct TierPass {
+    pub now_ms: i64,
+    pub row_group_bytes: usize,
+    /// Longest an upload may take and still be committed (half the orphan grace period).
+    pub max_upload: Duration,
+}
 
 impl Partition {
-    /// Sealed (no longer written) segments, oldest first.
-    pub fn sealed_segments(&self) -> Vec<SegmentInfo> {
-        self.state
-            .read()
-            .expect("partition lock")
-            .log
-            .sealed_segments()
+    /// Whether the tiering pass manages this partition: tiering is on for the broker and the
+    /// topic (internal topics are never tiered: they get no remote slot).
+    pub(super) fn tiered(&self, state: &State) -> bool {
+        self.remote.is_some() && state.config.remote_storage_enable
     }
 
-    /// First offset still on local disk.
-    pub fn local_log_start_offset(&self) -> i64 {
-        self.state
-            .read()
-            .expect("partition lock")
-            .log
-            .log_start_offset()
+    pub fn is_tiered(&self) -> bool {
+        self.tiered(&self.read_state())
     }
 
-    /// Records the first offset held remotely (-1: nothing), which becomes the partition's log
-    /// start when it is older than the local one.
-    pub fn set_remote_start(&self, offset: i64) {
-        self.remote_start.store(offset, Ordering::SeqCst);
+    /// The partition's remote log, loading its manifest on first use.
+    pub async fn remote_log(&self) -> Result<Arc<RemoteLog>, TierError> {
+        match &self.remote {
+            Some(slot) => slot.log().await,
+            None => Err(TierError::NotLeader(format!(
+                "{} has no remote tier",
+                self.name()
+            ))),
+        }
     }
 
-    /// Marks the partition as managed by tiering, which from now on applies its total
-    /// retention across both tiers.
-    pub fn set_tiered(&self) {
-        self.tiered.store(true, Ordering::SeqCst);
+    /// The topic was deleted: the remote log commits nothing more. Returns it (if it was
+    /// loaded) for the remote wipe to wait out a commit under way.
+    pub fn retire_remote(&self) -> Option<Arc<RemoteLog>> {
+        let slot = self.remote.as_ref()?;
+        slot.retired.store(true, std::sync::atomic::Ordering::SeqCst);
+        slot.unfence_leader();
+        let rl = slot.log.lock().expect("remote slot").clone()?;
+        rl.retire();
+        Some(rl)
     }
 
-    pub fn remote_start(&self) -> i64 {
-        self.remote_start.load(Ordering::SeqCst)
+    /// Starts the leader's duties on the bucket for the current epoch: the fencing task (see
+    /// the module doc). Without a remote tier there is nothing to fence. Needs a Tokio runtime;
+    /// outside one (offline tools) nothing starts.
+    pub fn activate(self: &Arc<Self>) {
+        let Role::Leader { epoch, .. } = self.role() else {
+            return;
+        };
+        let Some(slot) = &self.remote else {
+            return;
+        };
+        if *slot.fenced_epoch.borrow() == epoch {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        {
+            let mut fencing = slot.fencing.lock().expect("remote slot");
+            if *fencing == epoch {
+                return;
+            }
+            *fencing = epoch;
+        }
+        let p = self.clone();
+        runtime.spawn(async move {
+            p.clone().fence_bucket(epoch).await;
+            if let Some(slot) = &p.remote {
+                let mut fencing = slot.fencing.lock().expect("remote slot");
+                if *fencing == epoch {
+                    *fencing = -1;
+                }
+            }
+        });
     }
 
-    /// Deletes local segments that the manifest covers (last offset <= `offloaded_upto`) and that
-    /// are past local.retention.ms or beyond local.retention.bytes. Never touches a segment that
-    /// is not offloaded: DESIGN.md invariant 3. Returns segments deleted.
-    pub fn apply_local_retention(
+    /// The fencing task of a leader at `epoch`: retried until it commits, the role changes, or
+    /// the bucket shows a newer epoch (this broker is a stale leader: it never tiers again at
+    /// this epoch).
+    async fn fence_bucket(self: Arc<Self>, epoch: i32) {
+        let Some(slot) = &self.remote else {
+            return;
+        };
+        let mut backoff = FENCE_BACKOFF_MIN;
+        let mut failures = 0u32;
+        loop {
+            let current = self.role();
+            if !current.is_leader() || current.epoch() != epoch || slot.is_retired() {
+                return;
+            }
+            match self.try_fence(epoch).await {
+                Ok(()) => {
+                    slot.fenced_epoch.send_replace(epoch);
+                    if failures > 0 {
+                        tracing::info!(partition = self.name(), epoch, failures, "leader epoch committed in the bucket");
+                    }
+                    return;
+                }
+                Err(TierError::Commit(CommitError::Lost(_))) => continue,
+                Err(e @ (TierError::Commit(CommitError::Fenced { .. }) | TierError::Retired(_))) => {
+                    metrics::counter!("strata_tier_fence_refused_total").increment(1);
+                    tracing::warn!(partition = self.name(), epoch, error = %e, "the bucket is not ours at this epoch; no tiering as leader");
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    metrics::counter!("strata_tier_fence_errors_total").increment(1);
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(partition = self.name(), epoch, failures, error = %e, "fencing the bucket failed; retrying (produce and hot fetch go on)");
+                    }
+                    let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+                    tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+                    backoff = (backoff * 2).min(FENCE_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// One fencing attempt: the newest manifest, and a commit at `epoch` if it is older.
+    async fn try_fence(&self, epoch: i32) -> Result<(), TierError> {
+        let rl = self.remote_log().await?;
+        let newest = rl.refresh().await?;
+        if newest.leader_epoch > epoch {
+            return Err(CommitError::Fenced {
+                current: newest.leader_epoch,
+                ours: epoch,
+            }
+            .into());
+        }
+        let committed = if newest.leader_epoch < epoch {
+            let fenced = rl.commit(&newest, Manifest::clone(&newest), epoch).await?;
+            tracing::info!(partition = self.name(), epoch, version = fenced.version, "leader epoch committed in the bucket");
+            fenced
+        } else {
+            newest
+        };
+        self.adopt(committed).await;
+        Ok(())
+    }
+
+    /// Loads the manifest (at start, so cold reads and the log start are right from the first
+    /// request). Does not fence: [`Partition::activate`] does.
+    pub async fn load_remote(&self) -> Result<(), TierError> {
+        if self.remote.is_none() {
+            return Ok(());
+        }
+        let rl = self.remote_log().await?;
+        self.adopt(rl.manifest()).await;
+        Ok(())
+    }
+
+    /// The epoch this broker may tier at: it leads, and its takeover is committed in the bucket.
+    fn leader_epoch_for_remote(&self) -> Option<i32> {
+        let slot = self.remote.as_ref()?;
+        let role = self.role();
+        let fenced = *slot.fenced_epoch.borrow();
+        (role.is_leader() && role.epoch() == fenced).then_some(fenced)
+    }
+
+    /// Waits (at most [`FENCE_WAIT`]) until this leader's takeover is committed.
+    async fn fenced_leader_epoch(&self) -> Result<i32, TierError> {
+        let Some(slot) = &self.remote else {
+            return Err(TierError::NotLeader(format!(
+                "{} has no remote tier",
+                self.name()
+            )));
+        };
+        let mut fenced = slot.fenced_epoch.subscribe();
+        let wait = async {
+            loop {
+                let role = self.role();
+                if !role.is_leader() {
+                    return Err(TierError::NotLeader(format!(
+                        "this broker does not lead {}",
+                        self.name()
+                    )));
+                }
+                if *fenced.borrow_and_update() == role.epoch() {
+                    return Ok(role.epoch());
+                }
+                if fenced.changed().await.is_err() {
+                    return Err(TierError::NotLeader(self.name()));
+                }
+            }
+        };
+        tokio::time::timeout(FENCE_WAIT, wait).await.unwrap_or_else(|_| {
+            Err(TierError::NotLeader(format!(
+                "the leader epoch of {} is not yet committed in the bucket",
+                self.name()
+            )))
+        })
+    }
+
+    /// Makes `m` the partition's manifest if it is newer than the one it holds; then, when the
+    /// manifest's log start is above the local start (a stop between a commit and the local
+    /// cut), the local log catches up: the manifest is the truth.
+    pub(super) async fn adopt(&self, m: Committed) {
+        let catch_up = {
+            let mut state = self.write_state();
+            if m.version > state.manifest.version
+                || (m.version == state.manifest.version && *m != *state.manifest)
+            {
+                state.manifest = m;
+            }
+            let manifest = &state.manifest;
+            (self.tiered(&state)
+                && manifest.version > 0
+                && manifest.log_start_offset > state.log.log_start_offset()
+                && manifest.log_start_offset <= state.log.log_end_offset())
+            .then_some(manifest.log_start_offset)
+        };
+        if let Some(start) = catch_up {
+            if let Err(e) = self.cut_local_start(start).await {
+                tracing::warn!(partition = self.name(), error = %e, "moving the local log start to the manifest's failed; the next pass retries");
+            }
+        }
+    }
+
+    /// DeleteRecords across both tiers (leader only): on a tiered partition the remote log
+    /// start moves first (a committed manifest; files wholly below are then deleted), then the
+    /// local one, so a restart sees the new start in both. Offset -1 is the high watermark.
+    /// Returns the new log start (the low watermark).
+    pub async fn delete_records_before(&self, offset: i64) -> Result<i64, DeleteError> {
+        self.check_leader(-1)?;
+        let hw = self.high_watermark();
+        let target = if offset < 0 { hw } else { offset };
+        if target > hw {
+            return Err(DeleteError::OutOfRange {
+                offset: target,
+                high_watermark: hw,
+            });
+        }
+        if self.is_tiered() {
+            let epoch = self.fenced_leader_epoch().await?;
+            let rl = self.remote_log().await?;
+            let committed = rl.advance_log_start(target, epoch).await?;
+            self.adopt(committed).await;
+        }
+        if target > self.local_log_start_offset() {
+            self.cut_local_start(target).await?;
+        }
+        Ok(self.log_start_offset())
+    }
+
+    /// One tiering pass over this partition (leader only, once fenced): offload, then total
+    /// retention across both tiers, then local retention. Local retention needs only what is
+    /// already committed, so it runs even when offload failed (an object-store outage):
+    /// offloaded segments still leave local disk while new ones wait. Returns segments
+    /// offloaded.
+    pub async fn tier_pass(&self, pass: &TierPass) -> Result<usize, TierError> {
+        if !self.is_tiered() {
+            return Ok(0);
+        }
+        let Some(epoch) = self.leader_epoch_for_remote() else {
+            return Ok(0);
+        };
+        let rl = self.remote_log().await?;
+        let outcome = match self.offload_segments(&rl, epoch, pass).await {
+            Ok(count) => self
+                .apply_total_retention(&rl, epoch, pass.now_ms)
+                .await
+                .map(|_| count),
+            Err(e) => Err(e),
+        };
+        let committed = self.read_state().manifest.clone();
+        let deleted = self.apply_local_retention(&committed, pass.now_ms).await?;
+        if deleted > 0 {
+            tracing::info!(
+                topic = self.topic,
+                partition = self.index,
+                segments = deleted,
+                "local retention deleted offloaded segments"
+            );
+        }
+        outcome
+    }
+
+    /// Offloads the sealed segments below the high watermark not yet in the manifest, oldest
+    /// first; returns how many. Refused (and counted) unless this broker leads at `epoch`.
+    async fn offload_segments(
         &self,
-        offloaded_upto: i64,
-        now_ms: i64,
-    ) -> Result<usize, LogError> {
-        let mut state = self.state.write().expect("partition lock");
-        let config = state.config.clone();
-        let sealed = state.log.sealed_segments();
-        let mut local_bytes = state.log.size_bytes();
-        let mut delete_before = None;
+        rl: &RemoteLog,
+        epoch: i32,
+        pass: &TierPass,
+    ) -> Result<usize, TierError> {
+        let limits = ValidationLimits {
+            max_batch_bytes: usize::MAX,
+            max_decompressed_bytes: self.max_decompressed,
+        };
         let mut count = 0;
-        for seg in &sealed {
-            let by_time = config.local_retention_ms >= 0
-                && now_ms.saturating_sub(seg.max_timestamp) > config.local_retention_ms;
-            let by_size = config.local_retention_bytes >= 0
-                && local_bytes > config.local_retention_bytes as u64;
-            if seg.last_offset > offloaded_upto || !(by_time || by_size) {
+        let sealed = self.read_state().log.sealed_segments();
+        for seg in sealed {
+            let manifest = self.read_state().manifest.clone();
+            let hw = self.high_watermark();
+            if seg.last_offset <= manifest.last_offset()
+                || seg.last_offset < seg.base
+                || seg.last_offset < manifest.log_start_offset
+            {
+                continue;
+            }
+            if seg.last_offset >= hw {
                 break;
             }
-            assert!(
-                seg.last_offset <= offloaded_upto,
-                "local delete of a segment not covered by the manifest"
-            );
-            local_bytes -= seg.size_bytes;
-            delete_before = Some(seg.last_offset + 1);
+            if seg.base <= manifest.last_offset() {
+                tracing::warn!(
+                    topic = self.topic,
+                    partition = self.index,
+                    base = seg.base,
+                    "segment overlaps the remote log; skipping"
+                );
+                continue;
+            }
+            if self.leader_epoch_for_remote() != Some(epoch) {
+                metrics::counter!("strata_tier_offload_refused_total").increment(1);
+                return Err(TierError::NotLeader(format!(
+                    "offload of {} refused: this broker does not lead it at epoch {epoch}",
+                    self.name()
+                )));
+            }
+            let segment = OffloadSegment {
+                first: seg.base,
+                last: seg.last_offset,
+                high_watermark: hw,
+                leader_epoch: epoch,
+                now_ms: pass.now_ms,
+                max_upload: pass.max_upload,
+            };
+            let committed = rl
+                .offload(self, &segment, &limits, pass.row_group_bytes)
+                .await?;
+            self.adopt(committed).await;
             count += 1;
-        }
-        if let Some(offset) = delete_before {
-            state.log.delete_records_before(offset)?;
+            tracing::info!(
+                topic = self.topic,
+                partition = self.index,
+                first = seg.base,
+                last = seg.last_offset,
+                "segment offloaded"
+            );
         }
         Ok(count)
     }
+
+    /// retention.ms / retention.bytes over both tiers (`retention::total_retention_cut`): the
+    /// remote log start moves first (commit, then file deletes), then the local one.
+    async fn apply_total_retention(
+        &self,
+        rl: &RemoteLog,
+        epoch: i32,
+        now_ms: i64,
+    ) -> Result<(), TierError> {
+        let (cut, log_start) = {
+            let state = self.read_state();
+            let cut = total_retention_cut(
+                &state.manifest,
+                &state.log.sealed_segments(),
+                state.log.size_bytes(),
+                state.config.retention_ms,
+                state.config.retention_bytes,
+                now_ms,
+            );
+            (cut, state.log_start())
+        };
+        let Some(cut) = cut.filter(|&cut| cut > log_start) else {
+            return Ok(());
+        };
+        let committed = rl.advance_log_start(cut, epoch).await?;
+        self.adopt(committed).await;
+        tracing::info!(
+            topic = self.topic,
+            partition = self.index,
+            log_start_offset = cut,
+            "retention moved the log start"
+        );
+        let (local_start, local_end) = {
+            let state = self.read_state();
+            (state.log.log_start_offset(), state.log.log_end_offset())
+        };
+        if cut > local_start {
+            if cut > local_end {
+                tracing::warn!(
+                    topic = self.topic,
+                    partition = self.index,
+                    log_start_offset = cut,
+                    log_end_offset = local_end,
+                    "the retention cut is beyond the local log end"
+                );
+            } else {
+                self.cut_local_start(cut).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes local segments that `committed` covers (last offset <= its last offset) and that
+    /// are past local.retention.ms or beyond local.retention.bytes. Never touches a segment that
+    /// is not offloaded: DESIGN.md invariant 3. Returns segments deleted.
+    pub async fn apply_local_retention(
+        &self,
+        committed: &Committed,
+        now_ms: i64,
+    ) -> Result<usize, LogError> {
+        let offloaded_upto = committed.last_offset();
+        let (count, removal) = {
+            let mut state = self.write_state();
+            let config = state.config.clone();
+            let mut local_bytes = state.log.size_bytes();
+            let mut delete_before = None;
+            let mut count = 0;
+            for seg in state.log.sealed_segments() {
+                let by_time = config.local_retention_ms >= 0
+                    && now_ms.saturating_sub(seg.max_timestamp) > config.local_retention_ms;
+                let by_size = config.local_retention_bytes >= 0
+                    && local_bytes > config.local_retention_bytes as u64;
+                if seg.last_offset > offloaded_upto || !(by_time || by_size) {
+                    break;
+                }
+                assert!(
+                    seg.last_offset <= offloaded_upto,
+                    "local delete of a segment not covered by the manifest"
+                );
+                local_bytes -= seg.size_bytes;
+                delete_before = Some(seg.last_offset + 1);
+                count += 1;
+            }
+            let Some(offset) = delete_before else {
+                return Ok(0);
+            };
+            let (_, removal) = state.log.delete_records_before(offset)?;
+            (count, removal)
+        };
+        complete_off_runtime(removal).await?;
+        Ok(count)
+    }
+
+    /// Orphan cleanup of this partition's remote prefix (leader only, once fenced).
+    pub async fn sweep_orphans(&self, now_ms: i64, grace_ms: i64) -> Result<Vec<String>, TierError> {
+        if !self.is_tiered() {
+            return Ok(Vec::new());
+        }
+        let Some(epoch) = self.leader_epoch_for_remote() else {
+            return Ok(Vec::new());
+        };
+        let rl = self.remote_log().await?;
+        rl.collect_orphans(now_ms, grace_ms, epoch).await
+    }
 }
+
+/// Why DeleteRecords failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error(transparent)]
+    Role(#[from] super::RoleError),
+    #[error("offset {offset} is beyond the high watermark {high_watermark}")]
+    OutOfRange { offset: i64, high_watermark: i64 },
+    #[error(transparent)]
+    Remote(#[from] TierError),
+    #[error(transparent)]
+    Local(#[from] LogError),
+}
+
+use super::Role;
 
 impl SegmentSource for Partition {
-    fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, String> {
-        Partition::read(self, offset, max_bytes, true)
-            .map(|r| r.bytes)
-            .map_err(|e| e.to_string())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use super::*;
-    use crate::config::topic::check_overrides;
-    use crate::config::{BrokerSettings, TopicConfig};
-    use crate::record::batch::Codec;
-    use crate::record::builder::BatchBuilder;
-
-    async fn partition(dir: &std::path::Path) -> Partition {
-        let overrides: BTreeMap<String, String> = [
-            ("segment.bytes", "1024"),
-            ("retention.ms", "1000"),
-            ("local.retention.ms", "1000"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let config = TopicConfig::resolve(
-            &BrokerSettings::default(),
-            &check_overrides(&overrides).unwrap(),
-        );
-        let p = Partition::open(dir, "t", 0, 0, config, 1 << 20, 0).unwrap();
-        for i in 0..30 {
-            let mut b = BatchBuilder::new(Codec::None);
-            for r in 0..5 {
-                b.record(1_000 + i * 5 + r, Some(b"k"), Some(b"some value"), &[]);
-            }
-            p.append(Bytes::from(b.build()), 1 << 20, 1_000)
-                .await
-                .unwrap();
-        }
-        assert!(p.sealed_segments().len() >= 3);
-        p
-    }
-
-    #[tokio::test]
-    async fn a_tiered_partition_leaves_total_retention_to_tiering() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = partition(dir.path()).await;
-        p.set_tiered();
-        // Everything is past retention.ms, but nothing is offloaded: applied to local segments
-        // alone, total retention could cut below files still in the object store.
-        assert_eq!(p.apply_retention(1_000_000).unwrap(), 0);
-        assert_eq!(p.local_log_start_offset(), 0);
-        // Local retention deletes only what the manifest covers.
-        let covered = p.sealed_segments()[1].last_offset;
-        assert_eq!(p.apply_local_retention(covered, 1_000_000).unwrap(), 2);
-        assert_eq!(p.local_log_start_offset(), covered + 1);
-    }
-
-    #[tokio::test]
-    async fn an_untiered_partition_keeps_local_total_retention() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = partition(dir.path()).await;
-        let sealed = p.sealed_segments();
-        assert_eq!(p.apply_retention(1_000_000).unwrap(), sealed.len());
-        assert_eq!(
-            p.local_log_start_offset(),
-            sealed.last().unwrap().last_offset + 1
-        );
+    fn read(&self, offset: i64, max_bytes: usize) -> Result<bytes::Bytes, LogError> {
+        self.read_local(offset, max_bytes)
     }
 }

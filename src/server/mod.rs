@@ -87,7 +87,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     let broker = tokio::task::spawn_blocking(move || Broker::open(config, clock)).await??;
     let broker = Arc::new(broker);
     if let Some(tiering) = &broker.tiering {
-        tiering.attach(&broker).await?;
+        tiering.attach(&*broker).await;
     }
     let listener = TcpListener::bind(&broker.config.listen)
         .await
@@ -226,12 +226,12 @@ async fn offload_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = tick.tick() => {}
-            _ = tiering.woken() => {}
+            _ = tiering.tier().woken() => {}
         }
         // A pass runs as its own task: a bug that panics in one pass is logged and the next
         // pass still runs, instead of offload stopping silently for good.
         let (tiering, broker) = (tiering.clone(), broker.clone());
-        let pass = tokio::spawn(async move { tiering.run_once(&broker).await });
+        let pass = tokio::spawn(async move { tiering.run_once(&*broker).await });
         if let Err(e) = pass.await {
             metrics::counter!("strata_tier_offload_panics_total").increment(1);
             tracing::error!(error = %e, "offload pass panicked");

@@ -8,6 +8,9 @@
 //! manifest written at a newer epoch (fencing). Old versions are garbage-collected, keeping the
 //! last few for readers that listed just before.
 
+use std::ops::Deref;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, StoreError};
@@ -83,6 +86,36 @@ impl Manifest {
     }
 }
 
+/// A manifest known to be committed: read back from the store, or written by a commit that
+/// succeeded. Only this module makes one (the empty default stands for "nothing committed yet"),
+/// so what local retention trusts — `last_offset`, the offloaded-up-to offset — can never be a
+/// number that no commit produced (DESIGN.md invariant 3).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed(Arc<Manifest>);
+
+impl Committed {
+    pub fn manifest(&self) -> &Arc<Manifest> {
+        &self.0
+    }
+}
+
+impl Deref for Committed {
+    type Target = Manifest;
+
+    fn deref(&self) -> &Manifest {
+        &self.0
+    }
+}
+
+/// Why the newest manifest could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("manifest {path} is unreadable: {reason}")]
+    Unreadable { path: String, reason: String },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
     #[error("another writer committed manifest version {0} first")]
@@ -129,17 +162,18 @@ impl ManifestStore {
     }
 
     /// The newest manifest (one LIST and one GET), or an empty version 0.
-    pub async fn latest(&self) -> Result<Manifest, StoreError> {
+    pub async fn latest(&self) -> Result<Committed, LoadError> {
         let Some(&newest) = self.versions().await?.last() else {
-            return Ok(Manifest::default());
+            return Ok(Committed::default());
         };
-        let body = self.store.get(&self.path(newest)).await?;
-        serde_json::from_slice(&body).map_err(|e| {
-            StoreError::Url(
-                self.dir.clone(),
-                format!("manifest {newest} is unreadable: {e}"),
-            )
-        })
+        let path = self.path(newest);
+        let body = self.store.get(&path).await?;
+        let manifest: Manifest =
+            serde_json::from_slice(&body).map_err(|e| LoadError::Unreadable {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Committed(Arc::new(manifest)))
     }
 
     /// Commits `next` as the version after `current`, fenced by leader epoch.
@@ -148,7 +182,7 @@ impl ManifestStore {
         current: &Manifest,
         mut next: Manifest,
         leader_epoch: i32,
-    ) -> Result<Manifest, CommitError> {
+    ) -> Result<Committed, CommitError> {
         if current.leader_epoch > leader_epoch {
             return Err(CommitError::Fenced {
                 current: current.leader_epoch,
@@ -170,7 +204,7 @@ impl ManifestStore {
             .put_if_absent(&self.path(next.version), body.into())
             .await
         {
-            Ok(()) => Ok(next),
+            Ok(()) => Ok(Committed(Arc::new(next))),
             Err(StoreError::AlreadyExists(_)) => Err(CommitError::Lost(next.version)),
             Err(e) => Err(e.into()),
         }
@@ -234,7 +268,7 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            ms.commit(&v2, v2.clone(), 0).await,
+            ms.commit(&v2, (*v2).clone(), 0).await,
             Err(CommitError::Fenced { .. })
         ));
         assert_eq!(ms.latest().await.unwrap(), v2);
@@ -248,6 +282,12 @@ mod tests {
             Err(CommitError::Invalid(_))
         ));
         assert_eq!(v2.file_for(15).unwrap().first_offset, 10);
+        // A manifest that does not parse is unreadable, not a bad URL.
+        ms.store
+            .put_if_absent(&ms.path(3), bytes::Bytes::from_static(b"{not json"))
+            .await
+            .unwrap();
+        assert!(matches!(ms.latest().await, Err(LoadError::Unreadable { .. })));
         assert!(v2.file_for(20).is_none());
     }
 

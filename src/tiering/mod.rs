@@ -14,4 +14,5 @@ pub mod retention;
 pub mod rows;
 pub mod service;
 pub mod status;
+pub mod tier;
 pub mod topic_deletion;

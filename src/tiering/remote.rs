@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use super::cache::ChunkCache;
 use super::file::{FileError, ParquetUpload};
-use super::manifest::{CommitError, Manifest, ManifestStore, RemoteFile};
+use super::manifest::{CommitError, Committed, LoadError, Manifest, ManifestStore, RemoteFile};
+use crate::log::LogError;
 use super::readahead::{decode_span, whole_batches_within, Span, SpanRows};
 use crate::record::validate::ValidationLimits;
 use crate::store::{Store, StoreError};
@@ -27,10 +28,23 @@ pub enum TierError {
     Commit(#[from] CommitError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
     #[error("local read during offload: {0}")]
-    Local(String),
+    Local(#[from] LogError),
+    #[error("segment to offload is not whole: {0}")]
+    Segment(String),
+    #[error("upload of {path} took {took:?}, more than {limit:?}: not committed")]
+    TooSlow {
+        path: String,
+        took: std::time::Duration,
+        limit: std::time::Duration,
+    },
     #[error("the topic of remote log {0} was deleted: nothing more is committed to it")]
     Retired(String),
+    /// Invariant 1 (only the leader offloads, retains and sweeps) as a check on the role.
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 /// A sealed segment to offload: offsets `[first, last]`, below `high_watermark`.
@@ -51,7 +65,8 @@ pub struct RemoteLog {
     topic: String,
     partition: i32,
     manifests: ManifestStore,
-    manifest: RwLock<Arc<Manifest>>,
+    /// The newest committed manifest this writer knows (its partition adopts each one).
+    manifest: RwLock<Committed>,
     /// Set when the topic is deleted: a holder from before (a DeleteRecords in flight) commits
     /// no manifest into the prefixes the deletion empties (`topic_deletion`).
     retired: AtomicBool,
@@ -62,12 +77,12 @@ pub struct RemoteLog {
 /// Where an offload gets the batches of one sealed segment.
 pub trait SegmentSource: Send + Sync {
     /// Whole batches from `offset` onwards, at most about `max_bytes`, never beyond the segment.
-    fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, String>;
+    fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, LogError>;
 }
 
 impl RemoteLog {
     /// Loads the newest manifest (one LIST, one GET).
-    pub async fn open(store: Store, topic: &str, partition: i32) -> Result<RemoteLog, StoreError> {
+    pub async fn open(store: Store, topic: &str, partition: i32) -> Result<RemoteLog, LoadError> {
         let manifests = ManifestStore::new(store.clone(), topic, partition);
         let manifest = manifests.latest().await?;
         Ok(RemoteLog {
@@ -76,7 +91,7 @@ impl RemoteLog {
             topic: topic.to_string(),
             partition,
             manifests,
-            manifest: RwLock::new(Arc::new(manifest)),
+            manifest: RwLock::new(manifest),
             retired: AtomicBool::new(false),
             committing: tokio::sync::Mutex::new(()),
         })
@@ -99,18 +114,22 @@ impl RemoteLog {
         self
     }
 
-    pub fn manifest(&self) -> Arc<Manifest> {
+    pub fn manifest(&self) -> Committed {
         self.manifest.read().expect("manifest lock").clone()
     }
 
-    fn set_manifest(&self, m: Manifest) {
-        *self.manifest.write().expect("manifest lock") = Arc::new(m);
+    /// Keeps `m` unless a newer version is known already.
+    fn set_manifest(&self, m: Committed) {
+        let mut cached = self.manifest.write().expect("manifest lock");
+        if m.version >= cached.version {
+            *cached = m;
+        }
     }
 
-    /// Re-reads the newest manifest (after losing a commit race).
-    pub async fn refresh(&self) -> Result<Arc<Manifest>, StoreError> {
+    /// Re-reads the newest manifest (after losing a commit race, or taking over as leader).
+    pub async fn refresh(&self) -> Result<Committed, LoadError> {
         let m = self.manifests.latest().await?;
-        self.set_manifest(m);
+        *self.manifest.write().expect("manifest lock") = m;
         Ok(self.manifest())
     }
 
@@ -122,7 +141,7 @@ impl RemoteLog {
         segment: &OffloadSegment,
         limits: &ValidationLimits,
         row_group_bytes: usize,
-    ) -> Result<Arc<Manifest>, TierError> {
+    ) -> Result<Committed, TierError> {
         let OffloadSegment {
             first,
             last,
@@ -147,15 +166,15 @@ impl RemoteLog {
         let pushed: Result<(), TierError> = async {
             let mut offset = first;
             while offset <= last {
-                let chunk = source.read(offset, 8 << 20).map_err(TierError::Local)?;
+                let chunk = source.read(offset, 8 << 20)?;
                 let (batches, _) = crate::record::batch::split_batches(&chunk);
                 let Some((tail, _)) = batches.last() else {
-                    return Err(TierError::Local(format!("no batch at offset {offset}")));
+                    return Err(TierError::Segment(format!("no batch at offset {offset}")));
                 };
                 let next = tail.last_offset() + 1;
                 for (header, range) in &batches {
                     if header.last_offset() > last {
-                        return Err(TierError::Local(format!(
+                        return Err(TierError::Segment(format!(
                             "batch ending at {} crosses the segment end {last}",
                             header.last_offset()
                         )));
@@ -176,13 +195,13 @@ impl RemoteLog {
         // last-modified time, which for a multipart upload can be when it began: an upload that
         // took that long is abandoned (left as an orphan) rather than committed.
         if started.elapsed() > segment.max_upload {
-            return Err(TierError::Local(format!(
-                "upload of {name} took {:?}, more than {:?}: not committed",
-                started.elapsed(),
-                segment.max_upload
-            )));
+            return Err(TierError::TooSlow {
+                path: name,
+                took: started.elapsed(),
+                limit: segment.max_upload,
+            });
         }
-        let mut next = (*current).clone();
+        let mut next = Manifest::clone(&current);
         next.files.push(RemoteFile {
             path: name,
             first_offset: first,
@@ -217,7 +236,7 @@ impl RemoteLog {
         current: &Manifest,
         next: Manifest,
         leader_epoch: i32,
-    ) -> Result<Arc<Manifest>, TierError> {
+    ) -> Result<Committed, TierError> {
         let _committing = self.committing.lock().await;
         if self.retired.load(Ordering::SeqCst) {
             return Err(TierError::Retired(format!(
@@ -265,8 +284,12 @@ impl RemoteLog {
     /// Rows are decoded and rebuilt a span at a time ([`super::readahead`]): what this Fetch
     /// does not return is kept for the next one, and the next span is decoded in the
     /// background meanwhile.
-    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Option<Bytes>, FileError> {
-        let manifest = self.manifest();
+    pub async fn read(
+        &self,
+        manifest: &Manifest,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Option<Bytes>, FileError> {
         let Some(file) = manifest.file_for(offset).cloned() else {
             return Ok(None);
         };
@@ -291,7 +314,7 @@ impl RemoteLog {
                     None => break,
                 }
             };
-            self.read_ahead(&manifest, &file.path, span.end, span_bytes);
+            self.read_ahead(manifest, &file.path, span.end, span_bytes);
             let (take, next) = whole_batches_within(&span.bytes, max_bytes - used, used == 0);
             if take > 0 {
                 pieces.push(span.bytes.slice(..take));
@@ -413,8 +436,11 @@ impl RemoteLog {
 
     /// ListOffsets by timestamp over the remote log: the first record at or after the log start
     /// whose timestamp is >= `ts`, if the remote log holds one.
-    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, FileError> {
-        let manifest = self.manifest();
+    pub async fn offset_for_timestamp(
+        &self,
+        manifest: &Manifest,
+        ts: i64,
+    ) -> Result<Option<(i64, i64)>, FileError> {
         for file in manifest
             .files
             .iter()
@@ -438,6 +464,11 @@ impl RemoteLog {
             }
         }
         Ok(None)
+    }
+
+    /// (offset, timestamp) of every row of one of this log's files, in offset order.
+    pub async fn timestamps(&self, path: &str, size: u64) -> Result<Vec<(i64, i64)>, FileError> {
+        super::reader::read_timestamps(&self.store, self.cache.as_ref(), path, size).await
     }
 
     /// Offsets `[first, last]` held remotely, if any.

@@ -10,9 +10,7 @@
 //! only after that commit (DESIGN.md invariant 3). Local segments below the new start go after
 //! the commit too, so the two tiers never leave a gap between them.
 
-use std::sync::Arc;
-
-use super::manifest::{CommitError, Manifest};
+use super::manifest::{CommitError, Committed, Manifest};
 use super::remote::{RemoteLog, TierError};
 use crate::log::SegmentInfo;
 
@@ -83,14 +81,14 @@ impl RemoteLog {
         &self,
         target: i64,
         leader_epoch: i32,
-    ) -> Result<Arc<Manifest>, TierError> {
+    ) -> Result<Committed, TierError> {
         let mut attempts = 0;
         loop {
             let current = self.manifest();
             if current.files.is_empty() || target <= current.log_start_offset {
                 return Ok(current);
             }
-            let mut next = (*current).clone();
+            let mut next = Manifest::clone(&current);
             next.files.retain(|f| f.last_offset >= target);
             next.log_start_offset = target;
             match self.commit(&current, next, leader_epoch).await {

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{Broker, Topic};
-use crate::partition::Partition;
+use crate::partition::{Partition, Snapshot};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TopicStatus {
@@ -41,40 +41,35 @@ pub struct TierStatus {
     pub files: usize,
 }
 
-/// The status of every partition of `topic`. Remote manifests come from the tiering cache
-/// (loaded on first use), so this costs no object-store request once a partition is attached.
+/// The status of every partition of `topic`, each from one snapshot of the partition (its
+/// manifest is the one the partition holds: no object-store request).
 pub async fn topic_status(broker: &Broker, topic: &Topic) -> TopicStatus {
-    let mut partitions = Vec::with_capacity(topic.partitions.len());
-    for p in &topic.partitions {
-        let manifest = match &broker.tiering {
-            Some(tiering) if topic.config.remote_storage_enable => {
-                match tiering.remote_log(&topic.name, p.index).await {
-                    Ok(rl) => Some(rl.manifest()),
-                    Err(e) => {
-                        tracing::warn!(topic = topic.name, partition = p.index, error = %e, "manifest unavailable for status");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        partitions.push(partition_status(p, manifest.as_deref()));
-    }
+    let tiered = topic.config.remote_storage_enable && broker.tiering.is_some();
+    let partitions = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            let snapshot = p.snapshot();
+            let manifest = (tiered && p.is_tiered()).then_some(&*snapshot.manifest);
+            partition_status(p, &snapshot, manifest)
+        })
+        .collect();
     TopicStatus {
         topic: topic.name.clone(),
-        remote_storage_enable: topic.config.remote_storage_enable && broker.tiering.is_some(),
+        remote_storage_enable: tiered,
         partitions,
     }
 }
 
 fn partition_status(
     p: &Partition,
+    snapshot: &Snapshot,
     manifest: Option<&super::manifest::Manifest>,
 ) -> PartitionStatus {
     let (local_bytes, segments) = p.size();
-    let local_start = p.local_log_start_offset();
+    let local_start = snapshot.local_log_start_offset;
     let local_end = p.log_end_offset();
-    let high_watermark = p.high_watermark();
+    let high_watermark = snapshot.high_watermark;
     let remote = match manifest {
         Some(m) if !m.files.is_empty() => {
             let start = m.log_start_offset.max(m.first_offset());
@@ -106,7 +101,7 @@ fn partition_status(
     };
     PartitionStatus {
         partition: p.index,
-        log_start_offset: p.log_start_offset(),
+        log_start_offset: snapshot.log_start_offset,
         high_watermark,
         local: TierStatus {
             start_offset: local_start,

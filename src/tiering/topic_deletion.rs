@@ -37,6 +37,13 @@ use object_store::path::Path;
 use super::cache::ChunkCache;
 use crate::store::{Store, StoreError};
 
+/// A deleted topic whose remote data is still to be deleted (recorded by the catalogue).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeletedTopic {
+    pub name: String,
+    pub id: uuid::Uuid,
+}
+
 /// What a wipe of one topic name deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Deleted {

@@ -202,3 +202,44 @@ pub fn reusable_port() -> u16 {
         .expect("addr")
         .port()
 }
+
+/// A broker's remote tier as the tiering tests look at it: each partition's remote log (the
+/// partition owns it), the cold-read cache, the store and the fenced names.
+pub struct Tiered(pub std::sync::Arc<strata::broker::Broker>);
+
+impl Tiered {
+    pub fn of(broker: &std::sync::Arc<strata::broker::Broker>) -> Tiered {
+        assert!(broker.tiering.is_some(), "tiering is on");
+        Tiered(broker.clone())
+    }
+
+    fn tier(&self) -> &std::sync::Arc<strata::tiering::tier::RemoteTier> {
+        self.0.tier().expect("tiering is on")
+    }
+
+    pub async fn remote_log(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<std::sync::Arc<strata::tiering::remote::RemoteLog>, strata::tiering::remote::TierError>
+    {
+        let p = self
+            .0
+            .topic(topic)
+            .and_then(|t| t.partition(partition).cloned())
+            .expect("partition exists");
+        p.remote_log().await
+    }
+
+    pub fn cache(&self) -> Option<&std::sync::Arc<strata::tiering::cache::ChunkCache>> {
+        self.tier().cache()
+    }
+
+    pub fn store(&self) -> &strata::store::Store {
+        self.tier().store()
+    }
+
+    pub fn is_fenced(&self, topic: &str) -> bool {
+        self.tier().is_fenced(topic)
+    }
+}

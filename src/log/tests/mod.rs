@@ -232,14 +232,14 @@ fn retention_by_time_and_size() {
     let segments = log.segment_count();
     let bases = log.segment_bases();
     // Nothing configured: nothing deleted.
-    assert_eq!(log.apply_retention(1_000_000).expect("retention"), 0);
+    assert_eq!(retain(&mut log, 1_000_000), 0);
     // Time: segments whose max timestamp is more than retention_ms old.
     log.set_config(LogConfig {
         retention_ms: 1000,
         ..small_config()
     });
-    assert_eq!(log.apply_retention(1000 + 1000).expect("retention"), 0);
-    let deleted = log.apply_retention(2300).expect("retention");
+    assert_eq!(retain(&mut log, 1000 + 1000), 0);
+    let deleted = retain(&mut log, 2300);
     assert!(deleted >= 1 && deleted < segments, "{deleted}");
     assert_eq!(log.log_start_offset(), bases[deleted]);
     assert!(!dir.path().join("00000000000000000000.log").exists());
@@ -248,7 +248,7 @@ fn retention_by_time_and_size() {
         Err(LogError::OffsetOutOfRange { .. })
     ));
     // Everything old: all but the active segment go.
-    log.apply_retention(i64::MAX / 2).expect("retention");
+    retain(&mut log, i64::MAX / 2);
     assert_eq!(log.segment_count(), 1);
     assert_eq!(log.log_start_offset(), *bases.last().expect("bases"));
     // Size.
@@ -260,10 +260,10 @@ fn retention_by_time_and_size() {
         retention_bytes: limit,
         ..small_config()
     });
-    let deleted = log.apply_retention(0).expect("retention");
+    let deleted = retain(&mut log, 0);
     assert!(deleted > 0);
     assert!(log.size_bytes() <= limit as u64 + 10_000 && log.size_bytes() > limit as u64 - 10_000);
-    assert_eq!(log.apply_retention(0).expect("retention"), 0);
+    assert_eq!(retain(&mut log, 0), 0);
     let start = log.log_start_offset();
     drop(log);
     let log = Log::open(dir.path(), small_config(), 0).expect("reopen");
@@ -278,9 +278,9 @@ fn delete_records() {
     let bases = log.segment_bases();
     assert!(log.delete_records_before(361).is_err());
     let target = bases[2] + 1;
-    assert_eq!(log.delete_records_before(target).expect("delete"), target);
+    assert_eq!(delete_before(&mut log, target), target);
     assert_eq!(log.segment_bases()[0], bases[2]);
-    assert_eq!(log.delete_records_before(5).expect("delete"), target);
+    assert_eq!(delete_before(&mut log, 5), target);
     // The batch holding the start offset is still served whole.
     let r = log.read(target, 1, i64::MAX, true).expect("read");
     assert_eq!(offsets(&r.bytes)[0].0, bases[2]);
@@ -288,7 +288,7 @@ fn delete_records() {
     log.close().expect("close");
     let mut log = Log::open(dir.path(), small_config(), 0).expect("reopen");
     assert_eq!(log.log_start_offset(), target);
-    assert_eq!(log.delete_records_before(360).expect("delete"), 360);
+    assert_eq!(delete_before(&mut log, 360), 360);
     assert_eq!(log.segment_count(), 1);
     // Every batch is below the log start now.
     assert_eq!(log.offset_for_timestamp(0).expect("lookup"), None);
@@ -411,7 +411,7 @@ fn truncate_to_and_flush_handles() {
     log.flush().expect("flush");
     assert_eq!(log.recovery_point(), 129);
     // Below the log start: the log restarts empty there.
-    log.delete_records_before(60).expect("delete");
+    delete_before(&mut log, 60);
     log.truncate_to(30).expect("truncate");
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (30, 30));
     assert_eq!(log.segment_count(), 1);
@@ -518,4 +518,37 @@ fn clean_open_rebuilds_a_broken_index() {
         let r = log.read(offset, 1, i64::MAX, true).expect("read");
         assert_eq!(&r.bytes[..], &appended[(offset / 3) as usize][..]);
     }
+}
+
+/// Retention with its removal completed, as the partition does it (off its lock).
+fn retain(log: &mut Log, now_ms: i64) -> usize {
+    let (n, removal) = log.apply_retention(now_ms).expect("retention");
+    removal.complete().expect("removal");
+    n
+}
+
+/// DeleteRecords with its removal completed.
+fn delete_before(log: &mut Log, offset: i64) -> i64 {
+    let (start, removal) = log.delete_records_before(offset).expect("delete");
+    removal.complete().expect("removal");
+    start
+}
+
+#[test]
+fn removals_completed_out_of_order_keep_the_newest_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = Log::open(dir.path(), small_config(), 0).expect("open");
+    fill(&mut log, 120);
+    let bases = log.segment_bases();
+    let (_, first) = log.delete_records_before(bases[1]).expect("delete");
+    let (_, second) = log.delete_records_before(bases[3]).expect("delete");
+    // The segments left the log at once; their files go when the removals complete.
+    assert_eq!(log.segment_bases()[0], bases[3]);
+    assert!(dir.path().join("00000000000000000000.log").exists());
+    second.complete().expect("second");
+    first.complete().expect("first");
+    assert!(!dir.path().join("00000000000000000000.log").exists());
+    drop(log);
+    let log = Log::open(dir.path(), small_config(), 0).expect("reopen");
+    assert_eq!(log.log_start_offset(), bases[3]);
 }

@@ -18,7 +18,7 @@ fn segment_of(records: i64) -> OffloadSegment {
 struct Batches(Vec<(i64, i64, Vec<u8>)>);
 
 impl SegmentSource for Batches {
-    fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, String> {
+    fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, crate::log::LogError> {
         let mut out = Vec::new();
         for (_, _, b) in self.0.iter().filter(|(_, last, _)| *last >= offset) {
             if !out.is_empty() && out.len() + b.len() > max_bytes {
@@ -61,7 +61,7 @@ async fn a_budget_ending_inside_a_row_batch_ends_the_read() {
     // 1 MiB of rebuilt batches holds.
     let mut offset = 0;
     while offset < RECORDS {
-        let bytes = rl.read(offset, 1 << 20).await.unwrap().unwrap();
+        let bytes = rl.read(&rl.manifest(), offset, 1 << 20).await.unwrap().unwrap();
         let (found, _) = crate::record::batch::split_batches(&bytes);
         assert!(!found.is_empty());
         for (header, _) in &found {
@@ -115,7 +115,7 @@ async fn sequential_small_reads_return_every_offset_once() {
         let mut offset = 0;
         while offset < 20_000 {
             let chunk = remote
-                .read(offset, 200_000)
+                .read(&remote.manifest(), offset, 200_000)
                 .await
                 .map_err(|e| format!("cached {cached}: {e}"))
                 .unwrap()
@@ -173,7 +173,7 @@ async fn sequential_reads_decode_each_span_once() {
         .unwrap();
     let (mut offset, mut bytes, mut fetches) = (0, 0, 0);
     while offset < RECORDS {
-        let chunk = remote.read(offset, 1 << 20).await.unwrap().unwrap();
+        let chunk = remote.read(&remote.manifest(), offset, 1 << 20).await.unwrap().unwrap();
         assert!(chunk.len() <= 1 << 20, "{} bytes", chunk.len());
         let (found, _) = split_batches(&chunk);
         for (header, range) in &found {

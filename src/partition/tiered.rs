@@ -191,9 +191,11 @@ impl Partition {
             if !current.is_leader() || current.epoch() != epoch || slot.is_retired() {
                 return;
             }
-            match self.try_fence(epoch).await {
+            if *slot.fenced_epoch.borrow() == epoch {
+                return;
+            }
+            match self.ensure_fenced(epoch).await {
                 Ok(()) => {
-                    slot.fenced_epoch.send_replace(epoch);
                     if failures > 0 {
                         tracing::info!(partition = self.name(), epoch, failures, "leader epoch committed in the bucket");
                     }
@@ -217,6 +219,18 @@ impl Partition {
                 }
             }
         }
+    }
+
+    /// One fencing attempt for a leader at `epoch`; on success its remote duties may start.
+    async fn ensure_fenced(&self, epoch: i32) -> Result<(), TierError> {
+        self.try_fence(epoch).await?;
+        if let Some(slot) = &self.remote {
+            let role = self.role();
+            if role.is_leader() && role.epoch() == epoch {
+                slot.fenced_epoch.send_replace(epoch);
+            }
+        }
+        Ok(())
     }
 
     /// One fencing attempt: the newest manifest, and a commit at `epoch` if it is older.
@@ -354,10 +368,23 @@ impl Partition {
         if !self.is_tiered() {
             return Ok(0);
         }
-        let Some(epoch) = self.leader_epoch_for_remote() else {
-            return Ok(0);
+        let epoch = match self.leader_epoch_for_remote() {
+            Some(epoch) => epoch,
+            None => {
+                // A leader whose fence has not committed yet (an outage since it took over):
+                // the pass tries too, so the failure shows as an offload error.
+                let role = self.role();
+                if !role.is_leader() {
+                    return Ok(0);
+                }
+                self.ensure_fenced(role.epoch()).await?;
+                role.epoch()
+            }
         };
         let rl = self.remote_log().await?;
+        // The writer's view may be newer than ours: a commit that failed ambiguously and was
+        // read back, or a lost race.
+        self.adopt(rl.manifest()).await;
         let outcome = match self.offload_segments(&rl, epoch, pass).await {
             Ok(count) => self
                 .apply_total_retention(&rl, epoch, pass.now_ms)
@@ -365,6 +392,7 @@ impl Partition {
                 .map(|_| count),
             Err(e) => Err(e),
         };
+        self.adopt(rl.manifest()).await;
         let committed = self.read_state().manifest.clone();
         let deleted = self.apply_local_retention(&committed, pass.now_ms).await?;
         if deleted > 0 {

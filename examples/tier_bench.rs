@@ -218,7 +218,7 @@ async fn main() {
     // Offload of every sealed segment.
     let before_offload = strata::telemetry::render();
     let partition = broker.topic(TOPIC).expect("topic").partitions[0].clone();
-    let tiering = broker.tiering.clone().expect("tiering is on");
+    assert!(broker.tiering.is_some(), "tiering is on");
     eprintln!("tier_bench: offloading");
     let offload_cpu_before = cpu_seconds();
     let offload_started = Instant::now();
@@ -236,11 +236,7 @@ async fn main() {
         .map(|s| s.size_bytes)
         .sum();
     let manifest = loop {
-        let m = tiering
-            .remote_log(TOPIC, 0)
-            .await
-            .expect("remote log")
-            .manifest();
+        let m = partition.snapshot().manifest;
         if m.last_offset() >= sealed_end {
             break m;
         }

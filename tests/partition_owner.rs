@@ -36,7 +36,7 @@ use support::{metric, KafkaConn};
 
 const NOT_LEADER: i16 = 6;
 const FENCED_EPOCH: i16 = 74;
-const UNKNOWN_EPOCH: i16 = 76;
+const UNKNOWN_EPOCH: i16 = 75;
 
 fn tn(v: &str) -> TopicName {
     TopicName(StrBytes::from_string(v.to_string()))
@@ -369,22 +369,45 @@ async fn snapshots_stay_consistent_while_offload_retention_and_delete_records_ru
     running.shutdown().await;
 }
 
+/// Waits until `done` holds, failing after `within`.
+fn wait_for(what: &str, within: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn produce_and_fetch_do_not_wait_for_segment_deletion() {
-    // The broker on a current-thread runtime: anything that blocked it (an unlink or fsync on
-    // the runtime, or under the partition's lock) would stall every request.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    // The broker on a current-thread runtime of its own thread: anything that blocked that
+    // thread (an unlink or fsync on the runtime, or under the partition's lock) would stall
+    // every request. The test and its clients run on other threads.
     let dir = tempfile::tempdir().unwrap();
-    let running = runtime.block_on(start_on(
-        dir.path(),
-        &[("remote.log.storage.system.enable", "false")],
-        None,
-    ));
-    let p = runtime.block_on(async { create(&running, "park", &[("segment.bytes", "1024")]) });
-    let addr = running.kafka_addr().to_string();
+    let data_dir = dir.path().to_path_buf();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let running = start_on(
+                &data_dir,
+                &[("remote.log.storage.system.enable", "false")],
+                None,
+            )
+            .await;
+            let p = create(&running, "park", &[("segment.bytes", "1024")]);
+            started_tx
+                .send((running.kafka_addr().to_string(), p))
+                .unwrap();
+            let _ = stop_rx.await;
+            running.shutdown().await;
+        })
+    });
+    let (addr, p) = started_rx.recv().unwrap();
 
     // The hook parks every segment deletion and log-start fsync until released.
     let (parked_tx, parked_rx) = std::sync::mpsc::channel::<()>();
@@ -418,11 +441,9 @@ fn produce_and_fetch_do_not_wait_for_segment_deletion() {
             out
         })
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !filled.is_finished() {
-        assert!(Instant::now() < deadline);
-        runtime.block_on(tokio::time::sleep(Duration::from_millis(10)));
-    }
+    wait_for("produce finished", Duration::from_secs(60), || {
+        filled.is_finished()
+    });
     assert!(filled.join().unwrap().iter().all(|(code, _)| *code == 0));
     assert!(p.sealed_segments().len() >= 3);
 
@@ -434,11 +455,9 @@ fn produce_and_fetch_do_not_wait_for_segment_deletion() {
             vec![delete_records(&mut conn, "park", 150).await]
         })
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while parked_rx.try_recv().is_err() {
-        assert!(Instant::now() < deadline, "the deletion never reached the hook");
-        runtime.block_on(tokio::time::sleep(Duration::from_millis(10)));
-    }
+    parked_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the deletion reached the hook");
 
     // Meanwhile a Produce and a Fetch to the same partition complete.
     let served = client(|addr| {
@@ -450,14 +469,11 @@ fn produce_and_fetch_do_not_wait_for_segment_deletion() {
             vec![produced, (code, bytes as i64)]
         })
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !served.is_finished() {
-        assert!(
-            Instant::now() < deadline,
-            "produce and fetch waited for the parked deletion"
-        );
-        runtime.block_on(tokio::time::sleep(Duration::from_millis(10)));
-    }
+    wait_for(
+        "produce and fetch waited for the parked deletion",
+        Duration::from_secs(5),
+        || served.is_finished(),
+    );
     let served = served.join().unwrap();
     assert_eq!(served[0], (0, 200));
     assert_eq!(served[1].0, 0);
@@ -470,12 +486,11 @@ fn produce_and_fetch_do_not_wait_for_segment_deletion() {
         *lock.lock().unwrap() = true;
         cvar.notify_all();
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !deleting.is_finished() {
-        assert!(Instant::now() < deadline);
-        runtime.block_on(tokio::time::sleep(Duration::from_millis(10)));
-    }
+    wait_for("DeleteRecords answered", Duration::from_secs(30), || {
+        deleting.is_finished()
+    });
     assert_eq!(deleting.join().unwrap(), vec![(0, 150)]);
     assert_eq!(p.log_start_offset(), 150);
-    runtime.block_on(running.shutdown());
+    stop_tx.send(()).unwrap();
+    server.join().unwrap();
 }

@@ -375,7 +375,11 @@ impl Partition {
                 // the pass tries too, so the failure shows as an offload error.
                 let role = self.role();
                 if !role.is_leader() {
-                    return Ok(0);
+                    metrics::counter!("strata_tier_offload_refused_total").increment(1);
+                    return Err(TierError::NotLeader(format!(
+                        "offload of {} refused: this broker is a follower",
+                        self.name()
+                    )));
                 }
                 self.ensure_fenced(role.epoch()).await?;
                 role.epoch()

@@ -91,7 +91,8 @@ impl Tiering {
         };
         let mut offloaded = 0;
         for p in host.partitions() {
-            if !p.is_tiered() || self.tier.is_fenced(&p.topic) {
+            // Only the leader tiers (invariant 1; the partition also refuses a follower).
+            if !p.is_tiered() || !p.role().is_leader() || self.tier.is_fenced(&p.topic) {
                 continue;
             }
             // A partition whose manifest did not load at start (store unreachable then) and

@@ -11,7 +11,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use strata::config::{BrokerSettings, TopicConfig};
 use strata::log::{Log, LogConfig};
-use strata::partition::Partition;
+use strata::partition::{Isolation, Partition, PartitionContext, Read};
 use strata::record::batch::Codec;
 use strata::record::builder::BatchBuilder;
 
@@ -82,14 +82,25 @@ fn bench_read(c: &mut Criterion) {
         &BrokerSettings::from_map(&BTreeMap::new()).expect("defaults"),
         &BTreeMap::new(),
     );
-    let partition =
-        Partition::open(&pdir, "bench", 0, 0, topic_config, 1 << 20, 0).expect("partition");
+    let context = PartitionContext {
+        node_id: 1,
+        max_decompressed: 1 << 20,
+        tier: None,
+    };
+    let partition = std::sync::Arc::new(
+        Partition::open(&pdir, "bench", 0, topic_config, &context, 0).expect("partition"),
+    );
     let end = partition.high_watermark();
+    // Through the owner, as Fetch reads: the tier is picked under the partition's lock.
     group.bench_function("partition_1MiB_middle", |b| {
         b.iter(|| {
-            partition
-                .read(black_box(end / 2), READ_BYTES, true)
+            match partition
+                .read_now(black_box(end / 2), READ_BYTES, true, Isolation::HighWatermark)
                 .expect("read")
+            {
+                Read::Ready(bytes) => bytes,
+                Read::Cold(_) => unreachable!("all local"),
+            }
         })
     });
     group.finish();

@@ -225,7 +225,7 @@ fn offload_benches<M: Measurement>(c: &mut Criterion<M>, group: &str, cold_reads
                 let mut read = 0;
                 while offset <= last {
                     let chunk = rt
-                        .block_on(remote.read(black_box(offset), 1 << 20))
+                        .block_on(remote.read(&manifest, black_box(offset), 1 << 20))
                         .expect("read")
                         .expect("held remotely");
                     let (batches, _) = split_batches(&chunk);
@@ -294,10 +294,11 @@ impl Segment {
 }
 
 impl SegmentSource for Segment {
-    fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, String> {
+    fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, strata::log::LogError> {
         let mut out = Vec::new();
         for b in &self.0 {
-            let header = BatchHeader::parse(b).map_err(|e| e.to_string())?;
+            let header = BatchHeader::parse(b)
+                .map_err(|e| strata::log::LogError::Corrupt(e.to_string()))?;
             if header.last_offset() < offset {
                 continue;
             }

@@ -180,7 +180,12 @@ async fn role_changes_fence_clients_and_the_bucket() {
     let mut next = 0;
     for i in 0..20 {
         assert_eq!(
-            produce(&mut conn, "roles", support::batch(i * 5, 5, support::now_ms())).await,
+            produce(
+                &mut conn,
+                "roles",
+                support::batch(i * 5, 5, support::now_ms())
+            )
+            .await,
             (0, next)
         );
         next += 5;
@@ -197,7 +202,9 @@ async fn role_changes_fence_clients_and_the_bucket() {
     // Follower at epoch 1: no produce, no consumer reads, no offload.
     p.become_follower(2, 1).await.unwrap();
     assert_eq!(
-        produce(&mut conn, "roles", support::batch(0, 5, support::now_ms())).await.0,
+        produce(&mut conn, "roles", support::batch(0, 5, support::now_ms()))
+            .await
+            .0,
         NOT_LEADER
     );
     assert_eq!(fetch(&mut conn, "roles", 0, -1).await.0, NOT_LEADER);
@@ -209,7 +216,11 @@ async fn role_changes_fence_clients_and_the_bucket() {
         Err(TierError::NotLeader(_))
     ));
     assert!(metric("strata_tier_offload_refused_total", "") > refused);
-    assert_eq!(tiering.run_once(&*broker).await, 0, "no offload on a follower");
+    assert_eq!(
+        tiering.run_once(&*broker).await,
+        0,
+        "no offload on a follower"
+    );
     assert_eq!(manifests.latest().await.unwrap(), before);
 
     // Leader at epoch 2.
@@ -266,10 +277,7 @@ async fn role_changes_fence_clients_and_the_bucket() {
     assert_eq!(fetch(&mut conn, "roles", next, 4).await.0, 0);
     faulty.heal();
     eventually("the fence at epoch 4 is committed", || async {
-        manifests
-            .latest()
-            .await
-            .is_ok_and(|m| m.leader_epoch == 4)
+        manifests.latest().await.is_ok_and(|m| m.leader_epoch == 4)
     })
     .await;
     running.shutdown().await;
@@ -341,7 +349,10 @@ async fn snapshots_stay_consistent_while_offload_retention_and_delete_records_ru
     producing.store(false, Ordering::SeqCst);
     producer.await.unwrap();
     assert!(commits >= 20, "only {commits} manifest commits seen");
-    assert!(local_moves >= 20, "only {local_moves} local start moves seen");
+    assert!(
+        local_moves >= 20,
+        "only {local_moves} local start moves seen"
+    );
 
     // Every offset of [log start, HW) exactly once, through the owner (cold and hot).
     let s = p.snapshot();
@@ -478,7 +489,10 @@ fn produce_and_fetch_do_not_wait_for_segment_deletion() {
     assert_eq!(served[0], (0, 200));
     assert_eq!(served[1].0, 0);
     assert!(served[1].1 > 0);
-    assert!(!deleting.is_finished(), "DeleteRecords answers after its removal");
+    assert!(
+        !deleting.is_finished(),
+        "DeleteRecords answers after its removal"
+    );
 
     // Released, the deletion completes.
     {

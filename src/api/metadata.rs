@@ -13,8 +13,8 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
 use uuid::Uuid;
 
 use super::{str_bytes, topic_name};
-use crate::partition::Role;
 use crate::broker::{Broker, Topic};
+use crate::partition::Role;
 
 pub fn handle(broker: &Arc<Broker>, request: MetadataRequest, version: i16) -> MetadataResponse {
     let node = BrokerId(broker.node_id());

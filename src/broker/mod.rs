@@ -502,7 +502,10 @@ impl Broker {
 
 /// The remote tier: the object store (`--object-store`, or `file://{data-dir}/objects`), the
 /// cold-read cache, and the names of deleted topics whose remote data is still to be deleted.
-fn open_remote_tier(config: &Config, catalogue: &Catalogue) -> anyhow::Result<Option<Arc<RemoteTier>>> {
+fn open_remote_tier(
+    config: &Config,
+    catalogue: &Catalogue,
+) -> anyhow::Result<Option<Arc<RemoteTier>>> {
     if !config.broker.remote_log_storage_system_enable {
         return Ok(None);
     }

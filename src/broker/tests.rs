@@ -28,10 +28,7 @@ fn records(n: usize) -> Bytes {
 }
 
 async fn append(p: &Partition, n: usize) -> i64 {
-    p.append(records(n), 1_000)
-        .await
-        .unwrap()
-        .base_offset
+    p.append(records(n), 1_000).await.unwrap().base_offset
 }
 
 fn create(broker: &Broker, name: &str, overrides: &[(&str, &str)]) -> Arc<Partition> {

@@ -35,8 +35,8 @@ use crate::record::batch::{set_base_offset_and_epoch, split_batches, BatchHeader
 
 use epoch_cache::EpochCache;
 pub use flush::FlushHandle;
-pub use retention::{Removal, RemovalHook};
 use flush::Truncations;
+pub use retention::{Removal, RemovalHook};
 use segment::Segment;
 
 /// Per-log settings, named after Kafka's topic configs.

@@ -56,7 +56,12 @@ impl Removal {
         {
             let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
             if self.log_start > persisted.log_start {
-                checkpoint::write_offset(&self.dir, checkpoint::LOG_START_FILE, self.log_start, true)?;
+                checkpoint::write_offset(
+                    &self.dir,
+                    checkpoint::LOG_START_FILE,
+                    self.log_start,
+                    true,
+                )?;
                 persisted.log_start = self.log_start;
             }
             if let Some(entries) = &self.epochs {

@@ -134,7 +134,11 @@ impl State {
             local
         };
         if self.manifest.version > 0 {
-            start.max(self.manifest.log_start_offset.min(self.log.log_end_offset()))
+            start.max(
+                self.manifest
+                    .log_start_offset
+                    .min(self.log.log_end_offset()),
+            )
         } else {
             start
         }
@@ -299,7 +303,11 @@ impl Partition {
     /// Returns once the epoch is persisted; produce and hot fetch never wait for the object
     /// store: the bucket is fenced in the background (`tiered.rs`), and until that commit this
     /// leader neither offloads nor deletes remote data.
-    pub async fn become_leader(self: &Arc<Self>, epoch: i32, isr: Vec<i32>) -> Result<(), LogError> {
+    pub async fn become_leader(
+        self: &Arc<Self>,
+        epoch: i32,
+        isr: Vec<i32>,
+    ) -> Result<(), LogError> {
         let _change = self.role_change.lock().await;
         let mut isr = isr;
         if !isr.contains(&self.node_id) {
@@ -630,3 +638,6 @@ fn rebuild_producers(dir: &Path, log: &Log, now_ms: i64) -> Result<ProducerState
     }
     Ok(states)
 }
+
+#[cfg(test)]
+mod tests;

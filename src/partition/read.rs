@@ -230,12 +230,13 @@ impl Partition {
                 f.last_offset >= m.log_start_offset
                     && f.first_offset < snapshot.local_log_start_offset
             })
-            .fold(None::<&crate::tiering::manifest::RemoteFile>, |best, f| {
-                match best {
+            .fold(
+                None::<&crate::tiering::manifest::RemoteFile>,
+                |best, f| match best {
                     Some(b) if b.max_timestamp >= f.max_timestamp => Some(b),
                     _ => Some(f),
-                }
-            });
+                },
+            );
         let Some(file) = best else {
             return Ok(None);
         };

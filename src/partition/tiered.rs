@@ -135,7 +135,8 @@ impl Partition {
     /// loaded) for the remote wipe to wait out a commit under way.
     pub fn retire_remote(&self) -> Option<Arc<RemoteLog>> {
         let slot = self.remote.as_ref()?;
-        slot.retired.store(true, std::sync::atomic::Ordering::SeqCst);
+        slot.retired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         slot.unfence_leader();
         let rl = slot.log.lock().expect("remote slot").clone()?;
         rl.retire();
@@ -197,12 +198,19 @@ impl Partition {
             match self.ensure_fenced(epoch).await {
                 Ok(()) => {
                     if failures > 0 {
-                        tracing::info!(partition = self.name(), epoch, failures, "leader epoch committed in the bucket");
+                        tracing::info!(
+                            partition = self.name(),
+                            epoch,
+                            failures,
+                            "leader epoch committed in the bucket"
+                        );
                     }
                     return;
                 }
                 Err(TierError::Commit(CommitError::Lost(_))) => continue,
-                Err(e @ (TierError::Commit(CommitError::Fenced { .. }) | TierError::Retired(_))) => {
+                Err(
+                    e @ (TierError::Commit(CommitError::Fenced { .. }) | TierError::Retired(_)),
+                ) => {
                     metrics::counter!("strata_tier_fence_refused_total").increment(1);
                     tracing::warn!(partition = self.name(), epoch, error = %e, "the bucket is not ours at this epoch; no tiering as leader");
                     return;
@@ -246,7 +254,12 @@ impl Partition {
         }
         let committed = if newest.leader_epoch < epoch {
             let fenced = rl.commit(&newest, Manifest::clone(&newest), epoch).await?;
-            tracing::info!(partition = self.name(), epoch, version = fenced.version, "leader epoch committed in the bucket");
+            tracing::info!(
+                partition = self.name(),
+                epoch,
+                version = fenced.version,
+                "leader epoch committed in the bucket"
+            );
             fenced
         } else {
             newest
@@ -300,12 +313,14 @@ impl Partition {
                 }
             }
         };
-        tokio::time::timeout(FENCE_WAIT, wait).await.unwrap_or_else(|_| {
-            Err(TierError::NotLeader(format!(
-                "the leader epoch of {} is not yet committed in the bucket",
-                self.name()
-            )))
-        })
+        tokio::time::timeout(FENCE_WAIT, wait)
+            .await
+            .unwrap_or_else(|_| {
+                Err(TierError::NotLeader(format!(
+                    "the leader epoch of {} is not yet committed in the bucket",
+                    self.name()
+                )))
+            })
     }
 
     /// Makes `m` the partition's manifest if it is newer than the one it holds; then, when the
@@ -569,7 +584,11 @@ impl Partition {
     }
 
     /// Orphan cleanup of this partition's remote prefix (leader only, once fenced).
-    pub async fn sweep_orphans(&self, now_ms: i64, grace_ms: i64) -> Result<Vec<String>, TierError> {
+    pub async fn sweep_orphans(
+        &self,
+        now_ms: i64,
+        grace_ms: i64,
+    ) -> Result<Vec<String>, TierError> {
         if !self.is_tiered() {
             return Ok(Vec::new());
         }

@@ -287,7 +287,10 @@ mod tests {
             .put_if_absent(&ms.path(3), bytes::Bytes::from_static(b"{not json"))
             .await
             .unwrap();
-        assert!(matches!(ms.latest().await, Err(LoadError::Unreadable { .. })));
+        assert!(matches!(
+            ms.latest().await,
+            Err(LoadError::Unreadable { .. })
+        ));
         assert!(v2.file_for(20).is_none());
     }
 

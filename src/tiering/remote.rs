@@ -15,8 +15,8 @@ use uuid::Uuid;
 use super::cache::ChunkCache;
 use super::file::{FileError, ParquetUpload};
 use super::manifest::{CommitError, Committed, LoadError, Manifest, ManifestStore, RemoteFile};
-use crate::log::LogError;
 use super::readahead::{decode_span, whole_batches_within, Span, SpanRows};
+use crate::log::LogError;
 use crate::record::validate::ValidationLimits;
 use crate::store::{Store, StoreError};
 

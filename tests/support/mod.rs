@@ -221,8 +221,10 @@ impl Tiered {
         &self,
         topic: &str,
         partition: i32,
-    ) -> Result<std::sync::Arc<strata::tiering::remote::RemoteLog>, strata::tiering::remote::TierError>
-    {
+    ) -> Result<
+        std::sync::Arc<strata::tiering::remote::RemoteLog>,
+        strata::tiering::remote::TierError,
+    > {
         let p = self
             .0
             .topic(topic)

@@ -61,7 +61,11 @@ async fn a_budget_ending_inside_a_row_batch_ends_the_read() {
     // 1 MiB of rebuilt batches holds.
     let mut offset = 0;
     while offset < RECORDS {
-        let bytes = rl.read(&rl.manifest(), offset, 1 << 20).await.unwrap().unwrap();
+        let bytes = rl
+            .read(&rl.manifest(), offset, 1 << 20)
+            .await
+            .unwrap()
+            .unwrap();
         let (found, _) = crate::record::batch::split_batches(&bytes);
         assert!(!found.is_empty());
         for (header, _) in &found {
@@ -173,7 +177,11 @@ async fn sequential_reads_decode_each_span_once() {
         .unwrap();
     let (mut offset, mut bytes, mut fetches) = (0, 0, 0);
     while offset < RECORDS {
-        let chunk = remote.read(&remote.manifest(), offset, 1 << 20).await.unwrap().unwrap();
+        let chunk = remote
+            .read(&remote.manifest(), offset, 1 << 20)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(chunk.len() <= 1 << 20, "{} bytes", chunk.len());
         let (found, _) = split_batches(&chunk);
         for (header, range) in &found {

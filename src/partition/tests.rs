@@ -1,0 +1,144 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::config::topic::check_overrides;
+use crate::config::BrokerSettings;
+use crate::record::batch::Codec;
+use crate::record::builder::BatchBuilder;
+use crate::store::Store;
+
+fn config(pairs: &[(&str, &str)]) -> TopicConfig {
+    let overrides: BTreeMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    TopicConfig::resolve(
+        &BrokerSettings::default(),
+        &check_overrides(&overrides).unwrap(),
+    )
+}
+
+fn context(tier: Option<Arc<RemoteTier>>) -> PartitionContext {
+    PartitionContext {
+        node_id: 1,
+        max_decompressed: 1 << 20,
+        tier,
+    }
+}
+
+/// A partition with three or more sealed segments of old records.
+async fn partition(dir: &std::path::Path, tier: Option<Arc<RemoteTier>>) -> Arc<Partition> {
+    let config = config(&[
+        ("segment.bytes", "1024"),
+        ("retention.ms", "1000"),
+        ("local.retention.ms", "1000"),
+    ]);
+    let p = Partition::open(dir, "t", 0, config, &context(tier), 0).unwrap();
+    for i in 0..30 {
+        let mut b = BatchBuilder::new(Codec::None);
+        for r in 0..5 {
+            b.record(1_000 + i * 5 + r, Some(b"k"), Some(b"some value"), &[]);
+        }
+        p.append(Bytes::from(b.build()), 1_000).await.unwrap();
+    }
+    assert!(p.sealed_segments().len() >= 3);
+    Arc::new(p)
+}
+
+fn memory_tier() -> Arc<RemoteTier> {
+    Arc::new(RemoteTier::new(Store::from_url("memory://").unwrap(), None))
+}
+
+#[tokio::test]
+async fn a_tiered_partition_leaves_total_retention_to_tiering() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = partition(dir.path(), Some(memory_tier())).await;
+    assert!(p.is_tiered());
+    // Everything is past retention.ms, but nothing is offloaded: applied to local segments
+    // alone, total retention could cut below files still in the object store.
+    assert_eq!(p.apply_retention(1_000_000).unwrap(), 0);
+    assert_eq!(p.local_log_start_offset(), 0);
+    // Local retention deletes only what a committed manifest covers: nothing yet.
+    let nothing = p.snapshot().manifest;
+    assert_eq!(
+        p.apply_local_retention(&nothing, 1_000_000).await.unwrap(),
+        0
+    );
+    // Offloaded by the leader's pass, the segments leave local disk.
+    p.activate();
+    let pass = TierPass {
+        now_ms: 1_000_000,
+        row_group_bytes: 1 << 20,
+        max_upload: std::time::Duration::from_secs(60),
+    };
+    let offloaded = p.tier_pass(&pass).await.unwrap();
+    assert!(offloaded >= 3);
+    // Offloaded, past retention.ms: total retention moved the start in both tiers, and the
+    // local start follows what is committed, with no gap between the tiers.
+    let s = p.snapshot();
+    assert!(s.manifest.version > 0);
+    assert!(s.log_start_offset > 0);
+    assert!(s.local_log_start_offset <= s.log_start_offset.max(s.manifest.last_offset() + 1));
+    assert!(s.local_log_start_offset > 0);
+}
+
+#[tokio::test]
+async fn an_untiered_partition_keeps_local_total_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = partition(dir.path(), None).await;
+    let sealed = p.sealed_segments();
+    assert_eq!(p.apply_retention(1_000_000).unwrap(), sealed.len());
+    assert_eq!(
+        p.local_log_start_offset(),
+        sealed.last().unwrap().last_offset + 1
+    );
+}
+
+#[tokio::test]
+async fn epochs_are_checked_as_kafka_does_and_roles_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = partition(dir.path(), None).await;
+    assert_eq!(p.leader_epoch(), 0);
+    assert_eq!(p.check_leader(-1), Ok(()));
+    assert_eq!(p.check_leader(0), Ok(()));
+    p.become_follower(2, 3).await.unwrap();
+    // The epoch first, both ways, then leadership.
+    assert!(matches!(
+        p.check_leader(4),
+        Err(RoleError::UnknownEpoch { .. })
+    ));
+    assert!(matches!(
+        p.check_leader(2),
+        Err(RoleError::FencedEpoch { .. })
+    ));
+    assert!(matches!(
+        p.check_leader(3),
+        Err(RoleError::NotLeader { leader: 2, .. })
+    ));
+    let refused = p.append(Bytes::from(BatchBuilder::new(Codec::None).build()), 0);
+    assert!(refused.await.is_err());
+    // An older epoch is refused; the current one persists across a reopen.
+    assert!(p.become_leader(2, vec![]).await.is_err());
+    p.become_leader(5, vec![]).await.unwrap();
+    assert_eq!(
+        p.role(),
+        Role::Leader {
+            epoch: 5,
+            isr: vec![1]
+        }
+    );
+    let mut b = BatchBuilder::new(Codec::None);
+    b.record(2_000, None, Some(b"x"), &[]);
+    let at = p
+        .append(Bytes::from(b.build()), 2_000)
+        .await
+        .unwrap()
+        .base_offset;
+    assert_eq!(p.end_offset_for_epoch(0), (0, at));
+    assert_eq!(p.end_offset_for_epoch(5), (5, at + 1));
+    let p = Arc::try_unwrap(p).ok().unwrap();
+    p.close().unwrap();
+    let reopened = Partition::open(dir.path(), "t", 0, config(&[]), &context(None), 0).unwrap();
+    assert_eq!(reopened.leader_epoch(), 5);
+}

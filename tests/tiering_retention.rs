@@ -607,7 +607,7 @@ async fn orphans_older_than_the_grace_period_are_deleted_and_nothing_else() {
     );
     // Counted after the delete the test waited for.
     eventually("the orphan is counted", || async {
-        metric("strata_tier_orphans_deleted_total", "topic=\"o\"") >= 1.0
+        metric(&running, "strata_tier_orphans_deleted_total", "topic=\"o\"") >= 1.0
     })
     .await;
     running.shutdown().await;
@@ -628,7 +628,11 @@ async fn log_dir_max_bytes_refuses_produce_until_offload_frees_space() {
     )
     .await;
     create(&running, "cap", &[("segment.bytes", "2048")]);
-    let rejected = metric("strata_produce_rejected_total", "log_dir_max_bytes");
+    let rejected = metric(
+        &running,
+        "strata_produce_rejected_total",
+        "log_dir_max_bytes",
+    );
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     let value = "x".repeat(100);
     let big_batch = |i: usize| {
@@ -669,7 +673,13 @@ async fn log_dir_max_bytes_refuses_produce_until_offload_frees_space() {
         read_all(&mut conn, "cap", 0, acked).await,
         (0..acked).collect::<Vec<_>>()
     );
-    assert!(metric("strata_produce_rejected_total", "log_dir_max_bytes") >= rejected + 3.0);
+    assert!(
+        metric(
+            &running,
+            "strata_produce_rejected_total",
+            "log_dir_max_bytes"
+        ) >= rejected + 3.0
+    );
 
     // Offload catches up and local retention frees the disk: produce works again.
     assert!(
@@ -819,8 +829,9 @@ async fn local_retention_of_offloaded_segments_goes_on_during_an_outage() {
 }
 
 /// The `strata_tier_corrupt_files_total` counter of `topic`.
-fn corrupt_count(topic: &str) -> u64 {
+fn corrupt_count(running: &RunningBroker, topic: &str) -> u64 {
     metric(
+        running,
         "strata_tier_corrupt_files_total",
         &format!("topic=\"{topic}\""),
     ) as u64
@@ -869,7 +880,7 @@ async fn corrupt_files(topic: &str, extra: &[(&str, &str)]) {
     let (code, _, batches) = fetch(&mut conn, topic, m.files[3].first_offset).await;
     assert_eq!(code, KAFKA_STORAGE_ERROR);
     assert!(batches.is_empty());
-    assert_eq!(corrupt_count(topic), 1);
+    assert_eq!(corrupt_count(&running, topic), 1);
 
     // Truncated: half the file.
     let body = std::fs::read(path(0)).unwrap();
@@ -877,14 +888,14 @@ async fn corrupt_files(topic: &str, extra: &[(&str, &str)]) {
     let (code, _, batches) = fetch(&mut conn, topic, 0).await;
     assert_eq!(code, KAFKA_STORAGE_ERROR);
     assert!(batches.is_empty());
-    assert_eq!(corrupt_count(topic), 2);
+    assert_eq!(corrupt_count(&running, topic), 2);
 
     // Overwritten with another valid file: other offsets.
     std::fs::copy(path(2), path(1)).unwrap();
     let (code, _, batches) = fetch(&mut conn, topic, m.files[1].first_offset).await;
     assert_eq!(code, KAFKA_STORAGE_ERROR);
     assert!(batches.is_empty());
-    assert_eq!(corrupt_count(topic), 3);
+    assert_eq!(corrupt_count(&running, topic), 3);
 
     // Garbage of the right length.
     let len = std::fs::metadata(path(2)).unwrap().len() as usize;
@@ -892,7 +903,7 @@ async fn corrupt_files(topic: &str, extra: &[(&str, &str)]) {
     let (code, _, batches) = fetch(&mut conn, topic, m.files[2].first_offset).await;
     assert_eq!(code, KAFKA_STORAGE_ERROR);
     assert!(batches.is_empty());
-    assert_eq!(corrupt_count(topic), 4);
+    assert_eq!(corrupt_count(&running, topic), 4);
 
     // Hot data is unaffected.
     let local = m.last_offset() + 1;

@@ -320,7 +320,7 @@ impl Broker {
             })
             .collect();
         drop(catalogue);
-        tokio::task::spawn_blocking(move || {
+        crate::telemetry::spawn_blocking(move || {
             for dir in doomed {
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     tracing::warn!(dir = %dir.display(), error = %e, "could not remove a deleted partition; retried at the next start");

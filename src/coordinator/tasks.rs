@@ -21,7 +21,7 @@ const EXPIRY_CHECK_MS: i64 = 60_000;
 
 pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let b = broker.clone();
-    match tokio::task::spawn_blocking(move || load(&b)).await {
+    match crate::telemetry::spawn_blocking(move || load(&b)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::error!(error = %e, "loading consumer groups failed; group requests will fail");

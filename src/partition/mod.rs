@@ -518,7 +518,7 @@ impl Partition {
             }
             state.log.flush_handle()
         };
-        let offset = tokio::task::spawn_blocking(move || handle.sync())
+        let offset = crate::telemetry::spawn_blocking(move || handle.sync())
             .await
             .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
         let mut state = self.write_state();

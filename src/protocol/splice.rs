@@ -170,7 +170,7 @@ mod tests {
             .collect();
         let (mut a, mut b) = tokio::io::duplex(1000);
         let expected: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
-        let reader = tokio::spawn(async move {
+        let reader = crate::telemetry::spawn(async move {
             let mut got = Vec::new();
             tokio::io::AsyncReadExt::read_to_end(&mut b, &mut got)
                 .await

@@ -13,15 +13,20 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::broker::Broker;
+use crate::telemetry::Telemetry;
 
 /// `broker` is set once the log is recovered and the Kafka listener is bound: that is readiness.
+/// `/metrics` renders this broker's own `telemetry`. axum serves each connection in a task of
+/// its own, outside the broker's scope: the handlers that touch the broker enter it themselves.
 pub async fn serve(
     listener: TcpListener,
     broker: Arc<OnceLock<Arc<Broker>>>,
+    telemetry: Telemetry,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let ready = broker.clone();
     let for_topics = broker.clone();
+    let topics_scope = telemetry.clone();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -41,7 +46,8 @@ pub async fn serve(
             "/metrics",
             get(move || {
                 let broker = broker.get().cloned();
-                async move {
+                let telemetry = telemetry.clone();
+                telemetry.clone().scope(async move {
                     // Per-partition gauges are read at scrape time so they are never stale.
                     if let Some(broker) = broker {
                         for topic in broker.topics() {
@@ -53,15 +59,15 @@ pub async fn serve(
                             crate::tiering::status::record_metrics(&status);
                         }
                     }
-                    crate::telemetry::render()
-                }
+                    telemetry.render()
+                })
             }),
         )
         .route(
             "/v1/topics/{topic}",
             get(move |Path(name): Path<String>| {
                 let broker = for_topics.get().cloned();
-                async move { topic_status(broker, &name).await }
+                topics_scope.scope(async move { topic_status(broker, &name).await })
             }),
         );
     let result = axum::serve(listener, app)

@@ -16,6 +16,7 @@ use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::protocol::frame::MemoryBudget;
+use crate::telemetry::Telemetry;
 
 /// Most connections served at once; more wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 10_000;
@@ -23,11 +24,14 @@ const MAX_CONNECTIONS: usize = 10_000;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often flush.ms deadlines are checked.
 const FLUSH_TICK: Duration = Duration::from_millis(100);
+/// How often histogram samples are folded into their summaries between scrapes.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// A running broker. Dropping it without `shutdown` leaves the log to be recovered on next start,
 /// like a crash.
 pub struct RunningBroker {
     pub broker: Arc<Broker>,
+    telemetry: Telemetry,
     kafka_addr: SocketAddr,
     admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -43,6 +47,11 @@ impl RunningBroker {
         self.admin_addr
     }
 
+    /// This broker's metrics (what its `/metrics` renders) and the scope its tasks run in.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
     /// Stops accepting, lets in-flight requests finish, then closes every partition cleanly.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
@@ -56,8 +65,9 @@ impl RunningBroker {
             while self.tasks.join_next().await.is_some() {}
         }
         let broker = self.broker.clone();
+        let telemetry = self.telemetry.clone();
         drop(self);
-        let _ = tokio::task::spawn_blocking(move || broker.shutdown()).await;
+        let _ = telemetry.spawn_blocking(move || broker.shutdown()).await;
         tracing::info!("broker stopped cleanly");
     }
 }
@@ -67,8 +77,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
     start_with_clock(config, Clock::System).await
 }
 
+/// Builds the broker's [`Telemetry`] first: everything the broker does from here on — opening
+/// the log included — records into it, in its scope.
 pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<RunningBroker> {
-    crate::telemetry::install_metrics();
+    let telemetry = Telemetry::new(config.node_id);
+    telemetry
+        .scope(start_in_scope(config, clock, telemetry.clone()))
+        .await
+}
+
+async fn start_in_scope(
+    config: Config,
+    clock: Clock,
+    telemetry: Telemetry,
+) -> anyhow::Result<RunningBroker> {
     raise_open_file_limit();
     std::fs::create_dir_all(&config.data_dir)?;
     let ready: Arc<OnceLock<Arc<Broker>>> = Arc::new(OnceLock::new());
@@ -78,13 +100,19 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     let admin_addr = admin_listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    tasks.spawn(admin::serve(
-        admin_listener,
-        ready.clone(),
-        shutdown_rx.clone(),
-    ));
+    telemetry.spawn_in(
+        &mut tasks,
+        admin::serve(
+            admin_listener,
+            ready.clone(),
+            telemetry.clone(),
+            shutdown_rx.clone(),
+        ),
+    );
 
-    let broker = tokio::task::spawn_blocking(move || Broker::open(config, clock)).await??;
+    let broker = telemetry
+        .spawn_blocking(move || Broker::open(config, clock))
+        .await??;
     let broker = Arc::new(broker);
     if let Some(tiering) = &broker.tiering {
         tiering.attach(&*broker).await;
@@ -100,21 +128,35 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         broker.config.broker.queued_max_request_bytes,
         broker.config.broker.socket_request_max_bytes,
     );
-    tasks.spawn(accept_loop(
-        broker.clone(),
-        listener,
-        budget,
-        shutdown_rx.clone(),
-    ));
-    tasks.spawn(crate::coordinator::run(broker.clone(), shutdown_rx.clone()));
-    tasks.spawn(background(broker.clone(), shutdown_rx.clone()));
+    telemetry.spawn_in(
+        &mut tasks,
+        accept_loop(
+            broker.clone(),
+            telemetry.clone(),
+            listener,
+            budget,
+            shutdown_rx.clone(),
+        ),
+    );
+    telemetry.spawn_in(
+        &mut tasks,
+        crate::coordinator::run(broker.clone(), shutdown_rx.clone()),
+    );
+    telemetry.spawn_in(
+        &mut tasks,
+        background(broker.clone(), telemetry.clone(), shutdown_rx.clone()),
+    );
     if broker.tiering.is_some() {
-        tasks.spawn(offload_loop(broker.clone(), shutdown_rx));
+        telemetry.spawn_in(
+            &mut tasks,
+            offload_loop(broker.clone(), telemetry.clone(), shutdown_rx),
+        );
     }
     let _ = ready.set(broker.clone());
-    tracing::info!(%kafka_addr, %admin_addr, data_dir = %broker.config.data_dir.display(), "strata ready");
+    tracing::info!(%kafka_addr, %admin_addr, node_id = telemetry.node_id(), data_dir = %broker.config.data_dir.display(), "strata ready");
     Ok(RunningBroker {
         broker,
+        telemetry,
         kafka_addr,
         admin_addr,
         shutdown,
@@ -143,6 +185,7 @@ fn advertised(config: &Config, bound: SocketAddr) -> anyhow::Result<(String, i32
 
 async fn accept_loop(
     broker: Arc<Broker>,
+    telemetry: Telemetry,
     listener: TcpListener,
     budget: MemoryBudget,
     mut shutdown: watch::Receiver<bool>,
@@ -162,7 +205,7 @@ async fn accept_loop(
                 let broker = broker.clone();
                 let budget = budget.clone();
                 let shutdown = shutdown.clone();
-                connections.spawn(async move {
+                telemetry.spawn_in(&mut connections, async move {
                     connection::serve(broker, stream, peer, budget, shutdown).await;
                     drop(slot);
                 });
@@ -179,14 +222,20 @@ async fn accept_loop(
 }
 
 /// Retention every `log.retention.check.interval.ms`, flush.ms every tick, producer snapshots with
-/// retention so that replay after a crash stays short.
-async fn background(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+/// retention so that replay after a crash stays short; metrics upkeep.
+async fn background(
+    broker: Arc<Broker>,
+    telemetry: Telemetry,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let retention_every =
         Duration::from_millis(broker.config.broker.log_retention_check_interval_ms.max(1) as u64);
     let mut retention = tokio::time::interval(retention_every);
     let mut flush = tokio::time::interval(FLUSH_TICK);
+    let mut upkeep = tokio::time::interval(METRICS_UPKEEP);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -200,8 +249,9 @@ async fn background(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
             }
             _ = retention.tick() => {
                 let broker = broker.clone();
-                let _ = tokio::task::spawn_blocking(move || apply_retention(&broker)).await;
+                let _ = telemetry.spawn_blocking(move || apply_retention(&broker)).await;
             }
+            _ = upkeep.tick() => telemetry.run_upkeep(),
         }
     }
 }
@@ -209,7 +259,11 @@ async fn background(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
 /// Offload passes every `remote.log.manager.task.interval.ms`, and right after a topic is
 /// deleted (its remote data goes first thing in a pass), in their own task so a slow or
 /// unreachable object store delays nothing else.
-async fn offload_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+async fn offload_loop(
+    broker: Arc<Broker>,
+    telemetry: Telemetry,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let Some(tiering) = broker.tiering.clone() else {
         return;
     };
@@ -231,7 +285,7 @@ async fn offload_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
         // A pass runs as its own task: a bug that panics in one pass is logged and the next
         // pass still runs, instead of offload stopping silently for good.
         let (tiering, broker) = (tiering.clone(), broker.clone());
-        let pass = tokio::spawn(async move { tiering.run_once(&*broker).await });
+        let pass = telemetry.spawn(async move { tiering.run_once(&*broker).await });
         if let Err(e) = pass.await {
             metrics::counter!("strata_tier_offload_panics_total").increment(1);
             tracing::error!(error = %e, "offload pass panicked");

@@ -67,12 +67,15 @@ impl Drop for AbortOnDrop {
         metrics::counter!("strata_object_store_multipart_abandoned_total").increment(1);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(async move {
+                // Through the runtime's handle, not `telemetry::spawn`: a drop outside a runtime
+                // must not panic. The scope is carried over all the same.
+                #[allow(clippy::disallowed_methods)]
+                runtime.spawn(crate::telemetry::in_current_scope(async move {
                     match inner.abort().await {
                         Ok(()) => tracing::debug!(path = location, "unfinished multipart upload aborted"),
                         Err(e) => tracing::warn!(path = location, error = %e, "aborting an unfinished multipart upload failed; the bucket's lifecycle rule must remove its parts"),
                     }
-                });
+                }));
             }
             Err(_) => tracing::warn!(
                 path = location,

@@ -312,7 +312,7 @@ impl ChunkCache {
                 }
                 let cache = self.clone();
                 let fetch = cache.fetch(store, path, size, ahead);
-                tokio::spawn(async move {
+                crate::telemetry::spawn(async move {
                     if let Err(e) = fetch.await {
                         tracing::debug!(error = %e, "prefetch failed");
                     }
@@ -514,7 +514,7 @@ impl ChunkCache {
             let cache = self.clone();
             let key = key.clone();
             let written = bytes.clone();
-            tokio::spawn(async move { cache.copy_to_disk(key, id, written).await });
+            crate::telemetry::spawn(async move { cache.copy_to_disk(key, id, written).await });
         }
         Ok(bytes)
     }
@@ -524,7 +524,7 @@ impl ChunkCache {
         let Some(file) = self.file_of(id) else {
             return;
         };
-        let written = tokio::task::spawn_blocking(move || std::fs::write(file, &bytes))
+        let written = crate::telemetry::spawn_blocking(move || std::fs::write(file, &bytes))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));

@@ -253,7 +253,7 @@ pub(crate) fn decode_span(
     rows: SpanRows,
 ) -> impl std::future::Future<Output = Result<Span, FileError>> + Send + 'static {
     let path = file.path.clone();
-    let task = tokio::spawn(async move {
+    let task = crate::telemetry::spawn(async move {
         let wanted = rows_wanted(&file, first, rows)?;
         if let Some(cache) = &cache {
             prefetch_rows(&store, cache, &file.path, file.size_bytes, wanted).await?;
@@ -261,7 +261,7 @@ pub(crate) fn decode_span(
         let _permit = decode_permits().acquire_owned().await;
         let runtime = tokio::runtime::Handle::current();
         let path = file.path.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::telemetry::spawn_blocking(move || {
             runtime.block_on(rebuild_span(&store, cache.as_ref(), &file, first, wanted))
         })
         .await

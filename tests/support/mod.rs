@@ -164,13 +164,33 @@ pub async fn object_names(store: &strata::store::Store, prefix: &str) -> Vec<Str
 }
 
 /// The sum of the series of metric `name` whose labels contain `labels` (all series if empty),
-/// from the process's Prometheus exposition (the recorder is global to the test binary).
-pub fn metric(name: &str, labels: &str) -> f64 {
-    strata::telemetry::render()
+/// from `running`'s own Prometheus exposition (each broker has its own recorder; the gauges
+/// `/metrics` reads at scrape time are not in it).
+pub fn metric(running: &RunningBroker, name: &str, labels: &str) -> f64 {
+    running
+        .telemetry()
+        .render()
         .lines()
         .filter(|l| l.starts_with(name) && l.contains(labels))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A GET of `path` from the HTTP server at `addr` (the admin API): status and body.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// A free loopback port below the kernel's ephemeral range, for a server that restarts on the

@@ -220,7 +220,7 @@ async fn a_retired_log_waits_out_a_commit_under_way_and_commits_nothing_after() 
     let rl = Arc::new(RemoteLog::open(store.clone(), "t", 0).await.unwrap());
     let under_way = rl.committing.lock().await;
     rl.retire();
-    let settled = tokio::spawn({
+    let settled = crate::telemetry::spawn({
         let rl = rl.clone();
         async move { rl.commits_settled().await }
     });

@@ -28,6 +28,7 @@ use strata::record::BatchHeader;
 use strata::store::Store;
 use strata::tiering::cache::ChunkCache;
 use strata::tiering::file::write_batches;
+use strata::tiering::readahead::Decoding;
 use strata::tiering::remote::{OffloadSegment, RemoteLog, SegmentSource};
 use strata::tiering::service::ROW_GROUP_BYTES;
 
@@ -197,7 +198,12 @@ fn offload_benches<M: Measurement>(c: &mut Criterion<M>, group: &str, cold_reads
         let cache =
             ChunkCache::for_store(&store, dir.path().join("cache"), 1 << 30).expect("cache");
         let remote = rt
-            .block_on(RemoteLog::open(store.clone(), "bench", 0))
+            .block_on(RemoteLog::open(
+                store.clone(),
+                Decoding::for_cores(),
+                "bench",
+                0,
+            ))
             .expect("remote log")
             .with_cache(Some(cache));
         let source = Segment(batches.clone());

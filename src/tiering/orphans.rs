@@ -77,6 +77,7 @@ mod tests {
     use super::*;
     use crate::store::Store;
     use crate::tiering::manifest::{Manifest, RemoteFile};
+    use crate::tiering::readahead::Decoding;
 
     fn remote_file(path: &str, first: i64, last: i64) -> RemoteFile {
         RemoteFile {
@@ -98,7 +99,9 @@ mod tests {
         let url = format!("file://{}", dir.path().join("objects").display());
         for url in ["memory://", url.as_str()] {
             let store = Store::from_url(url).unwrap();
-            let rl = RemoteLog::open(store.clone(), "t", 1).await.unwrap();
+            let rl = RemoteLog::open(store.clone(), Decoding::for_cores(), "t", 1)
+                .await
+                .unwrap();
             let live = "topic=t/partition=1/live.parquet";
             let orphan = "topic=t/partition=1/orphan.parquet";
             let other = "topic=t/partition=10/other.parquet";

@@ -8,11 +8,13 @@
 //!
 //! Everything is bounded by one byte budget across all partitions: a read-ahead that does not
 //! fit is not started, and kept spans go least recently used first. Losing a span loses
-//! nothing: the next Fetch decodes it again.
+//! nothing: the next Fetch decodes it again. Decoding itself is bounded by [`Decoding`], one
+//! slot per core. Both budgets are the broker's (its cache's and its tiering service's), never
+//! the process's: two brokers in one process do not share them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, Shared};
@@ -229,25 +231,57 @@ pub(crate) enum SpanRows {
     Exactly(usize),
 }
 
-/// CPU-bound span decodes running at once, process-wide: one per core.
-fn decode_permits() -> Arc<Semaphore> {
-    static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    PERMITS
-        .get_or_init(|| {
-            let cores = std::thread::available_parallelism().map_or(2, usize::from);
-            Arc::new(Semaphore::new(cores))
-        })
-        .clone()
+/// A broker's budget of CPU-bound span decodes running at once: one slot per core.
+pub struct Decoding {
+    slots: Arc<Semaphore>,
+    total: u32,
+}
+
+impl Decoding {
+    pub fn new(slots: u32) -> Decoding {
+        Decoding {
+            slots: Arc::new(Semaphore::new(slots as usize)),
+            total: slots,
+        }
+    }
+
+    /// One slot per core.
+    pub fn for_cores() -> Arc<Decoding> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+        Arc::new(Decoding::new(cores))
+    }
+
+    /// Slots in all.
+    pub fn slots(&self) -> u32 {
+        self.total
+    }
+
+    /// Slots free now.
+    pub fn available(&self) -> usize {
+        self.slots.available_permits()
+    }
+
+    /// Takes every slot, waiting for those in use, until the permit is dropped (tests: an
+    /// exhausted budget).
+    #[doc(hidden)]
+    pub async fn hold_all(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.slots
+            .clone()
+            .acquire_many_owned(self.total)
+            .await
+            .expect("the decoding semaphore is never closed")
+    }
 }
 
 /// Decodes the `rows` of `file` from offset `first` and rebuilds them into batches,
-/// on a blocking thread (not a runtime worker, which other connections need). Starts now; the
-/// future only waits for the result. With a cache, the pages are fetched first, before a
-/// decoding slot is taken: a slow or unreachable store then keeps no core from decoding pages
-/// that are here already.
+/// on a blocking thread (not a runtime worker, which other connections need), in one of
+/// `decoding`'s slots. Starts now; the future only waits for the result. With a cache, the pages
+/// are fetched first, before a slot is taken: a slow or unreachable store then keeps no core
+/// from decoding pages that are here already.
 pub(crate) fn decode_span(
     store: Store,
     cache: Option<Arc<ChunkCache>>,
+    decoding: Arc<Decoding>,
     file: RemoteFile,
     first: i64,
     rows: SpanRows,
@@ -258,7 +292,7 @@ pub(crate) fn decode_span(
         if let Some(cache) = &cache {
             prefetch_rows(&store, cache, &file.path, file.size_bytes, wanted).await?;
         }
-        let _permit = decode_permits().acquire_owned().await;
+        let _permit = decoding.slots.clone().acquire_owned().await;
         let runtime = tokio::runtime::Handle::current();
         let path = file.path.clone();
         crate::telemetry::spawn_blocking(move || {

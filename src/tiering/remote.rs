@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::cache::ChunkCache;
 use super::file::{FileError, ParquetUpload};
 use super::manifest::{CommitError, Committed, LoadError, Manifest, ManifestStore, RemoteFile};
-use super::readahead::{decode_span, whole_batches_within, Span, SpanRows};
+use super::readahead::{decode_span, whole_batches_within, Decoding, Span, SpanRows};
 use crate::log::LogError;
 use crate::record::validate::ValidationLimits;
 use crate::store::{Store, StoreError};
@@ -62,6 +62,8 @@ pub struct OffloadSegment {
 pub struct RemoteLog {
     store: Store,
     cache: Option<Arc<ChunkCache>>,
+    /// The broker's budget of span decodes, shared by all its remote logs.
+    decoding: Arc<Decoding>,
     topic: String,
     partition: i32,
     manifests: ManifestStore,
@@ -81,13 +83,19 @@ pub trait SegmentSource: Send + Sync {
 }
 
 impl RemoteLog {
-    /// Loads the newest manifest (one LIST, one GET).
-    pub async fn open(store: Store, topic: &str, partition: i32) -> Result<RemoteLog, LoadError> {
+    /// Loads the newest manifest (one LIST, one GET). Cold reads decode in `decoding`'s slots.
+    pub async fn open(
+        store: Store,
+        decoding: Arc<Decoding>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<RemoteLog, LoadError> {
         let manifests = ManifestStore::new(store.clone(), topic, partition);
         let manifest = manifests.latest().await?;
         Ok(RemoteLog {
             store,
             cache: None,
+            decoding,
             topic: topic.to_string(),
             partition,
             manifests,
@@ -375,6 +383,7 @@ impl RemoteLog {
         let span = decode_span(
             self.store.clone(),
             self.cache.clone(),
+            self.decoding.clone(),
             file.clone(),
             first,
             SpanRows::Bytes(bytes),
@@ -414,12 +423,13 @@ impl RemoteLog {
             let path = file.path.clone();
             let store = self.store.clone();
             let for_task = cache.clone();
+            let decoding = self.decoding.clone();
             let first = start;
             cache.spans().read_ahead(&path, first, bytes, move || {
                 let rows = SpanRows::Exactly((end - first) as usize);
-                let decoding = decode_span(store, Some(for_task), file, first, rows);
+                let decoded = decode_span(store, Some(for_task), decoding, file, first, rows);
                 async move {
-                    match decoding.await {
+                    match decoded.await {
                         Ok(span) => Some(Arc::new(span)),
                         Err(e) => {
                             tracing::debug!(error = %e, "read-ahead failed; the Fetch decodes again");

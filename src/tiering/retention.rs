@@ -154,6 +154,7 @@ mod tests {
     use super::*;
     use crate::store::Store;
     use crate::tiering::manifest::RemoteFile;
+    use crate::tiering::readahead::Decoding;
 
     fn file(first: i64, last: i64, size: u64, max_ts: i64) -> RemoteFile {
         RemoteFile {
@@ -239,7 +240,9 @@ mod tests {
     #[tokio::test]
     async fn advancing_the_log_start_commits_then_deletes() {
         let store = Store::from_url("memory://").unwrap();
-        let rl = RemoteLog::open(store.clone(), "t", 0).await.unwrap();
+        let rl = RemoteLog::open(store.clone(), Decoding::for_cores(), "t", 0)
+            .await
+            .unwrap();
         let files = vec![file(0, 9, 1, 1), file(10, 19, 1, 2), file(20, 29, 1, 3)];
         for f in &files {
             store
@@ -281,7 +284,9 @@ mod tests {
         assert_eq!(v3.log_start_offset, 40);
         assert!(store.list("topic=t").await.unwrap().is_empty());
         // The newest manifest is what a restarted broker sees.
-        let reopened = RemoteLog::open(store, "t", 0).await.unwrap();
+        let reopened = RemoteLog::open(store, Decoding::for_cores(), "t", 0)
+            .await
+            .unwrap();
         assert_eq!(reopened.manifest().log_start_offset, 40);
     }
 }

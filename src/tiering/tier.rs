@@ -12,12 +12,15 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use super::cache::ChunkCache;
+use super::readahead::Decoding;
 use super::remote::{RemoteLog, TierError};
 use crate::store::{Store, StoreError};
 
 pub struct RemoteTier {
     store: Store,
     cache: Option<Arc<ChunkCache>>,
+    /// The broker's budget of cold-read decodes, shared by all its remote logs.
+    decoding: Arc<Decoding>,
     /// Names whose deleted incarnations still have data in the object store.
     fenced: Mutex<HashSet<String>>,
     /// Remote logs of deleted topics whose commit under way the wipe must wait out.
@@ -31,6 +34,7 @@ impl RemoteTier {
         RemoteTier {
             store,
             cache,
+            decoding: Decoding::for_cores(),
             fenced: Mutex::new(HashSet::new()),
             retired: Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
@@ -45,6 +49,11 @@ impl RemoteTier {
         self.cache.as_ref()
     }
 
+    /// This broker's budget of cold-read decodes.
+    pub fn decoding(&self) -> &Arc<Decoding> {
+        &self.decoding
+    }
+
     /// Opens (loads the newest manifest of) a partition's remote log, unless its topic's name
     /// is fenced.
     pub async fn open_log(&self, topic: &str, partition: i32) -> Result<RemoteLog, TierError> {
@@ -54,7 +63,7 @@ impl RemoteTier {
             ))
             .into());
         }
-        Ok(RemoteLog::open(self.store.clone(), topic, partition)
+        Ok(RemoteLog::open(self.store.clone(), self.decoding.clone(), topic, partition)
             .await?
             .with_cache(self.cache.clone()))
     }

@@ -1,6 +1,7 @@
 use super::*;
 use crate::record::batch::{split_batches, Codec};
 use crate::record::builder::BatchBuilder;
+use crate::tiering::readahead::Decoding;
 
 /// Offsets `[0, records)`, all below the high watermark, leader epoch 0.
 fn segment_of(records: i64) -> OffloadSegment {
@@ -37,7 +38,9 @@ impl SegmentSource for Batches {
 async fn a_budget_ending_inside_a_row_batch_ends_the_read() {
     const RECORDS: i64 = 30_000;
     let store = Store::from_url("memory://").unwrap();
-    let rl = RemoteLog::open(store, "t", 0).await.unwrap();
+    let rl = RemoteLog::open(store, Decoding::for_cores(), "t", 0)
+        .await
+        .unwrap();
     let value = [b'v'; 100];
     let batches = (0..RECORDS / 100)
         .map(|i| {
@@ -107,7 +110,7 @@ async fn sequential_small_reads_return_every_offset_once() {
             )
             .unwrap()
         });
-        let remote = RemoteLog::open(store, "t", 0)
+        let remote = RemoteLog::open(store, Decoding::for_cores(), "t", 0)
             .await
             .unwrap()
             .with_cache(cache);
@@ -166,10 +169,15 @@ async fn sequential_reads_decode_each_span_once() {
     let dir = tempfile::tempdir().unwrap();
     let cache =
         crate::tiering::cache::ChunkCache::new(Some(dir.path().join("c")), 1 << 30).unwrap();
-    let remote = RemoteLog::open(Store::from_url("memory://").unwrap(), "t", 0)
-        .await
-        .unwrap()
-        .with_cache(Some(cache.clone()));
+    let remote = RemoteLog::open(
+        Store::from_url("memory://").unwrap(),
+        Decoding::for_cores(),
+        "t",
+        0,
+    )
+    .await
+    .unwrap()
+    .with_cache(Some(cache.clone()));
     let segment = segment_of(RECORDS);
     remote
         .offload(&Batches(batches), &segment, &limits, 1 << 30)
@@ -217,7 +225,11 @@ async fn sequential_reads_decode_each_span_once() {
 #[tokio::test]
 async fn a_retired_log_waits_out_a_commit_under_way_and_commits_nothing_after() {
     let store = Store::from_url("memory://").unwrap();
-    let rl = Arc::new(RemoteLog::open(store.clone(), "t", 0).await.unwrap());
+    let rl = Arc::new(
+        RemoteLog::open(store.clone(), Decoding::for_cores(), "t", 0)
+            .await
+            .unwrap(),
+    );
     let under_way = rl.committing.lock().await;
     rl.retire();
     let settled = crate::telemetry::spawn({

@@ -16,9 +16,14 @@ pub struct TestBroker {
 impl TestBroker {
     /// A broker with default settings plus `settings` (Kafka names), in a fresh temp dir.
     pub async fn start(settings: &[(&str, &str)]) -> TestBroker {
+        TestBroker::start_node(1, settings).await
+    }
+
+    /// [`TestBroker::start`] with node id `node_id`: brokers of one process told apart.
+    pub async fn start_node(node_id: i32, settings: &[(&str, &str)]) -> TestBroker {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
-        let running = start_in(&dir, settings).await;
+        let running = start_node_in(&dir, node_id, settings).await;
         TestBroker {
             running,
             dir,
@@ -37,15 +42,21 @@ impl TestBroker {
     /// Clean shutdown, then a new broker on the same data dir; returns the restarted broker.
     pub async fn restart(self, settings: &[(&str, &str)]) -> TestBroker {
         let TestBroker { running, dir, _tmp } = self;
+        let node_id = running.broker.config.node_id;
         running.shutdown().await;
-        let running = start_in(&dir, settings).await;
+        let running = start_node_in(&dir, node_id, settings).await;
         TestBroker { running, dir, _tmp }
     }
 }
 
 pub async fn start_in(dir: &Path, settings: &[(&str, &str)]) -> RunningBroker {
+    start_node_in(dir, 1, settings).await
+}
+
+pub async fn start_node_in(dir: &Path, node_id: i32, settings: &[(&str, &str)]) -> RunningBroker {
     init_logging();
     let mut config = Config::for_tests(dir);
+    config.node_id = node_id;
     let map: BTreeMap<String, String> = settings
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

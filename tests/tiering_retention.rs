@@ -3,8 +3,10 @@
 //! deleted, cold Fetch below it OFFSET_OUT_OF_RANGE, ListOffsets earliest right, also after a
 //! restart); orphans older than remote.orphan.grace.ms go and nothing else does;
 //! log.dir.max.bytes refuses produce with KAFKA_STORAGE_ERROR until offload frees space; a
-//! corrupt or truncated remote file is KAFKA_STORAGE_ERROR, never records; DeleteTopics deletes
-//! the topic's remote files and manifests (and its cold-read cache entries), nothing else.
+//! corrupt or truncated remote file is KAFKA_STORAGE_ERROR, never records, and so is a decoding
+//! task that panics, without counting the file corrupt or dropping it from the cache;
+//! DeleteTopics deletes the topic's remote files and manifests (and its cold-read cache
+//! entries), nothing else.
 
 #[path = "support/faulty.rs"]
 mod faulty;
@@ -911,5 +913,53 @@ async fn corrupt_files(topic: &str, extra: &[(&str, &str)]) {
         read_all(&mut conn, topic, local, 200).await,
         (local..200).collect::<Vec<_>>()
     );
+    running.shutdown().await;
+}
+
+/// A decoding task that panics is a fault of the broker, not of the file: the client gets
+/// KAFKA_STORAGE_ERROR, but the file is not counted corrupt and its chunks stay cached, so the
+/// next Fetch is served from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicked_cold_read_is_a_storage_error_not_a_corrupt_file() {
+    let topic = "panicked";
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), &TIERING, Clock::System).await;
+    create(&running, topic, &[("segment.bytes", "1024")]);
+    let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
+    for i in 0..20 {
+        let records = support::batch(i * 5, 5, support::now_ms());
+        assert_eq!(produce(&mut conn, topic, records).await.0, 0);
+    }
+    // The last remote file: no file after it is read ahead, so every GET is of this one.
+    let file = wait_offloaded(&running, topic, 2)
+        .await
+        .files
+        .last()
+        .unwrap()
+        .clone();
+    let tiering = running.broker.tiering.clone().unwrap();
+    let cache = tiering.cache().unwrap().clone();
+    let before = cache.downloads();
+
+    tiering.decoding().panic_next_decode();
+    let (code, _, batches) = fetch(&mut conn, topic, file.first_offset).await;
+    assert_eq!(code, KAFKA_STORAGE_ERROR);
+    assert!(batches.is_empty());
+    assert_eq!(corrupt_count(&running, topic), 0);
+    let fetched = cache.downloads();
+    assert!(
+        fetched > before,
+        "the file's chunks are fetched before decoding"
+    );
+    assert!(
+        cache.cached_bytes() > 0,
+        "a panic drops nothing from the cache"
+    );
+
+    let (code, _, batches) = fetch(&mut conn, topic, file.first_offset).await;
+    assert_eq!(code, 0);
+    assert_eq!(batches.first().map(|b| b.0), Some(file.first_offset));
+    assert_eq!(cache.downloads(), fetched, "served from the cache");
+    assert_eq!(corrupt_count(&running, topic), 0);
     running.shutdown().await;
 }

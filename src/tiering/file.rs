@@ -39,6 +39,10 @@ pub enum FileError {
     Store(#[from] StoreError),
     #[error("corrupt remote file {path}: {reason}")]
     Corrupt { path: String, reason: String },
+    /// The task reading the file panicked or was cancelled: a fault of the broker, not of the
+    /// file, which is neither counted as corrupt nor dropped from the cache.
+    #[error("reading remote file {path} failed in the broker: {reason}")]
+    Internal { path: String, reason: String },
 }
 
 /// What was written.

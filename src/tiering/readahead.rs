@@ -13,7 +13,7 @@
 //! the process's: two brokers in one process do not share them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -235,6 +235,8 @@ pub(crate) enum SpanRows {
 pub struct Decoding {
     slots: Arc<Semaphore>,
     total: u32,
+    /// Test hook: how many of the next decodes panic.
+    panics: AtomicU32,
 }
 
 impl Decoding {
@@ -242,6 +244,7 @@ impl Decoding {
         Decoding {
             slots: Arc::new(Semaphore::new(slots as usize)),
             total: slots,
+            panics: AtomicU32::new(0),
         }
     }
 
@@ -271,6 +274,19 @@ impl Decoding {
             .await
             .expect("the decoding semaphore is never closed")
     }
+
+    /// Makes the next span decode panic on its blocking thread, as a decoder bug would
+    /// (tests: a panicked decoding task is the broker's fault, not the file's).
+    #[doc(hidden)]
+    pub fn panic_next_decode(&self) {
+        self.panics.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn take_panic(&self) -> bool {
+        self.panics
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
 }
 
 /// Decodes the `rows` of `file` from offset `first` and rebuilds them into batches,
@@ -296,6 +312,9 @@ pub(crate) fn decode_span(
         let runtime = tokio::runtime::Handle::current();
         let path = file.path.clone();
         crate::telemetry::spawn_blocking(move || {
+            if decoding.take_panic() {
+                panic!("span decode of {} made to panic (test hook)", file.path);
+            }
             runtime.block_on(rebuild_span(&store, cache.as_ref(), &file, first, wanted))
         })
         .await
@@ -304,8 +323,9 @@ pub(crate) fn decode_span(
     async move { task.await.unwrap_or_else(|e| Err(stopped(path, e))) }
 }
 
+/// A decoding task that panicked or was cancelled: the broker's fault, not the file's.
 fn stopped(path: String, e: tokio::task::JoinError) -> FileError {
-    FileError::Corrupt {
+    FileError::Internal {
         path,
         reason: format!("decoding stopped: {e}"),
     }

@@ -95,7 +95,12 @@ fn bench_read(c: &mut Criterion) {
     group.bench_function("partition_1MiB_middle", |b| {
         b.iter(|| {
             match partition
-                .read_now(black_box(end / 2), READ_BYTES, true, Isolation::HighWatermark)
+                .read_now(
+                    black_box(end / 2),
+                    READ_BYTES,
+                    true,
+                    Isolation::HighWatermark,
+                )
                 .expect("read")
             {
                 Read::Ready(bytes) => bytes,

@@ -303,8 +303,8 @@ impl SegmentSource for Segment {
     fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, strata::log::LogError> {
         let mut out = Vec::new();
         for b in &self.0 {
-            let header = BatchHeader::parse(b)
-                .map_err(|e| strata::log::LogError::Corrupt(e.to_string()))?;
+            let header =
+                BatchHeader::parse(b).map_err(|e| strata::log::LogError::Corrupt(e.to_string()))?;
             if header.last_offset() < offset {
                 continue;
             }

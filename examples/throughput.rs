@@ -5,6 +5,8 @@
 //! cargo run --release -- serve &                      # the broker
 //! cargo run --release --example throughput -- 127.0.0.1:9092 1000000 1024
 //! ```
+// A client program, not broker code: the broker metrics-scope lint (clippy.toml) does not apply.
+#![allow(clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 

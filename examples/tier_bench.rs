@@ -13,6 +13,8 @@
 //! STRATA_BENCH_SLICES=8        # hot/cold alternations
 //! ```
 //! Prints a table and, last, one JSON object.
+// A client program, not broker code: the broker metrics-scope lint (clippy.toml) does not apply.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -216,7 +218,7 @@ async fn main() {
     .expect("producer thread");
 
     // Offload of every sealed segment.
-    let before_offload = strata::telemetry::render();
+    let before_offload = running.telemetry().render();
     let partition = broker.topic(TOPIC).expect("topic").partitions[0].clone();
     assert!(broker.tiering.is_some(), "tiering is on");
     eprintln!("tier_bench: offloading");
@@ -248,7 +250,7 @@ async fn main() {
     };
     let offload_secs = offload_started.elapsed().as_secs_f64();
     let offload_cpu = cpu_seconds() - offload_cpu_before;
-    let after_offload = strata::telemetry::render();
+    let after_offload = running.telemetry().render();
     let parquet_bytes = manifest.size_bytes();
     let put_count = puts(&after_offload) - puts(&before_offload);
     let end = manifest.last_offset() + 1;
@@ -281,7 +283,7 @@ async fn main() {
         .filter(|&n| n > 0)
         .unwrap_or(SLICES);
     eprintln!("tier_bench: hot and cold consume of offsets 0..{end} in {slices} slices");
-    let before_cold = strata::telemetry::render();
+    let before_cold = running.telemetry().render();
     let b = bootstrap.clone();
     let (hot, cold) = tokio::task::spawn_blocking(move || {
         let (mut hot, mut cold) = (Side::default(), Side::default());
@@ -310,7 +312,7 @@ async fn main() {
     })
     .await
     .expect("consumers");
-    let after_cold = strata::telemetry::render();
+    let after_cold = running.telemetry().render();
     let get_count = gets(&after_cold) - gets(&before_cold);
     let get_bytes = counter(
         &after_cold,

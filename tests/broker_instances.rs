@@ -120,7 +120,7 @@ async fn two_brokers_in_one_process_keep_their_metrics_and_budgets_apart() {
         );
     }
 
-    let tiering = |broker: &TestBroker| broker.running.broker.tiering.clone().unwrap();
+    let tiering = |broker: &TestBroker| broker.running.broker.tier().unwrap().clone();
     let (ta, tb) = (tiering(&a), tiering(&b));
     assert!(!Arc::ptr_eq(ta.decoding(), tb.decoding()));
     assert!(!Arc::ptr_eq(ta.cache().unwrap(), tb.cache().unwrap()));

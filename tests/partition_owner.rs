@@ -2,6 +2,7 @@
 //! errors clients see, the bucket fence a new leader commits, snapshots across both tiers while
 //! offload, local retention and DeleteRecords run, and produce and fetch that never wait for
 //! segment deletion.
+#![allow(clippy::disallowed_methods)] // test code: no broker metrics scope to keep
 
 #[path = "support/faulty.rs"]
 mod faulty;
@@ -196,7 +197,14 @@ async fn role_changes_fence_clients_and_the_bucket() {
     assert_eq!(before.leader_epoch, 0);
     // The old epoch's holder: a second writer on the same store, opened before the fence, its
     // cached manifest intact.
-    let holder = RemoteLog::open(store.clone(), "roles", 0).await.unwrap();
+    let holder = RemoteLog::open(
+        store.clone(),
+        strata::tiering::readahead::Decoding::for_cores(),
+        "roles",
+        0,
+    )
+    .await
+    .unwrap();
     assert_eq!(holder.manifest(), before);
 
     // Follower at epoch 1: no produce, no consumer reads, no offload.
@@ -210,12 +218,14 @@ async fn role_changes_fence_clients_and_the_bucket() {
     assert_eq!(fetch(&mut conn, "roles", 0, -1).await.0, NOT_LEADER);
     assert_eq!(fetch(&mut conn, "roles", 0, 1).await.0, NOT_LEADER);
     assert_eq!(list_latest(&mut conn, "roles", -1).await.0, NOT_LEADER);
-    let refused = metric("strata_tier_offload_refused_total", "");
+    let refused = metric(&running, "strata_tier_offload_refused_total", "");
+    let on_follower = pass();
+    let pass_on_follower = running.telemetry().scope(p.tier_pass(&on_follower));
     assert!(matches!(
-        p.tier_pass(&pass()).await,
+        pass_on_follower.await,
         Err(TierError::NotLeader(_))
     ));
-    assert!(metric("strata_tier_offload_refused_total", "") > refused);
+    assert!(metric(&running, "strata_tier_offload_refused_total", "") > refused);
     assert_eq!(
         tiering.run_once(&*broker).await,
         0,

@@ -356,7 +356,11 @@ async fn outage_keeps_produce_and_hot_reads_and_offload_catches_up() {
         Duration::from_secs(60),
         || {
             faulty.injected() >= 10
-                && metric("strata_tier_offload_errors_total", "topic=\"outage\"") > 0.0
+                && metric(
+                    &running,
+                    "strata_tier_offload_errors_total",
+                    "topic=\"outage\"",
+                ) > 0.0
         },
     )
     .await;

@@ -937,7 +937,7 @@ async fn a_panicked_cold_read_is_a_storage_error_not_a_corrupt_file() {
         .last()
         .unwrap()
         .clone();
-    let tiering = running.broker.tiering.clone().unwrap();
+    let tiering = running.broker.tier().unwrap().clone();
     let cache = tiering.cache().unwrap().clone();
     let before = cache.downloads();
 

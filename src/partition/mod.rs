@@ -179,6 +179,8 @@ pub struct Partition {
     high_watermark: watch::Sender<i64>,
     /// The remote log and the bucket fence (`tiered.rs`); `None` when the partition stays local.
     remote: Option<RemoteSlot>,
+    /// The metrics scope of the broker that opened it: its background tasks count there.
+    telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 pub fn log_config(config: &TopicConfig, max_decompressed: usize) -> LogConfig {
@@ -238,6 +240,7 @@ impl Partition {
             role_change: tokio::sync::Mutex::new(()),
             high_watermark: watch::Sender::new(hw),
             remote,
+            telemetry: crate::telemetry::current(),
         })
     }
 
@@ -352,7 +355,7 @@ impl Partition {
         if epoch == current && role::read_epoch(&dir) == Some(epoch) {
             return Ok(());
         }
-        tokio::task::spawn_blocking(move || role::write_epoch(&dir, epoch))
+        crate::telemetry::spawn_blocking(move || role::write_epoch(&dir, epoch))
             .await
             .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
         Ok(())
@@ -590,7 +593,7 @@ async fn complete_off_runtime(removal: Removal) -> Result<(), LogError> {
     if removal.segment_count() == 0 && tokio::runtime::Handle::try_current().is_err() {
         return removal.complete();
     }
-    tokio::task::spawn_blocking(move || removal.complete())
+    crate::telemetry::spawn_blocking(move || removal.complete())
         .await
         .map_err(|e| LogError::Io(std::io::Error::other(e)))?
 }

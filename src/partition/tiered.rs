@@ -156,9 +156,9 @@ impl Partition {
         if *slot.fenced_epoch.borrow() == epoch {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        if tokio::runtime::Handle::try_current().is_err() {
             return;
-        };
+        }
         {
             let mut fencing = slot.fencing.lock().expect("remote slot");
             if *fencing == epoch {
@@ -167,7 +167,7 @@ impl Partition {
             *fencing = epoch;
         }
         let p = self.clone();
-        runtime.spawn(async move {
+        let task = async move {
             p.clone().fence_bucket(epoch).await;
             if let Some(slot) = &p.remote {
                 let mut fencing = slot.fencing.lock().expect("remote slot");
@@ -175,7 +175,12 @@ impl Partition {
                     *fencing = -1;
                 }
             }
-        });
+        };
+        // In the scope of the broker that opened the partition, whoever asked.
+        match &self.telemetry {
+            Some(telemetry) => drop(telemetry.spawn(task)),
+            None => drop(crate::telemetry::spawn(task)),
+        }
     }
 
     /// The fencing task of a leader at `epoch`: retried until it commits, the role changes, or

@@ -63,9 +63,11 @@ impl RemoteTier {
             ))
             .into());
         }
-        Ok(RemoteLog::open(self.store.clone(), self.decoding.clone(), topic, partition)
-            .await?
-            .with_cache(self.cache.clone()))
+        Ok(
+            RemoteLog::open(self.store.clone(), self.decoding.clone(), topic, partition)
+                .await?
+                .with_cache(self.cache.clone()),
+        )
     }
 
     /// A topic was deleted: fence its name, keep its partitions' retired remote logs for the

@@ -668,8 +668,13 @@ async fn log_dir_max_bytes_refuses_produce_until_offload_frees_space() {
     }
     assert_eq!(refused, 3, "the cap never refused");
     assert!(acked >= 40, "only {acked} records before the cap");
+    // The cap may be overshot by the batches admitted while a recount (after a tiering pass)
+    // runs: `broker::hot_bytes` documents it. One batch here.
     let hot = running.broker.hot_bytes.bytes();
-    assert!(hot <= 8192, "{hot} hot bytes above the cap");
+    assert!(
+        hot <= 8192 + big_batch(0).len() as u64,
+        "{hot} hot bytes above the cap"
+    );
     // Everything acknowledged is there.
     assert_eq!(
         read_all(&mut conn, "cap", 0, acked).await,

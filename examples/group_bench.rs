@@ -95,6 +95,7 @@ async fn main() {
     let broker = running.broker.clone();
     broker
         .create_topic("wide", 100, -1, &Default::default(), false)
+        .await
         .expect("topic");
 
     // Rebalance of 3 members over 100 partitions.

@@ -176,6 +176,7 @@ async fn main() {
     for topic in [TOPIC, HOT_TOPIC] {
         broker
             .create_topic(topic, 1, 1, &untiered, false)
+            .await
             .expect("topic");
     }
     let bootstrap = running.kafka_addr().to_string();
@@ -226,6 +227,7 @@ async fn main() {
     let offload_started = Instant::now();
     broker
         .set_overrides(TOPIC, overrides.clone(), false)
+        .await
         .expect("tiering on");
     let sealed_end = partition
         .sealed_segments()
@@ -265,6 +267,7 @@ async fn main() {
             ]),
             false,
         )
+        .await
         .expect("alter");
     let waited = Instant::now();
     while partition.local_log_start_offset() < end {

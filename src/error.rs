@@ -53,6 +53,19 @@ impl ApiError {
     }
 }
 
+impl From<crate::metadata::MetadataError> for ApiError {
+    fn from(e: crate::metadata::MetadataError) -> ApiError {
+        use crate::metadata::MetadataError as M;
+        let code = match &e {
+            M::TopicExists(_) => ResponseError::TopicAlreadyExists,
+            M::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
+            M::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+            M::Storage(_) => ResponseError::KafkaStorageError,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
 impl From<RoleError> for ApiError {
     fn from(e: RoleError) -> ApiError {
         ApiError::new(e.code(), e.to_string())

@@ -15,6 +15,7 @@ pub mod coordinator;
 pub mod error;
 pub mod fsutil;
 pub mod log;
+pub mod metadata;
 pub mod partition;
 pub mod protocol;
 pub mod record;

@@ -33,6 +33,7 @@ async fn health_readiness_and_metrics() {
         .running
         .broker
         .create_topic("metered", 1, 1, &Default::default(), false)
+        .await
         .unwrap();
     let mut conn = KafkaConn::connect(&broker.bootstrap()).await;
     let request = kafka_protocol::messages::ProduceRequest::default()
@@ -142,6 +143,7 @@ async fn tier_status_over_http_cli_and_metrics() {
         .running
         .broker
         .create_topic("tiers", 2, 1, &overrides, false)
+        .await
         .unwrap();
     let mut conn = KafkaConn::connect(&broker.bootstrap()).await;
     let ts = now_ms();

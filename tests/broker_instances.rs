@@ -85,6 +85,7 @@ async fn two_brokers_in_one_process_keep_their_metrics_and_budgets_apart() {
             .running
             .broker
             .create_topic(own, 1, 1, &segment, false)
+            .await
             .unwrap();
         let mut conn = KafkaConn::connect(&broker.bootstrap()).await;
         for i in 0..20 {

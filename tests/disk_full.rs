@@ -168,6 +168,7 @@ async fn disk_full_is_a_storage_error_and_loses_nothing() {
     running
         .broker
         .create_topic("full", 1, 1, &Default::default(), false)
+        .await
         .unwrap();
     let addr = running.kafka_addr().to_string();
     let mut stream = TcpStream::connect(&addr).await.unwrap();

@@ -72,6 +72,7 @@ async fn offsets_of_an_empty_group_expire_after_the_retention() {
     running
         .broker
         .create_topic("t", 1, 1, &Default::default(), false)
+        .await
         .unwrap();
     let addr = running.kafka_addr().to_string();
     commit(&addr, "idle", 5).await;

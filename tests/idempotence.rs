@@ -237,8 +237,9 @@ async fn duplicates_gaps_and_restarts() {
         .running
         .broker
         .create_topic("seq", 1, 1, &Default::default(), false)
+        .await
         .unwrap();
-    let pid = broker.running.broker.next_producer_id().unwrap();
+    let pid = broker.running.broker.next_producer_id().await.unwrap();
     assert_eq!(produce(&addr, pid, 0, 0, 3).await, (0, 0));
     assert_eq!(produce(&addr, pid, 0, 3, 2).await, (0, 3));
     // The retry of the first batch gets its original offset and writes nothing.
@@ -279,7 +280,7 @@ async fn duplicates_gaps_and_restarts() {
     );
     assert_eq!(produce(&addr, pid, 0, 6, 1).await, (0, 6));
     // Producer ids stay unique across restarts.
-    assert!(running.broker.next_producer_id().unwrap() > pid);
+    assert!(running.broker.next_producer_id().await.unwrap() > pid);
     running.shutdown().await;
 }
 

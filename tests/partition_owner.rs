@@ -58,7 +58,11 @@ async fn start_on(dir: &Path, settings: &[(&str, &str)], store: Option<Store>) -
     strata::server::start(config).await.unwrap()
 }
 
-fn create(running: &RunningBroker, topic: &str, overrides: &[(&str, &str)]) -> Arc<Partition> {
+async fn create(
+    running: &RunningBroker,
+    topic: &str,
+    overrides: &[(&str, &str)],
+) -> Arc<Partition> {
     let overrides: BTreeMap<String, String> = overrides
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -66,6 +70,7 @@ fn create(running: &RunningBroker, topic: &str, overrides: &[(&str, &str)]) -> A
     running
         .broker
         .create_topic(topic, 1, 1, &overrides, false)
+        .await
         .unwrap();
     running.broker.topic(topic).unwrap().partitions[0].clone()
 }
@@ -176,7 +181,7 @@ async fn role_changes_fence_clients_and_the_bucket() {
     let running = start_on(dir.path(), &settings, Some(store.clone())).await;
     let broker = running.broker.clone();
     let tiering = broker.tiering.clone().unwrap();
-    let p = create(&running, "roles", &[("segment.bytes", "1024")]);
+    let p = create(&running, "roles", &[("segment.bytes", "1024")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     let mut next = 0;
     for i in 0..20 {
@@ -321,7 +326,8 @@ async fn snapshots_stay_consistent_while_offload_retention_and_delete_records_ru
         &running,
         "snap",
         &[("segment.bytes", "2048"), ("local.retention.ms", "0")],
-    );
+    )
+    .await;
     let producing = Arc::new(AtomicBool::new(true));
     let producer = {
         let (p, producing) = (p.clone(), producing.clone());
@@ -420,7 +426,7 @@ fn produce_and_fetch_do_not_wait_for_segment_deletion() {
                 None,
             )
             .await;
-            let p = create(&running, "park", &[("segment.bytes", "1024")]);
+            let p = create(&running, "park", &[("segment.bytes", "1024")]).await;
             started_tx
                 .send((running.kafka_addr().to_string(), p))
                 .unwrap();

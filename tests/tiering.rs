@@ -64,6 +64,7 @@ async fn run_suite(object_store: &str, object_store_options: BTreeMap<String, St
     broker
         .broker
         .create_topic("tiered", PARTITIONS, 1, &overrides, false)
+        .await
         .unwrap();
     let bootstrap = broker.kafka_addr().to_string();
     let t0 = support::now_ms() - 1_000_000;
@@ -423,6 +424,7 @@ async fn offloaded_files_read_back_in_pyarrow() {
     broker
         .broker
         .create_topic(TOPIC, 2, 1, &overrides, false)
+        .await
         .unwrap();
     let bootstrap = broker.kafka_addr().to_string();
     let t0 = support::now_ms() - 1_000_000;

@@ -229,11 +229,12 @@ async fn start_broker(dir: &Path, store: Store) -> RunningBroker {
     strata::server::start(config).await.unwrap()
 }
 
-fn create_topic(running: &RunningBroker, topic: &str, partitions: i32) {
+async fn create_topic(running: &RunningBroker, topic: &str, partitions: i32) {
     let overrides = BTreeMap::from([("segment.bytes".to_string(), SEGMENT_BYTES.to_string())]);
     running
         .broker
         .create_topic(topic, partitions, 1, &overrides, false)
+        .await
         .unwrap();
 }
 
@@ -344,7 +345,7 @@ async fn outage_keeps_produce_and_hot_reads_and_offload_catches_up() {
     faulty.inject(ALL_OPS, "", Fault::Fail, None);
     let dir = tempfile::tempdir().unwrap();
     let running = start_broker(dir.path(), store.clone()).await;
-    create_topic(&running, "outage", 2);
+    create_topic(&running, "outage", 2).await;
     let bootstrap = running.kafka_addr().to_string();
 
     let mut acked = Acked::new();
@@ -413,7 +414,7 @@ async fn a_restart_during_an_outage_serves_the_local_log() {
     let store = Store::from_store(faulty.clone(), "memory://faulty");
     let dir = tempfile::tempdir().unwrap();
     let running = start_broker(dir.path(), store.clone()).await;
-    create_topic(&running, "restart-outage", 1);
+    create_topic(&running, "restart-outage", 1).await;
     let mut acked = Acked::new();
     produce(
         &running.kafka_addr().to_string(),
@@ -490,8 +491,8 @@ async fn a_hanging_store_does_not_stall_cold_reads_of_cached_pages() {
     let running = start_broker(dir.path(), store.clone()).await;
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
     let hung_partitions = 2 * cores as i32;
-    create_topic(&running, "cached", 1);
-    create_topic(&running, "hung", hung_partitions);
+    create_topic(&running, "cached", 1).await;
+    create_topic(&running, "hung", hung_partitions).await;
     let bootstrap = running.kafka_addr().to_string();
     produce(&bootstrap, "cached", 1, "c", 3_000, &mut Acked::new()).await;
     produce(
@@ -589,7 +590,7 @@ async fn a_hanging_upload_delays_neither_produce_nor_fetch() {
     );
     let dir = tempfile::tempdir().unwrap();
     let running = start_broker(dir.path(), store.clone()).await;
-    create_topic(&running, "stalled", 2);
+    create_topic(&running, "stalled", 2).await;
     let bootstrap = running.kafka_addr().to_string();
     let mut acked = Acked::new();
     produce(&bootstrap, "stalled", 2, "a", 6_000, &mut acked).await;
@@ -635,7 +636,7 @@ async fn failed_manifest_commits_leave_orphans_never_gaps_or_duplicates() {
     faulty.inject(&[Op::Put], "_strata/manifests", Fault::Fail, Some(8));
     let dir = tempfile::tempdir().unwrap();
     let running = start_broker(dir.path(), store.clone()).await;
-    create_topic(&running, "commits", 1);
+    create_topic(&running, "commits", 1).await;
     let bootstrap = running.kafka_addr().to_string();
     let mut acked = Acked::new();
     produce(&bootstrap, "commits", 1, "a", 6_000, &mut acked).await;
@@ -740,6 +741,7 @@ async fn failed_multipart_uploads_are_aborted_and_retried() {
     running
         .broker
         .create_topic("multipart", 1, 1, &overrides, false)
+        .await
         .unwrap();
     let bootstrap = running.kafka_addr().to_string();
     let mut acked = Acked::new();
@@ -812,8 +814,8 @@ async fn a_topic_deleted_during_an_outage_loses_its_remote_data_afterwards_and_o
     let store = Store::from_store(faulty.clone(), "memory://faulty");
     let dir = tempfile::tempdir().unwrap();
     let running = start_broker(dir.path(), store.clone()).await;
-    create_topic(&running, "gone", 1);
-    create_topic(&running, "stays", 1);
+    create_topic(&running, "gone", 1).await;
+    create_topic(&running, "stays", 1).await;
     let bootstrap = running.kafka_addr().to_string();
     let (mut old, mut stays) = (Acked::new(), Acked::new());
     produce(&bootstrap, "gone", 1, "old", 4_000, &mut old).await;
@@ -829,7 +831,7 @@ async fn a_topic_deleted_during_an_outage_loses_its_remote_data_afterwards_and_o
     let old_id = running.broker.topic("gone").unwrap().id;
 
     faulty.inject(ALL_OPS, "", Fault::Fail, None);
-    running.broker.delete_topic("gone").unwrap();
+    running.broker.delete_topic("gone").await.unwrap();
     let tiering = support::Tiered::of(&running.broker);
     wait_until(
         "a deletion pass hits the outage",
@@ -838,7 +840,7 @@ async fn a_topic_deleted_during_an_outage_loses_its_remote_data_afterwards_and_o
     )
     .await;
     // Re-created at once; it serves produce and fetch from its local log, not tiered yet.
-    create_topic(&running, "gone", 1);
+    create_topic(&running, "gone", 1).await;
     let mut new = Acked::new();
     produce(&bootstrap, "gone", 1, "new", 3_000, &mut new).await;
     assert!(tiering.is_fenced("gone"));

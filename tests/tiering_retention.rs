@@ -70,7 +70,7 @@ async fn start_on(
         .unwrap()
 }
 
-fn create(running: &RunningBroker, topic: &str, overrides: &[(&str, &str)]) {
+async fn create(running: &RunningBroker, topic: &str, overrides: &[(&str, &str)]) {
     let overrides: BTreeMap<String, String> = overrides
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -78,6 +78,7 @@ fn create(running: &RunningBroker, topic: &str, overrides: &[(&str, &str)]) {
     running
         .broker
         .create_topic(topic, 1, 1, &overrides, false)
+        .await
         .unwrap();
 }
 
@@ -245,7 +246,8 @@ async fn retention_and_delete_records(store: Option<Store>) {
         &running,
         "r",
         &[("segment.bytes", "1024"), ("retention.ms", "3600000")],
-    );
+    )
+    .await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     // 50 batches of 5 records, batch i stamped ts0 + i seconds, all before the clock's now.
     let ts0 = t0 - 100_000;
@@ -368,7 +370,7 @@ async fn delete_topic_remote_data(store: Option<Store>) {
     let all = |prefix: &'static str| support::object_names(&store, prefix);
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     for topic in ["doomed", "doomed2"] {
-        create(&running, topic, &[("segment.bytes", "1024")]);
+        create(&running, topic, &[("segment.bytes", "1024")]).await;
         for i in 0..50 {
             let (code, _) = produce(
                 &mut conn,
@@ -436,7 +438,7 @@ async fn delete_topic_remote_data(store: Option<Store>) {
 
     // The name again: a new topic from offset 0, offloaded under the same prefixes, manifest
     // versions from 1.
-    create(&running, "doomed", &[("segment.bytes", "1024")]);
+    create(&running, "doomed", &[("segment.bytes", "1024")]).await;
     for i in 0..30 {
         let (code, base) = produce(
             &mut conn,
@@ -464,7 +466,7 @@ async fn a_topic_deleted_while_tiering_is_off_loses_its_remote_data_when_it_is_o
     let dir = tempfile::tempdir().unwrap();
     let store = Store::from_url("memory://").unwrap();
     let running = start_on(dir.path(), &TIERING, Clock::System, Some(store.clone())).await;
-    create(&running, "x", &[("segment.bytes", "1024")]);
+    create(&running, "x", &[("segment.bytes", "1024")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     for i in 0..50 {
         let (code, _) = produce(&mut conn, "x", support::batch(i * 5, 5, support::now_ms())).await;
@@ -478,7 +480,7 @@ async fn a_topic_deleted_while_tiering_is_off_loses_its_remote_data_when_it_is_o
     let off = [("remote.log.storage.system.enable", "false")];
     let running = start_on(dir.path(), &off, Clock::System, Some(store.clone())).await;
     assert!(running.broker.tiering.is_none());
-    running.broker.delete_topic("x").unwrap();
+    running.broker.delete_topic("x").await.unwrap();
     assert_eq!(running.broker.remote_deletions().len(), 1);
     running.shutdown().await;
     assert!(
@@ -493,7 +495,7 @@ async fn a_topic_deleted_while_tiering_is_off_loses_its_remote_data_when_it_is_o
     .await;
     assert!(all("topic=x").await.is_empty());
     assert!(all("_strata/manifests/topic=x").await.is_empty());
-    create(&running, "x", &[("segment.bytes", "1024")]);
+    create(&running, "x", &[("segment.bytes", "1024")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     assert_eq!(earliest(&mut conn, "x").await, 0);
     for i in 0..20 {
@@ -517,7 +519,7 @@ async fn a_topic_deleted_while_tiering_is_off_loses_its_remote_data_when_it_is_o
 async fn retention_bytes_counts_remote_files_and_local_segments_once() {
     let dir = tempfile::tempdir().unwrap();
     let running = start(dir.path(), &TIERING, Clock::System).await;
-    create(&running, "b", &[("segment.bytes", "1024")]);
+    create(&running, "b", &[("segment.bytes", "1024")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     for i in 0..50 {
         let records = support::batch(i * 5, 5, support::now_ms() - 1000);
@@ -534,7 +536,11 @@ async fn retention_bytes_counts_remote_files_and_local_segments_once() {
         ("segment.bytes".to_string(), "1024".to_string()),
         ("retention.bytes".to_string(), keep.to_string()),
     ]);
-    running.broker.set_overrides("b", overrides, false).unwrap();
+    running
+        .broker
+        .set_overrides("b", overrides, false)
+        .await
+        .unwrap();
     eventually("retention.bytes drops the oldest files", || async {
         manifest(&running, "b").await.files.len() == 2
     })
@@ -568,7 +574,7 @@ async fn orphans_older_than_the_grace_period_are_deleted_and_nothing_else() {
     let t0 = support::now_ms();
     let (clock, time) = Clock::manual(t0);
     let running = start(dir.path(), &TIERING, clock).await;
-    create(&running, "o", &[("segment.bytes", "1024")]);
+    create(&running, "o", &[("segment.bytes", "1024")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     for i in 0..20 {
         assert_eq!(
@@ -629,7 +635,7 @@ async fn log_dir_max_bytes_refuses_produce_until_offload_frees_space() {
         Clock::System,
     )
     .await;
-    create(&running, "cap", &[("segment.bytes", "2048")]);
+    create(&running, "cap", &[("segment.bytes", "2048")]).await;
     let rejected = metric(
         &running,
         "strata_produce_rejected_total",
@@ -724,7 +730,7 @@ async fn an_outage_fills_log_dir_max_bytes_and_produce_recovers_by_itself() {
     let running = start_on(dir.path(), &settings, Clock::System, Some(store)).await;
     // The object store goes away before the topic exists: nothing can be offloaded.
     faulty.inject(ALL_OPS, "", Fault::Fail, None);
-    create(&running, "out", &[("segment.bytes", "2048")]);
+    create(&running, "out", &[("segment.bytes", "2048")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     let mut acked = 0i64;
     let mut refused = 0;
@@ -798,7 +804,7 @@ async fn local_retention_of_offloaded_segments_goes_on_during_an_outage() {
         ("log.local.retention.ms", "60000"),
     ];
     let running = start_on(dir.path(), &settings, clock, Some(store)).await;
-    create(&running, "keep", &[("segment.bytes", "1024")]);
+    create(&running, "keep", &[("segment.bytes", "1024")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     for i in 0..20 {
         let records = support::batch(i * 5, 5, t0);
@@ -858,7 +864,7 @@ async fn corrupt_files(topic: &str, extra: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let settings: Vec<(&str, &str)> = TIERING.iter().chain(extra).copied().collect();
     let running = start(dir.path(), &settings, Clock::System).await;
-    create(&running, topic, &[("segment.bytes", "1024")]);
+    create(&running, topic, &[("segment.bytes", "1024")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     for i in 0..40 {
         let records = support::batch(i * 5, 5, support::now_ms());
@@ -929,7 +935,7 @@ async fn a_panicked_cold_read_is_a_storage_error_not_a_corrupt_file() {
     let topic = "panicked";
     let dir = tempfile::tempdir().unwrap();
     let running = start(dir.path(), &TIERING, Clock::System).await;
-    create(&running, topic, &[("segment.bytes", "1024")]);
+    create(&running, topic, &[("segment.bytes", "1024")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     for i in 0..20 {
         let records = support::batch(i * 5, 5, support::now_ms());

@@ -207,73 +207,79 @@ fn refuse_broker_change(resource_type: i8) -> Result<(), ApiError> {
     }
 }
 
-pub fn alter(broker: &Arc<Broker>, request: AlterConfigsRequest) -> AlterConfigsResponse {
-    let responses = request
-        .resources
-        .into_iter()
-        .map(|r| {
-            let outcome = refuse_broker_change(r.resource_type).and_then(|()| {
+pub async fn alter(broker: &Arc<Broker>, request: AlterConfigsRequest) -> AlterConfigsResponse {
+    let mut responses = Vec::with_capacity(request.resources.len());
+    for r in request.resources {
+        let outcome = match refuse_broker_change(r.resource_type) {
+            Ok(()) => {
                 let mut overrides = BTreeMap::new();
                 for c in &r.configs {
                     if let Some(v) = &c.value {
                         overrides.insert(c.name.to_string(), v.to_string());
                     }
                 }
-                broker.set_overrides(r.resource_name.as_str(), overrides, request.validate_only)
-            });
-            let response = alter_configs_response::AlterConfigsResourceResponse::default()
-                .with_resource_type(r.resource_type)
-                .with_resource_name(r.resource_name);
-            match outcome {
-                Ok(()) => response,
-                Err(e) => response
-                    .with_error_code(e.code())
-                    .with_error_message(Some(str_bytes(e.message))),
+                broker
+                    .set_overrides(r.resource_name.as_str(), overrides, request.validate_only)
+                    .await
             }
-        })
-        .collect();
+            Err(e) => Err(e),
+        };
+        let response = alter_configs_response::AlterConfigsResourceResponse::default()
+            .with_resource_type(r.resource_type)
+            .with_resource_name(r.resource_name);
+        responses.push(match outcome {
+            Ok(()) => response,
+            Err(e) => response
+                .with_error_code(e.code())
+                .with_error_message(Some(str_bytes(e.message))),
+        });
+    }
     AlterConfigsResponse::default().with_responses(responses)
 }
 
-pub fn incremental_alter(
+pub async fn incremental_alter(
     broker: &Arc<Broker>,
     request: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
-    let responses = request
-        .resources
-        .into_iter()
-        .map(|r| {
-            let outcome = refuse_broker_change(r.resource_type).and_then(|()| {
-                let name = r.resource_name.as_str();
-                let topic = broker.topic(name).ok_or_else(|| {
-                    ApiError::new(
-                        ResponseError::UnknownTopicOrPartition,
-                        format!("topic {name:?} does not exist"),
-                    )
-                })?;
-                let mut overrides = topic.overrides.clone();
-                for c in &r.configs {
-                    apply_op(
-                        &mut overrides,
-                        c.name.as_str(),
-                        c.config_operation,
-                        c.value.as_ref().map(|v| v.as_str()),
-                    )?;
-                }
-                broker.set_overrides(name, overrides, request.validate_only)
-            });
-            let response =
-                incremental_alter_configs_response::AlterConfigsResourceResponse::default()
-                    .with_resource_type(r.resource_type)
-                    .with_resource_name(r.resource_name);
-            match outcome {
-                Ok(()) => response,
-                Err(e) => response
-                    .with_error_code(e.code())
-                    .with_error_message(Some(str_bytes(e.message))),
+    let mut responses = Vec::with_capacity(request.resources.len());
+    for r in request.resources {
+        let planned = refuse_broker_change(r.resource_type).and_then(|()| {
+            let name = r.resource_name.as_str();
+            let topic = broker.topic(name).ok_or_else(|| {
+                ApiError::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("topic {name:?} does not exist"),
+                )
+            })?;
+            let mut overrides = topic.overrides.clone();
+            for c in &r.configs {
+                apply_op(
+                    &mut overrides,
+                    c.name.as_str(),
+                    c.config_operation,
+                    c.value.as_ref().map(|v| v.as_str()),
+                )?;
             }
-        })
-        .collect();
+            Ok(overrides)
+        });
+        let outcome = match planned {
+            Ok(overrides) => {
+                broker
+                    .set_overrides(r.resource_name.as_str(), overrides, request.validate_only)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let response = incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+            .with_resource_type(r.resource_type)
+            .with_resource_name(r.resource_name);
+        responses.push(match outcome {
+            Ok(()) => response,
+            Err(e) => response
+                .with_error_code(e.code())
+                .with_error_message(Some(str_bytes(e.message))),
+        });
+    }
     IncrementalAlterConfigsResponse::default().with_responses(responses)
 }
 

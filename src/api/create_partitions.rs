@@ -10,23 +10,28 @@ use super::str_bytes;
 use crate::broker::Broker;
 use crate::error::ApiError;
 
-pub fn handle(broker: &Arc<Broker>, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
-    let results = request
-        .topics
-        .into_iter()
-        .map(|t| {
-            let outcome = check_assignments(broker, &t).and_then(|()| {
-                broker.create_partitions(t.name.as_str(), t.count, request.validate_only)
-            });
-            let result = CreatePartitionsTopicResult::default().with_name(t.name);
-            match outcome {
-                Ok(()) => result,
-                Err(e) => result
-                    .with_error_code(e.code())
-                    .with_error_message(Some(str_bytes(e.message))),
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for t in request.topics {
+        let outcome = match check_assignments(broker, &t) {
+            Ok(()) => {
+                broker
+                    .create_partitions(t.name.as_str(), t.count, request.validate_only)
+                    .await
             }
-        })
-        .collect();
+            Err(e) => Err(e),
+        };
+        let result = CreatePartitionsTopicResult::default().with_name(t.name);
+        results.push(match outcome {
+            Ok(()) => result,
+            Err(e) => result
+                .with_error_code(e.code())
+                .with_error_message(Some(str_bytes(e.message))),
+        });
+    }
     CreatePartitionsResponse::default().with_results(results)
 }
 

@@ -16,7 +16,7 @@ use crate::broker::Broker;
 use crate::config::TopicConfig;
 use crate::error::ApiError;
 
-pub fn handle(
+pub async fn handle(
     broker: &Arc<Broker>,
     request: CreateTopicsRequest,
     version: i16,
@@ -28,10 +28,9 @@ pub fn handle(
         .filter(|t| !seen.insert(t.name.to_string()))
         .map(|t| t.name.to_string())
         .collect();
-    let topics = request
-        .topics
-        .into_iter()
-        .map(|t| {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for t in request.topics {
+        topics.push({
             let name = t.name.to_string();
             let result = CreatableTopicResult::default().with_name(t.name.clone());
             let outcome = if duplicated.contains(&name) {
@@ -40,7 +39,7 @@ pub fn handle(
                     format!("topic {name:?} appears more than once in the request"),
                 ))
             } else {
-                create(broker, &t, request.validate_only)
+                create(broker, &t, request.validate_only).await
             };
             match outcome {
                 Ok(topic) => {
@@ -81,12 +80,12 @@ pub fn handle(
                         .with_error_message(Some(str_bytes(e.message)))
                 }
             }
-        })
-        .collect();
+        });
+    }
     CreateTopicsResponse::default().with_topics(topics)
 }
 
-fn create(
+async fn create(
     broker: &Broker,
     t: &kafka_protocol::messages::create_topics_request::CreatableTopic,
     validate_only: bool,
@@ -135,11 +134,13 @@ fn create(
             .map_or(1, |a| a.broker_ids.len() as i16);
         (t.assignments.len() as i32, rf)
     };
-    broker.create_topic(
-        t.name.as_str(),
-        partitions,
-        replication_factor,
-        &overrides,
-        validate_only,
-    )
+    broker
+        .create_topic(
+            t.name.as_str(),
+            partitions,
+            replication_factor,
+            &overrides,
+            validate_only,
+        )
+        .await
 }

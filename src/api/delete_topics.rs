@@ -11,7 +11,7 @@ use super::{str_bytes, topic_name};
 use crate::broker::Broker;
 use crate::error::ApiError;
 
-pub fn handle(
+pub async fn handle(
     broker: &Arc<Broker>,
     request: DeleteTopicsRequest,
     version: i16,
@@ -29,9 +29,9 @@ pub fn handle(
             .map(|n| (Some(n.to_string()), Uuid::nil()))
             .collect()
     };
-    let responses = targets
-        .into_iter()
-        .map(|(name, id)| {
+    let mut responses = Vec::with_capacity(targets.len());
+    for (name, id) in targets {
+        responses.push({
             let resolved = match &name {
                 Some(n) => broker
                     .topic(n)
@@ -52,15 +52,14 @@ pub fn handle(
                         )
                     }),
             };
-            let outcome = resolved.and_then(|(n, id)| {
-                if n.starts_with("__") {
-                    return Err(ApiError::new(
-                        ResponseError::TopicDeletionDisabled,
-                        format!("internal topic {n:?} cannot be deleted"),
-                    ));
-                }
-                broker.delete_topic(&n).map(|()| (n, id))
-            });
+            let outcome = match resolved {
+                Ok((n, _)) if n.starts_with("__") => Err(ApiError::new(
+                    ResponseError::TopicDeletionDisabled,
+                    format!("internal topic {n:?} cannot be deleted"),
+                )),
+                Ok((n, id)) => broker.delete_topic(&n).await.map(|()| (n, id)),
+                Err(e) => Err(e),
+            };
             match outcome {
                 Ok((n, id)) => DeletableTopicResult::default()
                     .with_name(Some(topic_name(&n)))
@@ -71,7 +70,7 @@ pub fn handle(
                     .with_error_code(e.code())
                     .with_error_message(Some(str_bytes(e.message))),
             }
-        })
-        .collect();
+        });
+    }
     DeleteTopicsResponse::default().with_responses(responses)
 }

@@ -16,7 +16,11 @@ use super::{str_bytes, topic_name};
 use crate::broker::{Broker, Topic};
 use crate::partition::Role;
 
-pub fn handle(broker: &Arc<Broker>, request: MetadataRequest, version: i16) -> MetadataResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
     let node = BrokerId(broker.node_id());
     let (host, port) = broker.advertised();
     let topics = match request.topics {
@@ -25,19 +29,20 @@ pub fn handle(broker: &Arc<Broker>, request: MetadataRequest, version: i16) -> M
             .iter()
             .map(|t| describe(broker, t))
             .collect(),
-        Some(requested) => requested
-            .into_iter()
-            .map(|r| {
+        Some(requested) => {
+            let mut topics = Vec::with_capacity(requested.len());
+            for r in requested {
                 let allow = version < 4 || request.allow_auto_topic_creation;
-                match r.name {
-                    Some(name) => lookup_or_create(broker, name.as_str(), allow),
+                topics.push(match r.name {
+                    Some(name) => lookup_or_create(broker, name.as_str(), allow).await,
                     None => match broker.topic_by_id(r.topic_id) {
                         Some(t) => describe(broker, &t),
                         None => error_topic(None, r.topic_id, ResponseError::UnknownTopicId),
                     },
-                }
-            })
-            .collect(),
+                });
+            }
+            topics
+        }
     };
     MetadataResponse::default()
         .with_brokers(vec![MetadataResponseBroker::default()
@@ -49,11 +54,15 @@ pub fn handle(broker: &Arc<Broker>, request: MetadataRequest, version: i16) -> M
         .with_topics(topics)
 }
 
-fn lookup_or_create(broker: &Arc<Broker>, name: &str, allow_create: bool) -> MetadataResponseTopic {
+async fn lookup_or_create(
+    broker: &Arc<Broker>,
+    name: &str,
+    allow_create: bool,
+) -> MetadataResponseTopic {
     if let Some(topic) = broker.topic(name) {
         return describe(broker, &topic);
     }
-    if crate::broker::topics::check_topic_name(name).is_err() {
+    if crate::metadata::check_topic_name(name).is_err() {
         return error_topic(
             Some(name),
             Uuid::nil(),
@@ -67,7 +76,10 @@ fn lookup_or_create(broker: &Arc<Broker>, name: &str, allow_create: bool) -> Met
             ResponseError::UnknownTopicOrPartition,
         );
     }
-    match broker.create_topic(name, -1, -1, &BTreeMap::new(), false) {
+    match broker
+        .create_topic(name, -1, -1, &BTreeMap::new(), false)
+        .await
+    {
         Ok(topic) => describe(broker, &topic),
         // Lost a race with another creator: describe the winner's topic.
         Err(e) if e.code == ResponseError::TopicAlreadyExists => match broker.topic(name) {

@@ -54,9 +54,9 @@ pub async fn dispatch(
         .unwrap_or_default();
     let response = match request.body {
         RequestKind::ApiVersions(_) => Some(ResponseKind::ApiVersions(api_versions::handle())),
-        RequestKind::Metadata(r) => {
-            Some(ResponseKind::Metadata(metadata::handle(broker, r, version)))
-        }
+        RequestKind::Metadata(r) => Some(ResponseKind::Metadata(
+            metadata::handle(broker, r, version).await,
+        )),
         RequestKind::Produce(r) => produce::handle(broker, r, version)
             .await
             .map(ResponseKind::Produce),
@@ -67,21 +67,23 @@ pub async fn dispatch(
         RequestKind::OffsetForLeaderEpoch(r) => Some(ResponseKind::OffsetForLeaderEpoch(
             offset_for_leader_epoch::handle(broker, r),
         )),
-        RequestKind::CreateTopics(r) => Some(ResponseKind::CreateTopics(create_topics::handle(
-            broker, r, version,
-        ))),
-        RequestKind::DeleteTopics(r) => Some(ResponseKind::DeleteTopics(delete_topics::handle(
-            broker, r, version,
-        ))),
+        RequestKind::CreateTopics(r) => Some(ResponseKind::CreateTopics(
+            create_topics::handle(broker, r, version).await,
+        )),
+        RequestKind::DeleteTopics(r) => Some(ResponseKind::DeleteTopics(
+            delete_topics::handle(broker, r, version).await,
+        )),
         RequestKind::CreatePartitions(r) => Some(ResponseKind::CreatePartitions(
-            create_partitions::handle(broker, r),
+            create_partitions::handle(broker, r).await,
         )),
         RequestKind::DescribeConfigs(r) => Some(ResponseKind::DescribeConfigs(configs::describe(
             broker, r, version,
         ))),
-        RequestKind::AlterConfigs(r) => Some(ResponseKind::AlterConfigs(configs::alter(broker, r))),
+        RequestKind::AlterConfigs(r) => {
+            Some(ResponseKind::AlterConfigs(configs::alter(broker, r).await))
+        }
         RequestKind::IncrementalAlterConfigs(r) => Some(ResponseKind::IncrementalAlterConfigs(
-            configs::incremental_alter(broker, r),
+            configs::incremental_alter(broker, r).await,
         )),
         RequestKind::DeleteRecords(r) => Some(ResponseKind::DeleteRecords(
             delete_records::handle(broker, r).await,
@@ -93,7 +95,7 @@ pub async fn dispatch(
             cluster::describe_log_dirs(broker, r),
         )),
         RequestKind::InitProducerId(r) => Some(ResponseKind::InitProducerId(
-            init_producer_id::handle(broker, r),
+            init_producer_id::handle(broker, r).await,
         )),
         RequestKind::FindCoordinator(r) => Some(ResponseKind::FindCoordinator(
             find_coordinator::handle(broker, r, version),

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
 
-use super::topics::TopicRecord;
 use super::Topic;
 use crate::clock::Clock;
 use crate::config::{Config, TopicConfig};
 use crate::error::ApiError;
+use crate::metadata::TopicRecord;
 use crate::partition::{Partition, PartitionContext};
 use crate::tiering::tier::RemoteTier;
 
@@ -46,6 +46,48 @@ pub(super) fn open_topic(
         tier: tier.filter(|_| !record.name.starts_with("__")).cloned(),
     };
     let mut partitions = existing;
+    let first_new = partitions.len();
+    let opened = open_partitions(
+        config,
+        clock,
+        record,
+        &topic_config,
+        &context,
+        &mut partitions,
+        opening,
+    );
+    if let Err(e) = opened {
+        if opening == Opening::New {
+            // New partitions are empty: what did open of them goes, so a failed creation
+            // leaves no directory behind.
+            for p in partitions.drain(first_new..) {
+                let dir = p.dir();
+                drop(p);
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "could not remove a new partition that failed to open");
+                }
+            }
+        }
+        return Err(e);
+    }
+    Ok(Topic {
+        name: record.name.clone(),
+        id: record.id,
+        overrides: record.overrides.clone(),
+        config: topic_config,
+        partitions,
+    })
+}
+
+fn open_partitions(
+    config: &Config,
+    clock: &Clock,
+    record: &TopicRecord,
+    topic_config: &TopicConfig,
+    context: &PartitionContext,
+    partitions: &mut Vec<Arc<Partition>>,
+    opening: Opening,
+) -> Result<(), ApiError> {
     for index in partitions.len() as i32..record.partitions {
         let dir = partition_dir(config, &record.name, index);
         if opening == Opening::New {
@@ -61,19 +103,13 @@ pub(super) fn open_topic(
             &record.name,
             index,
             topic_config.clone(),
-            &context,
+            context,
             clock.now_ms(),
         )
         .map_err(ApiError::from)?;
         partitions.push(Arc::new(partition));
     }
-    Ok(Topic {
-        name: record.name.clone(),
-        id: record.id,
-        overrides: record.overrides.clone(),
-        config: topic_config,
-        partitions,
-    })
+    Ok(())
 }
 
 /// A new partition's directory must not exist yet; one that does (a crash between DeleteTopics'

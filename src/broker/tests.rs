@@ -31,12 +31,15 @@ async fn append(p: &Partition, n: usize) -> i64 {
     p.append(records(n), 1_000).await.unwrap().base_offset
 }
 
-fn create(broker: &Broker, name: &str, overrides: &[(&str, &str)]) -> Arc<Partition> {
+async fn create(broker: &Broker, name: &str, overrides: &[(&str, &str)]) -> Arc<Partition> {
     let overrides: BTreeMap<String, String> = overrides
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    broker.create_topic(name, 1, 1, &overrides, false).unwrap();
+    broker
+        .create_topic(name, 1, 1, &overrides, false)
+        .await
+        .unwrap();
     broker.topic(name).unwrap().partitions[0].clone()
 }
 
@@ -64,14 +67,14 @@ async fn a_topic_re_created_at_once_starts_empty_and_the_old_log_cannot_reach_it
     let tmp = tempfile::tempdir().unwrap();
     let broker = broker(tmp.path());
     // Tiny segments, so a late append to the old log rolls a new segment file.
-    let old = create(&broker, "t", &[("segment.bytes", "100")]);
+    let old = create(&broker, "t", &[("segment.bytes", "100")]).await;
     for _ in 0..3 {
         append(&old, 5).await;
     }
     assert_eq!(old.log_end_offset(), 15);
 
-    broker.delete_topic("t").unwrap();
-    let new = create(&broker, "t", &[]);
+    broker.delete_topic("t").await.unwrap();
+    let new = create(&broker, "t", &[]).await;
     assert_eq!(
         new.log_end_offset(),
         0,
@@ -115,22 +118,22 @@ async fn leftovers_of_a_crash_are_removed_or_moved_aside_never_loaded() {
     let tmp = tempfile::tempdir().unwrap();
     {
         let broker = broker(tmp.path());
-        let p = create(&broker, "s", &[]);
+        let p = create(&broker, "s", &[]).await;
         append(&p, 7).await;
     }
     let topics = tmp.path().join("topics");
     // A crash after DeleteTopics wrote the catalogue: the directory is where it was, no topic
     // claims it. Another crash left a moved-aside directory unremoved.
-    let mut catalogue = topics::load(tmp.path()).unwrap();
+    let mut catalogue = crate::metadata::catalogue::load(tmp.path()).unwrap();
     catalogue.topics.retain(|t| t.name != "s");
-    topics::save(tmp.path(), &catalogue).unwrap();
+    crate::metadata::catalogue::save(tmp.path(), &catalogue).unwrap();
     std::fs::create_dir_all(topics.join("u-0.0123-delete/sub")).unwrap();
     std::fs::write(topics.join("u-0.0123-delete/sub/x.log"), b"old").unwrap();
 
     let broker = broker(tmp.path());
     assert!(broker.topic("s").is_none());
     assert!(entries(tmp.path(), "u-0").is_empty(), "removed at start");
-    let p = create(&broker, "s", &[]);
+    let p = create(&broker, "s", &[]).await;
     assert_eq!(p.log_end_offset(), 0, "a stray directory is never loaded");
     let left = entries(tmp.path(), "s-0");
     assert_eq!(left.len(), 2, "{left:?}");

@@ -114,6 +114,7 @@ async fn start_in_scope(
         .spawn_blocking(move || Broker::open(config, clock))
         .await??;
     let broker = Arc::new(broker);
+    broker.ensure_offsets_topic().await?;
     if let Some(tiering) = &broker.tiering {
         tiering.attach(&*broker).await;
     }
@@ -138,6 +139,7 @@ async fn start_in_scope(
             shutdown_rx.clone(),
         ),
     );
+    telemetry.spawn_in(&mut tasks, broker.clone().run_applier(shutdown_rx.clone()));
     telemetry.spawn_in(
         &mut tasks,
         crate::coordinator::run(broker.clone(), shutdown_rx.clone()),

@@ -19,15 +19,16 @@ use crate::partition::{Partition, TierPass};
 pub const ROW_GROUP_BYTES: usize = 128 << 20;
 
 /// What a tiering pass needs from the broker.
+#[async_trait::async_trait]
 pub trait TieringHost: Send + Sync {
     fn now_ms(&self) -> i64;
     /// Every partition of every non-internal topic.
     fn partitions(&self) -> Vec<Arc<Partition>>;
     /// Deleted topics whose remote data is still to be deleted, oldest first.
     fn remote_deletions(&self) -> Vec<DeletedTopic>;
-    /// The remote data of `done` (deleted topics named `name`) is gone: record it, and unfence
-    /// the name once no deletion of it is pending. Returns whether one still is.
-    fn remote_deletion_done(&self, name: &str, done: &[DeletedTopic]) -> anyhow::Result<bool>;
+    /// The remote data of `done` (deleted topics named `name`) is gone: record it; the name is
+    /// unfenced once no deletion of it is pending.
+    async fn remote_deletion_done(&self, name: &str, done: &[DeletedTopic]) -> anyhow::Result<()>;
     /// Called after each pass (hot-bytes accounting).
     fn after_pass(&self) {}
 }
@@ -150,7 +151,7 @@ impl Tiering {
                 }
             };
             let done: Vec<_> = pending.iter().filter(|d| d.name == name).cloned().collect();
-            match host.remote_deletion_done(name, &done) {
+            match host.remote_deletion_done(name, &done).await {
                 Ok(_) => tracing::info!(
                     topic = name,
                     topic_ids = ?done.iter().map(|d| d.id).collect::<Vec<_>>(),

@@ -7,7 +7,7 @@
 //! that goes by the manifest never finds a listed file missing.
 //!
 //! Surviving an outage and a restart: DeleteTopics records `(name, topic id)` in the topic
-//! catalogue (`broker::topics`, `deleting`) in the same atomic write that removes the topic. The
+//! catalogue (`metadata::catalogue`, `deleting`) in the same atomic write that removes the topic. The
 //! tiering service works through that record at the start of every pass, in its own task, and
 //! clears an entry only after the prefixes list empty; a failure leaves it for the next pass.
 //! Deletion is not inferred from prefixes without a live topic: the bucket may be shared with
@@ -37,12 +37,7 @@ use object_store::path::Path;
 use super::cache::ChunkCache;
 use crate::store::{Store, StoreError};
 
-/// A deleted topic whose remote data is still to be deleted (recorded by the catalogue).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DeletedTopic {
-    pub name: String,
-    pub id: uuid::Uuid,
-}
+pub use crate::metadata::DeletedTopic;
 
 /// What a wipe of one topic name deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -1,8 +1,10 @@
-//! The persisted topic catalogue of a single broker.
+//! The persisted topic catalogue of a single broker ([`super::local::LocalMetadata`]).
 //!
 //! Format: `{data-dir}/meta/topics.json`, written atomically on every change:
 //! `{"cluster_id": "...", "topics": [{"name", "id" (UUID), "partitions" (count),
-//! "leader_epoch", "overrides": {config name: value}}], "deleting": [{"name", "id"}]}`.
+//! "leader_epoch" (always 0: leader epochs are per partition, in each partition directory's
+//! `partition-leader-epoch`; kept so older brokers read the file), "overrides": {config name:
+//! value}}], "deleting": [{"name", "id"}]}`.
 //! `deleting` (absent when empty) lists deleted topics whose data in the object store is not yet
 //! deleted (`tiering::topic_deletion`); it is written in the same atomic replacement that removes
 //! the topic, so a crash can never forget a deletion.
@@ -21,11 +23,17 @@ pub struct TopicRecord {
     pub name: String,
     pub id: Uuid,
     pub partitions: i32,
+    #[serde(default)]
     pub leader_epoch: i32,
     pub overrides: BTreeMap<String, String>,
 }
 
-pub use crate::tiering::topic_deletion::DeletedTopic;
+/// A deleted topic whose remote data is still to be deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedTopic {
+    pub name: String,
+    pub id: Uuid,
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Catalogue {

@@ -1,0 +1,116 @@
+//! The cluster's metadata as a broker sees it: topics, their partitions and configs, leaders and
+//! leader epochs, producer-id blocks, and deleted topics whose remote data is still to go.
+//!
+//! The interface is shaped for a quorum (DESIGN.md: the openraft state machine): *commands*
+//! resolve once their change is durable and return its version; *applied changes* come out in
+//! version order, and the broker's one applier (`broker::apply`) turns them into partition
+//! owners opened and closed and `become_leader` / `become_follower` calls. A command's caller
+//! waits until its own change is applied, so CreateTopics answers once the partitions are open.
+//! Nothing in the broker holds a lock across a command.
+//!
+//! On one node the implementation is [`local::LocalMetadata`], the JSON catalogue of
+//! `catalogue.rs`.
+
+pub mod catalogue;
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+pub use catalogue::{check_topic_name, DeletedTopic, TopicRecord};
+
+/// One change, as applied in version order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    TopicCreated(TopicRecord),
+    TopicDeleted(DeletedTopic),
+    /// The topic grew to `count` partitions.
+    PartitionsCreated {
+        name: String,
+        count: i32,
+    },
+    ConfigsChanged {
+        name: String,
+        overrides: BTreeMap<String, String>,
+    },
+    /// A partition's leader and epoch (KIP-101/279): the leader's broker becomes leader with
+    /// `isr`, the others follow it.
+    Leadership {
+        topic: String,
+        partition: i32,
+        leader: i32,
+        epoch: i32,
+        isr: Vec<i32>,
+    },
+    /// Deleted topics named `name` have no remote data left; `pending` says whether another
+    /// deletion of the name (recorded meanwhile) still waits. The name may be used remotely
+    /// again once none does.
+    RemoteDeletionDone {
+        name: String,
+        pending: bool,
+    },
+}
+
+/// A change and its version (1, 2, ... in the order they were committed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub version: u64,
+    pub change: Change,
+}
+
+/// What the metadata holds when a broker starts: what it opens before applying changes.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub cluster_id: String,
+    pub topics: Vec<TopicRecord>,
+    pub deleting: Vec<DeletedTopic>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("topic {0:?} does not exist")]
+    UnknownTopic(String),
+    #[error("{0}")]
+    InvalidPartitions(String),
+    #[error("persisting metadata: {0}")]
+    Storage(#[from] std::io::Error),
+}
+
+#[async_trait::async_trait]
+pub trait Metadata: Send + Sync {
+    fn image(&self) -> Image;
+
+    /// Deleted topics whose remote data is still to be deleted, oldest first.
+    fn remote_deletions(&self) -> Vec<DeletedTopic>;
+
+    /// The next applied change, if one is waiting (the applier drains them in order).
+    fn next_change(&self) -> Option<Applied>;
+
+    /// Resolves when a change may be waiting.
+    async fn changed(&self);
+
+    async fn create_topic(&self, record: TopicRecord) -> Result<u64, MetadataError>;
+
+    /// Deletes the topic and records it for the deletion of its remote data.
+    async fn delete_topic(&self, name: &str) -> Result<u64, MetadataError>;
+
+    async fn create_partitions(&self, name: &str, count: i32) -> Result<u64, MetadataError>;
+
+    async fn alter_configs(
+        &self,
+        name: &str,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<u64, MetadataError>;
+
+    /// A block of `count` producer ids, never handed out before (KIP-730's blocks).
+    async fn allocate_producer_ids(&self, count: i64) -> Result<Range<i64>, MetadataError>;
+
+    /// The remote data of `done` is gone: drop them from the record.
+    async fn remote_deletion_done(
+        &self,
+        name: &str,
+        done: &[DeletedTopic],
+    ) -> Result<u64, MetadataError>;
+}

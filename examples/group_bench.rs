@@ -147,7 +147,7 @@ async fn main() {
             let group = format!("g{}", i % 10);
             coordinator
                 .commit(
-                    &broker,
+                    &*broker,
                     &group,
                     -1,
                     "",
@@ -180,7 +180,7 @@ async fn main() {
         let group = format!("load-{}", i % 1000);
         coordinator
             .commit(
-                &broker,
+                &*broker,
                 &group,
                 -1,
                 "",

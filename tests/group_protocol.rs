@@ -625,7 +625,7 @@ async fn snapshots_bound_the_offsets_log_and_keep_every_offset() {
             .collect();
         let r = b
             .coordinator
-            .commit(&b, "g", -1, "", None, vec![("t".into(), partitions)])
+            .commit(&*b, "g", -1, "", None, vec![("t".into(), partitions)])
             .await
             .unwrap();
         assert!(r[0].1.iter().all(|(_, code)| *code == 0));

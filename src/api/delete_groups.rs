@@ -10,7 +10,11 @@ use crate::broker::Broker;
 pub async fn handle(broker: &Arc<Broker>, request: DeleteGroupsRequest) -> DeleteGroupsResponse {
     let mut results = Vec::with_capacity(request.groups_names.len());
     for id in request.groups_names {
-        let code = match broker.coordinator.delete_group(broker, id.as_str()).await {
+        let code = match broker
+            .coordinator
+            .delete_group(&**broker, id.as_str())
+            .await
+        {
             Ok(()) => 0,
             Err(e) => e.code(),
         };

@@ -39,7 +39,7 @@ pub async fn handle(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Offse
     let result = broker
         .coordinator
         .commit(
-            broker,
+            &**broker,
             request.group_id.as_str(),
             request.generation_id_or_member_epoch,
             request.member_id.as_str(),

@@ -23,7 +23,7 @@ pub async fn handle(broker: &Arc<Broker>, request: OffsetDeleteRequest) -> Offse
         .collect();
     match broker
         .coordinator
-        .delete_offsets(broker, request.group_id.as_str(), topics)
+        .delete_offsets(&**broker, request.group_id.as_str(), topics)
         .await
     {
         Err(e) => OffsetDeleteResponse::default().with_error_code(e.code()),

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::config::{Config, TopicConfig};
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, GroupHost, OFFSETS_TOPIC};
 use crate::error::ApiError;
 use crate::metadata::local::LocalMetadata;
 use crate::metadata::{DeletedTopic, Image, Metadata};
@@ -263,6 +263,35 @@ fn open_remote_tier(config: &Config, image: &Image) -> anyhow::Result<Option<Arc
     let tier = RemoteTier::new(store, cache);
     tier.fence_deleted(image.deleting.iter().map(|d| d.name.as_str()));
     Ok(Some(Arc::new(tier)))
+}
+
+/// What the group coordinator needs from the broker, and nothing more.
+impl GroupHost for Broker {
+    fn coordinator(&self) -> &Coordinator {
+        &self.coordinator
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn offsets_partition(&self, partition: i32) -> Option<Arc<Partition>> {
+        self.topic(OFFSETS_TOPIC)
+            .and_then(|t| t.partition(partition).cloned())
+    }
+
+    fn offsets_partitions(&self) -> usize {
+        self.topic(OFFSETS_TOPIC).map_or(0, |t| t.partitions.len())
+    }
+
+    fn has_partition(&self, topic: &str, partition: i32) -> bool {
+        self.topic(topic)
+            .is_some_and(|t| t.partition(partition).is_some())
+    }
+
+    fn max_decompressed(&self) -> usize {
+        self.config.broker.batch_max_decompressed_bytes
+    }
 }
 
 /// What the tiering pass needs from the broker, and nothing more.

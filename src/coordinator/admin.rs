@@ -5,8 +5,8 @@ use kafka_protocol::error::ResponseError;
 
 use super::group::State;
 use super::offsets::{group_key, offset_key};
+use super::GroupHost;
 use super::{store, Coordinator};
-use crate::broker::Broker;
 
 /// A group as ListGroups reports it.
 #[derive(Debug, Clone)]
@@ -105,7 +105,11 @@ impl Coordinator {
 
     /// DeleteGroups: only groups without members (NON_EMPTY_GROUP otherwise); the group and
     /// its offsets get tombstones in `__consumer_offsets`.
-    pub async fn delete_group(&self, broker: &Broker, group_id: &str) -> Result<(), ResponseError> {
+    pub async fn delete_group(
+        &self,
+        host: &dyn GroupHost,
+        group_id: &str,
+    ) -> Result<(), ResponseError> {
         self.ready(group_id)?;
         let partition = self.partition_of(group_id);
         let Some(writer) = self.writers.get().and_then(|w| w.get(partition as usize)) else {
@@ -128,7 +132,7 @@ impl Coordinator {
             records.push((group_key(group_id), None));
             records
         };
-        store::append(broker, partition, &records).await?;
+        store::append(host, partition, &records).await?;
         let mut groups = self.groups();
         // A member may have joined while the tombstones were written: keep the group then.
         if groups
@@ -145,7 +149,7 @@ impl Coordinator {
     /// offsets deleted at all (NON_EMPTY_GROUP).
     pub async fn delete_offsets(
         &self,
-        broker: &Broker,
+        host: &dyn GroupHost,
         group_id: &str,
         topics: Vec<(String, Vec<i32>)>,
     ) -> Result<Vec<(String, Vec<(i32, i16)>)>, ResponseError> {
@@ -176,11 +180,7 @@ impl Coordinator {
                             if subscribed.contains(&topic) {
                                 return (p, ResponseError::GroupSubscribedToTopic.code());
                             }
-                            if broker
-                                .topic(&topic)
-                                .and_then(|t| t.partition(p).cloned())
-                                .is_none()
-                            {
+                            if !host.has_partition(&topic, p) {
                                 return (p, ResponseError::UnknownTopicOrPartition.code());
                             }
                             if g.offsets.contains_key(&(topic.clone(), p)) {
@@ -195,7 +195,7 @@ impl Coordinator {
                 .collect()
         };
         if !records.is_empty() {
-            store::append(broker, partition, &records).await?;
+            store::append(host, partition, &records).await?;
             if let Some(g) = self.groups().get_mut(group_id) {
                 for key in doomed {
                     g.offsets.remove(&key);

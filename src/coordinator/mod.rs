@@ -23,7 +23,6 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use kafka_protocol::error::ResponseError;
 
-use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::config::BrokerSettings;
 use group::{Group, GroupSettings, JoinOutcome, Reply, SyncOutcome};
@@ -37,6 +36,24 @@ pub use tasks::run;
 /// member cannot make the leader's JoinGroup response (every member's metadata) unbounded.
 pub const MAX_MEMBER_METADATA_BYTES: usize = 1024 * 1024;
 pub const MAX_MEMBER_PROTOCOLS: usize = 64;
+
+/// What the coordinator needs from the broker, and nothing more: its own state (the broker
+/// holds it), the partitions of `__consumer_offsets` it writes and replays, whether a committed
+/// partition exists, the clock and the decompression bound.
+pub trait GroupHost: Send + Sync {
+    fn coordinator(&self) -> &Coordinator;
+    fn now_ms(&self) -> i64;
+    /// Partition `partition` of `__consumer_offsets`.
+    fn offsets_partition(
+        &self,
+        partition: i32,
+    ) -> Option<std::sync::Arc<crate::partition::Partition>>;
+    /// How many partitions `__consumer_offsets` has.
+    fn offsets_partitions(&self) -> usize;
+    /// Whether `topic` (not an internal one) has partition `partition`.
+    fn has_partition(&self, topic: &str, partition: i32) -> bool;
+    fn max_decompressed(&self) -> usize;
+}
 
 /// One partition's offsets for OffsetCommit.
 #[derive(Debug, Clone)]
@@ -224,7 +241,7 @@ impl Coordinator {
     /// assignment), allowed only while the group has no members.
     pub async fn commit(
         &self,
-        broker: &Broker,
+        host: &dyn GroupHost,
         group_id: &str,
         generation: i32,
         member_id: &str,
@@ -258,13 +275,10 @@ impl Coordinator {
         let mut records = Vec::new();
         let mut accepted = Vec::new();
         for (topic, partitions) in topics {
-            let known = broker.topic(&topic).filter(|_| topic != OFFSETS_TOPIC);
             let mut codes = Vec::with_capacity(partitions.len());
             for p in partitions {
                 let metadata = p.metadata.clone().unwrap_or_default();
-                let exists = known
-                    .as_ref()
-                    .is_some_and(|t| t.partition(p.partition).is_some());
+                let exists = topic != OFFSETS_TOPIC && host.has_partition(&topic, p.partition);
                 let code = if !exists {
                     ResponseError::UnknownTopicOrPartition.code()
                 } else if metadata.len() > self.settings.offset_metadata_max_bytes {
@@ -295,7 +309,7 @@ impl Coordinator {
             return Err(ResponseError::CoordinatorNotAvailable);
         };
         let mut writer = writer.lock().await;
-        if let Err(e) = store::append(broker, partition, &records).await {
+        if let Err(e) = store::append(host, partition, &records).await {
             for (_, codes) in &mut result {
                 for (_, code) in codes.iter_mut().filter(|(_, c)| *c == 0) {
                     *code = e.code();

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 
 use super::offsets::{decode, OffsetsRecord};
-use crate::broker::Broker;
+use super::GroupHost;
 use crate::record::batch::{split_batches, Codec};
 use crate::record::builder::BatchBuilder;
 use crate::record::validate::{for_each_record, ValidationLimits};
@@ -46,19 +46,16 @@ pub type KeyValue = (Vec<u8>, Option<Vec<u8>>);
 
 /// Appends records to one partition of `__consumer_offsets`; returns the first offset written.
 pub async fn append(
-    broker: &Broker,
+    host: &dyn GroupHost,
     partition: i32,
     records: &[KeyValue],
 ) -> Result<Option<i64>, ResponseError> {
-    let Some(p) = broker
-        .topic(OFFSETS_TOPIC)
-        .and_then(|t| t.partition(partition).cloned())
-    else {
+    let Some(p) = host.offsets_partition(partition) else {
         return Err(ResponseError::CoordinatorNotAvailable);
     };
     let mut first = None;
     let mut builder = BatchBuilder::new(Codec::None);
-    let now = broker.clock.now_ms();
+    let now = host.now_ms();
     for (i, (key, value)) in records.iter().enumerate() {
         builder.record(now, Some(key), value.as_deref(), &[]);
         let last = i + 1 == records.len();
@@ -78,19 +75,16 @@ pub async fn append(
 /// Replays one partition from its log start, calling `apply` for every decodable record in
 /// order. Returns the number of records read.
 pub fn replay(
-    broker: &Broker,
+    host: &dyn GroupHost,
     partition: i32,
     mut apply: impl FnMut(OffsetsRecord),
 ) -> anyhow::Result<u64> {
-    let Some(p) = broker
-        .topic(OFFSETS_TOPIC)
-        .and_then(|t| t.partition(partition).cloned())
-    else {
+    let Some(p) = host.offsets_partition(partition) else {
         return Ok(0);
     };
     let limits = ValidationLimits {
         max_batch_bytes: usize::MAX,
-        max_decompressed_bytes: broker.config.broker.batch_max_decompressed_bytes,
+        max_decompressed_bytes: host.max_decompressed(),
     };
     let start = p.log_start_offset();
     let end = p.high_watermark();

@@ -10,18 +10,18 @@ use tokio::sync::watch;
 
 use super::group::{Group, State};
 use super::offsets::{self, group_key, group_value, offset_key, OffsetsRecord};
-use super::store::{self, KeyValue, OFFSETS_TOPIC, SNAPSHOT_MIN_RECORDS};
+use super::store::{self, KeyValue, SNAPSHOT_MIN_RECORDS};
+use super::GroupHost;
 use super::Writer;
-use crate::broker::Broker;
 
 /// How often deadlines are checked: the resolution of session and rebalance timeouts.
 const TICK: Duration = Duration::from_millis(50);
 /// How often offsets of empty groups are checked for expiry (Kafka checks every 10 minutes).
 const EXPIRY_CHECK_MS: i64 = 60_000;
 
-pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
-    let b = broker.clone();
-    match crate::telemetry::spawn_blocking(move || load(&b)).await {
+pub async fn run(host: Arc<dyn GroupHost>, mut shutdown: watch::Receiver<bool>) {
+    let h = host.clone();
+    match crate::telemetry::spawn_blocking(move || load(&*h)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::error!(error = %e, "loading consumer groups failed; group requests will fail");
@@ -34,30 +34,26 @@ pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     }
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_expiry = broker.clock.now_ms();
+    let mut last_expiry = host.now_ms();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            _ = interval.tick() => tick(&broker, &mut last_expiry).await,
+            _ = interval.tick() => tick(&*host, &mut last_expiry).await,
         }
     }
 }
 
 /// Replays every partition of `__consumer_offsets` into the group map.
-pub fn load(broker: &Broker) -> anyhow::Result<()> {
+pub fn load(host: &dyn GroupHost) -> anyhow::Result<()> {
     let started = Instant::now();
-    let coordinator = &broker.coordinator;
-    let partitions = broker
-        .topic(OFFSETS_TOPIC)
-        .map(|t| t.partitions.len())
-        .unwrap_or(0)
-        .max(1);
+    let coordinator = host.coordinator();
+    let partitions = host.offsets_partitions().max(1);
     let now = coordinator.clock.now_ms();
     let mut groups: HashMap<String, Group> = HashMap::new();
     let mut writers = Vec::with_capacity(partitions);
     let mut total = 0u64;
     for p in 0..partitions {
-        let read = store::replay(broker, p as i32, |record| apply(&mut groups, record, now))?;
+        let read = store::replay(host, p as i32, |record| apply(&mut groups, record, now))?;
         total += read;
         writers.push(tokio::sync::Mutex::new(Writer {
             since_snapshot: read,
@@ -108,8 +104,8 @@ fn apply(groups: &mut HashMap<String, Group>, record: OffsetsRecord, now_ms: i64
     }
 }
 
-async fn tick(broker: &Broker, last_expiry: &mut i64) {
-    let c = &broker.coordinator;
+async fn tick(host: &dyn GroupHost, last_expiry: &mut i64) {
+    let c = host.coordinator();
     let now = c.clock.now_ms();
     let mut dirty: BTreeMap<i32, Vec<KeyValue>> = BTreeMap::new();
     {
@@ -126,22 +122,22 @@ async fn tick(broker: &Broker, last_expiry: &mut i64) {
         }
     }
     for (p, records) in dirty {
-        write(broker, p, &records).await;
+        write(host, p, &records).await;
     }
     if now.saturating_sub(*last_expiry) >= EXPIRY_CHECK_MS {
         *last_expiry = now;
         for p in 0..c.partition_count() {
-            expire(broker, p, now).await;
+            expire(host, p, now).await;
         }
     }
     for p in 0..c.partition_count() {
-        maybe_snapshot(broker, p).await;
+        maybe_snapshot(host, p).await;
     }
 }
 
-async fn write(broker: &Broker, p: i32, records: &[KeyValue]) {
-    let Some(writer) = broker
-        .coordinator
+async fn write(host: &dyn GroupHost, p: i32, records: &[KeyValue]) {
+    let Some(writer) = host
+        .coordinator()
         .writers
         .get()
         .and_then(|w| w.get(p as usize))
@@ -149,7 +145,7 @@ async fn write(broker: &Broker, p: i32, records: &[KeyValue]) {
         return;
     };
     let mut writer = writer.lock().await;
-    match store::append(broker, p, records).await {
+    match store::append(host, p, records).await {
         Ok(_) => writer.since_snapshot += records.len() as u64,
         Err(e) => tracing::warn!(partition = p, error = ?e, "persisting group metadata failed"),
     }
@@ -157,8 +153,8 @@ async fn write(broker: &Broker, p: i32, records: &[KeyValue]) {
 
 /// Offsets of a group that has been empty for offsets.retention.minutes are removed; an empty
 /// group without offsets is removed too.
-async fn expire(broker: &Broker, p: i32, now_ms: i64) {
-    let c = &broker.coordinator;
+async fn expire(host: &dyn GroupHost, p: i32, now_ms: i64) {
+    let c = host.coordinator();
     let Some(writer) = c.writers.get().and_then(|w| w.get(p as usize)) else {
         return;
     };
@@ -190,15 +186,15 @@ async fn expire(broker: &Broker, p: i32, now_ms: i64) {
     if records.is_empty() {
         return;
     }
-    match store::append(broker, p, &records).await {
+    match store::append(host, p, &records).await {
         Ok(_) => writer.since_snapshot += records.len() as u64,
         Err(e) => tracing::warn!(partition = p, error = ?e, "writing offset expiry failed"),
     }
 }
 
 /// Rewrites a partition's live state and moves its log start past everything older.
-async fn maybe_snapshot(broker: &Broker, p: i32) {
-    let c = &broker.coordinator;
+async fn maybe_snapshot(host: &dyn GroupHost, p: i32) {
+    let c = host.coordinator();
     let Some(writer) = c.writers.get().and_then(|w| w.get(p as usize)) else {
         return;
     };
@@ -223,16 +219,13 @@ async fn maybe_snapshot(broker: &Broker, p: i32) {
     if writer.since_snapshot < (records.len() as u64).max(SNAPSHOT_MIN_RECORDS) {
         return;
     }
-    let Some(partition) = broker
-        .topic(OFFSETS_TOPIC)
-        .and_then(|t| t.partition(p).cloned())
-    else {
+    let Some(partition) = host.offsets_partition(p) else {
         return;
     };
     let start = if records.is_empty() {
         Ok(None)
     } else {
-        store::append(broker, p, &records).await
+        store::append(host, p, &records).await
     };
     let start = match start {
         Ok(Some(first)) => first,

@@ -12,7 +12,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Topic};
 use crate::telemetry::Telemetry;
 
 /// `broker` is set once the log is recovered and the Kafka listener is bound: that is readiness.
@@ -54,8 +54,7 @@ pub async fn serve(
                             for partition in &topic.partitions {
                                 crate::telemetry::record_partition(partition);
                             }
-                            let status =
-                                crate::tiering::status::topic_status(&broker, &topic).await;
+                            let status = tier_status(&broker, &topic);
                             crate::tiering::status::record_metrics(&status);
                         }
                     }
@@ -87,9 +86,18 @@ async fn topic_status(broker: Option<Arc<Broker>>, name: &str) -> Response {
     let Some(topic) = broker.topic(name) else {
         return (StatusCode::NOT_FOUND, format!("unknown topic {name:?}\n")).into_response();
     };
-    let status = crate::tiering::status::topic_status(&broker, &topic).await;
+    let status = tier_status(&broker, &topic);
     match serde_json::to_string_pretty(&status) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body + "\n").into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
+}
+
+/// The per-tier status of `topic` (`tiering::status`).
+fn tier_status(broker: &Broker, topic: &Topic) -> crate::tiering::status::TopicStatus {
+    crate::tiering::status::topic_status(
+        &topic.name,
+        topic.config.remote_storage_enable && broker.tiering.is_some(),
+        &topic.partitions,
+    )
 }

@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Broker, Topic};
+use std::sync::Arc;
+
 use crate::partition::{Partition, Snapshot};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -41,22 +42,25 @@ pub struct TierStatus {
     pub files: usize,
 }
 
-/// The status of every partition of `topic`, each from one snapshot of the partition (its
-/// manifest is the one the partition holds: no object-store request).
-pub async fn topic_status(broker: &Broker, topic: &Topic) -> TopicStatus {
-    let tiered = topic.config.remote_storage_enable && broker.tiering.is_some();
-    let partitions = topic
-        .partitions
+/// The status of every partition of a topic, each from one snapshot of the partition (its
+/// manifest is the one the partition holds: no object-store request). `remote_storage_enable`:
+/// tiering is on for the broker and the topic.
+pub fn topic_status(
+    topic: &str,
+    remote_storage_enable: bool,
+    partitions: &[Arc<Partition>],
+) -> TopicStatus {
+    let partitions = partitions
         .iter()
         .map(|p| {
             let snapshot = p.snapshot();
-            let manifest = (tiered && p.is_tiered()).then_some(&*snapshot.manifest);
+            let manifest = (remote_storage_enable && p.is_tiered()).then_some(&*snapshot.manifest);
             partition_status(p, &snapshot, manifest)
         })
         .collect();
     TopicStatus {
-        topic: topic.name.clone(),
-        remote_storage_enable: tiered,
+        topic: topic.to_string(),
+        remote_storage_enable,
         partitions,
     }
 }

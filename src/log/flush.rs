@@ -96,20 +96,54 @@ impl Log {
         }
     }
 
-    /// Advances the recovery point to `offset` (as returned by `FlushHandle::sync`) and writes
-    /// its checkpoint. The checkpoint is not fsynced: losing it only means more recovery work.
-    pub fn mark_flushed(&mut self, offset: i64) -> Result<(), LogError> {
+    /// Advances the recovery point to `offset` (as returned by `FlushHandle::sync`) in memory;
+    /// the returned checkpoint writes it to disk, outside the caller's lock.
+    pub fn mark_flushed(&mut self, offset: i64) -> RecoveryCheckpoint {
         let offset = offset.min(self.log_end_offset());
-        if offset > self.recovery_point {
-            self.recovery_point = offset;
-            checkpoint::write_offset(&self.dir, checkpoint::RECOVERY_POINT_FILE, offset, false)?;
+        self.recovery_point = self.recovery_point.max(offset);
+        let truncations = self
+            .persisted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .truncations;
+        RecoveryCheckpoint {
+            dir: self.dir.clone(),
+            offset: self.recovery_point,
+            truncations,
+            persisted: self.persisted.clone(),
         }
-        Ok(())
     }
 
     /// fsync everything appended so far and advance the recovery point.
     pub fn flush(&mut self) -> Result<(), LogError> {
         let offset = self.flush_handle().sync()?;
-        self.mark_flushed(offset)
+        self.mark_flushed(offset).write()
+    }
+}
+
+/// The recovery-point checkpoint to write after a flush: only if no truncation came between and
+/// nothing newer was written meanwhile. Not fsynced: losing it only means more recovery work.
+#[must_use = "the checkpoint is written by `write`"]
+pub struct RecoveryCheckpoint {
+    dir: std::path::PathBuf,
+    offset: i64,
+    truncations: u64,
+    persisted: Arc<Mutex<super::retention::Persisted>>,
+}
+
+impl RecoveryCheckpoint {
+    /// Blocking (a rename): run it off the partition's lock.
+    pub fn write(self) -> Result<(), LogError> {
+        let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        if persisted.truncations == self.truncations && self.offset > persisted.recovery_point {
+            checkpoint::write_offset(
+                &self.dir,
+                checkpoint::RECOVERY_POINT_FILE,
+                self.offset,
+                false,
+            )?;
+            persisted.recovery_point = self.offset;
+        }
+        Ok(())
     }
 }

@@ -34,8 +34,8 @@ use tracing::warn;
 use crate::record::batch::{set_base_offset_and_epoch, split_batches, BatchHeader};
 
 use epoch_cache::EpochCache;
-pub use flush::FlushHandle;
 use flush::Truncations;
+pub use flush::{FlushHandle, RecoveryCheckpoint};
 pub use retention::{Removal, RemovalHook};
 use segment::Segment;
 
@@ -177,6 +177,8 @@ impl Log {
             persisted: Arc::new(Mutex::new(retention::Persisted {
                 log_start: loaded.log_start,
                 epochs_generation: 0,
+                recovery_point: loaded.recovery_point,
+                truncations: 0,
             })),
             removal_hook: None,
         })
@@ -201,11 +203,17 @@ impl Log {
     /// is free at once and nothing of the old log can land in a new partition of that name.
     pub fn rename_dir(&mut self, to: &Path) -> io::Result<()> {
         std::fs::rename(&self.dir, to)?;
+        self.repoint_dir(to);
+        Ok(())
+    }
+
+    /// The log's directory was moved to `to` (by [`Log::rename_dir`], or by a caller that
+    /// renamed it without holding the log): every later file operation uses the new place.
+    pub fn repoint_dir(&mut self, to: &Path) {
         self.dir = to.to_path_buf();
         for segment in &mut self.segments {
             segment.dir = to.to_path_buf();
         }
-        Ok(())
     }
 
     pub fn log_start_offset(&self) -> i64 {

@@ -26,6 +26,9 @@ pub type RemovalHook = Arc<dyn Fn() + Send + Sync>;
 pub(super) struct Persisted {
     pub(super) log_start: i64,
     pub(super) epochs_generation: u64,
+    pub(super) recovery_point: i64,
+    /// Truncations so far: a recovery point taken before one is never written after it.
+    pub(super) truncations: u64,
 }
 
 /// The disk half of moving a log's start (see the module doc): persist the start (and the
@@ -212,9 +215,19 @@ impl Log {
         if self.epochs.truncate_from_end(log_end) {
             self.persist_epochs_now()?;
         }
-        if self.recovery_point > log_end {
-            self.recovery_point = log_end;
-            checkpoint::write_offset(&self.dir, checkpoint::RECOVERY_POINT_FILE, log_end, true)?;
+        {
+            let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+            persisted.truncations += 1;
+            if self.recovery_point > log_end || persisted.recovery_point > log_end {
+                self.recovery_point = self.recovery_point.min(log_end);
+                checkpoint::write_offset(
+                    &self.dir,
+                    checkpoint::RECOVERY_POINT_FILE,
+                    self.recovery_point,
+                    true,
+                )?;
+                persisted.recovery_point = self.recovery_point;
+            }
         }
         let mut truncations = self
             .truncations

@@ -369,10 +369,13 @@ impl Partition {
     /// DeleteTopics: moves the partition's directory aside to `{dir}.{uuid}-delete`, where the
     /// old log (still referenced by requests in flight) keeps working until the directory is
     /// removed. Returns the new place.
+    /// Blocking (a rename), and done without the partition's lock: between the rename and the
+    /// repointing a late write of the deleted log fails, which is all it may do.
     pub fn move_aside_for_deletion(&self) -> std::io::Result<PathBuf> {
-        let mut state = self.write_state();
-        let doomed = aside(state.log.dir(), DELETED_SUFFIX);
-        state.log.rename_dir(&doomed)?;
+        let dir = self.dir();
+        let doomed = aside(&dir, DELETED_SUFFIX);
+        std::fs::rename(&dir, &doomed)?;
+        self.write_state().log.repoint_dir(&doomed);
         Ok(doomed)
     }
 
@@ -524,13 +527,18 @@ impl Partition {
         let offset = crate::telemetry::spawn_blocking(move || handle.sync())
             .await
             .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
-        let mut state = self.write_state();
-        state.log.mark_flushed(offset)?;
-        if state.log.log_end_offset() <= offset {
-            state.unflushed_messages = 0;
-            state.oldest_unflushed_ms = None;
-        }
-        Ok(())
+        let checkpoint = {
+            let mut state = self.write_state();
+            let checkpoint = state.log.mark_flushed(offset);
+            if state.log.log_end_offset() <= offset {
+                state.unflushed_messages = 0;
+                state.oldest_unflushed_ms = None;
+            }
+            checkpoint
+        };
+        crate::telemetry::spawn_blocking(move || checkpoint.write())
+            .await
+            .map_err(|e| LogError::Io(std::io::Error::other(e)))?
     }
 
     pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {

@@ -96,8 +96,8 @@ fn flush_outside_the_lock() {
     }
     let synced = handle.sync().expect("sync");
     let mut guard = log.write().expect("lock");
-    guard.mark_flushed(synced).expect("mark");
+    guard.mark_flushed(synced).write().expect("mark");
     assert_eq!(guard.recovery_point(), 100);
-    guard.mark_flushed(50).expect("never backwards");
+    guard.mark_flushed(50).write().expect("never backwards");
     assert_eq!(guard.recovery_point(), 100);
 }

@@ -406,7 +406,7 @@ fn truncate_to_and_flush_handles() {
     // The old handle must not claim the re-written range.
     let synced = handle.sync().expect("sync");
     assert_eq!(synced, 99);
-    log.mark_flushed(synced).expect("mark");
+    log.mark_flushed(synced).write().expect("mark");
     assert_eq!(log.recovery_point(), 99);
     log.flush().expect("flush");
     assert_eq!(log.recovery_point(), 129);

@@ -8,87 +8,28 @@
 mod faulty;
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use faulty::{Fault, FaultyStore, ALL_OPS};
-use kafka_protocol::messages::delete_records_request::{
-    DeleteRecordsPartition, DeleteRecordsTopic,
-};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
 };
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::StrBytes;
-use strata::config::{BrokerSettings, Config};
-use strata::partition::{Isolation, Partition, TierPass};
-use strata::server::RunningBroker;
+use strata::clock::Clock;
+use strata::partition::{Isolation, TierPass};
 use strata::store::Store;
 use strata::tiering::manifest::{CommitError, Manifest, ManifestStore};
 use strata::tiering::remote::{RemoteLog, TierError};
-use support::{metric, KafkaConn};
+use support::{delete_records, eventually, metric, produce_batch, topic_name, KafkaConn};
 
 const NOT_LEADER: i16 = 6;
 const FENCED_EPOCH: i16 = 74;
 const UNKNOWN_EPOCH: i16 = 75;
-
-fn tn(v: &str) -> TopicName {
-    TopicName(StrBytes::from_string(v.to_string()))
-}
-
-async fn start_on(dir: &Path, settings: &[(&str, &str)], store: Option<Store>) -> RunningBroker {
-    support::init_logging();
-    let mut config = Config::for_tests(dir);
-    if let Some(store) = store {
-        config.object_store = Some(store.url().to_string());
-        config.object_store_override = Some(store);
-    }
-    let map: BTreeMap<String, String> = settings
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    config.broker = BrokerSettings::from_map(&map).unwrap();
-    strata::server::start(config).await.unwrap()
-}
-
-async fn create(
-    running: &RunningBroker,
-    topic: &str,
-    overrides: &[(&str, &str)],
-) -> Arc<Partition> {
-    let overrides: BTreeMap<String, String> = overrides
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    running
-        .broker
-        .create_topic(topic, 1, 1, &overrides, false)
-        .await
-        .unwrap();
-    running.broker.topic(topic).unwrap().partitions[0].clone()
-}
-
-/// (error code, base offset) of one acks=-1 Produce to partition 0.
-async fn produce(conn: &mut KafkaConn, topic: &str, records: Vec<u8>) -> (i16, i64) {
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(tn(topic))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(Bytes::from(records)))])]);
-    let r: ProduceResponse = conn.call(ApiKey::Produce, 9, &request).await;
-    let p = &r.responses[0].partition_responses[0];
-    (p.error_code, p.base_offset)
-}
 
 /// (error code, records bytes) of one Fetch carrying `epoch` as the current leader epoch.
 async fn fetch(conn: &mut KafkaConn, topic: &str, offset: i64, epoch: i32) -> (i16, usize) {
@@ -97,7 +38,7 @@ async fn fetch(conn: &mut KafkaConn, topic: &str, offset: i64, epoch: i32) -> (i
         .with_max_bytes(1 << 20)
         .with_session_epoch(-1)
         .with_topics(vec![FetchTopic::default()
-            .with_topic(tn(topic))
+            .with_topic(topic_name(topic))
             .with_partitions(vec![FetchPartition::default()
                 .with_fetch_offset(offset)
                 .with_current_leader_epoch(epoch)
@@ -112,7 +53,7 @@ async fn list_latest(conn: &mut KafkaConn, topic: &str, epoch: i32) -> (i16, i64
     let request = ListOffsetsRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_topics(vec![ListOffsetsTopic::default()
-            .with_name(tn(topic))
+            .with_name(topic_name(topic))
             .with_partitions(vec![ListOffsetsPartition::default()
                 .with_timestamp(-1)
                 .with_current_leader_epoch(epoch)])]);
@@ -126,7 +67,7 @@ async fn end_of_epoch(conn: &mut KafkaConn, topic: &str, epoch: i32) -> (i16, i3
     let request = OffsetForLeaderEpochRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_topics(vec![OffsetForLeaderTopic::default()
-            .with_topic(tn(topic))
+            .with_topic(topic_name(topic))
             .with_partitions(vec![OffsetForLeaderPartition::default()
                 .with_current_leader_epoch(-1)
                 .with_leader_epoch(epoch)])]);
@@ -134,32 +75,6 @@ async fn end_of_epoch(conn: &mut KafkaConn, topic: &str, epoch: i32) -> (i16, i3
         conn.call(ApiKey::OffsetForLeaderEpoch, 4, &request).await;
     let p = &r.topics[0].partitions[0];
     (p.error_code, p.leader_epoch, p.end_offset)
-}
-
-async fn delete_records(conn: &mut KafkaConn, topic: &str, offset: i64) -> (i16, i64) {
-    let request = DeleteRecordsRequest::default()
-        .with_timeout_ms(5000)
-        .with_topics(vec![DeleteRecordsTopic::default()
-            .with_name(tn(topic))
-            .with_partitions(vec![
-                DeleteRecordsPartition::default().with_offset(offset)
-            ])]);
-    let r: DeleteRecordsResponse = conn.call(ApiKey::DeleteRecords, 2, &request).await;
-    let p = &r.topics[0].partitions[0];
-    (p.error_code, p.low_watermark)
-}
-
-/// Polls `check` every 20 ms until it holds; fails after 60 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn pass() -> TierPass {
@@ -178,15 +93,16 @@ async fn role_changes_fence_clients_and_the_bucket() {
     let store = Store::from_store(faulty.clone(), "memory://roles");
     // Passes only when the test runs them.
     let settings = [("remote.log.manager.task.interval.ms", "3600000")];
-    let running = start_on(dir.path(), &settings, Some(store.clone())).await;
+    let running =
+        support::start_on(dir.path(), &settings, Clock::System, Some(store.clone())).await;
     let broker = running.broker.clone();
     let tiering = broker.tiering.clone().unwrap();
-    let p = create(&running, "roles", &[("segment.bytes", "1024")]).await;
+    let p = support::create_topic(&running, "roles", &[("segment.bytes", "1024")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     let mut next = 0;
     for i in 0..20 {
         assert_eq!(
-            produce(
+            produce_batch(
                 &mut conn,
                 "roles",
                 support::batch(i * 5, 5, support::now_ms())
@@ -215,7 +131,7 @@ async fn role_changes_fence_clients_and_the_bucket() {
     // Follower at epoch 1: no produce, no consumer reads, no offload.
     p.become_follower(2, 1).await.unwrap();
     assert_eq!(
-        produce(&mut conn, "roles", support::batch(0, 5, support::now_ms()))
+        produce_batch(&mut conn, "roles", support::batch(0, 5, support::now_ms()))
             .await
             .0,
         NOT_LEADER
@@ -250,7 +166,7 @@ async fn role_changes_fence_clients_and_the_bucket() {
     assert!(bytes > 0);
     assert_eq!(list_latest(&mut conn, "roles", 2).await, (0, next));
     assert_eq!(
-        produce(&mut conn, "roles", support::batch(0, 5, support::now_ms())).await,
+        produce_batch(&mut conn, "roles", support::batch(0, 5, support::now_ms())).await,
         (0, next)
     );
     // OffsetForLeaderEpoch per epoch: epoch 0 ends where epoch 2's first batch starts; the
@@ -286,7 +202,7 @@ async fn role_changes_fence_clients_and_the_bucket() {
     p.become_leader(4, vec![]).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(
-        produce(&mut conn, "roles", support::batch(0, 5, support::now_ms())).await,
+        produce_batch(&mut conn, "roles", support::batch(0, 5, support::now_ms())).await,
         (0, next)
     );
     assert_eq!(fetch(&mut conn, "roles", next, 4).await.0, 0);
@@ -298,7 +214,7 @@ async fn role_changes_fence_clients_and_the_bucket() {
     running.shutdown().await;
 
     // The epoch survives a restart.
-    let running = start_on(dir.path(), &settings, Some(store)).await;
+    let running = support::start_on(dir.path(), &settings, Clock::System, Some(store)).await;
     let p = running.broker.topic("roles").unwrap().partitions[0].clone();
     assert_eq!(p.leader_epoch(), 4);
     running.shutdown().await;
@@ -321,8 +237,8 @@ async fn snapshots_stay_consistent_while_offload_retention_and_delete_records_ru
     let dir = tempfile::tempdir().unwrap();
     let store = Store::from_url("memory://").unwrap();
     let settings = [("remote.log.manager.task.interval.ms", "20")];
-    let running = start_on(dir.path(), &settings, Some(store)).await;
-    let p = create(
+    let running = support::start_on(dir.path(), &settings, Clock::System, Some(store)).await;
+    let p = support::create_topic(
         &running,
         "snap",
         &[("segment.bytes", "2048"), ("local.retention.ms", "0")],
@@ -420,13 +336,14 @@ fn produce_and_fetch_do_not_wait_for_segment_deletion() {
             .build()
             .unwrap();
         runtime.block_on(async move {
-            let running = start_on(
+            let running = support::start_on(
                 &data_dir,
                 &[("remote.log.storage.system.enable", "false")],
+                Clock::System,
                 None,
             )
             .await;
-            let p = create(&running, "park", &[("segment.bytes", "1024")]).await;
+            let p = support::create_topic(&running, "park", &[("segment.bytes", "1024")]).await;
             started_tx
                 .send((running.kafka_addr().to_string(), p))
                 .unwrap();
@@ -463,7 +380,7 @@ fn produce_and_fetch_do_not_wait_for_segment_deletion() {
             let mut conn = KafkaConn::connect(&addr).await;
             let mut out = Vec::new();
             for i in 0..40 {
-                out.push(produce(&mut conn, "park", support::batch(i * 5, 5, 0)).await);
+                out.push(produce_batch(&mut conn, "park", support::batch(i * 5, 5, 0)).await);
             }
             out
         })
@@ -491,7 +408,7 @@ fn produce_and_fetch_do_not_wait_for_segment_deletion() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let mut conn = KafkaConn::connect(&addr).await;
-            let produced = produce(&mut conn, "park", support::batch(0, 5, 0)).await;
+            let produced = produce_batch(&mut conn, "park", support::batch(0, 5, 0)).await;
             let (code, bytes) = fetch(&mut conn, "park", 195, -1).await;
             vec![produced, (code, bytes as i64)]
         })

@@ -18,83 +18,22 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use kafka_protocol::messages::delete_records_request::{
-    DeleteRecordsPartition, DeleteRecordsTopic,
-};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::StrBytes;
 use strata::clock::Clock;
-use strata::config::{BrokerSettings, Config};
 use strata::record::batch::split_batches;
 use strata::server::RunningBroker;
 use strata::store::Store;
 use strata::tiering::manifest::Manifest;
 use strata::tiering::remote::TierError;
-use support::{metric, KafkaConn};
+use support::{delete_records, eventually, metric, produce_batch, topic_name, KafkaConn};
 
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 const KAFKA_STORAGE_ERROR: i16 = 56;
 
-fn tn(v: &str) -> TopicName {
-    TopicName(StrBytes::from_string(v.to_string()))
-}
-
 async fn start(dir: &Path, settings: &[(&str, &str)], clock: Clock) -> RunningBroker {
-    start_on(dir, settings, clock, None).await
-}
-
-/// A broker on `store` (kept across restarts, so memory:// works too), else file:// in `dir`.
-async fn start_on(
-    dir: &Path,
-    settings: &[(&str, &str)],
-    clock: Clock,
-    store: Option<Store>,
-) -> RunningBroker {
-    support::init_logging();
-    let mut config = Config::for_tests(dir);
-    if let Some(store) = store {
-        config.object_store = Some(store.url().to_string());
-        config.object_store_override = Some(store);
-    }
-    let map: BTreeMap<String, String> = settings
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    config.broker = BrokerSettings::from_map(&map).unwrap();
-    strata::server::start_with_clock(config, clock)
-        .await
-        .unwrap()
-}
-
-async fn create(running: &RunningBroker, topic: &str, overrides: &[(&str, &str)]) {
-    let overrides: BTreeMap<String, String> = overrides
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    running
-        .broker
-        .create_topic(topic, 1, 1, &overrides, false)
-        .await
-        .unwrap();
-}
-
-/// Produces one batch; returns (error code, base offset).
-async fn produce(conn: &mut KafkaConn, topic: &str, records: Vec<u8>) -> (i16, i64) {
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(tn(topic))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(Bytes::from(records)))])]);
-    let r: ProduceResponse = conn.call(ApiKey::Produce, 9, &request).await;
-    let p = &r.responses[0].partition_responses[0];
-    (p.error_code, p.base_offset)
+    support::start_on(dir, settings, clock, None).await
 }
 
 /// One fetch at `offset`: (error code, log start offset, batches as (base, last offset)).
@@ -104,7 +43,7 @@ async fn fetch(conn: &mut KafkaConn, topic: &str, offset: i64) -> (i16, i64, Vec
         .with_max_bytes(1 << 20)
         .with_session_epoch(-1)
         .with_topics(vec![FetchTopic::default()
-            .with_topic(tn(topic))
+            .with_topic(topic_name(topic))
             .with_partitions(vec![FetchPartition::default()
                 .with_fetch_offset(offset)
                 .with_partition_max_bytes(1 << 20)])]);
@@ -140,7 +79,7 @@ async fn earliest(conn: &mut KafkaConn, topic: &str) -> i64 {
     let request = ListOffsetsRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_topics(vec![ListOffsetsTopic::default()
-            .with_name(tn(topic))
+            .with_name(topic_name(topic))
             .with_partitions(vec![
                 ListOffsetsPartition::default().with_timestamp(-2)
             ])]);
@@ -148,19 +87,6 @@ async fn earliest(conn: &mut KafkaConn, topic: &str) -> i64 {
     let p = &r.topics[0].partitions[0];
     assert_eq!(p.error_code, 0);
     p.offset
-}
-
-async fn delete_records(conn: &mut KafkaConn, topic: &str, offset: i64) -> (i16, i64) {
-    let request = DeleteRecordsRequest::default()
-        .with_timeout_ms(5000)
-        .with_topics(vec![DeleteRecordsTopic::default()
-            .with_name(tn(topic))
-            .with_partitions(vec![
-                DeleteRecordsPartition::default().with_offset(offset)
-            ])]);
-    let r: DeleteRecordsResponse = conn.call(ApiKey::DeleteRecords, 2, &request).await;
-    let p = &r.topics[0].partitions[0];
-    (p.error_code, p.low_watermark)
 }
 
 async fn manifest(running: &RunningBroker, topic: &str) -> Arc<Manifest> {
@@ -176,19 +102,6 @@ async fn manifest(running: &RunningBroker, topic: &str) -> Arc<Manifest> {
 /// The log start offset the broker answers with (ListOffsets earliest, Fetch's log start).
 fn partition_log_start(running: &RunningBroker, topic: &str) -> i64 {
     running.broker.topic(topic).unwrap().partitions[0].log_start_offset()
-}
-
-/// Polls `check` every 20 ms until it holds; fails after 60 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Waits until every sealed segment of `topic`-0 is offloaded and local retention removed them.
@@ -241,8 +154,8 @@ async fn retention_and_delete_records(store: Option<Store>) {
     let dir = tempfile::tempdir().unwrap();
     let t0 = support::now_ms();
     let (clock, time): (Clock, Arc<AtomicI64>) = Clock::manual(t0);
-    let running = start_on(dir.path(), &TIERING, clock, store.clone()).await;
-    create(
+    let running = support::start_on(dir.path(), &TIERING, clock, store.clone()).await;
+    support::create_topic(
         &running,
         "r",
         &[("segment.bytes", "1024"), ("retention.ms", "3600000")],
@@ -252,7 +165,7 @@ async fn retention_and_delete_records(store: Option<Store>) {
     // 50 batches of 5 records, batch i stamped ts0 + i seconds, all before the clock's now.
     let ts0 = t0 - 100_000;
     for i in 0..50 {
-        let (code, base) = produce(
+        let (code, base) = produce_batch(
             &mut conn,
             "r",
             support::batch(i * 5, 5, ts0 + i as i64 * 1000),
@@ -340,7 +253,7 @@ async fn retention_and_delete_records(store: Option<Store>) {
     // The manifest is the truth after a restart.
     running.shutdown().await;
     let (clock, _time) = Clock::manual(now);
-    let running = start_on(dir.path(), &TIERING, clock, store).await;
+    let running = support::start_on(dir.path(), &TIERING, clock, store).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     assert_eq!(earliest(&mut conn, "r").await, expected_cut);
     let (code, _, _) = fetch(&mut conn, "r", target).await;
@@ -364,15 +277,15 @@ async fn deleting_a_topic_deletes_its_remote_data_on_file() {
 
 async fn delete_topic_remote_data(store: Option<Store>) {
     let dir = tempfile::tempdir().unwrap();
-    let running = start_on(dir.path(), &TIERING, Clock::System, store).await;
+    let running = support::start_on(dir.path(), &TIERING, Clock::System, store).await;
     let tiering = support::Tiered::of(&running.broker);
     let store = tiering.store().clone();
     let all = |prefix: &'static str| support::object_names(&store, prefix);
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     for topic in ["doomed", "doomed2"] {
-        create(&running, topic, &[("segment.bytes", "1024")]).await;
+        support::create_topic(&running, topic, &[("segment.bytes", "1024")]).await;
         for i in 0..50 {
-            let (code, _) = produce(
+            let (code, _) = produce_batch(
                 &mut conn,
                 topic,
                 support::batch(i * 5, 5, support::now_ms()),
@@ -401,7 +314,7 @@ async fn delete_topic_remote_data(store: Option<Store>) {
             5,
             &DeleteTopicsRequest::default()
                 .with_timeout_ms(5000)
-                .with_topic_names(vec![tn("doomed")]),
+                .with_topic_names(vec![topic_name("doomed")]),
         )
         .await;
     assert_eq!(r.responses[0].error_code, 0);
@@ -438,9 +351,9 @@ async fn delete_topic_remote_data(store: Option<Store>) {
 
     // The name again: a new topic from offset 0, offloaded under the same prefixes, manifest
     // versions from 1.
-    create(&running, "doomed", &[("segment.bytes", "1024")]).await;
+    support::create_topic(&running, "doomed", &[("segment.bytes", "1024")]).await;
     for i in 0..30 {
-        let (code, base) = produce(
+        let (code, base) = produce_batch(
             &mut conn,
             "doomed",
             support::batch(i * 5, 5, support::now_ms()),
@@ -465,11 +378,12 @@ async fn delete_topic_remote_data(store: Option<Store>) {
 async fn a_topic_deleted_while_tiering_is_off_loses_its_remote_data_when_it_is_on_again() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::from_url("memory://").unwrap();
-    let running = start_on(dir.path(), &TIERING, Clock::System, Some(store.clone())).await;
-    create(&running, "x", &[("segment.bytes", "1024")]).await;
+    let running = support::start_on(dir.path(), &TIERING, Clock::System, Some(store.clone())).await;
+    support::create_topic(&running, "x", &[("segment.bytes", "1024")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     for i in 0..50 {
-        let (code, _) = produce(&mut conn, "x", support::batch(i * 5, 5, support::now_ms())).await;
+        let (code, _) =
+            produce_batch(&mut conn, "x", support::batch(i * 5, 5, support::now_ms())).await;
         assert_eq!(code, 0);
     }
     wait_offloaded(&running, "x", 4).await;
@@ -478,7 +392,7 @@ async fn a_topic_deleted_while_tiering_is_off_loses_its_remote_data_when_it_is_o
     assert!(!all("_strata/manifests/topic=x").await.is_empty());
 
     let off = [("remote.log.storage.system.enable", "false")];
-    let running = start_on(dir.path(), &off, Clock::System, Some(store.clone())).await;
+    let running = support::start_on(dir.path(), &off, Clock::System, Some(store.clone())).await;
     assert!(running.broker.tiering.is_none());
     running.broker.delete_topic("x").await.unwrap();
     assert_eq!(running.broker.remote_deletions().len(), 1);
@@ -488,19 +402,19 @@ async fn a_topic_deleted_while_tiering_is_off_loses_its_remote_data_when_it_is_o
         "nothing could delete it yet"
     );
 
-    let running = start_on(dir.path(), &TIERING, Clock::System, Some(store.clone())).await;
+    let running = support::start_on(dir.path(), &TIERING, Clock::System, Some(store.clone())).await;
     eventually("the old remote data is deleted", || async {
         running.broker.remote_deletions().is_empty()
     })
     .await;
     assert!(all("topic=x").await.is_empty());
     assert!(all("_strata/manifests/topic=x").await.is_empty());
-    create(&running, "x", &[("segment.bytes", "1024")]).await;
+    support::create_topic(&running, "x", &[("segment.bytes", "1024")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     assert_eq!(earliest(&mut conn, "x").await, 0);
     for i in 0..20 {
         let (code, base) =
-            produce(&mut conn, "x", support::batch(i * 5, 5, support::now_ms())).await;
+            produce_batch(&mut conn, "x", support::batch(i * 5, 5, support::now_ms())).await;
         assert_eq!((code, base), (0, i as i64 * 5));
     }
     let m = wait_offloaded(&running, "x", 2).await;
@@ -519,11 +433,11 @@ async fn a_topic_deleted_while_tiering_is_off_loses_its_remote_data_when_it_is_o
 async fn retention_bytes_counts_remote_files_and_local_segments_once() {
     let dir = tempfile::tempdir().unwrap();
     let running = start(dir.path(), &TIERING, Clock::System).await;
-    create(&running, "b", &[("segment.bytes", "1024")]).await;
+    support::create_topic(&running, "b", &[("segment.bytes", "1024")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     for i in 0..50 {
         let records = support::batch(i * 5, 5, support::now_ms() - 1000);
-        assert_eq!(produce(&mut conn, "b", records).await.0, 0);
+        assert_eq!(produce_batch(&mut conn, "b", records).await.0, 0);
     }
     let m = wait_offloaded(&running, "b", 4).await;
     let p = running.broker.topic("b").unwrap().partitions[0].clone();
@@ -574,11 +488,11 @@ async fn orphans_older_than_the_grace_period_are_deleted_and_nothing_else() {
     let t0 = support::now_ms();
     let (clock, time) = Clock::manual(t0);
     let running = start(dir.path(), &TIERING, clock).await;
-    create(&running, "o", &[("segment.bytes", "1024")]).await;
+    support::create_topic(&running, "o", &[("segment.bytes", "1024")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     for i in 0..20 {
         assert_eq!(
-            produce(&mut conn, "o", support::batch(i * 5, 5, t0 - 1000))
+            produce_batch(&mut conn, "o", support::batch(i * 5, 5, t0 - 1000))
                 .await
                 .0,
             0
@@ -635,7 +549,7 @@ async fn log_dir_max_bytes_refuses_produce_until_offload_frees_space() {
         Clock::System,
     )
     .await;
-    create(&running, "cap", &[("segment.bytes", "2048")]).await;
+    support::create_topic(&running, "cap", &[("segment.bytes", "2048")]).await;
     let rejected = metric(
         &running,
         "strata_produce_rejected_total",
@@ -658,7 +572,7 @@ async fn log_dir_max_bytes_refuses_produce_until_offload_frees_space() {
     let mut acked = 0i64;
     let mut refused = 0;
     for i in 0..200 {
-        match produce(&mut conn, "cap", big_batch(i)).await {
+        match produce_batch(&mut conn, "cap", big_batch(i)).await {
             (0, base) => {
                 assert_eq!(base, acked);
                 acked += 4;
@@ -706,7 +620,7 @@ async fn log_dir_max_bytes_refuses_produce_until_offload_frees_space() {
             > 0
     );
     assert!(running.broker.hot_bytes.bytes() < 4096);
-    let (code, base) = produce(&mut conn, "cap", big_batch(999)).await;
+    let (code, base) = produce_batch(&mut conn, "cap", big_batch(999)).await;
     assert_eq!((code, base), (0, acked));
     assert_eq!(
         read_all(&mut conn, "cap", 0, acked + 4).await,
@@ -727,16 +641,16 @@ async fn an_outage_fills_log_dir_max_bytes_and_produce_recovers_by_itself() {
         ("log.local.retention.ms", "0"),
         ("log.dir.max.bytes", "8192"),
     ];
-    let running = start_on(dir.path(), &settings, Clock::System, Some(store)).await;
+    let running = support::start_on(dir.path(), &settings, Clock::System, Some(store)).await;
     // The object store goes away before the topic exists: nothing can be offloaded.
     faulty.inject(ALL_OPS, "", Fault::Fail, None);
-    create(&running, "out", &[("segment.bytes", "2048")]).await;
+    support::create_topic(&running, "out", &[("segment.bytes", "2048")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     let mut acked = 0i64;
     let mut refused = 0;
     for i in 0..200 {
         let records = support::batch(i * 5, 5, support::now_ms() - 1000);
-        match produce(&mut conn, "out", records).await {
+        match produce_batch(&mut conn, "out", records).await {
             (0, base) => {
                 assert_eq!(base, acked);
                 acked += 5;
@@ -768,7 +682,7 @@ async fn an_outage_fills_log_dir_max_bytes_and_produce_recovers_by_itself() {
     let started = Instant::now();
     loop {
         let records = support::batch(0, 5, support::now_ms());
-        match produce(&mut conn, "out", records).await {
+        match produce_batch(&mut conn, "out", records).await {
             (0, base) => {
                 assert_eq!(base, acked);
                 acked += 5;
@@ -803,12 +717,12 @@ async fn local_retention_of_offloaded_segments_goes_on_during_an_outage() {
         ("remote.log.manager.task.interval.ms", "50"),
         ("log.local.retention.ms", "60000"),
     ];
-    let running = start_on(dir.path(), &settings, clock, Some(store)).await;
-    create(&running, "keep", &[("segment.bytes", "1024")]).await;
+    let running = support::start_on(dir.path(), &settings, clock, Some(store)).await;
+    support::create_topic(&running, "keep", &[("segment.bytes", "1024")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     for i in 0..20 {
         let records = support::batch(i * 5, 5, t0);
-        assert_eq!(produce(&mut conn, "keep", records).await.0, 0);
+        assert_eq!(produce_batch(&mut conn, "keep", records).await.0, 0);
     }
     let p = running.broker.topic("keep").unwrap().partitions[0].clone();
     eventually("every sealed segment offloaded", || async {
@@ -823,7 +737,7 @@ async fn local_retention_of_offloaded_segments_goes_on_during_an_outage() {
     let offloaded = manifest(&running, "keep").await.last_offset();
     for i in 20..30 {
         let records = support::batch(i * 5, 5, t0);
-        assert_eq!(produce(&mut conn, "keep", records).await.0, 0);
+        assert_eq!(produce_batch(&mut conn, "keep", records).await.0, 0);
     }
     time.store(t0 + 61_000, Ordering::SeqCst);
     eventually("offloaded segments leave local disk", || async {
@@ -864,11 +778,11 @@ async fn corrupt_files(topic: &str, extra: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let settings: Vec<(&str, &str)> = TIERING.iter().chain(extra).copied().collect();
     let running = start(dir.path(), &settings, Clock::System).await;
-    create(&running, topic, &[("segment.bytes", "1024")]).await;
+    support::create_topic(&running, topic, &[("segment.bytes", "1024")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     for i in 0..40 {
         let records = support::batch(i * 5, 5, support::now_ms());
-        assert_eq!(produce(&mut conn, topic, records).await.0, 0);
+        assert_eq!(produce_batch(&mut conn, topic, records).await.0, 0);
     }
     // Nothing is read before the files are damaged: the cold-read cache holds no copy of them.
     let m = wait_offloaded(&running, topic, 4).await;
@@ -935,11 +849,11 @@ async fn a_panicked_cold_read_is_a_storage_error_not_a_corrupt_file() {
     let topic = "panicked";
     let dir = tempfile::tempdir().unwrap();
     let running = start(dir.path(), &TIERING, Clock::System).await;
-    create(&running, topic, &[("segment.bytes", "1024")]).await;
+    support::create_topic(&running, topic, &[("segment.bytes", "1024")]).await;
     let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
     for i in 0..20 {
         let records = support::batch(i * 5, 5, support::now_ms());
-        assert_eq!(produce(&mut conn, topic, records).await.0, 0);
+        assert_eq!(produce_batch(&mut conn, topic, records).await.0, 0);
     }
     // The last remote file: no file after it is read ahead, so every GET is of this one.
     let file = wait_offloaded(&running, topic, 2)

@@ -77,8 +77,13 @@ impl LocalMetadata {
     }
 }
 
-fn unknown(name: &str) -> MetadataError {
-    MetadataError::UnknownTopic(name.to_string())
+/// Where topic `name` is in the catalogue.
+fn position(catalogue: &Catalogue, name: &str) -> Result<usize, MetadataError> {
+    catalogue
+        .topics
+        .iter()
+        .position(|t| t.name == name)
+        .ok_or_else(|| MetadataError::UnknownTopic(name.to_string()))
 }
 
 #[async_trait::async_trait]
@@ -121,11 +126,7 @@ impl Metadata for LocalMetadata {
 
     async fn delete_topic(&self, name: &str) -> Result<u64, MetadataError> {
         let mut committed = self.committed.lock().await;
-        let pos = committed
-            .topics
-            .iter()
-            .position(|t| t.name == name)
-            .ok_or_else(|| unknown(name))?;
+        let pos = position(&committed, name)?;
         let mut next = committed.clone();
         let record = next.topics.remove(pos);
         // Also with tiering switched off: the topic may have remote data from before, which a
@@ -141,11 +142,7 @@ impl Metadata for LocalMetadata {
 
     async fn create_partitions(&self, name: &str, count: i32) -> Result<u64, MetadataError> {
         let mut committed = self.committed.lock().await;
-        let pos = committed
-            .topics
-            .iter()
-            .position(|t| t.name == name)
-            .ok_or_else(|| unknown(name))?;
+        let pos = position(&committed, name)?;
         let current = committed.topics[pos].partitions;
         if count <= current {
             return Err(MetadataError::InvalidPartitions(format!(
@@ -167,11 +164,7 @@ impl Metadata for LocalMetadata {
         overrides: BTreeMap<String, String>,
     ) -> Result<u64, MetadataError> {
         let mut committed = self.committed.lock().await;
-        let pos = committed
-            .topics
-            .iter()
-            .position(|t| t.name == name)
-            .ok_or_else(|| unknown(name))?;
+        let pos = position(&committed, name)?;
         let mut next = committed.clone();
         next.topics[pos].overrides = overrides.clone();
         let change = Change::ConfigsChanged {

@@ -276,3 +276,103 @@ impl Tiered {
         self.tier().is_fenced(topic)
     }
 }
+
+/// A topic name for kafka-protocol requests.
+pub fn topic_name(v: &str) -> kafka_protocol::messages::TopicName {
+    kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_string(
+        v.to_string(),
+    ))
+}
+
+/// Produces one batch to partition 0 with acks=-1; returns (error code, base offset).
+pub async fn produce_batch(conn: &mut KafkaConn, topic: &str, records: Vec<u8>) -> (i16, i64) {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic_name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(bytes::Bytes::from(records)))])]);
+    let r: ProduceResponse = conn.call(ApiKey::Produce, 9, &request).await;
+    let p = &r.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// DeleteRecords on partition 0; returns (error code, low watermark).
+pub async fn delete_records(conn: &mut KafkaConn, topic: &str, offset: i64) -> (i16, i64) {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    use kafka_protocol::messages::{ApiKey, DeleteRecordsRequest, DeleteRecordsResponse};
+    let request = DeleteRecordsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![DeleteRecordsTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(vec![
+                DeleteRecordsPartition::default().with_offset(offset)
+            ])]);
+    let r: DeleteRecordsResponse = conn.call(ApiKey::DeleteRecords, 2, &request).await;
+    let p = &r.topics[0].partitions[0];
+    (p.error_code, p.low_watermark)
+}
+
+/// Polls `check` every 20 ms until it holds; fails after 60 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A broker with `settings` (Kafka names) on `clock`, tiering to `store` (kept across
+/// restarts, so memory:// works too), else to file:// in `dir`.
+pub async fn start_on(
+    dir: &Path,
+    settings: &[(&str, &str)],
+    clock: strata::clock::Clock,
+    store: Option<strata::store::Store>,
+) -> RunningBroker {
+    init_logging();
+    let mut config = Config::for_tests(dir);
+    if let Some(store) = store {
+        config.object_store = Some(store.url().to_string());
+        config.object_store_override = Some(store);
+    }
+    let map: BTreeMap<String, String> = settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    config.broker = BrokerSettings::from_map(&map).unwrap();
+    strata::server::start_with_clock(config, clock)
+        .await
+        .unwrap()
+}
+
+/// Creates a one-partition topic with `overrides`; returns its partition.
+pub async fn create_topic(
+    running: &RunningBroker,
+    topic: &str,
+    overrides: &[(&str, &str)],
+) -> std::sync::Arc<strata::partition::Partition> {
+    let overrides: BTreeMap<String, String> = overrides
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    running
+        .broker
+        .create_topic(topic, 1, 1, &overrides, false)
+        .await
+        .unwrap();
+    running.broker.topic(topic).unwrap().partitions[0].clone()
+}

@@ -111,6 +111,17 @@ impl Log {
         Ok((self.log_start, self.removal(segments, epochs_changed)))
     }
 
+    /// A new leader epoch starts at the log end (Kafka's `maybeAssignEpochStartOffset` when a
+    /// broker becomes leader), so the first append of the epoch finds it assigned and writes no
+    /// checkpoint under its lock. Memory only; the returned [`Removal`] (which then removes no
+    /// segment) writes the epoch cache.
+    pub fn assign_epoch(&mut self, epoch: i32) -> Removal {
+        let end = self.log_end_offset();
+        let assigned =
+            self.epochs.latest_epoch().is_none_or(|e| epoch > e) && self.epochs.assign(epoch, end);
+        self.removal(Vec::new(), assigned)
+    }
+
     /// What moving the log start leaves to do on disk, described while the log is locked.
     fn removal(&mut self, segments: Vec<Segment>, epochs_changed: bool) -> Removal {
         let epochs = epochs_changed.then(|| self.epochs.entries().to_vec());

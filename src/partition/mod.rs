@@ -232,7 +232,7 @@ impl Partition {
                 config,
                 role,
                 replica_ends: BTreeMap::new(),
-                manifest: Committed::default(),
+                manifest: Committed::nothing(),
                 unflushed_messages: 0,
                 oldest_unflushed_ms: None,
             }),
@@ -317,13 +317,15 @@ impl Partition {
             isr.push(self.node_id);
         }
         self.persist_epoch(epoch).await?;
-        {
+        let epochs = {
             let mut state = self.write_state();
             state.role = Role::Leader { epoch, isr };
             state.replica_ends.clear();
             let hw = state.leader_high_watermark(self.node_id, self.high_watermark());
             self.high_watermark.send_replace(hw);
-        }
+            state.log.assign_epoch(epoch)
+        };
+        complete_off_runtime(epochs).await?;
         tracing::info!(partition = self.name(), epoch, "became leader");
         self.activate();
         Ok(())

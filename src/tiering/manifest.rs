@@ -87,13 +87,18 @@ impl Manifest {
 }
 
 /// A manifest known to be committed: read back from the store, or written by a commit that
-/// succeeded. Only this module makes one (the empty default stands for "nothing committed yet"),
-/// so what local retention trusts — `last_offset`, the offloaded-up-to offset — can never be a
-/// number that no commit produced (DESIGN.md invariant 3).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// succeeded. Only this module makes one (besides [`Committed::nothing`], which offloads
+/// nothing), so what local retention trusts — `last_offset`, the offloaded-up-to offset — can
+/// never be a number that no commit produced (DESIGN.md invariant 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed(Arc<Manifest>);
 
 impl Committed {
+    /// Before any manifest is read: version 0, no file, nothing offloaded (`last_offset` -1).
+    pub fn nothing() -> Committed {
+        Committed(Arc::new(Manifest::default()))
+    }
+
     pub fn manifest(&self) -> &Arc<Manifest> {
         &self.0
     }
@@ -164,7 +169,7 @@ impl ManifestStore {
     /// The newest manifest (one LIST and one GET), or an empty version 0.
     pub async fn latest(&self) -> Result<Committed, LoadError> {
         let Some(&newest) = self.versions().await?.last() else {
-            return Ok(Committed::default());
+            return Ok(Committed::nothing());
         };
         let path = self.path(newest);
         let body = self.store.get(&path).await?;

@@ -13,6 +13,7 @@
 
 pub mod catalogue;
 pub mod local;
+pub mod placement;
 
 use std::collections::BTreeMap;
 use std::ops::Range;

@@ -43,8 +43,20 @@ pub struct Config {
     /// stores, or share one in-memory store between brokers.
     pub object_store_override: Option<crate::store::Store>,
     pub seeds: Vec<String>,
+    /// The peer endpoint's mutual-TLS files; required with `seeds`.
+    pub peer_tls: Option<PeerTls>,
     /// Kafka broker settings, validated.
     pub broker: BrokerSettings,
+}
+
+/// The files of the peer endpoint's mutual TLS (`cluster::certs` writes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTls {
+    /// The cluster CA certificate.
+    pub ca: PathBuf,
+    /// This node's certificate, naming its node id.
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Config {
@@ -61,6 +73,7 @@ impl Config {
             object_store_options: BTreeMap::new(),
             object_store_override: None,
             seeds: Vec::new(),
+            peer_tls: None,
             broker: BrokerSettings::default(),
         }
     }
@@ -101,6 +114,19 @@ pub struct ServeArgs {
     /// Cluster seeds: 1@host:9093,2@host:9093.
     #[arg(long, env = "STRATA_SEEDS", value_delimiter = ',')]
     pub seeds: Vec<String>,
+    /// Directory with the peer endpoint's ca.pem, node.pem and node.key (`strata cluster
+    /// issue` writes it).
+    #[arg(long, env = "STRATA_PEER_TLS_DIR")]
+    pub peer_tls_dir: Option<PathBuf>,
+    /// The cluster CA certificate [default: PEER_TLS_DIR/ca.pem].
+    #[arg(long, env = "STRATA_PEER_CA")]
+    pub peer_ca: Option<PathBuf>,
+    /// This node's certificate [default: PEER_TLS_DIR/node.pem].
+    #[arg(long, env = "STRATA_PEER_CERT")]
+    pub peer_cert: Option<PathBuf>,
+    /// This node's key [default: PEER_TLS_DIR/node.key].
+    #[arg(long, env = "STRATA_PEER_KEY")]
+    pub peer_key: Option<PathBuf>,
     /// A Kafka broker setting by its Kafka name, e.g. `--set num.partitions=3`. Repeatable.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
@@ -120,6 +146,10 @@ struct FileConfig {
     #[serde(default)]
     object_store_options: BTreeMap<String, String>,
     seeds: Option<Vec<String>>,
+    peer_tls_dir: Option<PathBuf>,
+    peer_ca: Option<PathBuf>,
+    peer_cert: Option<PathBuf>,
+    peer_key: Option<PathBuf>,
     #[serde(default)]
     kafka: BTreeMap<String, toml::Value>,
 }
@@ -177,6 +207,30 @@ impl ServeArgs {
         } else {
             self.seeds
         };
+        for seed in &seeds {
+            parse_seed(seed)?;
+        }
+        let tls_dir = self.peer_tls_dir.or(file.peer_tls_dir);
+        let in_dir = |name: &str| tls_dir.as_ref().map(|d| d.join(name));
+        let peer_tls = match (
+            self.peer_ca.or(file.peer_ca).or_else(|| in_dir("ca.pem")),
+            self.peer_cert.or(file.peer_cert).or_else(|| in_dir("node.pem")),
+            self.peer_key.or(file.peer_key).or_else(|| in_dir("node.key")),
+        ) {
+            (Some(ca), Some(cert), Some(key)) => Some(PeerTls { ca, cert, key }),
+            (None, None, None) => None,
+            _ => anyhow::bail!(
+                "--peer-ca, --peer-cert and --peer-key go together (or --peer-tls-dir for all three)"
+            ),
+        };
+        if !seeds.is_empty() && peer_tls.is_none() {
+            anyhow::bail!(
+                "--seeds needs the peer endpoint's TLS files: make a cluster CA once with \
+                 `strata cluster init-ca --out DIR`, a certificate per node with \
+                 `strata cluster issue --ca DIR --node-id N --out NODEDIR`, and start each node \
+                 with `--peer-tls-dir NODEDIR`"
+            );
+        }
         Ok(Config {
             listen,
             advertise,
@@ -194,9 +248,22 @@ impl ServeArgs {
             object_store_options,
             object_store_override: None,
             seeds,
+            peer_tls,
             broker,
         })
     }
+}
+
+/// A seed `ID@HOST:PORT`: a voter of the metadata quorum and where to dial it.
+pub fn parse_seed(seed: &str) -> anyhow::Result<(i32, String)> {
+    let bad = || anyhow::anyhow!("a seed is ID@HOST:PORT (like 1@127.0.0.1:9093), got {seed:?}");
+    let (id, addr) = seed.trim().split_once('@').ok_or_else(bad)?;
+    let id: i32 = id.parse().map_err(|_| bad())?;
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    if id < 0 || host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok((id, addr.to_string()))
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
@@ -222,6 +289,47 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         serve: ServeArgs,
+    }
+
+    #[test]
+    fn seeds_need_peer_tls_files_and_parse() {
+        let e = Cli::parse_from(["strata", "--seeds", "1@127.0.0.1:9093,2@127.0.0.1:9193"])
+            .serve
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("strata cluster init-ca") && e.contains("strata cluster issue"),
+            "{e}"
+        );
+        let config = Cli::parse_from([
+            "strata",
+            "--seeds",
+            "1@127.0.0.1:9093,2@[::1]:9193",
+            "--peer-tls-dir",
+            "/etc/strata/node-1",
+            "--peer-key",
+            "/secrets/node.key",
+        ])
+        .serve
+        .resolve()
+        .unwrap();
+        assert_eq!(config.seeds.len(), 2);
+        let tls = config.peer_tls.unwrap();
+        assert_eq!(tls.ca, PathBuf::from("/etc/strata/node-1/ca.pem"));
+        assert_eq!(tls.cert, PathBuf::from("/etc/strata/node-1/node.pem"));
+        assert_eq!(tls.key, PathBuf::from("/secrets/node.key"));
+        for bad in ["x@h:1", "1@h", "1h:9093", "1@:9093", "1@h:99999", "-1@h:1"] {
+            assert!(parse_seed(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_seed("3@[::1]:9093").unwrap(),
+            (3, "[::1]:9093".to_string())
+        );
+        assert!(Cli::parse_from(["strata", "--peer-ca", "/ca.pem"])
+            .serve
+            .resolve()
+            .is_err());
     }
 
     #[test]

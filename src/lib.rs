@@ -10,6 +10,7 @@ pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod error;

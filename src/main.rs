@@ -1,9 +1,10 @@
 //! The `strata` binary: `strata serve` runs a broker; `strata topic ...` administers topics,
-//! `strata group ...` consumer groups.
+//! `strata group ...` consumer groups, `strata cluster ...` the peer endpoint's certificates.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use strata::cli::cluster::ClusterArgs;
 use strata::cli::group::GroupArgs;
 use strata::cli::topic::TopicArgs;
 use strata::config::ServeArgs;
@@ -22,11 +23,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a broker (no flags needed: 127.0.0.1:9092, admin on 127.0.0.1:9094, ./strata-data).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list, describe, delete topics and alter their configs.
     Topic(TopicArgs),
     /// List and describe consumer groups, reset their committed offsets.
     Group(GroupArgs),
+    /// Make the cluster CA and node certificates for the peer endpoint's mutual TLS.
+    Cluster(ClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,9 +47,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Topic(args) => strata::cli::topic::run(args).await,
             Command::Group(args) => strata::cli::group::run(args).await,
+            Command::Cluster(args) => strata::cli::cluster::run(args),
         }
     });
     match result {

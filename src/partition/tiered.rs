@@ -16,7 +16,7 @@
 //!    outages. From then on a holder of an older epoch loses its next commit on the store's
 //!    create-if-absent. Produce and hot fetch never wait for this.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use rand::Rng;
@@ -166,13 +166,17 @@ impl Partition {
             }
             *fencing = epoch;
         }
-        let p = self.clone();
+        // The task holds the partition only while it talks to the store: a shutdown (or a
+        // deleted topic) between attempts is not kept waiting for an outage to end.
+        let weak = Arc::downgrade(self);
         let task = async move {
-            p.clone().fence_bucket(epoch).await;
-            if let Some(slot) = &p.remote {
-                let mut fencing = slot.fencing.lock().expect("remote slot");
-                if *fencing == epoch {
-                    *fencing = -1;
+            fence_bucket(weak.clone(), epoch).await;
+            if let Some(p) = weak.upgrade() {
+                if let Some(slot) = &p.remote {
+                    let mut fencing = slot.fencing.lock().expect("remote slot");
+                    if *fencing == epoch {
+                        *fencing = -1;
+                    }
                 }
             }
         };
@@ -180,57 +184,6 @@ impl Partition {
         match &self.telemetry {
             Some(telemetry) => drop(telemetry.spawn(task)),
             None => drop(crate::telemetry::spawn(task)),
-        }
-    }
-
-    /// The fencing task of a leader at `epoch`: retried until it commits, the role changes, or
-    /// the bucket shows a newer epoch (this broker is a stale leader: it never tiers again at
-    /// this epoch).
-    async fn fence_bucket(self: Arc<Self>, epoch: i32) {
-        let Some(slot) = &self.remote else {
-            return;
-        };
-        let mut backoff = FENCE_BACKOFF_MIN;
-        let mut failures = 0u32;
-        loop {
-            let current = self.role();
-            if !current.is_leader() || current.epoch() != epoch || slot.is_retired() {
-                return;
-            }
-            if *slot.fenced_epoch.borrow() == epoch {
-                return;
-            }
-            match self.ensure_fenced(epoch).await {
-                Ok(()) => {
-                    if failures > 0 {
-                        tracing::info!(
-                            partition = self.name(),
-                            epoch,
-                            failures,
-                            "leader epoch committed in the bucket"
-                        );
-                    }
-                    return;
-                }
-                Err(TierError::Commit(CommitError::Lost(_))) => continue,
-                Err(
-                    e @ (TierError::Commit(CommitError::Fenced { .. }) | TierError::Retired(_)),
-                ) => {
-                    metrics::counter!("strata_tier_fence_refused_total").increment(1);
-                    tracing::warn!(partition = self.name(), epoch, error = %e, "the bucket is not ours at this epoch; no tiering as leader");
-                    return;
-                }
-                Err(e) => {
-                    failures += 1;
-                    metrics::counter!("strata_tier_fence_errors_total").increment(1);
-                    if failures == 1 || failures.is_power_of_two() {
-                        tracing::warn!(partition = self.name(), epoch, failures, error = %e, "fencing the bucket failed; retrying (produce and hot fetch go on)");
-                    }
-                    let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
-                    tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
-                    backoff = (backoff * 2).min(FENCE_BACKOFF_MAX);
-                }
-            }
         }
     }
 
@@ -602,6 +555,59 @@ impl Partition {
         };
         let rl = self.remote_log().await?;
         rl.collect_orphans(now_ms, grace_ms, epoch).await
+    }
+}
+
+/// The fencing task of a leader at `epoch` (see the module doc): retried until it commits, the
+/// role changes, the partition is gone, or the bucket shows a newer epoch (this broker is a
+/// stale leader: it never tiers again at this epoch).
+async fn fence_bucket(partition: Weak<Partition>, epoch: i32) {
+    let mut backoff = FENCE_BACKOFF_MIN;
+    let mut failures = 0u32;
+    loop {
+        let Some(p) = partition.upgrade() else {
+            return;
+        };
+        let Some(slot) = &p.remote else {
+            return;
+        };
+        let current = p.role();
+        if !current.is_leader() || current.epoch() != epoch || slot.is_retired() {
+            return;
+        }
+        if *slot.fenced_epoch.borrow() == epoch {
+            return;
+        }
+        match p.ensure_fenced(epoch).await {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(
+                        partition = p.name(),
+                        epoch,
+                        failures,
+                        "leader epoch committed in the bucket"
+                    );
+                }
+                return;
+            }
+            Err(TierError::Commit(CommitError::Lost(_))) => continue,
+            Err(e @ (TierError::Commit(CommitError::Fenced { .. }) | TierError::Retired(_))) => {
+                metrics::counter!("strata_tier_fence_refused_total").increment(1);
+                tracing::warn!(partition = p.name(), epoch, error = %e, "the bucket is not ours at this epoch; no tiering as leader");
+                return;
+            }
+            Err(e) => {
+                failures += 1;
+                metrics::counter!("strata_tier_fence_errors_total").increment(1);
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(partition = p.name(), epoch, failures, error = %e, "fencing the bucket failed; retrying (produce and hot fetch go on)");
+                }
+                drop(p);
+                let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+                tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+                backoff = (backoff * 2).min(FENCE_BACKOFF_MAX);
+            }
+        }
     }
 }
 

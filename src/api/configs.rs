@@ -210,29 +210,21 @@ fn refuse_broker_change(resource_type: i8) -> Result<(), ApiError> {
 pub async fn alter(broker: &Arc<Broker>, request: AlterConfigsRequest) -> AlterConfigsResponse {
     let mut responses = Vec::with_capacity(request.resources.len());
     for r in request.resources {
-        let outcome = match refuse_broker_change(r.resource_type) {
-            Ok(()) => {
-                let mut overrides = BTreeMap::new();
-                for c in &r.configs {
-                    if let Some(v) = &c.value {
-                        overrides.insert(c.name.to_string(), v.to_string());
-                    }
-                }
-                broker
-                    .set_overrides(r.resource_name.as_str(), overrides, request.validate_only)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        let response = alter_configs_response::AlterConfigsResourceResponse::default()
-            .with_resource_type(r.resource_type)
-            .with_resource_name(r.resource_name);
-        responses.push(match outcome {
-            Ok(()) => response,
-            Err(e) => response
-                .with_error_code(e.code())
-                .with_error_message(Some(str_bytes(e.message))),
+        let planned = refuse_broker_change(r.resource_type).map(|()| {
+            r.configs
+                .iter()
+                .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
+                .collect()
         });
+        let (code, message) =
+            set_overrides(broker, &r.resource_name, planned, request.validate_only).await;
+        responses.push(
+            alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name)
+                .with_error_code(code)
+                .with_error_message(message),
+        );
     }
     AlterConfigsResponse::default().with_responses(responses)
 }
@@ -262,25 +254,34 @@ pub async fn incremental_alter(
             }
             Ok(overrides)
         });
-        let outcome = match planned {
-            Ok(overrides) => {
-                broker
-                    .set_overrides(r.resource_name.as_str(), overrides, request.validate_only)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        let response = incremental_alter_configs_response::AlterConfigsResourceResponse::default()
-            .with_resource_type(r.resource_type)
-            .with_resource_name(r.resource_name);
-        responses.push(match outcome {
-            Ok(()) => response,
-            Err(e) => response
-                .with_error_code(e.code())
-                .with_error_message(Some(str_bytes(e.message))),
-        });
+        let (code, message) =
+            set_overrides(broker, &r.resource_name, planned, request.validate_only).await;
+        responses.push(
+            incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name)
+                .with_error_code(code)
+                .with_error_message(message),
+        );
     }
     IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// Sets a topic's planned overrides; the error code and message of the outcome (0, none: done).
+async fn set_overrides(
+    broker: &Broker,
+    name: &str,
+    planned: Result<BTreeMap<String, String>, ApiError>,
+    validate_only: bool,
+) -> (i16, Option<kafka_protocol::protocol::StrBytes>) {
+    let outcome = match planned {
+        Ok(overrides) => broker.set_overrides(name, overrides, validate_only).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(()) => (0, None),
+        Err(e) => (e.code(), Some(str_bytes(e.message))),
+    }
 }
 
 /// One IncrementalAlterConfigs operation: 0 SET, 1 DELETE, 2 APPEND, 3 SUBTRACT (list configs).

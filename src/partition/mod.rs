@@ -21,6 +21,7 @@
 //! flush.messages / flush.ms as in Kafka: the page cache, not the disk, acknowledges by default.
 //! Taking over as leader fences the bucket in the background (`tiered.rs`).
 
+mod fence;
 pub mod producer;
 mod read;
 pub mod role;
@@ -31,7 +32,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::error::ResponseError;
 use tokio::sync::watch;
 
 use crate::config::TopicConfig;
@@ -40,10 +40,10 @@ use crate::record::validate::{validate_batch, ValidationLimits};
 use crate::record::{BatchError, BatchHeader};
 use crate::tiering::manifest::Committed;
 use crate::tiering::tier::RemoteTier;
+use fence::RemoteSlot;
 use producer::{ProducerStates, SequenceCheck, SequenceError};
 pub use read::{ColdRead, Isolation, OffsetSpec, Read, ReadError, Snapshot};
-pub use role::Role;
-use tiered::RemoteSlot;
+pub use role::{Role, RoleError};
 pub use tiered::{DeleteError, TierPass};
 
 /// How long an idle producer id is remembered (Kafka's producer.id.expiration.ms default).
@@ -65,27 +65,6 @@ pub enum ProduceError {
     Role(#[from] RoleError),
     #[error("storage: {0}")]
     Storage(#[from] LogError),
-}
-
-/// A request that this partition's role or epoch does not allow (KIP-320 for the epochs).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RoleError {
-    #[error("this broker is not the leader of {partition} (leader: {leader})")]
-    NotLeader { partition: String, leader: i32 },
-    #[error("leader epoch {theirs} is older than the current epoch {ours}")]
-    FencedEpoch { ours: i32, theirs: i32 },
-    #[error("leader epoch {theirs} is newer than the current epoch {ours}")]
-    UnknownEpoch { ours: i32, theirs: i32 },
-}
-
-impl RoleError {
-    pub fn code(&self) -> ResponseError {
-        match self {
-            RoleError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
-            RoleError::FencedEpoch { .. } => ResponseError::FencedLeaderEpoch,
-            RoleError::UnknownEpoch { .. } => ResponseError::UnknownLeaderEpoch,
-        }
-    }
 }
 
 /// What a successful append returns to the producer.
@@ -254,113 +233,6 @@ impl Partition {
 
     fn name(&self) -> String {
         format!("{}-{}", self.topic, self.index)
-    }
-
-    pub fn role(&self) -> Role {
-        self.read_state().role.clone()
-    }
-
-    /// The current leader epoch (as leader or as follower).
-    pub fn leader_epoch(&self) -> i32 {
-        self.read_state().role.epoch()
-    }
-
-    /// The node id of the leader as this partition knows it (-1: none).
-    pub fn leader(&self) -> i32 {
-        self.read_state().role.leader(self.node_id)
-    }
-
-    /// KIP-320 for consumers and admin requests: this broker must lead, and a client that names
-    /// an epoch (-1: don't check) must name the current one.
-    pub fn check_leader(&self, current_leader_epoch: i32) -> Result<(), RoleError> {
-        let state = self.read_state();
-        self.leader_check(&state.role, current_leader_epoch)
-    }
-
-    /// Kafka's order (`Partition.localLogWithEpochOrThrow`): the epoch first, both ways, then
-    /// leadership.
-    fn leader_check(&self, role: &Role, current_leader_epoch: i32) -> Result<(), RoleError> {
-        let ours = role.epoch();
-        if current_leader_epoch >= 0 && current_leader_epoch > ours {
-            return Err(RoleError::UnknownEpoch {
-                ours,
-                theirs: current_leader_epoch,
-            });
-        }
-        if current_leader_epoch >= 0 && current_leader_epoch < ours {
-            return Err(RoleError::FencedEpoch {
-                ours,
-                theirs: current_leader_epoch,
-            });
-        }
-        if !role.is_leader() {
-            return Err(RoleError::NotLeader {
-                partition: self.name(),
-                leader: role.leader(self.node_id),
-            });
-        }
-        Ok(())
-    }
-
-    /// Makes this broker the leader at `epoch` (not older than the current one) with `isr`.
-    /// Returns once the epoch is persisted; produce and hot fetch never wait for the object
-    /// store: the bucket is fenced in the background (`tiered.rs`), and until that commit this
-    /// leader neither offloads nor deletes remote data.
-    pub async fn become_leader(
-        self: &Arc<Self>,
-        epoch: i32,
-        isr: Vec<i32>,
-    ) -> Result<(), LogError> {
-        let _change = self.role_change.lock().await;
-        let mut isr = isr;
-        if !isr.contains(&self.node_id) {
-            isr.push(self.node_id);
-        }
-        self.persist_epoch(epoch).await?;
-        let epochs = {
-            let mut state = self.write_state();
-            state.role = Role::Leader { epoch, isr };
-            state.replica_ends.clear();
-            let hw = state.leader_high_watermark(self.node_id, self.high_watermark());
-            self.high_watermark.send_replace(hw);
-            state.log.assign_epoch(epoch)
-        };
-        complete_off_runtime(epochs).await?;
-        tracing::info!(partition = self.name(), epoch, "became leader");
-        self.activate();
-        Ok(())
-    }
-
-    /// Makes this broker a follower of `leader` at `epoch` (not older than the current one):
-    /// appends and consumer reads are refused from now on, and leader-only tiering stops.
-    pub async fn become_follower(&self, leader: i32, epoch: i32) -> Result<(), LogError> {
-        let _change = self.role_change.lock().await;
-        self.persist_epoch(epoch).await?;
-        self.write_state().role = Role::Follower { leader, epoch };
-        if let Some(remote) = &self.remote {
-            remote.unfence_leader();
-        }
-        tracing::info!(partition = self.name(), leader, epoch, "became follower");
-        Ok(())
-    }
-
-    async fn persist_epoch(&self, epoch: i32) -> Result<(), LogError> {
-        let (dir, current) = {
-            let state = self.read_state();
-            (state.log.dir().to_path_buf(), state.role.epoch())
-        };
-        if epoch < current {
-            return Err(LogError::InvalidBatch(format!(
-                "leader epoch {epoch} is older than the current {current}"
-            )));
-        }
-        if epoch == current && role::read_epoch(&dir) == Some(epoch) {
-            return Ok(());
-        }
-        crate::telemetry::spawn_blocking(move || role::write_epoch(&dir, epoch))
-            .await
-            .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
-        Ok(())
     }
 
     /// Where the log is now (it moves once, when its topic is deleted).

@@ -35,6 +35,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     strata::telemetry::init_tracing();
+    // The one TLS provider (PITFALLS: rustls panics on first use when two are compiled in and
+    // none is installed); the peer endpoint also names it explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,5 +1,8 @@
-//! Running brokers as a cluster. So far: the cluster CA and node certificates of the peer
-//! endpoint's mutual TLS (`certs.rs`) and replica placement (`metadata::placement`); the
-//! metadata quorum and the peer endpoint come with cluster issue A.
+//! Running brokers as a cluster: the cluster CA and node certificates (`certs.rs`), the peer
+//! endpoint over QUIC with mutual TLS (`peer.rs`, `tls.rs`) that carries the metadata quorum's
+//! RPCs (`metadata::quorum`) and, next, replication. Replica placement is
+//! `metadata::placement`.
 
 pub mod certs;
+pub mod peer;
+pub mod tls;

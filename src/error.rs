@@ -60,6 +60,8 @@ impl From<crate::metadata::MetadataError> for ApiError {
             M::TopicExists(_) => ResponseError::TopicAlreadyExists,
             M::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
             M::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+            M::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+            M::Unavailable(_) => ResponseError::RequestTimedOut,
             M::Storage(_) => ResponseError::KafkaStorageError,
         };
         ApiError::new(code, e.to_string())

@@ -87,7 +87,10 @@ impl Broker {
                 partitions: Vec::new(),
             }));
         }
-        let version = self.metadata.create_topic(record).await?;
+        let version = self
+            .metadata
+            .create_topic(record, replication_factor)
+            .await?;
         self.applied(version).await?;
         tracing::info!(topic = name, partitions, "topic created");
         self.topic(name).ok_or_else(|| unknown_topic(name))

@@ -388,6 +388,11 @@ impl PeerEndpoint {
     pub fn close(&self) {
         self.endpoint.close(CLOSE_SHUTDOWN.into(), b"shutting down");
     }
+
+    /// Waits until the closed endpoint's connections are gone (its port can be bound again).
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
 }
 
 fn peer_node_id(connection: &quinn::Connection) -> Option<i32> {

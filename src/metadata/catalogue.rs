@@ -71,7 +71,7 @@ pub fn save(data_dir: &Path, catalogue: &Catalogue) -> std::io::Result<()> {
 }
 
 /// Kafka's cluster ids are 22-character URL-safe base64 UUIDs; any stable string works.
-fn new_cluster_id() -> String {
+pub fn new_cluster_id() -> String {
     Uuid::new_v4().simple().to_string()[..22].to_string()
 }
 

@@ -113,7 +113,11 @@ impl Metadata for LocalMetadata {
         notified.await
     }
 
-    async fn create_topic(&self, record: TopicRecord) -> Result<u64, MetadataError> {
+    async fn create_topic(
+        &self,
+        record: TopicRecord,
+        _replication_factor: i16,
+    ) -> Result<u64, MetadataError> {
         let mut committed = self.committed.lock().await;
         if committed.topics.iter().any(|t| t.name == record.name) {
             return Err(MetadataError::TopicExists(record.name));
@@ -240,9 +244,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let m = LocalMetadata::open(dir.path()).unwrap();
         let t = new_topic("t", 2, BTreeMap::new());
-        assert_eq!(m.create_topic(t.clone()).await.unwrap(), 1);
+        assert_eq!(m.create_topic(t.clone(), 1).await.unwrap(), 1);
         assert!(matches!(
-            m.create_topic(t.clone()).await,
+            m.create_topic(t.clone(), 1).await,
             Err(MetadataError::TopicExists(_))
         ));
         assert_eq!(m.create_partitions("t", 3).await.unwrap(), 2);

@@ -14,6 +14,7 @@
 pub mod catalogue;
 pub mod local;
 pub mod placement;
+pub mod quorum;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -75,6 +76,11 @@ pub enum MetadataError {
     UnknownTopic(String),
     #[error("{0}")]
     InvalidPartitions(String),
+    #[error("{0}")]
+    InvalidReplicationFactor(String),
+    /// No controller could be reached (an election, a partitioned node): retriable.
+    #[error("the metadata quorum is not available: {0}")]
+    Unavailable(String),
     #[error("persisting metadata: {0}")]
     Storage(#[from] std::io::Error),
 }
@@ -92,7 +98,13 @@ pub trait Metadata: Send + Sync {
     /// Resolves when a change may be waiting.
     async fn changed(&self);
 
-    async fn create_topic(&self, record: TopicRecord) -> Result<u64, MetadataError>;
+    /// A new topic whose partitions get `replication_factor` replicas each (placement is the
+    /// metadata's).
+    async fn create_topic(
+        &self,
+        record: TopicRecord,
+        replication_factor: i16,
+    ) -> Result<u64, MetadataError>;
 
     /// Deletes the topic and records it for the deletion of its remote data.
     async fn delete_topic(&self, name: &str) -> Result<u64, MetadataError>;

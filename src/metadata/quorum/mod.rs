@@ -1,0 +1,663 @@
+//! The metadata quorum: an openraft group over the peer endpoint whose state machine is the
+//! cluster's metadata (`state.rs`), behind the broker's [`Metadata`] interface.
+//!
+//! - **Members.** `--seeds` are the voters (membership stores node ids and each voter's
+//!   directory id, never addresses; a voter is dialled at the address its seed gives); a broker
+//!   not among them follows the log as a learner, dialled at the peer address it sends.
+//! - **Formation.** Only the lowest-id voter initializes a cluster, and only once every voter
+//!   has answered that its `metadata/` is empty; it records each voter's directory id.
+//! - **A wiped voter** (KIP-853's directory ids): a voter whose `metadata/` was emptied gets a
+//!   new directory id, which the membership does not list, so it never votes (its empty log
+//!   would let a stale candidate win) until it has caught up from the leader and the leader has
+//!   recorded the new id (`Rejoin`).
+//! - **Commands** are proposed to the local node and forwarded to the leader when it is not the
+//!   leader; each answers with its log index (the change's version) once the local state
+//!   machine has applied it too, so the caller's applier finds the change waiting.
+//! - **Storage** (`store.rs`): the log, vote and snapshot under `{data-dir}/metadata/`; a
+//!   snapshot every `snapshot_entries` entries, the log purged behind it; a lagging node
+//!   installs the leader's snapshot (`diff.rs` turns it into changes).
+
+pub mod diff;
+pub mod network;
+pub mod state;
+mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::ClientWriteError;
+use openraft::errors::RaftError;
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::cluster::peer::PeerEndpoint;
+use crate::metadata::{Applied, DeletedTopic, Image, Metadata, MetadataError, TopicRecord};
+use network::{Network, Reply, Request};
+use state::{ClusterState, Command, Outcome, Refusal};
+use store::{LogStore, Shared, StateMachine};
+
+/// What the membership records of a node: the id of the directory it keeps the log in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Voter {
+    pub directory: Uuid,
+}
+
+impl std::fmt::Display for Voter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.directory)
+    }
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Command,
+        R = Outcome,
+        NodeId = u64,
+        Node = Voter,
+);
+
+type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// How long a command waits for a leader before it answers "unavailable".
+const PROPOSE_DEADLINE: Duration = Duration::from_secs(15);
+/// How often the upkeep (formation, rejoin, learning, identity) looks again.
+const UPKEEP: Duration = Duration::from_millis(300);
+const RPC_DEADLINE: Duration = Duration::from_secs(5);
+
+pub struct QuorumConfig {
+    pub node_id: i32,
+    /// `{data-dir}/metadata`.
+    pub dir: PathBuf,
+    /// The voters and where to reach them; empty: a group of one (this node).
+    pub voters: BTreeMap<i32, SocketAddr>,
+    /// This node's peer address, sent when it asks to learn.
+    pub peer_addr: Option<SocketAddr>,
+    /// A snapshot every this many entries.
+    pub snapshot_entries: u64,
+    pub heartbeat: Duration,
+    /// The election timeout's lower bound (the upper is twice it).
+    pub election_timeout: Duration,
+    /// The object store's identity, recorded by the first leader.
+    pub object_store: Option<String>,
+}
+
+pub struct Quorum {
+    id: u64,
+    directory: Uuid,
+    voters: BTreeSet<u64>,
+    raft: Raft,
+    shared: Arc<Shared>,
+    endpoint: Option<Arc<PeerEndpoint>>,
+    peer_addr: Option<SocketAddr>,
+    object_store: Option<String>,
+    /// Formation: the lowest voter asked whether this node's metadata is empty and it was.
+    hello_answered: OnceLock<()>,
+    stop: watch::Sender<bool>,
+}
+
+fn directory_id(dir: &Path) -> anyhow::Result<Uuid> {
+    let path = dir.join("directory-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text.trim().parse()?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = Uuid::new_v4();
+            crate::fsutil::write_atomic(&path, id.to_string().as_bytes())?;
+            Ok(id)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Quorum {
+    /// Opens the storage, starts the raft node and its upkeep. With no voters the node forms a
+    /// group of one at once.
+    pub async fn start(
+        config: QuorumConfig,
+        endpoint: Option<Arc<PeerEndpoint>>,
+    ) -> anyhow::Result<Arc<Quorum>> {
+        let dir = config.dir.clone();
+        let (log, machine, directory, shared) = crate::telemetry::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            let empty = LogStore::is_empty(&dir);
+            if empty {
+                // A directory without a log is a new member, whatever id it had before.
+                let _ = std::fs::remove_file(dir.join("directory-id"));
+            }
+            let directory = directory_id(&dir)?;
+            let shared = Arc::new(Shared::new());
+            anyhow::Ok((
+                LogStore::open(&dir)?,
+                StateMachine::open(&dir, shared.clone())?,
+                directory,
+                shared,
+            ))
+        })
+        .await??;
+        let id = config.node_id as u64;
+        let election = config.election_timeout.as_millis() as u64;
+        let raft_config = openraft::Config {
+            cluster_name: "strata".into(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: election,
+            election_timeout_max: election * 2,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
+            max_in_snapshot_log_to_keep: 0,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        }
+        .validate()?;
+        let voters: BTreeSet<u64> = if config.voters.is_empty() {
+            BTreeSet::from([id])
+        } else {
+            config.voters.keys().map(|v| *v as u64).collect()
+        };
+        if let Some(endpoint) = &endpoint {
+            for (voter, addr) in &config.voters {
+                endpoint.set_address(*voter, *addr);
+            }
+        }
+        let network = Network {
+            endpoint: endpoint.clone(),
+        };
+        let raft = Raft::new(id, Arc::new(raft_config), network, log, machine).await?;
+        let (stop, _) = watch::channel(false);
+        let quorum = Arc::new(Quorum {
+            id,
+            directory,
+            voters,
+            raft,
+            shared,
+            endpoint: endpoint.clone(),
+            peer_addr: config.peer_addr,
+            object_store: config.object_store,
+            hello_answered: OnceLock::new(),
+            stop,
+        });
+        if let Some(endpoint) = &endpoint {
+            let handler = Arc::new(network::Handler {
+                quorum: OnceLock::new(),
+            });
+            let _ = handler.quorum.set(Arc::downgrade(&quorum));
+            endpoint.register(network::SERVICE, handler);
+        }
+        if config.voters.is_empty() && !quorum.raft.is_initialized().await? {
+            let members = BTreeMap::from([(id, Voter { directory })]);
+            quorum.raft.initialize(members).await?;
+        }
+        crate::telemetry::spawn(Self::upkeep(
+            Arc::downgrade(&quorum),
+            quorum.stop.subscribe(),
+        ));
+        Ok(quorum)
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.id as i32
+    }
+
+    /// The current leader (the controller), if one is known.
+    pub fn leader(&self) -> Option<i32> {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .current_leader
+            .map(|l| l as i32)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// A copy of the cluster state as this node has applied it.
+    pub fn state(&self) -> ClusterState {
+        self.shared.state.lock().expect("state lock").clone()
+    }
+
+    /// The last index this node applied.
+    pub fn applied(&self) -> u64 {
+        *self.shared.applied.borrow()
+    }
+
+    /// Snapshots this node installed from a leader (catching up by log replay does not count).
+    pub fn snapshots_installed(&self) -> u64 {
+        self.shared
+            .snapshots_installed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (at most `deadline`) until this node has a leader and has applied what it knows
+    /// to be committed.
+    pub async fn ready(&self, deadline: Duration) -> bool {
+        let mut metrics = self.raft.metrics();
+        tokio::time::timeout(deadline, async {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    let caught_up = m.last_applied.as_ref().map(|l| l.index)
+                        >= m.local_committed.as_ref().map(|l| l.index);
+                    if m.current_leader.is_some() && caught_up && m.last_applied.is_some() {
+                        return;
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Stops the raft node and the upkeep.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "metadata quorum did not stop cleanly");
+        }
+    }
+
+    /// Commits `command` (here or at the leader) and waits until this node applied it.
+    pub async fn propose(&self, command: Command) -> Result<(u64, Outcome), MetadataError> {
+        let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
+        let mut last_error = String::from("no leader");
+        loop {
+            let leader = match self.raft.client_write(command.clone()).await {
+                Ok(response) => {
+                    let index = response.log_id.index;
+                    self.caught_up_to(index).await?;
+                    return Ok((index, response.data));
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_id,
+                Err(RaftError::APIError(e)) => {
+                    last_error = e.to_string();
+                    None
+                }
+                Err(RaftError::Fatal(e)) => return Err(MetadataError::Unavailable(e.to_string())),
+            };
+            if let (Some(leader), Some(endpoint)) = (leader, &self.endpoint) {
+                let request = Request::Propose(command.clone());
+                match network::call(endpoint, leader, &request, RPC_DEADLINE).await {
+                    Ok(Reply::Proposed { index, outcome }) => {
+                        self.caught_up_to(index).await?;
+                        return Ok((index, outcome));
+                    }
+                    Ok(_) => last_error = format!("node {leader} is no longer the leader"),
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MetadataError::Unavailable(last_error));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn caught_up_to(&self, index: u64) -> Result<(), MetadataError> {
+        let mut applied = self.shared.applied.subscribe();
+        tokio::time::timeout(PROPOSE_DEADLINE, applied.wait_for(|a| *a >= index))
+            .await
+            .map_err(|_| {
+                MetadataError::Unavailable(format!("change {index} was not applied here in time"))
+            })?
+            .map_err(|_| MetadataError::Unavailable("the state machine stopped".into()))?;
+        Ok(())
+    }
+
+    /// Whether the membership lists this node with its own directory.
+    pub fn is_member(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_some_and(|v| v.directory == self.directory)
+    }
+
+    /// Whether this node may grant votes: the membership lists it with its own directory, or a
+    /// new cluster is being formed and this node answered the formation hello.
+    fn may_vote(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        match membership.get_node(&self.id) {
+            Some(voter) => voter.directory == self.directory,
+            None => membership.voter_ids().next().is_none() && self.hello_answered.get().is_some(),
+        }
+    }
+
+    /// A request from peer `from` (network.rs).
+    async fn serve(&self, from: u64, request: Request) -> Result<Reply, String> {
+        match request {
+            Request::Append(rpc) => self
+                .raft
+                .append_entries(rpc)
+                .await
+                .map(Reply::Append)
+                .map_err(|e| e.to_string()),
+            Request::Vote(rpc) | Request::PreVote(rpc) if !self.may_vote() => {
+                let _ = rpc;
+                Err(format!(
+                    "node {} does not vote: its metadata directory is not a member yet",
+                    self.id
+                ))
+            }
+            Request::Vote(rpc) => self
+                .raft
+                .vote(rpc)
+                .await
+                .map(Reply::Vote)
+                .map_err(|e| e.to_string()),
+            Request::PreVote(rpc) => self
+                .raft
+                .pre_vote(rpc)
+                .await
+                .map(Reply::Vote)
+                .map_err(|e| e.to_string()),
+            Request::Snapshot { vote, meta, data } => {
+                let snapshot = openraft::alias::SnapshotOf::<TypeConfig, _> {
+                    meta,
+                    snapshot: std::io::Cursor::new(data),
+                };
+                self.raft
+                    .install_full_snapshot(vote, snapshot)
+                    .await
+                    .map(Reply::Snapshot)
+                    .map_err(|e| e.to_string())
+            }
+            Request::Propose(command) => match self.raft.client_write(command).await {
+                Ok(r) => Ok(Reply::Proposed {
+                    index: r.log_id.index,
+                    outcome: r.data,
+                }),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Ok(Reply::NotLeader {
+                        leader: f.leader_id,
+                    })
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            Request::Hello => {
+                let empty = !self
+                    .raft
+                    .is_initialized()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if empty {
+                    let _ = self.hello_answered.set(());
+                }
+                Ok(Reply::Hello {
+                    empty,
+                    directory: self.directory,
+                })
+            }
+            Request::Rejoin { directory } => {
+                if !self.is_leader() {
+                    return Ok(Reply::NotLeader {
+                        leader: self.leader().map(|l| l as u64),
+                    });
+                }
+                let change = ChangeMembers::SetNodes(BTreeMap::from([(from, Voter { directory })]));
+                self.raft
+                    .change_membership(change, false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(node = from, %directory, "voter rejoined with a new metadata directory");
+                Ok(Reply::Done)
+            }
+            Request::Learn { directory, peer } => {
+                if !self.is_leader() {
+                    return Ok(Reply::NotLeader {
+                        leader: self.leader().map(|l| l as u64),
+                    });
+                }
+                if let (Some(endpoint), Some(peer)) = (&self.endpoint, peer) {
+                    endpoint.set_address(from as i32, peer);
+                }
+                self.raft
+                    .add_learner(from, Voter { directory }, false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    async fn upkeep(this: std::sync::Weak<Quorum>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(UPKEEP) => {}
+            }
+            let Some(quorum) = this.upgrade() else { return };
+            if let Err(e) = quorum.upkeep_once().await {
+                tracing::debug!(error = %e, "metadata quorum upkeep");
+            }
+        }
+    }
+
+    async fn upkeep_once(&self) -> anyhow::Result<()> {
+        let Some(endpoint) = self.endpoint.clone() else {
+            return self.record_identity().await;
+        };
+        let initialized = self.raft.is_initialized().await?;
+        let is_voter = self.voters.contains(&self.id);
+        if !initialized && is_voter && self.voters.first() == Some(&self.id) {
+            return self.form(&endpoint).await;
+        }
+        let Some(leader) = self.leader().map(|l| l as u64) else {
+            if !is_voter {
+                // A learner hears of the leader only once it follows it: ask the voters.
+                let request = Request::Learn {
+                    directory: self.directory,
+                    peer: self.peer_addr,
+                };
+                for voter in &self.voters {
+                    match network::call(&endpoint, *voter, &request, RPC_DEADLINE).await {
+                        Ok(Reply::Done) => break,
+                        Ok(Reply::NotLeader { leader: Some(l) }) => {
+                            network::call(&endpoint, l, &request, RPC_DEADLINE).await?;
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            return Ok(());
+        };
+        let member = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            m.membership_config.membership().get_node(&self.id).cloned()
+        };
+        if leader != self.id {
+            let request = match member {
+                Some(v) if v.directory == self.directory => None,
+                Some(_) if is_voter => Some(Request::Rejoin {
+                    directory: self.directory,
+                }),
+                None if !is_voter => Some(Request::Learn {
+                    directory: self.directory,
+                    peer: self.peer_addr,
+                }),
+                _ => None,
+            };
+            if let Some(request) = request {
+                if self.caught_up() {
+                    network::call(&endpoint, leader, &request, RPC_DEADLINE).await?;
+                }
+            }
+            return Ok(());
+        }
+        self.record_identity().await
+    }
+
+    /// Whether this node has applied everything it knows to be committed.
+    fn caught_up(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.last_applied.is_some()
+            && m.last_applied.as_ref().map(|l| l.index)
+                >= m.local_committed.as_ref().map(|l| l.index)
+    }
+
+    /// The first leader records the cluster's identity.
+    async fn record_identity(&self) -> anyhow::Result<()> {
+        if !self.is_leader() || !self.state().cluster_id.is_empty() {
+            return Ok(());
+        }
+        self.propose(Command::Init {
+            cluster_id: crate::metadata::catalogue::new_cluster_id(),
+            object_store: self.object_store.clone(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Formation by the lowest voter: once every voter says its metadata is empty, initialize
+    /// the membership with their directory ids.
+    async fn form(&self, endpoint: &PeerEndpoint) -> anyhow::Result<()> {
+        let mut members = BTreeMap::from([(
+            self.id,
+            Voter {
+                directory: self.directory,
+            },
+        )]);
+        for voter in self.voters.iter().filter(|v| **v != self.id) {
+            match network::call(endpoint, *voter, &Request::Hello, RPC_DEADLINE).await? {
+                Reply::Hello {
+                    empty: true,
+                    directory,
+                } => {
+                    members.insert(*voter, Voter { directory });
+                }
+                Reply::Hello { empty: false, .. } => return Ok(()),
+                _ => anyhow::bail!("unexpected answer to hello from node {voter}"),
+            }
+        }
+        tracing::info!(voters = ?self.voters, "forming a new metadata quorum");
+        self.raft.initialize(members).await?;
+        Ok(())
+    }
+}
+
+fn refusal(kind: Refusal, message: String) -> MetadataError {
+    match kind {
+        Refusal::TopicExists => MetadataError::TopicExists(message),
+        Refusal::UnknownTopic => MetadataError::UnknownTopic(message),
+        Refusal::InvalidPartitions => MetadataError::InvalidPartitions(message),
+        Refusal::InvalidReplicationFactor => MetadataError::InvalidReplicationFactor(message),
+    }
+}
+
+impl Quorum {
+    async fn command(&self, command: Command) -> Result<u64, MetadataError> {
+        match self.propose(command).await? {
+            (_, Outcome::Refused { kind, message }) => Err(refusal(kind, message)),
+            (index, _) => Ok(index),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Metadata for Quorum {
+    fn image(&self) -> Image {
+        let state = self.state();
+        // What the image holds is opened from it; changes queued before it are not news.
+        let applied = self.applied();
+        self.shared
+            .changes
+            .lock()
+            .expect("changes lock")
+            .retain(|c| c.version > applied);
+        Image {
+            cluster_id: state.cluster_id,
+            topics: state.topics.into_values().map(|t| t.record).collect(),
+            deleting: state.deleting,
+        }
+    }
+
+    fn remote_deletions(&self) -> Vec<DeletedTopic> {
+        self.state().deleting
+    }
+
+    fn next_change(&self) -> Option<Applied> {
+        self.shared
+            .changes
+            .lock()
+            .expect("changes lock")
+            .pop_front()
+    }
+
+    async fn changed(&self) {
+        let notified = self.shared.wake.notified();
+        if !self.shared.changes.lock().expect("changes lock").is_empty() {
+            return;
+        }
+        notified.await
+    }
+
+    async fn create_topic(
+        &self,
+        record: TopicRecord,
+        replication_factor: i16,
+    ) -> Result<u64, MetadataError> {
+        self.command(Command::CreateTopic {
+            record,
+            replication_factor,
+        })
+        .await
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<u64, MetadataError> {
+        self.command(Command::DeleteTopic { name: name.into() })
+            .await
+    }
+
+    async fn create_partitions(&self, name: &str, count: i32) -> Result<u64, MetadataError> {
+        self.command(Command::CreatePartitions {
+            name: name.into(),
+            count,
+        })
+        .await
+    }
+
+    async fn alter_configs(
+        &self,
+        name: &str,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<u64, MetadataError> {
+        self.command(Command::AlterConfigs {
+            name: name.into(),
+            overrides,
+        })
+        .await
+    }
+
+    async fn allocate_producer_ids(&self, count: i64) -> Result<Range<i64>, MetadataError> {
+        match self.propose(Command::AllocateProducerIds { count }).await? {
+            (_, Outcome::ProducerIds { start, end }) => Ok(start..end),
+            (_, other) => Err(MetadataError::Unavailable(format!(
+                "unexpected outcome {other:?} of a producer-id allocation"
+            ))),
+        }
+    }
+
+    async fn remote_deletion_done(
+        &self,
+        name: &str,
+        done: &[DeletedTopic],
+    ) -> Result<u64, MetadataError> {
+        self.command(Command::RemoteDeletionDone {
+            name: name.into(),
+            done: done.to_vec(),
+        })
+        .await
+    }
+}

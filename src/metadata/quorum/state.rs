@@ -1,0 +1,627 @@
+//! The cluster's metadata as the quorum's state machine holds it, and the commands that change
+//! it. Applying a command is a pure function of the state, the command and its log index (the
+//! version), so every node that applies the same log holds the same state; placement happens
+//! here too (`metadata::placement`), from the state at that index.
+//!
+//! KRaft's records, in short: brokers (id, endpoints, rack, incarnation, broker epoch = the index
+//! of its registration, fenced), topics (name, UUID, configs) with their partitions (replicas,
+//! ISR, leader, leader epoch, partition epoch), the producer-id high mark, and deleted topics
+//! whose remote data is still to go.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::metadata::placement::{self, Candidate, Load};
+use crate::metadata::{Change, DeletedTopic, TopicRecord};
+
+/// No leader (KRaft's -1): every replica is fenced or offline.
+pub const NO_LEADER: i32 = -1;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub cluster_id: String,
+    /// The object store the cluster shares (its URL without credentials); set once.
+    pub object_store: Option<String>,
+    pub brokers: BTreeMap<i32, BrokerRecord>,
+    pub topics: BTreeMap<String, TopicState>,
+    pub deleting: Vec<DeletedTopic>,
+    /// The first producer id not handed out yet.
+    pub next_producer_id: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRecord {
+    pub id: i32,
+    /// Where Kafka clients reach it.
+    pub host: String,
+    pub port: i32,
+    /// Its peer endpoint (learners are dialled here; voters at their `--seeds` address).
+    pub peer: String,
+    pub rack: Option<String>,
+    /// A new one per process start.
+    pub incarnation: Uuid,
+    /// The index of its latest registration (KIP-631's broker epoch).
+    pub epoch: u64,
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicState {
+    pub record: TopicRecord,
+    pub partitions: Vec<PartitionState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// Preferred leader first.
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    pub leader: i32,
+    /// Bumped on every leader change (KIP-101/279).
+    pub leader_epoch: i32,
+    /// Bumped on every change of the partition (KIP-841).
+    pub partition_epoch: i32,
+}
+
+/// A change to the metadata, as it is written to the quorum's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// The cluster's identity, once (the first leader proposes it; later ones are ignored).
+    Init {
+        cluster_id: String,
+        object_store: Option<String>,
+    },
+    RegisterBroker {
+        id: i32,
+        host: String,
+        port: i32,
+        peer: String,
+        rack: Option<String>,
+        incarnation: Uuid,
+    },
+    /// The controller lost `id`'s heartbeats (`epoch` is the registration it fences).
+    FenceBroker {
+        id: i32,
+        epoch: u64,
+    },
+    CreateTopic {
+        record: TopicRecord,
+        replication_factor: i16,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    CreatePartitions {
+        name: String,
+        count: i32,
+    },
+    AlterConfigs {
+        name: String,
+        overrides: BTreeMap<String, String>,
+    },
+    AllocateProducerIds {
+        count: i64,
+    },
+    RemoteDeletionDone {
+        name: String,
+        done: Vec<DeletedTopic>,
+    },
+}
+
+/// What applying a command answers its proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Done,
+    /// A registration: the broker's new epoch.
+    Registered {
+        epoch: u64,
+    },
+    ProducerIds {
+        start: i64,
+        end: i64,
+    },
+    Refused {
+        kind: Refusal,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    TopicExists,
+    UnknownTopic,
+    InvalidPartitions,
+    InvalidReplicationFactor,
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+fn refused(kind: Refusal, message: impl Into<String>) -> (Outcome, Vec<Change>) {
+    (
+        Outcome::Refused {
+            kind,
+            message: message.into(),
+        },
+        Vec::new(),
+    )
+}
+
+impl ClusterState {
+    /// Unfenced brokers, as placement sees them.
+    fn candidates(&self) -> Vec<Candidate> {
+        self.brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| Candidate {
+                id: b.id,
+                rack: b.rack.clone(),
+            })
+            .collect()
+    }
+
+    fn load(&self) -> Load {
+        let mut load = Load::default();
+        for p in self.topics.values().flat_map(|t| &t.partitions) {
+            for r in &p.replicas {
+                *load.replicas.entry(*r).or_default() += 1;
+            }
+            if let Some(first) = p.replicas.first() {
+                *load.leaders.entry(*first).or_default() += 1;
+            }
+        }
+        load
+    }
+
+    fn live(&self, id: i32) -> bool {
+        self.brokers.get(&id).is_some_and(|b| !b.fenced)
+    }
+
+    /// New partitions on the given replicas: led by the first live one, at epoch 0.
+    fn new_partitions(&self, assignment: Vec<Vec<i32>>) -> Vec<PartitionState> {
+        assignment
+            .into_iter()
+            .map(|replicas| {
+                let isr: Vec<i32> = replicas.iter().copied().filter(|r| self.live(*r)).collect();
+                PartitionState {
+                    leader: isr.first().copied().unwrap_or(NO_LEADER),
+                    isr,
+                    replicas,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                }
+            })
+            .collect()
+    }
+
+    /// Applies `command`, committed at `index`: the proposer's outcome and the changes brokers
+    /// apply.
+    pub fn apply(&mut self, index: u64, command: Command) -> (Outcome, Vec<Change>) {
+        match command {
+            Command::Init {
+                cluster_id,
+                object_store,
+            } => {
+                if self.cluster_id.is_empty() {
+                    self.cluster_id = cluster_id;
+                }
+                if self.object_store.is_none() {
+                    self.object_store = object_store;
+                }
+                (Outcome::Done, Vec::new())
+            }
+            Command::RegisterBroker {
+                id,
+                host,
+                port,
+                peer,
+                rack,
+                incarnation,
+            } => {
+                self.brokers.insert(
+                    id,
+                    BrokerRecord {
+                        id,
+                        host,
+                        port,
+                        peer,
+                        rack,
+                        incarnation,
+                        epoch: index,
+                        fenced: false,
+                    },
+                );
+                let changes = self.elect_where_leaderless(id);
+                (Outcome::Registered { epoch: index }, changes)
+            }
+            Command::FenceBroker { id, epoch } => {
+                let Some(broker) = self.brokers.get_mut(&id) else {
+                    return (Outcome::Done, Vec::new());
+                };
+                if broker.epoch != epoch || broker.fenced {
+                    return (Outcome::Done, Vec::new());
+                }
+                broker.fenced = true;
+                (Outcome::Done, self.remove_from_leadership(id))
+            }
+            Command::CreateTopic {
+                record,
+                replication_factor,
+            } => {
+                if self.topics.contains_key(&record.name) {
+                    return refused(
+                        Refusal::TopicExists,
+                        format!("topic {:?} already exists", record.name),
+                    );
+                }
+                let assignment = match placement::place(
+                    &self.candidates(),
+                    &self.load(),
+                    record.partitions,
+                    replication_factor,
+                ) {
+                    Ok(a) => a,
+                    Err(e) => return refused(Refusal::InvalidReplicationFactor, e.to_string()),
+                };
+                let partitions = self.new_partitions(assignment);
+                let mut changes = vec![Change::TopicCreated(record.clone())];
+                changes.extend(leadership(&record.name, 0, &partitions));
+                self.topics
+                    .insert(record.name.clone(), TopicState { record, partitions });
+                (Outcome::Done, changes)
+            }
+            Command::DeleteTopic { name } => {
+                let Some(topic) = self.topics.remove(&name) else {
+                    return refused(
+                        Refusal::UnknownTopic,
+                        format!("topic {name:?} does not exist"),
+                    );
+                };
+                let deleted = DeletedTopic {
+                    name,
+                    id: topic.record.id,
+                };
+                self.deleting.push(deleted.clone());
+                (Outcome::Done, vec![Change::TopicDeleted(deleted)])
+            }
+            Command::CreatePartitions { name, count } => {
+                let (candidates, load) = (self.candidates(), self.load());
+                let Some(topic) = self.topics.get(&name) else {
+                    return refused(
+                        Refusal::UnknownTopic,
+                        format!("topic {name:?} does not exist"),
+                    );
+                };
+                let have = topic.partitions.len() as i32;
+                if count <= have {
+                    return refused(
+                        Refusal::InvalidPartitions,
+                        format!("topic {name:?} has {have} partitions; the new count {count} must be larger"),
+                    );
+                }
+                let rf = topic
+                    .partitions
+                    .first()
+                    .map_or(1, |p| p.replicas.len() as i16);
+                let assignment = match placement::place(&candidates, &load, count - have, rf) {
+                    Ok(a) => a,
+                    Err(e) => return refused(Refusal::InvalidReplicationFactor, e.to_string()),
+                };
+                let partitions = self.new_partitions(assignment);
+                let mut changes = vec![Change::PartitionsCreated {
+                    name: name.clone(),
+                    count,
+                }];
+                changes.extend(leadership(&name, have, &partitions));
+                let topic = self.topics.get_mut(&name).expect("checked above");
+                topic.record.partitions = count;
+                topic.partitions.extend(partitions);
+                (Outcome::Done, changes)
+            }
+            Command::AlterConfigs { name, overrides } => {
+                let Some(topic) = self.topics.get_mut(&name) else {
+                    return refused(
+                        Refusal::UnknownTopic,
+                        format!("topic {name:?} does not exist"),
+                    );
+                };
+                topic.record.overrides = overrides.clone();
+                (
+                    Outcome::Done,
+                    vec![Change::ConfigsChanged { name, overrides }],
+                )
+            }
+            Command::AllocateProducerIds { count } => {
+                let start = self.next_producer_id;
+                self.next_producer_id += count.max(1);
+                (
+                    Outcome::ProducerIds {
+                        start,
+                        end: self.next_producer_id,
+                    },
+                    Vec::new(),
+                )
+            }
+            Command::RemoteDeletionDone { name, done } => {
+                self.deleting.retain(|d| !done.contains(d));
+                let pending = self.deleting.iter().any(|d| d.name == name);
+                (
+                    Outcome::Done,
+                    vec![Change::RemoteDeletionDone { name, pending }],
+                )
+            }
+        }
+    }
+
+    /// A fenced broker leaves every ISR it is in and leads nothing: each partition it led gets
+    /// the next live ISR member, or no leader, at a new leader epoch.
+    fn remove_from_leadership(&mut self, id: i32) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (name, topic) in &mut self.topics {
+            for (index, p) in topic.partitions.iter_mut().enumerate() {
+                if !p.isr.contains(&id) && p.leader != id {
+                    continue;
+                }
+                let was_leader = p.leader == id;
+                if p.isr.len() > 1 {
+                    p.isr.retain(|r| *r != id);
+                }
+                p.partition_epoch += 1;
+                if was_leader {
+                    p.leader = p
+                        .isr
+                        .iter()
+                        .copied()
+                        .find(|r| *r != id)
+                        .unwrap_or(NO_LEADER);
+                    p.leader_epoch += 1;
+                    changes.push(leadership_change(name, index as i32, p));
+                }
+            }
+        }
+        changes
+    }
+
+    /// Partitions without a leader whose ISR holds `id` (now live again) get it as leader.
+    fn elect_where_leaderless(&mut self, id: i32) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (name, topic) in &mut self.topics {
+            for (index, p) in topic.partitions.iter_mut().enumerate() {
+                if p.leader == NO_LEADER && p.isr.contains(&id) {
+                    p.leader = id;
+                    p.leader_epoch += 1;
+                    p.partition_epoch += 1;
+                    changes.push(leadership_change(name, index as i32, p));
+                }
+            }
+        }
+        changes
+    }
+}
+
+fn leadership_change(topic: &str, partition: i32, p: &PartitionState) -> Change {
+    Change::Leadership {
+        topic: topic.to_string(),
+        partition,
+        leader: p.leader,
+        epoch: p.leader_epoch,
+        isr: p.isr.clone(),
+    }
+}
+
+fn leadership(topic: &str, first: i32, partitions: &[PartitionState]) -> Vec<Change> {
+    partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| leadership_change(topic, first + i as i32, p))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(state: &mut ClusterState, index: u64, id: i32) {
+        state.apply(
+            index,
+            Command::RegisterBroker {
+                id,
+                host: "127.0.0.1".into(),
+                port: 9000 + id,
+                peer: format!("127.0.0.1:{}", 9100 + id),
+                rack: None,
+                incarnation: Uuid::new_v4(),
+            },
+        );
+    }
+
+    fn topic(name: &str, partitions: i32) -> TopicRecord {
+        crate::metadata::local::new_topic(name, partitions, BTreeMap::new())
+    }
+
+    #[test]
+    fn topics_spread_fencing_moves_leaders_and_registration_brings_them_back() {
+        let mut state = ClusterState::default();
+        for id in 1..=3 {
+            register(&mut state, id as u64, id);
+        }
+        let (outcome, changes) = state.apply(
+            4,
+            Command::CreateTopic {
+                record: topic("t", 6),
+                replication_factor: 1,
+            },
+        );
+        assert_eq!(outcome, Outcome::Done);
+        assert_eq!(changes.len(), 7);
+        let mut led = BTreeMap::new();
+        for p in &state.topics["t"].partitions {
+            *led.entry(p.leader).or_insert(0) += 1;
+        }
+        assert_eq!(led, BTreeMap::from([(1, 2), (2, 2), (3, 2)]));
+        assert!(matches!(
+            state
+                .apply(
+                    5,
+                    Command::CreateTopic {
+                        record: topic("u", 1),
+                        replication_factor: 4
+                    }
+                )
+                .0,
+            Outcome::Refused {
+                kind: Refusal::InvalidReplicationFactor,
+                ..
+            }
+        ));
+        assert!(matches!(
+            state
+                .apply(
+                    5,
+                    Command::CreateTopic {
+                        record: topic("t", 1),
+                        replication_factor: 1
+                    }
+                )
+                .0,
+            Outcome::Refused {
+                kind: Refusal::TopicExists,
+                ..
+            }
+        ));
+
+        // Fencing broker 2 (at its registration's epoch) leaves its partitions leaderless at a
+        // new epoch; a stale fence (older epoch) does nothing.
+        assert!(state
+            .apply(6, Command::FenceBroker { id: 2, epoch: 1 })
+            .1
+            .is_empty());
+        let (_, changes) = state.apply(6, Command::FenceBroker { id: 2, epoch: 2 });
+        assert_eq!(changes.len(), 2);
+        for change in &changes {
+            assert!(matches!(
+                change,
+                Change::Leadership {
+                    leader: NO_LEADER,
+                    epoch: 1,
+                    ..
+                }
+            ));
+        }
+        // New topics avoid the fenced broker.
+        state.apply(
+            7,
+            Command::CreateTopic {
+                record: topic("v", 4),
+                replication_factor: 1,
+            },
+        );
+        assert!(state.topics["v"].partitions.iter().all(|p| p.leader != 2));
+        // Registered again: it leads its partitions at a higher epoch.
+        register(&mut state, 8, 2);
+        assert_eq!(state.brokers[&2].epoch, 8);
+        let back: Vec<_> = state.topics["t"]
+            .partitions
+            .iter()
+            .filter(|p| p.replicas == vec![2])
+            .collect();
+        assert_eq!(back.len(), 2);
+        assert!(back.iter().all(|p| p.leader == 2 && p.leader_epoch == 2));
+    }
+
+    #[test]
+    fn producer_ids_partitions_configs_and_deletions() {
+        let mut state = ClusterState::default();
+        register(&mut state, 1, 1);
+        let a = state
+            .apply(2, Command::AllocateProducerIds { count: 1000 })
+            .0;
+        let b = state
+            .apply(3, Command::AllocateProducerIds { count: 1000 })
+            .0;
+        assert_eq!(
+            a,
+            Outcome::ProducerIds {
+                start: 0,
+                end: 1000
+            }
+        );
+        assert_eq!(
+            b,
+            Outcome::ProducerIds {
+                start: 1000,
+                end: 2000
+            }
+        );
+        state.apply(
+            4,
+            Command::CreateTopic {
+                record: topic("t", 2),
+                replication_factor: 1,
+            },
+        );
+        let (_, changes) = state.apply(
+            5,
+            Command::CreatePartitions {
+                name: "t".into(),
+                count: 4,
+            },
+        );
+        assert_eq!(changes.len(), 3);
+        assert_eq!(state.topics["t"].partitions.len(), 4);
+        assert!(matches!(
+            state
+                .apply(
+                    6,
+                    Command::CreatePartitions {
+                        name: "t".into(),
+                        count: 3
+                    }
+                )
+                .0,
+            Outcome::Refused {
+                kind: Refusal::InvalidPartitions,
+                ..
+            }
+        ));
+        let id = state.topics["t"].record.id;
+        state.apply(7, Command::DeleteTopic { name: "t".into() });
+        assert!(state.topics.is_empty());
+        assert_eq!(
+            state.deleting,
+            vec![DeletedTopic {
+                name: "t".into(),
+                id
+            }]
+        );
+        let (_, changes) = state.apply(
+            8,
+            Command::RemoteDeletionDone {
+                name: "t".into(),
+                done: vec![DeletedTopic {
+                    name: "t".into(),
+                    id,
+                }],
+            },
+        );
+        assert!(state.deleting.is_empty());
+        assert_eq!(
+            changes,
+            vec![Change::RemoteDeletionDone {
+                name: "t".into(),
+                pending: false
+            }]
+        );
+    }
+}

@@ -1,0 +1,505 @@
+//! The quorum's storage under `{data-dir}/metadata/`: the raft log, the vote and commit marks,
+//! and the state machine's snapshot.
+//!
+//! - `log`: one record per entry, `[u32 BE length][u32 BE crc32c][JSON entry]`, appended and
+//!   fdatasynced before the append is acknowledged. A torn or corrupt tail (an unclean stop) is
+//!   cut at the first bad record on open. Truncation and purging rewrite the file atomically
+//!   (the metadata log is short: it is purged behind every snapshot).
+//! - `raft-state.json`: `{vote, committed, purged}`, replaced atomically.
+//! - `snapshot.json`: `{meta, state}`, the state machine at `meta.last_log_id`, replaced
+//!   atomically. The state machine itself lives in memory: on start openraft installs this
+//!   snapshot and re-applies the log up to the committed mark.
+//!
+//! All file work runs on blocking threads.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
+use std::io::{self, Cursor, Read, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, TryStreamExt};
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf, VoteOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, IOFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::state::ClusterState;
+use super::TypeConfig;
+use crate::metadata::{Applied, Change};
+
+type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
+type LogId = LogIdOf<TypeConfig>;
+type Vote = VoteOf<TypeConfig>;
+
+const LOG: &str = "log";
+const RAFT_STATE: &str = "raft-state.json";
+const SNAPSHOT: &str = "snapshot.json";
+/// Largest record the log reads back (a corrupt length is not an allocation).
+const MAX_RECORD: usize = 64 << 20;
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    crate::telemetry::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct RaftState {
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    purged: Option<LogId>,
+}
+
+struct LogFiles {
+    dir: PathBuf,
+    file: std::fs::File,
+    entries: BTreeMap<u64, Entry>,
+    state: RaftState,
+}
+
+fn encode(entry: &Entry, out: &mut Vec<u8>) -> io::Result<()> {
+    let body = serde_json::to_vec(entry).map_err(invalid)?;
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(())
+}
+
+/// The entries of `bytes`, and how many bytes of it are whole, valid records.
+fn decode(bytes: &[u8]) -> (Vec<Entry>, usize) {
+    let (mut entries, mut at) = (Vec::new(), 0);
+    while bytes.len() - at >= 8 {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
+        let crc = u32::from_be_bytes(bytes[at + 4..at + 8].try_into().expect("4"));
+        if len > MAX_RECORD || bytes.len() - at - 8 < len {
+            break;
+        }
+        let body = &bytes[at + 8..at + 8 + len];
+        if crc32c::crc32c(body) != crc {
+            break;
+        }
+        match serde_json::from_slice(body) {
+            Ok(entry) => entries.push(entry),
+            Err(_) => break,
+        }
+        at += 8 + len;
+    }
+    (entries, at)
+}
+
+impl LogFiles {
+    fn open(dir: &Path) -> io::Result<LogFiles> {
+        std::fs::create_dir_all(dir)?;
+        let state = match std::fs::read(dir.join(RAFT_STATE)) {
+            Ok(body) => serde_json::from_slice(&body).map_err(invalid)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => RaftState::default(),
+            Err(e) => return Err(e),
+        };
+        let path = dir.join(LOG);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let (entries, valid) = decode(&bytes);
+        if valid < bytes.len() {
+            tracing::warn!(file = %path.display(), kept = valid, dropped = bytes.len() - valid, "metadata log has a torn or corrupt tail; cutting it");
+            file.set_len(valid as u64)?;
+            file.sync_all()?;
+        }
+        let purged = state.purged.as_ref().map(|l| l.index());
+        let entries = entries
+            .into_iter()
+            .filter(|e| purged.is_none_or(|p| e.index() > p))
+            .map(|e| (e.index(), e))
+            .collect();
+        Ok(LogFiles {
+            dir: dir.to_path_buf(),
+            file,
+            entries,
+            state,
+        })
+    }
+
+    fn save_state(&self) -> io::Result<()> {
+        let body = serde_json::to_vec(&self.state).map_err(invalid)?;
+        crate::fsutil::write_atomic(&self.dir.join(RAFT_STATE), &body)
+    }
+
+    fn append(&mut self, entries: Vec<Entry>) -> io::Result<()> {
+        let mut out = Vec::new();
+        for e in &entries {
+            encode(e, &mut out)?;
+        }
+        self.file.write_all(&out)?;
+        self.file.sync_data()?;
+        for e in entries {
+            self.entries.insert(e.index(), e);
+        }
+        Ok(())
+    }
+
+    /// Writes the whole log anew (after a truncation or purge).
+    fn rewrite(&mut self) -> io::Result<()> {
+        let mut out = Vec::new();
+        for e in self.entries.values() {
+            encode(e, &mut out)?;
+        }
+        let path = self.dir.join(LOG);
+        crate::fsutil::write_atomic(&path, &out)?;
+        self.file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)?;
+        Ok(())
+    }
+}
+
+/// The raft log, vote and commit marks (`RaftLogStorage`).
+#[derive(Clone)]
+pub struct LogStore {
+    files: Arc<Mutex<LogFiles>>,
+}
+
+impl LogStore {
+    pub fn open(dir: &Path) -> io::Result<LogStore> {
+        Ok(LogStore {
+            files: Arc::new(Mutex::new(LogFiles::open(dir)?)),
+        })
+    }
+
+    /// Whether this node has ever held metadata (a log, a vote or a snapshot).
+    pub fn is_empty(dir: &Path) -> bool {
+        [LOG, RAFT_STATE, SNAPSHOT]
+            .iter()
+            .all(|name| std::fs::metadata(dir.join(name)).map_or(true, |m| m.len() == 0))
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut LogFiles) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let files = self.files.clone();
+        blocking(move || f(&mut files.lock().expect("metadata log lock"))).await
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let files = self.files.lock().expect("metadata log lock");
+        Ok(files.entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.files.lock().expect("metadata log lock").state.vote)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let files = self.files.lock().expect("metadata log lock");
+        let purged = files.state.purged;
+        let last = files
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id())
+            .or(purged);
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let vote = *vote;
+        self.with(move |f| {
+            f.state.vote = Some(vote);
+            f.save_state()
+        })
+        .await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        self.with(move |f| {
+            f.state.committed = committed;
+            f.save_state()
+        })
+        .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self
+            .files
+            .lock()
+            .expect("metadata log lock")
+            .state
+            .committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let result = self.with(move |f| f.append(entries)).await;
+        let reply = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
+        callback.io_completed(reply);
+        result
+    }
+
+    async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
+        self.with(move |f| {
+            let from = last.map_or(0, |l| l.index() + 1);
+            f.entries.retain(|index, _| *index < from);
+            f.rewrite()
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.with(move |f| {
+            let upto = log_id.index();
+            // The mark first: a crash between the two leaves entries below it, which open()
+            // ignores.
+            f.state.purged = Some(log_id);
+            f.save_state()?;
+            f.entries.retain(|index, _| *index > upto);
+            f.rewrite()
+        })
+        .await
+    }
+}
+
+/// What the state machine hands the rest of the broker: its changes, in order, and the
+/// current state.
+pub struct Shared {
+    pub state: Mutex<ClusterState>,
+    pub changes: Mutex<VecDeque<Applied>>,
+    pub wake: tokio::sync::Notify,
+    /// The last applied index.
+    pub applied: tokio::sync::watch::Sender<u64>,
+    /// Snapshots installed from a leader (not built locally).
+    pub snapshots_installed: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        Shared {
+            state: Mutex::new(ClusterState::default()),
+            changes: Mutex::new(VecDeque::new()),
+            wake: tokio::sync::Notify::new(),
+            applied: tokio::sync::watch::channel(0).0,
+            snapshots_installed: Default::default(),
+        }
+    }
+
+    fn publish(&self, index: u64, changes: Vec<Change>) {
+        if !changes.is_empty() {
+            let mut queue = self.changes.lock().expect("changes lock");
+            queue.extend(changes.into_iter().map(|change| Applied {
+                version: index,
+                change,
+            }));
+        }
+        self.applied.send_replace(index);
+        self.wake.notify_waiters();
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMetaOf<TypeConfig>,
+    state: ClusterState,
+}
+
+/// The state machine (`RaftStateMachine`): the cluster state in memory, its snapshot on disk.
+#[derive(Clone)]
+pub struct StateMachine {
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    inner: Arc<tokio::sync::Mutex<Inner>>,
+}
+
+struct Inner {
+    last_applied: Option<LogId>,
+    membership: StoredMembershipOf<TypeConfig>,
+    /// The newest snapshot, as stored.
+    snapshot: Option<(SnapshotMetaOf<TypeConfig>, Vec<u8>)>,
+}
+
+impl StateMachine {
+    pub fn open(dir: &Path, shared: Arc<Shared>) -> io::Result<StateMachine> {
+        let snapshot = match std::fs::read(dir.join(SNAPSHOT)) {
+            Ok(body) => {
+                let stored: StoredSnapshot = serde_json::from_slice(&body).map_err(invalid)?;
+                Some((stored.meta, body))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        Ok(StateMachine {
+            dir: dir.to_path_buf(),
+            shared,
+            inner: Arc::new(tokio::sync::Mutex::new(Inner {
+                last_applied: None,
+                membership: Default::default(),
+                snapshot,
+            })),
+        })
+    }
+
+    async fn store_snapshot(&self, body: Vec<u8>) -> io::Result<Vec<u8>> {
+        let path = self.dir.join(SNAPSHOT);
+        blocking(move || crate::fsutil::write_atomic(&path, &body).map(|_| body)).await
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<SnapshotOf<TypeConfig, Self::SnapshotData>, io::Error> {
+        let mut inner = self.inner.lock().await;
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id: inner.last_applied,
+            last_membership: inner.membership.clone(),
+        };
+        let state = self.shared.state.lock().expect("state lock").clone();
+        let body = serde_json::to_vec(&StoredSnapshot {
+            meta: meta.clone(),
+            state,
+        })
+        .map_err(invalid)?;
+        let body = self.store_snapshot(body).await?;
+        inner.snapshot = Some((meta.clone(), body.clone()));
+        Ok(SnapshotOf::<TypeConfig, _> {
+            meta,
+            snapshot: Cursor::new(body),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembershipOf<TypeConfig>), io::Error> {
+        let inner = self.inner.lock().await;
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
+    where
+        S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut inner = self.inner.lock().await;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let index = entry.index();
+            inner.last_applied = Some(entry.log_id());
+            let (outcome, changes) = match entry.payload {
+                EntryPayload::Blank => (super::state::Outcome::Done, Vec::new()),
+                EntryPayload::Normal(command) => self
+                    .shared
+                    .state
+                    .lock()
+                    .expect("state lock")
+                    .apply(index, command),
+                EntryPayload::Membership(membership) => {
+                    inner.membership =
+                        StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), membership);
+                    (super::state::Outcome::Done, Vec::new())
+                }
+            };
+            self.shared.publish(index, changes);
+            if let Some(responder) = responder {
+                responder.send(outcome);
+            }
+        }
+        Ok(())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: Self::SnapshotData,
+    ) -> Result<(), io::Error> {
+        let body = snapshot.into_inner();
+        let stored: StoredSnapshot = serde_json::from_slice(&body).map_err(invalid)?;
+        let mut inner = self.inner.lock().await;
+        let installed_from_elsewhere = inner
+            .snapshot
+            .as_ref()
+            .is_none_or(|(m, _)| m.last_log_id != meta.last_log_id);
+        let body = if installed_from_elsewhere {
+            self.store_snapshot(body).await?
+        } else {
+            body
+        };
+        let changes = {
+            let mut state = self.shared.state.lock().expect("state lock");
+            let changes = super::diff::changes(&state, &stored.state);
+            *state = stored.state;
+            changes
+        };
+        inner.last_applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
+        inner.snapshot = Some((meta.clone(), body));
+        if installed_from_elsewhere {
+            self.shared
+                .snapshots_installed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("strata_metadata_snapshots_installed_total").increment(1);
+        }
+        let index = meta.last_log_id.as_ref().map_or(0, |l| l.index());
+        self.shared.publish(index, changes);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, Self::SnapshotData>>, io::Error> {
+        let inner = self.inner.lock().await;
+        Ok(inner
+            .snapshot
+            .as_ref()
+            .map(|(meta, body)| SnapshotOf::<TypeConfig, _> {
+                meta: meta.clone(),
+                snapshot: Cursor::new(body.clone()),
+            }))
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+}

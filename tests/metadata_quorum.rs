@@ -1,0 +1,336 @@
+#![allow(clippy::disallowed_methods)]
+//! The metadata quorum (openraft over the peer endpoint) on its own: three voters in one
+//! process, each with its own endpoint, certificate and directory.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata::cluster::certs;
+use strata::cluster::peer::{PeerEndpoint, Transport};
+use strata::cluster::tls::Identity;
+use strata::config::PeerTls;
+use strata::metadata::local::new_topic;
+use strata::metadata::quorum::{Quorum, QuorumConfig};
+use strata::metadata::Metadata;
+
+struct Node {
+    id: i32,
+    dir: PathBuf,
+    identity: PathBuf,
+    addr: SocketAddr,
+    running: Option<(
+        Arc<PeerEndpoint>,
+        Arc<Quorum>,
+        tokio::sync::watch::Sender<bool>,
+    )>,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    voters: BTreeMap<i32, SocketAddr>,
+    snapshot_entries: u64,
+}
+
+impl Cluster {
+    fn new(root: &Path, n: i32, snapshot_entries: u64) -> Cluster {
+        let ca = root.join("ca");
+        certs::init_ca(&ca).unwrap();
+        let mut nodes = Vec::new();
+        let mut voters = BTreeMap::new();
+        for id in 1..=n {
+            let identity = root.join(format!("tls-{id}"));
+            certs::issue(&ca, id, &identity).unwrap();
+            // The port is taken now and handed over at each start.
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let addr = socket.local_addr().unwrap();
+            drop(socket);
+            voters.insert(id, addr);
+            nodes.push(Node {
+                id,
+                dir: root.join(format!("node-{id}")),
+                identity,
+                addr,
+                running: None,
+            });
+        }
+        Cluster {
+            nodes,
+            voters,
+            snapshot_entries,
+        }
+    }
+
+    async fn start(&mut self, id: i32) {
+        let voters = self.voters.clone();
+        let snapshot_entries = self.snapshot_entries;
+        let node = &mut self.nodes[id as usize - 1];
+        let identity = Identity::load(&PeerTls {
+            ca: node.identity.join(certs::CA_CERT),
+            cert: node.identity.join(certs::NODE_CERT),
+            key: node.identity.join(certs::NODE_KEY),
+        })
+        .unwrap();
+        let socket = std::net::UdpSocket::bind(node.addr).unwrap();
+        let endpoint = PeerEndpoint::new(
+            socket,
+            &identity,
+            Transport::for_session_timeout(Duration::from_secs(9)),
+        )
+        .unwrap();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(endpoint.clone().serve(stop_rx));
+        let quorum = Quorum::start(
+            QuorumConfig {
+                node_id: node.id,
+                dir: node.dir.join("metadata"),
+                voters,
+                peer_addr: Some(node.addr),
+                snapshot_entries,
+                heartbeat: Duration::from_millis(100),
+                election_timeout: Duration::from_millis(500),
+                object_store: Some("memory://shared".into()),
+            },
+            Some(endpoint.clone()),
+        )
+        .await
+        .unwrap();
+        node.running = Some((endpoint, quorum, stop));
+    }
+
+    async fn stop(&mut self, id: i32) {
+        let node = &mut self.nodes[id as usize - 1];
+        if let Some((endpoint, quorum, stop)) = node.running.take() {
+            quorum.shutdown().await;
+            let _ = stop.send(true);
+            endpoint.close();
+            endpoint.wait_idle().await;
+        }
+    }
+
+    fn quorum(&self, id: i32) -> &Arc<Quorum> {
+        &self.nodes[id as usize - 1].running.as_ref().unwrap().1
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Arc<Quorum>> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.running.as_ref().map(|r| &r.1))
+    }
+
+    /// The leader every running node agrees on, within `deadline`.
+    async fn leader(&self, deadline: Duration) -> Option<i32> {
+        let until = tokio::time::Instant::now() + deadline;
+        while tokio::time::Instant::now() < until {
+            let leaders: Vec<_> = self.running().map(|q| q.leader()).collect();
+            if let Some(Some(l)) = leaders.first() {
+                if leaders.iter().all(|x| *x == Some(*l))
+                    && self.running().any(|q| q.node_id() == *l && q.is_leader())
+                {
+                    return Some(*l);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+    let until = tokio::time::Instant::now() + deadline;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{what}: not within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn register(cluster: &Cluster, id: i32) {
+    cluster
+        .quorum(id)
+        .propose(strata::metadata::quorum::state::Command::RegisterBroker {
+            id,
+            host: "127.0.0.1".into(),
+            port: 9000 + id,
+            peer: cluster.voters[&id].to_string(),
+            rack: None,
+            incarnation: uuid::Uuid::new_v4(),
+        })
+        .await
+        .unwrap();
+}
+
+fn topic_names(q: &Quorum) -> Vec<String> {
+    q.state().topics.keys().cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_voters_form_forward_fail_over_and_catch_up_by_snapshot() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3, 100);
+    for id in 1..=3 {
+        cluster.start(id).await;
+    }
+    let leader = cluster
+        .leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    eventually("one cluster id everywhere", Duration::from_secs(10), || {
+        let ids: Vec<_> = cluster.running().map(|q| q.state().cluster_id).collect();
+        !ids[0].is_empty() && ids.iter().all(|i| *i == ids[0])
+    })
+    .await;
+    assert_eq!(
+        cluster.quorum(1).state().object_store.as_deref(),
+        Some("memory://shared")
+    );
+
+    // Brokers register; a topic proposed on a follower is forwarded, committed, and applied
+    // there before the call returns.
+    for id in 1..=3 {
+        register(&cluster, id).await;
+    }
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let version = cluster
+        .quorum(follower)
+        .create_topic(new_topic("orders", 6, BTreeMap::new()), 1)
+        .await
+        .unwrap();
+    assert!(cluster.quorum(follower).applied() >= version);
+    let state = cluster.quorum(follower).state();
+    let mut leaders = BTreeMap::new();
+    for p in &state.topics["orders"].partitions {
+        *leaders.entry(p.leader).or_insert(0) += 1;
+    }
+    assert_eq!(leaders, BTreeMap::from([(1, 2), (2, 2), (3, 2)]));
+    eventually("the topic everywhere", Duration::from_secs(10), || {
+        cluster.running().all(|q| topic_names(q) == ["orders"])
+    })
+    .await;
+    // The change came out for the applier, in order.
+    let mut changes = Vec::new();
+    while let Some(c) = cluster.quorum(follower).next_change() {
+        changes.push(c);
+    }
+    assert!(changes.iter().any(
+        |c| matches!(&c.change, strata::metadata::Change::TopicCreated(r) if r.name == "orders")
+    ));
+    assert!(matches!(
+        cluster
+            .quorum(leader)
+            .create_topic(new_topic("wide", 1, BTreeMap::new()), 4)
+            .await,
+        Err(strata::metadata::MetadataError::InvalidReplicationFactor(_))
+    ));
+
+    // The leader stops: another is elected and takes commands.
+    cluster.stop(leader).await;
+    let next = cluster
+        .leader(Duration::from_secs(20))
+        .await
+        .expect("a new leader");
+    assert_ne!(next, leader);
+    let other = (1..=3).find(|i| *i != leader && *i != next).unwrap();
+    cluster
+        .quorum(other)
+        .create_topic(new_topic("after-failover", 1, BTreeMap::new()), 1)
+        .await
+        .unwrap();
+    // Producer-id blocks stay unique across the failover.
+    let block = cluster
+        .quorum(other)
+        .allocate_producer_ids(1000)
+        .await
+        .unwrap();
+    assert!(!block.is_empty());
+
+    // The old leader, stopped through 500 changes (a snapshot every 100, the log purged behind
+    // them), catches up on restart by installing a snapshot.
+    for i in 0..500 {
+        let q = cluster.quorum(if i % 2 == 0 { next } else { other });
+        q.allocate_producer_ids(1).await.unwrap();
+    }
+    cluster.start(leader).await;
+    let expected = cluster.quorum(next).state();
+    let back = cluster.quorum(leader).clone();
+    eventually(
+        "the restarted node caught up",
+        Duration::from_secs(20),
+        || back.state().next_producer_id >= expected.next_producer_id,
+    )
+    .await;
+    assert!(
+        back.snapshots_installed() >= 1,
+        "caught up without a snapshot"
+    );
+    assert_eq!(topic_names(&back), ["after-failover", "orders"]);
+    for id in 1..=3 {
+        cluster.stop(id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_voter_does_not_vote_until_it_has_caught_up() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3, 10_000);
+    for id in 1..=3 {
+        cluster.start(id).await;
+    }
+    cluster
+        .leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    // Committed with voter 2 stopped: only 1 and 3 hold it.
+    cluster.stop(2).await;
+    cluster
+        .leader(Duration::from_secs(20))
+        .await
+        .expect("a leader of 1 and 3");
+    register(&cluster, 1).await;
+    for name in ["a", "b", "c"] {
+        cluster
+            .quorum(1)
+            .create_topic(new_topic(name, 1, BTreeMap::new()), 1)
+            .await
+            .unwrap();
+    }
+    // Voter 3 loses its metadata directory; voter 1 stops.
+    cluster.stop(3).await;
+    std::fs::remove_dir_all(cluster.nodes[2].dir.join("metadata")).unwrap();
+    cluster.stop(1).await;
+    // 2 (stale) and 3 (empty) alone elect nobody: 3 never votes with an empty directory.
+    cluster.start(2).await;
+    cluster.start(3).await;
+    assert_eq!(cluster.leader(Duration::from_secs(4)).await, None);
+    // With 1 back, the committed topics are all there, on every node.
+    cluster.start(1).await;
+    cluster
+        .leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    eventually(
+        "every committed topic survives",
+        Duration::from_secs(20),
+        || cluster.running().all(|q| topic_names(q) == ["a", "b", "c"]),
+    )
+    .await;
+    // And 3 votes again once the leader recorded its new directory: with 1 stopped, 2 and 3
+    // elect a leader.
+    let q3 = cluster.quorum(3).clone();
+    eventually("voter 3 rejoined", Duration::from_secs(20), || {
+        q3.is_member()
+    })
+    .await;
+    cluster.stop(1).await;
+    cluster
+        .leader(Duration::from_secs(20))
+        .await
+        .expect("2 and 3 elect a leader");
+    for id in 1..=3 {
+        cluster.stop(id).await;
+    }
+}

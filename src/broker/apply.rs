@@ -24,6 +24,7 @@ use crate::coordinator;
 use crate::error::ApiError;
 use crate::metadata::local::new_topic;
 use crate::metadata::{check_topic_name, Change, DeletedTopic, TopicRecord};
+use crate::partition::Role;
 
 impl Broker {
     /// CreateTopics / auto-create. `partitions` and `replication_factor` of -1 mean the broker
@@ -287,6 +288,13 @@ impl Broker {
                     .topic(&topic)
                     .and_then(|t| t.partition(partition).cloned())
                     .ok_or_else(|| unknown_topic(&topic))?;
+                let already = matches!(
+                    p.role(),
+                    Role::Leader { epoch: e, isr: ref current } if leader == self.node_id() && e == epoch && *current == isr
+                );
+                if already {
+                    return Ok(());
+                }
                 let changed = if leader == self.node_id() {
                     p.become_leader(epoch, isr).await
                 } else {

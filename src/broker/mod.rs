@@ -21,7 +21,6 @@ use crate::clock::Clock;
 use crate::config::{Config, TopicConfig};
 use crate::coordinator::{Coordinator, GroupHost, OFFSETS_TOPIC};
 use crate::error::ApiError;
-use crate::metadata::local::LocalMetadata;
 use crate::metadata::{DeletedTopic, Image, Metadata};
 use crate::partition::Partition;
 use crate::tiering::service::TieringHost;
@@ -74,11 +73,14 @@ pub struct Broker {
 impl Broker {
     /// Loads the metadata and opens (recovering where needed) every partition it lists.
     /// Blocking. `__consumer_offsets` is created by [`Broker::ensure_offsets_topic`].
-    pub fn open(config: Config, clock: Clock) -> anyhow::Result<Broker> {
+    pub fn open(
+        config: Config,
+        clock: Clock,
+        metadata: Arc<dyn Metadata>,
+    ) -> anyhow::Result<Broker> {
         std::fs::create_dir_all(config.data_dir.join("topics"))?;
         remove_deleted_partitions(&config.data_dir.join("topics"));
         let started = Instant::now();
-        let metadata: Arc<dyn Metadata> = Arc::new(LocalMetadata::open(&config.data_dir)?);
         let image = metadata.image();
         let tier = open_remote_tier(&config, &image)?;
         let mut registry = BTreeMap::new();

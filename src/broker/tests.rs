@@ -10,8 +10,10 @@ use super::*;
 use crate::record::batch::Codec;
 use crate::record::builder::BatchBuilder;
 
-fn broker(dir: &Path) -> Broker {
-    Broker::open(Config::for_tests(dir), Clock::System).unwrap()
+async fn open_broker(dir: &Path) -> Broker {
+    let config = Config::for_tests(dir);
+    let metadata = crate::metadata::quorum::open_single(&config).await.unwrap();
+    Broker::open(config, Clock::System, metadata).unwrap()
 }
 
 fn records(n: usize) -> Bytes {
@@ -65,7 +67,7 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_re_created_at_once_starts_empty_and_the_old_log_cannot_reach_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let broker = broker(tmp.path());
+    let broker = open_broker(tmp.path()).await;
     // Tiny segments, so a late append to the old log rolls a new segment file.
     let old = create(&broker, "t", &[("segment.bytes", "100")]).await;
     for _ in 0..3 {
@@ -109,7 +111,7 @@ async fn a_topic_re_created_at_once_starts_empty_and_the_old_log_cannot_reach_it
     assert_eq!(new.log_end_offset(), 2);
     drop((old, new));
     drop(broker);
-    let broker = super::Broker::open(Config::for_tests(tmp.path()), Clock::System).unwrap();
+    let broker = open_broker(tmp.path()).await;
     assert_eq!(broker.topic("t").unwrap().partitions[0].log_end_offset(), 2);
 }
 
@@ -117,20 +119,19 @@ async fn a_topic_re_created_at_once_starts_empty_and_the_old_log_cannot_reach_it
 async fn leftovers_of_a_crash_are_removed_or_moved_aside_never_loaded() {
     let tmp = tempfile::tempdir().unwrap();
     {
-        let broker = broker(tmp.path());
+        let broker = open_broker(tmp.path()).await;
         let p = create(&broker, "s", &[]).await;
         append(&p, 7).await;
+        // A crash after DeleteTopics was committed but before it was applied: the directory
+        // is where it was, no topic claims it.
+        broker.metadata().delete_topic("s").await.unwrap();
     }
     let topics = tmp.path().join("topics");
-    // A crash after DeleteTopics wrote the catalogue: the directory is where it was, no topic
-    // claims it. Another crash left a moved-aside directory unremoved.
-    let mut catalogue = crate::metadata::catalogue::load(tmp.path()).unwrap();
-    catalogue.topics.retain(|t| t.name != "s");
-    crate::metadata::catalogue::save(tmp.path(), &catalogue).unwrap();
+    // Another crash left a moved-aside directory unremoved.
     std::fs::create_dir_all(topics.join("u-0.0123-delete/sub")).unwrap();
     std::fs::write(topics.join("u-0.0123-delete/sub/x.log"), b"old").unwrap();
 
-    let broker = broker(tmp.path());
+    let broker = open_broker(tmp.path()).await;
     assert!(broker.topic("s").is_none());
     assert!(entries(tmp.path(), "u-0").is_empty(), "removed at start");
     let p = create(&broker, "s", &[]).await;

@@ -1,4 +1,5 @@
-//! The persisted topic catalogue of a single broker ([`super::local::LocalMetadata`]).
+//! The topic catalogue of a single broker from before the quorum, read once by the import
+//! (`quorum::single`).
 //!
 //! Format: `{data-dir}/meta/topics.json`, written atomically on every change:
 //! `{"cluster_id": "...", "topics": [{"name", "id" (UUID), "partitions" (count),

@@ -8,8 +8,9 @@
 //! waits until its own change is applied, so CreateTopics answers once the partitions are open.
 //! Nothing in the broker holds a lock across a command.
 //!
-//! On one node the implementation is [`local::LocalMetadata`], the JSON catalogue of
-//! `catalogue.rs`.
+//! The implementation is the quorum (`quorum/`, openraft): a group of one on a single node, the
+//! voters of `--seeds` in a cluster. `catalogue.rs` and `local.rs` are the format from before
+//! it, imported once.
 
 pub mod catalogue;
 pub mod local;
@@ -91,6 +92,9 @@ pub trait Metadata: Send + Sync {
 
     /// Deleted topics whose remote data is still to be deleted, oldest first.
     fn remote_deletions(&self) -> Vec<DeletedTopic>;
+
+    /// Stops whatever the metadata runs (the quorum's raft node) at a clean shutdown.
+    async fn close(&self) {}
 
     /// The next applied change, if one is waiting (the applier drains them in order).
     fn next_change(&self) -> Option<Applied>;

@@ -67,6 +67,7 @@ impl RunningBroker {
         let broker = self.broker.clone();
         let telemetry = self.telemetry.clone();
         drop(self);
+        broker.metadata().close().await;
         let _ = telemetry.spawn_blocking(move || broker.shutdown()).await;
         tracing::info!("broker stopped cleanly");
     }
@@ -110,8 +111,9 @@ async fn start_in_scope(
         ),
     );
 
+    let metadata = crate::metadata::quorum::open_single(&config).await?;
     let broker = telemetry
-        .spawn_blocking(move || Broker::open(config, clock))
+        .spawn_blocking(move || Broker::open(config, clock, metadata))
         .await??;
     let broker = Arc::new(broker);
     broker.ensure_offsets_topic().await?;

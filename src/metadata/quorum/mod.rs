@@ -19,8 +19,11 @@
 
 pub mod diff;
 pub mod network;
+mod single;
 pub mod state;
 mod store;
+
+pub use single::open_single;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -547,6 +550,20 @@ impl Quorum {
     }
 }
 
+impl Drop for Quorum {
+    /// A broker dropped without a shutdown (a crash in a test) stops its raft node too, so a
+    /// restart in the same directory is the only writer there.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let raft = self.raft.clone();
+            drop(crate::telemetry::spawn(async move {
+                let _ = raft.shutdown().await;
+            }));
+        }
+    }
+}
+
 fn refusal(kind: Refusal, message: String) -> MetadataError {
     match kind {
         Refusal::TopicExists => MetadataError::TopicExists(message),
@@ -585,6 +602,10 @@ impl Metadata for Quorum {
 
     fn remote_deletions(&self) -> Vec<DeletedTopic> {
         self.state().deleting
+    }
+
+    async fn close(&self) {
+        self.shutdown().await;
     }
 
     fn next_change(&self) -> Option<Applied> {

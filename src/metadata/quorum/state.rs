@@ -73,6 +73,16 @@ pub enum Command {
         cluster_id: String,
         object_store: Option<String>,
     },
+    /// A single node's metadata from before the quorum (`meta/topics.json` and
+    /// `meta/producer-id-block`), taken once into an empty state: its topics keep their ids and
+    /// stay on `node`.
+    Import {
+        node: i32,
+        cluster_id: String,
+        topics: Vec<TopicRecord>,
+        deleting: Vec<DeletedTopic>,
+        next_producer_id: i64,
+    },
     RegisterBroker {
         id: i32,
         host: String,
@@ -218,6 +228,34 @@ impl ClusterState {
                 }
                 if self.object_store.is_none() {
                     self.object_store = object_store;
+                }
+                (Outcome::Done, Vec::new())
+            }
+            Command::Import {
+                node,
+                cluster_id,
+                topics,
+                deleting,
+                next_producer_id,
+            } => {
+                if !self.topics.is_empty() || self.next_producer_id > 0 {
+                    return (Outcome::Done, Vec::new());
+                }
+                self.cluster_id = cluster_id;
+                self.deleting = deleting;
+                self.next_producer_id = next_producer_id;
+                for record in topics {
+                    let partitions = (0..record.partitions)
+                        .map(|_| PartitionState {
+                            replicas: vec![node],
+                            isr: vec![node],
+                            leader: node,
+                            leader_epoch: 0,
+                            partition_epoch: 0,
+                        })
+                        .collect();
+                    self.topics
+                        .insert(record.name.clone(), TopicState { record, partitions });
                 }
                 (Outcome::Done, Vec::new())
             }

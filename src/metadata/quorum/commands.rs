@@ -1,0 +1,128 @@
+//! The `Metadata` interface on the quorum: each command proposed, refusals mapped to
+//! `MetadataError`, changes handed to the broker's applier.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use super::state::{Command, Outcome, Refusal};
+use super::Quorum;
+use crate::metadata::{Applied, DeletedTopic, Image, Metadata, MetadataError, TopicRecord};
+
+fn refusal(kind: Refusal, message: String) -> MetadataError {
+    match kind {
+        Refusal::TopicExists => MetadataError::TopicExists(message),
+        Refusal::UnknownTopic => MetadataError::UnknownTopic(message),
+        Refusal::InvalidPartitions => MetadataError::InvalidPartitions(message),
+        Refusal::InvalidReplicationFactor => MetadataError::InvalidReplicationFactor(message),
+    }
+}
+
+impl Quorum {
+    async fn command(&self, command: Command) -> Result<u64, MetadataError> {
+        match self.propose(command).await? {
+            (_, Outcome::Refused { kind, message }) => Err(refusal(kind, message)),
+            (index, _) => Ok(index),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Metadata for Quorum {
+    fn image(&self) -> Image {
+        let state = self.state();
+        // What the image holds is opened from it; changes queued before it are not news.
+        let applied = self.applied();
+        self.shared
+            .changes
+            .lock()
+            .expect("changes lock")
+            .retain(|c| c.version > applied);
+        Image {
+            cluster_id: state.cluster_id,
+            topics: state.topics.into_values().map(|t| t.record).collect(),
+            deleting: state.deleting,
+        }
+    }
+
+    fn remote_deletions(&self) -> Vec<DeletedTopic> {
+        self.state().deleting
+    }
+
+    async fn close(&self) {
+        self.shutdown().await;
+    }
+
+    fn next_change(&self) -> Option<Applied> {
+        self.shared
+            .changes
+            .lock()
+            .expect("changes lock")
+            .pop_front()
+    }
+
+    async fn changed(&self) {
+        let notified = self.shared.wake.notified();
+        if !self.shared.changes.lock().expect("changes lock").is_empty() {
+            return;
+        }
+        notified.await
+    }
+
+    async fn create_topic(
+        &self,
+        record: TopicRecord,
+        replication_factor: i16,
+    ) -> Result<u64, MetadataError> {
+        self.command(Command::CreateTopic {
+            record,
+            replication_factor,
+        })
+        .await
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<u64, MetadataError> {
+        self.command(Command::DeleteTopic { name: name.into() })
+            .await
+    }
+
+    async fn create_partitions(&self, name: &str, count: i32) -> Result<u64, MetadataError> {
+        self.command(Command::CreatePartitions {
+            name: name.into(),
+            count,
+        })
+        .await
+    }
+
+    async fn alter_configs(
+        &self,
+        name: &str,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<u64, MetadataError> {
+        self.command(Command::AlterConfigs {
+            name: name.into(),
+            overrides,
+        })
+        .await
+    }
+
+    async fn allocate_producer_ids(&self, count: i64) -> Result<Range<i64>, MetadataError> {
+        match self.propose(Command::AllocateProducerIds { count }).await? {
+            (_, Outcome::ProducerIds { start, end }) => Ok(start..end),
+            (_, other) => Err(MetadataError::Unavailable(format!(
+                "unexpected outcome {other:?} of a producer-id allocation"
+            ))),
+        }
+    }
+
+    async fn remote_deletion_done(
+        &self,
+        name: &str,
+        done: &[DeletedTopic],
+    ) -> Result<u64, MetadataError> {
+        self.command(Command::RemoteDeletionDone {
+            name: name.into(),
+            done: done.to_vec(),
+        })
+        .await
+    }
+}

@@ -180,7 +180,10 @@ async fn three_voters_form_forward_fail_over_and_catch_up_by_snapshot() {
         .await
         .expect("a leader");
     eventually("one cluster id everywhere", Duration::from_secs(10), || {
-        let ids: Vec<_> = cluster.running().map(|q| q.state().cluster_id).collect();
+        let ids: Vec<_> = cluster
+            .running()
+            .map(|q| q.state().cluster_id.clone())
+            .collect();
         !ids[0].is_empty() && ids.iter().all(|i| *i == ids[0])
     })
     .await;

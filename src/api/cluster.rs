@@ -26,15 +26,21 @@ pub fn describe_cluster(
             .with_error_message(Some(str_bytes("only broker endpoints are served")))
             .with_endpoint_type(request.endpoint_type);
     }
-    let (host, port) = broker.advertised();
+    let brokers = super::metadata::live_brokers(broker)
+        .into_iter()
+        .map(|b| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.id))
+                .with_host(str_bytes(b.host))
+                .with_port(b.port)
+                .with_rack(b.rack.map(str_bytes))
+        })
+        .collect();
     DescribeClusterResponse::default()
         .with_endpoint_type(1)
         .with_cluster_id(str_bytes(broker.cluster_id()))
-        .with_controller_id(BrokerId(broker.node_id()))
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(broker.node_id()))
-            .with_host(str_bytes(host))
-            .with_port(port)])
+        .with_controller_id(BrokerId(broker.metadata().controller().unwrap_or(-1)))
+        .with_brokers(brokers)
 }
 
 pub fn describe_log_dirs(

@@ -1,5 +1,6 @@
 //! DeleteRecords: moves a partition's log start offset (offset -1 = the high watermark).
 
+use super::hosted;
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
@@ -19,19 +20,16 @@ pub async fn handle(broker: &Arc<Broker>, request: DeleteRecordsRequest) -> Dele
         for p in t.partitions {
             let out =
                 DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
-            let outcome = match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
-                None => Err(ApiError::new(
-                    ResponseError::UnknownTopicOrPartition,
-                    "no such partition",
-                )),
-                Some(_) if p.offset < -1 => Err(ApiError::new(
+            let outcome = match hosted(topic.as_deref(), p.partition_index) {
+                Err(code) => Err(ApiError::new(code, "not a partition of this broker")),
+                Ok(_) if p.offset < -1 => Err(ApiError::new(
                     ResponseError::OffsetOutOfRange,
                     format!("offset {} is negative", p.offset),
                 )),
                 // Across both tiers: on a tiered partition the manifest commit makes the new
                 // start durable remotely (a cold fetch below it is OFFSET_OUT_OF_RANGE, also
                 // after a restart).
-                Some(partition) => partition.delete_records_before(p.offset).await.map_err(|e| {
+                Ok(partition) => partition.delete_records_before(p.offset).await.map_err(|e| {
                     tracing::warn!(topic = partition.topic, partition = partition.index, error = %e, "DeleteRecords failed");
                     ApiError::from(e)
                 }),

@@ -68,16 +68,28 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
                 .with_topic_id(fetch_topic.topic_id),
         );
         for p in &fetch_topic.partitions {
-            let partition = topic
-                .as_ref()
-                .and_then(|t| t.partition(p.partition))
+            let found = topic
+                .as_deref()
+                .ok_or(missing)
+                .and_then(|t| {
+                    t.hosted(p.partition).map_err(|code| {
+                        if code == ResponseError::UnknownTopicOrPartition {
+                            missing
+                        } else {
+                            code
+                        }
+                    })
+                })
                 .cloned();
-            let error = match &partition {
-                None => Some(missing),
-                Some(part) => part
-                    .check_leader(p.current_leader_epoch)
-                    .err()
-                    .map(|e| e.code()),
+            let (partition, error) = match found {
+                Err(code) => (None, Some(code)),
+                Ok(part) => {
+                    let error = part
+                        .check_leader(p.current_leader_epoch)
+                        .err()
+                        .map(|e| e.code());
+                    (Some(part), error)
+                }
             };
             wanted.push(Wanted {
                 topic_index,

@@ -3,6 +3,7 @@
 //! offloaded files. Latest is the high watermark, which is also the last stable offset while
 //! there are no transactions, so both isolation levels get the same answer.
 
+use super::hosted;
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
@@ -37,10 +38,12 @@ pub async fn handle(
                     .with_offset(-1)
                     .with_timestamp(-1)
             };
-            let Some(partition) = topic.as_ref().and_then(|t| t.partition(p.partition_index))
-            else {
-                partitions.push(failed(response, ResponseError::UnknownTopicOrPartition));
-                continue;
+            let partition = match hosted(topic.as_deref(), p.partition_index) {
+                Ok(partition) => partition,
+                Err(code) => {
+                    partitions.push(failed(response, code));
+                    continue;
+                }
             };
             if let Err(e) = partition.check_leader(p.current_leader_epoch) {
                 partitions.push(failed(response, e.code()));

@@ -21,8 +21,6 @@ pub async fn handle(
     request: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
-    let node = BrokerId(broker.node_id());
-    let (host, port) = broker.advertised();
     let topics = match request.topics {
         None => broker
             .topics()
@@ -44,14 +42,57 @@ pub async fn handle(
             topics
         }
     };
+    let brokers = live_brokers(broker)
+        .into_iter()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(str_bytes(b.host))
+                .with_port(b.port)
+                .with_rack(b.rack.map(str_bytes))
+        })
+        .collect();
     MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(node)
-            .with_host(str_bytes(host))
-            .with_port(port)])
+        .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(broker.cluster_id())))
-        .with_controller_id(node)
+        .with_controller_id(BrokerId(broker.metadata().controller().unwrap_or(-1)))
         .with_topics(topics)
+}
+
+/// A broker as clients are told of it.
+pub struct LiveBroker {
+    pub id: i32,
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
+}
+
+/// Every unfenced broker the metadata knows, this one at its advertised address.
+pub fn live_brokers(broker: &Broker) -> Vec<LiveBroker> {
+    let view = broker.metadata().view();
+    let (host, port) = broker.advertised();
+    let mut live: Vec<LiveBroker> = view
+        .brokers
+        .values()
+        .filter(|b| !b.fenced && b.id != broker.node_id())
+        .map(|b| LiveBroker {
+            id: b.id,
+            host: b.host.clone(),
+            port: b.port,
+            rack: b.rack.clone(),
+        })
+        .collect();
+    live.push(LiveBroker {
+        id: broker.node_id(),
+        host,
+        port,
+        rack: view
+            .brokers
+            .get(&broker.node_id())
+            .and_then(|b| b.rack.clone()),
+    });
+    live.sort_by_key(|b| b.id);
+    live
 }
 
 async fn lookup_or_create(
@@ -101,30 +142,57 @@ fn error_topic(name: Option<&str>, id: Uuid, code: ResponseError) -> MetadataRes
 }
 
 fn describe(broker: &Broker, topic: &Topic) -> MetadataResponseTopic {
-    let node = BrokerId(broker.node_id());
-    let partitions = topic
-        .partitions
-        .iter()
-        .map(|p| {
-            let role = p.role();
-            let (leader, isr) = match &role {
-                Role::Leader { isr, .. } => (node, isr.iter().map(|&id| BrokerId(id)).collect()),
-                // A follower on one node has no leader to name (-1: LEADER_NOT_AVAILABLE).
-                Role::Follower { leader, .. } => (BrokerId(*leader), Vec::new()),
-            };
-            let partition = MetadataResponsePartition::default()
-                .with_partition_index(p.index)
-                .with_leader_id(leader)
-                .with_leader_epoch(role.epoch())
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(isr);
-            if leader.0 < 0 {
-                partition.with_error_code(ResponseError::LeaderNotAvailable.code())
-            } else {
-                partition
-            }
-        })
-        .collect();
+    let view = broker.metadata().view();
+    let ids = |nodes: &[i32]| nodes.iter().map(|&id| BrokerId(id)).collect::<Vec<_>>();
+    let partitions = match view
+        .topics
+        .get(&topic.name)
+        .filter(|t| t.record.id == topic.id)
+    {
+        Some(state) => state
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(index, p)| {
+                let offline: Vec<i32> = p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|r| view.brokers.get(r).is_none_or(|b| b.fenced))
+                    .collect();
+                let partition = MetadataResponsePartition::default()
+                    .with_partition_index(index as i32)
+                    .with_leader_id(BrokerId(p.leader))
+                    .with_leader_epoch(p.leader_epoch)
+                    .with_replica_nodes(ids(&p.replicas))
+                    .with_isr_nodes(ids(&p.isr))
+                    .with_offline_replicas(ids(&offline));
+                if p.leader < 0 {
+                    partition.with_error_code(ResponseError::LeaderNotAvailable.code())
+                } else {
+                    partition
+                }
+            })
+            .collect(),
+        // Created or deleted while this request ran: what this broker holds.
+        None => topic
+            .partitions
+            .iter()
+            .map(|p| {
+                let role = p.role();
+                let (leader, isr) = match &role {
+                    Role::Leader { isr, .. } => (broker.node_id(), ids(isr)),
+                    Role::Follower { leader, .. } => (*leader, Vec::new()),
+                };
+                MetadataResponsePartition::default()
+                    .with_partition_index(p.index)
+                    .with_leader_id(BrokerId(leader))
+                    .with_leader_epoch(role.epoch())
+                    .with_replica_nodes(vec![BrokerId(broker.node_id())])
+                    .with_isr_nodes(isr)
+            })
+            .collect(),
+    };
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&topic.name)))
         .with_topic_id(topic.id)

@@ -188,3 +188,14 @@ pub(crate) fn topic_name(name: &str) -> kafka_protocol::messages::TopicName {
 pub(crate) fn str_bytes(s: impl Into<String>) -> kafka_protocol::protocol::StrBytes {
     kafka_protocol::protocol::StrBytes::from_string(s.into())
 }
+
+/// Partition `index` of `topic` as a request for this broker needs it (`Topic::hosted`), with
+/// UNKNOWN_TOPIC_OR_PARTITION for a topic that does not exist.
+pub(crate) fn hosted(
+    topic: Option<&crate::broker::Topic>,
+    index: i32,
+) -> Result<&Arc<crate::partition::Partition>, kafka_protocol::error::ResponseError> {
+    topic
+        .ok_or(kafka_protocol::error::ResponseError::UnknownTopicOrPartition)
+        .and_then(|t| t.hosted(index))
+}

@@ -2,9 +2,9 @@
 //! from the partition's leader-epoch cache. librdkafka validates positions with it after leader
 //! changes, so the epochs are real ones.
 
+use super::hosted;
 use std::sync::Arc;
 
-use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
 };
@@ -26,12 +26,14 @@ pub fn handle(
                 .into_iter()
                 .map(|p| {
                     let out = EpochEndOffset::default().with_partition(p.partition);
-                    let Some(partition) = topic.as_ref().and_then(|t| t.partition(p.partition))
-                    else {
-                        return out
-                            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
-                            .with_leader_epoch(-1)
-                            .with_end_offset(-1);
+                    let partition = match hosted(topic.as_deref(), p.partition) {
+                        Ok(partition) => partition,
+                        Err(code) => {
+                            return out
+                                .with_error_code(code.code())
+                                .with_leader_epoch(-1)
+                                .with_end_offset(-1)
+                        }
                     };
                     if let Err(e) = partition.check_leader(p.current_leader_epoch) {
                         return out

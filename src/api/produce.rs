@@ -96,12 +96,16 @@ async fn append(
     index: i32,
     records: Option<bytes::Bytes>,
 ) -> Result<(crate::partition::Appended, usize), ApiError> {
-    let partition = topic.and_then(|t| t.partition(index)).ok_or_else(|| {
-        ApiError::new(
-            ResponseError::UnknownTopicOrPartition,
-            format!("{name}-{index} does not exist"),
-        )
-    })?;
+    let partition = topic
+        .ok_or(ResponseError::UnknownTopicOrPartition)
+        .and_then(|t| t.hosted(index))
+        .map_err(|code| {
+            let what = match code {
+                ResponseError::NotLeaderOrFollower => "is led by another broker",
+                _ => "does not exist",
+            };
+            ApiError::new(code, format!("{name}-{index} {what}"))
+        })?;
     let records =
         records.ok_or_else(|| ApiError::new(ResponseError::InvalidRecord, "records are null"))?;
     let bytes = records.len();

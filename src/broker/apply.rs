@@ -63,12 +63,17 @@ impl Broker {
                 format!("{partitions} partitions is more than the limit of 100000"),
             ));
         }
-        if replication_factor <= 0 || replication_factor > 1 {
+        if replication_factor <= 0 {
             return Err(ApiError::new(
                 ResponseError::InvalidReplicationFactor,
-                format!(
-                    "replication factor {replication_factor} is not possible with 1 live broker"
-                ),
+                format!("replication factor must be positive, got {replication_factor}"),
+            ));
+        }
+        if replication_factor > 1 {
+            // Placement handles any factor; copying the data comes with cluster issue B.
+            return Err(ApiError::new(
+                ResponseError::InvalidReplicationFactor,
+                format!("replication factor {replication_factor}: replication not available yet"),
             ));
         }
         let overrides = topic_config::check_overrides(overrides)
@@ -84,6 +89,7 @@ impl Broker {
                 name: record.name.clone(),
                 id: record.id,
                 config: TopicConfig::resolve(settings, &record.overrides),
+                count: record.partitions,
                 overrides: record.overrides,
                 partitions: Vec::new(),
             }));
@@ -133,12 +139,12 @@ impl Broker {
         validate_only: bool,
     ) -> Result<(), ApiError> {
         let topic = self.topic(name).ok_or_else(|| unknown_topic(name))?;
-        if count <= topic.partitions.len() as i32 {
+        if count <= topic.count {
             return Err(ApiError::new(
                 ResponseError::InvalidPartitions,
                 format!(
                     "topic {name:?} has {} partitions; the new count {count} must be larger",
-                    topic.partitions.len()
+                    topic.count
                 ),
             ));
         }
@@ -274,6 +280,7 @@ impl Broker {
                     overrides,
                     config,
                     partitions: old.partitions.clone(),
+                    count: old.count,
                 });
                 Ok(())
             }
@@ -284,10 +291,13 @@ impl Broker {
                 epoch,
                 isr,
             } => {
-                let p = self
+                // A partition this broker holds no replica of is another broker's business.
+                let Some(p) = self
                     .topic(&topic)
                     .and_then(|t| t.partition(partition).cloned())
-                    .ok_or_else(|| unknown_topic(&topic))?;
+                else {
+                    return Ok(());
+                };
                 let already = matches!(
                     p.role(),
                     Role::Leader { epoch: e, isr: ref current } if leader == self.node_id() && e == epoch && *current == isr
@@ -325,6 +335,7 @@ impl Broker {
             self.clock.clone(),
             self.tier().cloned(),
         );
+        let hosted = super::hosted(&self.metadata.view(), self.node_id(), &record);
         let topic = crate::telemetry::spawn_blocking(move || {
             open_topic(
                 &config,
@@ -332,6 +343,7 @@ impl Broker {
                 tier.as_ref(),
                 &record,
                 existing,
+                &hosted,
                 Opening::New,
             )
         })

@@ -32,15 +32,56 @@ pub struct Topic {
     pub id: Uuid,
     pub overrides: BTreeMap<String, String>,
     pub config: TopicConfig,
+    /// The partitions this broker holds a replica of, by index (all of them on a single node).
     pub partitions: Vec<Arc<Partition>>,
+    /// How many partitions the topic has in the cluster.
+    pub count: i32,
 }
 
 impl Topic {
+    /// Partition `index`, if this broker holds a replica of it.
     pub fn partition(&self, index: i32) -> Option<&Arc<Partition>> {
-        usize::try_from(index)
+        self.partitions
+            .binary_search_by_key(&index, |p| p.index)
             .ok()
-            .and_then(|i| self.partitions.get(i))
+            .map(|i| &self.partitions[i])
     }
+
+    /// Partition `index` for a request that needs it here: NOT_LEADER_OR_FOLLOWER when another
+    /// broker holds it (the client refreshes its metadata), UNKNOWN_TOPIC_OR_PARTITION when the
+    /// topic has no such partition.
+    pub fn hosted(
+        &self,
+        index: i32,
+    ) -> Result<&Arc<Partition>, kafka_protocol::error::ResponseError> {
+        use kafka_protocol::error::ResponseError;
+        match self.partition(index) {
+            Some(p) => Ok(p),
+            None if (0..self.count).contains(&index) => Err(ResponseError::NotLeaderOrFollower),
+            None => Err(ResponseError::UnknownTopicOrPartition),
+        }
+    }
+}
+
+/// The partitions of topic `record` whose replicas name `node` (none when the metadata no
+/// longer has the topic under that id).
+pub(crate) fn hosted(
+    view: &crate::metadata::quorum::state::ClusterState,
+    node: i32,
+    record: &crate::metadata::TopicRecord,
+) -> Vec<i32> {
+    view.topics
+        .get(&record.name)
+        .filter(|t| t.record.id == record.id)
+        .map(|t| {
+            t.partitions
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.replicas.contains(&node))
+                .map(|(i, _)| i as i32)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Producer ids are drawn from blocks the metadata allocates (persisted before use).
@@ -83,6 +124,13 @@ impl Broker {
         let started = Instant::now();
         let image = metadata.image();
         let tier = open_remote_tier(&config, &image)?;
+        let view = metadata.view();
+        let hosted: BTreeMap<String, Vec<i32>> = image
+            .topics
+            .iter()
+            .map(|r| (r.name.clone(), hosted(&view, config.node_id, r)))
+            .collect();
+        open::move_unassigned_aside(&config.data_dir.join("topics"), &hosted);
         let mut registry = BTreeMap::new();
         for record in &image.topics {
             let topic = open_topic(
@@ -91,6 +139,7 @@ impl Broker {
                 tier.as_ref(),
                 record,
                 Vec::new(),
+                &hosted[&record.name],
                 Opening::Existing,
             )?;
             registry.insert(record.name.clone(), Arc::new(topic));
@@ -283,7 +332,7 @@ impl GroupHost for Broker {
     }
 
     fn offsets_partitions(&self) -> usize {
-        self.topic(OFFSETS_TOPIC).map_or(0, |t| t.partitions.len())
+        self.topic(OFFSETS_TOPIC).map_or(0, |t| t.count as usize)
     }
 
     fn has_partition(&self, topic: &str, partition: i32) -> bool {

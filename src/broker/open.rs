@@ -28,13 +28,15 @@ pub(super) enum Opening {
     New,
 }
 
-/// Opens a topic's partitions, reusing the already open ones in `existing`.
+/// Opens the partitions of a topic this broker holds (`hosted`, indexes), reusing the already
+/// open ones in `existing`.
 pub(super) fn open_topic(
     config: &Config,
     clock: &Clock,
     tier: Option<&Arc<RemoteTier>>,
     record: &TopicRecord,
     existing: Vec<Arc<Partition>>,
+    hosted: &[i32],
     opening: Opening,
 ) -> Result<Topic, ApiError> {
     let topic_config = TopicConfig::resolve(&config.broker, &record.overrides);
@@ -54,6 +56,7 @@ pub(super) fn open_topic(
         &topic_config,
         &context,
         &mut partitions,
+        hosted,
         opening,
     );
     if let Err(e) = opened {
@@ -76,9 +79,11 @@ pub(super) fn open_topic(
         overrides: record.overrides.clone(),
         config: topic_config,
         partitions,
+        count: record.partitions,
     })
 }
 
+#[allow(clippy::too_many_arguments)] // the pieces of one topic opening, passed down once
 fn open_partitions(
     config: &Config,
     clock: &Clock,
@@ -86,9 +91,16 @@ fn open_partitions(
     topic_config: &TopicConfig,
     context: &PartitionContext,
     partitions: &mut Vec<Arc<Partition>>,
+    hosted: &[i32],
     opening: Opening,
 ) -> Result<(), ApiError> {
-    for index in partitions.len() as i32..record.partitions {
+    let open: Vec<i32> = hosted
+        .iter()
+        .copied()
+        .filter(|i| (0..record.partitions).contains(i))
+        .filter(|i| !partitions.iter().any(|p| p.index == *i))
+        .collect();
+    for index in open {
         let dir = partition_dir(config, &record.name, index);
         if opening == Opening::New {
             move_stray_aside(&dir).map_err(|e| {
@@ -108,8 +120,36 @@ fn open_partitions(
         )
         .map_err(ApiError::from)?;
         partitions.push(Arc::new(partition));
+        partitions.sort_by_key(|p| p.index);
     }
     Ok(())
+}
+
+/// Moves aside every partition directory under `topics_dir` that this broker does not hold
+/// (`hosted` by topic name): a replica moved elsewhere, or a topic gone while the broker was
+/// stopped. Kept for the operator (`-stray`), never loaded.
+pub(super) fn move_unassigned_aside(
+    topics_dir: &Path,
+    hosted: &std::collections::BTreeMap<String, Vec<i32>>,
+) {
+    let Ok(entries) = std::fs::read_dir(topics_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((topic, index)) = name.rsplit_once('-') else {
+            continue;
+        };
+        let Ok(index) = index.parse::<i32>() else {
+            continue; // moved aside already (-delete, -stray) or not a partition
+        };
+        if hosted.get(topic).is_some_and(|h| h.contains(&index)) {
+            continue;
+        }
+        if let Err(e) = move_stray_aside(&entry.path()) {
+            tracing::error!(dir = %entry.path().display(), error = %e, "could not move aside a partition this broker does not hold");
+        }
+    }
 }
 
 /// A new partition's directory must not exist yet; one that does (a crash between DeleteTopics'

@@ -93,6 +93,13 @@ pub trait Metadata: Send + Sync {
     /// Deleted topics whose remote data is still to be deleted, oldest first.
     fn remote_deletions(&self) -> Vec<DeletedTopic>;
 
+    /// The cluster as the metadata holds it now: brokers, every partition's replicas, ISR,
+    /// leader and epochs, the controller's identity. Cheap (shared, not copied).
+    fn view(&self) -> std::sync::Arc<quorum::state::ClusterState>;
+
+    /// The controller (the quorum's leader), if one is known.
+    fn controller(&self) -> Option<i32>;
+
     /// Stops whatever the metadata runs (the quorum's raft node) at a clean shutdown.
     async fn close(&self) {}
 

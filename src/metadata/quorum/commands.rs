@@ -38,14 +38,22 @@ impl Metadata for Quorum {
             .expect("changes lock")
             .retain(|c| c.version > applied);
         Image {
-            cluster_id: state.cluster_id,
-            topics: state.topics.into_values().map(|t| t.record).collect(),
-            deleting: state.deleting,
+            cluster_id: state.cluster_id.clone(),
+            topics: state.topics.values().map(|t| t.record.clone()).collect(),
+            deleting: state.deleting.clone(),
         }
     }
 
     fn remote_deletions(&self) -> Vec<DeletedTopic> {
-        self.state().deleting
+        self.state().deleting.clone()
+    }
+
+    fn view(&self) -> std::sync::Arc<super::state::ClusterState> {
+        self.state()
+    }
+
+    fn controller(&self) -> Option<i32> {
+        self.leader()
     }
 
     async fn close(&self) {

@@ -220,7 +220,7 @@ impl Quorum {
     }
 
     /// A copy of the cluster state as this node has applied it.
-    pub fn state(&self) -> ClusterState {
+    pub fn state(&self) -> Arc<ClusterState> {
         self.shared.state.lock().expect("state lock").clone()
     }
 

@@ -301,7 +301,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// What the state machine hands the rest of the broker: its changes, in order, and the
 /// current state.
 pub struct Shared {
-    pub state: Mutex<ClusterState>,
+    /// Shared with readers (Metadata requests) without copying; an apply copies it only while
+    /// a reader still holds the previous one.
+    pub state: Mutex<Arc<ClusterState>>,
     pub changes: Mutex<VecDeque<Applied>>,
     pub wake: tokio::sync::Notify,
     /// The last applied index.
@@ -313,7 +315,7 @@ pub struct Shared {
 impl Shared {
     pub fn new() -> Shared {
         Shared {
-            state: Mutex::new(ClusterState::default()),
+            state: Mutex::new(Arc::new(ClusterState::default())),
             changes: Mutex::new(VecDeque::new()),
             wake: tokio::sync::Notify::new(),
             applied: tokio::sync::watch::channel(0).0,
@@ -396,7 +398,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let state = self.shared.state.lock().expect("state lock").clone();
         let body = serde_json::to_vec(&StoredSnapshot {
             meta: meta.clone(),
-            state,
+            state: (*state).clone(),
         })
         .map_err(invalid)?;
         let body = self.store_snapshot(body).await?;
@@ -429,12 +431,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             inner.last_applied = Some(entry.log_id());
             let (outcome, changes) = match entry.payload {
                 EntryPayload::Blank => (super::state::Outcome::Done, Vec::new()),
-                EntryPayload::Normal(command) => self
-                    .shared
-                    .state
-                    .lock()
-                    .expect("state lock")
-                    .apply(index, command),
+                EntryPayload::Normal(command) => {
+                    let mut state = self.shared.state.lock().expect("state lock");
+                    Arc::make_mut(&mut state).apply(index, command)
+                }
                 EntryPayload::Membership(membership) => {
                     inner.membership =
                         StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), membership);
@@ -469,7 +469,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let changes = {
             let mut state = self.shared.state.lock().expect("state lock");
             let changes = super::diff::changes(&state, &stored.state);
-            *state = stored.state;
+            *state = Arc::new(stored.state);
             changes
         };
         inner.last_applied = meta.last_log_id;

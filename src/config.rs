@@ -12,6 +12,7 @@ pub mod topic;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::Args;
 use serde::Deserialize;
@@ -47,6 +48,18 @@ pub struct Config {
     pub peer_tls: Option<PeerTls>,
     /// Kafka broker settings, validated.
     pub broker: BrokerSettings,
+    /// Sockets bound by the caller, used instead of binding `listen`, `admin_listen` and
+    /// `peer_listen`: a test binds port 0 first and names the real ports in every broker's
+    /// `seeds`, with no free-port race.
+    pub prebound: Prebound,
+}
+
+/// Sockets handed over to the broker (tests).
+#[derive(Debug, Clone, Default)]
+pub struct Prebound {
+    pub kafka: Option<Arc<std::net::TcpListener>>,
+    pub admin: Option<Arc<std::net::TcpListener>>,
+    pub peer: Option<Arc<std::net::UdpSocket>>,
 }
 
 /// The files of the peer endpoint's mutual TLS (`cluster::certs` writes them).
@@ -75,6 +88,7 @@ impl Config {
             seeds: Vec::new(),
             peer_tls: None,
             broker: BrokerSettings::default(),
+            prebound: Prebound::default(),
         }
     }
 }
@@ -250,6 +264,7 @@ impl ServeArgs {
             seeds,
             peer_tls,
             broker,
+            prebound: Prebound::default(),
         })
     }
 }

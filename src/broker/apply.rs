@@ -109,16 +109,48 @@ impl Broker {
         if self.topic(coordinator::OFFSETS_TOPIC).is_some() {
             return Ok(());
         }
-        self.create_topic(
-            coordinator::OFFSETS_TOPIC,
-            self.config.broker.offsets_topic_num_partitions,
-            -1,
-            &coordinator::store::topic_overrides(),
-            false,
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("creating {}: {e}", coordinator::OFFSETS_TOPIC))?;
-        Ok(())
+        // In a cluster, placement spreads the partitions over the brokers registered when it
+        // runs: wait (a while) for every voter, as Kafka waits for
+        // offsets.topic.replication.factor brokers.
+        let voters: Vec<i32> = self
+            .config
+            .seeds
+            .iter()
+            .filter_map(|s| crate::config::parse_seed(s).ok().map(|(id, _)| id))
+            .collect();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !voters.is_empty() && tokio::time::Instant::now() < deadline {
+            let view = self.metadata.view();
+            if view.topics.contains_key(coordinator::OFFSETS_TOPIC)
+                || voters
+                    .iter()
+                    .all(|v| view.brokers.get(v).is_some_and(|b| !b.fenced))
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let created = self
+            .create_topic(
+                coordinator::OFFSETS_TOPIC,
+                self.config.broker.offsets_topic_num_partitions,
+                -1,
+                &coordinator::store::topic_overrides(),
+                false,
+            )
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            // Another broker of the cluster created it first.
+            Err(e) if e.code == ResponseError::TopicAlreadyExists => {
+                self.apply_pending().await;
+                Ok(())
+            }
+            Err(e) => Err(anyhow::anyhow!(
+                "creating {}: {e}",
+                coordinator::OFFSETS_TOPIC
+            )),
+        }
     }
 
     /// DeleteTopics: the topic disappears at once; its files are removed in the background, the

@@ -4,5 +4,6 @@
 //! `metadata::placement`.
 
 pub mod certs;
+pub mod join;
 pub mod peer;
 pub mod tls;

@@ -6,8 +6,9 @@
 //! - a partition's replicas are on distinct brokers, and — when every broker has a rack — on as
 //!   many distinct racks as there are (all of them when RF ≥ racks);
 //! - replicas and preferred leaders spread evenly: each new replica goes to the eligible broker
-//!   holding the fewest so far, each preferred leader to the one leading the fewest, ties broken
-//!   by a rotation over broker ids so equal loads do not always pick the lowest id.
+//!   holding the fewest of this topic so far, then the fewest overall; each preferred leader
+//!   likewise; ties broken by a rotation over broker ids so equal loads do not always pick the
+//!   lowest id.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -62,6 +63,10 @@ pub fn place(
         .map(|b| (b.id, load.leaders.get(&b.id).copied().unwrap_or(0)))
         .collect();
     let n = brokers.len();
+    // This topic's own counts come first, so one topic is spread evenly whatever else the
+    // brokers hold; the brokers' total load breaks ties.
+    let mut topic_leaders: BTreeMap<i32, usize> = brokers.iter().map(|b| (b.id, 0)).collect();
+    let mut topic_replicas = topic_leaders.clone();
     let mut out = Vec::with_capacity(partitions.max(0) as usize);
     for p in 0..partitions.max(0) as usize {
         // Equal loads are broken by a rotation, so partition p starts looking at broker p.
@@ -69,7 +74,7 @@ pub fn place(
         let leader = (0..n)
             .min_by_key(|&i| {
                 let id = brokers[i].id;
-                (leaders[&id], replicas[&id], rotation(i))
+                (topic_leaders[&id], leaders[&id], replicas[&id], rotation(i))
             })
             .map(|i| brokers[i])
             .expect("at least one broker");
@@ -77,6 +82,8 @@ pub fn place(
         let mut racks: BTreeSet<&str> = leader.rack.as_deref().into_iter().collect();
         *leaders.get_mut(&leader.id).expect("known broker") += 1;
         *replicas.get_mut(&leader.id).expect("known broker") += 1;
+        *topic_leaders.get_mut(&leader.id).expect("known broker") += 1;
+        *topic_replicas.get_mut(&leader.id).expect("known broker") += 1;
         while chosen.len() < rf as usize {
             let all_racks_used = !rack_aware
                 || brokers
@@ -89,7 +96,10 @@ pub fn place(
                     all_racks_used
                         || !racks.contains(brokers[i].rack.as_deref().unwrap_or_default())
                 })
-                .min_by_key(|&i| (replicas[&brokers[i].id], rotation(i)))
+                .min_by_key(|&i| {
+                    let id = brokers[i].id;
+                    (topic_replicas[&id], replicas[&id], rotation(i))
+                })
                 .map(|i| brokers[i])
                 .expect("rf <= brokers");
             chosen.push(next.id);
@@ -97,6 +107,7 @@ pub fn place(
                 racks.insert(rack);
             }
             *replicas.get_mut(&next.id).expect("known broker") += 1;
+            *topic_replicas.get_mut(&next.id).expect("known broker") += 1;
         }
         out.push(chosen);
     }

@@ -95,9 +95,12 @@ async fn start_in_scope(
     raise_open_file_limit();
     std::fs::create_dir_all(&config.data_dir)?;
     let ready: Arc<OnceLock<Arc<Broker>>> = Arc::new(OnceLock::new());
-    let admin_listener = TcpListener::bind(&config.admin_listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding admin listener {}: {e}", config.admin_listen))?;
+    let admin_listener = match &config.prebound.admin {
+        Some(l) => prebound(l)?,
+        None => TcpListener::bind(&config.admin_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding admin listener {}: {e}", config.admin_listen))?,
+    };
     let admin_addr = admin_listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -111,21 +114,32 @@ async fn start_in_scope(
         ),
     );
 
-    let metadata = crate::metadata::quorum::open_single(&config).await?;
+    // Bound first: a cluster registers the address clients are told of. Connections wait in
+    // the backlog until the broker is open.
+    let listener = match &config.prebound.kafka {
+        Some(l) => prebound(l)?,
+        None => TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding Kafka listener {}: {e}", config.listen))?,
+    };
+    let kafka_addr = listener.local_addr()?;
+    let (host, port) = advertised(&config, kafka_addr)?;
+    let metadata: Arc<dyn crate::metadata::Metadata> = if config.seeds.is_empty() {
+        crate::metadata::quorum::open_single(&config).await?
+    } else {
+        let (quorum, _endpoint) =
+            crate::cluster::join::join(&config, (host.clone(), port), shutdown_rx.clone()).await?;
+        quorum
+    };
     let broker = telemetry
         .spawn_blocking(move || Broker::open(config, clock, metadata))
         .await??;
     let broker = Arc::new(broker);
+    broker.set_advertised(host, port);
     broker.ensure_offsets_topic().await?;
     if let Some(tiering) = &broker.tiering {
         tiering.attach(&*broker).await;
     }
-    let listener = TcpListener::bind(&broker.config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding Kafka listener {}: {e}", broker.config.listen))?;
-    let kafka_addr = listener.local_addr()?;
-    let (host, port) = advertised(&broker.config, kafka_addr)?;
-    broker.set_advertised(host, port);
 
     let budget = MemoryBudget::new(
         broker.config.broker.queued_max_request_bytes,
@@ -166,6 +180,13 @@ async fn start_in_scope(
         shutdown,
         tasks,
     })
+}
+
+/// A listener the caller bound (tests), made a tokio one.
+fn prebound(listener: &std::net::TcpListener) -> anyhow::Result<TcpListener> {
+    let listener = listener.try_clone()?;
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(listener)?)
 }
 
 /// `--advertise host:port`, or the address actually bound.

@@ -1,0 +1,125 @@
+//! A broker with `--seeds` joins the cluster: its peer endpoint (mutual TLS with the node
+//! certificate, which must name `--node-id`), the metadata quorum with the seeds as voters,
+//! the check that the cluster shares this broker's object store, and its registration.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::peer::{PeerEndpoint, Transport};
+use super::tls::Identity;
+use crate::config::{parse_seed, Config};
+use crate::metadata::quorum::state::Command;
+use crate::metadata::quorum::{Quorum, QuorumConfig};
+
+/// How long a starting broker waits for the quorum (a leader it has caught up with).
+const QUORUM_WAIT: Duration = Duration::from_secs(120);
+/// Kafka's `broker.session.timeout.ms` default: the QUIC idle timeout stays below it.
+const SESSION_TIMEOUT: Duration = Duration::from_millis(9000);
+
+/// The object store a broker uses: `--object-store`, or its per-data-dir default.
+pub fn store_identity(config: &Config) -> String {
+    config
+        .object_store
+        .clone()
+        .unwrap_or_else(|| format!("file://{}", config.data_dir.join("objects").display()))
+}
+
+fn voters(config: &Config) -> anyhow::Result<BTreeMap<i32, SocketAddr>> {
+    let mut voters = BTreeMap::new();
+    for seed in &config.seeds {
+        let (id, addr) = parse_seed(seed)?;
+        let resolved = addr
+            .to_socket_addrs()
+            .map_err(|e| anyhow::anyhow!("seed {seed:?}: {e}"))?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("seed {seed:?} resolves to no address"))?;
+        voters.insert(id, resolved);
+    }
+    Ok(voters)
+}
+
+/// Starts the endpoint (served until `shutdown`) and the quorum, waits until it has a leader
+/// and the cluster's identity, and registers this broker at `advertised`.
+pub async fn join(
+    config: &Config,
+    advertised: (String, i32),
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(Arc<Quorum>, Arc<PeerEndpoint>)> {
+    let tls = config
+        .peer_tls
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("--seeds needs the peer TLS files"))?;
+    let identity = Identity::load(tls)?;
+    if identity.node_id != config.node_id {
+        anyhow::bail!(
+            "{} names node {}, but this broker is --node-id {}: issue it a certificate with `strata cluster issue --node-id {}`",
+            tls.cert.display(),
+            identity.node_id,
+            config.node_id,
+            config.node_id
+        );
+    }
+    let socket = match &config.prebound.peer {
+        Some(socket) => socket.try_clone()?,
+        None => std::net::UdpSocket::bind(&config.peer_listen)
+            .map_err(|e| anyhow::anyhow!("binding peer listener {}: {e}", config.peer_listen))?,
+    };
+    let endpoint = PeerEndpoint::new(
+        socket,
+        &identity,
+        Transport::for_session_timeout(SESSION_TIMEOUT),
+    )?;
+    let peer_addr = endpoint.local_addr()?;
+    drop(crate::telemetry::spawn(endpoint.clone().serve(shutdown)));
+    let voters = voters(config)?;
+    let quorum = Quorum::start(
+        QuorumConfig {
+            node_id: config.node_id,
+            dir: config.data_dir.join("metadata"),
+            voters: voters.clone(),
+            peer_addr: Some(peer_addr),
+            snapshot_entries: config.broker.metadata_snapshot_entries,
+            heartbeat: Duration::from_millis(200),
+            election_timeout: Duration::from_millis(1000),
+            object_store: Some(store_identity(config)),
+        },
+        Some(endpoint.clone()),
+    )
+    .await?;
+    tracing::info!(%peer_addr, voters = ?voters, "joining the cluster");
+    let deadline = tokio::time::Instant::now() + QUORUM_WAIT;
+    loop {
+        if quorum.ready(Duration::from_secs(1)).await && !quorum.state().cluster_id.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "no metadata quorum within {QUORUM_WAIT:?}: a majority of the voters {:?} must be running and reachable",
+                voters.keys().collect::<Vec<_>>()
+            );
+        }
+    }
+    let state = quorum.state();
+    let ours = store_identity(config);
+    if state.object_store.as_deref() != Some(ours.as_str()) {
+        anyhow::bail!(
+            "this broker's object store {ours:?} is not the cluster's {:?}: every broker of a cluster shares one bucket (--object-store)",
+            state.object_store.as_deref().unwrap_or("(none)")
+        );
+    }
+    quorum
+        .propose(Command::RegisterBroker {
+            id: config.node_id,
+            host: advertised.0,
+            port: advertised.1,
+            peer: peer_addr.to_string(),
+            rack: None,
+            incarnation: uuid::Uuid::new_v4(),
+        })
+        .await?;
+    Ok((quorum, endpoint))
+}

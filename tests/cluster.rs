@@ -1,0 +1,215 @@
+#![allow(clippy::disallowed_methods)]
+//! Three brokers as one cluster (metadata quorum over the peer endpoint): formation, topics
+//! created through any broker and placed over all three, routing to partition leaders, real
+//! clients (librdkafka) producing and consuming across the brokers.
+
+#[path = "support/cluster.rs"]
+mod cluster_support;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+
+use cluster_support::TestCluster;
+use support::{topic_name, KafkaConn};
+
+async fn metadata(addr: &str, topic: Option<&str>) -> MetadataResponse {
+    let mut conn = KafkaConn::connect(addr).await;
+    let request = MetadataRequest::default()
+        .with_topics(
+            topic.map(|t| vec![MetadataRequestTopic::default().with_name(Some(topic_name(t)))]),
+        )
+        .with_allow_auto_topic_creation(false);
+    conn.call(ApiKey::Metadata, 12, &request).await
+}
+
+async fn create_topic(addr: &str, name: &str, partitions: i32, rf: i16) -> i16 {
+    let mut conn = KafkaConn::connect(addr).await;
+    let request = CreateTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(partitions)
+            .with_replication_factor(rf)]);
+    let r: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 5, &request).await;
+    r.topics[0].error_code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_brokers_share_the_metadata_and_route_to_partition_leaders() {
+    let mut cluster = TestCluster::new(3, &[("group.initial.rebalance.delay.ms", "0")]);
+    cluster.start_all().await;
+
+    // Every broker lists all three, one cluster id, the quorum's leader as controller.
+    let mut controllers = Vec::new();
+    let mut cluster_ids = Vec::new();
+    for id in 1..=3 {
+        let m = metadata(&cluster.kafka_addr(id), None).await;
+        let mut ids: Vec<i32> = m.brokers.iter().map(|b| b.node_id.0).collect();
+        ids.sort();
+        assert_eq!(ids, [1, 2, 3], "broker {id}'s Metadata");
+        for b in &m.brokers {
+            let addr = format!("{}:{}", b.host.as_str(), b.port);
+            assert_eq!(addr, cluster.kafka_addr(b.node_id.0));
+        }
+        controllers.push(m.controller_id.0);
+        cluster_ids.push(m.cluster_id.unwrap().to_string());
+    }
+    assert!(
+        controllers.iter().all(|c| *c == controllers[0] && *c > 0),
+        "{controllers:?}"
+    );
+    assert!(cluster_ids.iter().all(|c| *c == cluster_ids[0]));
+    let controller = controllers[0];
+
+    // CreateTopics sent to a broker that is not the controller: visible everywhere, leaders
+    // spread 2/2/2.
+    let other = (1..=3).find(|i| *i != controller).unwrap();
+    assert_eq!(
+        create_topic(&cluster.kafka_addr(other), "orders", 6, 1).await,
+        0
+    );
+    let mut leaders: BTreeMap<i32, i32> = BTreeMap::new();
+    for id in 1..=3 {
+        let addr = cluster.kafka_addr(id);
+        support::eventually("the topic is visible on every broker", || {
+            let addr = addr.clone();
+            async move {
+                let m = metadata(&addr, Some("orders")).await;
+                m.topics[0].error_code == 0 && m.topics[0].partitions.len() == 6
+            }
+        })
+        .await;
+    }
+    let m = metadata(&cluster.kafka_addr(1), Some("orders")).await;
+    for p in &m.topics[0].partitions {
+        *leaders.entry(p.leader_id.0).or_default() += 1;
+        assert_eq!(p.replica_nodes.len(), 1);
+        assert_eq!(p.isr_nodes, p.replica_nodes);
+    }
+    assert_eq!(leaders, BTreeMap::from([(1, 2), (2, 2), (3, 2)]));
+    // Each broker holds exactly the partitions it leads.
+    for id in 1..=3 {
+        let topic = cluster.broker(id).broker.topic("orders").unwrap();
+        let held: Vec<i32> = topic.partitions.iter().map(|p| p.index).collect();
+        let led: Vec<i32> = m.topics[0]
+            .partitions
+            .iter()
+            .filter(|p| p.leader_id.0 == id)
+            .map(|p| p.partition_index)
+            .collect();
+        assert_eq!(held, led, "broker {id}");
+        assert_eq!(topic.count, 6);
+    }
+    // RF above what is possible, or above 1 until replication lands: INVALID_REPLICATION_FACTOR.
+    for rf in [2, 4] {
+        assert_eq!(
+            create_topic(&cluster.kafka_addr(other), &format!("rf{rf}"), 1, rf).await,
+            ResponseError::InvalidReplicationFactor.code()
+        );
+    }
+
+    // Produce and Fetch to a broker that does not lead the partition: NOT_LEADER_OR_FOLLOWER.
+    let p0 = &m.topics[0].partitions[0];
+    let stranger = (1..=3).find(|i| *i != p0.leader_id.0).unwrap();
+    let mut conn = KafkaConn::connect(&cluster.kafka_addr(stranger)).await;
+    let produce = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic_name("orders"))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(bytes::Bytes::from(support::batch(
+                    0,
+                    1,
+                    support::now_ms(),
+                ))))])]);
+    let r: ProduceResponse = conn.call(ApiKey::Produce, 9, &produce).await;
+    assert_eq!(
+        r.responses[0].partition_responses[0].error_code,
+        ResponseError::NotLeaderOrFollower.code()
+    );
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name("orders"))
+            .with_partitions(vec![FetchPartition::default().with_partition(0)])]);
+    let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch).await;
+    assert_eq!(
+        r.responses[0].partitions[0].error_code,
+        ResponseError::NotLeaderOrFollower.code()
+    );
+
+    // librdkafka, bootstrapped from one broker, produces to every leader and a group reads all.
+    let bootstrap = cluster.kafka_addr(other);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .unwrap();
+    const N: usize = 30_000;
+    let sends = (0..N).map(|i| {
+        let producer = producer.clone();
+        async move {
+            let key = format!("k{i}");
+            let value = format!("v{i}");
+            producer
+                .send(
+                    FutureRecord::to("orders").key(&key).payload(&value),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+        }
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.unwrap();
+    }
+    let mut ends = 0;
+    for id in 1..=3 {
+        for p in &cluster
+            .broker(id)
+            .broker
+            .topic("orders")
+            .unwrap()
+            .partitions
+        {
+            ends += p.log_end_offset();
+        }
+    }
+    assert_eq!(ends as usize, N);
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "cluster-readers")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["orders"]).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < N {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .expect("all records consumed in time")
+            .unwrap();
+        seen.insert(String::from_utf8(message.key().unwrap().to_vec()).unwrap());
+    }
+    assert_eq!(seen.len(), N);
+    drop(consumer);
+    drop(producer);
+    cluster.stop_all().await;
+}

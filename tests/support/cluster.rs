@@ -1,0 +1,137 @@
+//! Three (or n) brokers in this process as one cluster: each with its own data dir and node
+//! certificate, its Kafka, admin and peer sockets bound here first (port 0) and handed over
+//! through `Config::prebound`, so `--seeds` name real ports with no free-port race; one shared
+//! object store. Restarted brokers reuse their sockets.
+
+#![allow(clippy::disallowed_methods)]
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use strata::cluster::certs;
+use strata::config::{BrokerSettings, Config, PeerTls, Prebound};
+use strata::server::RunningBroker;
+use strata::store::Store;
+
+pub struct Node {
+    pub id: i32,
+    pub dir: PathBuf,
+    tls: PathBuf,
+    prebound: Prebound,
+    pub running: Option<RunningBroker>,
+}
+
+pub struct TestCluster {
+    pub root: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    pub store: Store,
+    pub seeds: Vec<String>,
+    pub settings: BTreeMap<String, String>,
+}
+
+impl TestCluster {
+    /// Certificates, sockets and directories for `n` brokers; none started.
+    pub fn new(n: i32, settings: &[(&str, &str)]) -> TestCluster {
+        let root = tempfile::tempdir().unwrap();
+        let ca = root.path().join("ca");
+        certs::init_ca(&ca).unwrap();
+        let mut nodes = Vec::new();
+        let mut seeds = Vec::new();
+        for id in 1..=n {
+            let tls = root.path().join(format!("tls-{id}"));
+            certs::issue(&ca, id, &tls).unwrap();
+            let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+            seeds.push(format!("{id}@{}", peer.local_addr().unwrap()));
+            nodes.push(Node {
+                id,
+                dir: root.path().join(format!("broker-{id}")),
+                tls,
+                prebound: Prebound {
+                    kafka: Some(Arc::new(TcpListener::bind("127.0.0.1:0").unwrap())),
+                    admin: Some(Arc::new(TcpListener::bind("127.0.0.1:0").unwrap())),
+                    peer: Some(Arc::new(peer)),
+                },
+                running: None,
+            });
+        }
+        TestCluster {
+            root,
+            nodes,
+            store: Store::from_url("memory://").unwrap(),
+            seeds,
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    pub fn config(&self, id: i32) -> Config {
+        let node = &self.nodes[id as usize - 1];
+        let mut config = Config::for_tests(&node.dir);
+        config.node_id = id;
+        config.seeds = self.seeds.clone();
+        config.peer_tls = Some(PeerTls {
+            ca: node.tls.join(certs::CA_CERT),
+            cert: node.tls.join(certs::NODE_CERT),
+            key: node.tls.join(certs::NODE_KEY),
+        });
+        config.prebound = node.prebound.clone();
+        config.object_store = Some(self.store.url().to_string());
+        config.object_store_override = Some(self.store.clone());
+        config.broker = BrokerSettings::from_map(&self.settings).unwrap();
+        config
+    }
+
+    /// Starts every broker at once (each waits for the quorum).
+    pub async fn start_all(&mut self) {
+        crate::support::init_logging();
+        let configs: Vec<Config> = (1..=self.nodes.len() as i32)
+            .map(|id| self.config(id))
+            .collect();
+        let started = futures::future::join_all(
+            configs
+                .into_iter()
+                .map(|config| async move { strata::server::start(config).await.unwrap() }),
+        )
+        .await;
+        for (node, running) in self.nodes.iter_mut().zip(started) {
+            node.running = Some(running);
+        }
+    }
+
+    pub async fn start(&mut self, id: i32) {
+        let config = self.config(id);
+        self.nodes[id as usize - 1].running = Some(strata::server::start(config).await.unwrap());
+    }
+
+    pub async fn stop(&mut self, id: i32) {
+        if let Some(running) = self.nodes[id as usize - 1].running.take() {
+            running.shutdown().await;
+        }
+    }
+
+    pub fn broker(&self, id: i32) -> &RunningBroker {
+        self.nodes[id as usize - 1]
+            .running
+            .as_ref()
+            .expect("running")
+    }
+
+    pub fn kafka_addr(&self, id: i32) -> String {
+        self.broker(id).kafka_addr().to_string()
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &RunningBroker> {
+        self.nodes.iter().filter_map(|n| n.running.as_ref())
+    }
+
+    pub async fn stop_all(&mut self) {
+        for id in 1..=self.nodes.len() as i32 {
+            self.stop(id).await;
+        }
+    }
+}

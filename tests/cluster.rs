@@ -48,6 +48,7 @@ async fn create_topic(addr: &str, name: &str, partitions: i32, rf: i16) -> i16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_brokers_share_the_metadata_and_route_to_partition_leaders() {
+    let _one = cluster_support::ONE_CLUSTER.lock().await;
     let mut cluster = TestCluster::new(3, &[("group.initial.rebalance.delay.ms", "0")]);
     cluster.start_all().await;
 
@@ -211,5 +212,138 @@ async fn three_brokers_share_the_metadata_and_route_to_partition_leaders() {
     assert_eq!(seen.len(), N);
     drop(consumer);
     drop(producer);
+    cluster.stop_all().await;
+}
+
+/// (leader, epoch) of every partition of `topic`, as broker `id`'s Metadata has it.
+async fn leaders(cluster: &TestCluster, id: i32, topic: &str) -> Vec<(i32, i32)> {
+    let m = metadata(&cluster.kafka_addr(id), Some(topic)).await;
+    m.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.leader_id.0, p.leader_epoch))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_controller_stops_its_partitions_go_leaderless_and_come_back_at_a_new_epoch() {
+    let _one = cluster_support::ONE_CLUSTER.lock().await;
+    let mut cluster = TestCluster::new(
+        3,
+        &[
+            ("broker.heartbeat.interval.ms", "200"),
+            ("broker.session.timeout.ms", "2000"),
+        ],
+    );
+    cluster.start_all().await;
+    let controller = cluster.broker(1).broker.metadata().controller().unwrap();
+    assert_eq!(
+        create_topic(&cluster.kafka_addr(controller), "t", 6, 1).await,
+        0
+    );
+    for id in 1..=3 {
+        cluster.broker(id).broker.apply_pending().await;
+    }
+    let mut ids = std::collections::HashSet::new();
+    for id in 1..=3 {
+        for _ in 0..1000 {
+            assert!(ids.insert(cluster.broker(id).broker.next_producer_id().await.unwrap()));
+        }
+    }
+    let live: Vec<i32> = (1..=3).filter(|i| *i != controller).collect();
+    let before = leaders(&cluster, live[0], "t").await;
+    // Records on the controller's partitions, to find again after the restart.
+    let mut ends = BTreeMap::new();
+    for p in &cluster
+        .broker(controller)
+        .broker
+        .topic("t")
+        .unwrap()
+        .partitions
+    {
+        p.append(
+            bytes::Bytes::from(support::batch(0, 5, support::now_ms())),
+            support::now_ms(),
+        )
+        .await
+        .unwrap();
+        ends.insert(p.index, p.log_end_offset());
+    }
+    assert!(!ends.is_empty());
+
+    // The controller stops: another broker takes commands.
+    cluster.stop(controller).await;
+    assert_eq!(
+        create_topic(&cluster.kafka_addr(live[0]), "after", 2, 1).await,
+        0
+    );
+    for id in &live {
+        for _ in 0..1000 {
+            assert!(ids.insert(cluster.broker(*id).broker.next_producer_id().await.unwrap()));
+        }
+    }
+    // Its partitions lose their leader once its session ends; the live brokers' partitions keep
+    // leader and epoch throughout.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = leaders(&cluster, live[1], "t").await;
+        for (i, (leader, epoch)) in now.iter().enumerate() {
+            if before[i].0 != controller {
+                assert_eq!(
+                    (*leader, *epoch),
+                    before[i],
+                    "partition {i} of a live broker"
+                );
+            }
+        }
+        let fenced = now
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| before[*i].0 == controller)
+            .all(|(i, (leader, epoch))| *leader == -1 && *epoch > before[i].1);
+        if fenced {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not fenced in time: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = metadata(&cluster.kafka_addr(live[1]), None).await;
+    let listed: Vec<i32> = m.brokers.iter().map(|b| b.node_id.0).collect();
+    assert!(!listed.contains(&controller), "{listed:?}");
+
+    // Restarted, it leads its partitions again at a higher epoch, with its records.
+    cluster.start(controller).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = leaders(&cluster, live[0], "t").await;
+        let back = now
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| before[*i].0 == controller)
+            .all(|(i, (leader, epoch))| *leader == controller && *epoch > before[i].1);
+        if back {
+            let mine = leaders(&cluster, controller, "t").await;
+            assert_eq!(mine, now);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not leading again: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let topic = cluster.broker(controller).broker.topic("t").unwrap();
+    for p in &topic.partitions {
+        assert_eq!(p.log_end_offset(), ends[&p.index]);
+        assert!(matches!(p.role(), strata::partition::Role::Leader { .. }));
+        assert_eq!(
+            p.leader_epoch(),
+            leaders(&cluster, controller, "t").await[p.index as usize].1
+        );
+    }
+    assert_eq!(ids.len(), 5000);
     cluster.stop_all().await;
 }

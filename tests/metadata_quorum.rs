@@ -92,6 +92,8 @@ impl Cluster {
                 heartbeat: Duration::from_millis(100),
                 election_timeout: Duration::from_millis(500),
                 object_store: Some("memory://shared".into()),
+                broker_heartbeat: Duration::from_millis(500),
+                session_timeout: Duration::from_secs(9),
             },
             Some(endpoint.clone()),
         )
@@ -152,7 +154,7 @@ async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() -> b
 async fn register(cluster: &Cluster, id: i32) {
     cluster
         .quorum(id)
-        .propose(strata::metadata::quorum::state::Command::RegisterBroker {
+        .register(strata::metadata::quorum::state::Command::RegisterBroker {
             id,
             host: "127.0.0.1".into(),
             port: 9000 + id,

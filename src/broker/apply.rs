@@ -330,19 +330,9 @@ impl Broker {
                 else {
                     return Ok(());
                 };
-                let already = matches!(
-                    p.role(),
-                    Role::Leader { epoch: e, isr: ref current } if leader == self.node_id() && e == epoch && *current == isr
-                );
-                if already {
-                    return Ok(());
-                }
-                let changed = if leader == self.node_id() {
-                    p.become_leader(epoch, isr).await
-                } else {
-                    p.become_follower(leader, epoch).await
-                };
-                changed.map_err(ApiError::from)
+                self.take_role(&p, leader, epoch, isr)
+                    .await
+                    .map_err(ApiError::from)
             }
             Change::RemoteDeletionDone { name, pending } => {
                 if !pending {
@@ -351,6 +341,62 @@ impl Broker {
                     }
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// Makes `p` the leader (with `isr`) when `leader` is this broker, else a follower of
+    /// `leader`, at `epoch`; nothing when it already is.
+    async fn take_role(
+        &self,
+        p: &Arc<crate::partition::Partition>,
+        leader: i32,
+        epoch: i32,
+        isr: Vec<i32>,
+    ) -> Result<(), crate::log::LogError> {
+        let me = self.node_id();
+        let already = match p.role() {
+            Role::Leader {
+                epoch: e,
+                isr: current,
+            } => leader == me && e == epoch && current == isr,
+            Role::Follower {
+                leader: l,
+                epoch: e,
+            } => leader != me && l == leader && e == epoch,
+        };
+        if already {
+            return Ok(());
+        }
+        if leader == me {
+            p.become_leader(epoch, isr).await
+        } else {
+            p.become_follower(leader, epoch).await
+        }
+    }
+
+    /// At start: every partition held here takes the role and epoch the metadata gives it (a
+    /// restarted broker's partitions were led at an older epoch, or by another broker, meanwhile).
+    pub async fn adopt_roles(&self) {
+        let view = self.metadata.view();
+        for topic in self.topics() {
+            let Some(state) = view
+                .topics
+                .get(&topic.name)
+                .filter(|t| t.record.id == topic.id)
+            else {
+                continue;
+            };
+            for p in &topic.partitions {
+                let Some(ps) = state.partitions.get(p.index as usize) else {
+                    continue;
+                };
+                if let Err(e) = self
+                    .take_role(p, ps.leader, ps.leader_epoch, ps.isr.clone())
+                    .await
+                {
+                    tracing::error!(topic = topic.name, partition = p.index, error = %e, "could not take the role the metadata gives");
+                }
             }
         }
     }

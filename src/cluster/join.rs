@@ -17,8 +17,6 @@ use crate::metadata::quorum::{Quorum, QuorumConfig};
 
 /// How long a starting broker waits for the quorum (a leader it has caught up with).
 const QUORUM_WAIT: Duration = Duration::from_secs(120);
-/// Kafka's `broker.session.timeout.ms` default: the QUIC idle timeout stays below it.
-const SESSION_TIMEOUT: Duration = Duration::from_millis(9000);
 
 /// The object store a broker uses: `--object-store`, or its per-data-dir default.
 pub fn store_identity(config: &Config) -> String {
@@ -71,7 +69,9 @@ pub async fn join(
     let endpoint = PeerEndpoint::new(
         socket,
         &identity,
-        Transport::for_session_timeout(SESSION_TIMEOUT),
+        Transport::for_session_timeout(Duration::from_millis(
+            config.broker.broker_session_timeout_ms,
+        )),
     )?;
     let peer_addr = endpoint.local_addr()?;
     drop(crate::telemetry::spawn(endpoint.clone().serve(shutdown)));
@@ -86,6 +86,8 @@ pub async fn join(
             heartbeat: Duration::from_millis(200),
             election_timeout: Duration::from_millis(1000),
             object_store: Some(store_identity(config)),
+            broker_heartbeat: Duration::from_millis(config.broker.broker_heartbeat_interval_ms),
+            session_timeout: Duration::from_millis(config.broker.broker_session_timeout_ms),
         },
         Some(endpoint.clone()),
     )
@@ -112,7 +114,7 @@ pub async fn join(
         );
     }
     quorum
-        .propose(Command::RegisterBroker {
+        .register(Command::RegisterBroker {
             id: config.node_id,
             host: advertised.0,
             port: advertised.1,

@@ -136,6 +136,7 @@ async fn start_in_scope(
         .await??;
     let broker = Arc::new(broker);
     broker.set_advertised(host, port);
+    broker.adopt_roles().await;
     broker.ensure_offsets_topic().await?;
     if let Some(tiering) = &broker.tiering {
         tiering.attach(&*broker).await;

@@ -16,6 +16,9 @@ use strata::config::{BrokerSettings, Config, PeerTls, Prebound};
 use strata::server::RunningBroker;
 use strata::store::Store;
 
+/// Held by each multi-broker test: one cluster at a time in this process.
+pub static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub struct Node {
     pub id: i32,
     pub dir: PathBuf,

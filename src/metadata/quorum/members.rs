@@ -116,6 +116,7 @@ impl Quorum {
                 tracing::info!(node = from, %directory, "voter rejoined with a new metadata directory");
                 Ok(Reply::Done)
             }
+            Request::Heartbeat { epoch } => Ok(self.heartbeat_from(from as i32, epoch)),
             Request::Learn { directory, peer } => {
                 if !self.is_leader() {
                     return Ok(Reply::NotLeader {

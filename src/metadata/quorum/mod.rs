@@ -19,6 +19,7 @@
 
 mod commands;
 pub mod diff;
+mod liveness;
 mod members;
 pub mod network;
 mod single;
@@ -90,6 +91,9 @@ pub struct QuorumConfig {
     pub election_timeout: Duration,
     /// The object store's identity, recorded by the first leader.
     pub object_store: Option<String>,
+    /// `broker.heartbeat.interval.ms` and `broker.session.timeout.ms` (`liveness.rs`).
+    pub broker_heartbeat: Duration,
+    pub session_timeout: Duration,
 }
 
 pub struct Quorum {
@@ -103,6 +107,7 @@ pub struct Quorum {
     object_store: Option<String>,
     /// Formation: the lowest voter asked whether this node's metadata is empty and it was.
     hello_answered: OnceLock<()>,
+    liveness: liveness::Liveness,
     stop: watch::Sender<bool>,
 }
 
@@ -182,6 +187,7 @@ impl Quorum {
             peer_addr: config.peer_addr,
             object_store: config.object_store,
             hello_answered: OnceLock::new(),
+            liveness: liveness::Liveness::new(config.broker_heartbeat, config.session_timeout),
             stop,
         });
         if let Some(endpoint) = &endpoint {
@@ -199,6 +205,12 @@ impl Quorum {
             Arc::downgrade(&quorum),
             quorum.stop.subscribe(),
         ));
+        if quorum.endpoint.is_some() {
+            crate::telemetry::spawn(Self::liveness_loop(
+                Arc::downgrade(&quorum),
+                quorum.stop.subscribe(),
+            ));
+        }
         Ok(quorum)
     }
 

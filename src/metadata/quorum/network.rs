@@ -46,6 +46,10 @@ pub enum Request {
         directory: Uuid,
     },
     /// A broker that is not a voter asks to follow the log as a learner.
+    /// A broker's heartbeat to the controller, at its broker epoch.
+    Heartbeat {
+        epoch: u64,
+    },
     Learn {
         directory: Uuid,
         peer: Option<std::net::SocketAddr>,
@@ -70,6 +74,8 @@ pub enum Reply {
         empty: bool,
         directory: Uuid,
     },
+    /// A heartbeat from an older registration or a fenced broker: register again.
+    Stale,
     Done,
 }
 

@@ -26,6 +26,8 @@ pub async fn open_single(config: &Config) -> anyhow::Result<Arc<Quorum>> {
             heartbeat: Duration::from_millis(200),
             election_timeout: Duration::from_millis(1000),
             object_store: config.object_store.clone(),
+            broker_heartbeat: Duration::from_millis(config.broker.broker_heartbeat_interval_ms),
+            session_timeout: Duration::from_millis(config.broker.broker_session_timeout_ms),
         },
         None,
     )
@@ -35,7 +37,7 @@ pub async fn open_single(config: &Config) -> anyhow::Result<Arc<Quorum>> {
     }
     import(config, &quorum).await?;
     quorum
-        .propose(Command::RegisterBroker {
+        .register(Command::RegisterBroker {
             id: config.node_id,
             host: String::new(),
             port: 0,

@@ -1,0 +1,203 @@
+//! Broker liveness (KIP-631): a broker registers (its broker epoch is the registration's
+//! index) and heartbeats the controller — the quorum's leader — every
+//! `broker.heartbeat.interval.ms`; the controller fences a broker it has not heard from for
+//! `broker.session.timeout.ms` (it then leads nothing and leaves Metadata). A new controller
+//! starts every broker's session afresh, as KRaft's does, so a failover fences nobody by itself.
+//! A heartbeat carrying an older epoch than the broker's registration, or from a fenced broker,
+//! is answered `Stale` and the broker registers again under a new epoch.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
+use tokio::sync::watch;
+
+use super::network::{self, Reply, Request};
+use super::state::{Command, Outcome};
+use super::{Quorum, RPC_DEADLINE};
+use crate::metadata::MetadataError;
+
+/// Per broker: the epoch of its session and when it was last heard from.
+type Sessions = HashMap<i32, (u64, Instant)>;
+
+pub struct Liveness {
+    pub heartbeat: Duration,
+    pub session: Duration,
+    /// This broker's registration (the command, to send again) and its epoch.
+    registered: Mutex<Option<(Command, u64)>>,
+    /// Controller side: the term it leads in, and when each broker (at which epoch) was last
+    /// heard from. A new registration starts a new session.
+    sessions: Mutex<(Option<u64>, Sessions)>,
+}
+
+impl Liveness {
+    pub fn new(heartbeat: Duration, session: Duration) -> Liveness {
+        Liveness {
+            heartbeat,
+            session,
+            registered: Mutex::new(None),
+            sessions: Mutex::new((None, HashMap::new())),
+        }
+    }
+
+    fn seen(&self, id: i32, epoch: u64) {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .1
+            .insert(id, (epoch, Instant::now()));
+    }
+}
+
+impl Quorum {
+    /// Registers this broker (`command` is a `RegisterBroker`) and keeps it registered:
+    /// heartbeats, and a new registration whenever the controller says it is stale or fenced.
+    /// Returns the broker epoch.
+    pub async fn register(&self, command: Command) -> Result<u64, MetadataError> {
+        let epoch = match self.propose(command.clone()).await? {
+            (_, Outcome::Registered { epoch }) => epoch,
+            (_, other) => {
+                return Err(MetadataError::Unavailable(format!(
+                    "unexpected outcome {other:?} of a registration"
+                )))
+            }
+        };
+        *self.liveness.registered.lock().expect("registration lock") = Some((command, epoch));
+        self.liveness.seen(self.node_id(), epoch);
+        tracing::info!(broker_epoch = epoch, "broker registered");
+        Ok(epoch)
+    }
+
+    /// This broker's epoch, once registered.
+    pub fn broker_epoch(&self) -> Option<u64> {
+        self.liveness
+            .registered
+            .lock()
+            .expect("registration lock")
+            .as_ref()
+            .map(|(_, e)| *e)
+    }
+
+    /// The controller's side of a heartbeat from broker `from` at `epoch`.
+    pub(super) fn heartbeat_from(&self, from: i32, epoch: u64) -> Reply {
+        if !self.is_leader() {
+            return Reply::NotLeader {
+                leader: self.leader().map(|l| l as u64),
+            };
+        }
+        let current = self
+            .state()
+            .brokers
+            .get(&from)
+            .is_some_and(|b| b.epoch == epoch && !b.fenced);
+        if !current {
+            return Reply::Stale;
+        }
+        self.liveness.seen(from, epoch);
+        Reply::Done
+    }
+
+    pub(super) async fn liveness_loop(this: Weak<Quorum>, mut stop: watch::Receiver<bool>) {
+        let interval = match this.upgrade() {
+            Some(q) => q.liveness.heartbeat,
+            None => return,
+        };
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let Some(quorum) = this.upgrade() else { return };
+            // The controller's check never waits for this broker's own heartbeat.
+            let fencing = async {
+                if let Err(e) = quorum.fence_silent().await {
+                    tracing::debug!(error = %e, "fencing silent brokers");
+                }
+            };
+            let beating = async {
+                if let Err(e) = quorum.heartbeat().await {
+                    tracing::debug!(error = %e, "broker heartbeat");
+                }
+            };
+            tokio::join!(fencing, beating);
+        }
+    }
+
+    /// The broker's side: one heartbeat to the controller, a new registration if it is stale.
+    async fn heartbeat(&self) -> anyhow::Result<()> {
+        let Some((command, epoch)) = self
+            .liveness
+            .registered
+            .lock()
+            .expect("registration lock")
+            .clone()
+        else {
+            return Ok(());
+        };
+        let Some(leader) = self.leader() else {
+            return Ok(());
+        };
+        let reply = if leader == self.node_id() {
+            self.heartbeat_from(leader, epoch)
+        } else {
+            let endpoint = self.endpoint.as_ref().expect("a cluster has an endpoint");
+            // At most one interval: a controller that died must not hold up the heartbeats
+            // meant for its successor.
+            let deadline = self.liveness.heartbeat.min(RPC_DEADLINE);
+            network::call(
+                endpoint,
+                leader as u64,
+                &Request::Heartbeat { epoch },
+                deadline,
+            )
+            .await?
+        };
+        if matches!(reply, Reply::Stale) {
+            tracing::warn!(broker_epoch = epoch, "the controller fenced this broker or knows a newer registration; registering again");
+            self.register(command).await?;
+        }
+        Ok(())
+    }
+
+    /// The controller's side: fence every unfenced broker silent for a session timeout.
+    async fn fence_silent(&self) -> anyhow::Result<()> {
+        if !self.is_leader() {
+            return Ok(());
+        }
+        let term = self.raft.metrics().borrow_watched().current_term;
+        let state = self.state();
+        let silent: Vec<(i32, u64)> = {
+            let mut sessions = self.liveness.sessions.lock().expect("sessions lock");
+            let now = Instant::now();
+            if sessions.0 != Some(term) {
+                // A new controller: every session starts now.
+                *sessions = (Some(term), HashMap::new());
+            }
+            state
+                .brokers
+                .values()
+                .filter(|b| !b.fenced)
+                .filter(|b| {
+                    let session = sessions.1.entry(b.id).or_insert((b.epoch, now));
+                    if session.0 != b.epoch {
+                        *session = (b.epoch, now);
+                    }
+                    now.duration_since(session.1) > self.liveness.session
+                })
+                .map(|b| (b.id, b.epoch))
+                .collect()
+        };
+        for (id, epoch) in silent {
+            tracing::warn!(
+                broker = id,
+                broker_epoch = epoch,
+                session_timeout_ms = self.liveness.session.as_millis() as u64,
+                "no heartbeat for a session timeout: fencing the broker"
+            );
+            metrics::counter!("strata_brokers_fenced_total").increment(1);
+            self.propose(Command::FenceBroker { id, epoch }).await?;
+        }
+        Ok(())
+    }
+}

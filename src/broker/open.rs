@@ -110,6 +110,21 @@ fn open_partitions(
                 )
             })?;
         }
+        let storage = |e: std::io::Error| {
+            ApiError::new(
+                ResponseError::KafkaStorageError,
+                format!("{}: {e}", dir.display()),
+            )
+        };
+        if topic_id_of(&dir)
+            .map_err(storage)?
+            .is_some_and(|id| id != record.id)
+        {
+            // The directory of an older topic of this name (deleted and re-created while this
+            // broker was away): never loaded as the new one's log.
+            tracing::warn!(dir = %dir.display(), topic_id = %record.id, "partition directory belongs to another topic id");
+            move_stray_aside(&dir).map_err(storage)?;
+        }
         let partition = Partition::open(
             &dir,
             &record.name,
@@ -119,6 +134,9 @@ fn open_partitions(
             clock.now_ms(),
         )
         .map_err(ApiError::from)?;
+        if topic_id_of(&dir).map_err(storage)?.is_none() {
+            write_topic_id(&dir, record.id).map_err(storage)?;
+        }
         partitions.push(Arc::new(partition));
         partitions.sort_by_key(|p| p.index);
     }
@@ -150,6 +168,29 @@ pub(super) fn move_unassigned_aside(
             tracing::error!(dir = %entry.path().display(), error = %e, "could not move aside a partition this broker does not hold");
         }
     }
+}
+
+/// `partition.metadata` (Kafka's, KIP-516): `version: 0` and `topic_id: {UUID}` (hyphenated,
+/// where Kafka writes base64), written when the partition is first opened. A directory whose id
+/// is not the assigned topic's is moved aside, never loaded.
+const PARTITION_METADATA: &str = "partition.metadata";
+
+fn topic_id_of(dir: &Path) -> std::io::Result<Option<uuid::Uuid>> {
+    match std::fs::read_to_string(dir.join(PARTITION_METADATA)) {
+        Ok(text) => Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("topic_id:"))
+            .and_then(|id| id.trim().parse().ok())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_topic_id(dir: &Path, id: uuid::Uuid) -> std::io::Result<()> {
+    crate::fsutil::write_atomic(
+        &dir.join(PARTITION_METADATA),
+        format!("version: 0\ntopic_id: {id}\n").as_bytes(),
+    )
 }
 
 /// A new partition's directory must not exist yet; one that does (a crash between DeleteTopics'

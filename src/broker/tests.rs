@@ -144,3 +144,32 @@ async fn leftovers_of_a_crash_are_removed_or_moved_aside_never_loaded() {
         "{left:?}"
     );
 }
+
+#[tokio::test]
+async fn a_directory_of_an_older_topic_id_is_moved_aside_never_loaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old_id = {
+        let broker = open_broker(tmp.path()).await;
+        let p = create(&broker, "t", &[]).await;
+        append(&p, 3).await;
+        // Deleted and re-created while this broker does not apply (it was stopped): the
+        // metadata names a new id for t, the directory t-0 still holds the old one.
+        broker.metadata().delete_topic("t").await.unwrap();
+        let record = crate::metadata::local::new_topic("t", 1, BTreeMap::new());
+        broker.metadata().create_topic(record, 1).await.unwrap();
+        broker.topic("t").unwrap().id
+    };
+    let broker = open_broker(tmp.path()).await;
+    let topic = broker.topic("t").unwrap();
+    assert_ne!(topic.id, old_id);
+    assert_eq!(
+        topic.partitions[0].log_end_offset(),
+        0,
+        "the old log is not loaded"
+    );
+    let left = entries(tmp.path(), "t-0");
+    assert!(left.iter().any(|d| d.ends_with("-stray")), "{left:?}");
+    let metadata =
+        std::fs::read_to_string(topic.partitions[0].dir().join("partition.metadata")).unwrap();
+    assert!(metadata.contains(&topic.id.to_string()), "{metadata}");
+}

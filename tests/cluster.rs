@@ -212,6 +212,21 @@ async fn three_brokers_share_the_metadata_and_route_to_partition_leaders() {
     assert_eq!(seen.len(), N);
     drop(consumer);
     drop(producer);
+
+    // One bucket per cluster: it names the cluster, and a broker with its own store (the
+    // per-data-dir default) refuses to start.
+    let claim = support::object_names(&cluster.store, "_strata/").await;
+    assert_eq!(claim, ["_strata/cluster.json"]);
+    cluster.stop(3).await;
+    let mut config = cluster.config(3);
+    config.object_store = None;
+    config.object_store_override = None;
+    let refused = strata::server::start(config).await.err().expect("refused");
+    assert!(
+        refused.to_string().contains("shares one bucket"),
+        "{refused}"
+    );
+    cluster.start(3).await;
     cluster.stop_all().await;
 }
 

@@ -113,6 +113,7 @@ pub async fn join(
             state.object_store.as_deref().unwrap_or("(none)")
         );
     }
+    claim_bucket(config, &state.cluster_id).await?;
     quorum
         .register(Command::RegisterBroker {
             id: config.node_id,
@@ -124,4 +125,51 @@ pub async fn join(
         })
         .await?;
     Ok((quorum, endpoint))
+}
+
+/// `_strata/cluster.json` in the bucket names the cluster that uses it: written if absent
+/// (create-if-absent, so two clusters racing for one bucket cannot both win), and a broker of
+/// another cluster refuses to start.
+async fn claim_bucket(config: &Config, cluster_id: &str) -> anyhow::Result<()> {
+    use object_store::{ObjectStoreExt, PutMode, PutOptions};
+    let store = match &config.object_store_override {
+        Some(store) => store.clone(),
+        None => crate::store::Store::from_url_with_options(
+            &store_identity(config),
+            &config.object_store_options,
+        )?,
+    };
+    let path = store.path("_strata/cluster.json");
+    let body = serde_json::to_vec_pretty(&serde_json::json!({
+        "cluster_id": cluster_id,
+        "object_store": store_identity(config),
+    }))?;
+    let created = store
+        .inner()
+        .put_opts(
+            &path,
+            body.into(),
+            PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            },
+        )
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            let existing = store.inner().get(&path).await?.bytes().await?;
+            let owner: serde_json::Value = serde_json::from_slice(&existing)
+                .map_err(|e| anyhow::anyhow!("{path} is unreadable: {e}"))?;
+            match owner["cluster_id"].as_str() {
+                Some(id) if id == cluster_id => Ok(()),
+                other => anyhow::bail!(
+                    "the object store {} belongs to cluster {}, not to this cluster ({cluster_id}): one bucket per cluster",
+                    store_identity(config),
+                    other.unwrap_or("(unknown)")
+                ),
+            }
+        }
+        Err(e) => Err(anyhow::anyhow!("claiming the bucket ({path}): {e}")),
+    }
 }

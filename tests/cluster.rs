@@ -213,6 +213,56 @@ async fn three_brokers_share_the_metadata_and_route_to_partition_leaders() {
     drop(consumer);
     drop(producer);
 
+    // Groups: every broker names the leader of the group's offsets partition as coordinator;
+    // JoinGroup anywhere else is NOT_COORDINATOR.
+    let offsets = metadata(&cluster.kafka_addr(1), Some("__consumer_offsets")).await;
+    let count = offsets.topics[0].partitions.len() as i32;
+    let mut coordinators = std::collections::BTreeSet::new();
+    for g in 0..20 {
+        let group = format!("group-{g}");
+        let partition = strata::coordinator::offsets::partition_for(&group, count);
+        let leader = offsets.topics[0].partitions[partition as usize].leader_id.0;
+        coordinators.insert(leader);
+        for id in 1..=3 {
+            let mut conn = KafkaConn::connect(&cluster.kafka_addr(id)).await;
+            let request = FindCoordinatorRequest::default().with_key(
+                kafka_protocol::protocol::StrBytes::from_string(group.clone()),
+            );
+            let r: FindCoordinatorResponse = conn.call(ApiKey::FindCoordinator, 3, &request).await;
+            assert_eq!(
+                (r.error_code, r.node_id.0),
+                (0, leader),
+                "{group} asked of broker {id}"
+            );
+        }
+        let elsewhere = (1..=3).find(|i| *i != leader).unwrap();
+        let mut conn = KafkaConn::connect(&cluster.kafka_addr(elsewhere)).await;
+        let join = JoinGroupRequest::default()
+            .with_group_id(GroupId(kafka_protocol::protocol::StrBytes::from_string(
+                group.clone(),
+            )))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_protocol_type(kafka_protocol::protocol::StrBytes::from_static_str(
+                "consumer",
+            ))
+            .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+            )
+            .with_name(kafka_protocol::protocol::StrBytes::from_static_str("range"))
+            .with_metadata(bytes::Bytes::new())]);
+        let r: JoinGroupResponse = conn.call(ApiKey::JoinGroup, 5, &join).await;
+        assert_eq!(
+            r.error_code,
+            ResponseError::NotCoordinator.code(),
+            "{group} at broker {elsewhere}"
+        );
+    }
+    assert_eq!(
+        coordinators.len(),
+        3,
+        "20 groups spread over the three brokers"
+    );
+
     // One bucket per cluster: it names the cluster, and a broker with its own store (the
     // per-data-dir default) refuses to start.
     let claim = support::object_names(&cluster.store, "_strata/").await;

@@ -139,8 +139,9 @@ impl Broker {
                 false,
             )
             .await;
+        let created = created.map(|_| self.refresh_led());
         match created {
-            Ok(_) => Ok(()),
+            Ok(()) => Ok(()),
             // Another broker of the cluster created it first.
             Err(e) if e.code == ResponseError::TopicAlreadyExists => {
                 self.apply_pending().await;
@@ -237,7 +238,9 @@ impl Broker {
     /// Drains the metadata's changes, in order, under the applier lock.
     pub async fn apply_pending(&self) {
         let _applying = self.applying.lock().await;
+        let mut any = false;
         while let Some(applied) = self.metadata.next_change() {
+            any = true;
             if let Err(e) = self.apply(applied.change).await {
                 let mut failed = self.failed.lock().expect("failed lock");
                 failed.insert(applied.version, e);
@@ -246,6 +249,9 @@ impl Broker {
                     failed.pop_first();
                 }
             }
+        }
+        if any {
+            self.refresh_led();
         }
     }
 
@@ -399,6 +405,26 @@ impl Broker {
                 }
             }
         }
+        self.refresh_led();
+    }
+
+    /// Tells the coordinator which groups are this broker's: those of the offsets partitions it
+    /// leads (in a cluster; a single node coordinates every group).
+    pub(crate) fn refresh_led(&self) {
+        if self.config.seeds.is_empty() {
+            return;
+        }
+        let led = self
+            .topic(coordinator::OFFSETS_TOPIC)
+            .map(|t| {
+                t.partitions
+                    .iter()
+                    .filter(|p| matches!(p.role(), Role::Leader { .. }))
+                    .map(|p| p.index)
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.coordinator.set_led(Some(led));
     }
 
     /// Opens a topic's partitions (new ones beyond `existing`) on a blocking thread, and starts

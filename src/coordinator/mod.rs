@@ -81,6 +81,9 @@ pub struct Coordinator {
     groups: Mutex<HashMap<String, Group>>,
     loaded: AtomicBool,
     pub(crate) writers: OnceLock<Vec<tokio::sync::Mutex<Writer>>>,
+    /// In a cluster, the `__consumer_offsets` partitions this broker leads: the groups it
+    /// coordinates (others get NOT_COORDINATOR). `None` on a single node: all of them.
+    led: std::sync::RwLock<Option<std::collections::BTreeSet<i32>>>,
 }
 
 impl Coordinator {
@@ -98,7 +101,13 @@ impl Coordinator {
             groups: Mutex::new(HashMap::new()),
             loaded: AtomicBool::new(false),
             writers: OnceLock::new(),
+            led: std::sync::RwLock::new(None),
         }
+    }
+
+    /// The offsets partitions this broker leads (`None`: every one).
+    pub fn set_led(&self, led: Option<std::collections::BTreeSet<i32>>) {
+        *self.led.write().expect("led lock") = led;
     }
 
     /// The current generation of a group, if it exists.
@@ -118,10 +127,18 @@ impl Coordinator {
         self.groups.lock().expect("groups lock")
     }
 
-    /// COORDINATOR_LOAD_IN_PROGRESS until the replay at start is done (clients retry it).
+    /// NOT_COORDINATOR for a group whose offsets partition another broker leads;
+    /// COORDINATOR_LOAD_IN_PROGRESS until the replay at start is done (clients retry both).
     pub(crate) fn ready(&self, group_id: &str) -> Result<(), ResponseError> {
         if group_id.is_empty() {
             return Err(ResponseError::InvalidGroupId);
+        }
+        let coordinates = match &*self.led.read().expect("led lock") {
+            Some(led) => led.contains(&self.partition_of(group_id)),
+            None => true,
+        };
+        if !coordinates {
+            return Err(ResponseError::NotCoordinator);
         }
         if !self.is_loaded() {
             return Err(ResponseError::CoordinatorLoadInProgress);

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::kind::{int, Kind};
+use super::kind::{int, ip_counts, Kind};
 
 /// One broker setting: Kafka name, kind, default, documentation.
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +48,16 @@ pub const BROKER_DEFS: &[BrokerDef] = &[
     BrokerDef { name: "broker.heartbeat.interval.ms", kind: Kind::Long { min: 10 }, default: "2000", doc: "How often a broker of a cluster heartbeats the controller." },
     BrokerDef { name: "broker.session.timeout.ms", kind: Kind::Long { min: 100 }, default: "9000", doc: "A broker whose heartbeats the controller has not had for this long is fenced: it leads nothing and leaves Metadata until it registers again." },
     BrokerDef { name: "strata.metadata.snapshot.entries", kind: Kind::Long { min: 10 }, default: "10000", doc: "The metadata quorum snapshots its state every this many log entries and purges the log behind the snapshot; a node that lags further installs the leader's snapshot." },
-    BrokerDef { name: "strata.batch.max.decompressed.bytes", kind: Kind::Int { min: 1024, max: I32_MAX }, default: "67108864", doc: "Largest decompressed size of one batch during validation (decompression-bomb bound); larger batches are CORRUPT_MESSAGE." },
+    BrokerDef { name: "strata.batch.max.decompressed.bytes", kind: Kind::Int { min: 1024, max: I32_MAX }, default: "67108864", doc: "Largest decompressed size of one batch during validation (decompression-bomb bound); larger batches are MESSAGE_TOO_LARGE (not retriable)." },
+    BrokerDef { name: "connections.max.idle.ms", kind: Kind::Long { min: 1 }, default: "600000", doc: "A Kafka connection that completes no request for this long is closed." },
+    BrokerDef { name: "max.connections", kind: Kind::Int { min: -1, max: I32_MAX }, default: "-1", doc: "Most Kafka connections open at once; more are closed as soon as they are accepted. -1 = derived from the open-file limit (half of what the admin server leaves), stated in the start-up log." },
+    BrokerDef { name: "max.connections.per.ip", kind: Kind::Int { min: 0, max: I32_MAX }, default: "2147483647", doc: "Most Kafka connections from one IP address; more are closed as soon as they are accepted." },
+    BrokerDef { name: "max.connections.per.ip.overrides", kind: Kind::IpCounts, default: "", doc: "Per-address exceptions to max.connections.per.ip: a comma-separated list of ip:count (IP addresses only; host names are not resolved)." },
+    BrokerDef { name: "strata.request.read.timeout.ms", kind: Kind::Long { min: 1 }, default: "30000", doc: "A request frame whose first byte arrived longer ago than this without its last byte closes the connection (waiting for queued.max.request.bytes included)." },
+    BrokerDef { name: "strata.request.cpu.threads", kind: Kind::Int { min: 0, max: 1024 }, default: "0", doc: "Threads that decompress and validate produced batches, off the threads that serve connections; 0 = the number of cores." },
+    BrokerDef { name: "strata.admin.max.connections", kind: Kind::Int { min: 1, max: I32_MAX }, default: "256", doc: "Most admin HTTP connections open at once; more are closed as soon as they are accepted." },
+    BrokerDef { name: "strata.admin.header.read.timeout.ms", kind: Kind::Long { min: 1 }, default: "10000", doc: "An admin HTTP request whose headers are not complete this long after the connection opened or its previous response was sent closes the connection." },
+    BrokerDef { name: "strata.admin.idle.timeout.ms", kind: Kind::Long { min: 1 }, default: "60000", doc: "An admin HTTP connection that reads and writes nothing for this long is closed." },
 ];
 
 /// The validated broker settings, typed.
@@ -85,6 +94,17 @@ pub struct BrokerSettings {
     pub broker_session_timeout_ms: u64,
     /// -1: no cap.
     pub log_dir_max_bytes: i64,
+    pub connections_max_idle_ms: i64,
+    /// -1: derived from the open-file limit at start.
+    pub max_connections: i32,
+    pub max_connections_per_ip: usize,
+    pub max_connections_per_ip_overrides: BTreeMap<std::net::IpAddr, usize>,
+    pub request_read_timeout_ms: i64,
+    /// 0: the number of cores.
+    pub request_cpu_threads: usize,
+    pub admin_max_connections: usize,
+    pub admin_header_read_timeout_ms: i64,
+    pub admin_idle_timeout_ms: i64,
     /// Normalised values by name, for DescribeConfigs; only names in `BROKER_DEFS`.
     values: BTreeMap<&'static str, String>,
     /// Names set explicitly (not defaults).
@@ -149,6 +169,15 @@ impl BrokerSettings {
             broker_heartbeat_interval_ms: int(get("broker.heartbeat.interval.ms")) as u64,
             broker_session_timeout_ms: int(get("broker.session.timeout.ms")) as u64,
             log_dir_max_bytes: int(get("log.dir.max.bytes")),
+            connections_max_idle_ms: int(get("connections.max.idle.ms")),
+            max_connections: int(get("max.connections")) as i32,
+            max_connections_per_ip: int(get("max.connections.per.ip")) as usize,
+            max_connections_per_ip_overrides: ip_counts(get("max.connections.per.ip.overrides")),
+            request_read_timeout_ms: int(get("strata.request.read.timeout.ms")),
+            request_cpu_threads: int(get("strata.request.cpu.threads")) as usize,
+            admin_max_connections: int(get("strata.admin.max.connections")) as usize,
+            admin_header_read_timeout_ms: int(get("strata.admin.header.read.timeout.ms")),
+            admin_idle_timeout_ms: int(get("strata.admin.idle.timeout.ms")),
             values,
             overridden,
         })

@@ -3,10 +3,17 @@
 /// What a setting accepts. Ranges are inclusive.
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
-    Int { min: i64, max: i64 },
-    Long { min: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Long {
+        min: i64,
+    },
     Bool,
     Choice(&'static [&'static str]),
+    /// Kafka's `max.connections.per.ip.overrides`: comma-separated `ip:count` (a LIST).
+    IpCounts,
 }
 
 impl Kind {
@@ -18,6 +25,7 @@ impl Kind {
             Kind::Long { .. } => 5,
             Kind::Bool => 1,
             Kind::Choice(_) => 2,
+            Kind::IpCounts => 7,
         }
     }
 
@@ -48,6 +56,15 @@ impl Kind {
                 "false" => Ok("false".into()),
                 _ => Err(format!("{name}: {value:?} is not true or false")),
             },
+            Kind::IpCounts => {
+                let mut entries = Vec::new();
+                for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                    let (ip, count) = parse_ip_count(entry)
+                        .ok_or_else(|| format!("{name}: {entry:?} is not ip:count"))?;
+                    entries.push(format!("{ip}:{count}"));
+                }
+                Ok(entries.join(","))
+            }
             Kind::Choice(options) => {
                 if options.contains(&value) {
                     Ok(value.to_string())
@@ -65,4 +82,39 @@ impl Kind {
 /// Parses a value that [`Kind::check`] already accepted.
 pub fn int(value: &str) -> i64 {
     value.parse().unwrap_or_default()
+}
+
+/// One `ip:count` entry; an IPv6 address may be bracketed (`[::1]:5`) or not (`::1:5`: the
+/// count follows the last colon).
+fn parse_ip_count(entry: &str) -> Option<(std::net::IpAddr, usize)> {
+    let (ip, count) = entry.rsplit_once(':')?;
+    let ip = ip.trim().trim_start_matches('[').trim_end_matches(']');
+    Some((ip.parse().ok()?, count.trim().parse().ok()?))
+}
+
+/// Parses a value that [`Kind::IpCounts`] already accepted.
+pub fn ip_counts(value: &str) -> std::collections::BTreeMap<std::net::IpAddr, usize> {
+    value
+        .split(',')
+        .filter_map(|e| parse_ip_count(e.trim()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_count_lists() {
+        let kind = Kind::IpCounts;
+        assert_eq!(kind.check("x", "").unwrap(), "");
+        let v = kind.check("x", " 127.0.0.1:5, [::1]:7,10.0.0.2:0").unwrap();
+        assert_eq!(v, "127.0.0.1:5,::1:7,10.0.0.2:0");
+        let parsed = ip_counts(&v);
+        assert_eq!(parsed.get(&"::1".parse().unwrap()), Some(&7));
+        assert_eq!(parsed.get(&"127.0.0.1".parse().unwrap()), Some(&5));
+        assert!(kind.check("x", "localhost:5").is_err());
+        assert!(kind.check("x", "127.0.0.1").is_err());
+        assert!(kind.check("x", "127.0.0.1:-1").is_err());
+    }
 }

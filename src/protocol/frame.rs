@@ -1,25 +1,41 @@
 //! Size-prefixed frames: a 4-byte big-endian length, then that many bytes.
 //!
-//! The length is checked against `socket.request.max.bytes` before a single byte of the body is
-//! allocated, and the body's memory is reserved from a broker-wide budget
-//! (`queued.max.request.bytes`) so that many connections sending large frames cannot exhaust
-//! memory: readers wait for budget instead.
+//! The length is checked against `socket.request.max.bytes` (and against what the memory budget
+//! could ever hold) before a single byte of the body is allocated. Memory is then reserved *as
+//! bytes arrive*, never from the length prefix: a connection holds at most the bytes it has
+//! received plus one read buffer ([`READ_BUFFER_BYTES`]), and the bytes beyond a frame's first
+//! read buffer come from the broker-wide budget (`queued.max.request.bytes`). So a client that
+//! sends a large length and then nothing (or dribbles bytes) holds next to nothing, and small
+//! requests (Metadata, heartbeats, small produces) never wait for budget that large stalled
+//! frames hold. Waiting for budget is first come, first served (tokio's semaphore is fair),
+//! and, like the whole frame, bounded by `strata.request.read.timeout.ms`, which starts when
+//! the frame's first byte arrives.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// A frame's first bytes up to this size are read without the shared budget (the
+/// connection's own read buffer), and no read takes more than this at once: what a connection
+/// holds beyond its budget reservation is at most this much, twice (the free part and one read
+/// waiting for budget).
+pub const READ_BUFFER_BYTES: usize = 32 * 1024;
+
 #[derive(Debug, Error)]
 pub enum FrameError {
-    #[error("frame of {size} bytes exceeds socket.request.max.bytes = {max}")]
+    #[error("frame of {size} bytes exceeds the largest request this broker reads ({max} bytes: socket.request.max.bytes, or queued.max.request.bytes plus one read buffer)")]
     TooLarge { size: i64, max: usize },
     #[error("negative frame length {0}")]
     Negative(i32),
     #[error("connection closed in the middle of a frame")]
     Truncated,
+    #[error("frame not complete {0:?} after its first byte (strata.request.read.timeout.ms)")]
+    ReadTimeout(Duration),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -27,7 +43,7 @@ pub enum FrameError {
 /// A frame body with the memory budget it holds until dropped.
 pub struct Frame {
     pub body: Bytes,
-    _permit: Option<OwnedSemaphorePermit>,
+    _reserved: Reservation,
 }
 
 /// Broker-wide budget for bytes of requests held in memory.
@@ -35,17 +51,17 @@ pub struct Frame {
 pub struct MemoryBudget {
     permits: Arc<Semaphore>,
     total: usize,
+    /// Bytes asked for by readers waiting for budget.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl MemoryBudget {
-    pub fn new(total_bytes: u64, max_frame: usize) -> MemoryBudget {
-        // A frame must always fit in the budget, or its reader would wait forever.
-        let total = (total_bytes as usize)
-            .max(max_frame)
-            .min(Semaphore::MAX_PERMITS);
+    pub fn new(total_bytes: u64) -> MemoryBudget {
+        let total = (total_bytes as usize).clamp(1, Semaphore::MAX_PERMITS);
         MemoryBudget {
             permits: Arc::new(Semaphore::new(total)),
             total,
+            waiting: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -56,52 +72,145 @@ impl MemoryBudget {
     pub fn total(&self) -> usize {
         self.total
     }
+
+    /// The largest frame that can ever be read: its first read buffer plus the whole budget.
+    pub fn max_frame(&self) -> usize {
+        self.total.saturating_add(READ_BUFFER_BYTES)
+    }
+
+    /// Waits (fairly, oldest first) for `bytes` of budget and adds them to `held`.
+    async fn reserve(&self, bytes: usize, held: &mut Reservation) {
+        let waiter = Waiting::new(self, bytes);
+        // The semaphore is never closed, so acquiring fails only if it were.
+        let permit = self.permits.clone().acquire_many_owned(bytes as u32).await;
+        drop(waiter);
+        if let Ok(permit) = permit {
+            match &mut held.permit {
+                Some(p) => p.merge(permit),
+                None => held.permit = Some(permit),
+            }
+        }
+        self.record();
+    }
+
+    fn record(&self) {
+        metrics::gauge!("strata_request_memory_reserved_bytes")
+            .set((self.total - self.available()) as f64);
+        metrics::gauge!("strata_request_memory_waiting_bytes")
+            .set(self.waiting.load(Ordering::Relaxed) as f64);
+    }
 }
 
-/// Reads one frame. `Ok(None)` is a clean end of stream between frames.
+/// Counts a reader waiting for budget, also when its wait is abandoned (a read timeout).
+struct Waiting<'a> {
+    budget: &'a MemoryBudget,
+    bytes: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(budget: &'a MemoryBudget, bytes: usize) -> Waiting<'a> {
+        budget.waiting.fetch_add(bytes, Ordering::Relaxed);
+        budget.record();
+        Waiting { budget, bytes }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.budget.waiting.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.budget.record();
+    }
+}
+
+/// Budget a frame holds; returned when dropped.
+struct Reservation {
+    budget: MemoryBudget,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Reservation {
+    fn held(&self) -> usize {
+        self.permit.as_ref().map_or(0, |p| p.num_permits())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.permit.take().is_some() {
+            self.budget.record();
+        }
+    }
+}
+
+/// Reads one frame. `Ok(None)` is a clean end of stream between frames. Once the first byte
+/// of a frame has arrived, the rest must arrive within `read_timeout`.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
     budget: &MemoryBudget,
+    read_timeout: Duration,
 ) -> Result<Option<Frame>, FrameError> {
     let mut len = [0u8; 4];
-    match reader.read(&mut len[..1]).await? {
-        0 => return Ok(None),
-        _ => reader
-            .read_exact(&mut len[1..])
-            .await
-            .map_err(eof_is_truncation)?,
-    };
+    if reader.read(&mut len[..1]).await? == 0 {
+        return Ok(None);
+    }
+    match tokio::time::timeout(read_timeout, read_rest(reader, len, max, budget)).await {
+        Ok(frame) => frame.map(Some),
+        Err(_) => Err(FrameError::ReadTimeout(read_timeout)),
+    }
+}
+
+async fn read_rest<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    mut len: [u8; 4],
+    max: usize,
+    budget: &MemoryBudget,
+) -> Result<Frame, FrameError> {
+    reader
+        .read_exact(&mut len[1..])
+        .await
+        .map_err(eof_is_truncation)?;
     let size = i32::from_be_bytes(len);
     if size < 0 {
         return Err(FrameError::Negative(size));
     }
     let size = size as usize;
+    let max = max.min(budget.max_frame());
     if size > max {
         return Err(FrameError::TooLarge {
             size: size as i64,
             max,
         });
     }
-    let permit = budget
-        .permits
-        .clone()
-        .acquire_many_owned(size.max(1) as u32)
-        .await
-        .ok();
-    // Read into uninitialised capacity, `limit`ed so that no byte of the next frame is taken:
-    // zero-filling the body first was a measurable pass over every produced byte.
-    let mut body = BytesMut::with_capacity(size);
+    let mut reserved = Reservation {
+        budget: budget.clone(),
+        permit: None,
+    };
+    // The buffer grows with what arrived (doubling; a large buffer grows by mremap, not a
+    // copy), never to the length prefix ahead of the bytes. Reads are `limit`ed so that no byte
+    // of the next frame is taken, and go into uninitialised capacity: zero-filling the body
+    // first was a measurable pass over every produced byte.
+    let mut body = BytesMut::new();
     while body.len() < size {
-        let remaining = size - body.len();
-        if reader.read_buf(&mut (&mut body).limit(remaining)).await? == 0 {
+        if body.len() == body.capacity() {
+            let target = size.min((body.len() * 2).max(READ_BUFFER_BYTES));
+            body.reserve(target - body.len());
+        }
+        let room = (size - body.len())
+            .min(body.capacity() - body.len())
+            .min(READ_BUFFER_BYTES);
+        if reader.read_buf(&mut (&mut body).limit(room)).await? == 0 {
             return Err(FrameError::Truncated);
         }
+        let owed = body.len().saturating_sub(READ_BUFFER_BYTES);
+        if owed > reserved.held() {
+            budget.reserve(owed - reserved.held(), &mut reserved).await;
+        }
     }
-    Ok(Some(Frame {
+    Ok(Frame {
         body: body.freeze(),
-        _permit: permit,
-    }))
+        _reserved: reserved,
+    })
 }
 
 fn eof_is_truncation(e: std::io::Error) -> FrameError {
@@ -116,37 +225,44 @@ fn eof_is_truncation(e: std::io::Error) -> FrameError {
 mod tests {
     use super::*;
 
+    const SLOW: Duration = Duration::from_secs(30);
+
     fn budget() -> MemoryBudget {
-        MemoryBudget::new(1 << 20, 1024)
+        MemoryBudget::new(1 << 20)
+    }
+
+    async fn read(input: &mut &[u8], b: &MemoryBudget) -> Result<Option<Frame>, FrameError> {
+        read_frame(input, 1 << 24, b, SLOW).await
     }
 
     #[tokio::test]
     async fn reads_frames_and_clean_eof() {
         let mut input: &[u8] = &[0, 0, 0, 3, b'a', b'b', b'c', 0, 0, 0, 0];
-        let f = read_frame(&mut input, 1024, &budget())
-            .await
-            .unwrap()
-            .unwrap();
+        let f = read(&mut input, &budget()).await.unwrap().unwrap();
         assert_eq!(&f.body[..], b"abc");
-        let f = read_frame(&mut input, 1024, &budget())
-            .await
-            .unwrap()
-            .unwrap();
+        let f = read(&mut input, &budget()).await.unwrap().unwrap();
         assert!(f.body.is_empty());
-        assert!(read_frame(&mut input, 1024, &budget())
-            .await
-            .unwrap()
-            .is_none());
+        assert!(read(&mut input, &budget()).await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn refuses_before_allocating() {
         let mut input: &[u8] = &[0x7f, 0xff, 0xff, 0xff];
-        let err = read_frame(&mut input, 1024, &budget()).await.err().unwrap();
+        let err = read_frame(&mut input, 1024, &budget(), SLOW)
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, FrameError::TooLarge { .. }));
         let mut input: &[u8] = &[0xff, 0xff, 0xff, 0xfe];
-        let err = read_frame(&mut input, 1024, &budget()).await.err().unwrap();
+        let err = read(&mut input, &budget()).await.err().unwrap();
         assert!(matches!(err, FrameError::Negative(-2)));
+        // Larger than the budget could ever hold: refused up front, not waited for.
+        let small = MemoryBudget::new(1000);
+        let size = (small.max_frame() + 1) as u32;
+        let prefix = size.to_be_bytes();
+        let mut input: &[u8] = &prefix;
+        let err = read(&mut input, &small).await.err().unwrap();
+        assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
     }
 
     #[tokio::test]
@@ -154,19 +270,74 @@ mod tests {
         for cut in 1..7 {
             let full: &[u8] = &[0, 0, 0, 3, b'a', b'b', b'c'];
             let mut input = &full[..cut];
-            let err = read_frame(&mut input, 1024, &budget()).await.err().unwrap();
+            let err = read(&mut input, &budget()).await.err().unwrap();
             assert!(matches!(err, FrameError::Truncated), "cut {cut}: {err}");
         }
     }
 
+    fn frame_of(len: usize) -> Vec<u8> {
+        let mut v = (len as u32).to_be_bytes().to_vec();
+        v.extend((0..len).map(|i| i as u8));
+        v
+    }
+
     #[tokio::test]
-    async fn budget_is_returned_when_frames_drop() {
+    async fn budget_covers_what_arrived_beyond_the_read_buffer() {
         let b = budget();
         let before = b.available();
-        let mut input: &[u8] = &[0, 0, 0, 3, b'a', b'b', b'c'];
-        let f = read_frame(&mut input, 1024, &b).await.unwrap().unwrap();
-        assert_eq!(b.available(), before - 3);
+        let small = frame_of(100);
+        let f = read(&mut &small[..], &b).await.unwrap().unwrap();
+        assert_eq!(b.available(), before, "a small frame is its read buffer");
+        drop(f);
+        let big = frame_of(200_000);
+        let f = read(&mut &big[..], &b).await.unwrap().unwrap();
+        assert_eq!(&f.body[..], &big[4..]);
+        assert_eq!(b.available(), before - (200_000 - READ_BUFFER_BYTES));
         drop(f);
         assert_eq!(b.available(), before);
+    }
+
+    #[tokio::test]
+    async fn a_connection_holds_what_it_received() {
+        use tokio::io::AsyncWriteExt;
+        let b = MemoryBudget::new(1 << 25);
+        let (mut client, mut server) = tokio::io::duplex(1 << 17);
+        client.write_all(&(1u32 << 24).to_be_bytes()).await.unwrap();
+        let reading = read_frame(&mut server, 1 << 25, &b, SLOW);
+        tokio::pin!(reading);
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut reading).await;
+        assert!(waited.is_err(), "still waiting for the body");
+        assert_eq!(b.available(), b.total(), "a length prefix reserves nothing");
+        client.write_all(&[7u8; 100_000]).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut reading).await;
+        assert!(waited.is_err(), "still waiting for the rest");
+        assert_eq!(b.total() - b.available(), 100_000 - READ_BUFFER_BYTES);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_frame_times_out() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        use tokio::io::AsyncWriteExt;
+        client.write_all(&[0, 0, 1, 0, 1, 2]).await.unwrap();
+        let err = read_frame(&mut server, 1 << 20, &budget(), Duration::from_millis(200))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, FrameError::ReadTimeout(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn waiting_for_budget_is_bounded_by_the_read_timeout() {
+        let b = MemoryBudget::new(100_000);
+        let held = frame_of(100_000);
+        let first = read(&mut &held[..], &b).await.unwrap().unwrap();
+        let second = frame_of(100_000);
+        let err = read_frame(&mut &second[..], 1 << 20, &b, Duration::from_millis(200))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, FrameError::ReadTimeout(_)), "{err}");
+        drop(first);
+        assert_eq!(b.available(), b.total(), "the waiter's part is returned");
     }
 }

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
@@ -19,20 +20,38 @@ use crate::protocol::frame::{read_frame, FrameError, MemoryBudget};
 use crate::protocol::request::{encode_fetch_response, encode_response, parse, RequestError};
 use crate::protocol::splice::write_parts;
 
+/// Limits every connection is served under (broker settings, resolved once at start).
+#[derive(Clone)]
+pub struct Limits {
+    /// socket.request.max.bytes.
+    pub max_frame: usize,
+    /// connections.max.idle.ms: no complete request for this long closes the connection.
+    pub idle: Duration,
+    /// strata.request.read.timeout.ms: a frame begun longer ago than this closes it.
+    pub read_timeout: Duration,
+}
+
 pub async fn serve(
     broker: Arc<Broker>,
     stream: TcpStream,
     peer: SocketAddr,
     budget: MemoryBudget,
+    limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
-    let max = broker.config.broker.socket_request_max_bytes;
-    metrics::gauge!("strata_connections").increment(1.0);
     loop {
+        // Idle is counted from the end of the last request: a half-sent frame does not keep a
+        // connection alive (Kafka's connections.max.idle.ms).
+        let idle = tokio::time::sleep(limits.idle);
         let frame = tokio::select! {
-            frame = read_frame(&mut reader, max, &budget) => frame,
+            frame = read_frame(&mut reader, limits.max_frame, &budget, limits.read_timeout) => frame,
+            _ = idle => {
+                tracing::debug!(%peer, "closing idle connection");
+                metrics::counter!("strata_connections_closed_total", "reason" => "idle").increment(1);
+                break;
+            }
             _ = shutdown.changed() => break,
         };
         let frame = match frame {
@@ -40,6 +59,12 @@ pub async fn serve(
             Ok(None) => break,
             Err(FrameError::Io(e)) => {
                 tracing::debug!(%peer, error = %e, "connection read failed");
+                break;
+            }
+            Err(e @ FrameError::ReadTimeout(_)) => {
+                tracing::info!(%peer, error = %e, "closing connection: request too slow");
+                metrics::counter!("strata_connections_closed_total", "reason" => "read_timeout")
+                    .increment(1);
                 break;
             }
             Err(e) => {
@@ -62,7 +87,6 @@ pub async fn serve(
             Err(()) => break,
         }
     }
-    metrics::gauge!("strata_connections").decrement(1.0);
 }
 
 /// The response frame, in parts. `None`: nothing to send (acks=0). `Some(Err(()))`: close the

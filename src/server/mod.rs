@@ -1,6 +1,7 @@
 //! Starting and stopping a broker: listeners, the accept loop, background duties (retention,
 //! flush.ms, producer snapshots) and a clean shutdown that lets in-flight requests finish.
 
+mod accept;
 mod admin;
 mod connection;
 
@@ -18,8 +19,6 @@ use crate::config::Config;
 use crate::protocol::frame::MemoryBudget;
 use crate::telemetry::Telemetry;
 
-/// Most connections served at once; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 10_000;
 /// How long shutdown waits for in-flight requests before closing connections anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often flush.ms deadlines are checked.
@@ -92,7 +91,7 @@ async fn start_in_scope(
     clock: Clock,
     telemetry: Telemetry,
 ) -> anyhow::Result<RunningBroker> {
-    raise_open_file_limit();
+    let max_connections = connection_cap(&config);
     std::fs::create_dir_all(&config.data_dir)?;
     let ready: Arc<OnceLock<Arc<Broker>>> = Arc::new(OnceLock::new());
     let admin_listener = match &config.prebound.admin {
@@ -142,17 +141,26 @@ async fn start_in_scope(
         tiering.attach(&*broker).await;
     }
 
-    let budget = MemoryBudget::new(
-        broker.config.broker.queued_max_request_bytes,
-        broker.config.broker.socket_request_max_bytes,
+    let settings = &broker.config.broker;
+    let budget = MemoryBudget::new(settings.queued_max_request_bytes);
+    let limits = connection::Limits {
+        max_frame: settings.socket_request_max_bytes,
+        idle: Duration::from_millis(settings.connections_max_idle_ms as u64),
+        read_timeout: Duration::from_millis(settings.request_read_timeout_ms as u64),
+    };
+    let caps = accept::Caps::new(
+        "kafka",
+        max_connections,
+        settings.max_connections_per_ip,
+        settings.max_connections_per_ip_overrides.clone(),
     );
     telemetry.spawn_in(
         &mut tasks,
         accept_loop(
             broker.clone(),
             telemetry.clone(),
-            listener,
-            budget,
+            accept::Acceptor::new(listener, caps),
+            (budget, limits),
             shutdown_rx.clone(),
         ),
     );
@@ -212,36 +220,24 @@ fn advertised(config: &Config, bound: SocketAddr) -> anyhow::Result<(String, i32
 async fn accept_loop(
     broker: Arc<Broker>,
     telemetry: Telemetry,
-    listener: TcpListener,
-    budget: MemoryBudget,
+    mut acceptor: accept::Acceptor,
+    (budget, limits): (MemoryBudget, connection::Limits),
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
+        let (stream, peer, slot) = tokio::select! {
+            a = acceptor.accept() => a,
             _ = shutdown.changed() => break,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let broker = broker.clone();
-                let budget = budget.clone();
-                let shutdown = shutdown.clone();
-                telemetry.spawn_in(&mut connections, async move {
-                    connection::serve(broker, stream, peer, budget, shutdown).await;
-                    drop(slot);
-                });
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let broker = broker.clone();
+        let budget = budget.clone();
+        let limits = limits.clone();
+        let shutdown = shutdown.clone();
+        telemetry.spawn_in(&mut connections, async move {
+            connection::serve(broker, stream, peer, budget, limits, shutdown).await;
+            drop(slot);
+        });
         while connections.try_join_next().is_some() {}
     }
     while connections.join_next().await.is_some() {}
@@ -340,10 +336,31 @@ fn apply_retention(broker: &Broker) {
     }
 }
 
-/// Many partitions mean many open segment files: lift the soft limit to the hard limit.
-fn raise_open_file_limit() {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
-        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+/// Raises the open-file limit and returns `max.connections`: as set, or derived from the limit.
+/// Both are said in the start-up log.
+fn connection_cap(config: &Config) -> usize {
+    let settings = &config.broker;
+    let limit = accept::raise_open_file_limit();
+    let (max, how) = match (settings.max_connections, limit) {
+        (n, _) if n >= 0 => (n as usize, "set"),
+        (_, Some(limit)) => (
+            accept::derived_max_connections(limit.soft, settings.admin_max_connections),
+            "derived from the open-file limit",
+        ),
+        (_, None) => (1024, "open-file limit unknown"),
+    };
+    match limit {
+        Some(l) => tracing::info!(
+            open_files_before = l.before,
+            open_files = l.soft,
+            open_files_hard = l.hard,
+            max_connections = max,
+            how,
+            max_connections_per_ip = settings.max_connections_per_ip,
+            admin_max_connections = settings.admin_max_connections,
+            "connection limits"
+        ),
+        None => tracing::warn!(max_connections = max, how, "connection limits"),
     }
+    max
 }

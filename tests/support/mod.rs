@@ -90,6 +90,14 @@ impl KafkaConn {
         }
     }
 
+    /// A connection made some other way (bound to a given source address, say).
+    pub fn from_stream(stream: tokio::net::TcpStream) -> KafkaConn {
+        KafkaConn {
+            stream,
+            correlation_id: 0,
+        }
+    }
+
     /// Sends `request` at `version` and decodes the response.
     pub async fn call<R, S>(
         &mut self,

@@ -1,0 +1,277 @@
+//! Hostile and greedy clients never lock others out (issue 17): request memory reserved as bytes
+//! arrive, read and idle deadlines, connection caps. Caps and timeouts are lowered through the
+//! broker settings; every wall-clock bound is a generous deadline.
+
+// Test clients are spawned outside any broker: clippy.toml's rule on spawning (keep a broker's
+// metrics scope) is for the crate's own code.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::*;
+use support::{
+    batch, create_topic, metric, now_ms, produce_batch, topic_name, KafkaConn, TestBroker,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// What a normal client must manage while the attack goes on.
+const NORMAL_CLIENT_DEADLINE: Duration = Duration::from_secs(5);
+
+async fn metadata(conn: &mut KafkaConn) -> MetadataResponse {
+    conn.call(ApiKey::Metadata, 12, &MetadataRequest::default())
+        .await
+}
+
+/// A new connection: Metadata, a produce to `topic` and a fetch that reads it back.
+async fn normal_client(addr: &str, topic: &str) {
+    let round_trip = async {
+        let mut conn = KafkaConn::connect(addr).await;
+        assert_eq!(metadata(&mut conn).await.brokers.len(), 1);
+        let (code, offset) = produce_batch(&mut conn, topic, batch(0, 3, now_ms())).await;
+        assert_eq!(code, 0, "produce");
+        let request = FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_max_bytes(1 << 20)
+            .with_isolation_level(1)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name(topic))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(1 << 20)])]);
+        let f: FetchResponse = conn.call(ApiKey::Fetch, 12, &request).await;
+        let p = &f.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0, "fetch");
+        assert!(
+            p.records.as_ref().is_some_and(|r| !r.is_empty()),
+            "consumed"
+        );
+    };
+    let started = Instant::now();
+    tokio::time::timeout(NORMAL_CLIENT_DEADLINE, round_trip)
+        .await
+        .unwrap_or_else(|_| panic!("normal client locked out for {:?}", started.elapsed()));
+}
+
+/// Reads until the broker closes `stream`; how long that took.
+async fn until_closed(mut stream: TcpStream) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return started.elapsed(),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn closed_within(stream: TcpStream, deadline: Duration) -> bool {
+    tokio::time::timeout(deadline, until_closed(stream))
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn length_prefixes_alone_reserve_nothing() {
+    let broker = TestBroker::start(&[]).await;
+    create_topic(&broker.running, "normal", &[]).await;
+    // Six connections that send only a length prefix: five of 100 MiB, one of 12 MiB. Before,
+    // they took the whole queued.max.request.bytes from the prefix.
+    let mut attackers = Vec::new();
+    for size in [
+        100u32 << 20,
+        100 << 20,
+        100 << 20,
+        100 << 20,
+        100 << 20,
+        12 << 20,
+    ] {
+        let mut s = TcpStream::connect(broker.bootstrap()).await.unwrap();
+        s.write_all(&size.to_be_bytes()).await.unwrap();
+        attackers.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    normal_client(&broker.bootstrap(), "normal").await;
+    assert_eq!(
+        metric(&broker.running, "strata_request_memory_reserved_bytes", ""),
+        0.0,
+        "prefixes reserve nothing"
+    );
+    drop(attackers);
+    broker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_frames_hold_only_what_they_sent_and_time_out() {
+    let broker = TestBroker::start(&[
+        ("queued.max.request.bytes", &(4u32 << 20).to_string()),
+        ("strata.request.read.timeout.ms", "2000"),
+    ])
+    .await;
+    create_topic(&broker.running, "normal", &[]).await;
+    // Four connections each send 3 MiB of a 4 MiB frame and stall: together more than the
+    // whole budget.
+    let mut attackers = Vec::new();
+    for _ in 0..4 {
+        let addr = broker.bootstrap();
+        attackers.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let sent = async {
+                s.write_all(&(4u32 << 20).to_be_bytes()).await?;
+                s.write_all(&vec![0u8; 3 << 20]).await
+            };
+            let _ = sent.await;
+            until_closed(s).await
+        }));
+    }
+    support::eventually("the stalled frames take the budget", || async {
+        metric(&broker.running, "strata_request_memory_waiting_bytes", "") > 0.0
+    })
+    .await;
+    normal_client(&broker.bootstrap(), "normal").await;
+    for attacker in attackers {
+        let after = tokio::time::timeout(Duration::from_secs(15), attacker)
+            .await
+            .expect("stalled connection closed")
+            .unwrap();
+        assert!(
+            after >= Duration::from_millis(1500),
+            "closed after {after:?}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &broker.running,
+            "strata_connections_closed_total",
+            "reason=\"read_timeout\""
+        ),
+        4.0
+    );
+    support::eventually("the budget is back", || async {
+        metric(&broker.running, "strata_request_memory_reserved_bytes", "") == 0.0
+    })
+    .await;
+    normal_client(&broker.bootstrap(), "normal").await;
+    broker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_sent_connections_are_closed() {
+    let broker = TestBroker::start(&[("connections.max.idle.ms", "2000")]).await;
+    let mut idle = Vec::new();
+    for i in 0..6 {
+        let mut s = TcpStream::connect(broker.bootstrap()).await.unwrap();
+        if i % 2 == 1 {
+            // Half a length prefix: the read timeout (30 s) is not what closes it.
+            s.write_all(&[0, 0]).await.unwrap();
+        }
+        idle.push(tokio::spawn(closed_within(s, Duration::from_secs(10))));
+    }
+    // A client that sends a request every second is never closed.
+    let mut busy = KafkaConn::connect(&broker.bootstrap()).await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        let _: ApiVersionsResponse = busy
+            .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
+            .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for closed in idle {
+        assert!(closed.await.unwrap(), "idle connection closed within 10 s");
+    }
+    assert_eq!(metadata(&mut busy).await.brokers.len(), 1);
+    assert_eq!(
+        metric(
+            &broker.running,
+            "strata_connections_closed_total",
+            "reason=\"idle\""
+        ),
+        6.0
+    );
+    broker.running.shutdown().await;
+}
+
+async fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(format!("{ip}:0").parse().unwrap())
+        .expect("bind a loopback source address");
+    socket.connect(to).await.unwrap()
+}
+
+async fn open_connections(running: &strata::server::RunningBroker) -> f64 {
+    metric(running, "strata_connections_open", "listener=\"kafka\"")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_cap_refuses_at_once_and_serves_other_addresses() {
+    let broker = TestBroker::start(&[("max.connections.per.ip", "50")]).await;
+    let addr = broker.running.kafka_addr();
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        held.push(connect_from("127.0.0.1", addr).await);
+    }
+    support::eventually("50 connections served", || async {
+        open_connections(&broker.running).await == 50.0
+    })
+    .await;
+    let over = connect_from("127.0.0.1", addr).await;
+    assert!(
+        closed_within(over, Duration::from_secs(2)).await,
+        "the 51st is closed at once"
+    );
+    assert_eq!(
+        metric(
+            &broker.running,
+            "strata_connections_refused_total",
+            "reason=\"max_connections_per_ip\""
+        ),
+        1.0
+    );
+    let other = connect_from("127.0.0.2", addr).await;
+    let mut other = KafkaConn::from_stream(other);
+    assert_eq!(metadata(&mut other).await.brokers.len(), 1);
+    drop(held);
+    broker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_cap_refuses_at_once_then_serves_again() {
+    let broker = TestBroker::start(&[("max.connections", "100")]).await;
+    let addr = broker.running.kafka_addr();
+    let mut held = Vec::new();
+    for i in 0..100 {
+        let ip = if i % 2 == 0 { "127.0.0.1" } else { "127.0.0.3" };
+        held.push(connect_from(ip, addr).await);
+    }
+    support::eventually("100 connections served", || async {
+        open_connections(&broker.running).await == 100.0
+    })
+    .await;
+    let over = connect_from("127.0.0.4", addr).await;
+    assert!(
+        closed_within(over, Duration::from_secs(2)).await,
+        "the 101st is closed at once"
+    );
+    assert_eq!(
+        metric(
+            &broker.running,
+            "strata_connections_refused_total",
+            "reason=\"max_connections\""
+        ),
+        1.0
+    );
+    drop(held);
+    support::eventually("the others are gone", || async {
+        open_connections(&broker.running).await == 0.0
+    })
+    .await;
+    let mut conn = KafkaConn::connect(&broker.bootstrap()).await;
+    assert_eq!(metadata(&mut conn).await.brokers.len(), 1);
+    broker.running.shutdown().await;
+}

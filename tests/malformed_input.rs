@@ -370,8 +370,8 @@ fn corrupt_batches_get_their_kafka_error_codes() {
     assert!(bomb.len() < 100_000, "bomb compresses well: {}", bomb.len());
     assert_eq!(
         produce_code(&mut raw, "bad", bomb),
-        2,
-        "CORRUPT_MESSAGE for a decompression bomb"
+        10,
+        "MESSAGE_TOO_LARGE (not retriable) for a decompression bomb"
     );
 
     // Over max.message.bytes (compressed size counts).

@@ -47,7 +47,7 @@ pub enum BatchError {
     Codec(u8),
     #[error("decompression failed: {0}")]
     Decompress(String),
-    #[error("decompressed records exceed {limit} bytes")]
+    #[error("decompressed records exceed strata.batch.max.decompressed.bytes = {limit} bytes")]
     DecompressedTooLarge { limit: usize },
     #[error("batch of {size} bytes exceeds the maximum of {max} bytes")]
     TooLarge { size: usize, max: usize },
@@ -59,17 +59,21 @@ impl BatchError {
     /// Follows Kafka's `LogValidator` and `ProduceRequest.validateRecords`: a broken envelope
     /// (CRC, sizes, truncation, undecodable compressed payload) is CORRUPT_MESSAGE, a batch over
     /// `max.message.bytes` is MESSAGE_TOO_LARGE, a well-formed batch whose contents break the
-    /// rules (offset deltas, counts, headers, a non-v2 magic on Produce v3+) is INVALID_RECORD.
-    /// A decompression bomb is reported as corrupt: the client cannot fix it by splitting.
+    /// rules (offset deltas, counts, headers, a varint overflowing its field, a non-v2 magic on
+    /// Produce v3+) is INVALID_RECORD. A batch that decompresses past
+    /// `strata.batch.max.decompressed.bytes` is MESSAGE_TOO_LARGE too: clients do not retry it
+    /// (CORRUPT_MESSAGE is retriable, so librdkafka retried a bomb until its message timeout and
+    /// the application saw only "Message timed out").
     pub fn kafka_error_code(&self) -> i16 {
         use kafka_protocol::ResponseError;
         match self {
             BatchError::Truncated { .. }
             | BatchError::Length(_)
             | BatchError::Crc { .. }
-            | BatchError::Decompress(_)
-            | BatchError::DecompressedTooLarge { .. } => ResponseError::CorruptMessage.code(),
-            BatchError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
+            | BatchError::Decompress(_) => ResponseError::CorruptMessage.code(),
+            BatchError::TooLarge { .. } | BatchError::DecompressedTooLarge { .. } => {
+                ResponseError::MessageTooLarge.code()
+            }
             BatchError::Magic(_) | BatchError::InvalidRecord(_) => {
                 ResponseError::InvalidRecord.code()
             }

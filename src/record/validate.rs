@@ -471,7 +471,7 @@ mod tests {
     }
 
     #[test]
-    fn decompression_bomb_is_corrupt() {
+    fn decompression_bomb_is_message_too_large() {
         // A valid-looking batch whose records section inflates to 64 MiB of zeros; with a
         // 1 MiB bound it must stop early. (compression.rs tests the 1 GiB case.)
         let zeros = vec![0u8; 64 << 20];
@@ -495,7 +495,7 @@ mod tests {
                 Err(BatchError::DecompressedTooLarge { limit: 1 << 20 }),
                 "{codec:?}"
             );
-            assert_eq!(code(validate_batch(&batch, &limits)), CORRUPT_MESSAGE);
+            assert_eq!(code(validate_batch(&batch, &limits)), MESSAGE_TOO_LARGE);
         }
     }
 

@@ -6,8 +6,10 @@
 //! another byte follows. A varint takes at most 5 bytes, a varlong at most 10.
 //!
 //! Decoding is bounded: a continuation bit on the 5th (10th) byte is an error, never a longer
-//! read. As in Kafka's `ByteUtils.readVarint`, bits of the last byte beyond 32 (64) are dropped
-//! rather than rejected, so we accept exactly what Kafka accepts.
+//! read. A last byte carrying bits beyond 32 (64) is an error too ([`VarintError::Overflow`]):
+//! Kafka's `ByteUtils.readVarint` drops those bits, so a header count sent as `80 80 80 80 10`
+//! (2^32) reads as 0 and the record is stored, but consumers that check (librdkafka, kafka-python)
+//! then fail on it. Producers never write such a varint; it is refused at produce.
 
 use thiserror::Error;
 
@@ -22,6 +24,8 @@ pub enum VarintError {
     Truncated,
     #[error("varint longer than {0} bytes")]
     TooLong(usize),
+    #[error("varint overflows its {0}-bit field")]
+    Overflow(u32),
 }
 
 /// Reads the unsigned base-128 value of at most `max_len` bytes from the start of `buf`.
@@ -29,8 +33,14 @@ pub enum VarintError {
 #[inline]
 fn read_unsigned(buf: &[u8], max_len: usize) -> Result<(u64, usize), VarintError> {
     let mut value: u64 = 0;
+    // Bits the last byte may carry: 32 - 4 * 7 = 4 of a varint, 64 - 9 * 7 = 1 of a varlong.
+    let bits = if max_len == MAX_VARINT_LEN { 32 } else { 64 };
+    let last_bits = bits - 7 * (max_len as u32 - 1);
     for (i, &byte) in buf.iter().take(max_len).enumerate() {
-        // i < 10, so the shift is at most 63: bits pushed past 64 are dropped, as in Kafka.
+        if i == max_len - 1 && byte & 0x80 == 0 && u32::from(byte) >> last_bits != 0 {
+            return Err(VarintError::Overflow(bits));
+        }
+        // i < 10, so the shift is at most 63.
         value |= u64::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
             return Ok((value, i + 1));
@@ -47,7 +57,7 @@ fn read_unsigned(buf: &[u8], max_len: usize) -> Result<(u64, usize), VarintError
 #[inline]
 pub fn decode_varint(buf: &[u8]) -> Result<(i32, usize), VarintError> {
     let (raw, len) = read_unsigned(buf, MAX_VARINT_LEN)?;
-    // Truncating to 32 bits drops what the 5th byte carried beyond bit 31 (Kafka does the same).
+    // Fits: read_unsigned refused a 5th byte beyond bit 31.
     let raw = raw as u32;
     Ok((((raw >> 1) as i32) ^ -((raw & 1) as i32), len))
 }
@@ -151,6 +161,24 @@ mod tests {
             decode_varlong(&[0xff; 11]),
             Err(VarintError::TooLong(MAX_VARLONG_LEN))
         );
+    }
+
+    #[test]
+    fn rejects_overflow() {
+        // 2^32: Kafka truncates it to 0.
+        assert_eq!(
+            decode_varint(&[0x80, 0x80, 0x80, 0x80, 0x10]),
+            Err(VarintError::Overflow(32))
+        );
+        assert_eq!(
+            decode_varint(&[0xff, 0xff, 0xff, 0xff, 0x7f]),
+            Err(VarintError::Overflow(32))
+        );
+        let mut long = [0xff; 10];
+        long[9] = 0x02;
+        assert_eq!(decode_varlong(&long), Err(VarintError::Overflow(64)));
+        long[9] = 0x01;
+        assert!(decode_varlong(&long).is_ok());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod coordinator;
+pub mod cpu;
 pub mod error;
 pub mod fsutil;
 pub mod log;

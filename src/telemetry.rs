@@ -44,6 +44,8 @@ struct Inner {
     node_id: i32,
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// The broker's pool for CPU-heavy request work (`crate::cpu`).
+    cpu: crate::cpu::CpuPool,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -73,6 +75,11 @@ impl Drop for Restore {
 impl Telemetry {
     /// A fresh recorder for broker `node_id`; every series it renders carries `node_id`.
     pub fn new(node_id: i32) -> Telemetry {
+        Telemetry::with_cpu_threads(node_id, 0)
+    }
+
+    /// [`Telemetry::new`] whose CPU pool has `threads` threads (0: the number of cores).
+    pub fn with_cpu_threads(node_id: i32, threads: usize) -> Telemetry {
         let recorder = PrometheusBuilder::new()
             .add_global_label("node_id", node_id.to_string())
             .build_recorder();
@@ -82,12 +89,18 @@ impl Telemetry {
                 node_id,
                 recorder,
                 handle,
+                cpu: crate::cpu::CpuPool::new(threads),
             }),
         }
     }
 
     pub fn node_id(&self) -> i32 {
         self.inner.node_id
+    }
+
+    /// The broker's pool for CPU-heavy request work.
+    pub fn cpu(&self) -> &crate::cpu::CpuPool {
+        &self.inner.cpu
     }
 
     /// The Prometheus text exposition of everything this broker recorded.

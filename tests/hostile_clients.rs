@@ -275,3 +275,111 @@ async fn total_cap_refuses_at_once_then_serves_again() {
     assert_eq!(metadata(&mut conn).await.brokers.len(), 1);
     broker.running.shutdown().await;
 }
+
+/// One produce request to partitions 0..50 of `topic`, each a gzip batch of 60 000 small
+/// records (~1.2 MiB):
+/// 60 MiB to decompress and validate per request.
+fn heavy_produce(topic: &str) -> ProduceRequest {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use strata::record::batch::Codec;
+    use strata::record::builder::BatchBuilder;
+    // Text with a pseudo-random byte every 8th place: gzip finds only short matches, so it
+    // compresses ~10x and inflates slowly, like real data rather than zeros.
+    let phrase = b"the quick brown fox jumps over the lazy dog; ";
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut b = BatchBuilder::new(Codec::Gzip);
+    for i in 0..60_000usize {
+        let value: Vec<u8> = (0..12)
+            .map(|j| {
+                if j % 8 == 0 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    b'a' + (seed % 26) as u8
+                } else {
+                    phrase[(i + j) % phrase.len()]
+                }
+            })
+            .collect();
+        b.record(now_ms(), None, Some(&value), &[]);
+    }
+    let records = bytes::Bytes::from(b.build());
+    ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic_name(topic))
+            .with_partition_data(
+                (0..50)
+                    .map(|i| {
+                        PartitionProduceData::default()
+                            .with_index(i)
+                            .with_records(Some(records.clone()))
+                    })
+                    .collect(),
+            )])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_heavy_producers_do_not_starve_metadata() {
+    let broker = TestBroker::start(&[]).await;
+    broker
+        .running
+        .broker
+        .create_topic("heavy", 50, 1, &Default::default(), false)
+        .await
+        .unwrap();
+    let request = heavy_produce("heavy");
+    let size = request.topic_data[0].partition_data[0]
+        .records
+        .as_ref()
+        .map_or(0, |r| r.len());
+    let mut conn = KafkaConn::connect(&broker.bootstrap()).await;
+    let started = Instant::now();
+    let _: ProduceResponse = conn.call(ApiKey::Produce, 9, &request).await;
+    eprintln!(
+        "one heavy request: 50 batches of {size} bytes, 1.2 MB each decompressed, served in {:?}",
+        started.elapsed()
+    );
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let answered = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut producers = Vec::new();
+    for _ in 0..4 {
+        let (addr, request) = (broker.bootstrap(), request.clone());
+        let (stop, answered) = (stop.clone(), answered.clone());
+        producers.push(tokio::spawn(async move {
+            let mut conn = KafkaConn::connect(&addr).await;
+            while !stop.load(Ordering::Relaxed) {
+                let r: ProduceResponse = conn.call(ApiKey::Produce, 9, &request).await;
+                assert!(r.responses[0]
+                    .partition_responses
+                    .iter()
+                    .all(|p| p.error_code == 0));
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    support::eventually("the heavy producers are going", || async {
+        answered.load(Ordering::Relaxed) >= 4
+    })
+    .await;
+    let mut conn = KafkaConn::connect(&broker.bootstrap()).await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(2), metadata(&mut conn))
+            .await
+            .unwrap_or_else(|_| panic!("Metadata {i} not answered within 2 s"));
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for p in producers {
+        p.await.unwrap();
+    }
+    let requests = answered.load(Ordering::Relaxed);
+    eprintln!("slowest Metadata {slowest:?} while {requests} heavy requests were served");
+    assert!(requests > 0, "the heavy producers were served too");
+    broker.running.shutdown().await;
+}

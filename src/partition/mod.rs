@@ -315,7 +315,12 @@ impl Partition {
             }
             return Err(ProduceError::BatchCount(batches.len()));
         }
-        let validated = validate_batch(&records, &limits)?;
+        // Decompression and validation run on the broker's CPU pool, off the threads that
+        // serve connections (issue 17).
+        let validated = {
+            let records = records.clone();
+            crate::cpu::run(move || validate_batch(&records, &limits)).await?
+        };
         if validated.header.is_transactional() || validated.header.is_control() {
             return Err(ProduceError::Transactional);
         }

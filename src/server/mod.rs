@@ -80,7 +80,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
 /// Builds the broker's [`Telemetry`] first: everything the broker does from here on — opening
 /// the log included — records into it, in its scope.
 pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<RunningBroker> {
-    let telemetry = Telemetry::new(config.node_id);
+    let telemetry = Telemetry::with_cpu_threads(config.node_id, config.broker.request_cpu_threads);
     telemetry
         .scope(start_in_scope(config, clock, telemetry.clone()))
         .await

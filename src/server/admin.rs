@@ -1,16 +1,23 @@
 //! Admin HTTP: /healthz (the process answers), /readyz (log recovered and Kafka listener bound),
 //! /metrics (Prometheus text format), /v1/topics/{topic} (what each tier of each partition holds,
 //! as JSON).
+//!
+//! Connections are capped and timed out (`admin_conn`); each route takes a request body of at
+//! most [`max_body_bytes`].
 
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::Path;
+use axum::body::Body;
+use axum::extract::{Path, Request};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use super::accept::Acceptor;
+use super::admin_conn::AdminLimits;
 
 use crate::broker::{Broker, Topic};
 use crate::telemetry::Telemetry;
@@ -19,14 +26,16 @@ use crate::telemetry::Telemetry;
 /// `/metrics` renders this broker's own `telemetry`. axum serves each connection in a task of
 /// its own, outside the broker's scope: the handlers that touch the broker enter it themselves.
 pub async fn serve(
-    listener: TcpListener,
+    acceptor: Acceptor,
+    limits: AdminLimits,
     broker: Arc<OnceLock<Arc<Broker>>>,
     telemetry: Telemetry,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let ready = broker.clone();
     let for_topics = broker.clone();
     let topics_scope = telemetry.clone();
+    let connections_scope = telemetry.clone();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -69,14 +78,42 @@ pub async fn serve(
                 topics_scope.scope(async move { topic_status(broker, &name).await })
             }),
         );
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "admin listener failed");
+    let app = app.layer(axum::middleware::from_fn(limit_body));
+    super::admin_conn::serve(acceptor, app, limits, connections_scope, shutdown).await;
+}
+
+/// Largest request body a route takes: the GET routes none; a route added later (a POST of
+/// SQL) gets a modest default until it states its own.
+fn max_body_bytes(method: &axum::http::Method, path: &str) -> usize {
+    const DEFAULT: usize = 1 << 20;
+    let get_route =
+        ["/healthz", "/readyz", "/metrics"].contains(&path) || path.starts_with("/v1/topics/");
+    if get_route && (method == axum::http::Method::GET || method == axum::http::Method::HEAD) {
+        0
+    } else {
+        DEFAULT
     }
+}
+
+/// 413 for a body declared larger than its route takes; a body of undeclared length is cut
+/// off at the limit (reading past it fails).
+async fn limit_body(request: Request, next: Next) -> Response {
+    let limit = max_body_bytes(request.method(), request.uri().path());
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        metrics::counter!("strata_admin_bodies_refused_total").increment(1);
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("this route takes a body of at most {limit} bytes\n"),
+        )
+            .into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let body = Body::new(http_body_util::Limited::new(body, limit));
+    next.run(Request::from_parts(parts, body)).await
 }
 
 async fn topic_status(broker: Option<Arc<Broker>>, name: &str) -> Response {

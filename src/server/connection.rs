@@ -49,7 +49,7 @@ pub async fn serve(
             frame = read_frame(&mut reader, limits.max_frame, &budget, limits.read_timeout) => frame,
             _ = idle => {
                 tracing::debug!(%peer, "closing idle connection");
-                metrics::counter!("strata_connections_closed_total", "reason" => "idle").increment(1);
+                metrics::counter!("strata_connections_closed_total", "listener" => "kafka", "reason" => "idle").increment(1);
                 break;
             }
             _ = shutdown.changed() => break,
@@ -63,7 +63,7 @@ pub async fn serve(
             }
             Err(e @ FrameError::ReadTimeout(_)) => {
                 tracing::info!(%peer, error = %e, "closing connection: request too slow");
-                metrics::counter!("strata_connections_closed_total", "reason" => "read_timeout")
+                metrics::counter!("strata_connections_closed_total", "listener" => "kafka", "reason" => "read_timeout")
                     .increment(1);
                 break;
             }

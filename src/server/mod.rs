@@ -3,6 +3,7 @@
 
 mod accept;
 mod admin;
+mod admin_conn;
 mod connection;
 
 use std::net::SocketAddr;
@@ -106,7 +107,21 @@ async fn start_in_scope(
     telemetry.spawn_in(
         &mut tasks,
         admin::serve(
-            admin_listener,
+            accept::Acceptor::new(
+                admin_listener,
+                accept::Caps::new(
+                    "admin",
+                    config.broker.admin_max_connections,
+                    usize::MAX,
+                    Default::default(),
+                ),
+            ),
+            admin_conn::AdminLimits {
+                header_read_timeout: Duration::from_millis(
+                    config.broker.admin_header_read_timeout_ms as u64,
+                ),
+                idle: Duration::from_millis(config.broker.admin_idle_timeout_ms as u64),
+            },
             ready.clone(),
             telemetry.clone(),
             shutdown_rx.clone(),

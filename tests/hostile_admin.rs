@@ -47,7 +47,11 @@ async fn over_the_cap_is_closed_at_once_and_healthz_still_answers() {
         held.push(TcpStream::connect(&admin).await.unwrap());
     }
     support::eventually("256 admin connections open", || async {
-        metric(&broker.running, "strata_connections_open", "listener=\"admin\"") == 256.0
+        metric(
+            &broker.running,
+            "strata_connections_open",
+            "listener=\"admin\"",
+        ) == 256.0
     })
     .await;
     for i in 256..300 {
@@ -70,7 +74,11 @@ async fn over_the_cap_is_closed_at_once_and_healthz_still_answers() {
     assert_eq!(get_on(&mut held[0], "/healthz", "").await, 200);
     drop(held);
     support::eventually("the idle ones are gone", || async {
-        metric(&broker.running, "strata_connections_open", "listener=\"admin\"") == 0.0
+        metric(
+            &broker.running,
+            "strata_connections_open",
+            "listener=\"admin\"",
+        ) == 0.0
     })
     .await;
     assert_eq!(http_get(&admin, "/healthz").await.0, 200);

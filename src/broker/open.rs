@@ -66,9 +66,7 @@ pub(super) fn open_topic(
             for p in partitions.drain(first_new..) {
                 let dir = p.dir();
                 drop(p);
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
-                    tracing::warn!(dir = %dir.display(), error = %e, "could not remove a new partition that failed to open");
-                }
+                remove_new_dir(&dir);
             }
         }
         return Err(e);
@@ -125,17 +123,37 @@ fn open_partitions(
             tracing::warn!(dir = %dir.display(), topic_id = %record.id, "partition directory belongs to another topic id");
             move_stray_aside(&dir).map_err(storage)?;
         }
-        let partition = Partition::open(
+        let opened = Partition::open(
             &dir,
             &record.name,
             index,
             topic_config.clone(),
             context,
             clock.now_ms(),
-        )
-        .map_err(ApiError::from)?;
-        if topic_id_of(&dir).map_err(storage)?.is_none() {
-            write_topic_id(&dir, record.id).map_err(storage)?;
+        );
+        let partition = match opened {
+            Ok(p) => p,
+            Err(e) => {
+                if opening == Opening::New {
+                    // Whatever the failed open made (EMFILE half-way through creating the
+                    // segment files) goes with it: left in place, the next creation of this
+                    // topic would move it aside as a stray.
+                    remove_new_dir(&dir);
+                }
+                return Err(ApiError::from(e));
+            }
+        };
+        let recorded = match topic_id_of(&dir) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => write_topic_id(&dir, record.id),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
+            drop(partition);
+            if opening == Opening::New {
+                remove_new_dir(&dir);
+            }
+            return Err(storage(e));
         }
         partitions.push(Arc::new(partition));
         partitions.sort_by_key(|p| p.index);
@@ -200,10 +218,68 @@ pub(super) fn move_stray_aside(dir: &Path) -> std::io::Result<()> {
     if !dir.exists() {
         return Ok(());
     }
+    if holds_nothing(dir) {
+        // Only empty files (a creation that failed and could not clean up): nothing to keep.
+        std::fs::remove_dir_all(dir)?;
+        tracing::info!(dir = %dir.display(), "removed an empty partition directory left by a failed creation");
+        return Ok(());
+    }
     let stray = crate::partition::aside(dir, crate::partition::STRAY_SUFFIX);
     std::fs::rename(dir, &stray)?;
     tracing::warn!(dir = %dir.display(), moved_to = %stray.display(), "a directory was already where a new partition goes; moved aside, not loaded");
     Ok(())
+}
+
+/// Removes the directory of a new partition that failed to open or whose topic failed to
+/// open. Removing needs a descriptor (to list it), which is what may have run out: then it is
+/// renamed as deleted (a rename needs none), so that it is never taken for a stray and goes at
+/// the next start, and removal is tried once more a little later.
+fn remove_new_dir(dir: &Path) {
+    let Err(e) = std::fs::remove_dir_all(dir) else {
+        return;
+    };
+    if e.kind() == std::io::ErrorKind::NotFound {
+        return;
+    }
+    let doomed = crate::partition::aside(dir, crate::partition::DELETED_SUFFIX);
+    if let Err(e) = std::fs::rename(dir, &doomed) {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not remove a new partition that failed to open");
+        return;
+    }
+    tracing::warn!(dir = %dir.display(), error = %e, "could not remove a new partition that failed to open; renamed to be removed");
+    if tokio::runtime::Handle::try_current().is_ok() {
+        drop(crate::telemetry::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let doomed = doomed.clone();
+                let removed =
+                    crate::telemetry::spawn_blocking(move || std::fs::remove_dir_all(&doomed))
+                        .await;
+                if matches!(removed, Ok(Ok(()))) {
+                    return;
+                }
+            }
+        }));
+    }
+}
+
+/// Whether `dir` holds no data: only empty files, at most a few (never a real partition's log).
+fn holds_nothing(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut seen = 0;
+    for entry in entries {
+        let Ok(entry) = entry else {
+            return false;
+        };
+        seen += 1;
+        let empty_file = entry.metadata().is_ok_and(|m| m.is_file() && m.len() == 0);
+        if !empty_file || seen > 16 {
+            return false;
+        }
+    }
+    true
 }
 
 /// Removes what DeleteTopics moved aside and could not remove before the broker stopped.

@@ -1,0 +1,188 @@
+//! Auto-create with the open-file limit exhausted (issue 17): KAFKA_STORAGE_ERROR, no directory
+//! left behind (before, each failed attempt left an empty `*-stray` directory), and auto-create
+//! works again once descriptors free up. The broker runs as a child process whose open-file
+//! limit (soft and hard) is lowered with setrlimit, so the test process keeps its own.
+
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
+use support::{topic_name, KafkaConn};
+use tokio::net::TcpStream;
+
+const OPEN_FILES: u64 = 200;
+const KAFKA_STORAGE_ERROR: i16 = 56;
+
+struct Child9(Child);
+
+impl Drop for Child9 {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &Path, port: u16) -> Child9 {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+    command
+        .args(["serve", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(["--set", "max.connections=100000"])
+        .args(["--set", "offsets.topic.num.partitions=1"])
+        .args(["--set", "remote.log.storage.system.enable=false"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: OPEN_FILES,
+                rlim_max: OPEN_FILES,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("spawn strata");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("ready line");
+    assert!(
+        line.starts_with("strata ready"),
+        "unexpected first line {line:?}"
+    );
+    Child9(child)
+}
+
+fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
+}
+
+/// Opens or closes idle connections until the broker has exactly `free` descriptors left.
+async fn leave_free(pid: u32, addr: &str, fillers: &mut Vec<TcpStream>, free: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "could not leave {free} descriptors free"
+        );
+        let open = open_fds(pid);
+        if open + free == OPEN_FILES {
+            // Settled: nothing transient in flight.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if open_fds(pid) == open {
+                return;
+            }
+            continue;
+        }
+        if open + free < OPEN_FILES {
+            fillers.push(TcpStream::connect(addr).await.unwrap());
+        } else {
+            fillers.pop();
+        }
+        let moved = Instant::now();
+        while open_fds(pid) == open && moved.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn auto_create(conn: &mut KafkaConn, topic: &str) -> i16 {
+    let request = MetadataRequest::default()
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name(topic)))
+        ]))
+        .with_allow_auto_topic_creation(true);
+    let r: MetadataResponse = conn.call(ApiKey::Metadata, 12, &request).await;
+    r.topics[0].error_code
+}
+
+/// Directories in topics/ that belong to `topic` or are left-overs of any failed creation.
+fn left_behind(dir: &Path, topic: &str) -> Vec<String> {
+    std::fs::read_dir(dir.join("topics"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("{topic}-")) || n.ends_with("-stray"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_create_with_descriptors_exhausted_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let port = support::reusable_port();
+    let broker = start(&dir, port);
+    let pid = broker.0.id();
+    let addr = format!("127.0.0.1:{port}");
+    let mut client = KafkaConn::connect(&addr).await;
+    assert_eq!(auto_create(&mut client, "warm").await, 0);
+
+    // From no descriptor free to a few: each creation fails somewhere else (the catalogue, the
+    // directory, the segment files) or succeeds.
+    let mut fillers = Vec::new();
+    let mut codes = Vec::new();
+    for free in 0..6 {
+        leave_free(pid, &addr, &mut fillers, free).await;
+        let topic = format!("auto{free}");
+        let code = auto_create(&mut client, &topic).await;
+        if code != 0 {
+            assert_eq!(
+                code, KAFKA_STORAGE_ERROR,
+                "{topic} with {free} descriptors free"
+            );
+            support::eventually(&format!("nothing of {topic} left"), || async {
+                left_behind(&dir, &topic).is_empty()
+            })
+            .await;
+        }
+        codes.push((topic, code));
+    }
+    eprintln!("auto-create with 0..6 descriptors free: {codes:?}");
+    assert!(codes.iter().any(|(_, c)| *c == KAFKA_STORAGE_ERROR));
+
+    drop(fillers);
+    for (topic, _) in &codes {
+        support::eventually(
+            &format!("{topic} is created once descriptors are back"),
+            || async { auto_create(&mut KafkaConn::connect(&addr).await, topic).await == 0 },
+        )
+        .await;
+    }
+    let strays: Vec<_> = left_behind(&dir, "-")
+        .into_iter()
+        .chain(
+            std::fs::read_dir(dir.join("topics"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with("-delete")),
+        )
+        .collect();
+    assert!(strays.is_empty(), "left behind: {strays:?}");
+    drop(broker);
+}

@@ -383,3 +383,20 @@ async fn cpu_heavy_producers_do_not_starve_metadata() {
     assert!(requests > 0, "the heavy producers were served too");
     broker.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_limits_at_work() {
+    let broker = TestBroker::start(&[]).await;
+    let (_, text) = support::http_get(&broker.admin(), "/metrics").await;
+    for name in [
+        "strata_connections_open{",
+        "strata_request_memory_reserved_bytes{",
+        "strata_request_memory_waiting_bytes{",
+        "strata_request_cpu_threads{",
+        "strata_request_cpu_queued{",
+    ] {
+        assert!(text.contains(name), "/metrics has {name}");
+    }
+    assert!(text.contains("listener=\"kafka\"") && text.contains("listener=\"admin\""));
+    broker.running.shutdown().await;
+}

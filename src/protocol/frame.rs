@@ -93,7 +93,8 @@ impl MemoryBudget {
         self.record();
     }
 
-    fn record(&self) {
+    /// Publishes the budget's gauges (reserved and waiting bytes).
+    pub fn record(&self) {
         metrics::gauge!("strata_request_memory_reserved_bytes")
             .set((self.total - self.available()) as f64);
         metrics::gauge!("strata_request_memory_waiting_bytes")

@@ -58,6 +58,7 @@ impl Caps {
         per_ip: usize,
         per_ip_overrides: BTreeMap<IpAddr, usize>,
     ) -> Arc<Caps> {
+        metrics::gauge!("strata_connections_open", "listener" => listener).set(0.0);
         Arc::new(Caps {
             listener,
             max,

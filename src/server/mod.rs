@@ -158,6 +158,9 @@ async fn start_in_scope(
 
     let settings = &broker.config.broker;
     let budget = MemoryBudget::new(settings.queued_max_request_bytes);
+    budget.record();
+    metrics::gauge!("strata_request_cpu_threads").set(telemetry.cpu().threads() as f64);
+    metrics::gauge!("strata_request_cpu_queued").set(0.0);
     let limits = connection::Limits {
         max_frame: settings.socket_request_max_bytes,
         idle: Duration::from_millis(settings.connections_max_idle_ms as u64),

@@ -8,29 +8,55 @@
 //! jobs at once, queued first come first served. A connection still awaits its own job before
 //! its next request, so its responses stay in order.
 //!
+//! The threads are the pool's own, at a lower priority than the runtime's (nice 10), so a
+//! core taken by decompression is given back to a connection the moment it has work.
+//!
 //! The pool belongs to the broker's scope ([`crate::telemetry::Telemetry`]), like its metrics:
 //! code deep in a partition reaches it with [`run`] without a handle threaded through every
 //! layer; outside any scope (unit tests) the work runs inline.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
-
-use tokio::sync::Semaphore;
 
 use crate::telemetry::Telemetry;
 
+/// The pool's threads run at this nice level (Linux, per thread): when the cores are all busy,
+/// the threads serving connections come first, and the pool still has every idle cycle.
+const POOL_NICE: i32 = 10;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads taking jobs first come, first served. Cheap to clone; the threads
+/// stop when the last clone is dropped.
 #[derive(Clone)]
 pub struct CpuPool {
-    slots: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    _stop: Arc<StopOnDrop>,
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<Job>>,
+    ready: Condvar,
+    stopped: AtomicBool,
     threads: usize,
-    queued: Arc<AtomicUsize>,
+}
+
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::SeqCst);
+        self.0.ready.notify_all();
+    }
 }
 
 impl std::fmt::Debug for CpuPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CpuPool")
-            .field("threads", &self.threads)
+            .field("threads", &self.shared.threads)
             .finish_non_exhaustive()
     }
 }
@@ -43,62 +69,110 @@ impl CpuPool {
         } else {
             threads
         };
-        CpuPool {
-            slots: Arc::new(Semaphore::new(threads)),
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            stopped: AtomicBool::new(false),
             threads,
-            queued: Arc::new(AtomicUsize::new(0)),
+        });
+        for i in 0..threads {
+            let shared = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("strata-cpu-{i}"))
+                .spawn(move || work(&shared));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start a CPU pool thread");
+            }
+        }
+        CpuPool {
+            _stop: Arc::new(StopOnDrop(shared.clone())),
+            shared,
         }
     }
 
     pub fn threads(&self) -> usize {
-        self.threads
+        self.shared.threads
     }
 
-    /// Runs `f` on a blocking thread of `scope` once one of the pool's slots is free. A panic in
-    /// `f` resumes in the caller, as if `f` had run there.
+    /// Runs `f` on one of the pool's threads, in `scope`, after the jobs queued before it. A
+    /// panic in `f` resumes in the caller, as if `f` had run there.
     pub async fn run<F, R>(&self, scope: &Telemetry, f: F) -> R
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let queued = Queued::new(&self.queued);
-        // Never closed: acquiring cannot fail.
-        let slot = self.slots.clone().acquire_owned().await;
-        drop(queued);
-        let job = scope.spawn_blocking(move || {
-            let started = Instant::now();
-            let out = f();
-            metrics::histogram!("strata_request_cpu_job_seconds")
-                .record(started.elapsed().as_secs_f64());
-            drop(slot);
-            out
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let scope = scope.clone();
+        let shared = self.shared.clone();
+        let job: Job = Box::new(move || {
+            if tx.is_closed() {
+                // Its caller is gone (a closed connection): nobody waits for the result.
+                return;
+            }
+            scope.in_scope(|| {
+                metrics::gauge!("strata_request_cpu_queued").set(shared.queued() as f64);
+                let started = Instant::now();
+                let out = std::panic::catch_unwind(AssertUnwindSafe(f));
+                metrics::histogram!("strata_request_cpu_job_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                let _ = tx.send(out);
+            });
         });
-        match job.await {
-            Ok(out) => out,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Only when the runtime shuts down, which drops the waiting task too.
+        let queued = {
+            let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.push_back(job);
+            queue.len()
+        };
+        self.shared.ready.notify_one();
+        metrics::gauge!("strata_request_cpu_queued").set(queued as f64);
+        match rx.await {
+            Ok(Ok(out)) => out,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            // Only when the pool stops, with the broker: its tasks are being dropped too.
             Err(_) => std::future::pending().await,
         }
     }
 }
 
-/// Counts a job waiting for a slot, also when its caller gives up (a dropped connection).
-struct Queued<'a>(&'a AtomicUsize);
-
-impl<'a> Queued<'a> {
-    fn new(count: &'a AtomicUsize) -> Queued<'a> {
-        let n = count.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!("strata_request_cpu_queued").set(n as f64);
-        Queued(count)
+impl Shared {
+    fn queued(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        let n = self.0.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::gauge!("strata_request_cpu_queued").set(n as f64);
+fn work(shared: &Shared) {
+    lower_priority();
+    loop {
+        let job = {
+            let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if shared.stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Some(job) = queue.pop_front() {
+                    break job;
+                }
+                queue = shared.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        job();
     }
 }
+
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // SAFETY: gettid and setpriority on this thread only; no memory is touched.
+    let failed = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, POOL_NICE) != 0
+    };
+    if failed {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the CPU pool's priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
 
 /// Runs `f` on the CPU pool of the broker whose scope this is; inline outside every scope.
 pub async fn run<F, R>(f: F) -> R
@@ -122,6 +196,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn at_most_threads_jobs_at_once() {
         let scope = Telemetry::with_cpu_threads(1, 2);
+        use std::sync::atomic::AtomicUsize;
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
         let jobs: Vec<_> = (0..8)

@@ -66,6 +66,30 @@ impl Conn {
         ResponseHeader::decode(&mut body, api.response_header_version(version))?;
         S::decode(&mut body, version)
     }
+
+    /// Sends a request already framed (length prefix included) and reads its response frame.
+    async fn call_raw(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(frame).await?;
+        let len = self.stream.read_i32().await?;
+        let mut body = vec![0u8; len.max(0) as usize];
+        self.stream.read_exact(&mut body).await.map(drop)
+    }
+}
+
+/// `request` framed once, so that the attack's own encoding does not compete for the cores.
+fn framed<R: Encodable>(api: ApiKey, version: i16, request: &R) -> anyhow::Result<Bytes> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .with_client_id(Some(StrBytes::from_static_str("hostile-bench")));
+    let mut buf = BytesMut::new();
+    header.encode(&mut buf, api.request_header_version(version))?;
+    request.encode(&mut buf, version)?;
+    let mut frame = BytesMut::with_capacity(buf.len() + 4);
+    frame.extend_from_slice(&(buf.len() as i32).to_be_bytes());
+    frame.extend_from_slice(&buf);
+    Ok(frame.freeze())
 }
 
 fn arg(name: &str, default: &str) -> String {
@@ -138,20 +162,14 @@ async fn main() -> anyhow::Result<()> {
                     .with_num_partitions(50)
                     .with_replication_factor(1)]);
             let _: CreateTopicsResponse = admin.call(ApiKey::CreateTopics, 5, &create).await?;
-            let request = heavy_produce();
+            let frame = framed(ApiKey::Produce, 9, &heavy_produce())?;
             for _ in 0..4 {
-                let (addr, request) = (addr.clone(), request.clone());
+                let (addr, frame) = (addr.clone(), frame.clone());
                 tasks.push(tokio::spawn(async move {
                     let Ok(mut conn) = Conn::connect(&addr).await else {
                         return;
                     };
-                    loop {
-                        let r: anyhow::Result<ProduceResponse> =
-                            conn.call(ApiKey::Produce, 9, &request).await;
-                        if r.is_err() {
-                            return;
-                        }
-                    }
+                    while conn.call_raw(&frame).await.is_ok() {}
                 }));
             }
         }

@@ -317,10 +317,7 @@ impl Partition {
         }
         // Decompression and validation run on the broker's CPU pool, off the threads that
         // serve connections (issue 17).
-        let validated = {
-            let records = records.clone();
-            crate::cpu::run(move || validate_batch(&records, &limits)).await?
-        };
+        let validated = crate::cpu::validate_batch(records.clone(), limits).await?;
         if validated.header.is_transactional() || validated.header.is_control() {
             return Err(ProduceError::Transactional);
         }

@@ -2,7 +2,7 @@
 # A focused A/B of the hot paths: a fresh release broker per run, strata-bench produce (1 KiB,
 # acks=1, 2 M records) then consume of the same records, two binary directories alternating.
 #
-#   OLD=old/target/release NEW=target/release ROUNDS=6 infra/bench/produce_ab.sh
+#   OLD=old/target/release NEW=target/release ROUNDS=6 [RECORDS=2000000] infra/bench/produce_ab.sh
 set -u
 : "${OLD:?directory with the old strata and strata-bench}" "${NEW:?directory with the new ones}"
 port=${STRATA_BENCH_PORT:-39392}
@@ -17,9 +17,9 @@ for round in $(seq "${ROUNDS:-6}"); do
       if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
       sleep 0.1
     done
-    p=$("$dir/strata-bench" produce --bootstrap "127.0.0.1:$port" --topic t --records 2000000 \
+    p=$("$dir/strata-bench" produce --bootstrap "127.0.0.1:$port" --topic t --records "${RECORDS:-2000000}" \
       --acks 1 --broker-pid "$pid" --json 2>/dev/null | tail -1)
-    c=$("$dir/strata-bench" consume --bootstrap "127.0.0.1:$port" --topic t --records 2000000 \
+    c=$("$dir/strata-bench" consume --bootstrap "127.0.0.1:$port" --topic t --records "${RECORDS:-2000000}" \
       --broker-pid "$pid" --json 2>/dev/null | tail -1)
     kill "$pid"
     wait "$pid" 2>/dev/null

@@ -192,8 +192,6 @@ impl Acceptor {
     }
 
     fn refuse(&mut self, stream: TcpStream, peer: SocketAddr, reason: Refused) {
-        // Closed at once: the client sees the connection end instead of waiting in a queue.
-        drop(stream);
         metrics::counter!("strata_connections_refused_total", "listener" => self.caps.listener, "reason" => reason.label())
             .increment(1);
         if let Some(n) = self.refused_log.tick() {
@@ -206,6 +204,9 @@ impl Acceptor {
                 "connection refused: over a connection cap"
             );
         }
+        // Closed at once (counted first, so whoever sees it closed sees it counted): the
+        // client sees the connection end instead of waiting in a queue.
+        drop(stream);
     }
 }
 

@@ -256,7 +256,13 @@ pub fn record_partition(p: &Partition) {
 /// Logs to stderr; `RUST_LOG` filters (default info).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // openraft warns on every heartbeat and append to an unreachable peer (five times a
+        // second while a broker is down); strata logs the peer's state itself.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,openraft::core::heartbeat=error,openraft::replication=error,openraft::engine::handler::replication_handler=error",
+            )
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -75,6 +75,11 @@ const PROPOSE_DEADLINE: Duration = Duration::from_secs(15);
 /// How often the upkeep (formation, rejoin, learning, identity) looks again.
 const UPKEEP: Duration = Duration::from_millis(300);
 const RPC_DEADLINE: Duration = Duration::from_secs(5);
+/// A command forwarded to the leader: it answers once the entry is applied there, which takes
+/// milliseconds; a leader that does not answer in this long is likely gone, so the proposer
+/// looks for the next one instead of waiting (a retried CreateTopics is recognised by its topic
+/// id, `state.rs`).
+const FORWARD_DEADLINE: Duration = Duration::from_secs(2);
 
 pub struct QuorumConfig {
     pub node_id: i32,
@@ -299,7 +304,7 @@ impl Quorum {
             };
             if let (Some(leader), Some(endpoint)) = (leader, &self.endpoint) {
                 let request = Request::Propose(command.clone());
-                match network::call(endpoint, leader, &request, RPC_DEADLINE).await {
+                match network::call(endpoint, leader, &request, FORWARD_DEADLINE).await {
                     Ok(Reply::Proposed { index, outcome }) => {
                         self.caught_up_to(index).await?;
                         return Ok((index, outcome));

@@ -132,6 +132,7 @@ pub enum Outcome {
         start: i64,
         end: i64,
     },
+    /// `message` is the topic's name for TopicExists and UnknownTopic, else the reason.
     Refused {
         kind: Refusal,
         message: String,
@@ -297,11 +298,16 @@ impl ClusterState {
                 record,
                 replication_factor,
             } => {
+                if self
+                    .topics
+                    .get(&record.name)
+                    .is_some_and(|t| t.record.id == record.id)
+                {
+                    // The same proposal again (a retry after a lost answer): done already.
+                    return (Outcome::Done, Vec::new());
+                }
                 if self.topics.contains_key(&record.name) {
-                    return refused(
-                        Refusal::TopicExists,
-                        format!("topic {:?} already exists", record.name),
-                    );
+                    return refused(Refusal::TopicExists, record.name.clone());
                 }
                 let assignment = match placement::place(
                     &self.candidates(),
@@ -321,10 +327,7 @@ impl ClusterState {
             }
             Command::DeleteTopic { name } => {
                 let Some(topic) = self.topics.remove(&name) else {
-                    return refused(
-                        Refusal::UnknownTopic,
-                        format!("topic {name:?} does not exist"),
-                    );
+                    return refused(Refusal::UnknownTopic, name.clone());
                 };
                 let deleted = DeletedTopic {
                     name,
@@ -336,10 +339,7 @@ impl ClusterState {
             Command::CreatePartitions { name, count } => {
                 let (candidates, load) = (self.candidates(), self.load());
                 let Some(topic) = self.topics.get(&name) else {
-                    return refused(
-                        Refusal::UnknownTopic,
-                        format!("topic {name:?} does not exist"),
-                    );
+                    return refused(Refusal::UnknownTopic, name.clone());
                 };
                 let have = topic.partitions.len() as i32;
                 if count <= have {
@@ -369,10 +369,7 @@ impl ClusterState {
             }
             Command::AlterConfigs { name, overrides } => {
                 let Some(topic) = self.topics.get_mut(&name) else {
-                    return refused(
-                        Refusal::UnknownTopic,
-                        format!("topic {name:?} does not exist"),
-                    );
+                    return refused(Refusal::UnknownTopic, name.clone());
                 };
                 topic.record.overrides = overrides.clone();
                 (

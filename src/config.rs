@@ -398,5 +398,11 @@ mod tests {
         assert!(cli.serve.resolve().is_err());
         let cli = Cli::parse_from(["strata", "--listen", "0.0.0.0:9092"]);
         assert!(cli.serve.resolve().is_err());
+        let cli = Cli::parse_from(["strata", "--set", "broker.rack=a\tb"]);
+        let err = cli.serve.resolve().unwrap_err().to_string();
+        assert!(err.contains("broker.rack"), "{err}");
+        let cli = Cli::parse_from(["strata", "--set", "broker.rack=eu-1a"]);
+        let rack = cli.serve.resolve().unwrap().broker.broker_rack;
+        assert_eq!(rack.as_deref(), Some("eu-1a"));
     }
 }

@@ -50,6 +50,10 @@ async fn create_topic(addr: &str, name: &str, partitions: i32, rf: i16) -> i16 {
 async fn three_brokers_share_the_metadata_and_route_to_partition_leaders() {
     let _one = cluster_support::ONE_CLUSTER.lock().await;
     let mut cluster = TestCluster::new(3, &[("group.initial.rebalance.delay.ms", "0")]);
+    for id in 1..=3 {
+        let rack = BTreeMap::from([("broker.rack".to_string(), format!("rack-{id}"))]);
+        cluster.node_settings.insert(id, rack);
+    }
     cluster.start_all().await;
 
     // Every broker lists all three, one cluster id, the quorum's leader as controller.
@@ -63,6 +67,8 @@ async fn three_brokers_share_the_metadata_and_route_to_partition_leaders() {
         for b in &m.brokers {
             let addr = format!("{}:{}", b.host.as_str(), b.port);
             assert_eq!(addr, cluster.kafka_addr(b.node_id.0));
+            let rack = b.rack.as_ref().map(|r| r.to_string());
+            assert_eq!(rack, Some(format!("rack-{}", b.node_id.0)));
         }
         controllers.push(m.controller_id.0);
         cluster_ids.push(m.cluster_id.unwrap().to_string());

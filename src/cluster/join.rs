@@ -120,7 +120,7 @@ pub async fn join(
             host: advertised.0,
             port: advertised.1,
             peer: peer_addr.to_string(),
-            rack: None,
+            rack: config.broker.broker_rack.clone(),
             incarnation: uuid::Uuid::new_v4(),
         })
         .await?;

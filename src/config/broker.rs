@@ -45,6 +45,7 @@ pub const BROKER_DEFS: &[BrokerDef] = &[
     BrokerDef { name: "log.local.retention.ms", kind: Kind::Long { min: -2 }, default: "86400000", doc: "Default local.retention.ms: how long offloaded segments stay on local disk; -2 = retention.ms." },
     BrokerDef { name: "log.local.retention.bytes", kind: Kind::Long { min: -2 }, default: "-2", doc: "Default local.retention.bytes: local bytes kept of offloaded segments; -2 = retention.bytes." },
     BrokerDef { name: "strata.remote.cache.max.bytes", kind: Kind::Long { min: 0 }, default: "1073741824", doc: "Bytes kept for chunks of remote Parquet files read by cold fetches: on local disk ({data-dir}/remote-cache, emptied at start) for a remote store, with the chunks fetched last (at most 128 MiB) in memory; a file:// store, local already, gets the memory part only. 0 = no cache, every cold read goes to the object store." },
+    BrokerDef { name: "broker.rack", kind: Kind::Name { max: 255 }, default: "", doc: "This broker's rack: when every broker has one, placement spreads each partition's replicas over racks." },
     BrokerDef { name: "broker.heartbeat.interval.ms", kind: Kind::Long { min: 10 }, default: "2000", doc: "How often a broker of a cluster heartbeats the controller." },
     BrokerDef { name: "broker.session.timeout.ms", kind: Kind::Long { min: 100 }, default: "9000", doc: "A broker whose heartbeats the controller has not had for this long is fenced: it leads nothing and leaves Metadata until it registers again." },
     BrokerDef { name: "strata.metadata.snapshot.entries", kind: Kind::Long { min: 10 }, default: "10000", doc: "The metadata quorum snapshots its state every this many log entries and purges the log behind the snapshot; a node that lags further installs the leader's snapshot." },
@@ -91,6 +92,8 @@ pub struct BrokerSettings {
     pub remote_orphan_grace_ms: i64,
     pub metadata_snapshot_entries: u64,
     pub broker_heartbeat_interval_ms: u64,
+    /// `broker.rack`, `None` when empty.
+    pub broker_rack: Option<String>,
     pub broker_session_timeout_ms: u64,
     /// -1: no cap.
     pub log_dir_max_bytes: i64,
@@ -167,6 +170,7 @@ impl BrokerSettings {
             remote_orphan_grace_ms: int(get("remote.orphan.grace.ms")),
             metadata_snapshot_entries: int(get("strata.metadata.snapshot.entries")) as u64,
             broker_heartbeat_interval_ms: int(get("broker.heartbeat.interval.ms")) as u64,
+            broker_rack: Some(get("broker.rack").to_string()).filter(|r| !r.is_empty()),
             broker_session_timeout_ms: int(get("broker.session.timeout.ms")) as u64,
             log_dir_max_bytes: int(get("log.dir.max.bytes")),
             connections_max_idle_ms: int(get("connections.max.idle.ms")),

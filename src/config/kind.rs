@@ -14,6 +14,10 @@ pub enum Kind {
     Choice(&'static [&'static str]),
     /// Kafka's `max.connections.per.ip.overrides`: comma-separated `ip:count` (a LIST).
     IpCounts,
+    /// A name of at most this many printable characters (`broker.rack`); empty is allowed.
+    Name {
+        max: usize,
+    },
 }
 
 impl Kind {
@@ -26,6 +30,7 @@ impl Kind {
             Kind::Bool => 1,
             Kind::Choice(_) => 2,
             Kind::IpCounts => 7,
+            Kind::Name { .. } => 2,
         }
     }
 
@@ -64,6 +69,14 @@ impl Kind {
                     entries.push(format!("{ip}:{count}"));
                 }
                 Ok(entries.join(","))
+            }
+            Kind::Name { max } => {
+                if value.len() > max || value.chars().any(|c| c.is_control()) {
+                    return Err(format!(
+                        "{name}: {value:?} must be at most {max} printable characters"
+                    ));
+                }
+                Ok(value.to_string())
             }
             Kind::Choice(options) => {
                 if options.contains(&value) {

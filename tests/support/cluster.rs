@@ -33,6 +33,8 @@ pub struct TestCluster {
     pub store: Store,
     pub seeds: Vec<String>,
     pub settings: BTreeMap<String, String>,
+    /// Settings of one broker only (`broker.rack`), over `settings`.
+    pub node_settings: BTreeMap<i32, BTreeMap<String, String>>,
 }
 
 impl TestCluster {
@@ -69,6 +71,7 @@ impl TestCluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            node_settings: BTreeMap::new(),
         }
     }
 
@@ -85,7 +88,9 @@ impl TestCluster {
         config.prebound = node.prebound.clone();
         config.object_store = Some(self.store.url().to_string());
         config.object_store_override = Some(self.store.clone());
-        config.broker = BrokerSettings::from_map(&self.settings).unwrap();
+        let mut settings = self.settings.clone();
+        settings.extend(self.node_settings.get(&id).cloned().unwrap_or_default());
+        config.broker = BrokerSettings::from_map(&settings).unwrap();
         config
     }
 

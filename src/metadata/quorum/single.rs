@@ -42,7 +42,7 @@ pub async fn open_single(config: &Config) -> anyhow::Result<Arc<Quorum>> {
             host: String::new(),
             port: 0,
             peer: String::new(),
-            rack: None,
+            rack: config.broker.broker_rack.clone(),
             incarnation: uuid::Uuid::new_v4(),
         })
         .await?;

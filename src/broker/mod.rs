@@ -360,7 +360,12 @@ impl TieringHost for Broker {
             .collect()
     }
 
+    /// In a cluster only the controller deletes the remote data of deleted topics (one deleter
+    /// per bucket); every broker unfences the name when the metadata says it is done.
     fn remote_deletions(&self) -> Vec<DeletedTopic> {
+        if !self.config.seeds.is_empty() && self.metadata.controller() != Some(self.node_id()) {
+            return Vec::new();
+        }
         Broker::remote_deletions(self)
     }
 

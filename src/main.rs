@@ -75,10 +75,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         running.admin_addr()
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
-    }
+    let broker = running.broker.clone();
+    let failed = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); None }
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: shutting down"); None }
+        reason = broker.metadata().failed() => {
+            tracing::error!(%reason, "the metadata quorum stopped; shutting down");
+            Some(reason)
+        }
+    };
     running.shutdown().await;
-    Ok(())
+    match failed {
+        Some(reason) => anyhow::bail!("the metadata quorum stopped: {reason}"),
+        None => Ok(()),
+    }
 }

@@ -13,8 +13,15 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
+use kafka_protocol::messages::{
+    ApiKey, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, MetadataRequest,
+    MetadataResponse,
+};
+use kafka_protocol::protocol::StrBytes;
 use support::{topic_name, KafkaConn};
 use tokio::net::TcpStream;
 
@@ -119,6 +126,22 @@ async fn auto_create(conn: &mut KafkaConn, topic: &str) -> i16 {
     r.topics[0].error_code
 }
 
+async fn set_retention(conn: &mut KafkaConn, topic: &str, ms: u64) -> i16 {
+    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from(topic.to_string()))
+            .with_configs(vec![AlterableConfig::default()
+                .with_name(StrBytes::from_static_str("retention.ms"))
+                .with_config_operation(0)
+                .with_value(Some(StrBytes::from(ms.to_string())))]),
+    ]);
+    let r: IncrementalAlterConfigsResponse = conn
+        .call(ApiKey::IncrementalAlterConfigs, 1, &request)
+        .await;
+    r.responses[0].error_code
+}
+
 /// Directories in topics/ that belong to `topic` or are left-overs of any failed creation.
 fn left_behind(dir: &Path, topic: &str) -> Vec<String> {
     std::fs::read_dir(dir.join("topics"))
@@ -145,6 +168,17 @@ async fn auto_create_with_descriptors_exhausted_leaves_nothing_behind() {
     // From no descriptor free to a few: each creation fails somewhere else (the catalogue, the
     // directory, the segment files) or succeeds.
     let mut fillers = Vec::new();
+    // The metadata quorum writes its log, vote and commit mark through descriptors it opened
+    // at start: with none free it still commits (before, the commit mark's write failed and
+    // openraft stopped for good).
+    leave_free(pid, &addr, &mut fillers, 0).await;
+    for ms in 1..=5 {
+        assert_eq!(
+            set_retention(&mut client, "warm", 3_600_000 * ms).await,
+            0,
+            "config change {ms} with no descriptor free"
+        );
+    }
     let mut codes = Vec::new();
     for free in 0..6 {
         leave_free(pid, &addr, &mut fillers, free).await;

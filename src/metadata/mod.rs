@@ -103,6 +103,12 @@ pub trait Metadata: Send + Sync {
     /// Stops whatever the metadata runs (the quorum's raft node) at a clean shutdown.
     async fn close(&self) {}
 
+    /// Resolves, with the reason, when the metadata store stopped by itself (a storage error
+    /// openraft cannot go on from); the broker then stops rather than serve frozen metadata.
+    async fn failed(&self) -> String {
+        std::future::pending().await
+    }
+
     /// The next applied change, if one is waiting (the applier drains them in order).
     fn next_change(&self) -> Option<Applied>;
 

@@ -7,6 +7,7 @@ use std::ops::Range;
 use super::state::{Command, Outcome, Refusal};
 use super::Quorum;
 use crate::metadata::{Applied, DeletedTopic, Image, Metadata, MetadataError, TopicRecord};
+use openraft::async_runtime::WatchReceiver;
 
 fn refusal(kind: Refusal, message: String) -> MetadataError {
     match kind {
@@ -58,6 +59,23 @@ impl Metadata for Quorum {
 
     async fn close(&self) {
         self.shutdown().await;
+    }
+
+    async fn failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_watched().running_state {
+                if !*self.stop.borrow() {
+                    return fatal.to_string();
+                }
+            }
+            if metrics.changed().await.is_err() {
+                if !*self.stop.borrow() {
+                    return "the raft node is gone".into();
+                }
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     fn next_change(&self) -> Option<Applied> {

@@ -25,6 +25,7 @@ pub mod network;
 mod single;
 pub mod state;
 mod store;
+mod twin;
 
 pub use single::open_single;
 

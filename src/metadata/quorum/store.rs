@@ -3,19 +3,23 @@
 //!
 //! - `log`: one record per entry, `[u32 BE length][u32 BE crc32c][JSON entry]`, appended and
 //!   fdatasynced before the append is acknowledged. A torn or corrupt tail (an unclean stop) is
-//!   cut at the first bad record on open. Truncation and purging rewrite the file atomically
-//!   (the metadata log is short: it is purged behind every snapshot).
-//! - `raft-state.json`: `{vote, committed, purged}`, replaced atomically.
-//! - `snapshot.json`: `{meta, state}`, the state machine at `meta.last_log_id`, replaced
-//!   atomically. The state machine itself lives in memory: on start openraft installs this
+//!   cut at the first bad record on open. A truncation cuts the file in place; a purge
+//!   rewrites it into a new file (the metadata log is short: it is purged behind every
+//!   snapshot), or leaves it for the next purge when no file can be created.
+//! - `raft-state.{0,1}`: `{vote, committed, purged}` as JSON, a [`Twin`].
+//! - `snapshot.{0,1}`: `{meta, state}` as JSON, the state machine at `meta.last_log_id`, a
+//!   [`Twin`]. The state machine itself lives in memory: on start openraft installs this
 //!   snapshot and re-applies the log up to the committed mark.
 //!
+//! Every write but a purge's compaction goes through descriptors opened at start: openraft
+//! stops for good on a failed write, and a broker out of descriptors must keep its quorum.
 //! All file work runs on blocking threads.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
-use std::io::{self, Cursor, Read, Write};
+use std::io::{self, Cursor, Read};
 use std::ops::RangeBounds;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +31,7 @@ use openraft::{EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshot
 use serde::{Deserialize, Serialize};
 
 use super::state::ClusterState;
+use super::twin::Twin;
 use super::TypeConfig;
 use crate::metadata::{Applied, Change};
 
@@ -35,8 +40,8 @@ type LogId = LogIdOf<TypeConfig>;
 type Vote = VoteOf<TypeConfig>;
 
 const LOG: &str = "log";
-const RAFT_STATE: &str = "raft-state.json";
-const SNAPSHOT: &str = "snapshot.json";
+const RAFT_STATE: &str = "raft-state";
+const SNAPSHOT: &str = "snapshot";
 /// Largest record the log reads back (a corrupt length is not an allocation).
 const MAX_RECORD: usize = 64 << 20;
 
@@ -59,13 +64,6 @@ struct RaftState {
     purged: Option<LogId>,
 }
 
-struct LogFiles {
-    dir: PathBuf,
-    file: std::fs::File,
-    entries: BTreeMap<u64, Entry>,
-    state: RaftState,
-}
-
 fn encode(entry: &Entry, out: &mut Vec<u8>) -> io::Result<()> {
     let body = serde_json::to_vec(entry).map_err(invalid)?;
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -74,8 +72,9 @@ fn encode(entry: &Entry, out: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
-/// The entries of `bytes`, and how many bytes of it are whole, valid records.
-fn decode(bytes: &[u8]) -> (Vec<Entry>, usize) {
+/// The entries of `bytes` with the offset each starts at, and how many bytes of it are whole,
+/// valid records.
+fn decode(bytes: &[u8]) -> (Vec<(Entry, u64)>, usize) {
     let (mut entries, mut at) = (Vec::new(), 0);
     while bytes.len() - at >= 8 {
         let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
@@ -88,7 +87,7 @@ fn decode(bytes: &[u8]) -> (Vec<Entry>, usize) {
             break;
         }
         match serde_json::from_slice(body) {
-            Ok(entry) => entries.push(entry),
+            Ok(entry) => entries.push((entry, at as u64)),
             Err(_) => break,
         }
         at += 8 + len;
@@ -96,19 +95,36 @@ fn decode(bytes: &[u8]) -> (Vec<Entry>, usize) {
     (entries, at)
 }
 
+/// The log file and the raft state. Appends, truncations and the vote and commit marks use
+/// only descriptors opened at start; a purge compacts the file into a new one and, when no
+/// file can be created (descriptors exhausted), leaves that for the next purge.
+struct LogFiles {
+    dir: PathBuf,
+    /// Kept open to make a compaction's rename durable without opening anything.
+    dir_handle: std::fs::File,
+    file: std::fs::File,
+    /// Bytes of `file` holding whole records.
+    len: u64,
+    /// Each entry and the offset its record starts at in `file`.
+    entries: BTreeMap<u64, (Entry, u64)>,
+    state: RaftState,
+    state_file: Twin,
+}
+
 impl LogFiles {
     fn open(dir: &Path) -> io::Result<LogFiles> {
         std::fs::create_dir_all(dir)?;
-        let state = match std::fs::read(dir.join(RAFT_STATE)) {
-            Ok(body) => serde_json::from_slice(&body).map_err(invalid)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => RaftState::default(),
-            Err(e) => return Err(e),
+        let (state_file, body) = Twin::open(dir, RAFT_STATE)?;
+        let state: RaftState = match body {
+            Some(body) => serde_json::from_slice(&body).map_err(invalid)?,
+            None => RaftState::default(),
         };
         let path = dir.join(LOG);
         let mut file = std::fs::OpenOptions::new()
             .create(true)
+            .truncate(false)
             .read(true)
-            .append(true)
+            .write(true)
             .open(&path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
@@ -121,48 +137,88 @@ impl LogFiles {
         let purged = state.purged.as_ref().map(|l| l.index());
         let entries = entries
             .into_iter()
-            .filter(|e| purged.is_none_or(|p| e.index() > p))
-            .map(|e| (e.index(), e))
+            .filter(|(e, _)| purged.is_none_or(|p| e.index() > p))
+            .map(|(e, at)| (e.index(), (e, at)))
             .collect();
         Ok(LogFiles {
             dir: dir.to_path_buf(),
+            dir_handle: std::fs::File::open(dir)?,
             file,
+            len: valid as u64,
             entries,
             state,
+            state_file,
         })
     }
 
-    fn save_state(&self) -> io::Result<()> {
+    fn save_state(&mut self) -> io::Result<()> {
         let body = serde_json::to_vec(&self.state).map_err(invalid)?;
-        crate::fsutil::write_atomic(&self.dir.join(RAFT_STATE), &body)
+        self.state_file.write(&body)
     }
 
     fn append(&mut self, entries: Vec<Entry>) -> io::Result<()> {
         let mut out = Vec::new();
+        let mut starts = Vec::with_capacity(entries.len());
         for e in &entries {
+            starts.push(self.len + out.len() as u64);
             encode(e, &mut out)?;
         }
-        self.file.write_all(&out)?;
+        self.file.write_all_at(&out, self.len)?;
         self.file.sync_data()?;
-        for e in entries {
-            self.entries.insert(e.index(), e);
+        self.len += out.len() as u64;
+        for (e, at) in entries.into_iter().zip(starts) {
+            self.entries.insert(e.index(), (e, at));
         }
         Ok(())
     }
 
-    /// Writes the whole log anew (after a truncation or purge).
-    fn rewrite(&mut self) -> io::Result<()> {
+    /// Cuts the entries from `from` on, in place.
+    fn truncate(&mut self, from: u64) -> io::Result<()> {
+        let Some((_, &(_, at))) = self.entries.range(from..).next() else {
+            return Ok(());
+        };
+        self.file.set_len(at)?;
+        self.file.sync_data()?;
+        self.len = at;
+        self.entries.retain(|index, _| *index < from);
+        Ok(())
+    }
+
+    /// Forgets the entries up to `upto` and compacts the file when a new one can be created.
+    fn purge(&mut self, upto: u64) {
+        self.entries.retain(|index, _| *index > upto);
+        if let Err(e) = self.compact() {
+            tracing::warn!(error = %e, dir = %self.dir.display(), "metadata log compaction postponed (purged entries stay in the file until the next purge)");
+        }
+    }
+
+    /// Writes the live entries to a new file and renames it over the log. The new file's
+    /// handle, opened before the rename, becomes the log's, so no failure leaves the log
+    /// appending to an unlinked file.
+    fn compact(&mut self) -> io::Result<()> {
         let mut out = Vec::new();
-        for e in self.entries.values() {
+        let mut starts = Vec::with_capacity(self.entries.len());
+        for (e, _) in self.entries.values() {
+            starts.push(out.len() as u64);
             encode(e, &mut out)?;
         }
         let path = self.dir.join(LOG);
-        crate::fsutil::write_atomic(&path, &out)?;
-        self.file = std::fs::OpenOptions::new()
+        let tmp = path.with_extension("tmp");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
             .read(true)
-            .append(true)
-            .open(&path)?;
-        Ok(())
+            .write(true)
+            .open(&tmp)?;
+        file.write_all_at(&out, 0)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        self.file = file;
+        self.len = out.len() as u64;
+        for ((_, at), start) in self.entries.values_mut().zip(starts) {
+            *at = start;
+        }
+        self.dir_handle.sync_all()
     }
 }
 
@@ -181,9 +237,9 @@ impl LogStore {
 
     /// Whether this node has ever held metadata (a log, a vote or a snapshot).
     pub fn is_empty(dir: &Path) -> bool {
-        [LOG, RAFT_STATE, SNAPSHOT]
-            .iter()
-            .all(|name| std::fs::metadata(dir.join(name)).map_or(true, |m| m.len() == 0))
+        std::fs::metadata(dir.join(LOG)).map_or(true, |m| m.len() == 0)
+            && Twin::is_empty(dir, RAFT_STATE)
+            && Twin::is_empty(dir, SNAPSHOT)
     }
 
     async fn with<T: Send + 'static>(
@@ -201,7 +257,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
         let files = self.files.lock().expect("metadata log lock");
-        Ok(files.entries.range(range).map(|(_, e)| e.clone()).collect())
+        Ok(files
+            .entries
+            .range(range)
+            .map(|(_, (e, _))| e.clone())
+            .collect())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -219,7 +279,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .entries
             .values()
             .next_back()
-            .map(|e| e.log_id())
+            .map(|(e, _)| e.log_id())
             .or(purged);
         Ok(LogState {
             last_purged_log_id: purged,
@@ -276,12 +336,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
-        self.with(move |f| {
-            let from = last.map_or(0, |l| l.index() + 1);
-            f.entries.retain(|index, _| *index < from);
-            f.rewrite()
-        })
-        .await
+        self.with(move |f| f.truncate(last.map_or(0, |l| l.index() + 1)))
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -291,8 +347,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // ignores.
             f.state.purged = Some(log_id);
             f.save_state()?;
-            f.entries.retain(|index, _| *index > upto);
-            f.rewrite()
+            f.purge(upto);
+            Ok(())
         })
         .await
     }
@@ -345,7 +401,7 @@ struct StoredSnapshot {
 /// The state machine (`RaftStateMachine`): the cluster state in memory, its snapshot on disk.
 #[derive(Clone)]
 pub struct StateMachine {
-    dir: PathBuf,
+    file: Arc<Mutex<Twin>>,
     shared: Arc<Shared>,
     inner: Arc<tokio::sync::Mutex<Inner>>,
 }
@@ -359,16 +415,17 @@ struct Inner {
 
 impl StateMachine {
     pub fn open(dir: &Path, shared: Arc<Shared>) -> io::Result<StateMachine> {
-        let snapshot = match std::fs::read(dir.join(SNAPSHOT)) {
-            Ok(body) => {
+        std::fs::create_dir_all(dir)?;
+        let (file, body) = Twin::open(dir, SNAPSHOT)?;
+        let snapshot = match body {
+            Some(body) => {
                 let stored: StoredSnapshot = serde_json::from_slice(&body).map_err(invalid)?;
                 Some((stored.meta, body))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
+            None => None,
         };
         Ok(StateMachine {
-            dir: dir.to_path_buf(),
+            file: Arc::new(Mutex::new(file)),
             shared,
             inner: Arc::new(tokio::sync::Mutex::new(Inner {
                 last_applied: None,
@@ -379,8 +436,14 @@ impl StateMachine {
     }
 
     async fn store_snapshot(&self, body: Vec<u8>) -> io::Result<Vec<u8>> {
-        let path = self.dir.join(SNAPSHOT);
-        blocking(move || crate::fsutil::write_atomic(&path, &body).map(|_| body)).await
+        let file = self.file.clone();
+        blocking(move || {
+            file.lock()
+                .expect("snapshot file lock")
+                .write(&body)
+                .map(|_| body)
+        })
+        .await
     }
 }
 

@@ -269,6 +269,43 @@ async fn three_brokers_share_the_metadata_and_route_to_partition_leaders() {
         "20 groups spread over the three brokers"
     );
 
+    // Offsets committed at each group's coordinator, for partitions any broker leads, come back
+    // after the coordinator of the most groups (not the controller) restarts and loads them.
+    let coordinator_of = |group: &str| {
+        let partition = strata::coordinator::offsets::partition_for(group, count);
+        offsets.topics[0].partitions[partition as usize].leader_id.0
+    };
+    for g in 0..20 {
+        let group = format!("group-{g}");
+        let addr = cluster.kafka_addr(coordinator_of(&group));
+        assert_eq!(
+            commit(&addr, &group, g % 6, 1000 + g as i64).await,
+            0,
+            "{group}"
+        );
+    }
+    let controller = cluster.broker(1).broker.metadata().controller().unwrap();
+    let restarted = (1..=3)
+        .filter(|id| *id != controller)
+        .max_by_key(|id| {
+            (0..20)
+                .filter(|g| coordinator_of(&format!("group-{g}")) == *id)
+                .count()
+        })
+        .unwrap();
+    cluster.stop(restarted).await;
+    cluster.start(restarted).await;
+    for g in 0..20 {
+        let group = format!("group-{g}");
+        let addr = cluster.kafka_addr(coordinator_of(&group));
+        let want = vec![(g % 6, 1000 + g as i64)];
+        support::eventually(&format!("{group}'s offsets after the restart"), || {
+            let (addr, group, want) = (addr.clone(), group.clone(), want.clone());
+            async move { committed(&addr, &group).await == Ok(want) }
+        })
+        .await;
+    }
+
     // One bucket per cluster: it names the cluster, and a broker with its own store (the
     // per-data-dir default) refuses to start.
     let claim = support::object_names(&cluster.store, "_strata/").await;
@@ -284,6 +321,51 @@ async fn three_brokers_share_the_metadata_and_route_to_partition_leaders() {
     );
     cluster.start(3).await;
     cluster.stop_all().await;
+}
+
+fn group_id(group: &str) -> GroupId {
+    GroupId(kafka_protocol::protocol::StrBytes::from_string(
+        group.into(),
+    ))
+}
+
+/// A simple (generation -1) OffsetCommit of `orders`-`partition` at `offset`.
+async fn commit(addr: &str, group: &str, partition: i32, offset: i64) -> i16 {
+    use kafka_protocol::messages::offset_commit_request::*;
+    let request = OffsetCommitRequest::default()
+        .with_group_id(group_id(group))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![OffsetCommitRequestTopic::default()
+            .with_name(TopicName(
+                kafka_protocol::protocol::StrBytes::from_static_str("orders"),
+            ))
+            .with_partitions(vec![OffsetCommitRequestPartition::default()
+                .with_partition_index(partition)
+                .with_committed_offset(offset)])]);
+    let r: OffsetCommitResponse = KafkaConn::connect(addr)
+        .await
+        .call(ApiKey::OffsetCommit, 8, &request)
+        .await;
+    r.topics[0].partitions[0].error_code
+}
+
+/// A group's committed (partition, offset)s, or the group-level error.
+async fn committed(addr: &str, group: &str) -> Result<Vec<(i32, i64)>, i16> {
+    let request = OffsetFetchRequest::default()
+        .with_group_id(group_id(group))
+        .with_topics(None);
+    let r: OffsetFetchResponse = KafkaConn::connect(addr)
+        .await
+        .call(ApiKey::OffsetFetch, 7, &request)
+        .await;
+    if r.error_code != 0 {
+        return Err(r.error_code);
+    }
+    Ok(r.topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| (p.partition_index, p.committed_offset))
+        .collect())
 }
 
 /// (leader, epoch) of every partition of `topic`, as broker `id`'s Metadata has it.

@@ -103,45 +103,31 @@ impl Broker {
         self.topic(name).ok_or_else(|| unknown_topic(name))
     }
 
-    /// `__consumer_offsets` exists from the first start, so clients never auto-create it; an
-    /// existing topic keeps its partition count (group → partition must not change).
+    /// `__consumer_offsets` exists from a single node's first start, so clients never
+    /// auto-create it; an existing topic keeps its partition count (group → partition must not
+    /// change). In a cluster the controller creates it ([`Broker::create_offsets_topic_when_due`]).
     pub async fn ensure_offsets_topic(&self) -> anyhow::Result<()> {
-        if self.topic(coordinator::OFFSETS_TOPIC).is_some() {
+        if !self.config.seeds.is_empty() || self.topic(coordinator::OFFSETS_TOPIC).is_some() {
             return Ok(());
         }
-        // In a cluster, placement spreads the partitions over the brokers registered when it
-        // runs: wait (a while) for every voter, as Kafka waits for
-        // offsets.topic.replication.factor brokers.
-        let voters: Vec<i32> = self
-            .config
-            .seeds
-            .iter()
-            .filter_map(|s| crate::config::parse_seed(s).ok().map(|(id, _)| id))
-            .collect();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !voters.is_empty() && tokio::time::Instant::now() < deadline {
-            let view = self.metadata.view();
-            if view.topics.contains_key(coordinator::OFFSETS_TOPIC)
-                || voters
-                    .iter()
-                    .all(|v| view.brokers.get(v).is_some_and(|b| !b.fenced))
-            {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        self.create_offsets_topic().await
+    }
+
+    async fn create_offsets_topic(&self) -> anyhow::Result<()> {
         let created = self
             .create_topic(
                 coordinator::OFFSETS_TOPIC,
                 self.config.broker.offsets_topic_num_partitions,
-                -1,
+                1,
                 &coordinator::store::topic_overrides(),
                 false,
             )
             .await;
-        let created = created.map(|_| self.refresh_led());
         match created {
-            Ok(()) => Ok(()),
+            Ok(_) => {
+                self.refresh_led();
+                Ok(())
+            }
             // Another broker of the cluster created it first.
             Err(e) if e.code == ResponseError::TopicAlreadyExists => {
                 self.apply_pending().await;
@@ -151,6 +137,49 @@ impl Broker {
                 "creating {}: {e}",
                 coordinator::OFFSETS_TOPIC
             )),
+        }
+    }
+
+    /// In a cluster, the controller creates `__consumer_offsets` once
+    /// `offsets.topic.replication.factor` brokers (capped at the voter count) are unfenced, as
+    /// Kafka waits for that many; FindCoordinator answers COORDINATOR_NOT_AVAILABLE until then.
+    /// Placement then spreads its partitions over them. Runs until the topic exists.
+    pub async fn create_offsets_topic_when_due(
+        self: Arc<Self>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let voters = self.config.seeds.len();
+        let needed = (self.config.broker.offsets_topic_replication_factor as usize).min(voters);
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(200));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut waiting_logged = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = every.tick() => {}
+            }
+            let view = self.metadata.view();
+            if view.topics.contains_key(coordinator::OFFSETS_TOPIC) {
+                return;
+            }
+            if self.metadata.controller() != Some(self.node_id()) {
+                continue;
+            }
+            let unfenced = view.brokers.values().filter(|b| !b.fenced).count();
+            if unfenced < needed {
+                if !waiting_logged {
+                    tracing::info!(
+                        unfenced,
+                        needed,
+                        "__consumer_offsets waits for offsets.topic.replication.factor brokers"
+                    );
+                    waiting_logged = true;
+                }
+                continue;
+            }
+            if let Err(e) = self.create_offsets_topic().await {
+                tracing::warn!(error = %e, "creating __consumer_offsets failed; trying again");
+            }
         }
     }
 
@@ -414,17 +443,19 @@ impl Broker {
         if self.config.seeds.is_empty() {
             return;
         }
-        let led = self
+        let (count, led) = self
             .topic(coordinator::OFFSETS_TOPIC)
             .map(|t| {
-                t.partitions
+                let led = t
+                    .partitions
                     .iter()
                     .filter(|p| matches!(p.role(), Role::Leader { .. }))
                     .map(|p| p.index)
-                    .collect()
+                    .collect();
+                (t.count as usize, led)
             })
             .unwrap_or_default();
-        self.coordinator.set_led(Some(led));
+        self.coordinator.set_led(count, led);
     }
 
     /// Opens a topic's partitions (new ones beyond `existing`) on a blocking thread, and starts

@@ -335,9 +335,10 @@ impl GroupHost for Broker {
         self.topic(OFFSETS_TOPIC).map_or(0, |t| t.count as usize)
     }
 
+    /// The metadata's view: in a cluster the partition may be hosted on another broker.
     fn has_partition(&self, topic: &str, partition: i32) -> bool {
         self.topic(topic)
-            .is_some_and(|t| t.partition(partition).is_some())
+            .is_some_and(|t| (0..t.count).contains(&partition))
     }
 
     fn max_decompressed(&self) -> usize {

@@ -1,4 +1,5 @@
-//! The group coordinator of a single broker: this broker coordinates every group.
+//! The group coordinator: a single node coordinates every group; in a cluster a broker
+//! coordinates the groups of the `__consumer_offsets` partitions it leads.
 //!
 //! One owner for all group state: a map of groups behind a mutex that is never held across an
 //! `.await` or disk I/O. JoinGroup and SyncGroup park on oneshot channels that the state machine
@@ -6,7 +7,9 @@
 //! initial-delay timers are deadlines checked against the injected [`Clock`] by [`run`]'s tick.
 //! Committed offsets and group metadata are records in `__consumer_offsets` ([`offsets`] states
 //! the format, [`store`] reads and writes it); requests get COORDINATOR_LOAD_IN_PROGRESS until
-//! the replay at start has finished.
+//! the replay has finished: of every partition at start on a single node, of each partition as
+//! this broker starts leading it in a cluster. A partition it stops leading takes its groups
+//! with it: they are dropped, and parked JoinGroup and SyncGroup calls answer NOT_COORDINATOR.
 
 pub mod admin;
 pub mod group;
@@ -17,8 +20,8 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use kafka_protocol::error::ResponseError;
@@ -75,6 +78,13 @@ pub(crate) struct Writer {
     pub since_snapshot: u64,
 }
 
+/// A led partition's groups: being replayed (by the load with this id) or in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    Pending(u64),
+    Loaded,
+}
+
 pub struct Coordinator {
     pub(crate) settings: GroupSettings,
     pub(crate) clock: Clock,
@@ -82,8 +92,12 @@ pub struct Coordinator {
     loaded: AtomicBool,
     pub(crate) writers: OnceLock<Vec<tokio::sync::Mutex<Writer>>>,
     /// In a cluster, the `__consumer_offsets` partitions this broker leads: the groups it
-    /// coordinates (others get NOT_COORDINATOR). `None` on a single node: all of them.
-    led: std::sync::RwLock<Option<std::collections::BTreeSet<i32>>>,
+    /// coordinates (others get NOT_COORDINATOR), each loaded or not yet. `None` on a single
+    /// node: all of them, loaded once `loaded` is set.
+    led: std::sync::RwLock<Option<BTreeMap<i32, Load>>>,
+    next_load: AtomicU64,
+    /// Woken when a partition waits to be loaded.
+    pub(crate) load_wanted: tokio::sync::Notify,
 }
 
 impl Coordinator {
@@ -102,12 +116,89 @@ impl Coordinator {
             loaded: AtomicBool::new(false),
             writers: OnceLock::new(),
             led: std::sync::RwLock::new(None),
+            next_load: AtomicU64::new(1),
+            load_wanted: tokio::sync::Notify::new(),
         }
     }
 
-    /// The offsets partitions this broker leads (`None`: every one).
-    pub fn set_led(&self, led: Option<std::collections::BTreeSet<i32>>) {
-        *self.led.write().expect("led lock") = led;
+    /// In a cluster: `__consumer_offsets` has `count` partitions (0: not created yet) and this
+    /// broker leads `led`. Partitions newly led wait for [`run`] to load their groups; those no
+    /// longer led drop theirs.
+    pub fn set_led(&self, count: usize, led: BTreeSet<i32>) {
+        if count > 0 {
+            self.init_writers(count);
+        }
+        let (lost, gained) = {
+            let mut current = self.led.write().expect("led lock");
+            let map = current.get_or_insert_with(BTreeMap::new);
+            let lost: Vec<i32> = map.keys().filter(|p| !led.contains(p)).copied().collect();
+            for p in &lost {
+                map.remove(p);
+            }
+            let mut gained = false;
+            for p in led {
+                map.entry(p).or_insert_with(|| {
+                    gained = true;
+                    Load::Pending(self.next_load.fetch_add(1, Ordering::Relaxed))
+                });
+            }
+            (lost, gained)
+        };
+        if !lost.is_empty() {
+            // Dropping a group drops its parked calls' senders: they answer NOT_COORDINATOR.
+            let dropped = {
+                let mut groups = self.groups();
+                let before = groups.len();
+                groups.retain(|id, _| !lost.contains(&self.partition_of(id)));
+                before - groups.len()
+            };
+            tracing::info!(partitions = ?lost, groups = dropped, "no longer coordinating the groups of these __consumer_offsets partitions");
+        }
+        if gained {
+            self.load_wanted.notify_one();
+        }
+    }
+
+    pub(crate) fn init_writers(&self, count: usize) {
+        self.writers.get_or_init(|| {
+            (0..count)
+                .map(|_| tokio::sync::Mutex::new(Writer { since_snapshot: 0 }))
+                .collect()
+        });
+    }
+
+    /// Led partitions waiting for their load, with the load's id.
+    pub(crate) fn pending_loads(&self) -> Vec<(i32, u64)> {
+        let led = self.led.read().expect("led lock");
+        led.iter()
+            .flatten()
+            .filter_map(|(p, load)| match load {
+                Load::Pending(id) => Some((*p, *id)),
+                Load::Loaded => None,
+            })
+            .collect()
+    }
+
+    /// Installs partition `p`'s replayed groups, unless it was lost (or lost and gained again)
+    /// while the replay ran.
+    pub(crate) fn finish_load(&self, p: i32, id: u64, groups: HashMap<String, Group>, read: u64) {
+        let mut led = self.led.write().expect("led lock");
+        let Some(load) = led.as_mut().and_then(|m| m.get_mut(&p)) else {
+            return;
+        };
+        if *load != Load::Pending(id) {
+            return;
+        }
+        if let Some(mut writer) = self
+            .writers
+            .get()
+            .and_then(|w| w.get(p as usize))
+            .and_then(|w| w.try_lock().ok())
+        {
+            writer.since_snapshot = read;
+        }
+        self.groups().extend(groups);
+        *load = Load::Loaded;
     }
 
     /// The current generation of a group, if it exists.
@@ -115,8 +206,17 @@ impl Coordinator {
         self.groups().get(group_id).map(|g| g.generation)
     }
 
+    /// Whether every group this broker coordinates is in memory.
     pub fn is_loaded(&self) -> bool {
-        self.loaded.load(Ordering::Acquire)
+        match &*self.led.read().expect("led lock") {
+            Some(led) => led.values().all(|l| *l == Load::Loaded),
+            None => self.loaded.load(Ordering::Acquire),
+        }
+    }
+
+    /// A single node (every group is this broker's).
+    pub(crate) fn is_single(&self) -> bool {
+        self.led.read().expect("led lock").is_none()
     }
 
     pub(crate) fn set_loaded(&self) {
@@ -128,22 +228,30 @@ impl Coordinator {
     }
 
     /// NOT_COORDINATOR for a group whose offsets partition another broker leads;
-    /// COORDINATOR_LOAD_IN_PROGRESS until the replay at start is done (clients retry both).
+    /// COORDINATOR_LOAD_IN_PROGRESS until that partition's replay is done (clients retry both).
     pub(crate) fn ready(&self, group_id: &str) -> Result<(), ResponseError> {
         if group_id.is_empty() {
             return Err(ResponseError::InvalidGroupId);
         }
-        let coordinates = match &*self.led.read().expect("led lock") {
-            Some(led) => led.contains(&self.partition_of(group_id)),
-            None => true,
+        let loaded = match &*self.led.read().expect("led lock") {
+            Some(led) => match led.get(&self.partition_of(group_id)) {
+                None => return Err(ResponseError::NotCoordinator),
+                Some(load) => *load == Load::Loaded,
+            },
+            None => self.loaded.load(Ordering::Acquire),
         };
-        if !coordinates {
-            return Err(ResponseError::NotCoordinator);
-        }
-        if !self.is_loaded() {
+        if !loaded {
             return Err(ResponseError::CoordinatorLoadInProgress);
         }
         Ok(())
+    }
+
+    /// What a parked call answers when its group went away: NOT_COORDINATOR when this broker
+    /// no longer coordinates it, else UNKNOWN_MEMBER_ID (the member was removed).
+    fn gone(&self, group_id: &str) -> ResponseError {
+        self.ready(group_id)
+            .err()
+            .unwrap_or(ResponseError::UnknownMemberId)
     }
 
     pub(crate) fn partition_count(&self) -> i32 {
@@ -189,7 +297,7 @@ impl Coordinator {
             Reply::Now(outcome) => outcome,
             Reply::Later(rx) => rx
                 .await
-                .unwrap_or_else(|_| JoinOutcome::error(ResponseError::UnknownMemberId, "")),
+                .unwrap_or_else(|_| JoinOutcome::error(self.gone(group_id), "")),
         }
     }
 
@@ -206,7 +314,7 @@ impl Coordinator {
             Reply::Now(outcome) => outcome,
             Reply::Later(rx) => rx
                 .await
-                .unwrap_or_else(|_| SyncOutcome::error(ResponseError::UnknownMemberId)),
+                .unwrap_or_else(|_| SyncOutcome::error(self.gone(group_id))),
         }
     }
 

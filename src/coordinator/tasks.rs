@@ -1,4 +1,5 @@
-//! The coordinator's background duties: the load at start, then a tick that drives session,
+//! The coordinator's background duties: the load (at start on a single node, per partition as
+//! this broker starts leading it in a cluster), then a tick that drives session,
 //! rebalance and initial-delay deadlines, persists changed group metadata, expires offsets of
 //! empty groups (offsets.retention.minutes, KIP-211) and writes snapshots (see [`super::store`]).
 
@@ -20,30 +21,37 @@ const TICK: Duration = Duration::from_millis(50);
 const EXPIRY_CHECK_MS: i64 = 60_000;
 
 pub async fn run(host: Arc<dyn GroupHost>, mut shutdown: watch::Receiver<bool>) {
-    let h = host.clone();
-    match crate::telemetry::spawn_blocking(move || load(&*h)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "loading consumer groups failed; group requests will fail");
-            return;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "the consumer group load task failed");
-            return;
+    if host.coordinator().is_single() {
+        let h = host.clone();
+        match crate::telemetry::spawn_blocking(move || load(&*h)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "loading consumer groups failed; group requests will fail");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the consumer group load task failed");
+                return;
+            }
         }
     }
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_expiry = host.now_ms();
+    let mut retry_loads: Option<Instant> = None;
     loop {
+        if retry_loads.is_none_or(|at| at <= Instant::now()) {
+            retry_loads = load_pending(&host).await;
+        }
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = interval.tick() => tick(&*host, &mut last_expiry).await,
+            _ = host.coordinator().load_wanted.notified() => retry_loads = None,
         }
     }
 }
 
-/// Replays every partition of `__consumer_offsets` into the group map.
+/// Replays every partition of `__consumer_offsets` into the group map (a single node, at start).
 pub fn load(host: &dyn GroupHost) -> anyhow::Result<()> {
     let started = Instant::now();
     let coordinator = host.coordinator();
@@ -66,6 +74,47 @@ pub fn load(host: &dyn GroupHost) -> anyhow::Result<()> {
     metrics::gauge!("strata_coordinator_load_seconds").set(seconds);
     tracing::info!(records = total, seconds, "consumer groups loaded");
     Ok(())
+}
+
+/// Loads the groups of each led partition that waits for it (a cluster); returns when to try
+/// again if a load failed.
+async fn load_pending(host: &Arc<dyn GroupHost>) -> Option<Instant> {
+    let mut retry = None;
+    for (p, id) in host.coordinator().pending_loads() {
+        let h = host.clone();
+        let started = Instant::now();
+        let loaded = crate::telemetry::spawn_blocking(move || {
+            let now = h.coordinator().clock.now_ms();
+            let mut groups: HashMap<String, Group> = HashMap::new();
+            let read = store::replay(&*h, p, |record| apply(&mut groups, record, now))?;
+            anyhow::Ok((groups, read))
+        })
+        .await;
+        match loaded {
+            Ok(Ok((groups, read))) => {
+                let count = groups.len();
+                host.coordinator().finish_load(p, id, groups, read);
+                let seconds = started.elapsed().as_secs_f64();
+                metrics::gauge!("strata_coordinator_load_seconds").set(seconds);
+                tracing::info!(
+                    partition = p,
+                    groups = count,
+                    records = read,
+                    seconds,
+                    "consumer groups of a __consumer_offsets partition loaded"
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::error!(partition = p, error = %e, "loading consumer groups failed; retrying in a second");
+                retry = Some(Instant::now() + Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::error!(partition = p, error = %e, "the consumer group load task failed; retrying in a second");
+                retry = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+    retry
 }
 
 fn apply(groups: &mut HashMap<String, Group>, record: OffsetsRecord, now_ms: i64) {

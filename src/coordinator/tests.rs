@@ -179,3 +179,75 @@ async fn requests_before_the_load_get_coordinator_load_in_progress() {
         Err(ResponseError::UnknownMemberId)
     );
 }
+
+/// A group id whose `__consumer_offsets` partition (of `count`) is `p`.
+fn group_in(p: i32, count: i32) -> String {
+    (0..)
+        .map(|i| format!("g{i}"))
+        .find(|g| super::offsets::partition_for(g, count) == p)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn in_a_cluster_groups_load_and_go_with_the_partitions_led() {
+    use kafka_protocol::error::ResponseError;
+    let mut broker = crate::config::BrokerSettings::default();
+    broker.group_initial_rebalance_delay_ms = 60_000;
+    let c = std::sync::Arc::new(super::Coordinator::new(
+        &broker,
+        crate::clock::Clock::System,
+    ));
+    let (g0, g1, g2) = (group_in(0, 3), group_in(1, 3), group_in(2, 3));
+    c.set_led(3, [0, 1].into());
+    assert!(!c.is_loaded());
+    let heartbeat = |g: &str| c.heartbeat(g, "m", None, 1);
+    assert_eq!(
+        heartbeat(&g0),
+        Err(ResponseError::CoordinatorLoadInProgress)
+    );
+    assert_eq!(heartbeat(&g2), Err(ResponseError::NotCoordinator));
+
+    // Loads finish per partition; a load started before its partition was lost and led again
+    // is stale and installs nothing.
+    let pending = c.pending_loads();
+    assert_eq!(pending.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [0, 1]);
+    c.finish_load(0, pending[0].1, Default::default(), 0);
+    assert_eq!(heartbeat(&g0), Err(ResponseError::UnknownMemberId));
+    assert_eq!(
+        heartbeat(&g1),
+        Err(ResponseError::CoordinatorLoadInProgress)
+    );
+    c.set_led(3, [0].into());
+    c.set_led(3, [0, 1].into());
+    c.finish_load(1, pending[1].1, Default::default(), 0);
+    assert_eq!(
+        heartbeat(&g1),
+        Err(ResponseError::CoordinatorLoadInProgress)
+    );
+    let (p, id) = c.pending_loads()[0];
+    c.finish_load(p, id, Default::default(), 0);
+    assert!(c.is_loaded());
+
+    // A JoinGroup parked in g0's initial delay answers NOT_COORDINATOR once partition 0 is led
+    // elsewhere, and the group is gone.
+    let parked = {
+        let c = c.clone();
+        let g0 = g0.clone();
+        tokio::spawn(async move { c.join(&g0, params("", &["range"])).await })
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while c.generation(&g0).is_none() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the join is parked");
+    c.set_led(3, [1].into());
+    let joined = tokio::time::timeout(std::time::Duration::from_secs(10), parked)
+        .await
+        .expect("the parked join answers")
+        .unwrap();
+    assert_eq!(joined.error, ResponseError::NotCoordinator.code());
+    assert!(c.generation(&g0).is_none());
+    assert_eq!(heartbeat(&g0), Err(ResponseError::NotCoordinator));
+}

@@ -183,6 +183,14 @@ async fn start_in_scope(
         ),
     );
     telemetry.spawn_in(&mut tasks, broker.clone().run_applier(shutdown_rx.clone()));
+    if !broker.config.seeds.is_empty() {
+        telemetry.spawn_in(
+            &mut tasks,
+            broker
+                .clone()
+                .create_offsets_topic_when_due(shutdown_rx.clone()),
+        );
+    }
     telemetry.spawn_in(
         &mut tasks,
         crate::coordinator::run(broker.clone(), shutdown_rx.clone()),

@@ -233,7 +233,7 @@ async fn in_a_cluster_groups_load_and_go_with_the_partitions_led() {
     let parked = {
         let c = c.clone();
         let g0 = g0.clone();
-        tokio::spawn(async move { c.join(&g0, params("", &["range"])).await })
+        crate::telemetry::spawn(async move { c.join(&g0, params("", &["range"])).await })
     };
     tokio::time::timeout(std::time::Duration::from_secs(10), async {
         while c.generation(&g0).is_none() {

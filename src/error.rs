@@ -61,6 +61,7 @@ impl From<crate::metadata::MetadataError> for ApiError {
             M::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
             M::InvalidPartitions(_) => ResponseError::InvalidPartitions,
             M::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+            M::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
             M::Unavailable(_) => ResponseError::RequestTimedOut,
             M::Storage(_) => ResponseError::KafkaStorageError,
         };

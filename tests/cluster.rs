@@ -306,6 +306,35 @@ async fn three_brokers_share_the_metadata_and_route_to_partition_leaders() {
         .await;
     }
 
+    // Manual assignments name registered brokers. Broker 3, stopped while its topic is deleted
+    // and created again on it under the same name, restarts with an empty partition: the old
+    // directory's topic id is not the new topic's, so it is moved aside, never loaded.
+    let addr = cluster.kafka_addr(1);
+    assert_eq!(
+        create_assigned(&addr, "pinned", &[&[9]]).await,
+        ResponseError::InvalidReplicaAssignment.code()
+    );
+    assert_eq!(create_assigned(&addr, "pinned", &[&[3], &[2]]).await, 0);
+    let three = cluster.kafka_addr(3);
+    support::eventually("broker 3 takes records for its pinned partition", || {
+        let three = three.clone();
+        async move {
+            let mut conn = KafkaConn::connect(&three).await;
+            support::produce_batch(&mut conn, "pinned", support::batch(0, 10, 0)).await == (0, 0)
+        }
+    })
+    .await;
+    cluster.stop(3).await;
+    let one = cluster.broker(1).broker.clone();
+    one.delete_topic("pinned").await.unwrap();
+    assert_eq!(create_assigned(&addr, "pinned", &[&[3], &[2]]).await, 0);
+    cluster.start(3).await;
+    let three = cluster.broker(3).broker.clone();
+    let pinned = three.topic("pinned").expect("pinned on broker 3");
+    assert_eq!(pinned.id, one.topic("pinned").unwrap().id);
+    assert_eq!(pinned.partition(0).unwrap().high_watermark(), 0);
+    assert!(pinned.partition(1).is_none(), "partition 1 is broker 2's");
+
     // One bucket per cluster: it names the cluster, and a broker with its own store (the
     // per-data-dir default) refuses to start.
     let claim = support::object_names(&cluster.store, "_strata/").await;
@@ -327,6 +356,32 @@ fn group_id(group: &str) -> GroupId {
     GroupId(kafka_protocol::protocol::StrBytes::from_string(
         group.into(),
     ))
+}
+
+/// CreateTopics with each partition's replicas named.
+async fn create_assigned(addr: &str, name: &str, replicas: &[&[i32]]) -> i16 {
+    use kafka_protocol::messages::create_topics_request::CreatableReplicaAssignment;
+    let assignments = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            CreatableReplicaAssignment::default()
+                .with_partition_index(i as i32)
+                .with_broker_ids(r.iter().map(|b| BrokerId(*b)).collect())
+        })
+        .collect();
+    let request = CreateTopicsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(-1)
+            .with_replication_factor(-1)
+            .with_assignments(assignments)]);
+    let r: CreateTopicsResponse = KafkaConn::connect(addr)
+        .await
+        .call(ApiKey::CreateTopics, 7, &request)
+        .await;
+    r.topics[0].error_code
 }
 
 /// A simple (generation -1) OffsetCommit of `orders`-`partition` at `offset`.

@@ -202,7 +202,7 @@ async fn three_voters_form_forward_fail_over_and_catch_up_by_snapshot() {
     let follower = (1..=3).find(|i| *i != leader).unwrap();
     let version = cluster
         .quorum(follower)
-        .create_topic(new_topic("orders", 6, BTreeMap::new()), 1)
+        .create_topic(new_topic("orders", 6, BTreeMap::new()), 1, None)
         .await
         .unwrap();
     assert!(cluster.quorum(follower).applied() >= version);
@@ -227,7 +227,7 @@ async fn three_voters_form_forward_fail_over_and_catch_up_by_snapshot() {
     assert!(matches!(
         cluster
             .quorum(leader)
-            .create_topic(new_topic("wide", 1, BTreeMap::new()), 4)
+            .create_topic(new_topic("wide", 1, BTreeMap::new()), 4, None)
             .await,
         Err(strata::metadata::MetadataError::InvalidReplicationFactor(_))
     ));
@@ -242,7 +242,7 @@ async fn three_voters_form_forward_fail_over_and_catch_up_by_snapshot() {
     let other = (1..=3).find(|i| *i != leader && *i != next).unwrap();
     cluster
         .quorum(other)
-        .create_topic(new_topic("after-failover", 1, BTreeMap::new()), 1)
+        .create_topic(new_topic("after-failover", 1, BTreeMap::new()), 1, None)
         .await
         .unwrap();
     // Producer-id blocks stay unique across the failover.
@@ -299,7 +299,7 @@ async fn a_wiped_voter_does_not_vote_until_it_has_caught_up() {
     for name in ["a", "b", "c"] {
         cluster
             .quorum(1)
-            .create_topic(new_topic(name, 1, BTreeMap::new()), 1)
+            .create_topic(new_topic(name, 1, BTreeMap::new()), 1, None)
             .await
             .unwrap();
     }

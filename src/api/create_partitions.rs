@@ -1,14 +1,13 @@
-//! CreatePartitions: grows a topic; shrinking is INVALID_PARTITIONS as in Kafka.
+//! CreatePartitions: grows a topic; shrinking is INVALID_PARTITIONS as in Kafka. Assignments,
+//! when given, name the new partitions' replicas (registered brokers, the topic's replica count).
 
 use std::sync::Arc;
 
-use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 
 use super::str_bytes;
 use crate::broker::Broker;
-use crate::error::ApiError;
 
 pub async fn handle(
     broker: &Arc<Broker>,
@@ -16,14 +15,14 @@ pub async fn handle(
 ) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
     for t in request.topics {
-        let outcome = match check_assignments(broker, &t) {
-            Ok(()) => {
-                broker
-                    .create_partitions(t.name.as_str(), t.count, request.validate_only)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let assignment = t.assignments.as_ref().map(|a| {
+            a.iter()
+                .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                .collect()
+        });
+        let outcome = broker
+            .create_partitions(t.name.as_str(), t.count, assignment, request.validate_only)
+            .await;
         let result = CreatePartitionsTopicResult::default().with_name(t.name);
         results.push(match outcome {
             Ok(()) => result,
@@ -33,23 +32,4 @@ pub async fn handle(
         });
     }
     CreatePartitionsResponse::default().with_results(results)
-}
-
-fn check_assignments(
-    broker: &Broker,
-    t: &kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic,
-) -> Result<(), ApiError> {
-    let Some(assignments) = &t.assignments else {
-        return Ok(());
-    };
-    if assignments
-        .iter()
-        .any(|a| a.broker_ids.is_empty() || a.broker_ids.iter().any(|b| b.0 != broker.node_id()))
-    {
-        return Err(ApiError::new(
-            ResponseError::InvalidReplicaAssignment,
-            "assignments name brokers that do not exist",
-        ));
-    }
-    Ok(())
 }

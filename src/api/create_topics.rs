@@ -100,8 +100,8 @@ async fn create(
         })?;
         overrides.insert(c.name.to_string(), value.to_string());
     }
-    let (partitions, replication_factor) = if t.assignments.is_empty() {
-        (t.num_partitions, t.replication_factor)
+    let (partitions, replication_factor, assignment) = if t.assignments.is_empty() {
+        (t.num_partitions, t.replication_factor, None)
     } else {
         if t.num_partitions != -1 || t.replication_factor != -1 {
             return Err(ApiError::new(
@@ -117,28 +117,21 @@ async fn create(
                 "partition indexes must be 0..n",
             ));
         }
-        for a in &t.assignments {
-            if a.broker_ids.iter().any(|b| b.0 != broker.node_id()) || a.broker_ids.is_empty() {
-                return Err(ApiError::new(
-                    ResponseError::InvalidReplicaAssignment,
-                    format!(
-                        "assignment of partition {} names brokers that do not exist",
-                        a.partition_index
-                    ),
-                ));
-            }
-        }
-        let rf = t
-            .assignments
-            .first()
-            .map_or(1, |a| a.broker_ids.len() as i16);
-        (t.assignments.len() as i32, rf)
+        let mut assignments: Vec<_> = t.assignments.iter().collect();
+        assignments.sort_by_key(|a| a.partition_index);
+        let replicas: Vec<Vec<i32>> = assignments
+            .iter()
+            .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+            .collect();
+        let rf = replicas.first().map_or(1, |r| r.len() as i16);
+        (t.assignments.len() as i32, rf, Some(replicas))
     };
     broker
-        .create_topic(
+        .create_topic_assigned(
             t.name.as_str(),
             partitions,
             replication_factor,
+            assignment,
             &overrides,
             validate_only,
         )

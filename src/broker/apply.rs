@@ -38,6 +38,28 @@ impl Broker {
         overrides: &BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<Arc<Topic>, ApiError> {
+        self.create_topic_assigned(
+            name,
+            partitions,
+            replication_factor,
+            None,
+            overrides,
+            validate_only,
+        )
+        .await
+    }
+
+    /// [`Broker::create_topic`], with the replicas of each partition named by the client
+    /// (`partitions` and `replication_factor` then follow from `assignment`).
+    pub async fn create_topic_assigned(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        assignment: Option<Vec<Vec<i32>>>,
+        overrides: &BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<Topic>, ApiError> {
         check_topic_name(name)
             .map_err(|m| ApiError::new(ResponseError::InvalidTopicException, m))?;
         let settings = &self.config.broker;
@@ -76,6 +98,12 @@ impl Broker {
                 format!("replication factor {replication_factor}: replication not available yet"),
             ));
         }
+        if let Some(assignment) = &assignment {
+            self.metadata
+                .view()
+                .check_assignment(assignment)
+                .map_err(|m| ApiError::new(ResponseError::InvalidReplicaAssignment, m))?;
+        }
         let overrides = topic_config::check_overrides(overrides)
             .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e.0))?;
         let record = new_topic(name, partitions, overrides);
@@ -96,7 +124,7 @@ impl Broker {
         }
         let version = self
             .metadata
-            .create_topic(record, replication_factor)
+            .create_topic(record, replication_factor, assignment)
             .await?;
         self.applied(version).await?;
         tracing::info!(topic = name, partitions, "topic created");
@@ -198,6 +226,7 @@ impl Broker {
         &self,
         name: &str,
         count: i32,
+        assignment: Option<Vec<Vec<i32>>>,
         validate_only: bool,
     ) -> Result<(), ApiError> {
         let topic = self.topic(name).ok_or_else(|| unknown_topic(name))?;
@@ -216,10 +245,29 @@ impl Broker {
                 "more than 100000 partitions",
             ));
         }
+        if let Some(assignment) = &assignment {
+            if assignment.len() != (count - topic.count) as usize {
+                return Err(ApiError::new(
+                    ResponseError::InvalidReplicaAssignment,
+                    format!(
+                        "{} assignments for {} new partitions",
+                        assignment.len(),
+                        count - topic.count
+                    ),
+                ));
+            }
+            self.metadata
+                .view()
+                .check_assignment(assignment)
+                .map_err(|m| ApiError::new(ResponseError::InvalidReplicaAssignment, m))?;
+        }
         if validate_only {
             return Ok(());
         }
-        let version = self.metadata.create_partitions(name, count).await?;
+        let version = self
+            .metadata
+            .create_partitions(name, count, assignment)
+            .await?;
         self.applied(version).await
     }
 

@@ -156,7 +156,11 @@ async fn a_directory_of_an_older_topic_id_is_moved_aside_never_loaded() {
         // metadata names a new id for t, the directory t-0 still holds the old one.
         broker.metadata().delete_topic("t").await.unwrap();
         let record = crate::metadata::local::new_topic("t", 1, BTreeMap::new());
-        broker.metadata().create_topic(record, 1).await.unwrap();
+        broker
+            .metadata()
+            .create_topic(record, 1, None)
+            .await
+            .unwrap();
         broker.topic("t").unwrap().id
     };
     let broker = open_broker(tmp.path()).await;

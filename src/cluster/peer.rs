@@ -393,6 +393,27 @@ impl PeerEndpoint {
     pub async fn wait_idle(&self) {
         self.endpoint.wait_idle().await;
     }
+
+    /// Closes the endpoint, waits (a little) for its connections to go, and lets go of its
+    /// socket: a closed quinn endpoint still reads its socket while any handle to it lives, and
+    /// a broker restarted in the same process on the same socket (tests hand sockets over)
+    /// would lose datagrams to it.
+    pub async fn shut(&self) {
+        self.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.wait_idle()).await;
+        let unspecified: std::net::SocketAddr = match self.endpoint.local_addr() {
+            Ok(a) if a.is_ipv6() => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
+            _ => (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+        };
+        match std::net::UdpSocket::bind(unspecified) {
+            Ok(socket) => {
+                if let Err(e) = self.endpoint.rebind(socket) {
+                    tracing::debug!(error = %e, "releasing the peer socket");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "releasing the peer socket"),
+        }
+    }
 }
 
 fn peer_node_id(connection: &quinn::Connection) -> Option<i32> {

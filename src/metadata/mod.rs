@@ -79,6 +79,8 @@ pub enum MetadataError {
     InvalidPartitions(String),
     #[error("{0}")]
     InvalidReplicationFactor(String),
+    #[error("{0}")]
+    InvalidReplicaAssignment(String),
     /// No controller could be reached (an election, a partitioned node): retriable.
     #[error("the metadata quorum is not available: {0}")]
     Unavailable(String),
@@ -121,12 +123,20 @@ pub trait Metadata: Send + Sync {
         &self,
         record: TopicRecord,
         replication_factor: i16,
+        assignment: Option<Vec<Vec<i32>>>,
     ) -> Result<u64, MetadataError>;
 
     /// Deletes the topic and records it for the deletion of its remote data.
     async fn delete_topic(&self, name: &str) -> Result<u64, MetadataError>;
 
-    async fn create_partitions(&self, name: &str, count: i32) -> Result<u64, MetadataError>;
+    /// Grows a topic to `count` partitions, the new ones placed or, with `assignment`, on the
+    /// replicas it names.
+    async fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        assignment: Option<Vec<Vec<i32>>>,
+    ) -> Result<u64, MetadataError>;
 
     async fn alter_configs(
         &self,

@@ -15,6 +15,7 @@ fn refusal(kind: Refusal, message: String) -> MetadataError {
         Refusal::UnknownTopic => MetadataError::UnknownTopic(message),
         Refusal::InvalidPartitions => MetadataError::InvalidPartitions(message),
         Refusal::InvalidReplicationFactor => MetadataError::InvalidReplicationFactor(message),
+        Refusal::InvalidReplicaAssignment => MetadataError::InvalidReplicaAssignment(message),
     }
 }
 
@@ -98,10 +99,12 @@ impl Metadata for Quorum {
         &self,
         record: TopicRecord,
         replication_factor: i16,
+        assignment: Option<Vec<Vec<i32>>>,
     ) -> Result<u64, MetadataError> {
         self.command(Command::CreateTopic {
             record,
             replication_factor,
+            assignment,
         })
         .await
     }
@@ -111,10 +114,16 @@ impl Metadata for Quorum {
             .await
     }
 
-    async fn create_partitions(&self, name: &str, count: i32) -> Result<u64, MetadataError> {
+    async fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        assignment: Option<Vec<Vec<i32>>>,
+    ) -> Result<u64, MetadataError> {
         self.command(Command::CreatePartitions {
             name: name.into(),
             count,
+            assignment,
         })
         .await
     }

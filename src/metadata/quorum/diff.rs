@@ -116,6 +116,7 @@ mod tests {
                 Command::CreateTopic {
                     record: topic(name, 2),
                     replication_factor: 1,
+                    assignment: None,
                 },
             );
         }
@@ -137,6 +138,7 @@ mod tests {
             Command::CreateTopic {
                 record: topic("recreated", 1),
                 replication_factor: 1,
+                assignment: None,
             },
         );
         new.apply(
@@ -144,6 +146,7 @@ mod tests {
             Command::CreatePartitions {
                 name: "kept".into(),
                 count: 3,
+                assignment: None,
             },
         );
         new.apply(
@@ -151,6 +154,7 @@ mod tests {
             Command::CreateTopic {
                 record: topic("fresh", 1),
                 replication_factor: 1,
+                assignment: None,
             },
         );
         let out = changes(&old, &new);

@@ -283,6 +283,9 @@ impl Quorum {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "metadata quorum did not stop cleanly");
         }
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.shut().await;
+        }
     }
 
     /// Commits `command` (here or at the leader) and waits until this node applied it.

@@ -99,6 +99,10 @@ pub enum Command {
     CreateTopic {
         record: TopicRecord,
         replication_factor: i16,
+        /// Replicas per partition chosen by the client (CreateTopics' assignments), instead of
+        /// placement.
+        #[serde(default)]
+        assignment: Option<Vec<Vec<i32>>>,
     },
     DeleteTopic {
         name: String,
@@ -106,6 +110,8 @@ pub enum Command {
     CreatePartitions {
         name: String,
         count: i32,
+        #[serde(default)]
+        assignment: Option<Vec<Vec<i32>>>,
     },
     AlterConfigs {
         name: String,
@@ -145,6 +151,7 @@ pub enum Refusal {
     UnknownTopic,
     InvalidPartitions,
     InvalidReplicationFactor,
+    InvalidReplicaAssignment,
 }
 
 impl std::fmt::Display for Command {
@@ -200,6 +207,57 @@ impl ClusterState {
     }
 
     /// New partitions on the given replicas: led by the first live one, at epoch 0.
+    /// A client's replica assignment: every partition names the same number of distinct,
+    /// registered brokers.
+    pub fn check_assignment(&self, assignment: &[Vec<i32>]) -> Result<(), String> {
+        let rf = assignment.first().map_or(0, |a| a.len());
+        for (i, replicas) in assignment.iter().enumerate() {
+            if replicas.is_empty() || replicas.len() != rf {
+                return Err(format!(
+                    "partition {i} names {} replicas; every partition must name the same number, at least one",
+                    replicas.len()
+                ));
+            }
+            let distinct: std::collections::BTreeSet<_> = replicas.iter().collect();
+            if distinct.len() != replicas.len() {
+                return Err(format!("partition {i} names a broker twice: {replicas:?}"));
+            }
+            if let Some(unknown) = replicas.iter().find(|r| !self.brokers.contains_key(r)) {
+                return Err(format!(
+                    "partition {i} names broker {unknown}, which is not registered"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Placement's choice, or the client's checked assignment.
+    fn assign(
+        &self,
+        assignment: Option<Vec<Vec<i32>>>,
+        count: i32,
+        replication_factor: i16,
+    ) -> Result<Vec<Vec<i32>>, (Outcome, Vec<Change>)> {
+        match assignment {
+            Some(assignment) => {
+                if assignment.len() != count as usize {
+                    return Err(refused(
+                        Refusal::InvalidReplicaAssignment,
+                        format!(
+                            "{} assignments for {count} new partitions",
+                            assignment.len()
+                        ),
+                    ));
+                }
+                self.check_assignment(&assignment)
+                    .map_err(|e| refused(Refusal::InvalidReplicaAssignment, e))?;
+                Ok(assignment)
+            }
+            None => placement::place(&self.candidates(), &self.load(), count, replication_factor)
+                .map_err(|e| refused(Refusal::InvalidReplicationFactor, e.to_string())),
+        }
+    }
+
     fn new_partitions(&self, assignment: Vec<Vec<i32>>) -> Vec<PartitionState> {
         assignment
             .into_iter()
@@ -297,6 +355,7 @@ impl ClusterState {
             Command::CreateTopic {
                 record,
                 replication_factor,
+                assignment,
             } => {
                 if self
                     .topics
@@ -309,15 +368,11 @@ impl ClusterState {
                 if self.topics.contains_key(&record.name) {
                     return refused(Refusal::TopicExists, record.name.clone());
                 }
-                let assignment = match placement::place(
-                    &self.candidates(),
-                    &self.load(),
-                    record.partitions,
-                    replication_factor,
-                ) {
-                    Ok(a) => a,
-                    Err(e) => return refused(Refusal::InvalidReplicationFactor, e.to_string()),
-                };
+                let assignment =
+                    match self.assign(assignment, record.partitions, replication_factor) {
+                        Ok(a) => a,
+                        Err(refusal) => return refusal,
+                    };
                 let partitions = self.new_partitions(assignment);
                 let mut changes = vec![Change::TopicCreated(record.clone())];
                 changes.extend(leadership(&record.name, 0, &partitions));
@@ -336,8 +391,11 @@ impl ClusterState {
                 self.deleting.push(deleted.clone());
                 (Outcome::Done, vec![Change::TopicDeleted(deleted)])
             }
-            Command::CreatePartitions { name, count } => {
-                let (candidates, load) = (self.candidates(), self.load());
+            Command::CreatePartitions {
+                name,
+                count,
+                assignment,
+            } => {
                 let Some(topic) = self.topics.get(&name) else {
                     return refused(Refusal::UnknownTopic, name.clone());
                 };
@@ -352,9 +410,19 @@ impl ClusterState {
                     .partitions
                     .first()
                     .map_or(1, |p| p.replicas.len() as i16);
-                let assignment = match placement::place(&candidates, &load, count - have, rf) {
+                if assignment
+                    .as_ref()
+                    .and_then(|a| a.first())
+                    .is_some_and(|r| r.len() != rf as usize)
+                {
+                    return refused(
+                        Refusal::InvalidReplicaAssignment,
+                        format!("topic {name:?} has {rf} replicas per partition"),
+                    );
+                }
+                let assignment = match self.assign(assignment, count - have, rf) {
                     Ok(a) => a,
-                    Err(e) => return refused(Refusal::InvalidReplicationFactor, e.to_string()),
+                    Err(refusal) => return refusal,
                 };
                 let partitions = self.new_partitions(assignment);
                 let mut changes = vec![Change::PartitionsCreated {

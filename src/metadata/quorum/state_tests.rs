@@ -30,6 +30,7 @@ fn topics_spread_fencing_moves_leaders_and_registration_brings_them_back() {
         Command::CreateTopic {
             record: topic("t", 6),
             replication_factor: 1,
+            assignment: None,
         },
     );
     assert_eq!(outcome, Outcome::Done);
@@ -45,7 +46,8 @@ fn topics_spread_fencing_moves_leaders_and_registration_brings_them_back() {
                 5,
                 Command::CreateTopic {
                     record: topic("u", 1),
-                    replication_factor: 4
+                    replication_factor: 4,
+                    assignment: None
                 }
             )
             .0,
@@ -60,7 +62,8 @@ fn topics_spread_fencing_moves_leaders_and_registration_brings_them_back() {
                 5,
                 Command::CreateTopic {
                     record: topic("t", 1),
-                    replication_factor: 1
+                    replication_factor: 1,
+                    assignment: None
                 }
             )
             .0,
@@ -94,6 +97,7 @@ fn topics_spread_fencing_moves_leaders_and_registration_brings_them_back() {
         Command::CreateTopic {
             record: topic("v", 4),
             replication_factor: 1,
+            assignment: None,
         },
     );
     assert!(state.topics["v"].partitions.iter().all(|p| p.leader != 2));
@@ -138,6 +142,7 @@ fn producer_ids_partitions_configs_and_deletions() {
         Command::CreateTopic {
             record: topic("t", 2),
             replication_factor: 1,
+            assignment: None,
         },
     );
     let (_, changes) = state.apply(
@@ -145,6 +150,7 @@ fn producer_ids_partitions_configs_and_deletions() {
         Command::CreatePartitions {
             name: "t".into(),
             count: 4,
+            assignment: None,
         },
     );
     assert_eq!(changes.len(), 3);
@@ -155,7 +161,8 @@ fn producer_ids_partitions_configs_and_deletions() {
                 6,
                 Command::CreatePartitions {
                     name: "t".into(),
-                    count: 3
+                    count: 3,
+                    assignment: None
                 }
             )
             .0,
@@ -192,4 +199,73 @@ fn producer_ids_partitions_configs_and_deletions() {
             pending: false
         }]
     );
+}
+
+#[test]
+fn manual_assignments_name_registered_brokers_and_lead_on_the_first_live_one() {
+    let mut state = ClusterState::default();
+    for id in 1..=3 {
+        register(&mut state, id as u64, id);
+    }
+    let create = |assignment: Vec<Vec<i32>>, name: &str| Command::CreateTopic {
+        record: topic(name, assignment.len() as i32),
+        replication_factor: assignment.first().map_or(1, |a| a.len() as i16),
+        assignment: Some(assignment),
+    };
+    let refused = |outcome: Outcome| {
+        matches!(
+            outcome,
+            Outcome::Refused {
+                kind: Refusal::InvalidReplicaAssignment,
+                ..
+            }
+        )
+    };
+    for bad in [
+        vec![vec![4]],
+        vec![vec![1, 1]],
+        vec![vec![1], vec![2, 3]],
+        vec![vec![]],
+    ] {
+        assert!(
+            refused(state.apply(4, create(bad.clone(), "bad")).0),
+            "{bad:?}"
+        );
+    }
+    assert!(!state.topics.contains_key("bad"));
+
+    // Fenced broker 3 may be named; it leads nothing until it returns.
+    state.apply(
+        5,
+        Command::FenceBroker {
+            id: 3,
+            epoch: state.brokers[&3].epoch,
+        },
+    );
+    let (outcome, _) = state.apply(6, create(vec![vec![3], vec![2], vec![3, 1]], "t"));
+    assert!(refused(outcome), "replica counts differ");
+    let (outcome, _) = state.apply(7, create(vec![vec![3], vec![2], vec![1]], "t"));
+    assert_eq!(outcome, Outcome::Done);
+    let leaders: Vec<i32> = state.topics["t"]
+        .partitions
+        .iter()
+        .map(|p| p.leader)
+        .collect();
+    assert_eq!(leaders, [NO_LEADER, 2, 1]);
+
+    let grow = |count, assignment| Command::CreatePartitions {
+        name: "t".into(),
+        count,
+        assignment: Some(assignment),
+    };
+    assert!(
+        refused(state.apply(8, grow(5, vec![vec![1]])).0),
+        "one short"
+    );
+    assert!(
+        refused(state.apply(9, grow(4, vec![vec![1, 2]])).0),
+        "rf differs"
+    );
+    assert_eq!(state.apply(10, grow(4, vec![vec![2]])).0, Outcome::Done);
+    assert_eq!(state.topics["t"].partitions[3].replicas, [2]);
 }

@@ -441,6 +441,7 @@ async fn the_controller_stops_its_partitions_go_leaderless_and_come_back_at_a_ne
         &[
             ("broker.heartbeat.interval.ms", "200"),
             ("broker.session.timeout.ms", "2000"),
+            ("strata.metadata.snapshot.entries", "100"),
         ],
     );
     cluster.start_all().await;
@@ -486,10 +487,11 @@ async fn the_controller_stops_its_partitions_go_leaderless_and_come_back_at_a_ne
         0
     );
     for id in &live {
-        for _ in 0..1000 {
+        for _ in 0..1500 {
             assert!(ids.insert(cluster.broker(*id).broker.next_producer_id().await.unwrap()));
         }
     }
+    assert_eq!(ids.len(), 6000, "3 × 2 000 producer ids, all distinct");
     // Its partitions lose their leader once its session ends; the live brokers' partitions keep
     // leader and epoch throughout.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -522,6 +524,15 @@ async fn the_controller_stops_its_partitions_go_leaderless_and_come_back_at_a_ne
     let listed: Vec<i32> = m.brokers.iter().map(|b| b.node_id.0).collect();
     assert!(!listed.contains(&controller), "{listed:?}");
 
+    // 500 changes while it is away, the log purged behind a snapshot every 100 entries: on
+    // restart it catches up by installing the leader's snapshot.
+    let one = cluster.broker(live[0]).broker.clone();
+    for i in 0..500 {
+        let overrides = BTreeMap::from([("retention.ms".to_string(), (1000 + i).to_string())]);
+        one.set_overrides("after", overrides, false).await.unwrap();
+    }
+    drop(one);
+
     // Restarted, it leads its partitions again at a higher epoch, with its records.
     cluster.start(controller).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -552,6 +563,13 @@ async fn the_controller_stops_its_partitions_go_leaderless_and_come_back_at_a_ne
             leaders(&cluster, controller, "t").await[p.index as usize].1
         );
     }
-    assert_eq!(ids.len(), 5000);
+    let back = cluster.broker(controller).broker.clone();
+    assert!(
+        back.metadata().snapshots_installed() >= 1,
+        "caught up by a snapshot"
+    );
+    let after = back.topic("after").unwrap();
+    assert_eq!(after.overrides["retention.ms"], "1499");
+    drop((back, after));
     cluster.stop_all().await;
 }

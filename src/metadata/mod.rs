@@ -99,6 +99,12 @@ pub trait Metadata: Send + Sync {
     /// leader and epochs, the controller's identity. Cheap (shared, not copied).
     fn view(&self) -> std::sync::Arc<quorum::state::ClusterState>;
 
+    /// Snapshots installed from the leader since start: how a node that fell behind the
+    /// leader's purged log caught up.
+    fn snapshots_installed(&self) -> u64 {
+        0
+    }
+
     /// The controller (the quorum's leader), if one is known.
     fn controller(&self) -> Option<i32>;
 

@@ -54,6 +54,12 @@ impl Metadata for Quorum {
         self.state()
     }
 
+    fn snapshots_installed(&self) -> u64 {
+        self.shared
+            .snapshots_installed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn controller(&self) -> Option<i32> {
         self.leader()
     }

@@ -664,3 +664,46 @@ async fn each_broker_offloads_exactly_the_partitions_it_leads() {
     }
     cluster.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_not_among_the_seeds_joins_as_a_learner_and_leads_partitions() {
+    let _one = cluster_support::ONE_CLUSTER.lock().await;
+    let mut cluster = TestCluster::new(4, &[]);
+    cluster.seeds.truncate(3);
+    cluster.start_all().await;
+    for id in 1..=4 {
+        let addr = cluster.kafka_addr(id);
+        support::eventually(&format!("broker {id} lists all four"), || {
+            let addr = addr.clone();
+            async move {
+                let m = metadata(&addr, None).await;
+                let mut ids: Vec<i32> = m.brokers.iter().map(|b| b.node_id.0).collect();
+                ids.sort_unstable();
+                ids == [1, 2, 3, 4]
+            }
+        })
+        .await;
+    }
+    // A command through the learner is forwarded; placement counts it like any broker.
+    assert_eq!(create_topic(&cluster.kafka_addr(4), "wide", 8, 1).await, 0);
+    let addr = cluster.kafka_addr(4);
+    support::eventually("the learner applies the topic", || {
+        let addr = addr.clone();
+        async move { metadata(&addr, Some("wide")).await.topics[0].partitions.len() == 8 }
+    })
+    .await;
+    let mut per_broker: BTreeMap<i32, usize> = BTreeMap::new();
+    for (leader, _) in leaders(&cluster, 4, "wide").await {
+        *per_broker.entry(leader).or_default() += 1;
+    }
+    assert_eq!(per_broker, BTreeMap::from([(1, 2), (2, 2), (3, 2), (4, 2)]));
+    let learner = cluster.broker(4).broker.clone();
+    support::eventually("the learner opens the partitions it leads", || {
+        let learner = learner.clone();
+        async move { learner.topic("wide").is_some_and(|t| t.partitions.len() == 2) }
+    })
+    .await;
+    assert!(learner.metadata().controller().is_some_and(|c| c != 4));
+    drop(learner);
+    cluster.stop_all().await;
+}

@@ -201,3 +201,49 @@ impl Quorum {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::quorum::QuorumConfig;
+
+    #[tokio::test]
+    async fn a_heartbeat_at_an_older_broker_epoch_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let quorum = Quorum::start(
+            QuorumConfig {
+                node_id: 1,
+                dir: dir.path().join("metadata"),
+                voters: Default::default(),
+                peer_addr: None,
+                snapshot_entries: 1000,
+                heartbeat: Duration::from_millis(100),
+                election_timeout: Duration::from_millis(500),
+                object_store: None,
+                broker_heartbeat: Duration::from_secs(60),
+                session_timeout: Duration::from_secs(60),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(quorum.ready(Duration::from_secs(30)).await);
+        let registration = || Command::RegisterBroker {
+            id: 1,
+            host: "127.0.0.1".into(),
+            port: 9092,
+            peer: String::new(),
+            rack: None,
+            incarnation: uuid::Uuid::new_v4(),
+        };
+        let first = quorum.register(registration()).await.unwrap();
+        assert!(matches!(quorum.heartbeat_from(1, first), Reply::Done));
+        // A restart registers a new incarnation under a new epoch: the old one is stale.
+        let second = quorum.register(registration()).await.unwrap();
+        assert!(second > first);
+        assert!(matches!(quorum.heartbeat_from(1, first), Reply::Stale));
+        assert!(matches!(quorum.heartbeat_from(1, second), Reply::Done));
+        assert!(matches!(quorum.heartbeat_from(2, second), Reply::Stale));
+        quorum.shutdown().await;
+    }
+}

@@ -172,7 +172,10 @@ async fn main() {
                 format!("{:.0} MiB / {} fds", rss_mib(pid), open_files(pid))
             })
             .collect();
-        println!("{label}: RSS / open files per broker: {}", figures.join(", "));
+        println!(
+            "{label}: RSS / open files per broker: {}",
+            figures.join(", ")
+        );
     };
     rss("idle");
 

@@ -689,7 +689,12 @@ async fn a_broker_not_among_the_seeds_joins_as_a_learner_and_leads_partitions() 
     let addr = cluster.kafka_addr(4);
     support::eventually("the learner applies the topic", || {
         let addr = addr.clone();
-        async move { metadata(&addr, Some("wide")).await.topics[0].partitions.len() == 8 }
+        async move {
+            metadata(&addr, Some("wide")).await.topics[0]
+                .partitions
+                .len()
+                == 8
+        }
     })
     .await;
     let mut per_broker: BTreeMap<i32, usize> = BTreeMap::new();
@@ -700,7 +705,11 @@ async fn a_broker_not_among_the_seeds_joins_as_a_learner_and_leads_partitions() 
     let learner = cluster.broker(4).broker.clone();
     support::eventually("the learner opens the partitions it leads", || {
         let learner = learner.clone();
-        async move { learner.topic("wide").is_some_and(|t| t.partitions.len() == 2) }
+        async move {
+            learner
+                .topic("wide")
+                .is_some_and(|t| t.partitions.len() == 2)
+        }
     })
     .await;
     assert!(learner.metadata().controller().is_some_and(|c| c != 4));

@@ -198,6 +198,22 @@ async fn topic_administration() {
     );
     let r: CreatePartitionsResponse = conn.call(ApiKey::CreatePartitions, 3, &grow(2)).await;
     assert_eq!(r.results[0].error_code, 37, "INVALID_PARTITIONS");
+    // Assignments name registered brokers only (this node is 1).
+    let assigned = |broker: i32| {
+        use kafka_protocol::messages::create_partitions_request::CreatePartitionsAssignment;
+        CreatePartitionsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![CreatePartitionsTopic::default()
+                .with_name(tn("admin"))
+                .with_count(7)
+                .with_assignments(Some(vec![
+                    CreatePartitionsAssignment::default().with_broker_ids(vec![BrokerId(broker)])
+                ]))])
+    };
+    let r: CreatePartitionsResponse = conn.call(ApiKey::CreatePartitions, 3, &assigned(7)).await;
+    assert_eq!(r.results[0].error_code, 39, "INVALID_REPLICA_ASSIGNMENT");
+    let r: CreatePartitionsResponse = conn.call(ApiKey::CreatePartitions, 3, &assigned(1)).await;
+    assert_eq!(r.results[0].error_code, 0);
 
     // IncrementalAlterConfigs then DescribeConfigs with synonyms.
     let alter = IncrementalAlterConfigsRequest::default().with_resources(vec![
@@ -320,7 +336,7 @@ async fn topic_administration() {
         .iter()
         .find(|t| t.name.as_str() == "admin")
         .unwrap();
-    assert_eq!(admin.partitions.len(), 6);
+    assert_eq!(admin.partitions.len(), 7);
     assert!(admin
         .partitions
         .iter()

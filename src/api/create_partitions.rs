@@ -15,7 +15,8 @@ pub async fn handle(
 ) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
     for t in request.topics {
-        let assignment = t.assignments.as_ref().map(|a| {
+        // Absent or empty (kafka-protocol's default): placement decides.
+        let assignment = t.assignments.as_ref().filter(|a| !a.is_empty()).map(|a| {
             a.iter()
                 .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
                 .collect()

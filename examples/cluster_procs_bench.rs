@@ -11,7 +11,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -75,7 +74,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 fn start(bin: &str, root: &Path, id: u32, seeds: &str, peer: u16) -> Broker {
     let kafka = format!("127.0.0.1:{}", free_tcp());
-    let mut child = Command::new(bin)
+    let child = Command::new(bin)
         .arg("serve")
         .args(["--node-id", &id.to_string(), "--listen", &kafka])
         .args(["--admin-listen", "127.0.0.1:0"])
@@ -91,18 +90,9 @@ fn start(bin: &str, root: &Path, id: u32, seeds: &str, peer: u16) -> Broker {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn strata serve");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
-    let line = rx.recv_timeout(Duration::from_secs(120)).expect("ready");
-    assert!(line.starts_with("strata ready"), "{line}");
-    Broker { child, kafka }
+    let mut broker = Broker { child, kafka };
+    support::ready_line(&mut broker.child);
+    broker
 }
 
 async fn create(conn: &mut KafkaConn, name: &str, partitions: i32) -> i16 {

@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +26,7 @@ struct Broker {
 
 impl Broker {
     fn start(dir: &Path, port: u16) -> Broker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        let child = Command::new(env!("CARGO_BIN_EXE_strata"))
             .args(["serve", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
@@ -38,23 +37,9 @@ impl Broker {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn strata");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("broker ready line");
-        assert!(
-            line.starts_with("strata ready"),
-            "unexpected first line {line:?}"
-        );
-        Broker { child }
+        let mut broker = Broker { child };
+        support::ready_line(&mut broker.child);
+        broker
     }
 
     fn kill9(mut self) {

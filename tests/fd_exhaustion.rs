@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -63,24 +62,9 @@ fn start(dir: &Path, port: u16) -> Child9 {
             Ok(())
         });
     }
-    let mut child = command.spawn().expect("spawn strata");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("ready line");
-    assert!(
-        line.starts_with("strata ready"),
-        "unexpected first line {line:?}"
-    );
-    Child9(child)
+    let mut child = Child9(command.spawn().expect("spawn strata"));
+    support::ready_line(&mut child.0);
+    child
 }
 
 fn open_fds(pid: u32) -> u64 {

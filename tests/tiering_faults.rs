@@ -27,7 +27,6 @@ mod s3;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -933,26 +932,15 @@ impl ChildBroker {
         for (k, v) in settings(&[("remote.log.manager.task.interval.ms", &interval)]) {
             cmd.args(["--set", &format!("{k}={v}")]);
         }
-        let mut child = cmd
+        let child = cmd
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn strata");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let broker = ChildBroker { child };
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("broker ready line");
-        assert!(line.starts_with("strata ready"), "first line {line:?}");
+        // Owned first: a broker that never gets ready is killed when the wait panics.
+        let mut broker = ChildBroker { child };
+        support::ready_line(&mut broker.child);
         broker
     }
 }

@@ -387,3 +387,26 @@ pub async fn create_topic(
         .unwrap();
     running.broker.topic(topic).unwrap().partitions[0].clone()
 }
+
+/// Waits (up to 120 s) for a `strata serve` child's first stdout line, asserts it is the ready
+/// line and returns it; the rest of its stdout is drained in the background.
+pub fn ready_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("the child's stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("broker ready line");
+    assert!(
+        line.starts_with("strata ready"),
+        "unexpected first line {line:?}"
+    );
+    line
+}

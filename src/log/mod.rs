@@ -16,6 +16,7 @@ mod epoch_cache;
 mod flush;
 mod index;
 mod recovery;
+mod replica;
 mod retention;
 mod segment;
 mod time_index;
@@ -286,6 +287,20 @@ impl Log {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
+        let header = self.check_framing(batch)?;
+        let base_offset = self.log_end_offset();
+        set_base_offset_and_epoch(batch, base_offset, leader_epoch);
+        let header = BatchHeader {
+            base_offset,
+            partition_leader_epoch: leader_epoch,
+            ..header
+        };
+        self.write(batch, &header, now_ms)
+    }
+
+    /// A batch's framing: its header parses, its length is the slice's, and recovery would
+    /// keep it.
+    fn check_framing(&self, batch: &[u8]) -> Result<BatchHeader, LogError> {
         let header =
             BatchHeader::parse(batch).map_err(|e| LogError::InvalidBatch(e.to_string()))?;
         if header.total_len() != batch.len() || header.last_offset_delta < 0 {
@@ -304,14 +319,19 @@ impl Log {
                 batch.len()
             )));
         }
-        let base_offset = self.log_end_offset();
-        set_base_offset_and_epoch(batch, base_offset, leader_epoch);
-        let header = BatchHeader {
-            base_offset,
-            partition_leader_epoch: leader_epoch,
-            ..header
-        };
-        if self.should_roll(batch.len(), &header, now_ms) {
+        Ok(header)
+    }
+
+    /// Writes a batch whose offsets and epoch are final at the log end: rolls first if needed,
+    /// records a new epoch (persisted before the batch), writes and indexes it.
+    fn write(
+        &mut self,
+        batch: &[u8],
+        header: &BatchHeader,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        let (base_offset, leader_epoch) = (header.base_offset, header.partition_leader_epoch);
+        if self.should_roll(batch.len(), header, now_ms) {
             self.roll(now_ms)?;
         }
         let saved_epochs = if self.epochs.latest_epoch().is_none_or(|e| leader_epoch > e) {
@@ -329,7 +349,7 @@ impl Log {
             None
         };
         let interval = self.config.index_interval_bytes;
-        if let Err(e) = self.active_mut().append(batch, &header, interval) {
+        if let Err(e) = self.active_mut().append(batch, header, interval) {
             if let Some(saved) = saved_epochs {
                 self.epochs = EpochCache::new(saved);
                 let _ = self.persist_epochs_now();

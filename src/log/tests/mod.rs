@@ -4,6 +4,7 @@ use super::*;
 use crate::record::batch::{compute_crc, split_batches};
 
 mod concurrency;
+mod replica;
 
 fn put_varint(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;

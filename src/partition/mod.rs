@@ -22,6 +22,7 @@
 //! Taking over as leader fences the bucket in the background (`tiered.rs`).
 
 mod fence;
+pub mod follower;
 pub mod producer;
 mod read;
 pub mod role;

@@ -142,3 +142,76 @@ async fn epochs_are_checked_as_kafka_does_and_roles_persist() {
     let reopened = Partition::open(dir.path(), "t", 0, config(&[]), &context(None), 0).unwrap();
     assert_eq!(reopened.leader_epoch(), 5);
 }
+
+/// Three records from producer 7 at sequence `seq`.
+fn idempotent(seq: i32) -> Bytes {
+    let mut b = BatchBuilder::new(Codec::None);
+    b.producer(7, 0, seq);
+    for r in 0..3 {
+        b.record(1_000 + r, Some(b"k"), Some(b"v"), &[]);
+    }
+    Bytes::from(b.build())
+}
+
+#[tokio::test]
+async fn a_follower_keeps_the_leaders_batches_producers_and_high_watermark() {
+    use super::follower::FollowerError;
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Partition::open(ld.path(), "t", 0, config(&[]), &context(None), 0).unwrap();
+    let follower_context = PartitionContext {
+        node_id: 2,
+        ..context(None)
+    };
+    let follower = Partition::open(fd.path(), "t", 0, config(&[]), &follower_context, 0).unwrap();
+    follower.become_follower(1, 0).await.unwrap();
+    for seq in (0..15).step_by(3) {
+        leader.append(idempotent(seq), 1_000).await.unwrap();
+    }
+    let fetched = leader.read_local(0, 1 << 20).unwrap();
+    let hw = leader.high_watermark();
+    assert_eq!(
+        follower.append_as_follower(&fetched, 0, hw, 1_000).unwrap(),
+        15
+    );
+    assert_eq!(follower.high_watermark(), hw);
+    assert_eq!(follower.read_local(0, 1 << 20).unwrap(), fetched);
+    // Another epoch, or a leader, refuses.
+    assert!(matches!(
+        follower.append_as_follower(&fetched, 1, hw, 1_000),
+        Err(FollowerError::Role(RoleError::UnknownEpoch { .. }))
+    ));
+    assert!(matches!(
+        leader.append_as_follower(&fetched, 0, hw, 1_000),
+        Err(FollowerError::Role(RoleError::FencedEpoch { .. }))
+    ));
+
+    // Promoted, it knows the producer: a retry of the last batch is a duplicate at its offset.
+    let follower = Arc::new(follower);
+    follower.become_leader(1, vec![2]).await.unwrap();
+    assert_eq!(
+        follower
+            .append(idempotent(12), 1_000)
+            .await
+            .unwrap()
+            .base_offset,
+        12
+    );
+    assert_eq!(follower.log_end_offset(), 15);
+
+    // The old leader follows and cuts its tail at 9 with the producer state: sequence 9 is
+    // new to it again, and its high watermark came down with the log.
+    leader.become_follower(2, 1).await.unwrap();
+    leader.truncate_as_follower(9, 1).unwrap();
+    assert_eq!(leader.log_end_offset(), 9);
+    assert_eq!(leader.high_watermark(), 9);
+    let leader = Arc::new(leader);
+    leader.become_leader(2, vec![1]).await.unwrap();
+    assert_eq!(
+        leader
+            .append(idempotent(9), 1_000)
+            .await
+            .unwrap()
+            .base_offset,
+        9
+    );
+}

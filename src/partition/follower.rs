@@ -96,3 +96,85 @@ impl Partition {
         Ok(())
     }
 }
+
+/// What a follower asks its leader for (Kafka's Fetch v12+ replica fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaFetch {
+    pub fetch_offset: i64,
+    /// The epoch of the follower's last batch (-1: an empty log).
+    pub last_fetched_epoch: i32,
+    /// The leader epoch the follower follows.
+    pub current_leader_epoch: i32,
+    pub max_bytes: usize,
+}
+
+/// The leader's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaAnswer {
+    /// Batches from the fetch offset (possibly none) and the leader's marks.
+    Records {
+        records: bytes::Bytes,
+        high_watermark: i64,
+        log_start_offset: i64,
+        log_end_offset: i64,
+    },
+    /// The follower's log diverges: truncate to `end_offset`, the leader's end of `epoch`
+    /// (the largest epoch not above the follower's last), then fetch again (KIP-320).
+    Diverging { epoch: i32, end_offset: i64 },
+    /// The fetch offset is below the leader's local log: what is below `local_log_start` is
+    /// only in the object store (OFFSET_MOVED_TO_TIERED_STORAGE, KIP-405).
+    MovedToTieredStorage { local_log_start: i64 },
+    /// Outside [log start, log end] and not in the object store: OFFSET_OUT_OF_RANGE.
+    OutOfRange { log_start: i64, log_end: i64 },
+}
+
+impl Partition {
+    /// A follower's fetch at the leader: checked against this leader's epoch (FENCED or
+    /// UNKNOWN_LEADER_EPOCH, NOT_LEADER_OR_FOLLOWER), checked for divergence, then the fetch
+    /// offset is taken as the follower's log end — which moves the high watermark when the
+    /// follower is in the ISR — and batches are read up to the log end (not the high
+    /// watermark: replicas copy what consumers may not see yet).
+    pub fn replica_fetch(
+        &self,
+        follower: i32,
+        fetch: &ReplicaFetch,
+    ) -> Result<ReplicaAnswer, FollowerError> {
+        let mut state = self.write_state();
+        self.leader_check(&state.role, fetch.current_leader_epoch)?;
+        if fetch.last_fetched_epoch >= 0 {
+            let (epoch, end_offset) = state.log.end_offset_for_epoch(fetch.last_fetched_epoch);
+            if epoch != fetch.last_fetched_epoch || end_offset < fetch.fetch_offset {
+                return Ok(ReplicaAnswer::Diverging { epoch, end_offset });
+            }
+        }
+        let (local_start, log_end) = (state.log.log_start_offset(), state.log.log_end_offset());
+        if fetch.fetch_offset < local_start || fetch.fetch_offset > log_end {
+            let log_start = state.log_start();
+            if fetch.fetch_offset >= log_start && fetch.fetch_offset < local_start {
+                return Ok(ReplicaAnswer::MovedToTieredStorage {
+                    local_log_start: local_start,
+                });
+            }
+            return Ok(ReplicaAnswer::OutOfRange { log_start, log_end });
+        }
+        state.replica_ends.insert(follower, fetch.fetch_offset);
+        let hw = state.leader_high_watermark(self.node_id, self.high_watermark());
+        self.high_watermark.send_if_modified(|current| {
+            let moved = hw > *current;
+            if moved {
+                *current = hw;
+            }
+            moved
+        });
+        let records = state
+            .log
+            .read(fetch.fetch_offset, fetch.max_bytes, log_end, true)?
+            .bytes;
+        Ok(ReplicaAnswer::Records {
+            records,
+            high_watermark: self.high_watermark(),
+            log_start_offset: state.log_start(),
+            log_end_offset: log_end,
+        })
+    }
+}

@@ -215,3 +215,92 @@ async fn a_follower_keeps_the_leaders_batches_producers_and_high_watermark() {
         9
     );
 }
+
+#[tokio::test]
+async fn the_leader_serves_replica_fetches_and_the_isr_moves_the_high_watermark() {
+    use super::follower::{FollowerError, ReplicaAnswer, ReplicaFetch};
+    let dir = tempfile::tempdir().unwrap();
+    let leader =
+        Arc::new(Partition::open(dir.path(), "t", 0, config(&[]), &context(None), 0).unwrap());
+    leader.become_leader(1, vec![1, 2]).await.unwrap();
+    for seq in (0..15).step_by(3) {
+        leader.append(idempotent(seq), 1_000).await.unwrap();
+    }
+    // Follower 2 is in the ISR and has nothing: the high watermark waits for it.
+    assert_eq!(leader.high_watermark(), 0);
+    let fetch = |offset, last_epoch| ReplicaFetch {
+        fetch_offset: offset,
+        last_fetched_epoch: last_epoch,
+        current_leader_epoch: 1,
+        max_bytes: 1 << 20,
+    };
+    let ReplicaAnswer::Records {
+        records,
+        high_watermark,
+        log_end_offset,
+        ..
+    } = leader.replica_fetch(2, &fetch(0, -1)).unwrap()
+    else {
+        panic!("records")
+    };
+    assert_eq!((high_watermark, log_end_offset), (0, 15));
+    assert_eq!(split_batches_count(&records), 5);
+    // Its next fetch says it has them all: the high watermark reaches the log end.
+    let answer = leader.replica_fetch(2, &fetch(15, 1)).unwrap();
+    assert!(
+        matches!(
+            answer,
+            ReplicaAnswer::Records {
+                high_watermark: 15,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(leader.high_watermark(), 15);
+
+    // Divergence (KIP-320): a follower with epoch-1 batches past 15, where epoch 1 ends here,
+    // cuts at 15; one whose last epoch (0) this log never had cuts at the first epoch's start.
+    assert_eq!(
+        leader.replica_fetch(2, &fetch(18, 1)).unwrap(),
+        ReplicaAnswer::Diverging {
+            epoch: 1,
+            end_offset: 15
+        }
+    );
+    assert_eq!(
+        leader.replica_fetch(2, &fetch(20, 0)).unwrap(),
+        ReplicaAnswer::Diverging {
+            epoch: 0,
+            end_offset: 0
+        }
+    );
+    // A stale epoch, an unknown one, beyond the log end.
+    let stale = ReplicaFetch {
+        current_leader_epoch: 0,
+        ..fetch(15, 1)
+    };
+    assert!(matches!(
+        leader.replica_fetch(2, &stale),
+        Err(FollowerError::Role(RoleError::FencedEpoch { .. }))
+    ));
+    let newer = ReplicaFetch {
+        current_leader_epoch: 2,
+        ..fetch(15, 1)
+    };
+    assert!(matches!(
+        leader.replica_fetch(2, &newer),
+        Err(FollowerError::Role(RoleError::UnknownEpoch { .. }))
+    ));
+    assert!(matches!(
+        leader.replica_fetch(2, &fetch(16, -1)).unwrap(),
+        ReplicaAnswer::OutOfRange {
+            log_start: 0,
+            log_end: 15
+        }
+    ));
+}
+
+fn split_batches_count(bytes: &[u8]) -> usize {
+    crate::record::batch::split_batches(bytes).0.len()
+}

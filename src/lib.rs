@@ -21,6 +21,7 @@ pub mod metadata;
 pub mod partition;
 pub mod protocol;
 pub mod record;
+pub mod replication;
 pub mod server;
 pub mod store;
 pub mod telemetry;

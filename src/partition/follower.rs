@@ -42,6 +42,8 @@ impl Partition {
             state.oldest_unflushed_ms.get_or_insert(now_ms);
         }
         let end = state.log.log_end_offset();
+        self.log_end
+            .send_if_modified(|current| std::mem::replace(current, end) != end);
         let hw = leader_high_watermark.min(end);
         self.high_watermark.send_if_modified(|current| {
             let moved = hw > *current;
@@ -63,6 +65,7 @@ impl Partition {
         state.log.truncate_to(offset)?;
         state.producers.truncate(offset);
         let end = state.log.log_end_offset();
+        self.log_end.send_replace(end);
         self.high_watermark.send_if_modified(|current| {
             let moved = *current > end;
             if moved {
@@ -176,5 +179,12 @@ impl Partition {
             log_start_offset: state.log_start(),
             log_end_offset: log_end,
         })
+    }
+}
+
+impl Partition {
+    /// The epoch of the last batch in the log (-1: none), a follower's `last_fetched_epoch`.
+    pub fn last_epoch(&self) -> i32 {
+        self.read_state().log.latest_epoch().unwrap_or(-1)
     }
 }

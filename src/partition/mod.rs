@@ -157,6 +157,8 @@ pub struct Partition {
     /// Serialises role changes (each persists its epoch before it takes effect).
     role_change: tokio::sync::Mutex<()>,
     high_watermark: watch::Sender<i64>,
+    /// The log end, for replica fetches that long-poll at the leader.
+    log_end: watch::Sender<i64>,
     /// The remote log and the bucket fence (`tiered.rs`); `None` when the partition stays local.
     remote: Option<RemoteSlot>,
     /// The metrics scope of the broker that opened it: its background tasks count there.
@@ -219,6 +221,7 @@ impl Partition {
             flush_lock: tokio::sync::Mutex::new(()),
             role_change: tokio::sync::Mutex::new(()),
             high_watermark: watch::Sender::new(hw),
+            log_end: watch::Sender::new(hw),
             remote,
             telemetry: crate::telemetry::current(),
         })
@@ -273,6 +276,11 @@ impl Partition {
     /// A receiver that changes whenever the high watermark moves (long-poll fetches wait on it).
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.high_watermark.subscribe()
+    }
+
+    /// A receiver that changes whenever the log end moves (replica fetches wait on it).
+    pub fn subscribe_log_end(&self) -> watch::Receiver<i64> {
+        self.log_end.subscribe()
     }
 
     /// The partition's log start, across both tiers.
@@ -353,6 +361,7 @@ impl Partition {
         }
         let epoch = state.role.epoch();
         let info = state.log.append(batch, epoch, now_ms)?;
+        self.log_end.send_replace(info.last_offset + 1);
         let stored = BatchHeader {
             base_offset: info.base_offset,
             ..*header

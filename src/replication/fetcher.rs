@@ -1,0 +1,153 @@
+//! The follower's side: one loop per followed partition, fetching from the leader what
+//! follows the local log end, appending it as stored, cutting a divergent tail when the
+//! leader says so, until the partition's role leaves this leader and epoch or it is stopped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::{decode_answer, AnswerHeader, FetchRequest, SERVICE};
+use crate::cluster::peer::PeerEndpoint;
+use crate::partition::{Partition, Role};
+
+/// Kafka's defaults: replica.fetch.wait.max.ms, replica.fetch.max.bytes, and the back-off
+/// after an error (replica.fetch.backoff.ms).
+#[derive(Debug, Clone, Copy)]
+pub struct FetcherConfig {
+    pub wait: Duration,
+    pub max_bytes: usize,
+    pub backoff: Duration,
+}
+
+impl Default for FetcherConfig {
+    fn default() -> FetcherConfig {
+        FetcherConfig {
+            wait: Duration::from_millis(500),
+            max_bytes: 1 << 20,
+            backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a fetcher stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// Asked to.
+    Stop,
+    /// The partition's role is no longer "follower of `leader` at `epoch`".
+    RoleChanged,
+    /// The leader refused for good (FENCED or UNKNOWN_LEADER_EPOCH, NOT_LEADER_OR_FOLLOWER,
+    /// STALE_BROKER_EPOCH, UNKNOWN_TOPIC_ID): the metadata will tell what changed.
+    Refused(i16),
+}
+
+pub struct Fetcher {
+    pub endpoint: Arc<PeerEndpoint>,
+    pub partition: Arc<Partition>,
+    pub topic_id: Uuid,
+    pub leader: i32,
+    pub epoch: i32,
+    pub broker_epoch: u64,
+    pub config: FetcherConfig,
+}
+
+impl Fetcher {
+    fn following(&self) -> bool {
+        self.partition.role()
+            == Role::Follower {
+                leader: self.leader,
+                epoch: self.epoch,
+            }
+    }
+
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Stopped {
+        let p = self.partition.clone();
+        loop {
+            if *stop.borrow() {
+                return Stopped::Stop;
+            }
+            if !self.following() {
+                return Stopped::RoleChanged;
+            }
+            let request = FetchRequest {
+                topic: p.topic.clone(),
+                topic_id: self.topic_id,
+                partition: p.index,
+                broker_epoch: self.broker_epoch,
+                fetch_offset: p.log_end_offset(),
+                last_fetched_epoch: p.last_epoch(),
+                current_leader_epoch: self.epoch,
+                max_bytes: self.config.max_bytes,
+                wait_ms: self.config.wait.as_millis() as u64,
+            };
+            let body = serde_json::to_vec(&request).expect("a fetch request serializes");
+            let deadline = self.config.wait + Duration::from_secs(5);
+            let answer = tokio::select! {
+                _ = stop.changed() => return Stopped::Stop,
+                answer = self.endpoint.call(self.leader, SERVICE, &body, deadline) => answer,
+            };
+            let outcome = match answer.map_err(|e| e.to_string()).and_then(decode_answer) {
+                Ok(answer) => self.apply(answer).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(None) => {}
+                Ok(Some(stopped)) => return stopped,
+                Err(e) => {
+                    tracing::warn!(partition = %format!("{}-{}", p.topic, p.index), leader = self.leader, error = %e, "replica fetch failed; backing off");
+                    tokio::select! {
+                        _ = stop.changed() => return Stopped::Stop,
+                        _ = tokio::time::sleep(self.config.backoff) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// What one answer does to the local log: `Some` when the fetcher should stop.
+    async fn apply(
+        &self,
+        (header, records): (AnswerHeader, bytes::Bytes),
+    ) -> Result<Option<Stopped>, String> {
+        let p = &self.partition;
+        let now_ms = crate::clock::Clock::System.now_ms();
+        match header {
+            AnswerHeader::Records { high_watermark, .. } => {
+                p.append_as_follower(&records, self.epoch, high_watermark, now_ms)
+                    .map_err(|e| e.to_string())?;
+                Ok(None)
+            }
+            AnswerHeader::Diverging { epoch, end_offset } => {
+                tracing::info!(partition = %format!("{}-{}", p.topic, p.index), epoch, end_offset, log_end = p.log_end_offset(), "the leader's log diverges from ours; truncating");
+                let (partition, ours) = (p.clone(), self.epoch);
+                crate::telemetry::spawn_blocking(move || {
+                    partition.truncate_as_follower(end_offset.max(0), ours)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+                Ok(None)
+            }
+            AnswerHeader::MovedToTieredStorage { local_log_start } => Err(format!(
+                "the leader's local log starts at {local_log_start}, above our end {}: restarting from the object store is not built yet",
+                p.log_end_offset()
+            )),
+            AnswerHeader::OutOfRange { log_start, log_end } => Err(format!(
+                "our log end {} is outside the leader's log [{log_start}, {log_end}]",
+                p.log_end_offset()
+            )),
+            AnswerHeader::Error { code, message } => {
+                use kafka_protocol::error::ResponseError as E;
+                let retriable = [E::KafkaStorageError.code()].contains(&code);
+                if retriable {
+                    Err(message)
+                } else {
+                    tracing::info!(partition = %format!("{}-{}", p.topic, p.index), code, message, "the leader refused a replica fetch");
+                    Ok(Some(Stopped::Refused(code)))
+                }
+            }
+        }
+    }
+}

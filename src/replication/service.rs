@@ -1,0 +1,146 @@
+//! The leader's side: a replica fetch checked (broker epoch, replica set, topic id, leader
+//! epoch), answered by the partition, held up to `wait_ms` while there is nothing new.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use uuid::Uuid;
+
+use super::{encode_answer, AnswerHeader, FetchRequest};
+use crate::cluster::peer::Service;
+use crate::partition::follower::{FollowerError, ReplicaAnswer, ReplicaFetch};
+use crate::partition::Partition;
+
+/// The longest a fetch is held, whatever it asks (Kafka's default replica.fetch.wait.max.ms
+/// is 500).
+pub const MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// What the service needs from the broker.
+pub trait ReplicaHost: Send + Sync {
+    /// The hosted partition `partition` of `topic`, if its topic has `topic_id`
+    /// (UNKNOWN_TOPIC_ID, NOT_LEADER_OR_FOLLOWER otherwise).
+    fn replica_partition(
+        &self,
+        topic: &str,
+        topic_id: Uuid,
+        partition: i32,
+    ) -> Result<Arc<Partition>, ResponseError>;
+
+    /// `follower` is a replica of the partition and registered, unfenced, at `broker_epoch`
+    /// (NOT_LEADER_OR_FOLLOWER, STALE_BROKER_EPOCH otherwise).
+    fn check_follower(
+        &self,
+        follower: i32,
+        broker_epoch: u64,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(), ResponseError>;
+}
+
+pub struct ReplicaService {
+    pub host: Weak<dyn ReplicaHost>,
+}
+
+#[async_trait::async_trait]
+impl Service for ReplicaService {
+    async fn handle(&self, from: i32, body: Bytes) -> Result<Bytes, String> {
+        let request: FetchRequest =
+            serde_json::from_slice(&body).map_err(|e| format!("a replica fetch: {e}"))?;
+        let host = self.host.upgrade().ok_or("the broker is shutting down")?;
+        let (header, records) = match answer(&*host, from, &request).await {
+            Ok(answer) => answer,
+            Err(code) => (
+                AnswerHeader::Error {
+                    code: code.code(),
+                    message: format!("{code:?}"),
+                },
+                Bytes::new(),
+            ),
+        };
+        Ok(encode_answer(&header, &records))
+    }
+}
+
+fn error(e: FollowerError) -> ResponseError {
+    match e {
+        FollowerError::Role(role) => role.code(),
+        FollowerError::Storage(e) => {
+            tracing::warn!(error = %e, "a replica fetch failed to read the log");
+            ResponseError::KafkaStorageError
+        }
+    }
+}
+
+async fn answer(
+    host: &dyn ReplicaHost,
+    from: i32,
+    request: &FetchRequest,
+) -> Result<(AnswerHeader, Bytes), ResponseError> {
+    host.check_follower(
+        from,
+        request.broker_epoch,
+        &request.topic,
+        request.partition,
+    )?;
+    let partition = host.replica_partition(&request.topic, request.topic_id, request.partition)?;
+    let fetch = ReplicaFetch {
+        fetch_offset: request.fetch_offset,
+        last_fetched_epoch: request.last_fetched_epoch,
+        current_leader_epoch: request.current_leader_epoch,
+        max_bytes: request.max_bytes,
+    };
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(request.wait_ms).min(MAX_WAIT);
+    let mut log_end = partition.subscribe_log_end();
+    loop {
+        log_end.borrow_and_update();
+        let answer = partition.replica_fetch(from, &fetch).map_err(error)?;
+        return Ok(match answer {
+            ReplicaAnswer::Records { records, .. }
+                if records.is_empty() && tokio::time::Instant::now() < deadline =>
+            {
+                // Nothing new: wait for the log end to move (or the deadline), then read again.
+                if tokio::time::timeout_at(deadline, log_end.changed())
+                    .await
+                    .is_ok()
+                {
+                    continue;
+                }
+                let answer = partition.replica_fetch(from, &fetch).map_err(error)?;
+                return Ok(split(answer));
+            }
+            other => split(other),
+        });
+    }
+}
+
+fn split(answer: ReplicaAnswer) -> (AnswerHeader, Bytes) {
+    match answer {
+        ReplicaAnswer::Records {
+            records,
+            high_watermark,
+            log_start_offset,
+            log_end_offset,
+        } => (
+            AnswerHeader::Records {
+                high_watermark,
+                log_start_offset,
+                log_end_offset,
+            },
+            records,
+        ),
+        ReplicaAnswer::Diverging { epoch, end_offset } => {
+            (AnswerHeader::Diverging { epoch, end_offset }, Bytes::new())
+        }
+        ReplicaAnswer::MovedToTieredStorage { local_log_start } => (
+            AnswerHeader::MovedToTieredStorage { local_log_start },
+            Bytes::new(),
+        ),
+        ReplicaAnswer::OutOfRange { log_start, log_end } => (
+            AnswerHeader::OutOfRange { log_start, log_end },
+            Bytes::new(),
+        ),
+    }
+}

@@ -62,6 +62,7 @@ impl From<crate::metadata::MetadataError> for ApiError {
             M::InvalidPartitions(_) => ResponseError::InvalidPartitions,
             M::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
             M::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
+            M::Refused { code, .. } => *code,
             M::Unavailable(_) => ResponseError::RequestTimedOut,
             M::Storage(_) => ResponseError::KafkaStorageError,
         };

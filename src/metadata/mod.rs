@@ -81,6 +81,12 @@ pub enum MetadataError {
     InvalidReplicationFactor(String),
     #[error("{0}")]
     InvalidReplicaAssignment(String),
+    /// A partition change the controller refused (AlterPartition): the Kafka error and why.
+    #[error("{message}")]
+    Refused {
+        code: kafka_protocol::error::ResponseError,
+        message: String,
+    },
     /// No controller could be reached (an election, a partitioned node): retriable.
     #[error("the metadata quorum is not available: {0}")]
     Unavailable(String),
@@ -149,6 +155,13 @@ pub trait Metadata: Send + Sync {
         name: &str,
         overrides: BTreeMap<String, String>,
     ) -> Result<u64, MetadataError>;
+
+    /// A partition leader's ISR change (KIP-497): the ISR and partition epoch committed, or
+    /// the Kafka error the controller refused it with.
+    async fn alter_partition(
+        &self,
+        request: quorum::isr::AlterPartition,
+    ) -> Result<(Vec<i32>, i32), MetadataError>;
 
     /// A block of `count` producer ids, never handed out before (KIP-730's blocks).
     async fn allocate_producer_ids(&self, count: i64) -> Result<Range<i64>, MetadataError>;

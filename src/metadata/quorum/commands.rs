@@ -10,12 +10,19 @@ use crate::metadata::{Applied, DeletedTopic, Image, Metadata, MetadataError, Top
 use openraft::async_runtime::WatchReceiver;
 
 fn refusal(kind: Refusal, message: String) -> MetadataError {
+    use kafka_protocol::error::ResponseError;
+    let refused = |code, message| MetadataError::Refused { code, message };
     match kind {
         Refusal::TopicExists => MetadataError::TopicExists(message),
         Refusal::UnknownTopic => MetadataError::UnknownTopic(message),
         Refusal::InvalidPartitions => MetadataError::InvalidPartitions(message),
         Refusal::InvalidReplicationFactor => MetadataError::InvalidReplicationFactor(message),
         Refusal::InvalidReplicaAssignment => MetadataError::InvalidReplicaAssignment(message),
+        Refusal::StaleBrokerEpoch => refused(ResponseError::StaleBrokerEpoch, message),
+        Refusal::FencedLeaderEpoch => refused(ResponseError::FencedLeaderEpoch, message),
+        Refusal::InvalidUpdateVersion => refused(ResponseError::InvalidUpdateVersion, message),
+        Refusal::IneligibleReplica => refused(ResponseError::IneligibleReplica, message),
+        Refusal::InvalidRequest => refused(ResponseError::InvalidRequest, message),
     }
 }
 
@@ -144,6 +151,25 @@ impl Metadata for Quorum {
             overrides,
         })
         .await
+    }
+
+    async fn alter_partition(
+        &self,
+        request: super::isr::AlterPartition,
+    ) -> Result<(Vec<i32>, i32), MetadataError> {
+        match self.propose(Command::AlterPartition(request)).await? {
+            (
+                _,
+                Outcome::PartitionAltered {
+                    isr,
+                    partition_epoch,
+                },
+            ) => Ok((isr, partition_epoch)),
+            (_, Outcome::Refused { kind, message }) => Err(refusal(kind, message)),
+            (_, other) => Err(MetadataError::Unavailable(format!(
+                "unexpected outcome {other:?} of an ISR change"
+            ))),
+        }
     }
 
     async fn allocate_producer_ids(&self, count: i64) -> Result<Range<i64>, MetadataError> {

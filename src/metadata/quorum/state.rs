@@ -124,6 +124,8 @@ pub enum Command {
         name: String,
         done: Vec<DeletedTopic>,
     },
+    /// A leader's ISR change (`isr.rs`).
+    AlterPartition(super::isr::AlterPartition),
 }
 
 /// What applying a command answers its proposer.
@@ -137,6 +139,11 @@ pub enum Outcome {
     ProducerIds {
         start: i64,
         end: i64,
+    },
+    /// An ISR change committed: the partition's ISR and epoch now.
+    PartitionAltered {
+        isr: Vec<i32>,
+        partition_epoch: i32,
     },
     /// `message` is the topic's name for TopicExists and UnknownTopic, else the reason.
     Refused {
@@ -152,6 +159,11 @@ pub enum Refusal {
     InvalidPartitions,
     InvalidReplicationFactor,
     InvalidReplicaAssignment,
+    StaleBrokerEpoch,
+    FencedLeaderEpoch,
+    InvalidUpdateVersion,
+    IneligibleReplica,
+    InvalidRequest,
 }
 
 impl std::fmt::Display for Command {
@@ -166,7 +178,7 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-fn refused(kind: Refusal, message: impl Into<String>) -> (Outcome, Vec<Change>) {
+pub(super) fn refused(kind: Refusal, message: impl Into<String>) -> (Outcome, Vec<Change>) {
     (
         Outcome::Refused {
             kind,
@@ -456,6 +468,7 @@ impl ClusterState {
                     Vec::new(),
                 )
             }
+            Command::AlterPartition(request) => self.alter_partition(request),
             Command::RemoteDeletionDone { name, done } => {
                 self.deleting.retain(|d| !done.contains(d));
                 let pending = self.deleting.iter().any(|d| d.name == name);
@@ -513,7 +526,7 @@ impl ClusterState {
     }
 }
 
-fn leadership_change(topic: &str, partition: i32, p: &PartitionState) -> Change {
+pub(super) fn leadership_change(topic: &str, partition: i32, p: &PartitionState) -> Change {
     Change::Leadership {
         topic: topic.to_string(),
         partition,

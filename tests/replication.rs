@@ -32,6 +32,10 @@ struct Host {
 }
 
 impl ReplicaHost for Host {
+    fn now_ms(&self) -> i64 {
+        support::now_ms()
+    }
+
     fn replica_partition(
         &self,
         topic: &str,

@@ -20,6 +20,8 @@ pub async fn handle(
 ) -> Option<ProduceResponse> {
     let acks = request.acks;
     let mut responses = Vec::with_capacity(request.topic_data.len());
+    // acks=all: (topic, partition response) indexes, the partition and the offset to pass.
+    let mut unreplicated = Vec::new();
     for topic_data in request.topic_data {
         let name = topic_data.name.0.to_string();
         let topic = broker.topic(&name);
@@ -46,9 +48,15 @@ pub async fn handle(
                 append(broker, topic.as_deref(), &name, data.index, data.records).await
             };
             match outcome {
-                Ok(appended) => {
-                    let bytes = appended.1;
-                    let appended = appended.0;
+                Ok((appended, bytes, partition)) => {
+                    if acks == -1 && partition.high_watermark() <= appended.last_offset {
+                        unreplicated.push((
+                            responses.len(),
+                            partitions.len(),
+                            partition,
+                            appended.last_offset,
+                        ));
+                    }
                     metrics::counter!("strata_bytes_in_total", "topic" => name.clone())
                         .increment(bytes as u64);
                     response = response
@@ -82,6 +90,24 @@ pub async fn handle(
     if acks == 0 {
         return None;
     }
+    // Every partition of the request waits at once, each until the high watermark passes its
+    // batch (the ISR has it) or the request's timeout.
+    let timeout = std::time::Duration::from_millis(request.timeout_ms.max(0) as u64);
+    let waits = unreplicated
+        .iter()
+        .map(|(_, _, partition, last)| partition.wait_replicated(*last, timeout));
+    let replicated = futures::future::join_all(waits).await;
+    for ((t, p, partition, last), done) in unreplicated.iter().zip(replicated) {
+        if !done {
+            tracing::debug!(partition = %format!("{}-{}", partition.topic, partition.index), last, "acks=all timed out");
+            let response = &mut responses[*t].partition_responses[*p];
+            response.error_code = ResponseError::RequestTimedOut.code();
+            response.error_message = Some(str_bytes(format!(
+                "the in-sync replicas did not all have offset {last} within {} ms",
+                timeout.as_millis()
+            )));
+        }
+    }
     Some(ProduceResponse::default().with_responses(responses))
 }
 
@@ -95,7 +121,14 @@ async fn append(
     name: &str,
     index: i32,
     records: Option<bytes::Bytes>,
-) -> Result<(crate::partition::Appended, usize), ApiError> {
+) -> Result<
+    (
+        crate::partition::Appended,
+        usize,
+        Arc<crate::partition::Partition>,
+    ),
+    ApiError,
+> {
     let partition = topic
         .ok_or(ResponseError::UnknownTopicOrPartition)
         .and_then(|t| t.hosted(index))
@@ -112,5 +145,5 @@ async fn append(
     // DESIGN.md invariant 5: at log.dir.max.bytes produce fails (retriable), nothing is dropped.
     broker.hot_bytes.admit(bytes, || broker.partitions())?;
     let appended = partition.append(records, broker.clock.now_ms()).await?;
-    Ok((appended, bytes))
+    Ok((appended, bytes, partition.clone()))
 }

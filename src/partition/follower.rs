@@ -109,6 +109,18 @@ pub struct ReplicaFetch {
     /// The leader epoch the follower follows.
     pub current_leader_epoch: i32,
     pub max_bytes: usize,
+    /// The follower's registration epoch, carried into ISR additions (KIP-903).
+    pub broker_epoch: u64,
+}
+
+/// What the leader knows of a follower from its fetches (Kafka's replica state).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    last_fetch_ms: Option<i64>,
+    /// The leader's log end when that fetch was answered.
+    last_fetch_end: i64,
+    caught_up_ms: Option<i64>,
+    broker_epoch: u64,
 }
 
 /// The leader's answer.
@@ -141,6 +153,7 @@ impl Partition {
         &self,
         follower: i32,
         fetch: &ReplicaFetch,
+        now_ms: i64,
     ) -> Result<ReplicaAnswer, FollowerError> {
         let mut state = self.write_state();
         self.leader_check(&state.role, fetch.current_leader_epoch)?;
@@ -161,6 +174,18 @@ impl Partition {
             return Ok(ReplicaAnswer::OutOfRange { log_start, log_end });
         }
         state.replica_ends.insert(follower, fetch.fetch_offset);
+        let progress = state.followers.entry(follower).or_default();
+        // Kafka's lastCaughtUpTimeMs: caught up now if it has the whole log, or as of its last
+        // fetch if it has what the log held then.
+        if fetch.fetch_offset >= log_end {
+            progress.caught_up_ms = Some(now_ms);
+        } else if progress.last_fetch_ms.is_some() && fetch.fetch_offset >= progress.last_fetch_end
+        {
+            progress.caught_up_ms = progress.last_fetch_ms;
+        }
+        progress.last_fetch_ms = Some(now_ms);
+        progress.last_fetch_end = log_end;
+        progress.broker_epoch = fetch.broker_epoch;
         let hw = state.leader_high_watermark(self.node_id, self.high_watermark());
         self.high_watermark.send_if_modified(|current| {
             let moved = hw > *current;
@@ -186,5 +211,66 @@ impl Partition {
     /// The epoch of the last batch in the log (-1: none), a follower's `last_fetched_epoch`.
     pub fn last_epoch(&self) -> i32 {
         self.read_state().log.latest_epoch().unwrap_or(-1)
+    }
+}
+
+impl Partition {
+    /// The ISR this leader should propose to the controller now, if it differs from the
+    /// current one (Kafka's `maybeShrinkIsr` / `maybeExpandIsr`): a member not caught up to
+    /// the log end within `lag_ms` (replica.lag.time.max.ms) leaves; a replica of `replicas`
+    /// outside it that has fetched recently, up to the high watermark and into this leader's
+    /// epoch, joins. Members carry the broker epoch they last fetched at (0: not yet heard).
+    pub fn isr_proposal(
+        &self,
+        now_ms: i64,
+        lag_ms: i64,
+        replicas: &[i32],
+    ) -> Option<Vec<(i32, u64)>> {
+        let mut state = self.write_state();
+        let Role::Leader { epoch, isr } = state.role.clone() else {
+            return None;
+        };
+        let since = *state.leader_since_ms.get_or_insert(now_ms);
+        let end = state.log.log_end_offset();
+        let epoch_start = state
+            .log
+            .epoch_entries()
+            .iter()
+            .find(|(e, _)| *e == epoch)
+            .map_or(end, |(_, start)| *start);
+        let hw = self.high_watermark();
+        let mut proposal: Vec<(i32, u64)> = Vec::new();
+        for id in &isr {
+            let progress = state.followers.get(id).copied().unwrap_or_default();
+            let caught_up = progress.caught_up_ms.unwrap_or(since);
+            if *id == self.node_id || now_ms - caught_up <= lag_ms {
+                proposal.push((*id, progress.broker_epoch));
+            } else {
+                tracing::info!(
+                    partition = self.name(),
+                    replica = id,
+                    lag_ms = now_ms - caught_up,
+                    "a follower fell behind; proposing to drop it from the ISR"
+                );
+            }
+        }
+        for id in replicas.iter().filter(|r| !isr.contains(r)) {
+            let Some(progress) = state.followers.get(id) else {
+                continue;
+            };
+            let at = state.replica_ends.get(id).copied().unwrap_or(-1);
+            let recent = progress.last_fetch_ms.is_some_and(|t| now_ms - t <= lag_ms);
+            if recent && at >= hw && at >= epoch_start {
+                tracing::info!(
+                    partition = self.name(),
+                    replica = id,
+                    "a follower caught up; proposing to add it to the ISR"
+                );
+                proposal.push((*id, progress.broker_epoch));
+            }
+        }
+        let changed =
+            proposal.len() != isr.len() || proposal.iter().any(|(id, _)| !isr.contains(id));
+        changed.then_some(proposal)
     }
 }

@@ -72,6 +72,8 @@ pub enum ProduceError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
     pub base_offset: i64,
+    /// The batch's last offset: acks=all answers once the high watermark passes it.
+    pub last_offset: i64,
     /// -1 unless the topic uses LogAppendTime.
     pub log_append_time_ms: i64,
     pub log_start_offset: i64,
@@ -95,6 +97,10 @@ struct State {
     role: Role,
     /// Log ends of the other ISR members, as they report them (replication fills it).
     replica_ends: BTreeMap<i32, i64>,
+    /// The leader's view of each follower's fetches, for ISR decisions (`follower.rs`).
+    followers: BTreeMap<i32, follower::Progress>,
+    /// When this leadership's ISR clock started (the first ISR check after becoming leader).
+    leader_since_ms: Option<i64>,
     /// The newest committed manifest this partition adopted (empty before the first load).
     manifest: Committed,
     unflushed_messages: i64,
@@ -214,6 +220,8 @@ impl Partition {
                 config,
                 role,
                 replica_ends: BTreeMap::new(),
+                followers: BTreeMap::new(),
+                leader_since_ms: None,
                 manifest: Committed::nothing(),
                 unflushed_messages: 0,
                 oldest_unflushed_ms: None,
@@ -276,6 +284,14 @@ impl Partition {
     /// A receiver that changes whenever the high watermark moves (long-poll fetches wait on it).
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.high_watermark.subscribe()
+    }
+
+    /// Waits until the high watermark passes `last_offset` (acks=all), up to `timeout`; false
+    /// when it did not.
+    pub async fn wait_replicated(&self, last_offset: i64, timeout: std::time::Duration) -> bool {
+        let mut hw = self.subscribe();
+        let waited = tokio::time::timeout(timeout, hw.wait_for(|h| *h > last_offset)).await;
+        matches!(waited, Ok(Ok(_)))
     }
 
     /// A receiver that changes whenever the log end moves (replica fetches wait on it).
@@ -346,9 +362,13 @@ impl Partition {
         self.leader_check(&state.role, -1)?;
         let log_start_offset = state.log_start();
         match state.producers.check(header)? {
-            SequenceCheck::Duplicate { base_offset } => {
+            SequenceCheck::Duplicate {
+                base_offset,
+                last_offset,
+            } => {
                 return Ok(Appended {
                     base_offset,
+                    last_offset,
                     log_append_time_ms: -1,
                     log_start_offset,
                 })
@@ -380,6 +400,7 @@ impl Partition {
         });
         Ok(Appended {
             base_offset: info.base_offset,
+            last_offset: info.last_offset,
             log_append_time_ms: if log_append_time { now_ms } else { -1 },
             log_start_offset,
         })

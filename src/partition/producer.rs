@@ -40,7 +40,7 @@ pub enum SequenceCheck {
     /// New data: append it.
     Append,
     /// A retry of a batch already in the log: acknowledge with its original base offset.
-    Duplicate { base_offset: i64 },
+    Duplicate { base_offset: i64, last_offset: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,6 +127,7 @@ impl ProducerStates {
         {
             return Ok(SequenceCheck::Duplicate {
                 base_offset: dup.base_offset,
+                last_offset: dup.last_offset,
             });
         }
         let expected = entry.batches.back().map_or(0, |b| next_seq(b.last_seq));
@@ -246,7 +247,10 @@ mod tests {
         // A retry of b0 gets its original offset back.
         assert_eq!(
             s.check(&header(7, 0, 0, 3, -1)),
-            Ok(SequenceCheck::Duplicate { base_offset: 0 })
+            Ok(SequenceCheck::Duplicate {
+                base_offset: 0,
+                last_offset: 2
+            })
         );
         // A gap is refused.
         assert!(matches!(
@@ -277,7 +281,10 @@ mod tests {
         assert!(s.check(&header(1, 0, 2, 1, -1)).is_err());
         assert_eq!(
             s.check(&header(1, 0, 3, 1, -1)),
-            Ok(SequenceCheck::Duplicate { base_offset: 3 })
+            Ok(SequenceCheck::Duplicate {
+                base_offset: 3,
+                last_offset: 3
+            })
         );
         s.truncate(6);
         assert_eq!(s.check(&header(1, 0, 6, 1, -1)), Ok(SequenceCheck::Append));

@@ -153,8 +153,13 @@ impl Partition {
         self.persist_epoch(epoch).await?;
         let epochs = {
             let mut state = self.write_state();
+            // An ISR change at the same epoch keeps what the leader knows of its followers.
+            if !(state.role.is_leader() && state.role.epoch() == epoch) {
+                state.replica_ends.clear();
+                state.followers.clear();
+                state.leader_since_ms = None;
+            }
             state.role = Role::Leader { epoch, isr };
-            state.replica_ends.clear();
             let hw = state.leader_high_watermark(self.node_id, self.high_watermark());
             self.high_watermark.send_replace(hw);
             state.log.assign_epoch(epoch)

@@ -233,20 +233,21 @@ async fn the_leader_serves_replica_fetches_and_the_isr_moves_the_high_watermark(
         last_fetched_epoch: last_epoch,
         current_leader_epoch: 1,
         max_bytes: 1 << 20,
+        broker_epoch: 5,
     };
     let ReplicaAnswer::Records {
         records,
         high_watermark,
         log_end_offset,
         ..
-    } = leader.replica_fetch(2, &fetch(0, -1)).unwrap()
+    } = leader.replica_fetch(2, &fetch(0, -1), 0).unwrap()
     else {
         panic!("records")
     };
     assert_eq!((high_watermark, log_end_offset), (0, 15));
     assert_eq!(split_batches_count(&records), 5);
     // Its next fetch says it has them all: the high watermark reaches the log end.
-    let answer = leader.replica_fetch(2, &fetch(15, 1)).unwrap();
+    let answer = leader.replica_fetch(2, &fetch(15, 1), 0).unwrap();
     assert!(
         matches!(
             answer,
@@ -262,14 +263,14 @@ async fn the_leader_serves_replica_fetches_and_the_isr_moves_the_high_watermark(
     // Divergence (KIP-320): a follower with epoch-1 batches past 15, where epoch 1 ends here,
     // cuts at 15; one whose last epoch (0) this log never had cuts at the first epoch's start.
     assert_eq!(
-        leader.replica_fetch(2, &fetch(18, 1)).unwrap(),
+        leader.replica_fetch(2, &fetch(18, 1), 0).unwrap(),
         ReplicaAnswer::Diverging {
             epoch: 1,
             end_offset: 15
         }
     );
     assert_eq!(
-        leader.replica_fetch(2, &fetch(20, 0)).unwrap(),
+        leader.replica_fetch(2, &fetch(20, 0), 0).unwrap(),
         ReplicaAnswer::Diverging {
             epoch: 0,
             end_offset: 0
@@ -281,7 +282,7 @@ async fn the_leader_serves_replica_fetches_and_the_isr_moves_the_high_watermark(
         ..fetch(15, 1)
     };
     assert!(matches!(
-        leader.replica_fetch(2, &stale),
+        leader.replica_fetch(2, &stale, 0),
         Err(FollowerError::Role(RoleError::FencedEpoch { .. }))
     ));
     let newer = ReplicaFetch {
@@ -289,11 +290,11 @@ async fn the_leader_serves_replica_fetches_and_the_isr_moves_the_high_watermark(
         ..fetch(15, 1)
     };
     assert!(matches!(
-        leader.replica_fetch(2, &newer),
+        leader.replica_fetch(2, &newer, 0),
         Err(FollowerError::Role(RoleError::UnknownEpoch { .. }))
     ));
     assert!(matches!(
-        leader.replica_fetch(2, &fetch(16, -1)).unwrap(),
+        leader.replica_fetch(2, &fetch(16, -1), 0).unwrap(),
         ReplicaAnswer::OutOfRange {
             log_start: 0,
             log_end: 15
@@ -303,4 +304,66 @@ async fn the_leader_serves_replica_fetches_and_the_isr_moves_the_high_watermark(
 
 fn split_batches_count(bytes: &[u8]) -> usize {
     crate::record::batch::split_batches(bytes).0.len()
+}
+
+#[tokio::test]
+async fn the_leader_proposes_isr_shrinks_and_expansions_on_its_clock() {
+    use super::follower::ReplicaFetch;
+    let dir = tempfile::tempdir().unwrap();
+    let leader =
+        Arc::new(Partition::open(dir.path(), "t", 0, config(&[]), &context(None), 0).unwrap());
+    leader.become_leader(1, vec![1, 2, 3]).await.unwrap();
+    let replicas = [1, 2, 3];
+    let lag = 30_000;
+    let fetch = |offset, epoch: u64| ReplicaFetch {
+        fetch_offset: offset,
+        last_fetched_epoch: -1,
+        current_leader_epoch: 1,
+        max_bytes: 1 << 20,
+        broker_epoch: epoch,
+    };
+    assert_eq!(
+        leader.isr_proposal(0, lag, &replicas),
+        None,
+        "the clock starts"
+    );
+    for seq in (0..15).step_by(3) {
+        leader.append(idempotent(seq), 1_000).await.unwrap();
+    }
+    // Follower 2 keeps up; follower 3 is never heard from.
+    leader.replica_fetch(2, &fetch(0, 20), 10_000).unwrap();
+    leader.replica_fetch(2, &fetch(15, 20), 29_000).unwrap();
+    assert_eq!(leader.isr_proposal(30_000, lag, &replicas), None);
+    assert_eq!(
+        leader.isr_proposal(30_001, lag, &replicas),
+        Some(vec![(1, 0), (2, 20)]),
+        "3 is dropped past the lag time"
+    );
+    // The controller commits it (an ISR change keeps the leader's view of its followers).
+    leader.become_leader(1, vec![1, 2]).await.unwrap();
+    assert_eq!(leader.isr_proposal(30_002, lag, &replicas), None);
+
+    // 3 fetches, but only up to 9, below the high watermark (15): not yet; at 15 it rejoins,
+    // with the broker epoch it fetched at.
+    leader.replica_fetch(3, &fetch(9, 31), 31_000).unwrap();
+    assert_eq!(leader.isr_proposal(31_000, lag, &replicas), None);
+    leader.replica_fetch(3, &fetch(15, 31), 32_000).unwrap();
+    assert_eq!(
+        leader.isr_proposal(32_000, lag, &replicas),
+        Some(vec![(1, 0), (2, 20), (3, 31)])
+    );
+    // A follower behind a moving log end stays caught up as of its previous fetch, and falls
+    // out only when it stops keeping up for the lag time.
+    leader.become_leader(1, vec![1, 2, 3]).await.unwrap();
+    leader.append(idempotent(15), 1_000).await.unwrap();
+    leader.replica_fetch(2, &fetch(15, 20), 40_000).unwrap();
+    leader.append(idempotent(18), 1_000).await.unwrap();
+    leader.replica_fetch(2, &fetch(18, 20), 50_000).unwrap();
+    leader.replica_fetch(3, &fetch(21, 31), 50_000).unwrap();
+    // 2's fetch at 50 s had the log end of its fetch at 40 s: caught up as of 40 s.
+    assert_eq!(leader.isr_proposal(70_000, lag, &replicas), None);
+    assert_eq!(
+        leader.isr_proposal(70_001, lag, &replicas),
+        Some(vec![(1, 0), (3, 31)]),
+    );
 }

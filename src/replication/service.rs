@@ -19,6 +19,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// What the service needs from the broker.
 pub trait ReplicaHost: Send + Sync {
+    /// The broker's clock (ISR decisions are timed on it).
+    fn now_ms(&self) -> i64;
+
     /// The hosted partition `partition` of `topic`, if its topic has `topic_id`
     /// (UNKNOWN_TOPIC_ID, NOT_LEADER_OR_FOLLOWER otherwise).
     fn replica_partition(
@@ -90,13 +93,16 @@ async fn answer(
         last_fetched_epoch: request.last_fetched_epoch,
         current_leader_epoch: request.current_leader_epoch,
         max_bytes: request.max_bytes,
+        broker_epoch: request.broker_epoch,
     };
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(request.wait_ms).min(MAX_WAIT);
     let mut log_end = partition.subscribe_log_end();
     loop {
         log_end.borrow_and_update();
-        let answer = partition.replica_fetch(from, &fetch).map_err(error)?;
+        let answer = partition
+            .replica_fetch(from, &fetch, host.now_ms())
+            .map_err(error)?;
         return Ok(match answer {
             ReplicaAnswer::Records { records, .. }
                 if records.is_empty() && tokio::time::Instant::now() < deadline =>
@@ -108,7 +114,9 @@ async fn answer(
                 {
                     continue;
                 }
-                let answer = partition.replica_fetch(from, &fetch).map_err(error)?;
+                let answer = partition
+                    .replica_fetch(from, &fetch, host.now_ms())
+                    .map_err(error)?;
                 return Ok(split(answer));
             }
             other => split(other),

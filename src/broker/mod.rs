@@ -8,6 +8,7 @@
 
 mod apply;
 pub mod hot_bytes;
+mod offsets_topic;
 mod open;
 
 use std::collections::{BTreeMap, VecDeque};

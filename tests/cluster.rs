@@ -13,7 +13,6 @@ use std::time::Duration;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use rdkafka::config::ClientConfig;
@@ -21,30 +20,8 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 
-use cluster_support::TestCluster;
+use cluster_support::{create_topic, leaders, metadata, TestCluster};
 use support::{topic_name, KafkaConn};
-
-async fn metadata(addr: &str, topic: Option<&str>) -> MetadataResponse {
-    let mut conn = KafkaConn::connect(addr).await;
-    let request = MetadataRequest::default()
-        .with_topics(
-            topic.map(|t| vec![MetadataRequestTopic::default().with_name(Some(topic_name(t)))]),
-        )
-        .with_allow_auto_topic_creation(false);
-    conn.call(ApiKey::Metadata, 12, &request).await
-}
-
-async fn create_topic(addr: &str, name: &str, partitions: i32, rf: i16) -> i16 {
-    let mut conn = KafkaConn::connect(addr).await;
-    let request = CreateTopicsRequest::default()
-        .with_timeout_ms(30_000)
-        .with_topics(vec![CreatableTopic::default()
-            .with_name(topic_name(name))
-            .with_num_partitions(partitions)
-            .with_replication_factor(rf)]);
-    let r: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 5, &request).await;
-    r.topics[0].error_code
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_brokers_share_the_metadata_and_route_to_partition_leaders() {
@@ -119,8 +96,8 @@ async fn three_brokers_share_the_metadata_and_route_to_partition_leaders() {
         assert_eq!(held, led, "broker {id}");
         assert_eq!(topic.count, 6);
     }
-    // RF above what is possible, or above 1 until replication lands: INVALID_REPLICATION_FACTOR.
-    for rf in [2, 4] {
+    // RF above the brokers there are: INVALID_REPLICATION_FACTOR.
+    for rf in [4] {
         assert_eq!(
             create_topic(&cluster.kafka_addr(other), &format!("rf{rf}"), 1, rf).await,
             ResponseError::InvalidReplicationFactor.code()
@@ -423,16 +400,6 @@ async fn committed(addr: &str, group: &str) -> Result<Vec<(i32, i64)>, i16> {
         .collect())
 }
 
-/// (leader, epoch) of every partition of `topic`, as broker `id`'s Metadata has it.
-async fn leaders(cluster: &TestCluster, id: i32, topic: &str) -> Vec<(i32, i32)> {
-    let m = metadata(&cluster.kafka_addr(id), Some(topic)).await;
-    m.topics[0]
-        .partitions
-        .iter()
-        .map(|p| (p.leader_id.0, p.leader_epoch))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_controller_stops_its_partitions_go_leaderless_and_come_back_at_a_new_epoch() {
     let _one = cluster_support::ONE_CLUSTER.lock().await;
@@ -571,148 +538,5 @@ async fn the_controller_stops_its_partitions_go_leaderless_and_come_back_at_a_ne
     let after = back.topic("after").unwrap();
     assert_eq!(after.overrides["retention.ms"], "1499");
     drop((back, after));
-    cluster.stop_all().await;
-}
-
-/// `strata_tier_offloaded_segments_total{topic="tiered"}` in one broker's metrics.
-fn offloaded_segments(cluster: &TestCluster, id: i32) -> u64 {
-    cluster
-        .broker(id)
-        .telemetry()
-        .render()
-        .lines()
-        .find(|l| {
-            l.starts_with("strata_tier_offloaded_segments_total{") && l.contains("topic=\"tiered\"")
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn each_broker_offloads_exactly_the_partitions_it_leads() {
-    let _one = cluster_support::ONE_CLUSTER.lock().await;
-    let mut cluster = TestCluster::new(3, &[("remote.log.manager.task.interval.ms", "100")]);
-    cluster.start_all().await;
-    let overrides = BTreeMap::from([("segment.bytes".to_string(), "1024".to_string())]);
-    cluster
-        .broker(1)
-        .broker
-        .create_topic("tiered", 6, 1, &overrides, false)
-        .await
-        .unwrap();
-    // Every broker appends to the partitions it hosts (those it leads): several segments each.
-    let mut hosted = BTreeMap::new();
-    for id in 1..=3 {
-        let broker = cluster.broker(id).broker.clone();
-        support::eventually("the topic is applied", || {
-            let broker = broker.clone();
-            async move { broker.topic("tiered").is_some() }
-        })
-        .await;
-        let topic = broker.topic("tiered").unwrap();
-        for p in &topic.partitions {
-            for i in 0..20 {
-                let batch = support::batch(i * 50, 50, support::now_ms());
-                p.append(bytes::Bytes::from(batch), support::now_ms())
-                    .await
-                    .unwrap();
-            }
-            hosted.insert(p.index, id);
-        }
-    }
-    assert_eq!(hosted.len(), 6, "every partition hosted once: {hosted:?}");
-
-    // Every partition's sealed segments reach the bucket; each broker offloaded exactly the
-    // segments of its own partitions (the others' it never had).
-    let mut remote_files: BTreeMap<i32, u64> = BTreeMap::new();
-    for (&index, &id) in &hosted {
-        let broker = cluster.broker(id).broker.clone();
-        let p = broker
-            .topic("tiered")
-            .unwrap()
-            .partition(index)
-            .unwrap()
-            .clone();
-        let tiered = support::Tiered::of(&broker);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let m = tiered.remote_log("tiered", index).await.unwrap().manifest();
-            let sealed_end = p.sealed_segments().last().map_or(-1, |s| s.last_offset);
-            if !m.files.is_empty() && m.last_offset() >= sealed_end {
-                remote_files.insert(index, m.files.len() as u64);
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "partition {index}: remote up to {}, {} sealed segments, high watermark {}, log end {}",
-                m.last_offset(),
-                p.sealed_segments().len(),
-                p.high_watermark(),
-                p.log_end_offset()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    for id in 1..=3 {
-        let own: u64 = hosted
-            .iter()
-            .filter(|(_, b)| **b == id)
-            .map(|(p, _)| remote_files[p])
-            .sum();
-        assert!(own > 0, "broker {id} leads partitions with data");
-        assert_eq!(offloaded_segments(&cluster, id), own, "broker {id}");
-    }
-    cluster.stop_all().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_broker_not_among_the_seeds_joins_as_a_learner_and_leads_partitions() {
-    let _one = cluster_support::ONE_CLUSTER.lock().await;
-    let mut cluster = TestCluster::new(4, &[]);
-    cluster.seeds.truncate(3);
-    cluster.start_all().await;
-    for id in 1..=4 {
-        let addr = cluster.kafka_addr(id);
-        support::eventually(&format!("broker {id} lists all four"), || {
-            let addr = addr.clone();
-            async move {
-                let m = metadata(&addr, None).await;
-                let mut ids: Vec<i32> = m.brokers.iter().map(|b| b.node_id.0).collect();
-                ids.sort_unstable();
-                ids == [1, 2, 3, 4]
-            }
-        })
-        .await;
-    }
-    // A command through the learner is forwarded; placement counts it like any broker.
-    assert_eq!(create_topic(&cluster.kafka_addr(4), "wide", 8, 1).await, 0);
-    let addr = cluster.kafka_addr(4);
-    support::eventually("the learner applies the topic", || {
-        let addr = addr.clone();
-        async move {
-            metadata(&addr, Some("wide")).await.topics[0]
-                .partitions
-                .len()
-                == 8
-        }
-    })
-    .await;
-    let mut per_broker: BTreeMap<i32, usize> = BTreeMap::new();
-    for (leader, _) in leaders(&cluster, 4, "wide").await {
-        *per_broker.entry(leader).or_default() += 1;
-    }
-    assert_eq!(per_broker, BTreeMap::from([(1, 2), (2, 2), (3, 2), (4, 2)]));
-    let learner = cluster.broker(4).broker.clone();
-    support::eventually("the learner opens the partitions it leads", || {
-        let learner = learner.clone();
-        async move {
-            learner
-                .topic("wide")
-                .is_some_and(|t| t.partitions.len() == 2)
-        }
-    })
-    .await;
-    assert!(learner.metadata().controller().is_some_and(|c| c != 4));
-    drop(learner);
     cluster.stop_all().await;
 }

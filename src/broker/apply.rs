@@ -90,11 +90,10 @@ impl Broker {
                 format!("replication factor must be positive, got {replication_factor}"),
             ));
         }
-        if replication_factor > 1 {
-            // Placement handles any factor; copying the data comes with cluster issue B.
+        if replication_factor > 1 && self.config.seeds.is_empty() {
             return Err(ApiError::new(
                 ResponseError::InvalidReplicationFactor,
-                format!("replication factor {replication_factor}: replication not available yet"),
+                format!("replication factor {replication_factor} on a single broker"),
             ));
         }
         if let Some(assignment) = &assignment {
@@ -373,7 +372,9 @@ impl Broker {
         if leader == me {
             p.become_leader(epoch, isr).await
         } else {
-            p.become_follower(leader, epoch).await
+            p.become_follower(leader, epoch).await?;
+            self.follow(p, leader, epoch);
+            Ok(())
         }
     }
 

@@ -10,6 +10,7 @@ mod apply;
 pub mod hot_bytes;
 mod offsets_topic;
 mod open;
+mod replicas;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
@@ -110,6 +111,8 @@ pub struct Broker {
     pub tiering: Option<Arc<crate::tiering::service::Tiering>>,
     /// log.dir.max.bytes accounting.
     pub hot_bytes: hot_bytes::HotBytes,
+    /// In a cluster: the endpoint replica fetches go through (`replicas.rs`).
+    replication: std::sync::OnceLock<replicas::Replication>,
 }
 
 impl Broker {
@@ -169,6 +172,7 @@ impl Broker {
             coordinator: Coordinator::new(&config.broker, clock.clone()),
             tiering,
             hot_bytes: hot_bytes::HotBytes::new(config.broker.log_dir_max_bytes),
+            replication: std::sync::OnceLock::new(),
             config,
             clock,
         })

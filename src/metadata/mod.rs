@@ -105,6 +105,11 @@ pub trait Metadata: Send + Sync {
     /// leader and epochs, the controller's identity. Cheap (shared, not copied).
     fn view(&self) -> std::sync::Arc<quorum::state::ClusterState>;
 
+    /// This broker's registration epoch (a cluster's; `None` before it registered).
+    fn broker_epoch(&self) -> Option<u64> {
+        None
+    }
+
     /// Snapshots installed from the leader since start: how a node that fell behind the
     /// leader's purged log caught up.
     fn snapshots_installed(&self) -> u64 {

@@ -138,11 +138,13 @@ async fn start_in_scope(
     };
     let kafka_addr = listener.local_addr()?;
     let (host, port) = advertised(&config, kafka_addr)?;
+    let mut peer = None;
     let metadata: Arc<dyn crate::metadata::Metadata> = if config.seeds.is_empty() {
         crate::metadata::quorum::open_single(&config).await?
     } else {
-        let (quorum, _endpoint) =
+        let (quorum, endpoint) =
             crate::cluster::join::join(&config, (host.clone(), port), shutdown_rx.clone()).await?;
+        peer = Some(endpoint);
         quorum
     };
     let broker = telemetry
@@ -150,6 +152,9 @@ async fn start_in_scope(
         .await??;
     let broker = Arc::new(broker);
     broker.set_advertised(host, port);
+    if let Some(endpoint) = peer {
+        broker.attach_replication(endpoint, shutdown_rx.clone());
+    }
     broker.adopt_roles().await;
     broker.ensure_offsets_topic().await?;
     if let Some(tiering) = &broker.tiering {
@@ -189,6 +194,10 @@ async fn start_in_scope(
             broker
                 .clone()
                 .create_offsets_topic_when_due(shutdown_rx.clone()),
+        );
+        telemetry.spawn_in(
+            &mut tasks,
+            broker.clone().run_isr_upkeep(shutdown_rx.clone()),
         );
     }
     telemetry.spawn_in(

@@ -11,10 +11,15 @@ use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::*;
 use strata::cluster::certs;
 use strata::config::{BrokerSettings, Config, PeerTls, Prebound};
 use strata::server::RunningBroker;
 use strata::store::Store;
+
+use crate::support::{topic_name, KafkaConn};
 
 /// Held by each multi-broker test: one cluster at a time in this process.
 pub static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -142,4 +147,38 @@ impl TestCluster {
             self.stop(id).await;
         }
     }
+}
+
+/// Metadata for `topic` (or all) from the broker at `addr`.
+pub async fn metadata(addr: &str, topic: Option<&str>) -> MetadataResponse {
+    let mut conn = KafkaConn::connect(addr).await;
+    let request = MetadataRequest::default()
+        .with_topics(
+            topic.map(|t| vec![MetadataRequestTopic::default().with_name(Some(topic_name(t)))]),
+        )
+        .with_allow_auto_topic_creation(false);
+    conn.call(ApiKey::Metadata, 12, &request).await
+}
+
+/// CreateTopics of one topic; its error code.
+pub async fn create_topic(addr: &str, name: &str, partitions: i32, rf: i16) -> i16 {
+    let mut conn = KafkaConn::connect(addr).await;
+    let request = CreateTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(partitions)
+            .with_replication_factor(rf)]);
+    let r: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 5, &request).await;
+    r.topics[0].error_code
+}
+
+/// (leader, epoch) of every partition of `topic`, as broker `id`'s Metadata has it.
+pub async fn leaders(cluster: &TestCluster, id: i32, topic: &str) -> Vec<(i32, i32)> {
+    let m = metadata(&cluster.kafka_addr(id), Some(topic)).await;
+    m.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.leader_id.0, p.leader_epoch))
+        .collect()
 }

@@ -61,6 +61,10 @@ impl Metadata for Quorum {
         self.state()
     }
 
+    fn broker_epoch(&self) -> Option<u64> {
+        Quorum::broker_epoch(self)
+    }
+
     fn snapshots_installed(&self) -> u64 {
         self.shared
             .snapshots_installed

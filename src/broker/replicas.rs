@@ -1,0 +1,197 @@
+//! Replication in a broker (cluster issue B): the replica fetch service answering followers of
+//! the partitions it leads, a fetcher for each partition it follows, and the ISR upkeep of its
+//! leaderships (proposals to the controller).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::error::ResponseError;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::Broker;
+use crate::cluster::peer::PeerEndpoint;
+use crate::metadata::quorum::isr::AlterPartition;
+use crate::partition::Partition;
+use crate::replication::fetcher::{Fetcher, FetcherConfig};
+use crate::replication::service::{ReplicaHost, ReplicaService};
+use crate::replication::SERVICE;
+
+/// The peer endpoint followers fetch through, and the broker's shutdown their loops end with.
+pub struct Replication {
+    endpoint: Arc<PeerEndpoint>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl ReplicaHost for Broker {
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn replica_partition(
+        &self,
+        topic: &str,
+        topic_id: Uuid,
+        partition: i32,
+    ) -> Result<Arc<Partition>, ResponseError> {
+        let t = self
+            .topic(topic)
+            .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        if t.id != topic_id {
+            return Err(ResponseError::UnknownTopicId);
+        }
+        t.partition(partition)
+            .cloned()
+            .ok_or(ResponseError::NotLeaderOrFollower)
+    }
+
+    fn check_follower(
+        &self,
+        follower: i32,
+        broker_epoch: u64,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(), ResponseError> {
+        let view = self.metadata.view();
+        let registered = view
+            .brokers
+            .get(&follower)
+            .ok_or(ResponseError::NotLeaderOrFollower)?;
+        if registered.epoch != broker_epoch {
+            return Err(ResponseError::StaleBrokerEpoch);
+        }
+        let replica = view
+            .topics
+            .get(topic)
+            .and_then(|t| t.partitions.get(partition as usize))
+            .is_some_and(|p| p.replicas.contains(&follower));
+        if !replica {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
+        Ok(())
+    }
+}
+
+impl Broker {
+    /// Serves replica fetches on `endpoint` and lets followed partitions fetch through it.
+    /// Before the partitions take their roles.
+    pub fn attach_replication(
+        self: &Arc<Self>,
+        endpoint: Arc<PeerEndpoint>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let host: Arc<dyn ReplicaHost> = self.clone();
+        endpoint.register(
+            SERVICE,
+            Arc::new(ReplicaService {
+                host: Arc::downgrade(&host),
+            }),
+        );
+        let _ = self.replication.set(Replication { endpoint, shutdown });
+    }
+
+    /// Starts fetching `p` from `leader` at `epoch` (it has just become its follower); the
+    /// fetcher ends by itself when the role changes again.
+    pub(super) fn follow(&self, p: &Arc<Partition>, leader: i32, epoch: i32) {
+        let Some(replication) = self.replication.get() else {
+            return;
+        };
+        if leader < 0 {
+            return;
+        }
+        let view = self.metadata.view();
+        if let Some(addr) = view.brokers.get(&leader).and_then(|b| b.peer.parse().ok()) {
+            replication.endpoint.set_address(leader, addr);
+        }
+        let Some(topic_id) = self.topic(&p.topic).map(|t| t.id) else {
+            return;
+        };
+        let settings = &self.config.broker;
+        let fetcher = Fetcher {
+            endpoint: replication.endpoint.clone(),
+            partition: p.clone(),
+            topic_id,
+            leader,
+            epoch,
+            broker_epoch: self.metadata.broker_epoch().unwrap_or(0),
+            config: FetcherConfig {
+                wait: Duration::from_millis(settings.replica_fetch_wait_max_ms),
+                max_bytes: settings.replica_fetch_max_bytes,
+                ..FetcherConfig::default()
+            },
+        };
+        let shutdown = replication.shutdown.clone();
+        let name = format!("{}-{}", p.topic, p.index);
+        crate::telemetry::spawn(async move {
+            let stopped = fetcher.run(shutdown).await;
+            tracing::debug!(
+                partition = name,
+                leader,
+                epoch,
+                ?stopped,
+                "replica fetcher stopped"
+            );
+        });
+    }
+
+    /// Every half replica.lag.time.max.ms, each leadership of a replicated partition proposes
+    /// the ISR change its followers' fetches call for.
+    pub async fn run_isr_upkeep(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let lag = self.config.broker.replica_lag_time_max_ms;
+        let mut every = tokio::time::interval(Duration::from_millis((lag / 2).max(50) as u64));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = every.tick() => self.isr_upkeep_once(lag).await,
+            }
+        }
+    }
+
+    async fn isr_upkeep_once(&self, lag: i64) {
+        let Some(broker_epoch) = self.metadata.broker_epoch() else {
+            return;
+        };
+        let (view, me, now) = (self.metadata.view(), self.node_id(), self.clock.now_ms());
+        for p in self.partitions() {
+            let Some(state) = view
+                .topics
+                .get(&p.topic)
+                .and_then(|t| t.partitions.get(p.index as usize))
+            else {
+                continue;
+            };
+            if state.replicas.len() < 2 || state.leader != me {
+                continue;
+            }
+            let Some(isr) = p.isr_proposal(now, lag, &state.replicas) else {
+                continue;
+            };
+            let request = AlterPartition {
+                topic: p.topic.clone(),
+                partition: p.index,
+                leader: me,
+                broker_epoch,
+                leader_epoch: state.leader_epoch,
+                partition_epoch: state.partition_epoch,
+                isr,
+            };
+            match self.metadata.alter_partition(request).await {
+                Ok((isr, partition_epoch)) => {
+                    tracing::info!(
+                        topic = p.topic,
+                        partition = p.index,
+                        ?isr,
+                        partition_epoch,
+                        "ISR changed"
+                    );
+                    metrics::counter!("strata_isr_changes_total").increment(1);
+                    self.apply_pending().await;
+                }
+                Err(e) => {
+                    tracing::info!(topic = p.topic, partition = p.index, error = %e, "ISR change refused; the metadata decides")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+#![allow(clippy::disallowed_methods)]
+//! Replication in a cluster of three (cluster issue B, first steps): an RF 3 topic written
+//! with acks=all by librdkafka is the same on every replica; a stopped follower leaves the ISR
+//! and acks=all go on; restarted, it catches up and rejoins; the leader stopped, a follower of
+//! the ISR leads and no acknowledged record is lost or duplicated.
+
+#[path = "support/cluster.rs"]
+mod cluster_support;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+
+use cluster_support::{create_topic, metadata, TestCluster};
+
+/// (leader, ISR) of partition 0 of `topic` as broker `id` has it.
+async fn partition_zero(cluster: &TestCluster, id: i32, topic: &str) -> (i32, Vec<i32>) {
+    let m = metadata(&cluster.kafka_addr(id), Some(topic)).await;
+    let p = &m.topics[0].partitions[0];
+    let mut isr: Vec<i32> = p.isr_nodes.iter().map(|b| b.0).collect();
+    isr.sort_unstable();
+    (p.leader_id.0, isr)
+}
+
+async fn produce(producer: &FutureProducer, from: usize, n: usize) {
+    let sends = (from..from + n).map(|i| {
+        let producer = producer.clone();
+        async move {
+            let key = format!("k{i}");
+            producer
+                .send(
+                    FutureRecord::to("r3").key(&key).payload(&key).partition(0),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(|(e, _)| e)
+        }
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.expect("an acks=all send");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rf3_acks_all_survives_a_stopped_follower_and_a_stopped_leader() {
+    let _one = cluster_support::ONE_CLUSTER.lock().await;
+    let mut cluster = TestCluster::new(
+        3,
+        &[
+            ("broker.heartbeat.interval.ms", "300"),
+            ("broker.session.timeout.ms", "1500"),
+            ("replica.lag.time.max.ms", "2000"),
+            ("replica.fetch.wait.max.ms", "100"),
+        ],
+    );
+    cluster.start_all().await;
+    assert_eq!(create_topic(&cluster.kafka_addr(1), "r3", 1, 3).await, 0);
+    let (leader, isr) = partition_zero(&cluster, 1, "r3").await;
+    assert_eq!(isr, [1, 2, 3]);
+    let bootstrap = (1..=3)
+        .map(|id| cluster.kafka_addr(id))
+        .collect::<Vec<_>>()
+        .join(",");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    produce(&producer, 0, 2000).await;
+
+    // Every replica holds the same batches once the high watermark reached them.
+    support::eventually("all three replicas have the 2 000 records", || {
+        let ends: Vec<(i64, i64)> = (1..=3)
+            .map(|id| {
+                let p = cluster.broker(id).broker.topic("r3").unwrap();
+                let p = p.partition(0).unwrap();
+                (p.log_end_offset(), p.high_watermark())
+            })
+            .collect();
+        async move { ends.iter().all(|e| *e == (2000, 2000)) }
+    })
+    .await;
+    let logs: Vec<_> = (1..=3)
+        .map(|id| {
+            let topic = cluster.broker(id).broker.topic("r3").unwrap();
+            topic.partition(0).unwrap().read_local(0, 64 << 20).unwrap()
+        })
+        .collect();
+    assert!(logs.windows(2).all(|w| w[0] == w[1]), "identical replicas");
+
+    // A follower stops: it leaves the ISR and acks=all go on without it.
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let watcher = (1..=3).find(|id| *id != follower).unwrap();
+    cluster.stop(follower).await;
+    produce(&producer, 2000, 500).await;
+    let (_, isr) = partition_zero(&cluster, watcher, "r3").await;
+    assert!(!isr.contains(&follower), "{isr:?}");
+
+    // Restarted, it catches up and rejoins the ISR.
+    cluster.start(follower).await;
+    support::eventually("the follower rejoins the ISR", || {
+        let addr = cluster.kafka_addr(watcher);
+        async move {
+            let m = metadata(&addr, Some("r3")).await;
+            m.topics[0].partitions[0].isr_nodes.len() == 3
+        }
+    })
+    .await;
+
+    // The leader stops: an ISR follower leads; every acknowledged record is there once.
+    let leader = partition_zero(&cluster, watcher, "r3").await.0;
+    cluster.stop(leader).await;
+    let survivor = (1..=3).find(|id| *id != leader).unwrap();
+    support::eventually("a new leader", || {
+        let addr = cluster.kafka_addr(survivor);
+        async move {
+            let l = metadata(&addr, Some("r3")).await.topics[0].partitions[0]
+                .leader_id
+                .0;
+            l >= 0 && l != leader
+        }
+    })
+    .await;
+    produce(&producer, 2500, 500).await;
+    drop(producer);
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.kafka_addr(survivor))
+        .set("group.id", "r3-readers")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["r3"]).unwrap();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < 3000 {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .expect("all records consumed in time")
+            .unwrap();
+        let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+        *seen.entry(key).or_default() += 1;
+    }
+    assert!(seen.values().all(|n| *n == 1), "no duplicates");
+    drop(consumer);
+    cluster.stop_all().await;
+}

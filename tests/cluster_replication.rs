@@ -27,6 +27,23 @@ async fn partition_zero(cluster: &TestCluster, id: i32, topic: &str) -> (i32, Ve
     (p.leader_id.0, isr)
 }
 
+/// One raw batch to r3-0 at `addr` with `acks`; the error code.
+async fn produce_raw(addr: &str, acks: i16) -> i16 {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(support::topic_name("r3"))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(bytes::Bytes::from(support::batch(0, 1, 0))))])]);
+    let mut conn = support::KafkaConn::connect(addr).await;
+    let r: ProduceResponse = conn.call(ApiKey::Produce, 9, &request).await;
+    r.responses[0].partition_responses[0].error_code
+}
+
 async fn produce(producer: &FutureProducer, from: usize, n: usize) {
     let sends = (from..from + n).map(|i| {
         let producer = producer.clone();
@@ -115,8 +132,42 @@ async fn rf3_acks_all_survives_a_stopped_follower_and_a_stopped_leader() {
     })
     .await;
 
-    // The leader stops: an ISR follower leads; every acknowledged record is there once.
+    // min.insync.replicas 3 with a follower stopped: once the ISR shrinks, acks=all get
+    // NOT_ENOUGH_REPLICAS and acks=1 still succeed; back, it rejoins.
     let leader = partition_zero(&cluster, watcher, "r3").await.0;
+    for id in 1..=3 {
+        cluster.broker(id).broker.apply_pending().await;
+    }
+    let min3 = BTreeMap::from([("min.insync.replicas".to_string(), "3".to_string())]);
+    cluster
+        .broker(leader)
+        .broker
+        .set_overrides("r3", min3, false)
+        .await
+        .unwrap();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.stop(follower).await;
+    let leader_addr = cluster.kafka_addr(leader);
+    support::eventually("acks=all is refused with NOT_ENOUGH_REPLICAS", || {
+        let addr = leader_addr.clone();
+        async move { produce_raw(&addr, -1).await == 19 }
+    })
+    .await;
+    assert_eq!(produce_raw(&leader_addr, 1).await, 0, "acks=1");
+    cluster.start(follower).await;
+    support::eventually("acks=all succeeds again", || {
+        let addr = leader_addr.clone();
+        async move { produce_raw(&addr, -1).await == 0 }
+    })
+    .await;
+    cluster
+        .broker(leader)
+        .broker
+        .set_overrides("r3", BTreeMap::new(), false)
+        .await
+        .unwrap();
+
+    // The leader stops: an ISR follower leads; every acknowledged record is there once.
     cluster.stop(leader).await;
     let survivor = (1..=3).find(|id| *id != leader).unwrap();
     support::eventually("a new leader", || {
@@ -147,6 +198,9 @@ async fn rf3_acks_all_survives_a_stopped_follower_and_a_stopped_leader() {
             .expect("all records consumed in time")
             .unwrap();
         let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+        if key == "k" {
+            continue; // the raw probes of min.insync.replicas
+        }
         *seen.entry(key).or_default() += 1;
     }
     assert!(seen.values().all(|n| *n == 1), "no duplicates");

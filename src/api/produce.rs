@@ -12,6 +12,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use super::str_bytes;
 use crate::broker::Broker;
 use crate::error::ApiError;
+use crate::partition::Acked;
 
 pub async fn handle(
     broker: &Arc<Broker>,
@@ -45,7 +46,15 @@ pub async fn handle(
                     format!("acks={acks} is not 0, 1 or -1"),
                 ))
             } else {
-                append(broker, topic.as_deref(), &name, data.index, data.records).await
+                append(
+                    broker,
+                    topic.as_deref(),
+                    &name,
+                    data.index,
+                    data.records,
+                    acks,
+                )
+                .await
             };
             match outcome {
                 Ok((appended, bytes, partition)) => {
@@ -97,16 +106,27 @@ pub async fn handle(
         .iter()
         .map(|(_, _, partition, last)| partition.wait_replicated(*last, timeout));
     let replicated = futures::future::join_all(waits).await;
-    for ((t, p, partition, last), done) in unreplicated.iter().zip(replicated) {
-        if !done {
-            tracing::debug!(partition = %format!("{}-{}", partition.topic, partition.index), last, "acks=all timed out");
-            let response = &mut responses[*t].partition_responses[*p];
-            response.error_code = ResponseError::RequestTimedOut.code();
-            response.error_message = Some(str_bytes(format!(
-                "the in-sync replicas did not all have offset {last} within {} ms",
-                timeout.as_millis()
-            )));
-        }
+    for ((t, p, partition, last), acked) in unreplicated.iter().zip(replicated) {
+        let (code, message) = match acked {
+            Acked::Replicated => continue,
+            // Written, but the ISR fell below the minimum meanwhile (Kafka's
+            // checkEnoughReplicasReachOffset).
+            Acked::NotEnoughReplicas { isr, min } => (
+                ResponseError::NotEnoughReplicasAfterAppend,
+                format!("written, but the in-sync replicas fell to {isr}, below min.insync.replicas {min}"),
+            ),
+            Acked::TimedOut => (
+                ResponseError::RequestTimedOut,
+                format!(
+                    "the in-sync replicas did not all have offset {last} within {} ms",
+                    timeout.as_millis()
+                ),
+            ),
+        };
+        tracing::debug!(partition = %format!("{}-{}", partition.topic, partition.index), last, ?code, "acks=all not met");
+        let response = &mut responses[*t].partition_responses[*p];
+        response.error_code = code.code();
+        response.error_message = Some(str_bytes(message));
     }
     Some(ProduceResponse::default().with_responses(responses))
 }
@@ -121,6 +141,7 @@ async fn append(
     name: &str,
     index: i32,
     records: Option<bytes::Bytes>,
+    acks: i16,
 ) -> Result<
     (
         crate::partition::Appended,
@@ -142,6 +163,16 @@ async fn append(
     let records =
         records.ok_or_else(|| ApiError::new(ResponseError::InvalidRecord, "records are null"))?;
     let bytes = records.len();
+    if acks == -1 {
+        if let Some((isr, min)) = partition.in_sync().filter(|(isr, min)| isr < min) {
+            return Err(ApiError::new(
+                ResponseError::NotEnoughReplicas,
+                format!(
+                    "{name}-{index} has {isr} in-sync replicas, below min.insync.replicas {min}"
+                ),
+            ));
+        }
+    }
     // DESIGN.md invariant 5: at log.dir.max.bytes produce fails (retriable), nothing is dropped.
     broker.hot_bytes.admit(bytes, || broker.partitions())?;
     let appended = partition.append(records, broker.clock.now_ms()).await?;

@@ -48,6 +48,7 @@ pub const BROKER_DEFS: &[BrokerDef] = &[
     BrokerDef { name: "strata.remote.cache.max.bytes", kind: Kind::Long { min: 0 }, default: "1073741824", doc: "Bytes kept for chunks of remote Parquet files read by cold fetches: on local disk ({data-dir}/remote-cache, emptied at start) for a remote store, with the chunks fetched last (at most 128 MiB) in memory; a file:// store, local already, gets the memory part only. 0 = no cache, every cold read goes to the object store." },
     BrokerDef { name: "broker.rack", kind: Kind::Name { max: 255 }, default: "", doc: "This broker's rack: when every broker has one, placement spreads each partition's replicas over racks." },
     BrokerDef { name: "broker.heartbeat.interval.ms", kind: Kind::Long { min: 10 }, default: "2000", doc: "How often a broker of a cluster heartbeats the controller." },
+    BrokerDef { name: "min.insync.replicas", kind: Kind::Int { min: 1, max: I32_MAX }, default: "1", doc: "Default min.insync.replicas." },
     BrokerDef { name: "replica.lag.time.max.ms", kind: Kind::Long { min: 100 }, default: "30000", doc: "A follower not caught up to its leader's log end for this long leaves the ISR; a caught-up one rejoins." },
     BrokerDef { name: "replica.fetch.wait.max.ms", kind: Kind::Long { min: 0 }, default: "500", doc: "How long a leader holds a follower's fetch while there is nothing new." },
     BrokerDef { name: "replica.fetch.max.bytes", kind: Kind::Int { min: 1, max: I32_MAX }, default: "1048576", doc: "Bytes a follower asks for per partition and fetch (at least one batch is sent)." },

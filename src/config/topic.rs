@@ -32,6 +32,7 @@ pub const TOPIC_DEFS: &[TopicDef] = &[
     TopicDef { name: "local.retention.ms", kind: Kind::Long { min: -2 }, broker_default: "log.local.retention.ms", doc: "Age after which offloaded segments leave local disk; -2 = retention.ms." },
     TopicDef { name: "max.message.bytes", kind: Kind::Int { min: 0, max: I32_MAX }, broker_default: "message.max.bytes", doc: "Largest record batch (compressed, as sent)." },
     TopicDef { name: "message.timestamp.type", kind: Kind::Choice(&["CreateTime", "LogAppendTime"]), broker_default: "log.message.timestamp.type", doc: "CreateTime keeps the producer's timestamps; LogAppendTime stamps batches with the broker's clock." },
+    TopicDef { name: "min.insync.replicas", kind: Kind::Int { min: 1, max: I32_MAX }, broker_default: "min.insync.replicas", doc: "acks=all needs this many in-sync replicas: fewer, and produce gets NOT_ENOUGH_REPLICAS and the high watermark stops." },
     TopicDef { name: "remote.storage.enable", kind: Kind::Bool, broker_default: "", doc: "Offload this topic's sealed segments as Parquet to the object store." },
     TopicDef { name: "retention.bytes", kind: Kind::Long { min: -1 }, broker_default: "log.retention.bytes", doc: "Size of a partition above which old segments are deleted; -1 = unlimited." },
     TopicDef { name: "retention.ms", kind: Kind::Long { min: -1 }, broker_default: "log.retention.ms", doc: "Age after which old segments are deleted; -1 = forever." },
@@ -79,6 +80,7 @@ pub struct TopicConfig {
     pub max_message_bytes: i32,
     pub flush_messages: i64,
     pub flush_ms: i64,
+    pub min_insync_replicas: usize,
     pub log_append_time: bool,
     pub remote_storage_enable: bool,
     /// Resolved: -2 became retention.ms.
@@ -125,6 +127,7 @@ impl TopicConfig {
             max_message_bytes: int(&get("max.message.bytes")) as i32,
             flush_messages: int(&get("flush.messages")),
             flush_ms: int(&get("flush.ms")),
+            min_insync_replicas: int(&get("min.insync.replicas")) as usize,
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
             remote_storage_enable: get("remote.storage.enable") == "true",
             local_retention_ms: match int(&get("local.retention.ms")) {

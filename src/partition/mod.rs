@@ -68,6 +68,18 @@ pub enum ProduceError {
     Storage(#[from] LogError),
 }
 
+/// How an acks=all wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acked {
+    Replicated,
+    /// The ISR fell below min.insync.replicas: NOT_ENOUGH_REPLICAS_AFTER_APPEND.
+    NotEnoughReplicas {
+        isr: usize,
+        min: usize,
+    },
+    TimedOut,
+}
+
 /// What a successful append returns to the producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -134,6 +146,10 @@ impl State {
     fn leader_high_watermark(&self, node_id: i32, current: i64) -> i64 {
         let end = self.log.log_end_offset();
         match &self.role {
+            // Kafka 3.9+'s strict rule: below min.insync.replicas the high watermark stays.
+            Role::Leader { isr, .. } if isr.len() < self.config.min_insync_replicas => {
+                current.min(end)
+            }
             Role::Leader { isr, .. } => isr
                 .iter()
                 .map(|id| {
@@ -286,12 +302,32 @@ impl Partition {
         self.high_watermark.subscribe()
     }
 
-    /// Waits until the high watermark passes `last_offset` (acks=all), up to `timeout`; false
-    /// when it did not.
-    pub async fn wait_replicated(&self, last_offset: i64, timeout: std::time::Duration) -> bool {
+    /// (ISR size, min.insync.replicas) while this broker leads; `None` otherwise.
+    pub fn in_sync(&self) -> Option<(usize, usize)> {
+        let state = self.read_state();
+        match &state.role {
+            Role::Leader { isr, .. } => Some((isr.len(), state.config.min_insync_replicas)),
+            Role::Follower { .. } => None,
+        }
+    }
+
+    /// Waits until the high watermark passes `last_offset` (acks=all), up to `timeout`, or
+    /// until the ISR falls below min.insync.replicas (woken by ISR changes too).
+    pub async fn wait_replicated(&self, last_offset: i64, timeout: std::time::Duration) -> Acked {
         let mut hw = self.subscribe();
-        let waited = tokio::time::timeout(timeout, hw.wait_for(|h| *h > last_offset)).await;
-        matches!(waited, Ok(Ok(_)))
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if *hw.borrow_and_update() > last_offset {
+                return Acked::Replicated;
+            }
+            if let Some((isr, min)) = self.in_sync().filter(|(isr, min)| isr < min) {
+                return Acked::NotEnoughReplicas { isr, min };
+            }
+            match tokio::time::timeout_at(deadline, hw.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Acked::TimedOut,
+            }
+        }
     }
 
     /// A receiver that changes whenever the log end moves (replica fetches wait on it).

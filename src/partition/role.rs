@@ -160,6 +160,8 @@ impl Partition {
                 state.leader_since_ms = None;
             }
             state.role = Role::Leader { epoch, isr };
+            // acks=all waiters look at the new ISR (it may be below min.insync.replicas).
+            self.high_watermark.send_modify(|_| {});
             let hw = state.leader_high_watermark(self.node_id, self.high_watermark());
             self.high_watermark.send_replace(hw);
             state.log.assign_epoch(epoch)

@@ -44,6 +44,18 @@ async fn produce_raw(addr: &str, acks: i16) -> i16 {
     r.responses[0].partition_responses[0].error_code
 }
 
+/// A gauge of broker `id`'s metrics.
+fn gauge(cluster: &TestCluster, id: i32, name: &str) -> f64 {
+    cluster
+        .broker(id)
+        .telemetry()
+        .render()
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(-1.0)
+}
+
 async fn produce(producer: &FutureProducer, from: usize, n: usize) {
     let sends = (from..from + n).map(|i| {
         let producer = producer.clone();
@@ -131,6 +143,18 @@ async fn rf3_acks_all_survives_a_stopped_follower_and_a_stopped_leader() {
         }
     })
     .await;
+
+    support::eventually("no broker reports an under-replicated partition", || {
+        let under: Vec<f64> = (1..=3)
+            .map(|id| gauge(&cluster, id, "strata_under_replicated_partitions"))
+            .collect();
+        async move { under == [0.0, 0.0, 0.0] }
+    })
+    .await;
+    let controllers: f64 = (1..=3)
+        .map(|id| gauge(&cluster, id, "strata_active_controller"))
+        .sum();
+    assert_eq!(controllers, 1.0, "one active controller");
 
     // min.insync.replicas 3 with a follower stopped: once the ISR shrinks, acks=all get
     // NOT_ENOUGH_REPLICAS and acks=1 still succeed; back, it rejoins.

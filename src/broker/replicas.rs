@@ -149,6 +149,7 @@ impl Broker {
     }
 
     async fn isr_upkeep_once(&self, lag: i64) {
+        self.record_replica_health();
         let Some(broker_epoch) = self.metadata.broker_epoch() else {
             return;
         };
@@ -193,5 +194,39 @@ impl Broker {
                 }
             }
         }
+    }
+}
+
+impl Broker {
+    /// Kafka's replica health gauges for the partitions this broker leads
+    /// (UnderReplicatedPartitions, UnderMinIsrPartitionCount, AtMinIsrPartitionCount), and on
+    /// the controller OfflinePartitionsCount and ActiveControllerCount.
+    fn record_replica_health(&self) {
+        let (view, me) = (self.metadata.view(), self.node_id());
+        let (mut under, mut under_min, mut at_min, mut offline) = (0, 0, 0, 0);
+        for (name, topic) in &view.topics {
+            let min = self.topic(name).map_or(1, |t| t.config.min_insync_replicas);
+            for p in &topic.partitions {
+                if p.leader < 0 {
+                    offline += 1;
+                }
+                if p.leader != me {
+                    continue;
+                }
+                under += usize::from(p.isr.len() < p.replicas.len());
+                under_min += usize::from(p.isr.len() < min);
+                at_min += usize::from(p.isr.len() == min && p.replicas.len() > min);
+            }
+        }
+        let controller = self.metadata.controller() == Some(me);
+        metrics::gauge!("strata_under_replicated_partitions").set(under as f64);
+        metrics::gauge!("strata_under_min_isr_partitions").set(under_min as f64);
+        metrics::gauge!("strata_at_min_isr_partitions").set(at_min as f64);
+        metrics::gauge!("strata_offline_partitions").set(if controller {
+            offline as f64
+        } else {
+            0.0
+        });
+        metrics::gauge!("strata_active_controller").set(if controller { 1.0 } else { 0.0 });
     }
 }

@@ -230,4 +230,33 @@ mod tests {
         assert_eq!(refusal(outcome), Some(Refusal::InvalidRequest));
         assert_ne!(state.topics["t"].partitions[0].leader, NO_LEADER);
     }
+
+    #[test]
+    fn a_new_incarnation_leaves_every_isr_and_leadership() {
+        let mut state = state();
+        let register = |incarnation| Command::RegisterBroker {
+            id: 1,
+            host: "h".into(),
+            port: 9000,
+            peer: String::new(),
+            rack: None,
+            incarnation,
+        };
+        let same = state.brokers[&1].incarnation;
+        let (_, changes) = state.apply(5, register(same));
+        assert!(
+            changes.is_empty(),
+            "the same process registering again changes nothing"
+        );
+        let before = state.topics["t"].partitions[0].clone();
+        assert_eq!((before.leader, &before.isr[..]), (1, &[1, 2, 3][..]));
+        let (_, changes) = state.apply(6, register(uuid::Uuid::new_v4()));
+        let p = &state.topics["t"].partitions[0];
+        assert_eq!((p.leader, &p.isr[..]), (2, &[2, 3][..]));
+        assert_eq!(p.leader_epoch, before.leader_epoch + 1);
+        assert!(matches!(
+            &changes[..],
+            [Change::Leadership { leader: 2, .. }]
+        ));
+    }
 }

@@ -338,6 +338,18 @@ impl ClusterState {
                 rack,
                 incarnation,
             } => {
+                // A new incarnation of a live broker (a restart within its session) may have
+                // lost what it had not flushed: it leaves every ISR and leadership now and
+                // rejoins by catching up (KIP-903). Alone in an ISR, it leads again below.
+                let restarted = self
+                    .brokers
+                    .get(&id)
+                    .is_some_and(|b| b.incarnation != incarnation && !b.fenced);
+                let mut changes = if restarted {
+                    self.remove_from_leadership(id)
+                } else {
+                    Vec::new()
+                };
                 self.brokers.insert(
                     id,
                     BrokerRecord {
@@ -351,7 +363,7 @@ impl ClusterState {
                         fenced: false,
                     },
                 );
-                let changes = self.elect_where_leaderless(id);
+                changes.extend(self.elect_where_leaderless(id));
                 (Outcome::Registered { epoch: index }, changes)
             }
             Command::FenceBroker { id, epoch } => {
@@ -502,8 +514,10 @@ impl ClusterState {
                         .find(|r| *r != id)
                         .unwrap_or(NO_LEADER);
                     p.leader_epoch += 1;
-                    changes.push(leadership_change(name, index as i32, p));
                 }
+                // The leader learns the smaller ISR at once: its high watermark and acks=all
+                // stop waiting for the broker that left.
+                changes.push(leadership_change(name, index as i32, p));
             }
         }
         changes

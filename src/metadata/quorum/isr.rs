@@ -258,5 +258,19 @@ mod tests {
             &changes[..],
             [Change::Leadership { leader: 2, .. }]
         ));
+
+        // Alone in an ISR (RF 1), a restart changes nothing: no better copy, no new epoch.
+        let record = crate::metadata::local::new_topic("solo", 1, Default::default());
+        state.apply(
+            7,
+            Command::CreateTopic {
+                record,
+                replication_factor: 1,
+                assignment: Some(vec![vec![1]]),
+            },
+        );
+        let solo = state.topics["solo"].partitions[0].clone();
+        state.apply(8, register(uuid::Uuid::new_v4()));
+        assert_eq!(state.topics["solo"].partitions[0], solo);
     }
 }

@@ -339,14 +339,15 @@ impl ClusterState {
                 incarnation,
             } => {
                 // A new incarnation of a live broker (a restart within its session) may have
-                // lost what it had not flushed: it leaves every ISR and leadership now and
-                // rejoins by catching up (KIP-903). Alone in an ISR, it leads again below.
+                // lost what it had not flushed: it leaves every ISR it shares, and the
+                // leaderships there, now, and rejoins by catching up (KIP-903). Where it is the
+                // only in-sync replica nothing changes (there is no better copy).
                 let restarted = self
                     .brokers
                     .get(&id)
                     .is_some_and(|b| b.incarnation != incarnation && !b.fenced);
                 let mut changes = if restarted {
-                    self.remove_from_leadership(id)
+                    self.leave_shared_isrs(id)
                 } else {
                     Vec::new()
                 };
@@ -517,6 +518,26 @@ impl ClusterState {
                 }
                 // The leader learns the smaller ISR at once: its high watermark and acks=all
                 // stop waiting for the broker that left.
+                changes.push(leadership_change(name, index as i32, p));
+            }
+        }
+        changes
+    }
+
+    /// `id` leaves every ISR that has another member; where it led, the next member leads.
+    fn leave_shared_isrs(&mut self, id: i32) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (name, topic) in &mut self.topics {
+            for (index, p) in topic.partitions.iter_mut().enumerate() {
+                if !p.isr.contains(&id) || p.isr.len() < 2 {
+                    continue;
+                }
+                p.isr.retain(|r| *r != id);
+                p.partition_epoch += 1;
+                if p.leader == id {
+                    p.leader = p.isr[0];
+                    p.leader_epoch += 1;
+                }
                 changes.push(leadership_change(name, index as i32, p));
             }
         }

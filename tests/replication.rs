@@ -150,7 +150,7 @@ async fn a_follower_copies_the_leader_over_quic_and_moves_its_high_watermark() {
         topic_id,
         leader: 1,
         epoch: 1,
-        broker_epoch: 5,
+        broker_epoch: Arc::new(|| 5),
         config: FetcherConfig {
             wait: Duration::from_millis(100),
             ..FetcherConfig::default()

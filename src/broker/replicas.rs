@@ -113,7 +113,10 @@ impl Broker {
             topic_id,
             leader,
             epoch,
-            broker_epoch: self.metadata.broker_epoch().unwrap_or(0),
+            broker_epoch: {
+                let metadata = self.metadata.clone();
+                Arc::new(move || metadata.broker_epoch().unwrap_or(0))
+            },
             config: FetcherConfig {
                 wait: Duration::from_millis(settings.replica_fetch_wait_max_ms),
                 max_bytes: settings.replica_fetch_max_bytes,

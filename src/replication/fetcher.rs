@@ -38,8 +38,8 @@ pub enum Stopped {
     Stop,
     /// The partition's role is no longer "follower of `leader` at `epoch`".
     RoleChanged,
-    /// The leader refused for good (FENCED or UNKNOWN_LEADER_EPOCH, NOT_LEADER_OR_FOLLOWER,
-    /// STALE_BROKER_EPOCH, UNKNOWN_TOPIC_ID): the metadata will tell what changed.
+    /// The leader has a newer epoch (FENCED_LEADER_EPOCH): the metadata will give this
+    /// partition its new role, and a new fetcher with it.
     Refused(i16),
 }
 
@@ -49,7 +49,9 @@ pub struct Fetcher {
     pub topic_id: Uuid,
     pub leader: i32,
     pub epoch: i32,
-    pub broker_epoch: u64,
+    /// This broker's registration epoch, read for every fetch (it changes when the broker
+    /// registers again).
+    pub broker_epoch: Arc<dyn Fn() -> u64 + Send + Sync>,
     pub config: FetcherConfig,
 }
 
@@ -75,7 +77,7 @@ impl Fetcher {
                 topic: p.topic.clone(),
                 topic_id: self.topic_id,
                 partition: p.index,
-                broker_epoch: self.broker_epoch,
+                broker_epoch: (self.broker_epoch)(),
                 fetch_offset: p.log_end_offset(),
                 last_fetched_epoch: p.last_epoch(),
                 current_leader_epoch: self.epoch,
@@ -140,13 +142,15 @@ impl Fetcher {
             )),
             AnswerHeader::Error { code, message } => {
                 use kafka_protocol::error::ResponseError as E;
-                let retriable = [E::KafkaStorageError.code()].contains(&code);
-                if retriable {
-                    Err(message)
-                } else {
-                    tracing::info!(partition = %format!("{}-{}", p.topic, p.index), code, message, "the leader refused a replica fetch");
-                    Ok(Some(Stopped::Refused(code)))
+                if code == E::FencedLeaderEpoch.code() {
+                    tracing::info!(partition = %format!("{}-{}", p.topic, p.index), code, message, "the leader has a newer epoch; this fetcher stops");
+                    return Ok(Some(Stopped::Refused(code)));
                 }
+                // The rest pass: a leader that has not applied the topic or its leadership
+                // yet (UNKNOWN_TOPIC_*, NOT_LEADER_OR_FOLLOWER, UNKNOWN_LEADER_EPOCH), this
+                // broker's registration renewed meanwhile (STALE_BROKER_EPOCH), a storage
+                // error. Backed off; a role change ends the loop.
+                Err(format!("error {code}: {message}"))
             }
         }
     }

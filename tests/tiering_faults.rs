@@ -904,6 +904,22 @@ async fn a_topic_deleted_during_an_outage_loses_its_remote_data_afterwards_and_o
         support::object_names(&store, "_strata/manifests/topic=stays").await,
         stays_objects.1
     );
+    // Its manifest did not load at the restart (the store was down) and loads on a tiering
+    // pass once the store answers; until then reads below its local log start are out of
+    // range, and a consumer at offset 0 would reset past them.
+    let kept = running
+        .broker
+        .topic("stays")
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .clone();
+    wait_until(
+        "the manifest of stays loads after the outage",
+        Duration::from_secs(60),
+        || kept.log_start_offset() == 0,
+    )
+    .await;
     consume_exact(&bootstrap, "stays", 1, &stays).await;
     assert_no_offload_panics(&running);
     running.shutdown().await;

@@ -86,6 +86,7 @@ fn bench_read(c: &mut Criterion) {
         node_id: 1,
         max_decompressed: 1 << 20,
         tier: None,
+        checkpointed: None,
     };
     let partition = std::sync::Arc::new(
         Partition::open(&pdir, "bench", 0, topic_config, &context, 0).expect("partition"),

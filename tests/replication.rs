@@ -90,6 +90,7 @@ fn partition(dir: &std::path::Path, node_id: i32) -> Arc<Partition> {
         node_id,
         max_decompressed: 1 << 20,
         tier: None,
+        checkpointed: None,
     };
     Arc::new(Partition::open(dir, "t", 0, config, &context, 0).unwrap())
 }

@@ -427,6 +427,7 @@ impl Broker {
                 existing,
                 &hosted,
                 Opening::New,
+                &Arc::default(),
             )
         })
         .await

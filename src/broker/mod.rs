@@ -24,6 +24,7 @@ use crate::config::{Config, TopicConfig};
 use crate::coordinator::{Coordinator, GroupHost, OFFSETS_TOPIC};
 use crate::error::ApiError;
 use crate::metadata::{DeletedTopic, Image, Metadata};
+use crate::partition::hw_checkpoint::{self, HighWatermarks};
 use crate::partition::Partition;
 use crate::tiering::service::TieringHost;
 use crate::tiering::tier::RemoteTier;
@@ -113,6 +114,8 @@ pub struct Broker {
     pub hot_bytes: hot_bytes::HotBytes,
     /// In a cluster: the endpoint replica fetches go through (`replicas.rs`).
     replication: std::sync::OnceLock<replicas::Replication>,
+    /// The high watermarks last written to `topics/replication-offset-checkpoint`.
+    hw_checkpointed: Mutex<HighWatermarks>,
 }
 
 impl Broker {
@@ -135,6 +138,7 @@ impl Broker {
             .map(|r| (r.name.clone(), hosted(&view, config.node_id, r)))
             .collect();
         open::move_unassigned_aside(&config.data_dir.join("topics"), &hosted);
+        let checkpointed = Arc::new(hw_checkpoint::read(&config.data_dir.join("topics")));
         let mut registry = BTreeMap::new();
         for record in &image.topics {
             let topic = open_topic(
@@ -145,6 +149,7 @@ impl Broker {
                 Vec::new(),
                 &hosted[&record.name],
                 Opening::Existing,
+                &checkpointed,
             )?;
             registry.insert(record.name.clone(), Arc::new(topic));
         }
@@ -173,6 +178,7 @@ impl Broker {
             tiering,
             hot_bytes: hot_bytes::HotBytes::new(config.broker.log_dir_max_bytes),
             replication: std::sync::OnceLock::new(),
+            hw_checkpointed: Mutex::new((*checkpointed).clone()),
             config,
             clock,
         })
@@ -263,8 +269,28 @@ impl Broker {
         }
     }
 
-    /// Clean shutdown: every partition fsynced, snapshotted and marked clean.
+    /// Blocking: writes every partition's high watermark to
+    /// `topics/replication-offset-checkpoint` when one moved since the last write.
+    pub fn checkpoint_high_watermarks(&self) -> std::io::Result<()> {
+        let now: HighWatermarks = self
+            .partitions()
+            .iter()
+            .map(|p| ((p.topic.clone(), p.index), p.high_watermark()))
+            .collect();
+        let mut written = self.hw_checkpointed.lock().expect("checkpoint lock");
+        if *written != now {
+            hw_checkpoint::write(&self.config.data_dir.join("topics"), &now)?;
+            *written = now;
+        }
+        Ok(())
+    }
+
+    /// Clean shutdown: high watermarks checkpointed, every partition fsynced, snapshotted and
+    /// marked clean.
     pub fn shutdown(&self) {
+        if let Err(e) = self.checkpoint_high_watermarks() {
+            tracing::error!(error = %e, "writing the high-watermark checkpoint failed");
+        }
         let topics = std::mem::take(&mut *self.topics.write().expect("topics lock"));
         for (_, topic) in topics {
             let Ok(topic) = Arc::try_unwrap(topic) else {

@@ -11,6 +11,7 @@ use crate::clock::Clock;
 use crate::config::{Config, TopicConfig};
 use crate::error::ApiError;
 use crate::metadata::TopicRecord;
+use crate::partition::hw_checkpoint::HighWatermarks;
 use crate::partition::{Partition, PartitionContext};
 use crate::tiering::tier::RemoteTier;
 
@@ -29,7 +30,10 @@ pub(super) enum Opening {
 }
 
 /// Opens the partitions of a topic this broker holds (`hosted`, indexes), reusing the already
-/// open ones in `existing`.
+/// open ones in `existing`. They open following no one, at the high watermarks
+/// `checkpointed` (read at start; empty for new partitions), until the metadata gives them
+/// their roles.
+#[allow(clippy::too_many_arguments)] // the pieces of one topic opening, passed down once
 pub(super) fn open_topic(
     config: &Config,
     clock: &Clock,
@@ -38,6 +42,7 @@ pub(super) fn open_topic(
     existing: Vec<Arc<Partition>>,
     hosted: &[i32],
     opening: Opening,
+    checkpointed: &Arc<HighWatermarks>,
 ) -> Result<Topic, ApiError> {
     let topic_config = TopicConfig::resolve(&config.broker, &record.overrides);
     let context = PartitionContext {
@@ -46,6 +51,7 @@ pub(super) fn open_topic(
         // Internal topics (__consumer_offsets) bound their own size with snapshots and are read
         // back by the broker at start: they stay local.
         tier: tier.filter(|_| !record.name.starts_with("__")).cloned(),
+        checkpointed: Some(checkpointed.clone()),
     };
     let mut partitions = existing;
     let first_new = partitions.len();

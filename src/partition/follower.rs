@@ -45,13 +45,7 @@ impl Partition {
         self.log_end
             .send_if_modified(|current| std::mem::replace(current, end) != end);
         let hw = leader_high_watermark.min(end);
-        self.high_watermark.send_if_modified(|current| {
-            let moved = hw > *current;
-            if moved {
-                *current = hw;
-            }
-            moved
-        });
+        self.raise_high_watermark(hw);
         result?;
         Ok(end)
     }
@@ -187,13 +181,7 @@ impl Partition {
         progress.last_fetch_end = log_end;
         progress.broker_epoch = fetch.broker_epoch;
         let hw = state.leader_high_watermark(self.node_id, self.high_watermark());
-        self.high_watermark.send_if_modified(|current| {
-            let moved = hw > *current;
-            if moved {
-                *current = hw;
-            }
-            moved
-        });
+        self.raise_high_watermark(hw);
         let records = state
             .log
             .read(fetch.fetch_offset, fetch.max_bytes, log_end, true)?

@@ -17,12 +17,15 @@
 //!
 //! Role: `Leader { epoch, isr }` appends and serves consumers; `Follower` refuses both
 //! (NOT_LEADER_OR_FOLLOWER). The high watermark is the minimum log end over the ISR; on one
-//! node the ISR is the leader alone, so it is the log end once a batch is appended. Fsync follows
+//! node the ISR is the leader alone, so it is the log end once a batch is appended. A broker's
+//! partition opens following no one at its checkpointed high watermark (`hw_checkpoint.rs`)
+//! until the metadata gives it its role. Fsync follows
 //! flush.messages / flush.ms as in Kafka: the page cache, not the disk, acknowledges by default.
 //! Taking over as leader fences the bucket in the background (`tiered.rs`).
 
 mod fence;
 pub mod follower;
+pub mod hw_checkpoint;
 pub mod producer;
 mod read;
 pub mod role;
@@ -100,6 +103,10 @@ pub struct PartitionContext {
     /// The broker's remote tier; `None` without tiering and for internal topics, which stay
     /// local.
     pub tier: Option<Arc<RemoteTier>>,
+    /// A broker's partitions open following no one, at min(checkpointed high watermark, log
+    /// end), and take the role the metadata gives them; `None` (tools, tests) opens leading
+    /// alone, at the log end.
+    pub checkpointed: Option<Arc<hw_checkpoint::HighWatermarks>>,
 }
 
 struct State {
@@ -199,9 +206,9 @@ pub fn log_config(config: &TopicConfig, max_decompressed: usize) -> LogConfig {
 }
 
 impl Partition {
-    /// Opens (recovering if needed) the partition's log in `dir` and rebuilds producer state.
-    /// It opens as the leader at its persisted epoch, with the ISR = this broker; a tiered
-    /// partition's leader duties on the bucket start with [`Partition::activate`].
+    /// Opens (recovering if needed) the partition's log in `dir` and rebuilds producer state,
+    /// at its persisted epoch, in the role `context.checkpointed` says; a tiered partition's
+    /// leader duties on the bucket start with [`Partition::activate`].
     pub fn open(
         dir: &Path,
         topic: &str,
@@ -211,15 +218,28 @@ impl Partition {
         now_ms: i64,
     ) -> Result<Partition, LogError> {
         let log = Log::open(dir, log_config(&config, context.max_decompressed), now_ms)?;
-        let producers = rebuild_producers(dir, &log, now_ms)?;
-        let hw = log.log_end_offset();
+        let producers = producer::rebuild(dir, &log, now_ms)?;
         let epoch = role::read_epoch(dir)
             .or(log.latest_epoch())
             .unwrap_or(0)
             .max(0);
-        let role = Role::Leader {
-            epoch,
-            isr: vec![context.node_id],
+        let end = log.log_end_offset();
+        let (role, hw) = match &context.checkpointed {
+            None => (
+                Role::Leader {
+                    epoch,
+                    isr: vec![context.node_id],
+                },
+                end,
+            ),
+            Some(checkpointed) => (
+                Role::Follower { leader: -1, epoch },
+                checkpointed
+                    .get(&(topic.to_string(), index))
+                    .copied()
+                    .unwrap_or(0)
+                    .clamp(log.log_start_offset().min(end), end),
+            ),
         };
         let remote = context
             .tier
@@ -245,7 +265,7 @@ impl Partition {
             flush_lock: tokio::sync::Mutex::new(()),
             role_change: tokio::sync::Mutex::new(()),
             high_watermark: watch::Sender::new(hw),
-            log_end: watch::Sender::new(hw),
+            log_end: watch::Sender::new(end),
             remote,
             telemetry: crate::telemetry::current(),
         })
@@ -295,6 +315,17 @@ impl Partition {
 
     pub fn high_watermark(&self) -> i64 {
         *self.high_watermark.borrow()
+    }
+
+    /// Moves the high watermark up to `hw` (never down).
+    fn raise_high_watermark(&self, hw: i64) {
+        self.high_watermark.send_if_modified(|current| {
+            let moved = hw > *current;
+            if moved {
+                *current = hw;
+            }
+            moved
+        });
     }
 
     /// A receiver that changes whenever the high watermark moves (long-poll fetches wait on it).
@@ -427,13 +458,7 @@ impl Partition {
         state.oldest_unflushed_ms.get_or_insert(now_ms);
         // Under the lock, so a snapshot sees the high watermark and the log together.
         let hw = state.leader_high_watermark(self.node_id, self.high_watermark());
-        self.high_watermark.send_if_modified(|current| {
-            let moved = hw > *current;
-            if moved {
-                *current = hw;
-            }
-            moved
-        });
+        self.raise_high_watermark(hw);
         Ok(Appended {
             base_offset: info.base_offset,
             last_offset: info.last_offset,
@@ -561,36 +586,6 @@ pub fn aside(dir: &Path, suffix: &str) -> PathBuf {
     let mut name = dir.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{}{suffix}", uuid::Uuid::new_v4().simple()));
     dir.with_file_name(name)
-}
-
-/// Loads the producer snapshot and replays the batches the log holds beyond it.
-fn rebuild_producers(dir: &Path, log: &Log, now_ms: i64) -> Result<ProducerStates, LogError> {
-    let end = log.log_end_offset();
-    let (mut from, mut states) = match producer::read_snapshot(dir) {
-        Some((offset, states)) if offset <= end => (offset, states),
-        _ => (log.log_start_offset(), ProducerStates::default()),
-    };
-    from = from.max(log.log_start_offset());
-    states.truncate(end);
-    const CHUNK_BYTES: usize = 8 << 20;
-    while from < end {
-        let chunk = log.read(from, CHUNK_BYTES, end, true)?;
-        let (batches, _) = crate::record::batch::split_batches(&chunk.bytes);
-        let Some((last, _)) = batches.last() else {
-            break;
-        };
-        let next = last.last_offset() + 1;
-        for (header, _) in &batches {
-            if header.last_offset() >= from {
-                states.record(header, now_ms);
-            }
-        }
-        if next <= from {
-            break;
-        }
-        from = next;
-    }
-    Ok(states)
 }
 
 #[cfg(test)]

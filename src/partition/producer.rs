@@ -213,6 +213,40 @@ pub fn read_snapshot(dir: &Path) -> Option<(i64, ProducerStates)> {
     }
 }
 
+/// Loads the producer snapshot and replays the batches the log holds beyond it.
+pub(super) fn rebuild(
+    dir: &std::path::Path,
+    log: &crate::log::Log,
+    now_ms: i64,
+) -> Result<ProducerStates, crate::log::LogError> {
+    let end = log.log_end_offset();
+    let (mut from, mut states) = match read_snapshot(dir) {
+        Some((offset, states)) if offset <= end => (offset, states),
+        _ => (log.log_start_offset(), ProducerStates::default()),
+    };
+    from = from.max(log.log_start_offset());
+    states.truncate(end);
+    const CHUNK_BYTES: usize = 8 << 20;
+    while from < end {
+        let chunk = log.read(from, CHUNK_BYTES, end, true)?;
+        let (batches, _) = crate::record::batch::split_batches(&chunk.bytes);
+        let Some((last, _)) = batches.last() else {
+            break;
+        };
+        let next = last.last_offset() + 1;
+        for (header, _) in &batches {
+            if header.last_offset() >= from {
+                states.record(header, now_ms);
+            }
+        }
+        if next <= from {
+            break;
+        }
+        from = next;
+    }
+    Ok(states)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

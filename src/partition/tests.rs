@@ -24,6 +24,7 @@ fn context(tier: Option<Arc<RemoteTier>>) -> PartitionContext {
         node_id: 1,
         max_decompressed: 1 << 20,
         tier,
+        checkpointed: None,
     }
 }
 
@@ -366,4 +367,44 @@ async fn the_leader_proposes_isr_shrinks_and_expansions_on_its_clock() {
         leader.isr_proposal(70_001, lag, &replicas),
         Some(vec![(1, 0), (3, 31)]),
     );
+}
+
+#[tokio::test]
+async fn a_broker_partition_opens_at_its_checkpointed_high_watermark_until_it_leads() {
+    let dir = tempfile::tempdir().unwrap();
+    let strict = config(&[("min.insync.replicas", "2")]);
+    {
+        let p = Partition::open(dir.path(), "t", 0, strict.clone(), &context(None), 0).unwrap();
+        for i in 0..10 {
+            let mut b = BatchBuilder::new(Codec::None);
+            b.record(i, None, Some(b"v"), &[]);
+            p.append(Bytes::from(b.build()), 1_000).await.unwrap();
+        }
+        p.close().unwrap();
+    }
+    let checkpointed = |hw: Option<i64>| PartitionContext {
+        checkpointed: Some(Arc::new(
+            hw.map(|hw| (("t".to_string(), 0), hw))
+                .into_iter()
+                .collect(),
+        )),
+        ..context(None)
+    };
+    // Following no one, at min(checkpoint, log end); with no entry, at the log start.
+    for (hw, opened) in [(Some(4), 4), (Some(99), 10), (None, 0)] {
+        let p = Arc::new(
+            Partition::open(dir.path(), "t", 0, strict.clone(), &checkpointed(hw), 0).unwrap(),
+        );
+        assert!(matches!(p.role(), Role::Follower { leader: -1, .. }));
+        assert_eq!((p.high_watermark(), p.log_end_offset()), (opened, 10));
+        assert!(p.check_leader(-1).is_err());
+        // Leading alone under min.insync.replicas 2 (the strict rule), the mark stays.
+        p.become_leader(1, vec![1]).await.unwrap();
+        assert_eq!(p.high_watermark(), opened);
+        // Under the default of 1, a leader alone in its ISR has the whole log.
+        p.set_config(config(&[]));
+        p.become_leader(1, vec![1]).await.unwrap();
+        assert_eq!(p.high_watermark(), 10);
+        drop(p);
+    }
 }

@@ -290,6 +290,13 @@ async fn background(
     let mut retention = tokio::time::interval(retention_every);
     let mut flush = tokio::time::interval(FLUSH_TICK);
     let mut upkeep = tokio::time::interval(METRICS_UPKEEP);
+    let mut checkpoint = tokio::time::interval(Duration::from_millis(
+        broker
+            .config
+            .broker
+            .replica_high_watermark_checkpoint_interval_ms,
+    ));
+    checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -309,6 +316,13 @@ async fn background(
                 let _ = telemetry.spawn_blocking(move || apply_retention(&broker)).await;
             }
             _ = upkeep.tick() => telemetry.run_upkeep(),
+            _ = checkpoint.tick() => {
+                let broker = broker.clone();
+                let written = telemetry.spawn_blocking(move || broker.checkpoint_high_watermarks()).await;
+                if let Ok(Err(e)) = written {
+                    tracing::warn!(error = %e, "writing the high-watermark checkpoint failed; it is retried");
+                }
+            }
         }
     }
 }

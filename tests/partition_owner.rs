@@ -62,10 +62,20 @@ async fn list_latest(conn: &mut KafkaConn, topic: &str, epoch: i32) -> (i16, i64
     (p.error_code, p.offset)
 }
 
-/// (error code, epoch, end offset) of OffsetForLeaderEpoch for `epoch`.
+/// (error code, epoch, end offset) of a consumer's OffsetForLeaderEpoch for `epoch`.
 async fn end_of_epoch(conn: &mut KafkaConn, topic: &str, epoch: i32) -> (i16, i32, i64) {
+    end_of_epoch_for(conn, topic, epoch, -1).await
+}
+
+/// The same, asked by `replica_id` (-1: a consumer).
+async fn end_of_epoch_for(
+    conn: &mut KafkaConn,
+    topic: &str,
+    epoch: i32,
+    replica_id: i32,
+) -> (i16, i32, i64) {
     let request = OffsetForLeaderEpochRequest::default()
-        .with_replica_id(BrokerId(-1))
+        .with_replica_id(BrokerId(replica_id))
         .with_topics(vec![OffsetForLeaderTopic::default()
             .with_topic(topic_name(topic))
             .with_partitions(vec![OffsetForLeaderPartition::default()
@@ -440,4 +450,23 @@ fn produce_and_fetch_do_not_wait_for_segment_deletion() {
     assert_eq!(p.log_start_offset(), 150);
     stop_tx.send(()).unwrap();
     server.join().unwrap();
+}
+
+/// OffsetForLeaderEpoch answers a consumer at most the high watermark, a replica the end of the
+/// epoch in the log (followers truncate to it; Kafka's answer).
+#[tokio::test]
+async fn end_of_epoch_is_the_high_watermark_for_consumers_and_the_log_end_for_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = support::start_on(dir.path(), &[], Clock::System, None).await;
+    // One broker under min.insync.replicas 2: the high watermark stays at 0 (the strict rule)
+    // while records are appended.
+    let p = support::create_topic(&running, "strict", &[("min.insync.replicas", "2")]).await;
+    p.append(Bytes::from(support::batch(0, 5, support::now_ms())), 1_000)
+        .await
+        .unwrap();
+    assert_eq!((p.high_watermark(), p.log_end_offset()), (0, 5));
+    let mut conn = KafkaConn::connect(&running.kafka_addr().to_string()).await;
+    assert_eq!(end_of_epoch(&mut conn, "strict", 0).await, (0, 0, 0));
+    assert_eq!(end_of_epoch_for(&mut conn, "strict", 0, 2).await, (0, 0, 5));
+    running.shutdown().await;
 }

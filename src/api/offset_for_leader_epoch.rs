@@ -1,6 +1,9 @@
 //! OffsetForLeaderEpoch (KIP-101, KIP-320): the end offset of the largest epoch <= the one asked,
 //! from the partition's leader-epoch cache. librdkafka validates positions with it after leader
-//! changes, so the epochs are real ones.
+//! changes, so the epochs are real ones. A consumer (replica id -1) is answered at most the high
+//! watermark for the current epoch, as it may not see past it; a replica (its broker id) gets
+//! the epoch's end in the log, the log end for the current epoch (Kafka's answer to followers,
+//! which truncate to it).
 
 use super::hosted;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ pub fn handle(
     broker: &Arc<Broker>,
     request: OffsetForLeaderEpochRequest,
 ) -> OffsetForLeaderEpochResponse {
+    let replica = request.replica_id.0 >= 0;
     let topics = request
         .topics
         .into_iter()
@@ -42,12 +46,17 @@ pub fn handle(
                             .with_end_offset(-1);
                     }
                     let (epoch, end) = partition.end_offset_for_epoch(p.leader_epoch);
+                    let visible = if replica {
+                        partition.log_end_offset()
+                    } else {
+                        partition.high_watermark()
+                    };
                     // The cache knows epochs by their first batch; an epoch with no batch yet ends
-                    // at the high watermark when it is the current one.
+                    // at the visible end when it is the current one.
                     let (epoch, end) = if epoch < 0 && p.leader_epoch >= partition.leader_epoch() {
-                        (partition.leader_epoch(), partition.high_watermark())
+                        (partition.leader_epoch(), visible)
                     } else if epoch == partition.leader_epoch() {
-                        (epoch, end.min(partition.high_watermark()))
+                        (epoch, end.min(visible))
                     } else {
                         (epoch, end)
                     };

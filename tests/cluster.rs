@@ -63,6 +63,15 @@ async fn three_brokers_share_the_metadata_and_route_to_partition_leaders() {
     );
     assert!(cluster_ids.iter().all(|c| *c == cluster_ids[0]));
     let controller = controllers[0];
+    // Registered, unfenced and caught up with the metadata log: ready.
+    for id in 1..=3 {
+        let admin = cluster.broker(id).admin_addr().to_string();
+        support::eventually(&format!("broker {id} is ready"), || {
+            let admin = admin.clone();
+            async move { support::http_get(&admin, "/readyz").await.0 == 200 }
+        })
+        .await;
+    }
 
     // CreateTopics sent to a broker that is not the controller: visible everywhere, leaders
     // spread 2/2/2.

@@ -201,6 +201,27 @@ impl Broker {
         self.config.node_id
     }
 
+    /// /readyz: registered with the metadata, not fenced, and caught up with its log; the
+    /// reason when not.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.metadata.broker_epoch().is_none() {
+            return Err("not registered");
+        }
+        let fenced = self
+            .metadata
+            .view()
+            .brokers
+            .get(&self.node_id())
+            .is_none_or(|b| b.fenced);
+        if fenced {
+            return Err("fenced");
+        }
+        if !self.metadata.caught_up() {
+            return Err("catching up with the metadata log");
+        }
+        Ok(())
+    }
+
     pub fn set_advertised(&self, host: String, port: i32) {
         *self.advertised.write().expect("advertised lock") = (host, port);
     }

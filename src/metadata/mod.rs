@@ -119,6 +119,11 @@ pub trait Metadata: Send + Sync {
     /// The controller (the quorum's leader), if one is known.
     fn controller(&self) -> Option<i32>;
 
+    /// Whether this node knows a controller and has applied everything it knows committed.
+    fn caught_up(&self) -> bool {
+        true
+    }
+
     /// Stops whatever the metadata runs (the quorum's raft node) at a clean shutdown.
     async fn close(&self) {}
 

@@ -1,4 +1,5 @@
-//! Admin HTTP: /healthz (the process answers), /readyz (log recovered and Kafka listener bound),
+//! Admin HTTP: /healthz (the process answers), /readyz (log recovered, Kafka listener bound,
+//! registered with the metadata, unfenced and caught up with the metadata log),
 //! /metrics (Prometheus text format), /v1/topics/{topic} (what each tier of each partition holds,
 //! as JSON).
 //!
@@ -41,12 +42,12 @@ pub async fn serve(
         .route(
             "/readyz",
             get(move || {
-                let ready = ready.get().is_some();
+                let state = ready.get().map(|b| b.readiness());
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "recovering\n")
+                    match state {
+                        Some(Ok(())) => (StatusCode::OK, "ready\n".to_string()),
+                        Some(Err(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                        None => (StatusCode::SERVICE_UNAVAILABLE, "recovering\n".to_string()),
                     }
                 }
             }),

@@ -75,6 +75,15 @@ impl Metadata for Quorum {
         self.leader()
     }
 
+    fn caught_up(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.current_leader.is_some()
+            && m.last_applied.is_some()
+            && m.last_applied.as_ref().map(|l| l.index)
+                >= m.local_committed.as_ref().map(|l| l.index)
+    }
+
     async fn close(&self) {
         self.shutdown().await;
     }

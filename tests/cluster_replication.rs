@@ -132,6 +132,12 @@ async fn rf3_acks_all_survives_a_stopped_follower_and_a_stopped_leader() {
     produce(&producer, 2000, 500).await;
     let (_, isr) = partition_zero(&cluster, watcher, "r3").await;
     assert!(!isr.contains(&follower), "{isr:?}");
+    support::eventually("the leader reports its follower's lag", || {
+        let lag = gauge(&cluster, leader, "strata_replica_max_lag_records");
+        async move { lag >= 500.0 }
+    })
+    .await;
+    assert!(gauge(&cluster, leader, "strata_isr_shrinks_total") >= 1.0);
 
     // Restarted, it catches up and rejoins the ISR.
     cluster.start(follower).await;
@@ -144,6 +150,12 @@ async fn rf3_acks_all_survives_a_stopped_follower_and_a_stopped_leader() {
     })
     .await;
 
+    assert!(gauge(&cluster, leader, "strata_isr_expands_total") >= 1.0);
+    support::eventually("the follower's lag is gone", || {
+        let lag = gauge(&cluster, leader, "strata_replica_max_lag_records");
+        async move { lag == 0.0 }
+    })
+    .await;
     support::eventually("no broker reports an under-replicated partition", || {
         let under: Vec<f64> = (1..=3)
             .map(|id| gauge(&cluster, id, "strata_under_replicated_partitions"))

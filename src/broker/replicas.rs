@@ -189,7 +189,6 @@ impl Broker {
                         partition_epoch,
                         "ISR changed"
                     );
-                    metrics::counter!("strata_isr_changes_total").increment(1);
                     self.apply_pending().await;
                 }
                 Err(e) => {
@@ -202,14 +201,17 @@ impl Broker {
 
 impl Broker {
     /// Kafka's replica health gauges for the partitions this broker leads
-    /// (UnderReplicatedPartitions, UnderMinIsrPartitionCount, AtMinIsrPartitionCount), and on
-    /// the controller OfflinePartitionsCount and ActiveControllerCount.
-    fn record_replica_health(&self) {
-        let (view, me) = (self.metadata.view(), self.node_id());
+    /// (UnderReplicatedPartitions, UnderMinIsrPartitionCount, AtMinIsrPartitionCount, MaxLag in
+    /// records and ms), and on the controller OfflinePartitionsCount and ActiveControllerCount.
+    /// Recorded by the ISR upkeep and at every /metrics scrape.
+    pub fn record_replica_health(&self) {
+        let (view, me, now) = (self.metadata.view(), self.node_id(), self.clock.now_ms());
         let (mut under, mut under_min, mut at_min, mut offline) = (0, 0, 0, 0);
+        let (mut lag_records, mut lag_ms) = (0, 0);
         for (name, topic) in &view.topics {
-            let min = self.topic(name).map_or(1, |t| t.config.min_insync_replicas);
-            for p in &topic.partitions {
+            let local = self.topic(name);
+            let min = local.as_ref().map_or(1, |t| t.config.min_insync_replicas);
+            for (index, p) in topic.partitions.iter().enumerate() {
                 if p.leader < 0 {
                     offline += 1;
                 }
@@ -219,8 +221,18 @@ impl Broker {
                 under += usize::from(p.isr.len() < p.replicas.len());
                 under_min += usize::from(p.isr.len() < min);
                 at_min += usize::from(p.isr.len() == min && p.replicas.len() > min);
+                let lag = local
+                    .as_ref()
+                    .and_then(|t| t.partition(index as i32))
+                    .and_then(|partition| partition.max_follower_lag(now, &p.replicas));
+                if let Some((records, ms)) = lag {
+                    lag_records = lag_records.max(records);
+                    lag_ms = lag_ms.max(ms);
+                }
             }
         }
+        metrics::gauge!("strata_replica_max_lag_records").set(lag_records as f64);
+        metrics::gauge!("strata_replica_max_lag_ms").set(lag_ms as f64);
         let controller = self.metadata.controller() == Some(me);
         metrics::gauge!("strata_under_replicated_partitions").set(under as f64);
         metrics::gauge!("strata_under_min_isr_partitions").set(under_min as f64);

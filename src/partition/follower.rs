@@ -196,6 +196,27 @@ impl Partition {
 }
 
 impl Partition {
+    /// While this broker leads: its followers' largest lag, as (records behind the log end,
+    /// ms since it was last caught up) — Kafka's MaxLag, seen from the leader. A follower not
+    /// heard from this leadership counts from its start.
+    pub fn max_follower_lag(&self, now_ms: i64, replicas: &[i32]) -> Option<(i64, i64)> {
+        let state = self.read_state();
+        if !state.role.is_leader() {
+            return None;
+        }
+        let end = state.log.log_end_offset();
+        let since = state.leader_since_ms.unwrap_or(now_ms);
+        let lags = replicas.iter().filter(|r| **r != self.node_id).map(|r| {
+            let at = state.replica_ends.get(r).copied().unwrap_or(0);
+            let caught_up = state.followers.get(r).and_then(|p| p.caught_up_ms);
+            (
+                (end - at).max(0),
+                (now_ms - caught_up.unwrap_or(since)).max(0),
+            )
+        });
+        Some(lags.fold((0, 0), |(r, t), (lr, lt)| (r.max(lr), t.max(lt))))
+    }
+
     /// The epoch of the last batch in the log (-1: none), a follower's `last_fetched_epoch`.
     pub fn last_epoch(&self) -> i32 {
         self.read_state().log.latest_epoch().unwrap_or(-1)

@@ -153,6 +153,18 @@ impl Partition {
         self.persist_epoch(epoch).await?;
         let epochs = {
             let mut state = self.write_state();
+            // Kafka's IsrShrinksPerSec / IsrExpandsPerSec, as this leader sees its ISR change.
+            if let Role::Leader { isr: before, .. } = &state.role {
+                match isr.len().cmp(&before.len()) {
+                    std::cmp::Ordering::Less => {
+                        metrics::counter!("strata_isr_shrinks_total").increment(1)
+                    }
+                    std::cmp::Ordering::Greater => {
+                        metrics::counter!("strata_isr_expands_total").increment(1)
+                    }
+                    std::cmp::Ordering::Equal => {}
+                }
+            }
             // An ISR change at the same epoch keeps what the leader knows of its followers.
             if !(state.role.is_leader() && state.role.epoch() == epoch) {
                 state.replica_ends.clear();

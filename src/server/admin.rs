@@ -60,6 +60,7 @@ pub async fn serve(
                 telemetry.clone().scope(async move {
                     // Per-partition gauges are read at scrape time so they are never stale.
                     if let Some(broker) = broker {
+                        broker.record_replica_health();
                         for topic in broker.topics() {
                             for partition in &topic.partitions {
                                 crate::telemetry::record_partition(partition);

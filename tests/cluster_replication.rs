@@ -44,6 +44,29 @@ async fn produce_raw(addr: &str, acks: i16) -> i16 {
     r.responses[0].partition_responses[0].error_code
 }
 
+/// `strata topic describe --under-replicated` against `addr`: (stdout, success).
+async fn describe_under_replicated(addr: &str) -> (String, bool) {
+    let addr = addr.to_string();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args([
+                "topic",
+                "--bootstrap",
+                &addr,
+                "describe",
+                "--under-replicated",
+            ])
+            .output()
+            .expect("run strata");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            out.status.success(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
 /// A gauge of broker `id`'s metrics.
 fn gauge(cluster: &TestCluster, id: i32, name: &str) -> f64 {
     cluster
@@ -138,6 +161,12 @@ async fn rf3_acks_all_survives_a_stopped_follower_and_a_stopped_leader() {
     })
     .await;
     assert!(gauge(&cluster, leader, "strata_isr_shrinks_total") >= 1.0);
+    let (described, _) = describe_under_replicated(&cluster.kafka_addr(watcher)).await;
+    assert!(
+        described.contains("topic r3 under-replicated partitions 1")
+            && described.contains(&format!("offline [{follower}]")),
+        "{described}"
+    );
 
     // Restarted, it catches up and rejoins the ISR.
     cluster.start(follower).await;
@@ -156,6 +185,10 @@ async fn rf3_acks_all_survives_a_stopped_follower_and_a_stopped_leader() {
         async move { lag == 0.0 }
     })
     .await;
+    assert_eq!(
+        describe_under_replicated(&cluster.kafka_addr(watcher)).await,
+        (String::new(), true)
+    );
     support::eventually("no broker reports an under-replicated partition", || {
         let under: Vec<f64> = (1..=3)
             .map(|id| gauge(&cluster, id, "strata_under_replicated_partitions"))

@@ -40,9 +40,16 @@ pub enum TopicCommand {
     },
     /// List topics.
     List,
-    /// Show a topic's partitions, offsets and non-default configs.
+    /// Show a topic's partitions (leader, epoch, replicas, ISR, offline replicas) and
+    /// non-default configs; with `--under-replicated`, only the partitions whose ISR is
+    /// smaller than their replica set, of every topic when no name is given.
     Describe {
-        name: String,
+        /// The topic (required unless --under-replicated).
+        name: Option<String>,
+        /// Only partitions whose ISR lacks a replica (Kafka's
+        /// `--under-replicated-partitions`).
+        #[arg(long)]
+        under_replicated: bool,
         /// A broker's admin HTTP address: also show what each tier (local disk, object store)
         /// holds per partition.
         #[arg(long, value_name = "HOST:PORT")]
@@ -132,11 +139,23 @@ pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        TopicCommand::Describe { name, admin } => {
+        TopicCommand::Describe {
+            name,
+            under_replicated: true,
+            ..
+        } => under_replicated(&mut client, name.as_deref()).await?,
+        TopicCommand::Describe {
+            name: Some(name),
+            admin,
+            ..
+        } => {
             describe(&mut client, &name).await?;
             if let Some(admin) = admin {
                 describe_tiers(&admin, &name).await?;
             }
+        }
+        TopicCommand::Describe { name: None, .. } => {
+            anyhow::bail!("describe needs a topic name (or --under-replicated)")
         }
         TopicCommand::Delete { name } => {
             let request = DeleteTopicsRequest::default()
@@ -234,14 +253,7 @@ async fn describe(client: &mut Client, name: &str) -> anyhow::Result<()> {
         topic.partitions.len()
     );
     for p in &topic.partitions {
-        println!(
-            "  partition {} leader {} epoch {} replicas {:?} isr {:?}",
-            p.partition_index,
-            p.leader_id.0,
-            p.leader_epoch,
-            p.replica_nodes.iter().map(|b| b.0).collect::<Vec<_>>(),
-            p.isr_nodes.iter().map(|b| b.0).collect::<Vec<_>>()
-        );
+        print_partition(p);
     }
     let request =
         DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
@@ -271,6 +283,45 @@ async fn describe(client: &mut Client, name: &str) -> anyhow::Result<()> {
                 ""
             };
             println!("    {}={}{}", c.name.as_str(), value, marker);
+        }
+    }
+    Ok(())
+}
+
+fn print_partition(p: &metadata_response::MetadataResponsePartition) {
+    let ids = |v: &[BrokerId]| v.iter().map(|b| b.0).collect::<Vec<_>>();
+    println!(
+        "  partition {} leader {} epoch {} replicas {:?} isr {:?} offline {:?}",
+        p.partition_index,
+        p.leader_id.0,
+        p.leader_epoch,
+        ids(&p.replica_nodes),
+        ids(&p.isr_nodes),
+        ids(&p.offline_replicas)
+    );
+}
+
+/// `describe --under-replicated`: every partition (of `name`, or of every topic) whose ISR
+/// is smaller than its replica set, by topic; nothing when all are fully replicated.
+async fn under_replicated(client: &mut Client, name: Option<&str>) -> anyhow::Result<()> {
+    let meta = metadata(client, name).await?;
+    for topic in &meta.topics {
+        let topic_name = topic.name.as_ref().map_or("", |n| n.as_str());
+        check(topic.error_code, None, &format!("describing {topic_name}"))?;
+        let under: Vec<_> = topic
+            .partitions
+            .iter()
+            .filter(|p| p.isr_nodes.len() < p.replica_nodes.len())
+            .collect();
+        if under.is_empty() {
+            continue;
+        }
+        println!(
+            "topic {topic_name} under-replicated partitions {}",
+            under.len()
+        );
+        for p in under {
+            print_partition(p);
         }
     }
     Ok(())

@@ -2,7 +2,8 @@
 //! Replication in a cluster of three (cluster issue B, first steps): an RF 3 topic written
 //! with acks=all by librdkafka is the same on every replica; a stopped follower leaves the ISR
 //! and acks=all go on; restarted, it catches up and rejoins; the leader stopped, a follower of
-//! the ISR leads and no acknowledged record is lost or duplicated.
+//! the ISR leads and no acknowledged record is lost or duplicated. Controlled shutdown of each
+//! broker in turn under acks=all load fails no send.
 
 #[path = "support/cluster.rs"]
 mod cluster_support;
@@ -274,5 +275,113 @@ async fn rf3_acks_all_survives_a_stopped_follower_and_a_stopped_leader() {
     }
     assert!(seen.values().all(|n| *n == 1), "no duplicates");
     drop(consumer);
+    cluster.stop_all().await;
+}
+
+/// Controlled shutdown: each broker in turn is stopped under acks=all load (librdkafka,
+/// message.timeout.ms 15 000) and started again. Its leaderships move first, so no send fails;
+/// another broker's Metadata shows it leading nothing and in no ISR; the longest gap between
+/// acks is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn controlled_shutdown_of_each_broker_in_turn_fails_no_send() {
+    let _one = cluster_support::ONE_CLUSTER.lock().await;
+    let mut cluster = TestCluster::new(
+        3,
+        &[
+            ("broker.heartbeat.interval.ms", "300"),
+            ("broker.session.timeout.ms", "1500"),
+            ("replica.lag.time.max.ms", "2000"),
+            ("replica.fetch.wait.max.ms", "100"),
+            ("min.insync.replicas", "2"),
+        ],
+    );
+    cluster.start_all().await;
+    assert_eq!(
+        create_topic(&cluster.kafka_addr(1), "rolling", 3, 3).await,
+        0
+    );
+    let bootstrap = (1..=3)
+        .map(|id| cluster.kafka_addr(id))
+        .collect::<Vec<_>>()
+        .join(",");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "15000")
+        .create()
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (producer, stop) = (producer.clone(), stop.clone());
+        async move {
+            let (mut sent, mut failed) = (0usize, Vec::new());
+            let mut last_ack = tokio::time::Instant::now();
+            let mut longest_gap = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sends = (sent..sent + 20).map(|i| {
+                    let (key, value) = (format!("{i}"), format!("value {i}"));
+                    let producer = producer.clone();
+                    async move {
+                        let record = FutureRecord::to("rolling").key(&key).payload(&value);
+                        producer
+                            .send(record, Duration::from_secs(30))
+                            .await
+                            .map(|_| ())
+                    }
+                });
+                for result in futures::future::join_all(sends).await {
+                    match result {
+                        Ok(()) => {
+                            longest_gap = longest_gap.max(last_ack.elapsed());
+                            last_ack = tokio::time::Instant::now();
+                        }
+                        Err((e, _)) => failed.push(e.to_string()),
+                    }
+                }
+                sent += 20;
+            }
+            (sent, failed, longest_gap)
+        }
+    });
+    for id in 1..=3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.stop(id).await;
+        let other = (1..=3).find(|o| *o != id).unwrap();
+        let addr = cluster.kafka_addr(other);
+        support::eventually(
+            "another broker's Metadata: it leads nothing, in no ISR",
+            || {
+                let addr = addr.clone();
+                async move {
+                    let m = metadata(&addr, Some("rolling")).await;
+                    m.topics[0]
+                        .partitions
+                        .iter()
+                        .all(|p| p.leader_id.0 != id && !p.isr_nodes.iter().any(|b| b.0 == id))
+                }
+            },
+        )
+        .await;
+        cluster.start(id).await;
+        support::eventually("every ISR is whole again", || {
+            let addr = addr.clone();
+            async move {
+                let m = metadata(&addr, Some("rolling")).await;
+                m.topics[0]
+                    .partitions
+                    .iter()
+                    .all(|p| p.isr_nodes.len() == 3)
+            }
+        })
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failed, longest_gap) = load.await.unwrap();
+    println!("controlled shutdown of each broker in turn: {sent} sends, longest gap between acks {longest_gap:?}");
+    assert!(failed.is_empty(), "failed sends: {failed:?}");
+    assert!(sent > 0);
+    drop(producer);
     cluster.stop_all().await;
 }

@@ -115,6 +115,12 @@ pub async fn handle(
                 ResponseError::NotEnoughReplicasAfterAppend,
                 format!("written, but the in-sync replicas fell to {isr}, below min.insync.replicas {min}"),
             ),
+            // Deposed (controlled shutdown, a newer leader): the client retries at the new
+            // leader, where an idempotent retry of a batch that made it is a duplicate.
+            Acked::NotLeader => (
+                ResponseError::NotLeaderOrFollower,
+                format!("this broker stopped leading before offset {last} was replicated"),
+            ),
             Acked::TimedOut => (
                 ResponseError::RequestTimedOut,
                 format!(

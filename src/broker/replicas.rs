@@ -200,6 +200,35 @@ impl Broker {
 }
 
 impl Broker {
+    /// Controlled shutdown, in a cluster: this broker has the controller move its leaderships
+    /// to other ISR members and drop it from the ISRs it shares, and applies that (its
+    /// partitions become followers, acks=all waiters answer NOT_LEADER_OR_FOLLOWER and clients
+    /// move on) before its listener and partitions close.
+    pub async fn controlled_shutdown(&self) {
+        let me = self.node_id();
+        let others = self
+            .metadata
+            .view()
+            .brokers
+            .values()
+            .any(|b| b.id != me && !b.fenced);
+        if self.config.seeds.is_empty() || !others {
+            // Alone (one node, or the last broker of a cluster): no one to move leaderships to.
+            return;
+        }
+        if let Err(e) = self.metadata.controlled_shutdown().await {
+            tracing::warn!(error = %e, "controlled shutdown refused; the controller fences this broker when its session times out");
+            return;
+        }
+        self.apply_pending().await;
+        let leading = self
+            .partitions()
+            .iter()
+            .filter(|p| p.role().is_leader())
+            .count();
+        tracing::info!(leading, "controlled shutdown: leaderships moved");
+    }
+
     /// Kafka's replica health gauges for the partitions this broker leads
     /// (UnderReplicatedPartitions, UnderMinIsrPartitionCount, AtMinIsrPartitionCount, MaxLag in
     /// records and ms), and on the controller OfflinePartitionsCount and ActiveControllerCount.

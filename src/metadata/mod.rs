@@ -127,6 +127,12 @@ pub trait Metadata: Send + Sync {
     /// Stops whatever the metadata runs (the quorum's raft node) at a clean shutdown.
     async fn close(&self) {}
 
+    /// Before a clean shutdown: this broker leaves every leadership and shared ISR (through
+    /// the controller) and stops heartbeating.
+    async fn controlled_shutdown(&self) -> Result<(), MetadataError> {
+        Ok(())
+    }
+
     /// Resolves, with the reason, when the metadata store stopped by itself (a storage error
     /// openraft cannot go on from); the broker then stops rather than serve frozen metadata.
     async fn failed(&self) -> String {

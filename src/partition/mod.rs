@@ -80,6 +80,8 @@ pub enum Acked {
         isr: usize,
         min: usize,
     },
+    /// This broker stopped leading the partition first: NOT_LEADER_OR_FOLLOWER.
+    NotLeader,
     TimedOut,
 }
 
@@ -343,7 +345,8 @@ impl Partition {
     }
 
     /// Waits until the high watermark passes `last_offset` (acks=all), up to `timeout`, or
-    /// until the ISR falls below min.insync.replicas (woken by ISR changes too).
+    /// until the ISR falls below min.insync.replicas or this broker stops leading (woken by
+    /// role changes too).
     pub async fn wait_replicated(&self, last_offset: i64, timeout: std::time::Duration) -> Acked {
         let mut hw = self.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -351,8 +354,10 @@ impl Partition {
             if *hw.borrow_and_update() > last_offset {
                 return Acked::Replicated;
             }
-            if let Some((isr, min)) = self.in_sync().filter(|(isr, min)| isr < min) {
-                return Acked::NotEnoughReplicas { isr, min };
+            match self.in_sync() {
+                None => return Acked::NotLeader,
+                Some((isr, min)) if isr < min => return Acked::NotEnoughReplicas { isr, min },
+                Some(_) => {}
             }
             match tokio::time::timeout_at(deadline, hw.changed()).await {
                 Ok(Ok(())) => {}

@@ -190,6 +190,8 @@ impl Partition {
         let _change = self.role_change.lock().await;
         self.persist_epoch(epoch).await?;
         self.write_state().role = Role::Follower { leader, epoch };
+        // acks=all waiters learn that this broker no longer leads.
+        self.high_watermark.send_modify(|_| {});
         if let Some(remote) = &self.remote {
             remote.unfence_leader();
         }

@@ -22,6 +22,8 @@ use crate::telemetry::Telemetry;
 
 /// How long shutdown waits for in-flight requests before closing connections anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a cluster broker's shutdown waits for the controller to move its leaderships.
+const CONTROLLED_SHUTDOWN: Duration = Duration::from_secs(10);
 /// How often flush.ms deadlines are checked.
 const FLUSH_TICK: Duration = Duration::from_millis(100);
 /// How often histogram samples are folded into their summaries between scrapes.
@@ -52,8 +54,20 @@ impl RunningBroker {
         &self.telemetry
     }
 
-    /// Stops accepting, lets in-flight requests finish, then closes every partition cleanly.
+    /// In a cluster, first moves its leaderships away (controlled shutdown, bounded by
+    /// [`CONTROLLED_SHUTDOWN`]); then stops accepting, lets in-flight requests finish, and
+    /// closes every partition cleanly.
     pub async fn shutdown(mut self) {
+        let broker = self.broker.clone();
+        let moved = self
+            .telemetry
+            .scope(async move { broker.controlled_shutdown().await });
+        if tokio::time::timeout(CONTROLLED_SHUTDOWN, moved)
+            .await
+            .is_err()
+        {
+            tracing::warn!("controlled shutdown did not complete in time; shutting down anyway");
+        }
         let _ = self.shutdown.send(true);
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while self.tasks.join_next().await.is_some() {}

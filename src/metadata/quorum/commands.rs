@@ -88,6 +88,10 @@ impl Metadata for Quorum {
         self.shutdown().await;
     }
 
+    async fn controlled_shutdown(&self) -> Result<(), MetadataError> {
+        Quorum::controlled_shutdown(self).await
+    }
+
     async fn failed(&self) -> String {
         let mut metrics = self.raft.metrics();
         loop {

@@ -69,6 +69,32 @@ impl Quorum {
         Ok(epoch)
     }
 
+    /// Controlled shutdown (KIP-631's): heartbeats stop and the broker fences itself through
+    /// the controller, which moves its leaderships to other ISR members and drops it from every
+    /// ISR it shares, as for a broker that went silent, but at once. Returns once that is
+    /// committed and applied here.
+    pub async fn controlled_shutdown(&self) -> Result<(), MetadataError> {
+        let Some((_, epoch)) = self
+            .liveness
+            .registered
+            .lock()
+            .expect("registration lock")
+            .take()
+        else {
+            return Ok(());
+        };
+        tracing::info!(
+            broker_epoch = epoch,
+            "controlled shutdown: moving leaderships away"
+        );
+        self.propose(Command::FenceBroker {
+            id: self.node_id(),
+            epoch,
+        })
+        .await?;
+        Ok(())
+    }
+
     /// This broker's epoch, once registered.
     pub fn broker_epoch(&self) -> Option<u64> {
         self.liveness

@@ -49,6 +49,7 @@ pub const BROKER_DEFS: &[BrokerDef] = &[
     BrokerDef { name: "broker.rack", kind: Kind::Name { max: 255 }, default: "", doc: "This broker's rack: when every broker has one, placement spreads each partition's replicas over racks." },
     BrokerDef { name: "broker.heartbeat.interval.ms", kind: Kind::Long { min: 10 }, default: "2000", doc: "How often a broker of a cluster heartbeats the controller." },
     BrokerDef { name: "min.insync.replicas", kind: Kind::Int { min: 1, max: I32_MAX }, default: "1", doc: "Default min.insync.replicas." },
+    BrokerDef { name: "unclean.leader.election.enable", kind: Kind::Bool, default: "false", doc: "Default unclean.leader.election.enable." },
     BrokerDef { name: "replica.lag.time.max.ms", kind: Kind::Long { min: 100 }, default: "30000", doc: "A follower not caught up to its leader's log end for this long leaves the ISR; a caught-up one rejoins." },
     BrokerDef { name: "replica.fetch.wait.max.ms", kind: Kind::Long { min: 0 }, default: "500", doc: "How long a leader holds a follower's fetch while there is nothing new." },
     BrokerDef { name: "replica.high.watermark.checkpoint.interval.ms", kind: Kind::Long { min: 10 }, default: "5000", doc: "How often every partition's high watermark is written to the data dir; a restarted partition opens at min(checkpoint, log end)." },

@@ -38,6 +38,7 @@ pub const TOPIC_DEFS: &[TopicDef] = &[
     TopicDef { name: "retention.ms", kind: Kind::Long { min: -1 }, broker_default: "log.retention.ms", doc: "Age after which old segments are deleted; -1 = forever." },
     TopicDef { name: "segment.bytes", kind: Kind::Int { min: 14, max: I32_MAX }, broker_default: "log.segment.bytes", doc: "Segment size at which the log rolls." },
     TopicDef { name: "segment.ms", kind: Kind::Long { min: 1 }, broker_default: "log.roll.ms", doc: "Segment age at which the log rolls." },
+    TopicDef { name: "unclean.leader.election.enable", kind: Kind::Bool, broker_default: "unclean.leader.election.enable", doc: "When every in-sync replica is down, let the live replica with the largest log end lead (records only the old ISR had are lost); false keeps the partition offline until an in-sync replica returns." },
 ];
 
 fn def(name: &str) -> Option<&'static TopicDef> {
@@ -81,6 +82,7 @@ pub struct TopicConfig {
     pub flush_messages: i64,
     pub flush_ms: i64,
     pub min_insync_replicas: usize,
+    pub unclean_leader_election: bool,
     pub log_append_time: bool,
     pub remote_storage_enable: bool,
     /// Resolved: -2 became retention.ms.
@@ -128,6 +130,7 @@ impl TopicConfig {
             flush_messages: int(&get("flush.messages")),
             flush_ms: int(&get("flush.ms")),
             min_insync_replicas: int(&get("min.insync.replicas")) as usize,
+            unclean_leader_election: get("unclean.leader.election.enable") == "true",
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
             remote_storage_enable: get("remote.storage.enable") == "true",
             local_retention_ms: match int(&get("local.retention.ms")) {

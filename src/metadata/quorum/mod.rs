@@ -19,6 +19,7 @@
 
 mod commands;
 pub mod diff;
+pub mod elections;
 pub mod isr;
 mod liveness;
 mod members;

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::elections::Leaving;
 use crate::metadata::placement::{self, Candidate, Load};
 use crate::metadata::{Change, DeletedTopic, TopicRecord};
 
@@ -63,6 +64,10 @@ pub struct PartitionState {
     pub leader_epoch: i32,
     /// Bumped on every change of the partition (KIP-841).
     pub partition_epoch: i32,
+    /// While leaderless: the log ends live replicas reported for an unclean election
+    /// (`elections.rs`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unclean_candidates: BTreeMap<i32, i64>,
 }
 
 /// A change to the metadata, as it is written to the quorum's log.
@@ -126,6 +131,12 @@ pub enum Command {
     },
     /// A leader's ISR change (`isr.rs`).
     AlterPartition(super::isr::AlterPartition),
+    /// A live replica's log end for an unclean election (`elections.rs`).
+    UncleanCandidate(super::elections::UncleanCandidate),
+    /// Preferred-leader elections (ElectLeaders, the auto rebalance); `None`: every partition.
+    ElectPreferred {
+        partitions: Option<Vec<(String, i32)>>,
+    },
 }
 
 /// What applying a command answers its proposer.
@@ -144,6 +155,14 @@ pub enum Outcome {
     PartitionAltered {
         isr: Vec<i32>,
         partition_epoch: i32,
+    },
+    /// An unclean election made: the new leader.
+    UncleanElected {
+        leader: i32,
+    },
+    /// Preferred-leader elections: per partition asked, what was done.
+    Elected {
+        results: Vec<(String, i32, super::elections::Elected)>,
     },
     /// `message` is the topic's name for TopicExists and UnknownTopic, else the reason.
     Refused {
@@ -281,6 +300,7 @@ impl ClusterState {
                     replicas,
                     leader_epoch: 0,
                     partition_epoch: 0,
+                    unclean_candidates: BTreeMap::new(),
                 }
             })
             .collect()
@@ -323,6 +343,7 @@ impl ClusterState {
                             leader: node,
                             leader_epoch: 0,
                             partition_epoch: 0,
+                            unclean_candidates: BTreeMap::new(),
                         })
                         .collect();
                     self.topics
@@ -347,7 +368,7 @@ impl ClusterState {
                     .get(&id)
                     .is_some_and(|b| b.incarnation != incarnation && !b.fenced);
                 let mut changes = if restarted {
-                    self.leave_shared_isrs(id)
+                    self.leave(id, Leaving::Restarted)
                 } else {
                     Vec::new()
                 };
@@ -375,7 +396,7 @@ impl ClusterState {
                     return (Outcome::Done, Vec::new());
                 }
                 broker.fenced = true;
-                (Outcome::Done, self.remove_from_leadership(id))
+                (Outcome::Done, self.leave(id, Leaving::Fenced))
             }
             Command::CreateTopic {
                 record,
@@ -482,6 +503,8 @@ impl ClusterState {
                 )
             }
             Command::AlterPartition(request) => self.alter_partition(request),
+            Command::UncleanCandidate(candidate) => self.unclean_candidate(candidate),
+            Command::ElectPreferred { partitions } => self.elect_preferred(partitions),
             Command::RemoteDeletionDone { name, done } => {
                 self.deleting.retain(|d| !done.contains(d));
                 let pending = self.deleting.iter().any(|d| d.name == name);
@@ -491,73 +514,6 @@ impl ClusterState {
                 )
             }
         }
-    }
-
-    /// A fenced broker leaves every ISR it is in and leads nothing: each partition it led gets
-    /// the next live ISR member, or no leader, at a new leader epoch.
-    fn remove_from_leadership(&mut self, id: i32) -> Vec<Change> {
-        let mut changes = Vec::new();
-        for (name, topic) in &mut self.topics {
-            for (index, p) in topic.partitions.iter_mut().enumerate() {
-                if !p.isr.contains(&id) && p.leader != id {
-                    continue;
-                }
-                let was_leader = p.leader == id;
-                if p.isr.len() > 1 {
-                    p.isr.retain(|r| *r != id);
-                }
-                p.partition_epoch += 1;
-                if was_leader {
-                    p.leader = p
-                        .isr
-                        .iter()
-                        .copied()
-                        .find(|r| *r != id)
-                        .unwrap_or(NO_LEADER);
-                    p.leader_epoch += 1;
-                }
-                // The leader learns the smaller ISR at once: its high watermark and acks=all
-                // stop waiting for the broker that left.
-                changes.push(leadership_change(name, index as i32, p));
-            }
-        }
-        changes
-    }
-
-    /// `id` leaves every ISR that has another member; where it led, the next member leads.
-    fn leave_shared_isrs(&mut self, id: i32) -> Vec<Change> {
-        let mut changes = Vec::new();
-        for (name, topic) in &mut self.topics {
-            for (index, p) in topic.partitions.iter_mut().enumerate() {
-                if !p.isr.contains(&id) || p.isr.len() < 2 {
-                    continue;
-                }
-                p.isr.retain(|r| *r != id);
-                p.partition_epoch += 1;
-                if p.leader == id {
-                    p.leader = p.isr[0];
-                    p.leader_epoch += 1;
-                }
-                changes.push(leadership_change(name, index as i32, p));
-            }
-        }
-        changes
-    }
-
-    /// Partitions without a leader whose ISR holds `id` (now live again) get it as leader.
-    fn elect_where_leaderless(&mut self, id: i32) -> Vec<Change> {
-        let mut changes = Vec::new();
-        for (name, topic) in &mut self.topics {
-            for (index, p) in topic.partitions.iter_mut().enumerate() {
-                if p.leader == NO_LEADER && p.isr.contains(&id) {
-                    p.leader = id;
-                    p.leader_epoch += 1;
-                    p.partition_epoch += 1;
-                    changes.push(leadership_change(name, index as i32, p));
-                }
-            }
-        }
-        changes
     }
 }
 

@@ -10,6 +10,7 @@ mod delete_groups;
 mod delete_records;
 mod delete_topics;
 mod describe_groups;
+mod elect_leaders;
 mod fetch;
 mod find_coordinator;
 mod heartbeat;
@@ -88,6 +89,9 @@ pub async fn dispatch(
         RequestKind::DeleteRecords(r) => Some(ResponseKind::DeleteRecords(
             delete_records::handle(broker, r).await,
         )),
+        RequestKind::ElectLeaders(r) => Some(ResponseKind::ElectLeaders(
+            elect_leaders::handle(broker, r).await,
+        )),
         RequestKind::DescribeCluster(r) => Some(ResponseKind::DescribeCluster(
             cluster::describe_cluster(broker, r),
         )),
@@ -159,6 +163,7 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DescribeConfigs => "DescribeConfigs",
         ApiKey::AlterConfigs => "AlterConfigs",
         ApiKey::DeleteRecords => "DeleteRecords",
+        ApiKey::ElectLeaders => "ElectLeaders",
         ApiKey::CreatePartitions => "CreatePartitions",
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::DescribeLogDirs => "DescribeLogDirs",

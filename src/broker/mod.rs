@@ -7,6 +7,7 @@
 //! hold a lock while they work on a partition. The registry's lock covers only the map swap.
 
 mod apply;
+mod elections;
 pub mod hot_bytes;
 mod offsets_topic;
 mod open;

@@ -153,6 +153,7 @@ impl Broker {
 
     async fn isr_upkeep_once(&self, lag: i64) {
         self.record_replica_health();
+        self.report_unclean_candidates().await;
         let Some(broker_epoch) = self.metadata.broker_epoch() else {
             return;
         };

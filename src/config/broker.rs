@@ -49,6 +49,9 @@ pub const BROKER_DEFS: &[BrokerDef] = &[
     BrokerDef { name: "broker.rack", kind: Kind::Name { max: 255 }, default: "", doc: "This broker's rack: when every broker has one, placement spreads each partition's replicas over racks." },
     BrokerDef { name: "broker.heartbeat.interval.ms", kind: Kind::Long { min: 10 }, default: "2000", doc: "How often a broker of a cluster heartbeats the controller." },
     BrokerDef { name: "min.insync.replicas", kind: Kind::Int { min: 1, max: I32_MAX }, default: "1", doc: "Default min.insync.replicas." },
+    BrokerDef { name: "auto.leader.rebalance.enable", kind: Kind::Bool, default: "true", doc: "The controller returns leaderships to preferred replicas (the first of each partition's replicas) when a broker leads too few of them." },
+    BrokerDef { name: "leader.imbalance.check.interval.seconds", kind: Kind::Long { min: 1 }, default: "300", doc: "How often the controller checks the leader balance." },
+    BrokerDef { name: "leader.imbalance.per.broker.percentage", kind: Kind::Int { min: 0, max: 100 }, default: "10", doc: "A broker that does not lead more than this share of the partitions it is preferred for gets them back." },
     BrokerDef { name: "unclean.leader.election.enable", kind: Kind::Bool, default: "false", doc: "Default unclean.leader.election.enable." },
     BrokerDef { name: "replica.lag.time.max.ms", kind: Kind::Long { min: 100 }, default: "30000", doc: "A follower not caught up to its leader's log end for this long leaves the ISR; a caught-up one rejoins." },
     BrokerDef { name: "replica.fetch.wait.max.ms", kind: Kind::Long { min: 0 }, default: "500", doc: "How long a leader holds a follower's fetch while there is nothing new." },
@@ -104,6 +107,9 @@ pub struct BrokerSettings {
     pub broker_rack: Option<String>,
     pub broker_session_timeout_ms: u64,
     pub replica_lag_time_max_ms: i64,
+    pub auto_leader_rebalance_enable: bool,
+    pub leader_imbalance_check_interval_seconds: u64,
+    pub leader_imbalance_per_broker_percentage: u32,
     pub replica_fetch_wait_max_ms: u64,
     pub replica_fetch_max_bytes: usize,
     pub replica_high_watermark_checkpoint_interval_ms: u64,
@@ -186,6 +192,13 @@ impl BrokerSettings {
             broker_rack: Some(get("broker.rack").to_string()).filter(|r| !r.is_empty()),
             broker_session_timeout_ms: int(get("broker.session.timeout.ms")) as u64,
             replica_lag_time_max_ms: int(get("replica.lag.time.max.ms")),
+            auto_leader_rebalance_enable: get("auto.leader.rebalance.enable") == "true",
+            leader_imbalance_check_interval_seconds: int(get(
+                "leader.imbalance.check.interval.seconds",
+            )) as u64,
+            leader_imbalance_per_broker_percentage: int(get(
+                "leader.imbalance.per.broker.percentage",
+            )) as u32,
             replica_fetch_wait_max_ms: int(get("replica.fetch.wait.max.ms")) as u64,
             replica_fetch_max_bytes: int(get("replica.fetch.max.bytes")) as usize,
             replica_high_watermark_checkpoint_interval_ms: int(get(

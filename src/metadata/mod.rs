@@ -179,6 +179,19 @@ pub trait Metadata: Send + Sync {
         request: quorum::isr::AlterPartition,
     ) -> Result<(Vec<i32>, i32), MetadataError>;
 
+    /// A live replica's log end for the unclean election of a leaderless partition; the new
+    /// leader when this report completed the election.
+    async fn unclean_candidate(
+        &self,
+        candidate: quorum::elections::UncleanCandidate,
+    ) -> Result<Option<i32>, MetadataError>;
+
+    /// Preferred-leader elections (ElectLeaders, the auto rebalance); `None`: every partition.
+    async fn elect_preferred(
+        &self,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> Result<Vec<(String, i32, quorum::elections::Elected)>, MetadataError>;
+
     /// A block of `count` producer ids, never handed out before (KIP-730's blocks).
     async fn allocate_producer_ids(&self, count: i64) -> Result<Range<i64>, MetadataError>;
 

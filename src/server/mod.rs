@@ -213,6 +213,10 @@ async fn start_in_scope(
             &mut tasks,
             broker.clone().run_isr_upkeep(shutdown_rx.clone()),
         );
+        telemetry.spawn_in(
+            &mut tasks,
+            broker.clone().run_leader_rebalance(shutdown_rx.clone()),
+        );
     }
     telemetry.spawn_in(
         &mut tasks,

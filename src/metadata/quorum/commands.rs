@@ -189,6 +189,32 @@ impl Metadata for Quorum {
         }
     }
 
+    async fn unclean_candidate(
+        &self,
+        candidate: super::elections::UncleanCandidate,
+    ) -> Result<Option<i32>, MetadataError> {
+        match self.propose(Command::UncleanCandidate(candidate)).await? {
+            (_, Outcome::UncleanElected { leader }) => Ok(Some(leader)),
+            (_, Outcome::Done) => Ok(None),
+            (_, Outcome::Refused { kind, message }) => Err(refusal(kind, message)),
+            (_, other) => Err(MetadataError::Unavailable(format!(
+                "unexpected outcome {other:?} of an unclean candidate"
+            ))),
+        }
+    }
+
+    async fn elect_preferred(
+        &self,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> Result<Vec<(String, i32, super::elections::Elected)>, MetadataError> {
+        match self.propose(Command::ElectPreferred { partitions }).await? {
+            (_, Outcome::Elected { results }) => Ok(results),
+            (_, other) => Err(MetadataError::Unavailable(format!(
+                "unexpected outcome {other:?} of a preferred-leader election"
+            ))),
+        }
+    }
+
     async fn allocate_producer_ids(&self, count: i64) -> Result<Range<i64>, MetadataError> {
         match self.propose(Command::AllocateProducerIds { count }).await? {
             (_, Outcome::ProducerIds { start, end }) => Ok(start..end),

@@ -74,6 +74,18 @@ impl Quorum {
     /// ISR it shares, as for a broker that went silent, but at once. Returns once that is
     /// committed and applied here.
     pub async fn controlled_shutdown(&self) -> Result<(), MetadataError> {
+        let state = self.state();
+        let live_voters = self
+            .voters
+            .iter()
+            .filter(|v| state.brokers.get(&(**v as i32)).is_some_and(|b| !b.fenced))
+            .count();
+        if live_voters * 2 <= self.voters.len() {
+            return Err(MetadataError::Unavailable(format!(
+                "{live_voters} of {} voters are live: no majority to commit through",
+                self.voters.len()
+            )));
+        }
         let Some((_, epoch)) = self
             .liveness
             .registered

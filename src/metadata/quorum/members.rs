@@ -152,6 +152,15 @@ impl Quorum {
         let Some(endpoint) = self.endpoint.clone() else {
             return self.record_identity().await;
         };
+        // A learner's peer address is known to the leader it asked to join; a later leader
+        // learns it from the learner's registration.
+        for broker in self.state().brokers.values() {
+            if endpoint.address(broker.id).is_none() {
+                if let Ok(addr) = broker.peer.parse() {
+                    endpoint.set_address(broker.id, addr);
+                }
+            }
+        }
         let initialized = self.raft.is_initialized().await?;
         let is_voter = self.voters.contains(&self.id);
         if !initialized && is_voter && self.voters.first() == Some(&self.id) {

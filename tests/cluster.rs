@@ -288,13 +288,23 @@ async fn three_brokers_share_the_metadata_and_route_to_partition_leaders() {
         .unwrap();
     cluster.stop(restarted).await;
     cluster.start(restarted).await;
+    // `__consumer_offsets` has three replicas: the restarted broker's groups moved to the
+    // brokers that took over its leaderships (asked afresh), with every committed offset.
+    let addrs: BTreeMap<i32, String> = (1..=3).map(|id| (id, cluster.kafka_addr(id))).collect();
     for g in 0..20 {
         let group = format!("group-{g}");
-        let addr = cluster.kafka_addr(coordinator_of(&group));
         let want = vec![(g % 6, 1000 + g as i64)];
         support::eventually(&format!("{group}'s offsets after the restart"), || {
-            let (addr, group, want) = (addr.clone(), group.clone(), want.clone());
-            async move { committed(&addr, &group).await == Ok(want) }
+            let (addrs, group, want) = (addrs.clone(), group.clone(), want.clone());
+            async move {
+                let mut conn = KafkaConn::connect(&addrs[&1]).await;
+                let request = FindCoordinatorRequest::default().with_key(
+                    kafka_protocol::protocol::StrBytes::from_string(group.clone()),
+                );
+                let r: FindCoordinatorResponse =
+                    conn.call(ApiKey::FindCoordinator, 3, &request).await;
+                r.error_code == 0 && committed(&addrs[&r.node_id.0], &group).await == Ok(want)
+            }
         })
         .await;
     }

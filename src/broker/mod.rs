@@ -397,6 +397,10 @@ impl GroupHost for Broker {
     fn max_decompressed(&self) -> usize {
         self.config.broker.batch_max_decompressed_bytes
     }
+
+    fn offsets_commit_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.config.broker.offsets_commit_timeout_ms)
+    }
 }
 
 /// What the tiering pass needs from the broker, and nothing more.

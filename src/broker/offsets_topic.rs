@@ -22,12 +22,15 @@ impl Broker {
         self.create_offsets_topic().await
     }
 
+    /// With `offsets.topic.replication.factor` replicas per partition, capped at the voters
+    /// (1 on a single node).
     async fn create_offsets_topic(&self) -> anyhow::Result<()> {
+        let replication_factor = self.offsets_topic_replication_factor();
         let created = self
             .create_topic(
                 coordinator::OFFSETS_TOPIC,
                 self.config.broker.offsets_topic_num_partitions,
-                1,
+                replication_factor as i16,
                 &coordinator::store::topic_overrides(),
                 false,
             )
@@ -57,8 +60,7 @@ impl Broker {
         self: Arc<Self>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let voters = self.config.seeds.len();
-        let needed = (self.config.broker.offsets_topic_replication_factor as usize).min(voters);
+        let needed = self.offsets_topic_replication_factor();
         let mut every = tokio::time::interval(std::time::Duration::from_millis(200));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut waiting_logged = false;
@@ -90,6 +92,11 @@ impl Broker {
                 tracing::warn!(error = %e, "creating __consumer_offsets failed; trying again");
             }
         }
+    }
+
+    fn offsets_topic_replication_factor(&self) -> usize {
+        let voters = self.config.seeds.len().max(1);
+        (self.config.broker.offsets_topic_replication_factor.max(1) as usize).min(voters)
     }
 
     /// Tells the coordinator which groups are this broker's: those of the offsets partitions it

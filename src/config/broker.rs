@@ -38,6 +38,7 @@ pub const BROKER_DEFS: &[BrokerDef] = &[
     BrokerDef { name: "offsets.topic.num.partitions", kind: Kind::Int { min: 1, max: 1000 }, default: "50", doc: "Partitions of __consumer_offsets, fixed when the topic is first created." },
     BrokerDef { name: "offsets.topic.replication.factor", kind: Kind::Int { min: 1, max: 32767 }, default: "3", doc: "Brokers __consumer_offsets waits for: capped at the voter count (one node needs no setting), the controller creates it once that many are unfenced, and FindCoordinator answers COORDINATOR_NOT_AVAILABLE until then. Its replicas stay at 1 until replication lands." },
     BrokerDef { name: "offsets.retention.minutes", kind: Kind::Int { min: 1, max: I32_MAX }, default: "10080", doc: "How long committed offsets of an empty group are kept." },
+    BrokerDef { name: "offsets.commit.timeout.ms", kind: Kind::Long { min: 1 }, default: "5000", doc: "How long an offset commit or group change waits for the ISR of its __consumer_offsets partition; REQUEST_TIMED_OUT after." },
     BrokerDef { name: "offset.metadata.max.bytes", kind: Kind::Int { min: 0, max: I32_MAX }, default: "4096", doc: "Largest metadata string of a committed offset; larger commits get OFFSET_METADATA_TOO_LARGE." },
     BrokerDef { name: "remote.log.storage.system.enable", kind: Kind::Bool, default: "true", doc: "Offload sealed segments to the object store (strata's default; Kafka's is false)." },
     BrokerDef { name: "remote.log.manager.task.interval.ms", kind: Kind::Long { min: 10 }, default: "30000", doc: "How often sealed segments are checked for offload and local retention." },
@@ -107,6 +108,7 @@ pub struct BrokerSettings {
     pub broker_rack: Option<String>,
     pub broker_session_timeout_ms: u64,
     pub replica_lag_time_max_ms: i64,
+    pub offsets_commit_timeout_ms: u64,
     pub auto_leader_rebalance_enable: bool,
     pub leader_imbalance_check_interval_seconds: u64,
     pub leader_imbalance_per_broker_percentage: u32,
@@ -192,6 +194,7 @@ impl BrokerSettings {
             broker_rack: Some(get("broker.rack").to_string()).filter(|r| !r.is_empty()),
             broker_session_timeout_ms: int(get("broker.session.timeout.ms")) as u64,
             replica_lag_time_max_ms: int(get("replica.lag.time.max.ms")),
+            offsets_commit_timeout_ms: int(get("offsets.commit.timeout.ms")) as u64,
             auto_leader_rebalance_enable: get("auto.leader.rebalance.enable") == "true",
             leader_imbalance_check_interval_seconds: int(get(
                 "leader.imbalance.check.interval.seconds",

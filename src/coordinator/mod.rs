@@ -56,6 +56,8 @@ pub trait GroupHost: Send + Sync {
     /// Whether `topic` (not an internal one) has partition `partition`.
     fn has_partition(&self, topic: &str, partition: i32) -> bool;
     fn max_decompressed(&self) -> usize;
+    /// offsets.commit.timeout.ms: how long a write to `__consumer_offsets` waits for its ISR.
+    fn offsets_commit_timeout(&self) -> std::time::Duration;
 }
 
 /// One partition's offsets for OffsetCommit.

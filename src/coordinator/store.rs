@@ -16,6 +16,7 @@ use kafka_protocol::error::ResponseError;
 
 use super::offsets::{decode, OffsetsRecord};
 use super::GroupHost;
+use crate::partition::Acked;
 use crate::record::batch::{split_batches, Codec};
 use crate::record::builder::BatchBuilder;
 use crate::record::validate::{for_each_record, ValidationLimits};
@@ -53,7 +54,7 @@ pub async fn append(
     let Some(p) = host.offsets_partition(partition) else {
         return Err(ResponseError::CoordinatorNotAvailable);
     };
-    let mut first = None;
+    let (mut first, mut last_offset) = (None, -1);
     let mut builder = BatchBuilder::new(Codec::None);
     let now = host.now_ms();
     for (i, (key, value)) in records.iter().enumerate() {
@@ -66,10 +67,21 @@ pub async fn append(
                 ResponseError::KafkaStorageError
             })?;
             first.get_or_insert(appended.base_offset);
+            last_offset = appended.last_offset;
             builder = BatchBuilder::new(Codec::None);
         }
     }
-    Ok(first)
+    // Answered once the ISR has the records (Kafka's offsets.commit.required.acks -1), so a
+    // commit survives the coordinator's failover; the error codes are Kafka's.
+    match p
+        .wait_replicated(last_offset, host.offsets_commit_timeout())
+        .await
+    {
+        Acked::Replicated => Ok(first),
+        Acked::TimedOut => Err(ResponseError::RequestTimedOut),
+        Acked::NotEnoughReplicas { .. } => Err(ResponseError::CoordinatorNotAvailable),
+        Acked::NotLeader => Err(ResponseError::NotCoordinator),
+    }
 }
 
 /// Replays one partition from its log start, calling `apply` for every decodable record in
@@ -86,12 +98,15 @@ pub fn replay(
         max_batch_bytes: usize::MAX,
         max_decompressed_bytes: host.max_decompressed(),
     };
+    // Up to the log end, as Kafka's loader: a new leader's high watermark lags until its
+    // followers fetch again, and everything its log holds is what the group's history is now
+    // (followers truncate to it).
     let start = p.log_start_offset();
-    let end = p.high_watermark();
+    let end = p.log_end_offset();
     let mut offset = start;
     let mut count = 0u64;
     while offset < end {
-        let read = p.read_local(offset, 4 * 1024 * 1024)?;
+        let read = p.read_local_to_end(offset, 4 * 1024 * 1024)?;
         if read.is_empty() {
             break;
         }

@@ -170,6 +170,14 @@ impl Partition {
         Ok(state.log.read(offset, max_bytes, hw, true)?.bytes)
     }
 
+    /// Like [`Partition::read_local`], but up to the log end: what a new leader's group
+    /// coordinator loads (its high watermark lags until its followers fetch again).
+    pub fn read_local_to_end(&self, offset: i64, max_bytes: usize) -> Result<Bytes, LogError> {
+        let state = self.read_state();
+        let end = state.log.log_end_offset();
+        Ok(state.log.read(offset, max_bytes, end, true)?.bytes)
+    }
+
     /// ListOffsets for one target, across both tiers: (offset, timestamp), `None` when no
     /// record qualifies. Latest is the high watermark, which is also the last stable offset
     /// while there are no transactions.

@@ -123,8 +123,8 @@ impl Partition {
         outcome
     }
 
-    /// Offloads the sealed segments below the high watermark not yet in the manifest, oldest
-    /// first; returns how many. Refused (and counted) unless this broker leads at `epoch`.
+    /// Offloads the sealed segments below the high watermark not yet in the manifest (a
+    /// segment the remote log ends inside, from there), oldest first; returns how many. Refused (and counted) unless this broker leads at `epoch`.
     async fn offload_segments(
         &self,
         rl: &RemoteLog,
@@ -149,15 +149,23 @@ impl Partition {
             if seg.last_offset >= hw {
                 break;
             }
-            if seg.base <= manifest.last_offset() {
-                tracing::warn!(
-                    topic = self.topic,
-                    partition = self.index,
-                    base = seg.base,
-                    "segment overlaps the remote log; skipping"
-                );
-                continue;
-            }
+            // Replicas roll segments on their own: after a failover the remote log may end
+            // inside one of this leader's segments. Its rest is offloaded from the batch after
+            // the remote log's last (the same batches on every replica).
+            let first = if seg.base <= manifest.last_offset() {
+                if manifest.files.is_empty() {
+                    tracing::warn!(
+                        topic = self.topic,
+                        partition = self.index,
+                        base = seg.base,
+                        "segment overlaps the remote log start; skipping"
+                    );
+                    continue;
+                }
+                manifest.last_offset() + 1
+            } else {
+                seg.base
+            };
             if self.leader_epoch_for_remote() != Some(epoch) {
                 metrics::counter!("strata_tier_offload_refused_total").increment(1);
                 return Err(TierError::NotLeader(format!(
@@ -166,7 +174,7 @@ impl Partition {
                 )));
             }
             let segment = OffloadSegment {
-                first: seg.base,
+                first,
                 last: seg.last_offset,
                 high_watermark: hw,
                 leader_epoch: epoch,
@@ -181,7 +189,7 @@ impl Partition {
             tracing::info!(
                 topic = self.topic,
                 partition = self.index,
-                first = seg.base,
+                first,
                 last = seg.last_offset,
                 "segment offloaded"
             );

@@ -180,6 +180,12 @@ impl RemoteLog {
                     return Err(TierError::Segment(format!("no batch at offset {offset}")));
                 };
                 let next = tail.last_offset() + 1;
+                if offset == first && batches[0].0.base_offset != first {
+                    return Err(TierError::Segment(format!(
+                        "no batch starts at offset {first} (one starts at {})",
+                        batches[0].0.base_offset
+                    )));
+                }
                 for (header, range) in &batches {
                     if header.last_offset() > last {
                         return Err(TierError::Segment(format!(

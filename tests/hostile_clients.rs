@@ -266,6 +266,13 @@ async fn total_cap_refuses_at_once_then_serves_again() {
         ),
         1.0
     );
+    // Logged (the first refusal always is; later ones at most once a second).
+    let said = support::logged(&[
+        "connection refused",
+        "peer=127.0.0.4:",
+        "reason=\"max_connections\"",
+    ]);
+    assert_eq!(said.len(), 1, "one log line for the refusal: {said:?}");
     drop(held);
     support::eventually("the others are gone", || async {
         open_connections(&broker.running).await == 0.0

@@ -65,14 +65,69 @@ pub async fn start_node_in(dir: &Path, node_id: i32, settings: &[(&str, &str)]) 
     strata::server::start(config).await.expect("broker starts")
 }
 
+/// Logs to the test's output (`RUST_LOG` filters, default warn), and keeps every warning and
+/// error for [`logged`], whatever `RUST_LOG` says.
 pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let output = tracing_subscriber::fmt::layer()
+        .with_test_writer()
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
+        );
+    let kept = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(|| KeptLine(Vec::new()))
+        .with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+    let _ = tracing_subscriber::registry()
+        .with(output)
+        .with(kept)
         .try_init();
+}
+
+/// Warning and error lines logged in this test process, newest last (the tests of one binary
+/// share a process under `cargo test`: look for what only your test logs).
+static LOGGED: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+const LOGGED_LINES: usize = 10_000;
+
+/// One log line being formatted; kept when the formatter is done with it.
+struct KeptLine(Vec<u8>);
+
+impl std::io::Write for KeptLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for KeptLine {
+    fn drop(&mut self) {
+        let line = String::from_utf8_lossy(&self.0).trim_end().to_string();
+        let mut logged = LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+        if logged.len() == LOGGED_LINES {
+            logged.pop_front();
+        }
+        logged.push_back(line);
+    }
+}
+
+/// The warning or error lines logged so far (since [`init_logging`]) that contain every one
+/// of `parts`.
+pub fn logged(parts: &[&str]) -> Vec<String> {
+    LOGGED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|line| parts.iter().all(|p| line.contains(p)))
+        .cloned()
+        .collect()
 }
 
 /// A raw Kafka connection for protocol-level tests: message types from kafka-protocol.

@@ -405,5 +405,20 @@ async fn metrics_show_the_limits_at_work() {
         assert!(text.contains(name), "/metrics has {name}");
     }
     assert!(text.contains("listener=\"kafka\"") && text.contains("listener=\"admin\""));
+    // A compressed batch is validated on the CPU pool: its busy time shows.
+    create_topic(&broker.running, "gzip", &[]).await;
+    let mut b = strata::record::builder::BatchBuilder::new(strata::record::batch::Codec::Gzip);
+    b.record(now_ms(), None, Some(b"v"), &[]);
+    let mut conn = KafkaConn::connect(&broker.bootstrap()).await;
+    assert_eq!(produce_batch(&mut conn, "gzip", b.build()).await.0, 0);
+    let (_, text) = support::http_get(&broker.admin(), "/metrics").await;
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("/metrics has {name}"))
+    };
+    assert_eq!(value("strata_request_cpu_job_seconds_count{"), 1.0);
+    assert!(value("strata_request_cpu_job_seconds_sum{") > 0.0);
     broker.running.shutdown().await;
 }

@@ -8,7 +8,8 @@
 //! ([`prepare_batch`]: every compressed batch; uncompressed ones only above a size), one
 //! batch per job (a job is bounded by `strata.batch.max.decompressed.bytes`), at most `threads`
 //! jobs at once, queued first come first served. A connection still awaits its own job before
-//! its next request, so its responses stay in order.
+//! its next request, so its responses stay in order, and the queue holds at most one job per
+//! connection (`max.connections` bounds it).
 //!
 //! The threads are the pool's own, at a lower priority than the runtime's (nice 10), so a
 //! core taken by decompression is given back to a connection the moment it has work.

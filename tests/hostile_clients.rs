@@ -210,7 +210,11 @@ async fn open_connections(running: &strata::server::RunningBroker) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_cap_refuses_at_once_and_serves_other_addresses() {
-    let broker = TestBroker::start(&[("max.connections.per.ip", "50")]).await;
+    let broker = TestBroker::start(&[
+        ("max.connections.per.ip", "50"),
+        ("max.connections.per.ip.overrides", "127.0.0.5:1"),
+    ])
+    .await;
     let addr = broker.running.kafka_addr();
     let mut held = Vec::new();
     for _ in 0..50 {
@@ -236,6 +240,22 @@ async fn per_ip_cap_refuses_at_once_and_serves_other_addresses() {
     let other = connect_from("127.0.0.2", addr).await;
     let mut other = KafkaConn::from_stream(other);
     assert_eq!(metadata(&mut other).await.brokers.len(), 1);
+    // An address with an override of its own: one connection, not 50.
+    let mut first = KafkaConn::from_stream(connect_from("127.0.0.5", addr).await);
+    assert_eq!(metadata(&mut first).await.brokers.len(), 1);
+    let second = connect_from("127.0.0.5", addr).await;
+    assert!(
+        closed_within(second, Duration::from_secs(2)).await,
+        "the override's second connection is closed at once"
+    );
+    assert_eq!(
+        metric(
+            &broker.running,
+            "strata_connections_refused_total",
+            "reason=\"max_connections_per_ip\""
+        ),
+        2.0
+    );
     drop(held);
     broker.running.shutdown().await;
 }

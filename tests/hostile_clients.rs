@@ -204,6 +204,15 @@ async fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
     socket.connect(to).await.unwrap()
 }
 
+/// Connections `running` refused for `reason`.
+fn refused(running: &strata::server::RunningBroker, reason: &str) -> f64 {
+    metric(
+        running,
+        "strata_connections_refused_total",
+        &format!("reason=\"{reason}\""),
+    )
+}
+
 async fn open_connections(running: &strata::server::RunningBroker) -> f64 {
     metric(running, "strata_connections_open", "listener=\"kafka\"")
 }
@@ -229,14 +238,7 @@ async fn per_ip_cap_refuses_at_once_and_serves_other_addresses() {
         closed_within(over, Duration::from_secs(2)).await,
         "the 51st is closed at once"
     );
-    assert_eq!(
-        metric(
-            &broker.running,
-            "strata_connections_refused_total",
-            "reason=\"max_connections_per_ip\""
-        ),
-        1.0
-    );
+    assert_eq!(refused(&broker.running, "max_connections_per_ip"), 1.0);
     let other = connect_from("127.0.0.2", addr).await;
     let mut other = KafkaConn::from_stream(other);
     assert_eq!(metadata(&mut other).await.brokers.len(), 1);
@@ -248,14 +250,7 @@ async fn per_ip_cap_refuses_at_once_and_serves_other_addresses() {
         closed_within(second, Duration::from_secs(2)).await,
         "the override's second connection is closed at once"
     );
-    assert_eq!(
-        metric(
-            &broker.running,
-            "strata_connections_refused_total",
-            "reason=\"max_connections_per_ip\""
-        ),
-        2.0
-    );
+    assert_eq!(refused(&broker.running, "max_connections_per_ip"), 2.0);
     drop(held);
     broker.running.shutdown().await;
 }
@@ -278,14 +273,7 @@ async fn total_cap_refuses_at_once_then_serves_again() {
         closed_within(over, Duration::from_secs(2)).await,
         "the 101st is closed at once"
     );
-    assert_eq!(
-        metric(
-            &broker.running,
-            "strata_connections_refused_total",
-            "reason=\"max_connections\""
-        ),
-        1.0
-    );
+    assert_eq!(refused(&broker.running, "max_connections"), 1.0);
     // Logged (the first refusal always is; later ones at most once a second).
     let said = support::logged(&[
         "connection refused",

@@ -352,13 +352,19 @@ mod tests {
         assert!(matches!(err, FrameError::ReadTimeout(_)), "{err}");
     }
 
+    /// Whether `reading` is still waiting 50 ms on.
+    async fn still_waits<F: std::future::Future + Unpin>(reading: &mut F) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), reading)
+            .await
+            .is_err()
+    }
+
     /// Budget goes to the oldest waiter first: a later, smaller frame does not take what is
     /// free while an older one waits for more, so large frames are never starved by small ones.
     /// (Each wait is for at most one read's bytes: that is the order kept.)
     #[tokio::test]
     async fn waiting_for_budget_is_oldest_first() {
         use tokio::io::AsyncWriteExt;
-        const SHORT: Duration = Duration::from_millis(50);
         let b = MemoryBudget::new(200_000);
         let held = frame_of(READ_BUFFER_BYTES + 100_000);
         let held = read(&mut &held[..], &b).await.unwrap().unwrap();
@@ -371,20 +377,20 @@ mod tests {
             .unwrap();
         let older = read_frame(&mut older_rx, 1 << 20, &b, SLOW);
         tokio::pin!(older);
-        assert!(tokio::time::timeout(SHORT, &mut older).await.is_err());
+        assert!(still_waits(&mut older).await);
         let younger = frame_of(READ_BUFFER_BYTES + 90_000);
         let mut younger_rx = &younger[..];
         let younger = read(&mut younger_rx, &b);
         tokio::pin!(younger);
         assert!(
-            tokio::time::timeout(SHORT, &mut younger).await.is_err(),
+            still_waits(&mut younger).await,
             "the younger frame waits behind the older one"
         );
         drop(held);
         let older = older.await.unwrap().unwrap();
         assert_eq!(older.body.len(), READ_BUFFER_BYTES + 120_000);
         assert!(
-            tokio::time::timeout(SHORT, &mut younger).await.is_err(),
+            still_waits(&mut younger).await,
             "80 000 bytes left: the younger frame still waits"
         );
         drop(older);

@@ -27,6 +27,20 @@ async fn metadata(conn: &mut KafkaConn) -> MetadataResponse {
         .await
 }
 
+/// A Fetch of up to `max_bytes` of partition 0 of `topic` from `offset`.
+fn fetch(topic: &str, offset: i64, max_bytes: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(max_bytes)
+        .with_isolation_level(1)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name(topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(max_bytes)])])
+}
+
 /// A new connection: Metadata, a produce to `topic` and a fetch that reads it back.
 async fn normal_client(addr: &str, topic: &str) {
     let round_trip = async {
@@ -34,17 +48,9 @@ async fn normal_client(addr: &str, topic: &str) {
         assert_eq!(metadata(&mut conn).await.brokers.len(), 1);
         let (code, offset) = produce_batch(&mut conn, topic, batch(0, 3, now_ms())).await;
         assert_eq!(code, 0, "produce");
-        let request = FetchRequest::default()
-            .with_max_wait_ms(0)
-            .with_max_bytes(1 << 20)
-            .with_isolation_level(1)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(topic_name(topic))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_fetch_offset(offset)
-                    .with_partition_max_bytes(1 << 20)])]);
-        let f: FetchResponse = conn.call(ApiKey::Fetch, 12, &request).await;
+        let f: FetchResponse = conn
+            .call(ApiKey::Fetch, 12, &fetch(topic, offset, 1 << 20))
+            .await;
         let p = &f.responses[0].partitions[0];
         assert_eq!(p.error_code, 0, "fetch");
         assert!(
@@ -193,6 +199,50 @@ async fn idle_and_half_sent_connections_are_closed() {
         ),
         6.0
     );
+    broker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed() {
+    let broker = TestBroker::start(&[("connections.max.idle.ms", "2000")]).await;
+    create_topic(&broker.running, "big", &[]).await;
+    // 8 MB in the partition: more than the socket buffers between broker and client hold.
+    let mut producer = KafkaConn::connect(&broker.bootstrap()).await;
+    let value = vec![7u8; 100_000];
+    for _ in 0..10 {
+        let mut b = strata::record::builder::BatchBuilder::new(strata::record::batch::Codec::None);
+        for _ in 0..8 {
+            b.record(now_ms(), None, Some(&value), &[]);
+        }
+        assert_eq!(produce_batch(&mut producer, "big", b.build()).await.0, 0);
+    }
+    drop(producer); // closed by the client: not counted as idle
+                    // Fetches of all of it whose answers are never read.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stalled = socket.connect(broker.running.kafka_addr()).await.unwrap();
+    let mut stalled = KafkaConn::from_stream(stalled);
+    for _ in 0..3 {
+        stalled
+            .send(ApiKey::Fetch, 12, &fetch("big", 0, 64 << 20))
+            .await;
+    }
+    let started = Instant::now();
+    support::eventually("the connection that stopped reading is closed", || async {
+        metric(
+            &broker.running,
+            "strata_connections_closed_total",
+            "reason=\"idle\"",
+        ) == 1.0
+    })
+    .await;
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(1500) && after < Duration::from_secs(10),
+        "closed after {after:?}"
+    );
+    normal_client(&broker.bootstrap(), "big").await;
+    drop(stalled);
     broker.running.shutdown().await;
 }
 

@@ -167,9 +167,32 @@ impl KafkaConn {
         R: kafka_protocol::protocol::Encodable,
         S: kafka_protocol::protocol::Decodable,
     {
-        use kafka_protocol::messages::{RequestHeader, ResponseHeader};
-        use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use kafka_protocol::messages::ResponseHeader;
+        use kafka_protocol::protocol::Decodable;
+        use tokio::io::AsyncReadExt;
+        self.send(api, version, request).await;
+        let len = self.stream.read_i32().await.expect("response length");
+        let mut body = vec![0u8; len as usize];
+        self.stream.read_exact(&mut body).await.unwrap();
+        let mut body = bytes::Bytes::from(body);
+        let header =
+            ResponseHeader::decode(&mut body, api.response_header_version(version)).unwrap();
+        assert_eq!(header.correlation_id, self.correlation_id);
+        S::decode(&mut body, version).expect("decodable response")
+    }
+
+    /// Sends `request` at `version` and leaves its response unread.
+    pub async fn send<R>(
+        &mut self,
+        api: kafka_protocol::messages::ApiKey,
+        version: i16,
+        request: &R,
+    ) where
+        R: kafka_protocol::protocol::Encodable,
+    {
+        use kafka_protocol::messages::RequestHeader;
+        use kafka_protocol::protocol::{Encodable, StrBytes};
+        use tokio::io::AsyncWriteExt;
         self.correlation_id += 1;
         let header = RequestHeader::default()
             .with_request_api_key(api as i16)
@@ -186,14 +209,6 @@ impl KafkaConn {
             .await
             .unwrap();
         self.stream.write_all(&buf).await.unwrap();
-        let len = self.stream.read_i32().await.expect("response length");
-        let mut body = vec![0u8; len as usize];
-        self.stream.read_exact(&mut body).await.unwrap();
-        let mut body = bytes::Bytes::from(body);
-        let header =
-            ResponseHeader::decode(&mut body, api.response_header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, self.correlation_id);
-        S::decode(&mut body, version).expect("decodable response")
     }
 }
 

@@ -237,14 +237,24 @@ fn fill(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-async fn create_topics(stream: &mut TcpStream, topic: &str) -> i16 {
-    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+/// CreateTopics of `topic` with four partitions and the topic `configs`; the error code.
+async fn create_topics(stream: &mut TcpStream, topic: &str, configs: &[(&str, &str)]) -> i16 {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+    let configs = configs
+        .iter()
+        .map(|(name, value)| {
+            CreatableTopicConfig::default()
+                .with_name(StrBytes::from(name.to_string()))
+                .with_value(Some(StrBytes::from(value.to_string())))
+        })
+        .collect();
     let request = CreateTopicsRequest::default()
         .with_timeout_ms(10_000)
         .with_topics(vec![CreatableTopic::default()
             .with_name(TopicName(StrBytes::from(topic.to_string())))
             .with_num_partitions(4)
-            .with_replication_factor(1)]);
+            .with_replication_factor(1)
+            .with_configs(configs)]);
     let r: CreateTopicsResponse = call(stream, ApiKey::CreateTopics, 5, &request).await;
     r.topics[0].error_code
 }
@@ -260,8 +270,8 @@ async fn auto_create(stream: &mut TcpStream, topic: &str) -> i16 {
 }
 
 /// A CreateTopics or an auto-create that fails half-way with the disk full (issue 17) gets
-/// KAFKA_STORAGE_ERROR and leaves no partition directory (no `*-stray` at the next try), and
-/// the same topics are created once there is room. Only `topics/` is on the small tmpfs: the
+/// KAFKA_STORAGE_ERROR and leaves no partition directory (no `*-stray` at the next try), a bad
+/// config leaves nothing either, and the same topics are created once there is room. Only `topics/` is on the small tmpfs: the
 /// metadata quorum's log stays writable (a quorum whose log cannot be written stops, by
 /// design, as Kafka's does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,7 +296,7 @@ async fn topic_creation_on_a_full_disk_leaves_nothing_behind() {
     let mut stream = TcpStream::connect(running.kafka_addr()).await.unwrap();
     for attempt in 0..3 {
         assert_eq!(
-            create_topics(&mut stream, "created").await,
+            create_topics(&mut stream, "created", &[]).await,
             56,
             "attempt {attempt}"
         );
@@ -302,7 +312,11 @@ async fn topic_creation_on_a_full_disk_leaves_nothing_behind() {
         );
     }
     std::fs::remove_file(filler).unwrap();
-    assert_eq!(create_topics(&mut stream, "created").await, 0);
+    // A bad config is refused before anything is made.
+    let bad = [("retention.ms", "soon")];
+    assert_eq!(create_topics(&mut stream, "created", &bad).await, 40);
+    assert_eq!(dir_names(&topics), before, "nothing left by a bad config");
+    assert_eq!(create_topics(&mut stream, "created", &[]).await, 0);
     assert_eq!(auto_create(&mut stream, "auto").await, 0);
     let mut expected: Vec<String> = before
         .into_iter()

@@ -11,7 +11,6 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::*;
 use support::{
     batch, create_topic, metric, now_ms, produce_batch, topic_name, KafkaConn, TestBroker,
@@ -27,18 +26,9 @@ async fn metadata(conn: &mut KafkaConn) -> MetadataResponse {
         .await
 }
 
-/// A Fetch of up to `max_bytes` of partition 0 of `topic` from `offset`.
+/// A Fetch of up to `max_bytes` of partition 0 of `topic` from `offset`, answered at once.
 fn fetch(topic: &str, offset: i64, max_bytes: i32) -> FetchRequest {
-    FetchRequest::default()
-        .with_max_wait_ms(0)
-        .with_max_bytes(max_bytes)
-        .with_isolation_level(1)
-        .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(topic_name(topic))
-            .with_partitions(vec![FetchPartition::default()
-                .with_fetch_offset(offset)
-                .with_partition_max_bytes(max_bytes)])])
+    support::fetch_request(topic, offset, max_bytes, max_bytes, 0, 0)
 }
 
 /// A new connection: Metadata, a produce to `topic` and a fetch that reads it back.

@@ -366,6 +366,29 @@ pub fn topic_name(v: &str) -> kafka_protocol::messages::TopicName {
 }
 
 /// Produces one batch to partition 0 with acks=-1; returns (error code, base offset).
+/// A Fetch (v4+ fields) of partition 0 of `topic` from `offset`, read committed.
+pub fn fetch_request(
+    topic: &str,
+    offset: i64,
+    max_bytes: i32,
+    partition_max: i32,
+    wait_ms: i32,
+    min_bytes: i32,
+) -> kafka_protocol::messages::FetchRequest {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    kafka_protocol::messages::FetchRequest::default()
+        .with_max_wait_ms(wait_ms)
+        .with_min_bytes(min_bytes)
+        .with_max_bytes(max_bytes)
+        .with_isolation_level(1)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name(topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(partition_max)])])
+}
+
 pub async fn produce_batch(conn: &mut KafkaConn, topic: &str, records: Vec<u8>) -> (i16, i64) {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};

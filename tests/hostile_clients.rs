@@ -206,13 +206,15 @@ async fn a_client_that_stops_reading_is_closed() {
         }
         assert_eq!(produce_batch(&mut producer, "big", b.build()).await.0, 0);
     }
-    drop(producer); // closed by the client: not counted as idle
-                    // Fetches of all of it whose answers are never read.
+    // Closed by the client: not counted as idle.
+    drop(producer);
+    // Fetches of all of it whose answers are never read: 64 MB of answers, more than the
+    // broker's socket send buffer grows to (tcp_wmem's largest is 4 MiB by default).
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stalled = socket.connect(broker.running.kafka_addr()).await.unwrap();
     let mut stalled = KafkaConn::from_stream(stalled);
-    for _ in 0..3 {
+    for _ in 0..8 {
         stalled
             .send(ApiKey::Fetch, 12, &fetch("big", 0, 64 << 20))
             .await;

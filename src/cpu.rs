@@ -1,13 +1,15 @@
-//! The broker's bounded pool for CPU-heavy request work: decompressing and validating produced
-//! batches (`strata.request.cpu.threads`, default the number of cores).
+//! The broker's bounded pool for CPU-heavy request work: decompressing, validating and (for
+//! LogAppendTime topics) re-stamping produced batches (`strata.request.cpu.threads`, default
+//! the number of cores).
 //!
 //! Connections are served by the runtime's few worker threads; a produce request whose batches
 //! decompress to tens of MiB held one for seconds, and with a few such connections Metadata,
 //! Fetch and heartbeats from everyone else waited (issue 17). Heavy work runs here instead
-//! ([`validate_batch`]: every compressed batch; uncompressed ones only above a size), one
+//! ([`prepare_batch`]: every compressed batch; uncompressed ones only above a size), one
 //! batch per job (a job is bounded by `strata.batch.max.decompressed.bytes`), at most `threads`
 //! jobs at once, queued first come first served. A connection still awaits its own job before
-//! its next request, so its responses stay in order.
+//! its next request, so its responses stay in order, and the queue holds at most one job per
+//! connection (`max.connections` bounds it).
 //!
 //! The threads are the pool's own, at a lower priority than the runtime's (nice 10), so a
 //! core taken by decompression is given back to a connection the moment it has work.
@@ -175,27 +177,53 @@ fn lower_priority() {
 #[cfg(not(target_os = "linux"))]
 fn lower_priority() {}
 
-/// An uncompressed batch up to this size is validated where it is (a CRC and a walk over the
-/// records, well under a millisecond): handing it to the pool cost more than the work, about
-/// a quarter more broker CPU per produced GiB of 1 KiB records. Compressed batches, whose cost
-/// the compressed size does not bound, always go to the pool.
+/// An uncompressed batch up to this size is prepared where it is (a CRC, a walk over the
+/// records and a copy, well under a millisecond): handing it to the pool cost more than the
+/// work, about a quarter more broker CPU per produced GiB of 1 KiB records. Compressed batches,
+/// whose cost the compressed size does not bound, always go to the pool.
 pub const INLINE_VALIDATION_MAX_BYTES: usize = 1 << 20;
 
-/// Validates one produced batch (`crate::record::validate`): on the pool unless it is small
-/// and uncompressed.
-pub async fn validate_batch(
+/// A produced batch made ready for the log: validated, and copied into the buffer the log
+/// stores from.
+pub struct PreparedBatch {
+    pub validated: crate::record::validate::ValidatedBatch,
+    /// The batch as it will be stored, but for the base offset and leader epoch the log sets.
+    pub bytes: bytes::BytesMut,
+    /// The LogAppendTime stamped into it, if any.
+    pub log_append_time_ms: Option<i64>,
+}
+
+/// Validates one produced batch (`crate::record::validate`) and makes the copy the log
+/// stores, stamped with `log_append_time_ms` for LogAppendTime topics (timestamp type, max
+/// timestamp and the CRC over them rewritten: the batch's only re-encoding). On the pool
+/// unless the batch is small and uncompressed.
+pub async fn prepare_batch(
     records: bytes::Bytes,
     limits: crate::record::validate::ValidationLimits,
-) -> Result<crate::record::validate::ValidatedBatch, crate::record::batch::BatchError> {
+    log_append_time_ms: Option<i64>,
+) -> Result<PreparedBatch, crate::record::batch::BatchError> {
     use crate::record::batch::{BatchHeader, Codec};
     let uncompressed = BatchHeader::parse(&records)
         .ok()
         .and_then(|h| h.codec().ok())
         == Some(Codec::None);
-    if uncompressed && records.len() <= INLINE_VALIDATION_MAX_BYTES {
-        return crate::record::validate::validate_batch(&records, &limits);
+    let inline = uncompressed && records.len() <= INLINE_VALIDATION_MAX_BYTES;
+    let prepare = move || {
+        let validated = crate::record::validate::validate_batch(&records, &limits)?;
+        let mut bytes = bytes::BytesMut::from(&records[..]);
+        if let Some(now_ms) = log_append_time_ms {
+            crate::record::batch::set_log_append_time(&mut bytes, now_ms);
+        }
+        Ok(PreparedBatch {
+            validated,
+            bytes,
+            log_append_time_ms,
+        })
+    };
+    if inline {
+        return prepare();
     }
-    run(move || crate::record::validate::validate_batch(&records, &limits)).await
+    run(prepare).await
 }
 
 /// Runs `f` on the CPU pool of the broker whose scope this is; inline outside every scope.
@@ -242,6 +270,52 @@ mod tests {
         }
         assert_eq!(most.load(Ordering::SeqCst), 2);
         assert!(scope.render().contains("strata_request_cpu_job_seconds"));
+    }
+
+    /// A compressed batch is prepared on the pool: the copy the log stores is the producer's
+    /// bytes, or, stamped with LogAppendTime, those bytes with the timestamp type, max timestamp
+    /// and CRC rewritten.
+    #[tokio::test]
+    async fn prepared_batches_are_the_producers_bytes_or_stamped() {
+        use crate::record::batch::{check_crc, BatchHeader, Codec};
+        use crate::record::builder::BatchBuilder;
+        use crate::record::validate::ValidationLimits;
+        let scope = Telemetry::with_cpu_threads(1, 1);
+        let mut b = BatchBuilder::new(Codec::Gzip);
+        for i in 0..100u32 {
+            b.record(1_000 + i as i64, None, Some(&i.to_be_bytes()), &[]);
+        }
+        let batch = bytes::Bytes::from(b.build());
+        let limits = ValidationLimits {
+            max_batch_bytes: 1 << 20,
+            max_decompressed_bytes: 1 << 20,
+        };
+        let (plain, stamped) = {
+            let batch = batch.clone();
+            scope
+                .clone()
+                .spawn(async move {
+                    let plain = prepare_batch(batch.clone(), limits, None).await;
+                    let stamped = prepare_batch(batch, limits, Some(7_000)).await;
+                    (plain, stamped)
+                })
+                .await
+                .unwrap()
+        };
+        let plain = plain.unwrap();
+        assert_eq!(&plain.bytes[..], &batch[..]);
+        assert_eq!(plain.validated.record_count, 100);
+        assert_eq!(plain.log_append_time_ms, None);
+        let stamped = stamped.unwrap();
+        assert_eq!(stamped.log_append_time_ms, Some(7_000));
+        let header = BatchHeader::parse(&stamped.bytes).unwrap();
+        assert!(header.is_log_append_time());
+        assert_eq!(header.max_timestamp, 7_000);
+        check_crc(&header, &stamped.bytes).expect("CRC rewritten");
+        assert!(
+            scope.render().contains("strata_request_cpu_job_seconds"),
+            "ran on the pool"
+        );
     }
 
     #[tokio::test]

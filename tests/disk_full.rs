@@ -1,6 +1,7 @@
 //! Disk full: with the data dir on a small tmpfs, produce fails with KAFKA_STORAGE_ERROR (56)
 //! once the disk is full, everything acknowledged before stays readable, and after the disk is
-//! grown the same data dir serves again with nothing lost or torn.
+//! grown the same data dir serves again with nothing lost or torn; a topic creation that fails
+//! on a full disk leaves nothing behind.
 
 mod support;
 
@@ -224,4 +225,117 @@ async fn reqwest_free_get(addr: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+/// Fills the file system of `dir` with one file of zeros, as far as it goes.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    path
+}
+
+/// CreateTopics of `topic` with four partitions and the topic `configs`; the error code.
+async fn create_topics(stream: &mut TcpStream, topic: &str, configs: &[(&str, &str)]) -> i16 {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+    let configs = configs
+        .iter()
+        .map(|(name, value)| {
+            CreatableTopicConfig::default()
+                .with_name(StrBytes::from(name.to_string()))
+                .with_value(Some(StrBytes::from(value.to_string())))
+        })
+        .collect();
+    let request = CreateTopicsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from(topic.to_string())))
+            .with_num_partitions(4)
+            .with_replication_factor(1)
+            .with_configs(configs)]);
+    let r: CreateTopicsResponse = call(stream, ApiKey::CreateTopics, 5, &request).await;
+    r.topics[0].error_code
+}
+
+async fn auto_create(stream: &mut TcpStream, topic: &str) -> i16 {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    let request = MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from(topic.to_string()))))]))
+        .with_allow_auto_topic_creation(true);
+    let r: MetadataResponse = call(stream, ApiKey::Metadata, 12, &request).await;
+    r.topics[0].error_code
+}
+
+/// A CreateTopics or an auto-create that fails half-way with the disk full (issue 17) gets
+/// KAFKA_STORAGE_ERROR and leaves no partition directory (no `*-stray` at the next try), a bad
+/// config leaves nothing either, and the same topics are created once there is room. Only `topics/` is on the small tmpfs: the
+/// metadata quorum's log stays writable (a quorum whose log cannot be written stops, by
+/// design, as Kafka's does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_creation_on_a_full_disk_leaves_nothing_behind() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let topics = dir.join("topics");
+    std::fs::create_dir_all(&topics).unwrap();
+    let _mount = match Mount::tmpfs(&topics, "16m") {
+        Ok(m) => m,
+        Err(e) => {
+            if std::env::var("STRATA_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
+                panic!("disk-full test needs to mount a tmpfs (root): {e}");
+            }
+            eprintln!("SKIP topic_creation_on_a_full_disk_leaves_nothing_behind: cannot mount a tmpfs: {e}");
+            return;
+        }
+    };
+    let running = support::start_in(&dir, &[]).await;
+    let before: Vec<_> = dir_names(&topics);
+    let filler = fill(&topics);
+    let mut stream = TcpStream::connect(running.kafka_addr()).await.unwrap();
+    for attempt in 0..3 {
+        assert_eq!(
+            create_topics(&mut stream, "created", &[]).await,
+            56,
+            "attempt {attempt}"
+        );
+        assert_eq!(
+            auto_create(&mut stream, "auto").await,
+            56,
+            "attempt {attempt}"
+        );
+        assert_eq!(
+            dir_names(&topics),
+            before,
+            "nothing left by attempt {attempt}"
+        );
+    }
+    std::fs::remove_file(filler).unwrap();
+    // A bad config is refused before anything is made.
+    let bad = [("retention.ms", "soon")];
+    assert_eq!(create_topics(&mut stream, "created", &bad).await, 40);
+    assert_eq!(dir_names(&topics), before, "nothing left by a bad config");
+    assert_eq!(create_topics(&mut stream, "created", &[]).await, 0);
+    assert_eq!(auto_create(&mut stream, "auto").await, 0);
+    let mut expected: Vec<String> = before
+        .into_iter()
+        .chain((0..4).map(|i| format!("created-{i}")))
+        .chain(["auto-0".to_string()]) // num.partitions: 1
+        .collect();
+    expected.sort();
+    assert_eq!(dir_names(&topics), expected);
+    running.shutdown().await;
+}
+
+/// The entries of `dir` but the test's filler, sorted.
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "filler")
+        .collect();
+    names.sort();
+    names
 }

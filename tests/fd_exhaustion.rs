@@ -1,7 +1,8 @@
 //! Auto-create with the open-file limit exhausted (issue 17): KAFKA_STORAGE_ERROR, no directory
 //! left behind (before, each failed attempt left an empty `*-stray` directory), and auto-create
-//! works again once descriptors free up. The broker runs as a child process whose open-file
-//! limit (soft and hard) is lowered with setrlimit, so the test process keeps its own.
+//! works again once descriptors free up; meanwhile failed accepts back off and are logged at
+//! most once a second. The broker runs as a child process whose open-file limit (soft and hard)
+//! is lowered with setrlimit, so the test process keeps its own.
 
 #![allow(clippy::disallowed_methods)]
 
@@ -36,7 +37,8 @@ impl Drop for Child9 {
     }
 }
 
-fn start(dir: &Path, port: u16) -> Child9 {
+/// Starts the broker with its open-file limit at [`OPEN_FILES`], logging warnings to `log`.
+fn start(dir: &Path, port: u16, log: &Path) -> Child9 {
     let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
     command
         .args(["serve", "--listen"])
@@ -47,8 +49,9 @@ fn start(dir: &Path, port: u16) -> Child9 {
         .args(["--set", "offsets.topic.num.partitions=1"])
         .args(["--set", "remote.log.storage.system.enable=false"])
         .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(std::fs::File::create(log).expect("log file"));
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         command.pre_exec(|| {
@@ -138,12 +141,59 @@ fn left_behind(dir: &Path, topic: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The broker's "accept failed" log lines: for each, the number of failed accepts it stands
+/// for.
+fn accept_failures_logged(log: &Path) -> Vec<u64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("accept failed"))
+        .map(|l| {
+            l.split_once(" errors=")
+                .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok())
+                .unwrap_or(1)
+        })
+        .collect()
+}
+
+/// With no descriptor free, connections wait in the listen backlog and every accept fails
+/// (EMFILE): the broker backs off instead of spinning and logs it at most once a second
+/// (before: ~20 lines a second).
+async fn accept_errors_back_off(pid: u32, addr: &str, fillers: &mut Vec<TcpStream>, log: &Path) {
+    leave_free(pid, addr, fillers, 0).await;
+    let before = accept_failures_logged(log).len();
+    let started = Instant::now();
+    let mut waiting = Vec::new();
+    for _ in 0..10 {
+        waiting.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let logged = accept_failures_logged(log).split_off(before);
+    let window = started.elapsed().as_secs() + 1;
+    let failures: u64 = logged.iter().sum();
+    eprintln!(
+        "{} accept-failure lines for {failures} failures in {:?}",
+        logged.len(),
+        started.elapsed()
+    );
+    assert!(!logged.is_empty(), "accepts failed and were logged");
+    assert!(
+        logged.len() as u64 <= window,
+        "at most one line a second: {logged:?}"
+    );
+    // Backing off from 10 ms, doubling to 1 s: about ten failures in three seconds.
+    assert!(failures <= 30, "backed off, not spinning: {logged:?}");
+    // Their turn comes once descriptors are free (they are accepted and end at once).
+    drop(waiting);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_create_with_descriptors_exhausted_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let port = support::reusable_port();
-    let broker = start(&dir, port);
+    let log = tmp.path().join("broker.log");
+    let broker = start(&dir, port, &log);
     let pid = broker.0.id();
     let addr = format!("127.0.0.1:{port}");
     let mut client = KafkaConn::connect(&addr).await;
@@ -182,6 +232,8 @@ async fn auto_create_with_descriptors_exhausted_leaves_nothing_behind() {
     }
     eprintln!("auto-create with 0..6 descriptors free: {codes:?}");
     assert!(codes.iter().any(|(_, c)| *c == KAFKA_STORAGE_ERROR));
+
+    accept_errors_back_off(pid, &addr, &mut fillers, &log).await;
 
     drop(fillers);
     for (topic, _) in &codes {

@@ -11,7 +11,6 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::*;
 use support::{
     batch, create_topic, metric, now_ms, produce_batch, topic_name, KafkaConn, TestBroker,
@@ -27,6 +26,11 @@ async fn metadata(conn: &mut KafkaConn) -> MetadataResponse {
         .await
 }
 
+/// A Fetch of up to `max_bytes` of partition 0 of `topic` from `offset`, answered at once.
+fn fetch(topic: &str, offset: i64, max_bytes: i32) -> FetchRequest {
+    support::fetch_request(topic, offset, max_bytes, max_bytes, 0, 0)
+}
+
 /// A new connection: Metadata, a produce to `topic` and a fetch that reads it back.
 async fn normal_client(addr: &str, topic: &str) {
     let round_trip = async {
@@ -34,17 +38,9 @@ async fn normal_client(addr: &str, topic: &str) {
         assert_eq!(metadata(&mut conn).await.brokers.len(), 1);
         let (code, offset) = produce_batch(&mut conn, topic, batch(0, 3, now_ms())).await;
         assert_eq!(code, 0, "produce");
-        let request = FetchRequest::default()
-            .with_max_wait_ms(0)
-            .with_max_bytes(1 << 20)
-            .with_isolation_level(1)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(topic_name(topic))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_fetch_offset(offset)
-                    .with_partition_max_bytes(1 << 20)])]);
-        let f: FetchResponse = conn.call(ApiKey::Fetch, 12, &request).await;
+        let f: FetchResponse = conn
+            .call(ApiKey::Fetch, 12, &fetch(topic, offset, 1 << 20))
+            .await;
         let p = &f.responses[0].partitions[0];
         assert_eq!(p.error_code, 0, "fetch");
         assert!(
@@ -196,6 +192,52 @@ async fn idle_and_half_sent_connections_are_closed() {
     broker.running.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed() {
+    let broker = TestBroker::start(&[("connections.max.idle.ms", "2000")]).await;
+    create_topic(&broker.running, "big", &[]).await;
+    // 8 MB in the partition: more than the socket buffers between broker and client hold.
+    let mut producer = KafkaConn::connect(&broker.bootstrap()).await;
+    let value = vec![7u8; 100_000];
+    for _ in 0..10 {
+        let mut b = strata::record::builder::BatchBuilder::new(strata::record::batch::Codec::None);
+        for _ in 0..8 {
+            b.record(now_ms(), None, Some(&value), &[]);
+        }
+        assert_eq!(produce_batch(&mut producer, "big", b.build()).await.0, 0);
+    }
+    // Closed by the client: not counted as idle.
+    drop(producer);
+    // Fetches of all of it whose answers are never read: 64 MB of answers, more than the
+    // broker's socket send buffer grows to (tcp_wmem's largest is 4 MiB by default).
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stalled = socket.connect(broker.running.kafka_addr()).await.unwrap();
+    let mut stalled = KafkaConn::from_stream(stalled);
+    for _ in 0..8 {
+        stalled
+            .send(ApiKey::Fetch, 12, &fetch("big", 0, 64 << 20))
+            .await;
+    }
+    let started = Instant::now();
+    support::eventually("the connection that stopped reading is closed", || async {
+        metric(
+            &broker.running,
+            "strata_connections_closed_total",
+            "reason=\"idle\"",
+        ) == 1.0
+    })
+    .await;
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(1500) && after < Duration::from_secs(10),
+        "closed after {after:?}"
+    );
+    normal_client(&broker.bootstrap(), "big").await;
+    drop(stalled);
+    broker.running.shutdown().await;
+}
+
 async fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket
@@ -204,13 +246,26 @@ async fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
     socket.connect(to).await.unwrap()
 }
 
+/// Connections `running` refused for `reason`.
+fn refused(running: &strata::server::RunningBroker, reason: &str) -> f64 {
+    metric(
+        running,
+        "strata_connections_refused_total",
+        &format!("reason=\"{reason}\""),
+    )
+}
+
 async fn open_connections(running: &strata::server::RunningBroker) -> f64 {
     metric(running, "strata_connections_open", "listener=\"kafka\"")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_cap_refuses_at_once_and_serves_other_addresses() {
-    let broker = TestBroker::start(&[("max.connections.per.ip", "50")]).await;
+    let broker = TestBroker::start(&[
+        ("max.connections.per.ip", "50"),
+        ("max.connections.per.ip.overrides", "127.0.0.5:1"),
+    ])
+    .await;
     let addr = broker.running.kafka_addr();
     let mut held = Vec::new();
     for _ in 0..50 {
@@ -225,17 +280,19 @@ async fn per_ip_cap_refuses_at_once_and_serves_other_addresses() {
         closed_within(over, Duration::from_secs(2)).await,
         "the 51st is closed at once"
     );
-    assert_eq!(
-        metric(
-            &broker.running,
-            "strata_connections_refused_total",
-            "reason=\"max_connections_per_ip\""
-        ),
-        1.0
-    );
+    assert_eq!(refused(&broker.running, "max_connections_per_ip"), 1.0);
     let other = connect_from("127.0.0.2", addr).await;
     let mut other = KafkaConn::from_stream(other);
     assert_eq!(metadata(&mut other).await.brokers.len(), 1);
+    // An address with an override of its own: one connection, not 50.
+    let mut first = KafkaConn::from_stream(connect_from("127.0.0.5", addr).await);
+    assert_eq!(metadata(&mut first).await.brokers.len(), 1);
+    let second = connect_from("127.0.0.5", addr).await;
+    assert!(
+        closed_within(second, Duration::from_secs(2)).await,
+        "the override's second connection is closed at once"
+    );
+    assert_eq!(refused(&broker.running, "max_connections_per_ip"), 2.0);
     drop(held);
     broker.running.shutdown().await;
 }
@@ -258,14 +315,14 @@ async fn total_cap_refuses_at_once_then_serves_again() {
         closed_within(over, Duration::from_secs(2)).await,
         "the 101st is closed at once"
     );
-    assert_eq!(
-        metric(
-            &broker.running,
-            "strata_connections_refused_total",
-            "reason=\"max_connections\""
-        ),
-        1.0
-    );
+    assert_eq!(refused(&broker.running, "max_connections"), 1.0);
+    // Logged (the first refusal always is; later ones at most once a second).
+    let said = support::logged(&[
+        "connection refused",
+        "peer=127.0.0.4:",
+        "reason=\"max_connections\"",
+    ]);
+    assert_eq!(said.len(), 1, "one log line for the refusal: {said:?}");
     drop(held);
     support::eventually("the others are gone", || async {
         open_connections(&broker.running).await == 0.0
@@ -398,5 +455,20 @@ async fn metrics_show_the_limits_at_work() {
         assert!(text.contains(name), "/metrics has {name}");
     }
     assert!(text.contains("listener=\"kafka\"") && text.contains("listener=\"admin\""));
+    // A compressed batch is validated on the CPU pool: its busy time shows.
+    create_topic(&broker.running, "gzip", &[]).await;
+    let mut b = strata::record::builder::BatchBuilder::new(strata::record::batch::Codec::Gzip);
+    b.record(now_ms(), None, Some(b"v"), &[]);
+    let mut conn = KafkaConn::connect(&broker.bootstrap()).await;
+    assert_eq!(produce_batch(&mut conn, "gzip", b.build()).await.0, 0);
+    let (_, text) = support::http_get(&broker.admin(), "/metrics").await;
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("/metrics has {name}"))
+    };
+    assert_eq!(value("strata_request_cpu_job_seconds_count{"), 1.0);
+    assert!(value("strata_request_cpu_job_seconds_sum{") > 0.0);
     broker.running.shutdown().await;
 }

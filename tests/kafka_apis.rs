@@ -17,7 +17,6 @@ use kafka_protocol::messages::delete_records_request::{
 };
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
 };
@@ -30,7 +29,7 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use strata::record::batch::split_batches;
-use support::{batch, now_ms, KafkaConn, TestBroker};
+use support::{batch, fetch_request, now_ms, KafkaConn, TestBroker};
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
@@ -86,27 +85,6 @@ async fn produce(
     let r: ProduceResponse = conn.call(ApiKey::Produce, 9, &request).await;
     let p = &r.responses[0].partition_responses[0];
     (p.error_code, p.base_offset)
-}
-
-fn fetch_request(
-    topic: &str,
-    offset: i64,
-    max_bytes: i32,
-    partition_max: i32,
-    wait_ms: i32,
-    min_bytes: i32,
-) -> FetchRequest {
-    FetchRequest::default()
-        .with_max_wait_ms(wait_ms)
-        .with_min_bytes(min_bytes)
-        .with_max_bytes(max_bytes)
-        .with_isolation_level(1)
-        .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(tn(topic))
-            .with_partitions(vec![FetchPartition::default()
-                .with_fetch_offset(offset)
-                .with_partition_max_bytes(partition_max)])])
 }
 
 async fn list_offset(conn: &mut KafkaConn, topic: &str, timestamp: i64) -> (i16, i64, i64) {

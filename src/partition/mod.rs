@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::config::TopicConfig;
@@ -399,7 +399,10 @@ impl Partition {
     /// Validates and appends the records of one produce request for this partition (leader
     /// only).
     pub async fn append(&self, records: Bytes, now_ms: i64) -> Result<Appended, ProduceError> {
-        let max_batch_bytes = self.read_state().config.max_message_bytes;
+        let (max_batch_bytes, log_append_time) = {
+            let state = self.read_state();
+            (state.config.max_message_bytes, state.config.log_append_time)
+        };
         let limits = ValidationLimits {
             max_batch_bytes: max_batch_bytes.max(0) as usize,
             max_decompressed_bytes: self.max_decompressed,
@@ -412,22 +415,32 @@ impl Partition {
             }
             return Err(ProduceError::BatchCount(batches.len()));
         }
-        // Decompression and validation run on the broker's CPU pool, off the threads that
-        // serve connections (issue 17).
-        let validated = crate::cpu::validate_batch(records.clone(), limits).await?;
-        if validated.header.is_transactional() || validated.header.is_control() {
+        // Decompression, validation and the LogAppendTime stamp (a CRC over the whole batch)
+        // run on the broker's CPU pool, off the threads that serve connections and outside the
+        // partition's lock (issue 17).
+        let stamp = log_append_time.then_some(now_ms);
+        let mut prepared = crate::cpu::prepare_batch(records, limits, stamp).await?;
+        let header = prepared.validated.header;
+        if header.is_transactional() || header.is_control() {
             return Err(ProduceError::Transactional);
         }
-        let mut batch = BytesMut::from(&records[..]);
-        let appended = self.append_validated(&mut batch, &validated.header, now_ms)?;
+        let appended = self.append_validated(
+            &mut prepared.bytes,
+            &header,
+            prepared.log_append_time_ms,
+            now_ms,
+        )?;
         self.maybe_flush(now_ms).await?;
         Ok(appended)
     }
 
+    /// Appends a validated batch, already stamped with `log_append_time_ms` if its topic is
+    /// LogAppendTime.
     fn append_validated(
         &self,
         batch: &mut [u8],
         header: &BatchHeader,
+        log_append_time_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<Appended, ProduceError> {
         let mut state = self.write_state();
@@ -447,10 +460,6 @@ impl Partition {
             }
             SequenceCheck::Append => {}
         }
-        let log_append_time = state.config.log_append_time;
-        if log_append_time {
-            crate::record::batch::set_log_append_time(batch, now_ms);
-        }
         let epoch = state.role.epoch();
         let info = state.log.append(batch, epoch, now_ms)?;
         self.log_end.send_replace(info.last_offset + 1);
@@ -467,7 +476,7 @@ impl Partition {
         Ok(Appended {
             base_offset: info.base_offset,
             last_offset: info.last_offset,
-            log_append_time_ms: if log_append_time { now_ms } else { -1 },
+            log_append_time_ms: log_append_time_ms.unwrap_or(-1),
             log_start_offset,
         })
     }

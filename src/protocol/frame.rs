@@ -9,7 +9,12 @@
 //! requests (Metadata, heartbeats, small produces) never wait for budget that large stalled
 //! frames hold. Waiting for budget is first come, first served (tokio's semaphore is fair),
 //! and, like the whole frame, bounded by `strata.request.read.timeout.ms`, which starts when
-//! the frame's first byte arrives.
+//! the frame's first byte arrives. Each wait is for one read's bytes, never for a frame's
+//! remainder: a waiter at the head of the queue collects budget as it is freed, so waiting for
+//! a remainder would hand a client that sent little a share of the budget for bytes it never
+//! sends. The price: frames that together hold the whole budget, each still short, wait on each
+//! other until the oldest one's read timeout returns its share (Kafka never gets there, because
+//! it reserves a frame's whole size from its length prefix: the lock-out this replaces).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -345,6 +350,52 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(err, FrameError::ReadTimeout(_)), "{err}");
+    }
+
+    /// Whether `reading` is still waiting 50 ms on.
+    async fn still_waits<F: std::future::Future + Unpin>(reading: &mut F) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), reading)
+            .await
+            .is_err()
+    }
+
+    /// Budget goes to the oldest waiter first: a later, smaller frame does not take what is
+    /// free while an older one waits for more, so large frames are never starved by small ones.
+    /// (Each wait is for at most one read's bytes: that is the order kept.)
+    #[tokio::test]
+    async fn waiting_for_budget_is_oldest_first() {
+        use tokio::io::AsyncWriteExt;
+        let b = MemoryBudget::new(200_000);
+        let held = frame_of(READ_BUFFER_BYTES + 100_000);
+        let held = read(&mut &held[..], &b).await.unwrap().unwrap();
+        assert_eq!(b.available(), 100_000);
+        // The older frame needs more than is free; the younger one would fit in it.
+        let (mut older_tx, mut older_rx) = tokio::io::duplex(1 << 20);
+        older_tx
+            .write_all(&frame_of(READ_BUFFER_BYTES + 120_000))
+            .await
+            .unwrap();
+        let older = read_frame(&mut older_rx, 1 << 20, &b, SLOW);
+        tokio::pin!(older);
+        assert!(still_waits(&mut older).await);
+        let younger = frame_of(READ_BUFFER_BYTES + 90_000);
+        let mut younger_rx = &younger[..];
+        let younger = read(&mut younger_rx, &b);
+        tokio::pin!(younger);
+        assert!(
+            still_waits(&mut younger).await,
+            "the younger frame waits behind the older one"
+        );
+        drop(held);
+        let older = older.await.unwrap().unwrap();
+        assert_eq!(older.body.len(), READ_BUFFER_BYTES + 120_000);
+        assert!(
+            still_waits(&mut younger).await,
+            "80 000 bytes left: the younger frame still waits"
+        );
+        drop(older);
+        let younger = younger.await.unwrap().unwrap();
+        assert_eq!(younger.body.len(), READ_BUFFER_BYTES + 90_000);
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 
 use std::io::IoSlice;
 use std::ops::Range;
+use std::time::Duration;
 
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -110,10 +111,13 @@ impl ByteBufMut for SpliceBuf<'_> {
     }
 }
 
-/// Writes `parts` in order with as few `writev` calls as the socket allows.
+/// Writes `parts` in order with as few `writev` calls as the socket allows. Each call must
+/// make progress within `stall`, else the write fails with `TimedOut`: a peer that stops
+/// reading would otherwise hold its connection, and the response, for good.
 pub async fn write_parts<W: AsyncWrite + Unpin>(
     writer: &mut W,
     parts: &[Bytes],
+    stall: Duration,
 ) -> std::io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = parts
         .iter()
@@ -123,7 +127,9 @@ pub async fn write_parts<W: AsyncWrite + Unpin>(
     let mut left = &mut slices[..];
     while !left.is_empty() {
         let n = left.len().min(MAX_IOVECS);
-        let written = writer.write_vectored(&left[..n]).await?;
+        let written = tokio::time::timeout(stall, writer.write_vectored(&left[..n]))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -177,8 +183,20 @@ mod tests {
                 .unwrap();
             got
         });
-        write_parts(&mut a, &parts).await.unwrap();
+        write_parts(&mut a, &parts, Duration::from_secs(30))
+            .await
+            .unwrap();
         drop(a);
         assert_eq!(reader.await.unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_makes_no_progress_times_out() {
+        let (mut a, _unread) = tokio::io::duplex(1000);
+        let parts = [Bytes::from(vec![1u8; 5000])];
+        let err = write_parts(&mut a, &parts, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
     }
 }

@@ -173,7 +173,7 @@ impl Acceptor {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
                     self.backoff = BACKOFF_MIN;
-                    match self.caps.admit(peer.ip()) {
+                    match self.caps.admit(client_ip(peer)) {
                         Ok(slot) => return (stream, peer, slot),
                         Err(reason) => self.refuse(stream, peer, reason),
                     }
@@ -208,6 +208,13 @@ impl Acceptor {
         // client sees the connection end instead of waiting in a queue.
         drop(stream);
     }
+}
+
+/// The address a client's connections are counted under. An IPv4 client of a dual-stack
+/// listener arrives as `::ffff:a.b.c.d`: counted (and matched against the overrides) as the
+/// IPv4 address it is.
+fn client_ip(peer: SocketAddr) -> IpAddr {
+    peer.ip().to_canonical()
 }
 
 /// What the open-file limit was and is after [`raise_open_file_limit`].
@@ -263,6 +270,14 @@ mod tests {
         drop(a1);
         assert_eq!(caps.open(), 3);
         let _a3 = caps.admit(a).unwrap();
+    }
+
+    #[test]
+    fn ipv4_clients_of_a_dual_stack_listener_count_as_ipv4() {
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:9000".parse().unwrap();
+        assert_eq!(client_ip(mapped), "127.0.0.1".parse::<IpAddr>().unwrap());
+        let v6: SocketAddr = "[::1]:9000".parse().unwrap();
+        assert_eq!(client_ip(v6), "::1".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -25,7 +25,8 @@ use crate::protocol::splice::write_parts;
 pub struct Limits {
     /// socket.request.max.bytes.
     pub max_frame: usize,
-    /// connections.max.idle.ms: no complete request for this long closes the connection.
+    /// connections.max.idle.ms: no complete request for this long, or a response that makes
+    /// no progress for this long, closes the connection.
     pub idle: Duration,
     /// strata.request.read.timeout.ms: a frame begun longer ago than this closes it.
     pub read_timeout: Duration,
@@ -79,9 +80,20 @@ pub async fn serve(
         drop(frame);
         match response {
             Ok(parts) => {
-                if let Err(e) = write_parts(&mut writer, &parts).await {
-                    tracing::debug!(%peer, error = %e, "connection write failed");
-                    break;
+                // A response that makes no progress for connections.max.idle.ms closes the
+                // connection, as an idle one (Kafka counts a channel idle while nothing moves
+                // on it either way).
+                match write_parts(&mut writer, &parts, limits.idle).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        tracing::debug!(%peer, "closing connection: its response made no progress");
+                        metrics::counter!("strata_connections_closed_total", "listener" => "kafka", "reason" => "idle").increment(1);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "connection write failed");
+                        break;
+                    }
                 }
             }
             Err(()) => break,

@@ -65,14 +65,69 @@ pub async fn start_node_in(dir: &Path, node_id: i32, settings: &[(&str, &str)]) 
     strata::server::start(config).await.expect("broker starts")
 }
 
+/// Logs to the test's output (`RUST_LOG` filters, default warn), and keeps every warning and
+/// error for [`logged`], whatever `RUST_LOG` says.
 pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let output = tracing_subscriber::fmt::layer()
+        .with_test_writer()
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
+        );
+    let kept = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(|| KeptLine(Vec::new()))
+        .with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+    let _ = tracing_subscriber::registry()
+        .with(output)
+        .with(kept)
         .try_init();
+}
+
+/// Warning and error lines logged in this test process, newest last (the tests of one binary
+/// share a process under `cargo test`: look for what only your test logs).
+static LOGGED: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+const LOGGED_LINES: usize = 10_000;
+
+/// One log line being formatted; kept when the formatter is done with it.
+struct KeptLine(Vec<u8>);
+
+impl std::io::Write for KeptLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for KeptLine {
+    fn drop(&mut self) {
+        let line = String::from_utf8_lossy(&self.0).trim_end().to_string();
+        let mut logged = LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+        if logged.len() == LOGGED_LINES {
+            logged.pop_front();
+        }
+        logged.push_back(line);
+    }
+}
+
+/// The warning or error lines logged so far (since [`init_logging`]) that contain every one
+/// of `parts`.
+pub fn logged(parts: &[&str]) -> Vec<String> {
+    LOGGED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|line| parts.iter().all(|p| line.contains(p)))
+        .cloned()
+        .collect()
 }
 
 /// A raw Kafka connection for protocol-level tests: message types from kafka-protocol.
@@ -112,9 +167,32 @@ impl KafkaConn {
         R: kafka_protocol::protocol::Encodable,
         S: kafka_protocol::protocol::Decodable,
     {
-        use kafka_protocol::messages::{RequestHeader, ResponseHeader};
-        use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use kafka_protocol::messages::ResponseHeader;
+        use kafka_protocol::protocol::Decodable;
+        use tokio::io::AsyncReadExt;
+        self.send(api, version, request).await;
+        let len = self.stream.read_i32().await.expect("response length");
+        let mut body = vec![0u8; len as usize];
+        self.stream.read_exact(&mut body).await.unwrap();
+        let mut body = bytes::Bytes::from(body);
+        let header =
+            ResponseHeader::decode(&mut body, api.response_header_version(version)).unwrap();
+        assert_eq!(header.correlation_id, self.correlation_id);
+        S::decode(&mut body, version).expect("decodable response")
+    }
+
+    /// Sends `request` at `version` and leaves its response unread.
+    pub async fn send<R>(
+        &mut self,
+        api: kafka_protocol::messages::ApiKey,
+        version: i16,
+        request: &R,
+    ) where
+        R: kafka_protocol::protocol::Encodable,
+    {
+        use kafka_protocol::messages::RequestHeader;
+        use kafka_protocol::protocol::{Encodable, StrBytes};
+        use tokio::io::AsyncWriteExt;
         self.correlation_id += 1;
         let header = RequestHeader::default()
             .with_request_api_key(api as i16)
@@ -131,14 +209,6 @@ impl KafkaConn {
             .await
             .unwrap();
         self.stream.write_all(&buf).await.unwrap();
-        let len = self.stream.read_i32().await.expect("response length");
-        let mut body = vec![0u8; len as usize];
-        self.stream.read_exact(&mut body).await.unwrap();
-        let mut body = bytes::Bytes::from(body);
-        let header =
-            ResponseHeader::decode(&mut body, api.response_header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, self.correlation_id);
-        S::decode(&mut body, version).expect("decodable response")
     }
 }
 
@@ -296,6 +366,29 @@ pub fn topic_name(v: &str) -> kafka_protocol::messages::TopicName {
 }
 
 /// Produces one batch to partition 0 with acks=-1; returns (error code, base offset).
+/// A Fetch (v4+ fields) of partition 0 of `topic` from `offset`, read committed.
+pub fn fetch_request(
+    topic: &str,
+    offset: i64,
+    max_bytes: i32,
+    partition_max: i32,
+    wait_ms: i32,
+    min_bytes: i32,
+) -> kafka_protocol::messages::FetchRequest {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    kafka_protocol::messages::FetchRequest::default()
+        .with_max_wait_ms(wait_ms)
+        .with_min_bytes(min_bytes)
+        .with_max_bytes(max_bytes)
+        .with_isolation_level(1)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name(topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(partition_max)])])
+}
+
 pub async fn produce_batch(conn: &mut KafkaConn, topic: &str, records: Vec<u8>) -> (i16, i64) {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};

@@ -8,10 +8,14 @@ use std::path::Path;
 /// leaves either the old or the new content, never a torn file.
 pub fn write_atomic(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    {
-        let mut file = File::create(&tmp)?;
+    let written = File::create(&tmp).and_then(|mut file| {
         file.write_all(body)?;
-        file.sync_all()?;
+        file.sync_all()
+    });
+    if let Err(e) = written {
+        // A full disk leaves no half-written temp file behind.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
     fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {

@@ -99,6 +99,57 @@ async fn each_broker_offloads_exactly_the_partitions_it_leads() {
         assert!(own > 0, "broker {id} leads partitions with data");
         assert_eq!(offloaded_segments(&cluster, id), own, "broker {id}");
     }
+
+    // Three replicas: only the leader offloads; the followers learn its manifest versions
+    // from their fetches and apply local retention to what they cover.
+    let overrides = BTreeMap::from([
+        ("segment.bytes".to_string(), "1024".to_string()),
+        ("local.retention.ms".to_string(), "0".to_string()),
+    ]);
+    cluster
+        .broker(1)
+        .broker
+        .create_topic("replicated", 1, 3, &overrides, false)
+        .await
+        .unwrap();
+    let leader =
+        cluster.broker(1).broker.metadata().view().topics["replicated"].partitions[0].leader;
+    let led = cluster.broker(leader).broker.clone();
+    support::eventually("the leader leads", || {
+        let p = led
+            .topic("replicated")
+            .and_then(|t| t.partition(0).cloned());
+        async move { p.is_some_and(|p| p.role().is_leader()) }
+    })
+    .await;
+    let p = led
+        .topic("replicated")
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .clone();
+    for i in 0..20 {
+        let batch = support::batch(i * 50, 50, support::now_ms());
+        p.append(bytes::Bytes::from(batch), support::now_ms())
+            .await
+            .unwrap();
+    }
+    for id in (1..=3).filter(|id| *id != leader) {
+        let broker = cluster.broker(id).broker.clone();
+        support::eventually(
+            "a follower's local log starts past offloaded segments",
+            || {
+                let p = broker
+                    .topic("replicated")
+                    .and_then(|t| t.partition(0).cloned());
+                async move {
+                    p.is_some_and(|p| p.local_log_start_offset() > 0 && p.log_end_offset() == 1000)
+                }
+            },
+        )
+        .await;
+    }
+    drop((led, p));
     cluster.stop_all().await;
 }
 

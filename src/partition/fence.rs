@@ -39,6 +39,8 @@ pub(super) struct RemoteSlot {
     fenced_epoch: watch::Sender<i32>,
     /// The epoch a fencing task is running for (-1: none), so passes start no second one.
     fencing: Mutex<i32>,
+    /// As a follower: the manifest version the leader last said it holds.
+    pub(super) leader_manifest: std::sync::atomic::AtomicU64,
 }
 
 impl RemoteSlot {
@@ -52,6 +54,7 @@ impl RemoteSlot {
             retired: std::sync::atomic::AtomicBool::new(false),
             fenced_epoch: watch::Sender::new(-1),
             fencing: Mutex::new(-1),
+            leader_manifest: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -126,6 +126,8 @@ pub enum ReplicaAnswer {
         high_watermark: i64,
         log_start_offset: i64,
         log_end_offset: i64,
+        /// The manifest version this leader holds (0: none), for followers' local retention.
+        manifest_version: u64,
     },
     /// The follower's log diverges: truncate to `end_offset`, the leader's end of `epoch`
     /// (the largest epoch not above the follower's last), then fetch again (KIP-320).
@@ -191,7 +193,55 @@ impl Partition {
             high_watermark: self.high_watermark(),
             log_start_offset: state.log_start(),
             log_end_offset: log_end,
+            manifest_version: state.manifest.version,
         })
+    }
+}
+
+/// How an acks=all wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acked {
+    Replicated,
+    /// The ISR fell below min.insync.replicas: NOT_ENOUGH_REPLICAS_AFTER_APPEND.
+    NotEnoughReplicas {
+        isr: usize,
+        min: usize,
+    },
+    /// This broker stopped leading the partition first: NOT_LEADER_OR_FOLLOWER.
+    NotLeader,
+    TimedOut,
+}
+
+impl Partition {
+    /// (ISR size, min.insync.replicas) while this broker leads; `None` otherwise.
+    pub fn in_sync(&self) -> Option<(usize, usize)> {
+        let state = self.read_state();
+        match &state.role {
+            Role::Leader { isr, .. } => Some((isr.len(), state.config.min_insync_replicas)),
+            Role::Follower { .. } => None,
+        }
+    }
+
+    /// Waits until the high watermark passes `last_offset` (acks=all), up to `timeout`, or
+    /// until the ISR falls below min.insync.replicas or this broker stops leading (woken by
+    /// role changes too).
+    pub async fn wait_replicated(&self, last_offset: i64, timeout: std::time::Duration) -> Acked {
+        let mut hw = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if *hw.borrow_and_update() > last_offset {
+                return Acked::Replicated;
+            }
+            match self.in_sync() {
+                None => return Acked::NotLeader,
+                Some((isr, min)) if isr < min => return Acked::NotEnoughReplicas { isr, min },
+                Some(_) => {}
+            }
+            match tokio::time::timeout_at(deadline, hw.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Acked::TimedOut,
+            }
+        }
     }
 }
 

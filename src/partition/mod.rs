@@ -45,6 +45,7 @@ use crate::record::{BatchError, BatchHeader};
 use crate::tiering::manifest::Committed;
 use crate::tiering::tier::RemoteTier;
 use fence::RemoteSlot;
+pub use follower::Acked;
 use producer::{ProducerStates, SequenceCheck, SequenceError};
 pub use read::{ColdRead, Isolation, OffsetSpec, Read, ReadError, Snapshot};
 pub use role::{Role, RoleError};
@@ -69,20 +70,6 @@ pub enum ProduceError {
     Role(#[from] RoleError),
     #[error("storage: {0}")]
     Storage(#[from] LogError),
-}
-
-/// How an acks=all wait ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Acked {
-    Replicated,
-    /// The ISR fell below min.insync.replicas: NOT_ENOUGH_REPLICAS_AFTER_APPEND.
-    NotEnoughReplicas {
-        isr: usize,
-        min: usize,
-    },
-    /// This broker stopped leading the partition first: NOT_LEADER_OR_FOLLOWER.
-    NotLeader,
-    TimedOut,
 }
 
 /// What a successful append returns to the producer.
@@ -333,37 +320,6 @@ impl Partition {
     /// A receiver that changes whenever the high watermark moves (long-poll fetches wait on it).
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.high_watermark.subscribe()
-    }
-
-    /// (ISR size, min.insync.replicas) while this broker leads; `None` otherwise.
-    pub fn in_sync(&self) -> Option<(usize, usize)> {
-        let state = self.read_state();
-        match &state.role {
-            Role::Leader { isr, .. } => Some((isr.len(), state.config.min_insync_replicas)),
-            Role::Follower { .. } => None,
-        }
-    }
-
-    /// Waits until the high watermark passes `last_offset` (acks=all), up to `timeout`, or
-    /// until the ISR falls below min.insync.replicas or this broker stops leading (woken by
-    /// role changes too).
-    pub async fn wait_replicated(&self, last_offset: i64, timeout: std::time::Duration) -> Acked {
-        let mut hw = self.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if *hw.borrow_and_update() > last_offset {
-                return Acked::Replicated;
-            }
-            match self.in_sync() {
-                None => return Acked::NotLeader,
-                Some((isr, min)) if isr < min => return Acked::NotEnoughReplicas { isr, min },
-                Some(_) => {}
-            }
-            match tokio::time::timeout_at(deadline, hw.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return Acked::TimedOut,
-            }
-        }
     }
 
     /// A receiver that changes whenever the log end moves (replica fetches wait on it).

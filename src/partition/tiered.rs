@@ -123,6 +123,36 @@ impl Partition {
         outcome
     }
 
+    /// As a follower: the manifest version the leader's last fetch answer named.
+    pub fn note_leader_manifest(&self, version: u64) {
+        if let Some(slot) = &self.remote {
+            slot.leader_manifest
+                .fetch_max(version, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// A follower's tiering pass: when its leader named a newer manifest version, that version
+    /// is loaded (one GET) and adopted, and local retention applied to what it covers, so
+    /// followers' disks stay within local.retention.* too. Returns segments deleted.
+    pub async fn follower_tier_pass(&self, now_ms: i64) -> Result<usize, TierError> {
+        let Some(slot) = self.remote.as_ref().filter(|_| self.is_tiered()) else {
+            return Ok(0);
+        };
+        if self.role().is_leader() {
+            return Ok(0);
+        }
+        let named = slot
+            .leader_manifest
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if named > self.read_state().manifest.version {
+            let rl = self.remote_log().await?;
+            let committed = rl.load_version(named).await?;
+            self.adopt(committed).await;
+        }
+        let committed = self.read_state().manifest.clone();
+        Ok(self.apply_local_retention(&committed, now_ms).await?)
+    }
+
     /// Offloads the sealed segments below the high watermark not yet in the manifest (a
     /// segment the remote log ends inside, from there), oldest first; returns how many. Refused (and counted) unless this broker leads at `epoch`.
     async fn offload_segments(

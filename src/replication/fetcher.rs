@@ -116,9 +116,14 @@ impl Fetcher {
         let p = &self.partition;
         let now_ms = crate::clock::Clock::System.now_ms();
         match header {
-            AnswerHeader::Records { high_watermark, .. } => {
+            AnswerHeader::Records {
+                high_watermark,
+                manifest_version,
+                ..
+            } => {
                 p.append_as_follower(&records, self.epoch, high_watermark, now_ms)
                     .map_err(|e| e.to_string())?;
+                p.note_leader_manifest(manifest_version);
                 Ok(None)
             }
             AnswerHeader::Diverging { epoch, end_offset } => {

@@ -7,9 +7,8 @@
 //! partition): the request is JSON ([`FetchRequest`]); the answer is a `u32` BE length, a JSON
 //! [`AnswerHeader`], then the records exactly as the leader stores them.
 //!
-//! Not yet here: the ISR's shrink and expand through the controller, acks=all waiting on the
-//! high watermark, elections, and the broker starting fetchers on its follower roles (replicas
-//! above 1 are still refused at creation).
+//! The broker starts a fetcher per followed partition (`broker/replicas.rs`); ISR changes and
+//! elections go through the controller (`metadata/quorum/isr.rs`, `elections.rs`).
 
 pub mod fetcher;
 pub mod service;
@@ -44,6 +43,9 @@ pub enum AnswerHeader {
         high_watermark: i64,
         log_start_offset: i64,
         log_end_offset: i64,
+        /// The leader's committed manifest version (KIP-405's remote log metadata, in short).
+        #[serde(default)]
+        manifest_version: u64,
     },
     Diverging {
         epoch: i32,
@@ -98,6 +100,7 @@ mod tests {
             high_watermark: 7,
             log_start_offset: 0,
             log_end_offset: 9,
+            manifest_version: 3,
         };
         let body = encode_answer(&header, b"batches");
         assert_eq!(

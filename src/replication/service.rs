@@ -131,11 +131,13 @@ fn split(answer: ReplicaAnswer) -> (AnswerHeader, Bytes) {
             high_watermark,
             log_start_offset,
             log_end_offset,
+            manifest_version,
         } => (
             AnswerHeader::Records {
                 high_watermark,
                 log_start_offset,
                 log_end_offset,
+                manifest_version,
             },
             records,
         ),

@@ -171,7 +171,12 @@ impl ManifestStore {
         let Some(&newest) = self.versions().await?.last() else {
             return Ok(Committed::nothing());
         };
-        let path = self.path(newest);
+        self.get(newest).await
+    }
+
+    /// Manifest `version` (one GET): what a follower loads when its leader names it.
+    pub async fn get(&self, version: u64) -> Result<Committed, LoadError> {
+        let path = self.path(version);
         let body = self.store.get(&path).await?;
         let manifest: Manifest =
             serde_json::from_slice(&body).map_err(|e| LoadError::Unreadable {

@@ -135,6 +135,21 @@ impl RemoteLog {
     }
 
     /// Re-reads the newest manifest (after losing a commit race, or taking over as leader).
+    /// Adopts manifest `version` (one GET) when it is newer than the cached one: a follower
+    /// learns versions from its leader's fetch answers, so it never LISTs.
+    pub async fn load_version(&self, version: u64) -> Result<Committed, LoadError> {
+        if version <= self.manifest().version {
+            return Ok(self.manifest());
+        }
+        let m = self.manifests.get(version).await?;
+        let mut current = self.manifest.write().expect("manifest lock");
+        if m.version > current.version {
+            *current = m;
+        }
+        drop(current);
+        Ok(self.manifest())
+    }
+
     pub async fn refresh(&self) -> Result<Committed, LoadError> {
         let m = self.manifests.latest().await?;
         *self.manifest.write().expect("manifest lock") = m;

@@ -92,8 +92,15 @@ impl Tiering {
         };
         let mut offloaded = 0;
         for p in host.partitions() {
-            // Only the leader tiers (invariant 1; the partition also refuses a follower).
-            if !p.is_tiered() || !p.role().is_leader() || self.tier.is_fenced(&p.topic) {
+            if !p.is_tiered() || self.tier.is_fenced(&p.topic) {
+                continue;
+            }
+            // Only the leader tiers (invariant 1; the partition also refuses a follower); a
+            // follower follows its leader's manifest and applies local retention to it.
+            if !p.role().is_leader() {
+                if let Err(e) = p.follower_tier_pass(now).await {
+                    tracing::warn!(topic = p.topic, partition = p.index, error = %e, "a follower's local retention failed; will retry");
+                }
                 continue;
             }
             // A partition whose manifest did not load at start (store unreachable then) and

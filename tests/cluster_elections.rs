@@ -79,15 +79,7 @@ fn counter(cluster: &TestCluster, id: i32, name: &str) -> f64 {
 async fn offline_until_unclean_then_the_preferred_leader_returns() {
     let _one = cluster_support::ONE_CLUSTER.lock().await;
     // Voters 1-3 keep the quorum; the partition lives on 4 (a learner) and 1.
-    let mut cluster = TestCluster::new(
-        4,
-        &[
-            ("broker.heartbeat.interval.ms", "300"),
-            ("broker.session.timeout.ms", "1500"),
-            ("replica.lag.time.max.ms", "2000"),
-            ("replica.fetch.wait.max.ms", "100"),
-        ],
-    );
+    let mut cluster = TestCluster::new(4, &cluster_support::FAST_FAILOVER);
     cluster.seeds.truncate(3);
     cluster.start_all().await;
     cluster

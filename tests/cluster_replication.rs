@@ -80,6 +80,22 @@ fn gauge(cluster: &TestCluster, id: i32, name: &str) -> f64 {
         .unwrap_or(-1.0)
 }
 
+/// An idempotent acks=all librdkafka producer bootstrapped from all three brokers.
+fn idempotent_producer(cluster: &TestCluster, message_timeout_ms: &str) -> FutureProducer {
+    let bootstrap = (1..=3)
+        .map(|id| cluster.kafka_addr(id))
+        .collect::<Vec<_>>()
+        .join(",");
+    ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", message_timeout_ms)
+        .create()
+        .unwrap()
+}
+
 async fn produce(producer: &FutureProducer, from: usize, n: usize) {
     let sends = (from..from + n).map(|i| {
         let producer = producer.clone();
@@ -102,31 +118,12 @@ async fn produce(producer: &FutureProducer, from: usize, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rf3_acks_all_survives_a_stopped_follower_and_a_stopped_leader() {
     let _one = cluster_support::ONE_CLUSTER.lock().await;
-    let mut cluster = TestCluster::new(
-        3,
-        &[
-            ("broker.heartbeat.interval.ms", "300"),
-            ("broker.session.timeout.ms", "1500"),
-            ("replica.lag.time.max.ms", "2000"),
-            ("replica.fetch.wait.max.ms", "100"),
-        ],
-    );
+    let mut cluster = TestCluster::new(3, &cluster_support::FAST_FAILOVER);
     cluster.start_all().await;
     assert_eq!(create_topic(&cluster.kafka_addr(1), "r3", 1, 3).await, 0);
     let (leader, isr) = partition_zero(&cluster, 1, "r3").await;
     assert_eq!(isr, [1, 2, 3]);
-    let bootstrap = (1..=3)
-        .map(|id| cluster.kafka_addr(id))
-        .collect::<Vec<_>>()
-        .join(",");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "60000")
-        .create()
-        .unwrap();
+    let producer = idempotent_producer(&cluster, "60000");
     produce(&producer, 0, 2000).await;
 
     // Every replica holds the same batches once the high watermark reached them.
@@ -288,30 +285,17 @@ async fn controlled_shutdown_of_each_broker_in_turn_fails_no_send() {
     let mut cluster = TestCluster::new(
         3,
         &[
-            ("broker.heartbeat.interval.ms", "300"),
-            ("broker.session.timeout.ms", "1500"),
-            ("replica.lag.time.max.ms", "2000"),
-            ("replica.fetch.wait.max.ms", "100"),
-            ("min.insync.replicas", "2"),
-        ],
+            &cluster_support::FAST_FAILOVER[..],
+            &[("min.insync.replicas", "2")],
+        ]
+        .concat(),
     );
     cluster.start_all().await;
     assert_eq!(
         create_topic(&cluster.kafka_addr(1), "rolling", 3, 3).await,
         0
     );
-    let bootstrap = (1..=3)
-        .map(|id| cluster.kafka_addr(id))
-        .collect::<Vec<_>>()
-        .join(",");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "15000")
-        .create()
-        .unwrap();
+    let producer = idempotent_producer(&cluster, "15000");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = tokio::spawn({
         let (producer, stop) = (producer.clone(), stop.clone());

@@ -381,7 +381,28 @@ impl Broker {
     /// At start: every partition held here takes the role and epoch the metadata gives it (a
     /// restarted broker's partitions were led at an older epoch, or by another broker, meanwhile).
     pub async fn adopt_roles(&self) {
+        for (topic, p, ps) in self.held_with_state() {
+            if let Err(e) = self
+                .take_role(&p, ps.leader, ps.leader_epoch, ps.isr.clone())
+                .await
+            {
+                tracing::error!(topic = topic.name, partition = p.index, error = %e, "could not take the role the metadata gives");
+            }
+        }
+        self.refresh_led();
+    }
+
+    /// Every partition held here, with its topic and its state in the metadata (a topic of
+    /// the same name but another id is not ours).
+    pub(super) fn held_with_state(
+        &self,
+    ) -> Vec<(
+        Arc<Topic>,
+        Arc<crate::partition::Partition>,
+        crate::metadata::quorum::state::PartitionState,
+    )> {
         let view = self.metadata.view();
+        let mut held = Vec::new();
         for topic in self.topics() {
             let Some(state) = view
                 .topics
@@ -391,18 +412,12 @@ impl Broker {
                 continue;
             };
             for p in &topic.partitions {
-                let Some(ps) = state.partitions.get(p.index as usize) else {
-                    continue;
-                };
-                if let Err(e) = self
-                    .take_role(p, ps.leader, ps.leader_epoch, ps.isr.clone())
-                    .await
-                {
-                    tracing::error!(topic = topic.name, partition = p.index, error = %e, "could not take the role the metadata gives");
+                if let Some(ps) = state.partitions.get(p.index as usize) {
+                    held.push((topic.clone(), p.clone(), ps.clone()));
                 }
             }
         }
-        self.refresh_led();
+        held
     }
 
     /// Opens a topic's partitions (new ones beyond `existing`) on a blocking thread, and starts

@@ -20,48 +20,36 @@ impl Broker {
         let Some(broker_epoch) = self.metadata.broker_epoch() else {
             return;
         };
-        let (view, me) = (self.metadata.view(), self.node_id());
-        for topic in self.topics() {
+        let me = self.node_id();
+        for (topic, p, ps) in self.held_with_state() {
             if !topic.config.unclean_leader_election {
                 continue;
             }
-            let Some(state) = view
-                .topics
-                .get(&topic.name)
-                .filter(|t| t.record.id == topic.id)
-            else {
+            let log_end = p.log_end_offset();
+            if ps.leader != NO_LEADER || ps.unclean_candidates.get(&me) == Some(&log_end) {
                 continue;
+            }
+            let candidate = UncleanCandidate {
+                topic: topic.name.clone(),
+                partition: p.index,
+                broker: me,
+                broker_epoch,
+                log_end,
             };
-            for p in &topic.partitions {
-                let Some(ps) = state.partitions.get(p.index as usize) else {
-                    continue;
-                };
-                let log_end = p.log_end_offset();
-                if ps.leader != NO_LEADER || ps.unclean_candidates.get(&me) == Some(&log_end) {
-                    continue;
-                }
-                let candidate = UncleanCandidate {
-                    topic: topic.name.clone(),
-                    partition: p.index,
-                    broker: me,
-                    broker_epoch,
-                    log_end,
-                };
-                match self.metadata.unclean_candidate(candidate).await {
-                    Ok(Some(leader)) => {
-                        metrics::counter!("strata_unclean_leader_elections_total").increment(1);
-                        tracing::warn!(
+            match self.metadata.unclean_candidate(candidate).await {
+                Ok(Some(leader)) => {
+                    metrics::counter!("strata_unclean_leader_elections_total").increment(1);
+                    tracing::warn!(
                             topic = topic.name,
                             partition = p.index,
                             leader,
                             "unclean leader election: no in-sync replica was live; records only the old ISR had are lost"
                         );
-                        self.apply_pending().await;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::info!(topic = topic.name, partition = p.index, error = %e, "unclean candidate refused")
-                    }
+                    self.apply_pending().await;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::info!(topic = topic.name, partition = p.index, error = %e, "unclean candidate refused")
                 }
             }
         }

@@ -21,6 +21,15 @@ use strata::store::Store;
 
 use crate::support::{topic_name, KafkaConn};
 
+/// Failure detection fast enough for tests (issue B's values): a silent broker is fenced
+/// within 1.5 s, a lagging follower leaves the ISR within 2 s.
+pub const FAST_FAILOVER: [(&str, &str); 4] = [
+    ("broker.heartbeat.interval.ms", "300"),
+    ("broker.session.timeout.ms", "1500"),
+    ("replica.lag.time.max.ms", "2000"),
+    ("replica.fetch.wait.max.ms", "100"),
+];
+
 /// Held by each multi-broker test: one cluster at a time in this process.
 pub static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

@@ -1,7 +1,7 @@
 //! Elections by the controller's state machine (`elections.rs`).
 use std::collections::BTreeMap;
 
-use super::super::state::{Command, Outcome, Refusal};
+use super::super::state::{registration, Command, Outcome, Refusal};
 use super::*;
 
 /// Three registered brokers (epochs 1, 2, 3) and topic `t`: one partition on [1, 2, 3], led
@@ -9,17 +9,7 @@ use super::*;
 fn three_replicas() -> ClusterState {
     let mut state = ClusterState::default();
     for id in 1..=3 {
-        state.apply(
-            id as u64,
-            Command::RegisterBroker {
-                id,
-                host: "127.0.0.1".into(),
-                port: 9000 + id,
-                peer: format!("127.0.0.1:{}", 9100 + id),
-                rack: None,
-                incarnation: uuid::Uuid::new_v4(),
-            },
-        );
+        state.apply(id as u64, registration(id));
     }
     state.apply(
         4,
@@ -67,17 +57,7 @@ fn fencing_moves_leadership_to_a_live_isr_member_and_keeps_a_sole_one() {
 fn a_restarted_incarnation_leaves_only_the_isrs_it_shares() {
     let mut state = three_replicas();
     let before = state.topics["t"].partitions[0].clone();
-    state.apply(
-        5,
-        Command::RegisterBroker {
-            id: 1,
-            host: "127.0.0.1".into(),
-            port: 9001,
-            peer: "127.0.0.1:9101".into(),
-            rack: None,
-            incarnation: uuid::Uuid::new_v4(),
-        },
-    );
+    state.apply(5, registration(1));
     let p = &state.topics["t"].partitions[0];
     assert_eq!((p.leader, p.isr.clone()), (2, vec![2, 3]));
     assert_eq!(p.leader_epoch, before.leader_epoch + 1);
@@ -92,17 +72,7 @@ fn unclean_election_waits_for_every_live_replica_and_picks_the_longest_log() {
     assert_eq!(state.topics["t"].partitions[0].isr, [1]);
     // 2 and 3 come back (not in the ISR): the partition stays offline, clean.
     for (index, id) in [(8, 2), (9, 3)] {
-        state.apply(
-            index,
-            Command::RegisterBroker {
-                id,
-                host: "127.0.0.1".into(),
-                port: 9000 + id,
-                peer: format!("127.0.0.1:{}", 9100 + id),
-                rack: None,
-                incarnation: uuid::Uuid::new_v4(),
-            },
-        );
+        state.apply(index, registration(id));
     }
     assert_eq!(state.topics["t"].partitions[0].leader, NO_LEADER);
     // A fenced broker's report is refused; one live report is not enough.
@@ -152,17 +122,7 @@ fn preferred_leaders_return_when_live_and_in_sync() {
     );
     assert!(changes.is_empty());
     // Back, and in the ISR again (its leader's AlterPartition): the preferred replica leads.
-    state.apply(
-        7,
-        Command::RegisterBroker {
-            id: 1,
-            host: "127.0.0.1".into(),
-            port: 9001,
-            peer: "127.0.0.1:9101".into(),
-            rack: None,
-            incarnation: uuid::Uuid::new_v4(),
-        },
-    );
+    state.apply(7, registration(1));
     state.topics.get_mut("t").unwrap().partitions[0].isr = vec![2, 3, 1];
     let (outcome, changes) = state.apply(8, Command::ElectPreferred { partitions: None });
     assert_eq!(

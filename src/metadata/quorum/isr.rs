@@ -110,23 +110,13 @@ impl ClusterState {
 
 #[cfg(test)]
 mod tests {
-    use super::super::state::{Command, NO_LEADER};
+    use super::super::state::{registration, Command, NO_LEADER};
     use super::*;
 
     fn state() -> ClusterState {
         let mut state = ClusterState::default();
         for id in 1..=3 {
-            state.apply(
-                id as u64,
-                Command::RegisterBroker {
-                    id,
-                    host: "h".into(),
-                    port: 9000,
-                    peer: String::new(),
-                    rack: None,
-                    incarnation: uuid::Uuid::new_v4(),
-                },
-            );
+            state.apply(id as u64, registration(id));
         }
         let record = crate::metadata::local::new_topic("t", 1, Default::default());
         state.apply(

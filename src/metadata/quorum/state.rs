@@ -535,6 +535,19 @@ fn leadership(topic: &str, first: i32, partitions: &[PartitionState]) -> Vec<Cha
         .collect()
 }
 
+/// A registration of broker `id` as a new incarnation (tests of the state machine).
+#[cfg(test)]
+pub(super) fn registration(id: i32) -> Command {
+    Command::RegisterBroker {
+        id,
+        host: "127.0.0.1".into(),
+        port: 9000 + id,
+        peer: format!("127.0.0.1:{}", 9100 + id),
+        rack: None,
+        incarnation: Uuid::new_v4(),
+    }
+}
+
 #[cfg(test)]
 #[path = "state_tests.rs"]
 mod tests;

@@ -2,17 +2,7 @@
 use super::*;
 
 fn register(state: &mut ClusterState, index: u64, id: i32) {
-    state.apply(
-        index,
-        Command::RegisterBroker {
-            id,
-            host: "127.0.0.1".into(),
-            port: 9000 + id,
-            peer: format!("127.0.0.1:{}", 9100 + id),
-            rack: None,
-            incarnation: Uuid::new_v4(),
-        },
-    );
+    state.apply(index, registration(id));
 }
 
 fn topic(name: &str, partitions: i32) -> TopicRecord {

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Replication cost (cluster issue B), on three release broker processes on loopback (the
+# README's "Three brokers on one machine", file:// bucket), one client (strata-bench, 1 KiB
+# records, 6 partitions, acks=all):
+#   - max produce MB/s and the three brokers' CPU seconds per GiB produced, RF 1 against RF 3
+#     (min.insync.replicas 2);
+#   - follower lag while producing at RATE MB/s (default 50): the leaders' max lag in records
+#     and ms (strata_replica_max_lag_*), sampled every 100 ms, p50/p99/max;
+#   - full catch-up of an emptied replica: one broker stopped, its partition directories
+#     removed (metadata kept), restarted; MB/s until every ISR is whole again.
+#
+#   infra/bench/replication.sh            # RECORDS=300000 RATE=50
+#
+# Bounded: every wait has a deadline, the brokers are killed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+records=${RECORDS:-300000}
+rate=${RATE:-50}
+base=${STRATA_BENCH_PORT:-40092}
+
+echo "== build" >&2
+cargo build --release --features bench --bins >&2
+bin=$CARGO_TARGET_DIR/release
+work=$(mktemp -d "${STRATA_BENCH_DIR:-/tmp}/strata-repl.XXXXXX")
+declare -A pid
+cleanup() {
+  for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$bin/strata" cluster init-ca --out "$work/ca" >/dev/null
+for id in 1 2 3; do
+  "$bin/strata" cluster issue --ca "$work/ca" --node-id "$id" --out "$work/node-$id" >/dev/null
+done
+kafka() { echo "127.0.0.1:$((base + ($1 - 1) * 10))"; }
+admin() { echo "127.0.0.1:$((base + ($1 - 1) * 10 + 2))"; }
+seeds="1@127.0.0.1:$((base + 1)),2@127.0.0.1:$((base + 11)),3@127.0.0.1:$((base + 21))"
+start() {
+  local id=$1 off=$((($1 - 1) * 10))
+  : >"$work/out-$id"
+  "$bin/strata" serve --node-id "$id" --listen "$(kafka "$id")" \
+    --peer-listen "127.0.0.1:$((base + off + 1))" --admin-listen "$(admin "$id")" \
+    --data-dir "$work/data-$id" --seeds "$seeds" --peer-tls-dir "$work/node-$id" \
+    --object-store "file://$work/objects" >"$work/out-$id" 2>"$work/log-$id" &
+  pid[$id]=$!
+}
+ready() {
+  for _ in $(seq 1 600); do
+    grep -q "strata ready" "$work/out-$1" && return 0
+    sleep 0.1
+  done
+  echo "broker $1 not ready; log:" >&2
+  tail -20 "$work/log-$1" >&2
+  exit 1
+}
+for id in 1 2 3; do start "$id"; done
+for id in 1 2 3; do ready "$id"; done
+bootstrap="$(kafka 1),$(kafka 2),$(kafka 3)"
+
+cpu_ticks() {
+  local total=0
+  for id in 1 2 3; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/${pid[$id]}/stat")))
+  done
+  echo "$total"
+}
+hz=$(getconf CLK_TCK)
+
+whole_isrs() {
+  "$bin/strata" topic --bootstrap "$(kafka 1)" describe --under-replicated | grep -q "under-replicated" && return 1
+  return 0
+}
+wait_whole() {
+  for _ in $(seq 1 1200); do
+    whole_isrs && return 0
+    sleep 0.1
+  done
+  echo "ISRs did not become whole" >&2
+  exit 1
+}
+
+produce() { # topic rf min_isr
+  "$bin/strata" topic --bootstrap "$(kafka 1)" create "$1" --partitions 6 \
+    --replication-factor "$2" --config "min.insync.replicas=$3" >/dev/null
+  wait_whole
+  local t0 c0 c1
+  c0=$(cpu_ticks)
+  "$bin/strata-bench" produce --bootstrap "$bootstrap" --topic "$1" --records "$records" \
+    --partitions 6 --acks all --json --max-seconds 240 | tail -1 >"$work/$1.json"
+  c1=$(cpu_ticks)
+  echo "$(( c1 - c0 ))" >"$work/$1.cpu"
+}
+
+echo "== produce RF 1" >&2
+produce t-rf1 1 1
+echo "== produce RF 3" >&2
+produce t-rf3 3 2
+
+echo "== lag at $rate MB/s" >&2
+"$bin/strata" topic --bootstrap "$(kafka 1)" create t-lag --partitions 6 \
+  --replication-factor 3 --config min.insync.replicas=2 >/dev/null
+wait_whole
+: >"$work/lag.samples"
+(
+  while :; do
+    for id in 1 2 3; do
+      curl -s "http://$(admin "$id")/metrics" |
+        awk '/^strata_replica_max_lag_(records|ms)/ {printf "%s %s ", $1, $2} END {print ""}'
+    done >>"$work/lag.samples"
+    sleep 0.1
+  done
+) &
+sampler=$!
+lag_records=$(( rate * 1000000 * 20 / 1024 ))
+"$bin/strata-bench" produce --bootstrap "$bootstrap" --topic t-lag --records "$lag_records" \
+  --partitions 6 --acks 1 --rate "$rate" --json --max-seconds 120 | tail -1 >"$work/lag.json"
+kill "$sampler" 2>/dev/null || true
+wait "$sampler" 2>/dev/null || true
+
+echo "== catch-up of an emptied replica" >&2
+kill -9 "${pid[3]}"
+wait "${pid[3]}" 2>/dev/null || true
+bytes=$(du -sb "$work/data-3/topics" | cut -f1)
+rm -rf "$work/data-3/topics"
+t0=$(date +%s.%N)
+start 3
+ready 3
+sleep 1
+wait_whole
+t1=$(date +%s.%N)
+
+WORK=$work HZ=$hz BYTES=$bytes T0=$t0 T1=$t1 RECORDS=$records RATE=$rate python3 - <<'PY'
+import json, os, re
+w = os.environ["WORK"]
+hz = int(os.environ["HZ"])
+def load(name):
+    return json.load(open(os.path.join(w, name + ".json")))
+for topic, label in (("t-rf1", "RF 1"), ("t-rf3", "RF 3, min ISR 2")):
+    r = load(topic)
+    p = r["produce"]
+    gib = p["bytes"] / 2**30
+    cpu = int(open(os.path.join(w, topic + ".cpu")).read()) / hz
+    lat = r.get("produce_latency") or {}
+    print(f"{label}: {p['mb_per_s']:.1f} MB/s, brokers' CPU {cpu:.1f} s = {cpu / gib:.2f} s/GiB, "
+          f"ack p50 {lat.get('p50_us', 0) / 1000:.1f} ms p99 {lat.get('p99_us', 0) / 1000:.1f} ms")
+recs, mss = [], []
+for line in open(os.path.join(w, "lag.samples")):
+    best_r = best_m = 0.0
+    for name, value in re.findall(r"(strata_replica_max_lag_\w+)\S* (\S+)", line):
+        if name.endswith("records"):
+            best_r = max(best_r, float(value))
+        else:
+            best_m = max(best_m, float(value))
+    recs.append(best_r)
+    mss.append(best_m)
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))] if xs else float("nan")
+lag = load("lag")["produce"]
+print(f"lag at {lag['mb_per_s']:.1f} MB/s (asked {os.environ['RATE']}): {len(recs)} samples; max lag records "
+      f"p50 {pct(recs, .5):.0f} p99 {pct(recs, .99):.0f} max {max(recs or [0]):.0f}; "
+      f"ms p50 {pct(mss, .5):.0f} p99 {pct(mss, .99):.0f} max {max(mss or [0]):.0f}")
+b, t = int(os.environ["BYTES"]), float(os.environ["T1"]) - float(os.environ["T0"])
+print(f"catch-up of an emptied replica: {b / 1e6:.0f} MB in {t:.1f} s (start included) = {b / 1e6 / t:.1f} MB/s")
+PY

@@ -69,8 +69,8 @@ cpu_ticks() {
 hz=$(getconf CLK_TCK)
 
 whole_isrs() {
-  "$bin/strata" topic --bootstrap "$(kafka 1)" describe --under-replicated | grep -q "under-replicated" && return 1
-  return 0
+  "$bin/strata" topic --bootstrap "$(kafka 1)" describe --under-replicated >"$work/urp" || return 1
+  ! grep -q "under-replicated" "$work/urp"
 }
 wait_whole() {
   for _ in $(seq 1 1200); do

@@ -34,6 +34,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A command-line tool ends quietly when its reader goes (`strata topic describe |
+        // head`), as Unix tools do, instead of panicking on EPIPE. The broker keeps Rust's
+        // ignored SIGPIPE: a client closing its socket is an error on that socket only.
+        // SAFETY: restores a signal's default disposition before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     strata::telemetry::init_tracing();
     // The one TLS provider (PITFALLS: rustls panics on first use when two are compiled in and
     // none is installed); the peer endpoint also names it explicitly.

@@ -15,7 +15,7 @@ use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 
-use cluster_support::{metadata, TestCluster};
+use cluster_support::{leader_and_isr, TestCluster};
 use support::{topic_name, KafkaConn};
 
 /// One batch of `n` records to u-0 at `addr` with `acks`; the error code.
@@ -35,11 +35,7 @@ async fn produce(addr: &str, acks: i16, n: usize) -> i16 {
 
 /// (leader, ISR sorted) of u-0 as broker `id` has it.
 async fn state(cluster: &TestCluster, id: i32) -> (i32, Vec<i32>) {
-    let m = metadata(&cluster.kafka_addr(id), Some("u")).await;
-    let p = &m.topics[0].partitions[0];
-    let mut isr: Vec<i32> = p.isr_nodes.iter().map(|b| b.0).collect();
-    isr.sort_unstable();
-    (p.leader_id.0, isr)
+    leader_and_isr(&cluster.kafka_addr(id), "u").await
 }
 
 /// ElectLeaders of u-0 through broker `id`: the partition's error code.

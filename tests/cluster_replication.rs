@@ -17,15 +17,11 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 
-use cluster_support::{create_topic, metadata, TestCluster};
+use cluster_support::{create_topic, leader_and_isr, metadata, TestCluster};
 
 /// (leader, ISR) of partition 0 of `topic` as broker `id` has it.
 async fn partition_zero(cluster: &TestCluster, id: i32, topic: &str) -> (i32, Vec<i32>) {
-    let m = metadata(&cluster.kafka_addr(id), Some(topic)).await;
-    let p = &m.topics[0].partitions[0];
-    let mut isr: Vec<i32> = p.isr_nodes.iter().map(|b| b.0).collect();
-    isr.sort_unstable();
-    (p.leader_id.0, isr)
+    leader_and_isr(&cluster.kafka_addr(id), topic).await
 }
 
 /// One raw batch to r3-0 at `addr` with `acks`; the error code.
@@ -170,10 +166,7 @@ async fn rf3_acks_all_survives_a_stopped_follower_and_a_stopped_leader() {
     cluster.start(follower).await;
     support::eventually("the follower rejoins the ISR", || {
         let addr = cluster.kafka_addr(watcher);
-        async move {
-            let m = metadata(&addr, Some("r3")).await;
-            m.topics[0].partitions[0].isr_nodes.len() == 3
-        }
+        async move { leader_and_isr(&addr, "r3").await.1.len() == 3 }
     })
     .await;
 
@@ -240,9 +233,7 @@ async fn rf3_acks_all_survives_a_stopped_follower_and_a_stopped_leader() {
     support::eventually("a new leader", || {
         let addr = cluster.kafka_addr(survivor);
         async move {
-            let l = metadata(&addr, Some("r3")).await.topics[0].partitions[0]
-                .leader_id
-                .0;
+            let l = leader_and_isr(&addr, "r3").await.0;
             l >= 0 && l != leader
         }
     })

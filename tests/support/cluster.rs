@@ -169,6 +169,18 @@ pub async fn metadata(addr: &str, topic: Option<&str>) -> MetadataResponse {
     conn.call(ApiKey::Metadata, 12, &request).await
 }
 
+/// (leader, ISR sorted) of partition 0 of `topic` as the broker at `addr` has it;
+/// (-2, []) while that broker has not applied the topic (its Metadata lists no partition).
+pub async fn leader_and_isr(addr: &str, topic: &str) -> (i32, Vec<i32>) {
+    let m = metadata(addr, Some(topic)).await;
+    let Some(p) = m.topics.first().and_then(|t| t.partitions.first()) else {
+        return (-2, Vec::new());
+    };
+    let mut isr: Vec<i32> = p.isr_nodes.iter().map(|b| b.0).collect();
+    isr.sort_unstable();
+    (p.leader_id.0, isr)
+}
+
 /// CreateTopics of one topic; its error code.
 pub async fn create_topic(addr: &str, name: &str, partitions: i32, rf: i16) -> i16 {
     let mut conn = KafkaConn::connect(addr).await;

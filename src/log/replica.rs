@@ -1,6 +1,8 @@
 //! The follower's side of the log (replication): batches appended exactly as the leader stored
-//! them. Divergent tails are cut with [`Log::truncate_to`] (`retention.rs`).
+//! them. Divergent tails are cut with [`Log::truncate_to`] (`retention.rs`); a replica whose
+//! log end is below the leader's local log start restarts empty there ([`Log::restart_at`]).
 
+use super::epoch_cache::EpochCache;
 use super::{AppendInfo, Log, LogError};
 use crate::record::batch::check_crc;
 
@@ -31,5 +33,29 @@ impl Log {
             )));
         }
         self.write(batch, &header, now_ms)
+    }
+
+    /// Kafka's `truncateFullyAndStartAt`: every batch dropped and the log restarted empty at
+    /// `offset` (above or below the old end), with the epoch cache replaced by `epochs`, the
+    /// leader's entries for what lies below `offset` (KIP-405's follower restart). Durable
+    /// before returning, like a truncation.
+    pub fn restart_at(&mut self, offset: i64, epochs: Vec<(i32, i64)>) -> Result<(), LogError> {
+        self.replace_segments_with_empty(offset)?;
+        self.epochs = EpochCache::new(Vec::new());
+        self.epochs_generation += 1;
+        self.persist_log_start_now()?;
+        self.settle_cut()?;
+        // After the cut (which drops epochs starting at the log end): the epoch holding
+        // `offset` starts there, with no batch yet, as after a leader's `assign_epoch`.
+        // (Assigned one by one: entries out of order are dropped, as a leader's never are.)
+        let mut cache = EpochCache::new(Vec::new());
+        for (epoch, start) in epochs {
+            cache.assign(epoch, start);
+        }
+        cache.truncate_from_start(offset);
+        cache.truncate_from_end(offset + 1);
+        self.epochs = cache;
+        self.persist_epochs_now()?;
+        Ok(())
     }
 }

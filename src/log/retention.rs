@@ -199,13 +199,7 @@ impl Log {
             return Ok(());
         }
         if offset < self.log_start {
-            let fresh = Segment::create(&self.dir, offset.max(0), 0)?;
-            for seg in std::mem::replace(&mut self.segments, vec![fresh]) {
-                if seg.base != offset.max(0) {
-                    seg.delete_files()?;
-                }
-            }
-            self.log_start = offset.max(0);
+            self.replace_segments_with_empty(offset.max(0))?;
             self.epochs.truncate_from_start(self.log_start);
             self.epochs_generation += 1;
             self.persist_log_start_now()?;
@@ -217,6 +211,25 @@ impl Log {
             }
             self.active_mut().truncate_to(offset)?;
         }
+        self.settle_cut()
+    }
+
+    /// Every segment replaced by one empty segment at `offset`, which becomes the log start
+    /// (memory and files; the caller persists the start and the epoch cache).
+    pub(super) fn replace_segments_with_empty(&mut self, offset: i64) -> Result<(), LogError> {
+        let fresh = Segment::create(&self.dir, offset, 0)?;
+        for seg in std::mem::replace(&mut self.segments, vec![fresh]) {
+            if seg.base != offset {
+                seg.delete_files()?;
+            }
+        }
+        self.log_start = offset;
+        Ok(())
+    }
+
+    /// After a cut of the log's tail: the cut made durable (files, directory, epoch cache,
+    /// recovery point) and recorded for readers holding positions past it.
+    pub(super) fn settle_cut(&mut self) -> Result<(), LogError> {
         self.dir_generation += 1;
         let log_end = self.log_end_offset();
         for file in self.active().files() {

@@ -3,6 +3,7 @@
 //! keeps it (so a new leader deduplicates retries at once) and the high watermark the leader
 //! sent; a divergent tail is cut together with producer state and epoch cache (KIP-101/279).
 
+use super::producer::ProducerStates;
 use super::role::RoleError;
 use super::{Partition, Role};
 use crate::log::LogError;
@@ -32,6 +33,16 @@ impl Partition {
         self.follower_check(&state.role, epoch)?;
         let (batches, _) = split_batches(records);
         let mut result = Ok(());
+        if let Some((first, _)) = batches.first() {
+            let (start, end) = (state.log.log_start_offset(), state.log.log_end_offset());
+            if start == end && first.base_offset < end && first.last_offset() >= end {
+                // An empty log restarted inside a batch (the leader's log start, moved there
+                // by DeleteRecords): start at the batch's base instead, as Kafka does on its
+                // UnexpectedAppendOffsetException; the leader's start is followed after.
+                let epochs = state.log.epoch_entries();
+                state.log.restart_at(first.base_offset, epochs)?;
+            }
+        }
         for (header, range) in &batches {
             if let Err(e) = state.log.append_replicated(&records[range.clone()], now_ms) {
                 result = Err(e);
@@ -73,6 +84,54 @@ impl Partition {
             "truncated a divergent tail"
         );
         Ok(())
+    }
+
+    /// KIP-405's follower restart: the leader's local log starts at `offset`, above this
+    /// log's end (an emptied disk, or down past local retention) and what lies below is in
+    /// the object store (or gone, OFFSET_OUT_OF_RANGE below the leader's log start). The log
+    /// restarts empty at `offset` with the leader's epoch entries below it and its producer
+    /// state as of `offset`, persisted as this partition's producer snapshot, so a later
+    /// leadership deduplicates retries of producers last seen below `offset`. The high
+    /// watermark is `offset` (the leader's is at least that). Blocking (fsyncs).
+    pub fn restart_as_follower(
+        &self,
+        offset: i64,
+        epochs: Vec<(i32, i64)>,
+        producers: ProducerStates,
+        epoch: i32,
+    ) -> Result<(), FollowerError> {
+        let mut state = self.write_state();
+        self.follower_check(&state.role, epoch)?;
+        let (start, end) = (state.log.log_start_offset(), state.log.log_end_offset());
+        state.log.restart_at(offset, epochs)?;
+        state.producers = producers;
+        super::producer::write_snapshot(state.log.dir(), offset, &state.producers)
+            .map_err(LogError::Io)?;
+        self.log_end.send_replace(offset);
+        self.high_watermark.send_replace(offset);
+        tracing::info!(
+            partition = self.name(),
+            offset,
+            dropped = %format!("[{start}, {end})"),
+            "restarted the log at the leader's local log start"
+        );
+        Ok(())
+    }
+
+    /// The leader's log start moved above this replica's (DeleteRecords, retention, the group
+    /// coordinator's snapshots): this log's start follows, up to its own end. Returns whether
+    /// it moved.
+    pub async fn follow_leader_log_start(&self, leader_start: i64) -> Result<bool, LogError> {
+        let (start, end) = {
+            let state = self.read_state();
+            (state.log.log_start_offset(), state.log.log_end_offset())
+        };
+        let target = leader_start.min(end);
+        if target <= start || self.role().is_leader() {
+            return Ok(false);
+        }
+        self.cut_local_start(target).await?;
+        Ok(true)
     }
 
     /// The epoch first (KIP-320), then the role: a leader at the same epoch follows no one.
@@ -133,8 +192,14 @@ pub enum ReplicaAnswer {
     /// (the largest epoch not above the follower's last), then fetch again (KIP-320).
     Diverging { epoch: i32, end_offset: i64 },
     /// The fetch offset is below the leader's local log: what is below `local_log_start` is
-    /// only in the object store (OFFSET_MOVED_TO_TIERED_STORAGE, KIP-405).
-    MovedToTieredStorage { local_log_start: i64 },
+    /// only in the object store (OFFSET_MOVED_TO_TIERED_STORAGE, KIP-405). The follower
+    /// restarts its log there with what the leader sends of its state at that offset (its
+    /// epoch entries up to it, its producer state cut there).
+    MovedToTieredStorage {
+        local_log_start: i64,
+        epochs: Vec<(i32, i64)>,
+        producers: ProducerStates,
+    },
     /// Outside [log start, log end] and not in the object store: OFFSET_OUT_OF_RANGE.
     OutOfRange { log_start: i64, log_end: i64 },
 }
@@ -163,8 +228,17 @@ impl Partition {
         if fetch.fetch_offset < local_start || fetch.fetch_offset > log_end {
             let log_start = state.log_start();
             if fetch.fetch_offset >= log_start && fetch.fetch_offset < local_start {
+                let mut producers = state.producers.clone();
+                producers.truncate(local_start);
                 return Ok(ReplicaAnswer::MovedToTieredStorage {
                     local_log_start: local_start,
+                    epochs: state
+                        .log
+                        .epoch_entries()
+                        .into_iter()
+                        .filter(|&(_, start)| start <= local_start)
+                        .collect(),
+                    producers,
                 });
             }
             return Ok(ReplicaAnswer::OutOfRange { log_start, log_end });

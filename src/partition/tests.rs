@@ -408,3 +408,164 @@ async fn a_broker_partition_opens_at_its_checkpointed_high_watermark_until_it_le
         drop(p);
     }
 }
+
+/// Three records from producer `pid` at sequence `seq`.
+fn from_producer(pid: i64, seq: i32) -> Bytes {
+    let mut b = BatchBuilder::new(Codec::None);
+    b.producer(pid, 0, seq);
+    for r in 0..3 {
+        b.record(1_000 + r, Some(b"k"), Some(b"v"), &[]);
+    }
+    Bytes::from(b.build())
+}
+
+#[tokio::test]
+async fn an_emptied_follower_restarts_at_the_leaders_local_start_with_its_producers() {
+    use super::follower::{ReplicaAnswer, ReplicaFetch};
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let tiered = config(&[("segment.bytes", "1024"), ("local.retention.ms", "1000")]);
+    let leader = Arc::new(
+        Partition::open(ld.path(), "t", 0, tiered.clone(), &context(Some(memory_tier())), 0)
+            .unwrap(),
+    );
+    // Producer 8's batches end up offloaded and gone from the leader's disk.
+    for seq in (0..60).step_by(3) {
+        leader.append(from_producer(8, seq), 1_000).await.unwrap();
+    }
+    for i in 0..30 {
+        let mut b = BatchBuilder::new(Codec::None);
+        b.record(2_000 + i, None, Some(b"a value that fills segments"), &[]);
+        leader.append(Bytes::from(b.build()), 1_000).await.unwrap();
+    }
+    leader.become_leader(1, vec![1]).await.unwrap();
+    leader.activate();
+    let pass = TierPass {
+        now_ms: 1_000_000,
+        row_group_bytes: 1 << 20,
+        max_upload: std::time::Duration::from_secs(60),
+    };
+    assert!(leader.tier_pass(&pass).await.unwrap() >= 3);
+    let local_start = leader.local_log_start_offset();
+    assert!(local_start > 60, "{local_start}");
+    assert_eq!(leader.log_start_offset(), 0);
+
+    // An empty follower fetches from 0: OFFSET_MOVED_TO_TIERED_STORAGE, with the leader's
+    // epoch entry and producer state at its local start.
+    let fetch = |offset, last_epoch| ReplicaFetch {
+        fetch_offset: offset,
+        last_fetched_epoch: last_epoch,
+        current_leader_epoch: 1,
+        max_bytes: 1 << 20,
+        broker_epoch: 5,
+    };
+    let ReplicaAnswer::MovedToTieredStorage {
+        local_log_start,
+        epochs,
+        producers,
+    } = leader.replica_fetch(2, &fetch(0, -1), 0).unwrap()
+    else {
+        panic!("moved to tiered storage")
+    };
+    assert_eq!(local_log_start, local_start);
+    assert_eq!(epochs, vec![(0, local_start)]);
+    assert_eq!(producers.len(), 1);
+
+    let follower_context = PartitionContext {
+        node_id: 2,
+        ..context(None)
+    };
+    let follower = Partition::open(fd.path(), "t", 0, tiered.clone(), &follower_context, 0)
+        .unwrap();
+    follower.become_follower(1, 1).await.unwrap();
+    follower
+        .restart_as_follower(local_log_start, epochs, producers, 1)
+        .unwrap();
+    assert_eq!(
+        (follower.local_log_start_offset(), follower.log_end_offset()),
+        (local_start, local_start)
+    );
+    assert_eq!(follower.high_watermark(), local_start);
+    assert_eq!(follower.last_epoch(), 0);
+    // It fetches on from there without diverging, and ends like the leader.
+    let ReplicaAnswer::Records { records, .. } = leader
+        .replica_fetch(2, &fetch(local_start, follower.last_epoch()), 0)
+        .unwrap()
+    else {
+        panic!("records")
+    };
+    let end = follower
+        .append_as_follower(&records, 1, leader.high_watermark(), 1_000)
+        .unwrap();
+    assert_eq!(end, leader.log_end_offset());
+
+    // Reopened and promoted, it still knows producer 8: a retry of its last batch is a
+    // duplicate at its original offset, below the local start.
+    follower.close().unwrap();
+    let follower = Arc::new(
+        Partition::open(fd.path(), "t", 0, tiered, &follower_context, 0).unwrap(),
+    );
+    assert_eq!(follower.local_log_start_offset(), local_start);
+    follower.become_leader(2, vec![2]).await.unwrap();
+    let retried = follower.append(from_producer(8, 57), 1_000).await.unwrap();
+    assert_eq!(retried.base_offset, 57);
+    assert_eq!(follower.log_end_offset(), end);
+}
+
+#[tokio::test]
+async fn a_follower_below_the_leaders_log_start_starts_there_even_inside_a_batch() {
+    use super::follower::{ReplicaAnswer, ReplicaFetch};
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Arc::new(
+        Partition::open(ld.path(), "t", 0, config(&[]), &context(None), 0).unwrap(),
+    );
+    for seq in (0..15).step_by(3) {
+        leader.append(from_producer(7, seq), 1_000).await.unwrap();
+    }
+    // DeleteRecords to 7, inside the batch [6, 8].
+    assert_eq!(leader.delete_records_before(7).await.unwrap(), 7);
+    let fetch = |offset, last_epoch| ReplicaFetch {
+        fetch_offset: offset,
+        last_fetched_epoch: last_epoch,
+        current_leader_epoch: 0,
+        max_bytes: 1 << 20,
+        broker_epoch: 5,
+    };
+    assert_eq!(
+        leader.replica_fetch(2, &fetch(0, -1), 0).unwrap(),
+        ReplicaAnswer::OutOfRange {
+            log_start: 7,
+            log_end: 15
+        }
+    );
+    let follower_context = PartitionContext {
+        node_id: 2,
+        ..context(None)
+    };
+    let follower =
+        Partition::open(fd.path(), "t", 0, config(&[]), &follower_context, 0).unwrap();
+    follower.become_follower(1, 0).await.unwrap();
+    follower
+        .restart_as_follower(7, Vec::new(), Default::default(), 0)
+        .unwrap();
+    let ReplicaAnswer::Records {
+        records,
+        log_start_offset,
+        ..
+    } = leader.replica_fetch(2, &fetch(7, -1), 0).unwrap()
+    else {
+        panic!("records")
+    };
+    // The answer starts with the batch holding 7: the empty log restarts at its base, then
+    // follows the leader's start.
+    follower
+        .append_as_follower(&records, 0, leader.high_watermark(), 1_000)
+        .unwrap();
+    assert_eq!(follower.log_end_offset(), 15);
+    assert!(follower.follow_leader_log_start(log_start_offset).await.unwrap());
+    assert_eq!(follower.local_log_start_offset(), 7);
+    assert_eq!(
+        follower.read_local(7, 1 << 20).unwrap(),
+        leader.read_local(7, 1 << 20).unwrap()
+    );
+    assert!(!follower.follow_leader_log_start(7).await.unwrap());
+}

@@ -119,32 +119,46 @@ impl Fetcher {
             AnswerHeader::Records {
                 high_watermark,
                 manifest_version,
+                log_start_offset,
                 ..
             } => {
                 p.append_as_follower(&records, self.epoch, high_watermark, now_ms)
                     .map_err(|e| e.to_string())?;
                 p.note_leader_manifest(manifest_version);
+                p.follow_leader_log_start(log_start_offset)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok(None)
             }
             AnswerHeader::Diverging { epoch, end_offset } => {
                 tracing::info!(partition = %format!("{}-{}", p.topic, p.index), epoch, end_offset, log_end = p.log_end_offset(), "the leader's log diverges from ours; truncating");
-                let (partition, ours) = (p.clone(), self.epoch);
-                crate::telemetry::spawn_blocking(move || {
-                    partition.truncate_as_follower(end_offset.max(0), ours)
-                })
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+                self.truncate(end_offset.max(0)).await?;
                 Ok(None)
             }
-            AnswerHeader::MovedToTieredStorage { local_log_start } => Err(format!(
-                "the leader's local log starts at {local_log_start}, above our end {}: restarting from the object store is not built yet",
-                p.log_end_offset()
-            )),
-            AnswerHeader::OutOfRange { log_start, log_end } => Err(format!(
-                "our log end {} is outside the leader's log [{log_start}, {log_end}]",
-                p.log_end_offset()
-            )),
+            AnswerHeader::MovedToTieredStorage {
+                local_log_start,
+                epochs,
+                producers,
+            } => {
+                metrics::counter!("strata_replica_fetch_moved_to_tiered_total").increment(1);
+                self.restart(local_log_start, epochs, producers).await?;
+                Ok(None)
+            }
+            AnswerHeader::OutOfRange { log_start, log_end } => {
+                let end = p.log_end_offset();
+                if end > log_end {
+                    // Ahead of the leader's end with no divergence found (an unclean
+                    // election): cut to it (Kafka's handleOutOfRangeError).
+                    self.truncate(log_end).await?;
+                } else {
+                    // Below the leader's log start (down through DeleteRecords or retention
+                    // of an untiered log): what we miss is gone; start where the leader does.
+                    tracing::info!(partition = %format!("{}-{}", p.topic, p.index), log_end = end, leader_log_start = log_start, "our log end is below the leader's log start");
+                    self.restart(log_start, Vec::new(), Default::default())
+                        .await?;
+                }
+                Ok(None)
+            }
             AnswerHeader::Error { code, message } => {
                 use kafka_protocol::error::ResponseError as E;
                 if code == E::FencedLeaderEpoch.code() {
@@ -158,5 +172,30 @@ impl Fetcher {
                 Err(format!("error {code}: {message}"))
             }
         }
+    }
+
+    /// The log cut to `offset` (a blocking fsync, off the runtime).
+    async fn truncate(&self, offset: i64) -> Result<(), String> {
+        let (partition, ours) = (self.partition.clone(), self.epoch);
+        crate::telemetry::spawn_blocking(move || partition.truncate_as_follower(offset, ours))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// The log restarted empty at `offset` (a blocking fsync, off the runtime).
+    async fn restart(
+        &self,
+        offset: i64,
+        epochs: Vec<(i32, i64)>,
+        producers: crate::partition::producer::ProducerStates,
+    ) -> Result<(), String> {
+        let (partition, ours) = (self.partition.clone(), self.epoch);
+        crate::telemetry::spawn_blocking(move || {
+            partition.restart_as_follower(offset, epochs, producers, ours)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
     }
 }

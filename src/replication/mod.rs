@@ -51,8 +51,15 @@ pub enum AnswerHeader {
         epoch: i32,
         end_offset: i64,
     },
+    /// OFFSET_MOVED_TO_TIERED_STORAGE, with the leader's state at its local log start: its
+    /// epoch entries up to it and its producer state cut there (KIP-405's auxiliary state,
+    /// sent by the leader rather than uploaded with each file; `tiering/manifest.rs`).
     MovedToTieredStorage {
         local_log_start: i64,
+        #[serde(default)]
+        epochs: Vec<(i32, i64)>,
+        #[serde(default)]
+        producers: crate::partition::producer::ProducerStates,
     },
     OutOfRange {
         log_start: i64,

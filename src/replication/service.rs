@@ -144,8 +144,16 @@ fn split(answer: ReplicaAnswer) -> (AnswerHeader, Bytes) {
         ReplicaAnswer::Diverging { epoch, end_offset } => {
             (AnswerHeader::Diverging { epoch, end_offset }, Bytes::new())
         }
-        ReplicaAnswer::MovedToTieredStorage { local_log_start } => (
-            AnswerHeader::MovedToTieredStorage { local_log_start },
+        ReplicaAnswer::MovedToTieredStorage {
+            local_log_start,
+            epochs,
+            producers,
+        } => (
+            AnswerHeader::MovedToTieredStorage {
+                local_log_start,
+                epochs,
+                producers,
+            },
             Bytes::new(),
         ),
         ReplicaAnswer::OutOfRange { log_start, log_end } => (

@@ -7,6 +7,11 @@
 //! manifest carries the epoch of the leader that wrote it, and a leader never commits over a
 //! manifest written at a newer epoch (fencing). Old versions are garbage-collected, keeping the
 //! last few for readers that listed just before.
+//!
+//! KIP-405's auxiliary state (the epoch entries and producer state at a file's end) is not
+//! uploaded with the files: a follower restarting at its leader's local log start gets both
+//! from the leader with OFFSET_MOVED_TO_TIERED_STORAGE (`replication/mod.rs`), and the Parquet
+//! rows keep each record's producer id, epoch and sequence.
 
 use std::ops::Deref;
 use std::sync::Arc;

@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cluster_support::{create_topic, leaders, metadata, TestCluster};
+use cluster_support::{create_topic, leader_and_isr, leaders, metadata, TestCluster};
 
 /// `strata_tier_offloaded_segments_total{topic="tiered"}` in one broker's metrics.
 fn offloaded_segments(cluster: &TestCluster, id: i32) -> u64 {
@@ -149,7 +149,48 @@ async fn each_broker_offloads_exactly_the_partitions_it_leads() {
         )
         .await;
     }
-    drop((led, p));
+
+    // A follower whose partition directory is emptied (its metadata kept) restarts at the
+    // leader's local log start (OFFSET_MOVED_TO_TIERED_STORAGE, counted), catches up and
+    // rejoins the ISR; a consumer from offset 0 reads every record, cold and hot.
+    let leader_start = p.local_log_start_offset();
+    assert!(leader_start > 0);
+    let wiped = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.stop(wiped).await;
+    let dir = cluster.nodes[(wiped - 1) as usize].dir.join("topics");
+    std::fs::remove_dir_all(dir.join("replicated-0")).unwrap();
+    cluster.start(wiped).await;
+    let broker = cluster.broker(wiped).broker.clone();
+    support::eventually(
+        "the emptied follower restarts at the leader's local start",
+        || {
+            let p = broker
+                .topic("replicated")
+                .and_then(|t| t.partition(0).cloned());
+            async move {
+                p.is_some_and(|p| {
+                    p.local_log_start_offset() >= leader_start && p.log_end_offset() == 1000
+                })
+            }
+        },
+    )
+    .await;
+    assert!(
+        support::metric(
+            cluster.broker(wiped),
+            "strata_replica_fetch_moved_to_tiered_total",
+            ""
+        ) >= 1.0
+    );
+    support::eventually("the emptied follower rejoins the ISR", || {
+        let addr = cluster.kafka_addr(leader);
+        async move { leader_and_isr(&addr, "replicated").await.1.len() == 3 }
+    })
+    .await;
+    let mut conn = support::KafkaConn::connect(&cluster.kafka_addr(leader)).await;
+    let offsets = support::read_offsets(&mut conn, "replicated", 0, 1000).await;
+    assert_eq!(offsets, (0..1000).collect::<Vec<i64>>());
+    drop((led, p, broker));
     cluster.stop_all().await;
 }
 

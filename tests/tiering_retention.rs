@@ -18,61 +18,23 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::*;
 use strata::clock::Clock;
-use strata::record::batch::split_batches;
 use strata::server::RunningBroker;
 use strata::store::Store;
 use strata::tiering::manifest::Manifest;
 use strata::tiering::remote::TierError;
-use support::{delete_records, eventually, metric, produce_batch, topic_name, KafkaConn};
+use support::{
+    delete_records, eventually, fetch_batches as fetch, metric, produce_batch,
+    read_offsets as read_all, topic_name, KafkaConn,
+};
 
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 const KAFKA_STORAGE_ERROR: i16 = 56;
 
 async fn start(dir: &Path, settings: &[(&str, &str)], clock: Clock) -> RunningBroker {
     support::start_on(dir, settings, clock, None).await
-}
-
-/// One fetch at `offset`: (error code, log start offset, batches as (base, last offset)).
-async fn fetch(conn: &mut KafkaConn, topic: &str, offset: i64) -> (i16, i64, Vec<(i64, i64)>) {
-    let request = FetchRequest::default()
-        .with_max_wait_ms(0)
-        .with_max_bytes(1 << 20)
-        .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(topic_name(topic))
-            .with_partitions(vec![FetchPartition::default()
-                .with_fetch_offset(offset)
-                .with_partition_max_bytes(1 << 20)])]);
-    let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &request).await;
-    let p = &r.responses[0].partitions[0];
-    let records = p.records.clone().unwrap_or_default();
-    let (batches, whole) = split_batches(&records);
-    assert_eq!(whole, records.len(), "a torn batch");
-    let batches = batches
-        .iter()
-        .map(|(h, _)| (h.base_offset, h.last_offset()))
-        .collect();
-    (p.error_code, p.log_start_offset, batches)
-}
-
-/// Every offset from `from` to the high watermark, by fetching (hot and cold).
-async fn read_all(conn: &mut KafkaConn, topic: &str, from: i64, until: i64) -> Vec<i64> {
-    let mut offsets = Vec::new();
-    let mut next = from;
-    while next < until {
-        let (code, _, batches) = fetch(conn, topic, next).await;
-        assert_eq!(code, 0, "fetch at {next}");
-        assert!(!batches.is_empty(), "nothing at {next} below {until}");
-        for (base, last) in batches {
-            offsets.extend(base.max(next)..=last);
-            next = last + 1;
-        }
-    }
-    offsets
 }
 
 async fn earliest(conn: &mut KafkaConn, topic: &str) -> i64 {

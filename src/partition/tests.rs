@@ -425,8 +425,15 @@ async fn an_emptied_follower_restarts_at_the_leaders_local_start_with_its_produc
     let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let tiered = config(&[("segment.bytes", "1024"), ("local.retention.ms", "1000")]);
     let leader = Arc::new(
-        Partition::open(ld.path(), "t", 0, tiered.clone(), &context(Some(memory_tier())), 0)
-            .unwrap(),
+        Partition::open(
+            ld.path(),
+            "t",
+            0,
+            tiered.clone(),
+            &context(Some(memory_tier())),
+            0,
+        )
+        .unwrap(),
     );
     // Producer 8's batches end up offloaded and gone from the leader's disk.
     for seq in (0..60).step_by(3) {
@@ -474,8 +481,8 @@ async fn an_emptied_follower_restarts_at_the_leaders_local_start_with_its_produc
         node_id: 2,
         ..context(None)
     };
-    let follower = Partition::open(fd.path(), "t", 0, tiered.clone(), &follower_context, 0)
-        .unwrap();
+    let follower =
+        Partition::open(fd.path(), "t", 0, tiered.clone(), &follower_context, 0).unwrap();
     follower.become_follower(1, 1).await.unwrap();
     follower
         .restart_as_follower(local_log_start, epochs, producers, 1)
@@ -501,9 +508,8 @@ async fn an_emptied_follower_restarts_at_the_leaders_local_start_with_its_produc
     // Reopened and promoted, it still knows producer 8: a retry of its last batch is a
     // duplicate at its original offset, below the local start.
     follower.close().unwrap();
-    let follower = Arc::new(
-        Partition::open(fd.path(), "t", 0, tiered, &follower_context, 0).unwrap(),
-    );
+    let follower =
+        Arc::new(Partition::open(fd.path(), "t", 0, tiered, &follower_context, 0).unwrap());
     assert_eq!(follower.local_log_start_offset(), local_start);
     follower.become_leader(2, vec![2]).await.unwrap();
     let retried = follower.append(from_producer(8, 57), 1_000).await.unwrap();
@@ -515,9 +521,8 @@ async fn an_emptied_follower_restarts_at_the_leaders_local_start_with_its_produc
 async fn a_follower_below_the_leaders_log_start_starts_there_even_inside_a_batch() {
     use super::follower::{ReplicaAnswer, ReplicaFetch};
     let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let leader = Arc::new(
-        Partition::open(ld.path(), "t", 0, config(&[]), &context(None), 0).unwrap(),
-    );
+    let leader =
+        Arc::new(Partition::open(ld.path(), "t", 0, config(&[]), &context(None), 0).unwrap());
     for seq in (0..15).step_by(3) {
         leader.append(from_producer(7, seq), 1_000).await.unwrap();
     }
@@ -541,8 +546,7 @@ async fn a_follower_below_the_leaders_log_start_starts_there_even_inside_a_batch
         node_id: 2,
         ..context(None)
     };
-    let follower =
-        Partition::open(fd.path(), "t", 0, config(&[]), &follower_context, 0).unwrap();
+    let follower = Partition::open(fd.path(), "t", 0, config(&[]), &follower_context, 0).unwrap();
     follower.become_follower(1, 0).await.unwrap();
     follower
         .restart_as_follower(7, Vec::new(), Default::default(), 0)
@@ -561,7 +565,10 @@ async fn a_follower_below_the_leaders_log_start_starts_there_even_inside_a_batch
         .append_as_follower(&records, 0, leader.high_watermark(), 1_000)
         .unwrap();
     assert_eq!(follower.log_end_offset(), 15);
-    assert!(follower.follow_leader_log_start(log_start_offset).await.unwrap());
+    assert!(follower
+        .follow_leader_log_start(log_start_offset)
+        .await
+        .unwrap());
     assert_eq!(follower.local_log_start_offset(), 7);
     assert_eq!(
         follower.read_local(7, 1 << 20).unwrap(),

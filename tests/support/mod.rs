@@ -503,3 +503,49 @@ pub fn ready_line(child: &mut std::process::Child) -> String {
     );
     line
 }
+
+/// One fetch at `offset`: (error code, log start offset, batches as (base, last offset)).
+pub async fn fetch_batches(
+    conn: &mut KafkaConn,
+    topic: &str,
+    offset: i64,
+) -> (i16, i64, Vec<(i64, i64)>) {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    let request = kafka_protocol::messages::FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name(topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])]);
+    let r: kafka_protocol::messages::FetchResponse = conn
+        .call(kafka_protocol::messages::ApiKey::Fetch, 12, &request)
+        .await;
+    let p = &r.responses[0].partitions[0];
+    let records = p.records.clone().unwrap_or_default();
+    let (batches, whole) = strata::record::batch::split_batches(&records);
+    assert_eq!(whole, records.len(), "a torn batch");
+    let batches = batches
+        .iter()
+        .map(|(h, _)| (h.base_offset, h.last_offset()))
+        .collect();
+    (p.error_code, p.log_start_offset, batches)
+}
+
+/// Every offset from `from` to the high watermark, by fetching (hot and cold).
+pub async fn read_offsets(conn: &mut KafkaConn, topic: &str, from: i64, until: i64) -> Vec<i64> {
+    let mut offsets = Vec::new();
+    let mut next = from;
+    while next < until {
+        let (code, _, batches) = fetch_batches(conn, topic, next).await;
+        assert_eq!(code, 0, "fetch at {next}");
+        assert!(!batches.is_empty(), "nothing at {next} below {until}");
+        for (base, last) in batches {
+            offsets.extend(base.max(next)..=last);
+            next = last + 1;
+        }
+    }
+    offsets
+}

@@ -194,6 +194,31 @@ pub async fn create_topic(addr: &str, name: &str, partitions: i32, rf: i16) -> i
     r.topics[0].error_code
 }
 
+/// CreateTopics of one topic with its replicas named (partition i on `assignments[i]`, the
+/// first the preferred leader); its error code.
+pub async fn create_assigned(addr: &str, name: &str, assignments: &[Vec<i32>]) -> i16 {
+    use kafka_protocol::messages::create_topics_request::CreatableReplicaAssignment;
+    let mut conn = KafkaConn::connect(addr).await;
+    let assignments = assignments
+        .iter()
+        .enumerate()
+        .map(|(i, replicas)| {
+            CreatableReplicaAssignment::default()
+                .with_partition_index(i as i32)
+                .with_broker_ids(replicas.iter().map(|&b| BrokerId(b)).collect())
+        })
+        .collect();
+    let request = CreateTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(-1)
+            .with_replication_factor(-1)
+            .with_assignments(assignments)]);
+    let r: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 5, &request).await;
+    r.topics[0].error_code
+}
+
 /// (leader, epoch) of every partition of `topic`, as broker `id`'s Metadata has it.
 pub async fn leaders(cluster: &TestCluster, id: i32, topic: &str) -> Vec<(i32, i32)> {
     let m = metadata(&cluster.kafka_addr(id), Some(topic)).await;

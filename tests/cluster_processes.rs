@@ -1,0 +1,320 @@
+#![allow(clippy::disallowed_methods)]
+//! Replication under the faults only processes have (cluster issue B), on `strata serve`
+//! processes with issue B's timeouts and min.insync.replicas 2: paused followers (SIGSTOP),
+//! a leader killed under idempotent load, a leader restarted at its checkpointed high
+//! watermark. Every acknowledged record is checked against the final logs; every test ends
+//! with no under-replicated partition.
+
+#[path = "support/cluster.rs"]
+mod cluster_support;
+#[path = "support/load.rs"]
+mod load;
+#[path = "support/procs.rs"]
+mod procs;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use cluster_support::{create_assigned, create_topic, leader_and_isr};
+use load::{read_partition, Load, Sent};
+use procs::{ProcCluster, ONE_CLUSTER};
+
+const SETTINGS: [(&str, &str); 6] = [
+    ("broker.heartbeat.interval.ms", "300"),
+    ("broker.session.timeout.ms", "1500"),
+    ("replica.lag.time.max.ms", "2000"),
+    ("replica.fetch.wait.max.ms", "100"),
+    ("min.insync.replicas", "2"),
+    ("replica.high.watermark.checkpoint.interval.ms", "200"),
+];
+
+const NOT_ENOUGH_REPLICAS: i16 = 19;
+
+/// Waits until broker `via` shows `topic`-0 with a leader and an ISR of `n`: (leader, ISR).
+async fn until_isr(cluster: &ProcCluster, via: i32, topic: &str, n: usize) -> (i32, Vec<i32>) {
+    let addr = cluster.kafka_addr(via);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (leader, isr) = leader_and_isr(&addr, topic).await;
+        if leader >= 0 && isr.len() == n {
+            return (leader, isr);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}-0 via {via}: leader {leader}, ISR {isr:?}, waiting for {n} in sync"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One record `value` to `topic`-0 at `addr` with `acks`: (error code, base offset).
+async fn produce_raw(addr: &str, topic: &str, acks: i16, value: &str) -> (i16, i64) {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+    let mut b = strata::record::BatchBuilder::new(strata::record::Codec::None);
+    b.record(
+        support::now_ms(),
+        Some(value.as_bytes()),
+        Some(value.as_bytes()),
+        &[],
+    );
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(support::topic_name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(bytes::Bytes::from(b.build())))])]);
+    let mut conn = support::KafkaConn::connect(addr).await;
+    let r: ProduceResponse = conn.call(ApiKey::Produce, 9, &request).await;
+    let p = &r.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// The raw send `value` as the history records it.
+fn raw_sent(value: &str, code: i16, offset: i64) -> Sent {
+    Sent {
+        value: value.to_string(),
+        partition: 0,
+        outcome: if code == 0 {
+            Ok(offset)
+        } else {
+            Err(format!("error {code}"))
+        },
+        done: Instant::now(),
+    }
+}
+
+/// No partition under-replicated on any running broker `ids`.
+async fn assert_fully_replicated(cluster: &ProcCluster, ids: &[i32]) {
+    for &id in ids {
+        support::eventually("no under-replicated partition", || async move {
+            cluster
+                .metric(id, "strata_under_replicated_partitions", "")
+                .await
+                == 0.0
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paused_followers_stall_acks_all_then_refuse_them_and_rejoin() {
+    let _one = ONE_CLUSTER.lock().await;
+    // Voters 1, 4, 5 keep the quorum (ISR changes go through it) while followers 2 and 3
+    // of s-0 are paused.
+    let cluster =
+        ProcCluster::start_with_voters(5, &[1, 4, 5], &SETTINGS, Duration::from_secs(240));
+    assert_eq!(
+        create_assigned(&cluster.kafka_addr(4), "s", &[vec![1, 2, 3]]).await,
+        0
+    );
+    let (leader, _) = until_isr(&cluster, 4, "s", 3).await;
+    assert_eq!(leader, 1);
+    let followers = [2, 3];
+    let producer = load::producer(&cluster.bootstrap(), "all", 30_000);
+    let load = Load::start(producer, "s", 1, "s", 20);
+    assert!(load.until_more_acked(500, Duration::from_secs(60)).await);
+
+    // One follower paused: acks=all stall until it leaves the ISR, then go on; none fails.
+    cluster.pause(followers[0]);
+    let paused = Instant::now();
+    until_isr(&cluster, leader, "s", 2).await;
+    assert!(load.until_more_acked(500, Duration::from_secs(30)).await);
+    let started = load.started;
+    let mut history = load.stop().await;
+    let stall = history.longest_ack_gap(started);
+    eprintln!(
+        "one follower paused: left the ISR after {:?}, longest ack gap {stall:?}",
+        paused.elapsed()
+    );
+    assert_eq!(history.failed().count(), 0, "{:?}", history.failed().next());
+    assert!(
+        stall <= Duration::from_secs(8),
+        "1.5 × lag time + 5 s: {stall:?}"
+    );
+
+    // The second paused too: once the leader is alone in the ISR, acks=all are refused
+    // before appending, acks=1 still succeed, and no consumer sees past the high watermark.
+    cluster.pause(followers[1]);
+    until_isr(&cluster, leader, "s", 1).await;
+    let addr = cluster.kafka_addr(leader);
+    let (code, _) = produce_raw(&addr, "s", -1, "refused").await;
+    assert_eq!(code, NOT_ENOUGH_REPLICAS);
+    history.sends.push(raw_sent("refused", code, -1));
+    let mut unreplicated = Vec::new();
+    for i in 0..5 {
+        let value = format!("acks1-{i}");
+        let (code, offset) = produce_raw(&addr, "s", 1, &value).await;
+        assert_eq!(code, 0);
+        unreplicated.push(offset);
+        history.sends.push(raw_sent(&value, code, offset));
+    }
+    let visible = read_partition(&addr, "s", 0).await;
+    let last_visible = visible.last().map_or(-1, |(o, _)| *o);
+    assert!(
+        last_visible < unreplicated[0],
+        "{last_visible} ≥ {unreplicated:?}"
+    );
+
+    // Resumed, both rejoin the ISR; every acknowledged record is there once.
+    for &f in &followers {
+        cluster.resume(f);
+    }
+    until_isr(&cluster, leader, "s", 3).await;
+    let log = read_partition(&addr, "s", 0).await;
+    let anomalies = history.check(&BTreeMap::from([(0, log)]));
+    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_leader_under_idempotent_load_loses_and_duplicates_nothing() {
+    let _one = ONE_CLUSTER.lock().await;
+    let mut cluster = ProcCluster::start(3, &SETTINGS, Duration::from_secs(300));
+    assert_eq!(create_topic(&cluster.kafka_addr(1), "k", 6, 3).await, 0);
+    let (leader, _) = until_isr(&cluster, 1, "k", 3).await;
+    let producer = load::producer(&cluster.bootstrap(), "all", 30_000);
+    let load = Load::start(producer, "k", 6, "k", 50);
+    assert!(load.until_more_acked(3000, Duration::from_secs(60)).await);
+
+    // kill -9 the leader of k-0 mid-stream; another replica leads; writes go on.
+    cluster.kill9(leader);
+    let survivor = (1..=3).find(|id| *id != leader).unwrap();
+    support::eventually("a new leader of k-0", || {
+        let addr = cluster.kafka_addr(survivor);
+        async move {
+            let l = leader_and_isr(&addr, "k").await.0;
+            l >= 0 && l != leader
+        }
+    })
+    .await;
+    assert!(load.until_more_acked(3000, Duration::from_secs(60)).await);
+    // The killed broker restarts, catches up and rejoins every ISR.
+    cluster.start_node(leader);
+    assert!(load.until_more_acked(2000, Duration::from_secs(60)).await);
+    let history = load.stop().await;
+    eprintln!(
+        "{} sends, {} acknowledged, {} failed",
+        history.sends.len(),
+        history.acked().count(),
+        history.failed().count()
+    );
+    until_isr(&cluster, 1, "k", 3).await;
+    assert_fully_replicated(&cluster, &[1, 2, 3]).await;
+
+    // Exact-set check of the final logs, read from each partition's leader.
+    let m = cluster_support::metadata(&cluster.kafka_addr(1), Some("k")).await;
+    let mut logs = BTreeMap::new();
+    for p in &m.topics[0].partitions {
+        let addr = cluster.kafka_addr(p.leader_id.0);
+        logs.insert(
+            p.partition_index,
+            read_partition(&addr, "k", p.partition_index).await,
+        );
+    }
+    let anomalies = history.check(&logs);
+    assert!(anomalies.is_empty(), "{anomalies:#?}");
+
+    // Stopped, the three replicas hold the same batches at the same offsets, byte for byte,
+    // with the same epochs.
+    assert!(cluster.terminate_all());
+    for p in 0..6 {
+        let replicas: Vec<_> = (1..=3)
+            .map(|id| stored(&cluster.nodes[id - 1].dir, "k", p))
+            .collect();
+        assert!(replicas[0].0.len() > 1000);
+        for r in &replicas[1..] {
+            assert!(r.0 == replicas[0].0, "k-{p}: the replicas' bytes differ");
+            assert_eq!(r.1, replicas[0].1, "k-{p}: epochs");
+        }
+    }
+}
+
+/// A stopped broker's log of `topic`-`p`: its bytes and its epoch entries (those with data).
+fn stored(dir: &std::path::Path, topic: &str, p: i32) -> (Vec<u8>, Vec<(i32, i64)>) {
+    let path = dir.join("topics").join(format!("{topic}-{p}"));
+    let log = strata::log::Log::open(&path, strata::log::LogConfig::default(), 0).unwrap();
+    let end = log.log_end_offset();
+    let mut bytes = Vec::new();
+    let mut next = log.log_start_offset();
+    while next < end {
+        let chunk = log.read(next, 8 << 20, end, true).unwrap().bytes;
+        let (batches, _) = strata::record::batch::split_batches(&chunk);
+        next = batches
+            .last()
+            .expect("a batch below the log end")
+            .0
+            .last_offset()
+            + 1;
+        bytes.extend_from_slice(&chunk);
+    }
+    let epochs = log
+        .epoch_entries()
+        .into_iter()
+        .filter(|&(_, start)| start < end)
+        .collect();
+    (bytes, epochs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_leader_keeps_its_checkpointed_high_watermark() {
+    let _one = ONE_CLUSTER.lock().await;
+    // Voters 1, 4, 5 keep the quorum while the partition's replicas 1, 2, 3 go down.
+    let mut cluster =
+        ProcCluster::start_with_voters(5, &[1, 4, 5], &SETTINGS, Duration::from_secs(240));
+    assert_eq!(
+        create_assigned(&cluster.kafka_addr(4), "h", &[vec![1, 2, 3]]).await,
+        0
+    );
+    until_isr(&cluster, 4, "h", 3).await;
+    let addr = cluster.kafka_addr(1);
+    let mut history = load::History::default();
+    for i in 0..10 {
+        let value = format!("all-{i}");
+        let (code, offset) = produce_raw(&addr, "h", -1, &value).await;
+        assert_eq!(code, 0);
+        history.sends.push(raw_sent(&value, code, offset));
+    }
+
+    // Both followers down: the leader is alone in the ISR, its high watermark frozen (the
+    // strict rule); acks=1 appends go past it.
+    cluster.kill9(2);
+    cluster.kill9(3);
+    until_isr(&cluster, 4, "h", 1).await;
+    for i in 0..5 {
+        let value = format!("one-{i}");
+        let (code, offset) = produce_raw(&addr, "h", 1, &value).await;
+        assert_eq!(code, 0);
+        history.sends.push(raw_sent(&value, code, offset));
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // kill -9 and restart the leader: it leads again at its checkpointed high watermark (10),
+    // not its log end (15).
+    cluster.kill9(1);
+    cluster.start_node(1);
+    support::eventually("1 leads h-0 again", || {
+        let addr = cluster.kafka_addr(4);
+        async move { leader_and_isr(&addr, "h").await.0 == 1 }
+    })
+    .await;
+    let visible = read_partition(&addr, "h", 0).await;
+    assert_eq!(visible.len(), 10, "{visible:?}");
+
+    // The followers return: once they have the records, consumers see them.
+    cluster.start_node(2);
+    cluster.start_node(3);
+    until_isr(&cluster, 4, "h", 3).await;
+    support::eventually("the acks=1 records become visible", || {
+        let addr = addr.clone();
+        async move { read_partition(&addr, "h", 0).await.len() == 15 }
+    })
+    .await;
+    let log = read_partition(&addr, "h", 0).await;
+    let anomalies = history.check(&BTreeMap::from([(0, log)]));
+    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
+}

@@ -111,7 +111,7 @@ async fn paused_followers_stall_acks_all_then_refuse_them_and_rejoin() {
         create_assigned(&cluster.kafka_addr(4), "s", &[vec![1, 2, 3]]).await,
         0
     );
-    let (leader, _) = until_isr(&cluster, 4, "s", 3).await;
+    let (leader, _) = until_isr(&cluster, 1, "s", 3).await;
     assert_eq!(leader, 1);
     let followers = [2, 3];
     let producer = load::producer(&cluster.bootstrap(), "all", 30_000);
@@ -269,7 +269,7 @@ async fn a_restarted_leader_keeps_its_checkpointed_high_watermark() {
         create_assigned(&cluster.kafka_addr(4), "h", &[vec![1, 2, 3]]).await,
         0
     );
-    until_isr(&cluster, 4, "h", 3).await;
+    until_isr(&cluster, 1, "h", 3).await;
     let addr = cluster.kafka_addr(1);
     let mut history = load::History::default();
     for i in 0..10 {
@@ -317,4 +317,83 @@ async fn a_restarted_leader_keeps_its_checkpointed_high_watermark() {
     let anomalies = history.check(&BTreeMap::from([(0, log)]));
     assert!(anomalies.is_empty(), "{anomalies:#?}");
     assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
+}
+
+/// (leader, leader epoch) of `topic`-0 as broker `via` has it.
+async fn leader_epoch(cluster: &ProcCluster, via: i32, topic: &str) -> (i32, i32) {
+    let m = cluster_support::metadata(&cluster.kafka_addr(via), Some(topic)).await;
+    m.topics
+        .first()
+        .and_then(|t| t.partitions.first())
+        .map_or((-2, -1), |p| (p.leader_id.0, p.leader_epoch))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_leaders_unreplicated_tail_is_truncated_when_it_returns() {
+    let _one = ONE_CLUSTER.lock().await;
+    let mut cluster =
+        ProcCluster::start_with_voters(5, &[1, 4, 5], &SETTINGS, Duration::from_secs(240));
+    assert_eq!(
+        create_assigned(&cluster.kafka_addr(4), "d", &[vec![1, 2, 3]]).await,
+        0
+    );
+    until_isr(&cluster, 1, "d", 3).await;
+    let (_, epoch) = leader_epoch(&cluster, 4, "d").await;
+    let addr = cluster.kafka_addr(1);
+    let mut history = load::History::default();
+    for i in 0..10 {
+        let value = format!("all-{i}");
+        let (code, offset) = produce_raw(&addr, "d", -1, &value).await;
+        assert_eq!(code, 0);
+        history.sends.push(raw_sent(&value, code, offset));
+    }
+
+    // Both followers paused for less than the lag time and the session timeout: they stay in
+    // the ISR while the leader takes acks=1 batches only it has, at least 10 past them.
+    cluster.pause(2);
+    cluster.pause(3);
+    for i in 0..12 {
+        let value = format!("one-{i}");
+        let (code, _) = produce_raw(&addr, "d", 1, &value).await;
+        assert_eq!(code, 0);
+        // Acknowledged at acks=1 only: may be lost, never doubled (not judged as acks=all).
+        history.sends.push(raw_sent(&value, -1, -1));
+    }
+    let lag = cluster
+        .metric(1, "strata_replica_max_lag_records", "")
+        .await;
+    assert!(lag >= 12.0, "the followers' lag on the leader: {lag}");
+
+    // kill -9 the leader, resume the followers: one of them leads at a higher epoch.
+    cluster.kill9(1);
+    cluster.resume(2);
+    cluster.resume(3);
+    support::eventually("a follower leads d-0 at a higher epoch", || async {
+        let (leader, now) = leader_epoch(&cluster, 4, "d").await;
+        (leader == 2 || leader == 3) && now > epoch
+    })
+    .await;
+
+    // The old leader returns as a follower and cuts its unreplicated tail (12 batches).
+    cluster.start_node(1);
+    until_isr(&cluster, 4, "d", 3).await;
+    let truncated = cluster
+        .metric(1, "strata_replica_truncated_batches_total", "")
+        .await;
+    assert!(truncated >= 10.0, "batches truncated: {truncated}");
+    let (leader, _) = leader_epoch(&cluster, 4, "d").await;
+    let log = read_partition(&cluster.kafka_addr(leader), "d", 0).await;
+    let anomalies = history.check(&BTreeMap::from([(0, log)]));
+    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
+
+    // The three logs end identical.
+    assert!(cluster.terminate_all());
+    let replicas: Vec<_> = (1..=3)
+        .map(|id| stored(&cluster.nodes[id - 1].dir, "d", 0))
+        .collect();
+    for r in &replicas[1..] {
+        assert!(r.0 == replicas[0].0, "the replicas' bytes differ");
+        assert_eq!(r.1, replicas[0].1, "epochs");
+    }
 }

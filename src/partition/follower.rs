@@ -67,8 +67,10 @@ impl Partition {
     pub fn truncate_as_follower(&self, offset: i64, epoch: i32) -> Result<(), FollowerError> {
         let mut state = self.write_state();
         self.follower_check(&state.role, epoch)?;
+        let cut = batches_from(&state.log, offset)?;
         state.log.truncate_to(offset)?;
         state.producers.truncate(offset);
+        metrics::counter!("strata_replica_truncated_batches_total").increment(cut);
         let end = state.log.log_end_offset();
         self.log_end.send_replace(end);
         self.high_watermark.send_if_modified(|current| {
@@ -81,6 +83,7 @@ impl Partition {
         tracing::info!(
             partition = self.name(),
             offset,
+            batches = cut,
             "truncated a divergent tail"
         );
         Ok(())
@@ -151,6 +154,25 @@ impl Partition {
         }
         Ok(())
     }
+}
+
+/// How many batches `log` holds from the one containing `offset` to its end (what a
+/// truncation to `offset` cuts).
+fn batches_from(log: &crate::log::Log, offset: i64) -> Result<u64, LogError> {
+    const CHUNK_BYTES: usize = 8 << 20;
+    let end = log.log_end_offset();
+    let mut next = offset.max(log.log_start_offset());
+    let mut count = 0;
+    while next < end {
+        let chunk = log.read(next, CHUNK_BYTES, end, true)?.bytes;
+        let (batches, _) = split_batches(&chunk);
+        let Some((last, _)) = batches.last() else {
+            break;
+        };
+        count += batches.len() as u64;
+        next = last.last_offset() + 1;
+    }
+    Ok(count)
 }
 
 /// What a follower asks its leader for (Kafka's Fetch v12+ replica fields).

@@ -397,3 +397,73 @@ async fn a_killed_leaders_unreplicated_tail_is_truncated_when_it_returns() {
         assert_eq!(r.1, replicas[0].1, "epochs");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_back_from_a_power_loss_is_not_elected_with_a_shorter_log() {
+    let _one = ONE_CLUSTER.lock().await;
+    // KIP-903 with a session timeout of 6 s: a follower restarted from a power loss within
+    // it registers again before the controller misses it.
+    let mut settings = SETTINGS.to_vec();
+    settings.retain(|(k, _)| *k != "broker.session.timeout.ms");
+    settings.push(("broker.session.timeout.ms", "6000"));
+    let mut cluster =
+        ProcCluster::start_with_voters(5, &[1, 4, 5], &settings, Duration::from_secs(240));
+    assert_eq!(
+        create_assigned(&cluster.kafka_addr(4), "p", &[vec![1, 2, 3]]).await,
+        0
+    );
+    until_isr(&cluster, 1, "p", 3).await;
+    let addr = cluster.kafka_addr(1);
+    let mut history = load::History::default();
+    let produce = |value: String| {
+        let addr = addr.clone();
+        async move {
+            let (code, offset) = produce_raw(&addr, "p", -1, &value).await;
+            (raw_sent(&value, code, offset), code)
+        }
+    };
+    for i in 0..20 {
+        let (sent, code) = produce(format!("before-{i}")).await;
+        assert_eq!(code, 0);
+        history.sends.push(sent);
+    }
+    // Follower 3 paused until it leaves the ISR; 2 alone holds the leader's acks=all writes.
+    cluster.pause(3);
+    until_isr(&cluster, 1, "p", 2).await;
+    for i in 0..20 {
+        let (sent, code) = produce(format!("with-2-{i}")).await;
+        assert_eq!(code, 0);
+        history.sends.push(sent);
+    }
+
+    // Power loss of 2: its logs lose what was not fsynced (the 20 records at least). The
+    // leader is paused so 2 cannot catch up; 2 restarts within its session timeout.
+    cluster.kill9(2);
+    let cut = procs::power_loss(&cluster.nodes[1].dir);
+    assert!(cut.get("p-0").is_some_and(|n| *n >= 20), "{cut:?}");
+    cluster.pause(1);
+    cluster.start_node(2);
+    // Its new incarnation leaves the ISR at once (its old broker epoch is refused): the
+    // leader, then killed, leaves the partition offline rather than led by a shorter log.
+    support::eventually("2 leaves the ISR", || async {
+        leader_and_isr(&cluster.kafka_addr(4), "p").await.1 == [1]
+    })
+    .await;
+    cluster.kill9(1);
+    support::eventually("p-0 offline", || async {
+        leader_and_isr(&cluster.kafka_addr(4), "p").await.0 == -1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(leader_and_isr(&cluster.kafka_addr(4), "p").await.0, -1);
+
+    // The leader returns, 3 resumes: nothing acknowledged is lost.
+    cluster.start_node(1);
+    cluster.resume(3);
+    until_isr(&cluster, 4, "p", 3).await;
+    let (leader, _) = leader_and_isr(&cluster.kafka_addr(4), "p").await;
+    let log = read_partition(&cluster.kafka_addr(leader), "p", 0).await;
+    let anomalies = history.check(&BTreeMap::from([(0, log)]));
+    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
+}

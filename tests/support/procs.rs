@@ -11,6 +11,7 @@
 #![allow(clippy::disallowed_methods)]
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
@@ -357,4 +358,34 @@ impl Drop for ProcCluster {
             self.kill9(id);
         }
     }
+}
+
+/// What a power loss leaves of a stopped broker's partition logs: each cut back to its
+/// recovery-point checkpoint (what strata fsynced; the page cache beyond it is gone), without
+/// a clean-shutdown marker. What strata fsyncs apart from the logs (the metadata log, the
+/// checkpoints) stays. Returns the records cut per partition directory.
+pub fn power_loss(data_dir: &std::path::Path) -> BTreeMap<String, i64> {
+    let mut cut = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(data_dir.join("topics")) else {
+        return cut;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !dir.is_dir() || name.ends_with("-delete") || name.contains("-stray") {
+            continue;
+        }
+        let recovery_point = std::fs::read_to_string(dir.join("recovery-point-offset-checkpoint"))
+            .ok()
+            .and_then(|t| t.lines().nth(1)?.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        let mut log = strata::log::Log::open(&dir, strata::log::LogConfig::default(), 0).unwrap();
+        let end = log.log_end_offset();
+        if recovery_point < end {
+            log.truncate_to(recovery_point).unwrap();
+        }
+        cut.insert(name, end - log.log_end_offset());
+        drop(log);
+    }
+    cut
 }

@@ -467,3 +467,139 @@ async fn a_follower_back_from_a_power_loss_is_not_elected_with_a_shorter_log() {
     assert!(anomalies.is_empty(), "{anomalies:#?}");
     assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
 }
+
+/// The manifests of `topic`-0 in the cluster's bucket, by version.
+fn manifests(cluster: &ProcCluster, topic: &str) -> Vec<strata::tiering::manifest::Manifest> {
+    let dir = cluster
+        .bucket()
+        .join(format!("_strata/manifests/topic={topic}/partition=0"));
+    let mut all: Vec<strata::tiering::manifest::Manifest> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    all.sort_by_key(|m| m.version);
+    all
+}
+
+/// Bytes of broker `id`'s local log of `topic`-0.
+fn local_bytes(cluster: &ProcCluster, id: usize, topic: &str) -> u64 {
+    let dir = cluster.nodes[id - 1]
+        .dir
+        .join("topics")
+        .join(format!("{topic}-0"));
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offload_goes_on_after_a_leader_is_killed_and_a_paused_leader_commits_nothing() {
+    let _one = ONE_CLUSTER.lock().await;
+    const SEGMENT: u64 = 16 << 10;
+    const LOCAL: u64 = 64 << 10;
+    let mut settings = SETTINGS.to_vec();
+    settings.extend([
+        ("log.segment.bytes", "16384"),
+        ("log.local.retention.bytes", "65536"),
+        ("remote.log.manager.task.interval.ms", "200"),
+    ]);
+    let mut cluster =
+        ProcCluster::start_with_voters(5, &[1, 4, 5], &settings, Duration::from_secs(300));
+    assert_eq!(
+        create_assigned(&cluster.kafka_addr(4), "t", &[vec![1, 2, 3]]).await,
+        0
+    );
+    until_isr(&cluster, 1, "t", 3).await;
+    let producer = load::producer(&cluster.bootstrap(), "all", 30_000);
+    let load = Load::start(producer, "t", 1, "t", 20);
+    support::eventually("offload starts", || async {
+        load.acked() > 0
+            && manifests(&cluster, "t")
+                .last()
+                .is_some_and(|m| m.files.len() >= 2)
+    })
+    .await;
+
+    // kill -9 the leader mid-stream: a follower leads and offloads on from where it stopped.
+    cluster.kill9(1);
+    let offloaded_before = manifests(&cluster, "t").last().unwrap().last_offset();
+    let (new_leader, _) = until_isr(&cluster, 4, "t", 2).await;
+    assert!(load.until_more_acked(3000, Duration::from_secs(60)).await);
+    support::eventually("the new leader offloads", || async {
+        manifests(&cluster, "t")
+            .last()
+            .is_some_and(|m| m.last_offset() > offloaded_before + 1000)
+    })
+    .await;
+    let (_, epoch) = leader_epoch(&cluster, 4, "t").await;
+
+    // The new leader paused past its session timeout: another one takes over. An acks=all
+    // write sent to the paused one while it is paused is not acknowledged once it resumes,
+    // and it commits no manifest at its old epoch over the new leader's.
+    cluster.pause(new_leader as i32);
+    let paused_addr = cluster.kafka_addr(new_leader);
+    let pending = tokio::spawn(async move { produce_raw(&paused_addr, "t", -1, "stale").await });
+    support::eventually("a third leader", || async {
+        let (l, e) = leader_epoch(&cluster, 4, "t").await;
+        l >= 0 && l != new_leader && e > epoch
+    })
+    .await;
+    support::eventually("the third leader fences the bucket", || async {
+        manifests(&cluster, "t")
+            .last()
+            .is_some_and(|m| m.leader_epoch > epoch)
+    })
+    .await;
+    cluster.resume(new_leader as i32);
+    let (code, _) = pending.await.unwrap();
+    assert_ne!(code, 0, "the deposed leader acknowledged an acks=all write");
+    cluster.start_node(1);
+    assert!(load.until_more_acked(2000, Duration::from_secs(60)).await);
+    let mut history = load.stop().await;
+    history.sends.push(raw_sent("stale", code, -1));
+    until_isr(&cluster, 4, "t", 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Manifests: contiguous files, epochs never going back as versions go on.
+    let all = manifests(&cluster, "t");
+    for pair in all.windows(2) {
+        assert!(pair[0].leader_epoch <= pair[1].leader_epoch, "{pair:#?}");
+    }
+    let newest = all.last().unwrap();
+    for f in newest.files.windows(2) {
+        assert_eq!(
+            f[0].last_offset + 1,
+            f[1].first_offset,
+            "{:#?}",
+            newest.files
+        );
+    }
+    // Every replica's local bytes come within local.retention.bytes (plus the active segment
+    // and one not offloaded yet).
+    for id in 1..=3 {
+        let cluster = &cluster;
+        support::eventually("local bytes within local.retention.bytes", || async move {
+            local_bytes(cluster, id, "t") <= LOCAL + 2 * SEGMENT
+        })
+        .await;
+    }
+    // Read from offset 0, cold then hot: every acknowledged record once.
+    let (leader, _) = leader_and_isr(&cluster.kafka_addr(4), "t").await;
+    let log = read_partition(&cluster.kafka_addr(leader), "t", 0).await;
+    assert_eq!(log.first().map(|(o, _)| *o), Some(0));
+    let anomalies = history.check(&BTreeMap::from([(0, log)]));
+    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
+}

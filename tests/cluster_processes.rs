@@ -1,9 +1,11 @@
 #![allow(clippy::disallowed_methods)]
 //! Replication under the faults only processes have (cluster issue B), on `strata serve`
-//! processes with issue B's timeouts and min.insync.replicas 2: paused followers (SIGSTOP),
-//! a leader killed under idempotent load, a leader restarted at its checkpointed high
-//! watermark. Every acknowledged record is checked against the final logs; every test ends
-//! with no under-replicated partition.
+//! processes with issue B's timeouts and min.insync.replicas 2: paused followers (SIGSTOP), a
+//! leader killed under idempotent load, a leader restarted at its checkpointed high
+//! watermark, a killed leader's divergent tail, a follower back from a power loss (KIP-903),
+//! offload across a killed and a paused leader, a group whose coordinator is killed. Every
+//! acknowledged record (and commit) is checked against the final logs; every test ends with
+//! no under-replicated partition.
 
 #[path = "support/cluster.rs"]
 mod cluster_support;
@@ -602,4 +604,174 @@ async fn offload_goes_on_after_a_leader_is_killed_and_a_paused_leader_commits_no
     let anomalies = history.check(&BTreeMap::from([(0, log)]));
     assert!(anomalies.is_empty(), "{anomalies:#?}");
     assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
+}
+
+/// The coordinator of `group` as broker `via` names it (-1 while there is none).
+async fn coordinator(cluster: &ProcCluster, via: i32, group: &str) -> i32 {
+    use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+    let mut conn = support::KafkaConn::connect(&cluster.kafka_addr(via)).await;
+    let request = FindCoordinatorRequest::default().with_key(
+        kafka_protocol::protocol::StrBytes::from_string(group.to_string()),
+    );
+    let r: FindCoordinatorResponse = conn.call(ApiKey::FindCoordinator, 3, &request).await;
+    if r.error_code == 0 {
+        r.node_id.0
+    } else {
+        -1
+    }
+}
+
+/// What one group member did: records read, and per partition its last acknowledged commit.
+#[derive(Default)]
+struct Member {
+    read: u64,
+    commits: u64,
+    acked: BTreeMap<i32, i64>,
+}
+
+/// A librdkafka group member reading `topic` until `stop`, committing synchronously every
+/// 100 ms; `read` counts records across members.
+fn member(
+    bootstrap: String,
+    topic: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> std::thread::JoinHandle<Member> {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "failover")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
+            .set("topic.metadata.refresh.interval.ms", "1000")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let mut me = Member::default();
+        let mut last_commit = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+                me.read += 1;
+                read.fetch_add(1, Ordering::Relaxed);
+            }
+            if last_commit.elapsed() >= Duration::from_millis(100) {
+                last_commit = Instant::now();
+                let Ok(positions) = consumer.position() else {
+                    continue;
+                };
+                if positions.count() > 0 && consumer.commit(&positions, CommitMode::Sync).is_ok() {
+                    me.commits += 1;
+                    for e in positions.elements() {
+                        if let rdkafka::Offset::Offset(o) = e.offset() {
+                            let at = me.acked.entry(e.partition()).or_insert(o);
+                            *at = (*at).max(o);
+                        }
+                    }
+                }
+            }
+        }
+        consumer.unsubscribe();
+        me
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_goes_on_when_its_coordinator_is_killed_and_keeps_every_acknowledged_commit() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let _one = ONE_CLUSTER.lock().await;
+    let mut cluster = ProcCluster::start(3, &SETTINGS, Duration::from_secs(300));
+    assert_eq!(create_topic(&cluster.kafka_addr(1), "g", 6, 3).await, 0);
+    until_isr(&cluster, 1, "g", 3).await;
+    let producer = load::producer(&cluster.bootstrap(), "all", 30_000);
+    let load = Load::start(producer, "g", 6, "g", 20);
+    let (stop, read) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let members: Vec<_> = (0..3)
+        .map(|_| member(cluster.bootstrap(), "g", stop.clone(), read.clone()))
+        .collect();
+    let until_read = |more: u64| {
+        let target = read.load(Ordering::Relaxed) + more;
+        let read = read.clone();
+        async move {
+            support::eventually("the group reads on", || {
+                let read = read.clone();
+                async move { read.load(Ordering::Relaxed) >= target }
+            })
+            .await
+        }
+    };
+    until_read(2000).await;
+
+    // kill -9 the coordinator: another broker coordinates the group, which reads on.
+    let killed = coordinator(&cluster, 1, "failover").await;
+    assert!(killed > 0);
+    cluster.kill9(killed);
+    let other = (1..=3).find(|id| *id != killed).unwrap();
+    support::eventually("a new coordinator", || async {
+        let c = coordinator(&cluster, other, "failover").await;
+        c > 0 && c != killed
+    })
+    .await;
+    until_read(2000).await;
+    cluster.start_node(killed);
+    until_read(1000).await;
+    let history = load.stop().await;
+    assert!(
+        history.failed().count() == 0,
+        "{:?}",
+        history.failed().next()
+    );
+    stop.store(true, Ordering::Relaxed);
+    let members: Vec<Member> = members.into_iter().map(|m| m.join().unwrap()).collect();
+    eprintln!(
+        "members read {:?}, committed {:?} times",
+        members.iter().map(|m| m.read).collect::<Vec<_>>(),
+        members.iter().map(|m| m.commits).collect::<Vec<_>>()
+    );
+
+    // Every acknowledged commit is kept: the group's committed offsets are at least the last
+    // one any member had acknowledged for each partition.
+    let mut acked: BTreeMap<i32, i64> = BTreeMap::new();
+    for m in &members {
+        for (&p, &o) in &m.acked {
+            let at = acked.entry(p).or_insert(o);
+            *at = (*at).max(o);
+        }
+    }
+    assert_eq!(acked.len(), 6, "{acked:?}");
+    let checker: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "failover")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..6 {
+        tpl.add_partition("g", p);
+    }
+    let committed = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::Consumer;
+        checker
+            .committed_offsets(tpl, Duration::from_secs(30))
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    for e in committed.elements() {
+        let rdkafka::Offset::Offset(o) = e.offset() else {
+            panic!("p{}: no committed offset", e.partition());
+        };
+        assert!(
+            o >= acked[&e.partition()],
+            "p{}: {o} < {acked:?}",
+            e.partition()
+        );
+    }
+    assert_fully_replicated(&cluster, &[1, 2, 3]).await;
 }

@@ -775,3 +775,40 @@ async fn a_group_goes_on_when_its_coordinator_is_killed_and_keeps_every_acknowle
     }
     assert_fully_replicated(&cluster, &[1, 2, 3]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_thousand_acks_all_records_are_equal_on_every_replica() {
+    let _one = ONE_CLUSTER.lock().await;
+    let mut cluster = ProcCluster::start(3, &SETTINGS, Duration::from_secs(300));
+    assert_eq!(create_topic(&cluster.kafka_addr(1), "e", 1, 3).await, 0);
+    until_isr(&cluster, 1, "e", 3).await;
+    let producer = load::producer(&cluster.bootstrap(), "all", 60_000);
+    let started = Instant::now();
+    let load = Load::start(producer, "e", 1, "e", 5000);
+    assert!(
+        load.until_more_acked(200_000, Duration::from_secs(200))
+            .await
+    );
+    let history = load.stop().await;
+    eprintln!(
+        "{} acks=all records acknowledged in {:?}",
+        history.acked().count(),
+        started.elapsed()
+    );
+    assert_eq!(history.failed().count(), 0);
+    let (leader, _) = until_isr(&cluster, 1, "e", 3).await;
+    let log = read_partition(&cluster.kafka_addr(leader), "e", 0).await;
+    let anomalies = history.check(&BTreeMap::from([(0, log)]));
+    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_fully_replicated(&cluster, &[1, 2, 3]).await;
+
+    // Stopped, the three logs hold the same batches at the same offsets, with equal epochs.
+    assert!(cluster.terminate_all());
+    let replicas: Vec<_> = (1..=3)
+        .map(|id| stored(&cluster.nodes[id - 1].dir, "e", 0))
+        .collect();
+    for r in &replicas[1..] {
+        assert!(r.0 == replicas[0].0, "the replicas' bytes differ");
+        assert_eq!(r.1, replicas[0].1, "epochs");
+    }
+}

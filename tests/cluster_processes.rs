@@ -7,6 +7,8 @@
 //! acknowledged record (and commit) is checked against the final logs; every test ends with
 //! no under-replicated partition.
 
+#[path = "support/checker.rs"]
+mod checker;
 #[path = "support/cluster.rs"]
 mod cluster_support;
 #[path = "support/load.rs"]
@@ -18,8 +20,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use checker::{Final, FinalLog, History, Sent};
 use cluster_support::{create_assigned, create_topic, leader_and_isr};
-use load::{read_partition, Load, Sent};
+use load::{read_partition, Load};
 use procs::{ProcCluster, ONE_CLUSTER};
 
 const SETTINGS: [(&str, &str); 6] = [
@@ -75,11 +78,12 @@ async fn produce_raw(addr: &str, topic: &str, acks: i16, value: &str) -> (i16, i
     (p.error_code, p.base_offset)
 }
 
-/// The raw send `value` as the history records it.
-fn raw_sent(value: &str, code: i16, offset: i64) -> Sent {
+/// The raw send `value` at `acks` as the history records it.
+fn raw_sent(value: &str, acks: i16, code: i16, offset: i64) -> Sent {
     Sent {
         value: value.to_string(),
         partition: 0,
+        acks_all: acks == -1,
         outcome: if code == 0 {
             Ok(offset)
         } else {
@@ -87,6 +91,19 @@ fn raw_sent(value: &str, code: i16, offset: i64) -> Sent {
         },
         done: Instant::now(),
     }
+}
+
+/// The checker's verdict on `history` against the final `logs`: no anomaly.
+fn assert_clean(history: &History, logs: BTreeMap<i32, FinalLog>) {
+    let report = checker::check(
+        history,
+        &Final {
+            logs,
+            committed: BTreeMap::new(),
+        },
+    );
+    eprintln!("checker: {}", report.summary());
+    assert!(report.is_clean(), "{}", report.summary());
 }
 
 /// No partition under-replicated on any running broker `ids`.
@@ -145,17 +162,17 @@ async fn paused_followers_stall_acks_all_then_refuse_them_and_rejoin() {
     let addr = cluster.kafka_addr(leader);
     let (code, _) = produce_raw(&addr, "s", -1, "refused").await;
     assert_eq!(code, NOT_ENOUGH_REPLICAS);
-    history.sends.push(raw_sent("refused", code, -1));
+    history.sends.push(raw_sent("refused", -1, code, -1));
     let mut unreplicated = Vec::new();
     for i in 0..5 {
         let value = format!("acks1-{i}");
         let (code, offset) = produce_raw(&addr, "s", 1, &value).await;
         assert_eq!(code, 0);
         unreplicated.push(offset);
-        history.sends.push(raw_sent(&value, code, offset));
+        history.sends.push(raw_sent(&value, 1, code, offset));
     }
     let visible = read_partition(&addr, "s", 0).await;
-    let last_visible = visible.last().map_or(-1, |(o, _)| *o);
+    let last_visible = visible.records.last().map_or(-1, |(o, _)| *o);
     assert!(
         last_visible < unreplicated[0],
         "{last_visible} ≥ {unreplicated:?}"
@@ -167,8 +184,7 @@ async fn paused_followers_stall_acks_all_then_refuse_them_and_rejoin() {
     }
     until_isr(&cluster, leader, "s", 3).await;
     let log = read_partition(&addr, "s", 0).await;
-    let anomalies = history.check(&BTreeMap::from([(0, log)]));
-    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_clean(&history, BTreeMap::from([(0, log)]));
     assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
 }
 
@@ -217,8 +233,7 @@ async fn killing_a_leader_under_idempotent_load_loses_and_duplicates_nothing() {
             read_partition(&addr, "k", p.partition_index).await,
         );
     }
-    let anomalies = history.check(&logs);
-    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_clean(&history, logs);
 
     // Stopped, the three replicas hold the same batches at the same offsets, byte for byte,
     // with the same epochs.
@@ -273,12 +288,12 @@ async fn a_restarted_leader_keeps_its_checkpointed_high_watermark() {
     );
     until_isr(&cluster, 1, "h", 3).await;
     let addr = cluster.kafka_addr(1);
-    let mut history = load::History::default();
+    let mut history = History::default();
     for i in 0..10 {
         let value = format!("all-{i}");
         let (code, offset) = produce_raw(&addr, "h", -1, &value).await;
         assert_eq!(code, 0);
-        history.sends.push(raw_sent(&value, code, offset));
+        history.sends.push(raw_sent(&value, -1, code, offset));
     }
 
     // Both followers down: the leader is alone in the ISR, its high watermark frozen (the
@@ -290,7 +305,7 @@ async fn a_restarted_leader_keeps_its_checkpointed_high_watermark() {
         let value = format!("one-{i}");
         let (code, offset) = produce_raw(&addr, "h", 1, &value).await;
         assert_eq!(code, 0);
-        history.sends.push(raw_sent(&value, code, offset));
+        history.sends.push(raw_sent(&value, 1, code, offset));
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
 
@@ -304,7 +319,7 @@ async fn a_restarted_leader_keeps_its_checkpointed_high_watermark() {
     })
     .await;
     let visible = read_partition(&addr, "h", 0).await;
-    assert_eq!(visible.len(), 10, "{visible:?}");
+    assert_eq!(visible.records.len(), 10, "{visible:?}");
 
     // The followers return: once they have the records, consumers see them.
     cluster.start_node(2);
@@ -312,12 +327,11 @@ async fn a_restarted_leader_keeps_its_checkpointed_high_watermark() {
     until_isr(&cluster, 4, "h", 3).await;
     support::eventually("the acks=1 records become visible", || {
         let addr = addr.clone();
-        async move { read_partition(&addr, "h", 0).await.len() == 15 }
+        async move { read_partition(&addr, "h", 0).await.records.len() == 15 }
     })
     .await;
     let log = read_partition(&addr, "h", 0).await;
-    let anomalies = history.check(&BTreeMap::from([(0, log)]));
-    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_clean(&history, BTreeMap::from([(0, log)]));
     assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
 }
 
@@ -342,12 +356,12 @@ async fn a_killed_leaders_unreplicated_tail_is_truncated_when_it_returns() {
     until_isr(&cluster, 1, "d", 3).await;
     let (_, epoch) = leader_epoch(&cluster, 4, "d").await;
     let addr = cluster.kafka_addr(1);
-    let mut history = load::History::default();
+    let mut history = History::default();
     for i in 0..10 {
         let value = format!("all-{i}");
         let (code, offset) = produce_raw(&addr, "d", -1, &value).await;
         assert_eq!(code, 0);
-        history.sends.push(raw_sent(&value, code, offset));
+        history.sends.push(raw_sent(&value, -1, code, offset));
     }
 
     // Both followers paused for less than the lag time and the session timeout: they stay in
@@ -356,10 +370,10 @@ async fn a_killed_leaders_unreplicated_tail_is_truncated_when_it_returns() {
     cluster.pause(3);
     for i in 0..12 {
         let value = format!("one-{i}");
-        let (code, _) = produce_raw(&addr, "d", 1, &value).await;
+        let (code, offset) = produce_raw(&addr, "d", 1, &value).await;
         assert_eq!(code, 0);
         // Acknowledged at acks=1 only: may be lost, never doubled (not judged as acks=all).
-        history.sends.push(raw_sent(&value, -1, -1));
+        history.sends.push(raw_sent(&value, 1, code, offset));
     }
     let lag = cluster
         .metric(1, "strata_replica_max_lag_records", "")
@@ -385,8 +399,7 @@ async fn a_killed_leaders_unreplicated_tail_is_truncated_when_it_returns() {
     assert!(truncated >= 10.0, "batches truncated: {truncated}");
     let (leader, _) = leader_epoch(&cluster, 4, "d").await;
     let log = read_partition(&cluster.kafka_addr(leader), "d", 0).await;
-    let anomalies = history.check(&BTreeMap::from([(0, log)]));
-    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_clean(&history, BTreeMap::from([(0, log)]));
     assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
 
     // The three logs end identical.
@@ -416,12 +429,12 @@ async fn a_follower_back_from_a_power_loss_is_not_elected_with_a_shorter_log() {
     );
     until_isr(&cluster, 1, "p", 3).await;
     let addr = cluster.kafka_addr(1);
-    let mut history = load::History::default();
+    let mut history = History::default();
     let produce = |value: String| {
         let addr = addr.clone();
         async move {
             let (code, offset) = produce_raw(&addr, "p", -1, &value).await;
-            (raw_sent(&value, code, offset), code)
+            (raw_sent(&value, -1, code, offset), code)
         }
     };
     for i in 0..20 {
@@ -465,8 +478,7 @@ async fn a_follower_back_from_a_power_loss_is_not_elected_with_a_shorter_log() {
     until_isr(&cluster, 4, "p", 3).await;
     let (leader, _) = leader_and_isr(&cluster.kafka_addr(4), "p").await;
     let log = read_partition(&cluster.kafka_addr(leader), "p", 0).await;
-    let anomalies = history.check(&BTreeMap::from([(0, log)]));
-    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_clean(&history, BTreeMap::from([(0, log)]));
     assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
 }
 
@@ -570,7 +582,7 @@ async fn offload_goes_on_after_a_leader_is_killed_and_a_paused_leader_commits_no
     cluster.start_node(1);
     assert!(load.until_more_acked(2000, Duration::from_secs(60)).await);
     let mut history = load.stop().await;
-    history.sends.push(raw_sent("stale", code, -1));
+    history.sends.push(raw_sent("stale", -1, code, -1));
     until_isr(&cluster, 4, "t", 3).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -600,9 +612,8 @@ async fn offload_goes_on_after_a_leader_is_killed_and_a_paused_leader_commits_no
     // Read from offset 0, cold then hot: every acknowledged record once.
     let (leader, _) = leader_and_isr(&cluster.kafka_addr(4), "t").await;
     let log = read_partition(&cluster.kafka_addr(leader), "t", 0).await;
-    assert_eq!(log.first().map(|(o, _)| *o), Some(0));
-    let anomalies = history.check(&BTreeMap::from([(0, log)]));
-    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_eq!(log.records.first().map(|(o, _)| *o), Some(0));
+    assert_clean(&history, BTreeMap::from([(0, log)]));
     assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
 }
 
@@ -798,8 +809,7 @@ async fn two_hundred_thousand_acks_all_records_are_equal_on_every_replica() {
     assert_eq!(history.failed().count(), 0);
     let (leader, _) = until_isr(&cluster, 1, "e", 3).await;
     let log = read_partition(&cluster.kafka_addr(leader), "e", 0).await;
-    let anomalies = history.check(&BTreeMap::from([(0, log)]));
-    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_clean(&history, BTreeMap::from([(0, log)]));
     assert_fully_replicated(&cluster, &[1, 2, 3]).await;
 
     // Stopped, the three logs hold the same batches at the same offsets, with equal epochs.

@@ -90,6 +90,14 @@ impl Broker {
         let _ = self.replication.set(Replication { endpoint, shutdown });
     }
 
+    /// Whether broker `id` is one of `--seeds` (`id@host:port`).
+    fn is_seed(&self, id: i32) -> bool {
+        self.config
+            .seeds
+            .iter()
+            .any(|s| s.split('@').next().and_then(|i| i.trim().parse().ok()) == Some(id))
+    }
+
     /// Starts fetching `p` from `leader` at `epoch` (it has just become its follower); the
     /// fetcher ends by itself when the role changes again.
     pub(super) fn follow(&self, p: &Arc<Partition>, leader: i32, epoch: i32) {
@@ -99,9 +107,13 @@ impl Broker {
         if leader < 0 {
             return;
         }
+        // A voter is dialled at its `--seeds` address (an operator's choice: a proxy, a NAT);
+        // other brokers at the peer address their registration carries.
         let view = self.metadata.view();
-        if let Some(addr) = view.brokers.get(&leader).and_then(|b| b.peer.parse().ok()) {
-            replication.endpoint.set_address(leader, addr);
+        if !self.is_seed(leader) {
+            if let Some(addr) = view.brokers.get(&leader).and_then(|b| b.peer.parse().ok()) {
+                replication.endpoint.set_address(leader, addr);
+            }
         }
         let Some(topic_id) = self.topic(&p.topic).map(|t| t.id) else {
             return;

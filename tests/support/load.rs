@@ -1,11 +1,9 @@
-//! A librdkafka producer load that records every send (value, partition, outcome, times), and
-//! the reading of a partition's final log (partition, offset, value) over raw Fetches, for
-//! exact-set checks: every acknowledged value present exactly once at its acknowledged offset,
-//! a failed one at most once, nothing never sent.
+//! A librdkafka producer load that records every send (value, partition, outcome, time) into a
+//! checker history (`checker.rs`), and the reading of a partition's final log over raw
+//! Fetches.
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,90 +11,8 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::checker::{FinalLog, History, Sent};
 use crate::support::{topic_name, KafkaConn};
-
-/// One send and how it ended.
-#[derive(Debug, Clone)]
-pub struct Sent {
-    pub value: String,
-    pub partition: i32,
-    /// The acknowledged offset, or the error.
-    pub outcome: Result<i64, String>,
-    pub done: Instant,
-}
-
-#[derive(Debug, Default)]
-pub struct History {
-    pub sends: Vec<Sent>,
-}
-
-impl History {
-    pub fn acked(&self) -> impl Iterator<Item = &Sent> {
-        self.sends.iter().filter(|s| s.outcome.is_ok())
-    }
-
-    pub fn failed(&self) -> impl Iterator<Item = &Sent> {
-        self.sends.iter().filter(|s| s.outcome.is_err())
-    }
-
-    /// The longest time between two acknowledgements (or from the first send to the first).
-    pub fn longest_ack_gap(&self, started: Instant) -> Duration {
-        let mut times: Vec<Instant> = self.acked().map(|s| s.done).collect();
-        times.sort();
-        let mut last = started;
-        let mut gap = Duration::ZERO;
-        for t in times {
-            gap = gap.max(t - last);
-            last = t;
-        }
-        gap
-    }
-
-    /// Checks the final logs (`final_log[partition]` = (offset, value) in log order) against
-    /// the sends: each acknowledged value once, at its offset; each failed one at most once;
-    /// no value that was never sent; offsets strictly increasing. Returns the anomalies.
-    pub fn check(&self, final_log: &BTreeMap<i32, Vec<(i64, String)>>) -> Vec<String> {
-        let mut anomalies = Vec::new();
-        let mut found: HashMap<&str, Vec<(i32, i64)>> = HashMap::new();
-        for (&partition, records) in final_log {
-            let mut last = -1;
-            for (offset, value) in records {
-                if *offset <= last {
-                    anomalies.push(format!("p{partition}: offset {offset} after {last}"));
-                }
-                last = *offset;
-                found
-                    .entry(value.as_str())
-                    .or_default()
-                    .push((partition, *offset));
-            }
-        }
-        let sent: HashMap<&str, &Sent> = self.sends.iter().map(|s| (s.value.as_str(), s)).collect();
-        for s in &self.sends {
-            let at = found.get(s.value.as_str()).cloned().unwrap_or_default();
-            match &s.outcome {
-                Ok(offset) => {
-                    if at != [(s.partition, *offset)] {
-                        anomalies.push(format!(
-                            "acknowledged {} at p{} offset {offset} is in the log at {at:?}",
-                            s.value, s.partition
-                        ));
-                    }
-                }
-                Err(_) if at.len() > 1 => {
-                    anomalies.push(format!("failed {} is in the log twice: {at:?}", s.value));
-                }
-                Err(_) => {}
-            }
-        }
-        for (value, at) in &found {
-            if !sent.contains_key(value) {
-                anomalies.push(format!("{value} at {at:?} was never sent"));
-            }
-        }
-        anomalies
-    }
-}
 
 /// An idempotent acks=all librdkafka producer (unless `acks` says otherwise).
 pub fn producer(bootstrap: &str, acks: &str, message_timeout_ms: u64) -> FutureProducer {
@@ -134,6 +50,7 @@ impl Load {
         let acked = Arc::new(AtomicU64::new(0));
         let (topic, tag) = (topic.to_string(), tag.to_string());
         let (stopping, counting) = (stop.clone(), acked.clone());
+        let acks_all = tag_is_acks_all(&tag);
         let task = tokio::spawn(async move {
             let mut history = History::default();
             let mut n: u64 = 0;
@@ -158,6 +75,7 @@ impl Load {
                         Sent {
                             value,
                             partition,
+                            acks_all,
                             outcome,
                             done: Instant::now(),
                         }
@@ -203,17 +121,24 @@ impl Load {
     }
 }
 
-/// Partition `partition` of `topic` from `from` to its high watermark at the broker at `addr`
-/// (which must lead it), as (offset, value).
-pub async fn read_partition(addr: &str, topic: &str, partition: i32) -> Vec<(i64, String)> {
+/// Whether a load tagged `tag` is judged (acks=all) or only reported: tags of acks=1 streams
+/// start with "acks1".
+fn tag_is_acks_all(tag: &str) -> bool {
+    !tag.starts_with("acks1")
+}
+
+/// Partition `partition` of `topic` from its log start to its high watermark at the broker at
+/// `addr` (which must lead it).
+pub async fn read_partition(addr: &str, topic: &str, partition: i32) -> FinalLog {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse};
+    const OFFSET_OUT_OF_RANGE: i16 = 1;
     let limits = strata::record::validate::ValidationLimits {
         max_batch_bytes: 1 << 30,
         max_decompressed_bytes: 1 << 30,
     };
     let mut conn = KafkaConn::connect(addr).await;
-    let mut out = Vec::new();
+    let mut out = FinalLog::default();
     let mut next = 0;
     loop {
         let request = FetchRequest::default()
@@ -228,7 +153,17 @@ pub async fn read_partition(addr: &str, topic: &str, partition: i32) -> Vec<(i64
                     .with_partition_max_bytes(4 << 20)])]);
         let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &request).await;
         let p = &r.responses[0].partitions[0];
+        if p.error_code == OFFSET_OUT_OF_RANGE
+            && out.records.is_empty()
+            && next < p.log_start_offset
+        {
+            next = p.log_start_offset;
+            continue;
+        }
         assert_eq!(p.error_code, 0, "fetch of {topic}-{partition} at {next}");
+        if out.records.is_empty() {
+            out.log_start = next.max(p.log_start_offset);
+        }
         let records = p.records.clone().unwrap_or_default();
         let (batches, _) = strata::record::batch::split_batches(&records);
         if batches.is_empty() {
@@ -246,7 +181,7 @@ pub async fn read_partition(addr: &str, topic: &str, partition: i32) -> Vec<(i64
                 let offset = header.base_offset + i64::from(r.offset_delta);
                 if offset >= next {
                     let value = String::from_utf8(r.value.unwrap_or_default()).unwrap();
-                    out.push((offset, value));
+                    out.records.push((offset, value));
                 }
             }
             next = header.last_offset() + 1;

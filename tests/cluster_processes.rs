@@ -15,6 +15,8 @@ mod cluster_support;
 mod load;
 #[path = "support/procs.rs"]
 mod procs;
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
 
 use std::collections::BTreeMap;
@@ -632,64 +634,6 @@ async fn coordinator(cluster: &ProcCluster, via: i32, group: &str) -> i32 {
     }
 }
 
-/// What one group member did: records read, and per partition its last acknowledged commit.
-#[derive(Default)]
-struct Member {
-    read: u64,
-    commits: u64,
-    acked: BTreeMap<i32, i64>,
-}
-
-/// A librdkafka group member reading `topic` until `stop`, committing synchronously every
-/// 100 ms; `read` counts records across members.
-fn member(
-    bootstrap: String,
-    topic: &'static str,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
-) -> std::thread::JoinHandle<Member> {
-    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    use std::sync::atomic::Ordering;
-    std::thread::spawn(move || {
-        let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", "failover")
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "500")
-            .set("topic.metadata.refresh.interval.ms", "1000")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[topic]).unwrap();
-        let mut me = Member::default();
-        let mut last_commit = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-                me.read += 1;
-                read.fetch_add(1, Ordering::Relaxed);
-            }
-            if last_commit.elapsed() >= Duration::from_millis(100) {
-                last_commit = Instant::now();
-                let Ok(positions) = consumer.position() else {
-                    continue;
-                };
-                if positions.count() > 0 && consumer.commit(&positions, CommitMode::Sync).is_ok() {
-                    me.commits += 1;
-                    for e in positions.elements() {
-                        if let rdkafka::Offset::Offset(o) = e.offset() {
-                            let at = me.acked.entry(e.partition()).or_insert(o);
-                            *at = (*at).max(o);
-                        }
-                    }
-                }
-            }
-        }
-        consumer.unsubscribe();
-        me
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_group_goes_on_when_its_coordinator_is_killed_and_keeps_every_acknowledged_commit() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -705,7 +649,15 @@ async fn a_group_goes_on_when_its_coordinator_is_killed_and_keeps_every_acknowle
         Arc::new(AtomicU64::new(0)),
     );
     let members: Vec<_> = (0..3)
-        .map(|_| member(cluster.bootstrap(), "g", stop.clone(), read.clone()))
+        .map(|_| {
+            load::member(
+                cluster.bootstrap(),
+                "failover",
+                "g",
+                stop.clone(),
+                read.clone(),
+            )
+        })
         .collect();
     let until_read = |more: u64| {
         let target = read.load(Ordering::Relaxed) + more;
@@ -740,21 +692,19 @@ async fn a_group_goes_on_when_its_coordinator_is_killed_and_keeps_every_acknowle
         history.failed().next()
     );
     stop.store(true, Ordering::Relaxed);
-    let members: Vec<Member> = members.into_iter().map(|m| m.join().unwrap()).collect();
+    let members: Vec<load::Member> = members.into_iter().map(|m| m.join().unwrap()).collect();
     eprintln!(
         "members read {:?}, committed {:?} times",
-        members.iter().map(|m| m.read).collect::<Vec<_>>(),
-        members.iter().map(|m| m.commits).collect::<Vec<_>>()
+        members.iter().map(|m| m.reads.len()).collect::<Vec<_>>(),
+        members.iter().map(|m| m.commits.len()).collect::<Vec<_>>()
     );
 
     // Every acknowledged commit is kept: the group's committed offsets are at least the last
     // one any member had acknowledged for each partition.
     let mut acked: BTreeMap<i32, i64> = BTreeMap::new();
-    for m in &members {
-        for (&p, &o) in &m.acked {
-            let at = acked.entry(p).or_insert(o);
-            *at = (*at).max(o);
-        }
+    for c in members.iter().flat_map(|m| &m.commits) {
+        let at = acked.entry(c.partition).or_insert(c.offset);
+        *at = (*at).max(c.offset);
     }
     assert_eq!(acked.len(), 6, "{acked:?}");
     let checker: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
@@ -821,4 +771,50 @@ async fn two_hundred_thousand_acks_all_records_are_equal_on_every_replica() {
         assert!(r.0 == replicas[0].0, "the replicas' bytes differ");
         assert_eq!(r.1, replicas[0].1, "epochs");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_controller_loses_its_leaderships_to_the_others() {
+    let _one = ONE_CLUSTER.lock().await;
+    let cluster = ProcCluster::start(3, &SETTINGS, Duration::from_secs(180));
+    assert_eq!(create_topic(&cluster.kafka_addr(1), "c", 3, 3).await, 0);
+    until_isr(&cluster, 1, "c", 3).await;
+    let m = cluster_support::metadata(&cluster.kafka_addr(1), Some("c")).await;
+    let controller = m.controller_id.0;
+    let led: Vec<(i32, i32)> = m.topics[0]
+        .partitions
+        .iter()
+        .filter(|p| p.leader_id.0 == controller)
+        .map(|p| (p.partition_index, p.leader_epoch))
+        .collect();
+    eprintln!("controller {controller} leads {led:?}");
+    cluster.pause(controller);
+    let other = (1..=3).find(|id| *id != controller).unwrap();
+    let started = Instant::now();
+    let mut last = String::new();
+    let moved = loop {
+        let m = cluster_support::metadata(&cluster.kafka_addr(other), Some("c")).await;
+        let now: Vec<(i32, i32, i32)> = m.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.leader_id.0, p.leader_epoch))
+            .collect();
+        let line = format!("controller {} partitions {now:?}", m.controller_id.0);
+        if line != last {
+            eprintln!("{:>6} ms {line}", started.elapsed().as_millis());
+            last = line;
+        }
+        if m.controller_id.0 != controller && now.iter().all(|p| p.1 != controller && p.1 >= 0) {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    cluster.resume(controller);
+    assert!(
+        moved,
+        "the paused controller kept its role or leaderships: {last}"
+    );
 }

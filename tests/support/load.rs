@@ -26,6 +26,8 @@ pub fn producer(bootstrap: &str, acks: &str, message_timeout_ms: u64) -> FutureP
         .set("linger.ms", "5")
         .set("message.timeout.ms", message_timeout_ms.to_string())
         .set("topic.metadata.refresh.interval.ms", "1000")
+        // Brokers killed on purpose: the client's connection errors are expected.
+        .set("log_level", "2")
         .create()
         .unwrap()
 }
@@ -34,6 +36,9 @@ pub fn producer(bootstrap: &str, acks: &str, message_timeout_ms: u64) -> FutureP
 pub struct Load {
     stop: Arc<AtomicBool>,
     pub acked: Arc<AtomicU64>,
+    /// Per partition: sends started, sends acknowledged.
+    pub sent_to: Arc<Vec<AtomicU64>>,
+    pub acked_by: Arc<Vec<AtomicU64>>,
     task: tokio::task::JoinHandle<History>,
     pub started: Instant,
 }
@@ -51,48 +56,94 @@ impl Load {
         let (topic, tag) = (topic.to_string(), tag.to_string());
         let (stopping, counting) = (stop.clone(), acked.clone());
         let acks_all = tag_is_acks_all(&tag);
-        let task = tokio::spawn(async move {
-            let mut history = History::default();
-            let mut n: u64 = 0;
-            while !stopping.load(Ordering::Relaxed) {
-                let sends = (0..window).map(|_| {
-                    n += 1;
-                    let value = format!("{tag}-{n}");
-                    let partition = (n % partitions as u64) as i32;
-                    let (producer, topic) = (producer.clone(), topic.clone());
-                    async move {
-                        let outcome = producer
-                            .send(
-                                FutureRecord::to(&topic)
-                                    .key(&value)
-                                    .payload(&value)
-                                    .partition(partition),
-                                Duration::from_secs(60),
-                            )
-                            .await
-                            .map(|delivered| delivered.offset)
-                            .map_err(|(e, _)| e.to_string());
-                        Sent {
-                            value,
-                            partition,
-                            acks_all,
-                            outcome,
-                            done: Instant::now(),
+        let sent_to: Arc<Vec<AtomicU64>> =
+            Arc::new((0..partitions).map(|_| AtomicU64::new(0)).collect());
+        let acked_by: Arc<Vec<AtomicU64>> =
+            Arc::new((0..partitions).map(|_| AtomicU64::new(0)).collect());
+        let (sending, acking) = (sent_to.clone(), acked_by.clone());
+        // One loop per partition, so a partition that stalls (its leader lost) holds up only
+        // its own sends; each keeps `window / partitions` sends in flight, starting one as
+        // soon as another ends.
+        let per_partition = window.div_ceil(partitions as usize).max(1);
+        let loops: Vec<_> = (0..partitions)
+            .map(|partition| {
+                let (producer, topic, tag) = (producer.clone(), topic.clone(), tag.clone());
+                let (stopping, counting) = (stopping.clone(), counting.clone());
+                let (sending, acking) = (sending.clone(), acking.clone());
+                tokio::spawn(async move {
+                    use futures::stream::{FuturesUnordered, StreamExt};
+                    let send = |n: u64| {
+                        let value = format!("{tag}-{partition}-{n}");
+                        let (producer, topic) = (producer.clone(), topic.clone());
+                        sending[partition as usize].fetch_add(1, Ordering::Relaxed);
+                        async move {
+                            let outcome = producer
+                                .send(
+                                    FutureRecord::to(&topic)
+                                        .key(&value)
+                                        .payload(&value)
+                                        .partition(partition),
+                                    Duration::from_secs(60),
+                                )
+                                .await
+                                .map(|delivered| delivered.offset)
+                                .map_err(|(e, _)| e.to_string());
+                            Sent {
+                                value,
+                                partition,
+                                acks_all,
+                                outcome,
+                                done: Instant::now(),
+                            }
+                        }
+                    };
+                    let mut sends_done = Vec::new();
+                    let mut in_flight = FuturesUnordered::new();
+                    let mut n: u64 = 0;
+                    // Beyond the window, a send every 100 ms while the partition stalls (up to
+                    // ten windows in flight): a fault always sees sends attempted.
+                    let mut trickle = tokio::time::interval(Duration::from_millis(100));
+                    loop {
+                        let stopping = stopping.load(Ordering::Relaxed);
+                        if !stopping && in_flight.len() < per_partition {
+                            n += 1;
+                            in_flight.push(send(n));
+                            continue;
+                        }
+                        if in_flight.is_empty() {
+                            break;
+                        }
+                        tokio::select! {
+                            sent = in_flight.next() => {
+                                let Some(sent) = sent else { continue };
+                                if sent.outcome.is_ok() {
+                                    counting.fetch_add(1, Ordering::Relaxed);
+                                    acking[partition as usize].fetch_add(1, Ordering::Relaxed);
+                                }
+                                sends_done.push(sent);
+                            }
+                            _ = trickle.tick(), if !stopping && in_flight.len() < 10 * per_partition => {
+                                n += 1;
+                                in_flight.push(send(n));
+                            }
                         }
                     }
-                });
-                for sent in futures::future::join_all(sends).await {
-                    if sent.outcome.is_ok() {
-                        counting.fetch_add(1, Ordering::Relaxed);
-                    }
-                    history.sends.push(sent);
-                }
+                    sends_done
+                })
+            })
+            .collect();
+        let task = tokio::spawn(async move {
+            let mut history = History::default();
+            for sends in futures::future::join_all(loops).await {
+                history.sends.extend(sends.expect("a load loop"));
             }
             history
         });
         Load {
             stop,
             acked,
+            sent_to,
+            acked_by,
             task,
             started: Instant::now(),
         }
@@ -100,6 +151,14 @@ impl Load {
 
     pub fn acked(&self) -> u64 {
         self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Sends started to, and acknowledged by, `partition`.
+    pub fn partition_counts(&self, partition: i32) -> (u64, u64) {
+        (
+            self.sent_to[partition as usize].load(Ordering::Relaxed),
+            self.acked_by[partition as usize].load(Ordering::Relaxed),
+        )
     }
 
     /// Waits (up to `within`) until `more` sends beyond the count now are acknowledged.
@@ -187,4 +246,69 @@ pub async fn read_partition(addr: &str, topic: &str, partition: i32) -> FinalLog
             next = header.last_offset() + 1;
         }
     }
+}
+
+/// What one group member did: the records it read and its acknowledged commits.
+#[derive(Default)]
+pub struct Member {
+    pub reads: Vec<crate::checker::Read>,
+    pub commits: Vec<crate::checker::Commit>,
+}
+
+/// A librdkafka member of `group` reading `topic` until `stop`, committing its positions
+/// synchronously every 100 ms; `read` counts records across members.
+pub fn member(
+    bootstrap: String,
+    group: &'static str,
+    topic: &'static str,
+    stop: Arc<AtomicBool>,
+    read: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<Member> {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::Message;
+    std::thread::spawn(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
+            .set("topic.metadata.refresh.interval.ms", "1000")
+            .set("log_level", "2")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let mut me = Member::default();
+        let mut last_commit = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                me.reads.push(crate::checker::Read {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    value: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                });
+                read.fetch_add(1, Ordering::Relaxed);
+            }
+            if last_commit.elapsed() >= Duration::from_millis(100) {
+                last_commit = Instant::now();
+                let Ok(positions) = consumer.position() else {
+                    continue;
+                };
+                if positions.count() > 0 && consumer.commit(&positions, CommitMode::Sync).is_ok() {
+                    for e in positions.elements() {
+                        if let rdkafka::Offset::Offset(offset) = e.offset() {
+                            me.commits.push(crate::checker::Commit {
+                                group: group.to_string(),
+                                partition: e.partition(),
+                                offset,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        consumer.unsubscribe();
+        me
+    })
 }

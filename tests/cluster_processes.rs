@@ -776,7 +776,7 @@ async fn two_hundred_thousand_acks_all_records_are_equal_on_every_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_controller_loses_its_leaderships_to_the_others() {
     let _one = ONE_CLUSTER.lock().await;
-    let cluster = ProcCluster::start(3, &SETTINGS, Duration::from_secs(180));
+    let cluster = ProcCluster::start_with(3, &[1, 2, 3], &SETTINGS, Duration::from_secs(180), true);
     assert_eq!(create_topic(&cluster.kafka_addr(1), "c", 3, 3).await, 0);
     until_isr(&cluster, 1, "c", 3).await;
     let m = cluster_support::metadata(&cluster.kafka_addr(1), Some("c")).await;

@@ -74,15 +74,16 @@ async fn run(faults: usize, seed: u64) -> serde_json::Value {
     })
     .await;
 
-    let all = Load::start(
-        load::producer(&cluster.bootstrap(), "all", 60_000),
+    let bootstrap = cluster.bootstrap();
+    let all = Load::start_with(
+        |_| load::producer(&bootstrap, "all", 60_000),
         TOPIC,
         PARTITIONS,
         "all",
         60,
     );
     let acks1 = Load::start(
-        load::producer(&cluster.bootstrap(), "1", 60_000),
+        load::producer(&bootstrap, "1", 60_000),
         TOPIC,
         PARTITIONS,
         "acks1",
@@ -208,4 +209,115 @@ async fn long_run() {
     );
     std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
     eprintln!("report: {path}");
+}
+
+/// When broker `id` was drained (Metadata from `via` shows it leading nothing and in no ISR
+/// of `topic`) and when its Kafka listener closed, as seen every 20 ms until `stop`.
+async fn watch_shutdown(
+    kafka: String,
+    via: String,
+    id: i32,
+    topic: &'static str,
+    stop: Arc<AtomicBool>,
+) -> (Option<std::time::Instant>, Option<std::time::Instant>) {
+    let (mut drained, mut closed) = (None, None);
+    while !stop.load(Ordering::Relaxed) && (drained.is_none() || closed.is_none()) {
+        if drained.is_none() {
+            let m = cluster_support::metadata(&via, Some(topic)).await;
+            let holds = m.topics[0]
+                .partitions
+                .iter()
+                .any(|p| p.leader_id.0 == id || p.isr_nodes.iter().any(|b| b.0 == id));
+            if !holds {
+                drained = Some(std::time::Instant::now());
+            }
+        }
+        if closed.is_none() && tokio::net::TcpStream::connect(&kafka).await.is_err() {
+            closed = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (drained, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_fails_no_send() {
+    let _one = ONE_CLUSTER.lock().await;
+    let mut cluster = ProcCluster::start(3, &SETTINGS, Duration::from_secs(300));
+    let addr = cluster.kafka_addr(1);
+    assert_eq!(
+        cluster_support::create_topic(&addr, "r", PARTITIONS, 3).await,
+        0
+    );
+    let whole = |cluster: &ProcCluster, via: i32| {
+        let addr = cluster.kafka_addr(via);
+        async move {
+            support::eventually("every ISR whole", || async {
+                let m = cluster_support::metadata(&addr, Some("r")).await;
+                m.topics.first().is_some_and(|t| {
+                    t.partitions.len() == PARTITIONS as usize
+                        && t.partitions
+                            .iter()
+                            .all(|p| p.leader_id.0 > 0 && p.isr_nodes.len() == 3)
+                })
+            })
+            .await
+        }
+    };
+    whole(&cluster, 1).await;
+    let load = Load::start(
+        load::producer(&cluster.bootstrap(), "all", 15_000),
+        "r",
+        PARTITIONS,
+        "r",
+        60,
+    );
+    assert!(load.until_more_acked(2000, Duration::from_secs(60)).await);
+    for id in 1..=3 {
+        let other = if id == 1 { 2 } else { 1 };
+        let stop = Arc::new(AtomicBool::new(false));
+        let watch = tokio::spawn(watch_shutdown(
+            cluster.kafka_addr(id),
+            cluster.kafka_addr(other),
+            id,
+            "r",
+            stop.clone(),
+        ));
+        let sigterm = std::time::Instant::now();
+        assert!(
+            cluster.terminate(id, Duration::from_secs(30)),
+            "broker {id} stopped cleanly"
+        );
+        stop.store(true, Ordering::Relaxed);
+        let (drained, closed) = watch.await.unwrap();
+        let (drained, closed) = (drained.expect("drained"), closed.expect("closed"));
+        eprintln!(
+            "broker {id}: drained after {:?}, listener closed after {:?}",
+            drained - sigterm,
+            closed - sigterm
+        );
+        assert!(
+            drained <= closed,
+            "broker {id} held leaderships or ISR seats when it closed"
+        );
+        cluster.start_node(id);
+        whole(&cluster, other).await;
+        assert!(load.until_more_acked(1000, Duration::from_secs(60)).await);
+    }
+    let started = load.started;
+    let history = load.stop().await;
+    eprintln!(
+        "rolling restart: {} acknowledged, longest ack gap {:?}",
+        history.acked().count(),
+        history.longest_ack_gap(started)
+    );
+    assert_eq!(history.failed().count(), 0, "{:?}", history.failed().next());
+    let (leaders, _) = nemesis::view(&cluster, 1, "r").await;
+    let mut last = Final::default();
+    for (p, (leader, _, _)) in leaders.iter().enumerate() {
+        let log = read_partition(&cluster.kafka_addr(*leader), "r", p as i32).await;
+        last.logs.insert(p as i32, log);
+    }
+    let report = checker::check(&history, &last);
+    assert!(report.is_clean(), "{}", report.summary());
 }

@@ -27,7 +27,7 @@ pub fn producer(bootstrap: &str, acks: &str, message_timeout_ms: u64) -> FutureP
         .set("message.timeout.ms", message_timeout_ms.to_string())
         .set("topic.metadata.refresh.interval.ms", "1000")
         // Brokers killed on purpose: the client's connection errors are expected.
-        .set("log_level", "2")
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Critical)
         .create()
         .unwrap()
 }
@@ -51,6 +51,19 @@ impl Load {
         tag: &str,
         window: usize,
     ) -> Load {
+        Load::start_with(move |_| producer.clone(), topic, partitions, tag, window)
+    }
+
+    /// [`Load::start`] with the producer of each partition's loop made by `producer(partition)`:
+    /// one producer per partition keeps librdkafka's recovery of one partition (an
+    /// idempotent producer drains and resets all its partitions) from stalling the others.
+    pub fn start_with(
+        producer: impl Fn(i32) -> FutureProducer,
+        topic: &str,
+        partitions: i32,
+        tag: &str,
+        window: usize,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));
         let (topic, tag) = (topic.to_string(), tag.to_string());
@@ -67,7 +80,7 @@ impl Load {
         let per_partition = window.div_ceil(partitions as usize).max(1);
         let loops: Vec<_> = (0..partitions)
             .map(|partition| {
-                let (producer, topic, tag) = (producer.clone(), topic.clone(), tag.clone());
+                let (producer, topic, tag) = (producer(partition), topic.clone(), tag.clone());
                 let (stopping, counting) = (stopping.clone(), counting.clone());
                 let (sending, acking) = (sending.clone(), acking.clone());
                 tokio::spawn(async move {
@@ -275,7 +288,7 @@ pub fn member(
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500")
             .set("topic.metadata.refresh.interval.ms", "1000")
-            .set("log_level", "2")
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Critical)
             .create()
             .unwrap();
         consumer.subscribe(&[topic]).unwrap();

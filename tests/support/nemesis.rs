@@ -210,7 +210,8 @@ impl Nemesis {
         let (sent_now, _) = load.partition_counts(partition);
         let healed_ms = self.ms();
         self.log(&format!("healed {target}"));
-        let epoch_after = self.until_whole(cluster, partition).await;
+        // Asked of another broker: the target's own view is stale right after it resumes.
+        let epoch_after = self.until_whole(cluster, partition, target).await;
         for (p, at) in since.iter_mut().enumerate() {
             *at = load.partition_counts(p as i32).1;
         }
@@ -247,13 +248,16 @@ impl Nemesis {
         }
     }
 
-    /// Waits until every partition has a leader and its whole ISR; the chosen partition's
-    /// epoch then.
-    async fn until_whole(&self, cluster: &ProcCluster, partition: i32) -> i32 {
+    /// Waits until every partition has a leader and its whole ISR, as a broker other than
+    /// `not` sees it; the chosen partition's epoch then.
+    async fn until_whole(&self, cluster: &ProcCluster, partition: i32, not: i32) -> i32 {
         let deadline = Instant::now() + Duration::from_secs(90);
         let n = cluster.nodes.len();
+        let via = (1..=n as i32)
+            .find(|&id| id != not)
+            .expect("another broker");
         loop {
-            let (leaders, _) = view(cluster, live(cluster), self.topic).await;
+            let (leaders, _) = view(cluster, via, self.topic).await;
             if leaders.len() == self.partitions as usize
                 && leaders.iter().all(|l| l.0 > 0 && l.2 == n)
             {

@@ -107,7 +107,10 @@ impl Nemesis {
     }
 
     fn log(&self, what: &str) {
-        eprintln!("[nemesis {:>7} ms] {what}", self.ms());
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() % 100_000);
+        eprintln!("[nemesis {:>7} ms, wall …{wall:05}] {what}", self.ms());
     }
 
     /// The `i`-th kind: every kind once first (in a seeded order), then seeded draws.
@@ -183,6 +186,11 @@ impl Nemesis {
         self.log(&format!(
             "{kind:?} of broker {target}, leader of {}-{partition} at epoch {epoch_before}",
             self.topic
+        ));
+        let (before, controller) = view(cluster, live(cluster), self.topic).await;
+        self.log(&format!(
+            "as {} sees it: {before:?}, controller {controller}",
+            live(cluster)
         ));
         match kind {
             Kind::KillLeader | Kind::KillController | Kind::PowerLoss => {
@@ -261,6 +269,7 @@ impl Nemesis {
             if leaders.len() == self.partitions as usize
                 && leaders.iter().all(|l| l.0 > 0 && l.2 == n)
             {
+                self.log(&format!("whole again, as {via} sees it: {leaders:?}"));
                 return leaders[partition as usize].1;
             }
             assert!(

@@ -58,9 +58,10 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// A whole run: `faults` faults from `seed`; returns the report's JSON.
-async fn run(faults: usize, seed: u64) -> serde_json::Value {
-    let deadline = Duration::from_secs(120 + 60 * faults as u64);
+/// A whole run: `faults` faults of the standard mix then `two_down` of the two-down mix,
+/// from `seed`; returns the report's JSON.
+async fn run(faults: usize, two_down: usize, seed: u64) -> serde_json::Value {
+    let deadline = Duration::from_secs(120 + 60 * (faults + two_down) as u64);
     let mut cluster = ProcCluster::start_with(3, &[1, 2, 3], &SETTINGS, deadline, true);
     let addr = cluster.kafka_addr(1);
     assert_eq!(
@@ -107,6 +108,7 @@ async fn run(faults: usize, seed: u64) -> serde_json::Value {
 
     nemesis.started = std::time::Instant::now();
     nemesis.run(&mut cluster, &all, faults).await;
+    nemesis.run_two_down(&mut cluster, &all, two_down).await;
 
     let mut history = History::default();
     for load in [all, acks1] {
@@ -148,10 +150,14 @@ async fn run(faults: usize, seed: u64) -> serde_json::Value {
         .iter()
         .map(|f| i64::from(f.epoch_after - f.epoch_before))
         .sum();
+    let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+    for f in &nemesis.faults {
+        *by_kind.entry(format!("{:?}", f.kind)).or_default() += 1;
+    }
     serde_json::json!({
         "seed": seed,
         "faults": nemesis.faults.len(),
-        "by_kind": nemesis::KINDS.iter().map(|k| (format!("{k:?}"), nemesis.faults.iter().filter(|f| f.kind == *k).count())).collect::<BTreeMap<_, _>>(),
+        "by_kind": by_kind,
         "counts": report.counts,
         "lost": report.anomalies.len(),
         "leader_epoch_increments": leader_changes,
@@ -192,17 +198,23 @@ async fn committed(cluster: &ProcCluster) -> BTreeMap<(String, i32), i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_faults_of_every_kind_lose_nothing_acknowledged() {
     let _one = ONE_CLUSTER.lock().await;
-    let report = run(10, env_or("STRATA_FAULT_SEED", 7)).await;
+    let report = run(10, 0, env_or("STRATA_FAULT_SEED", 7)).await;
     eprintln!("{report}");
 }
 
-/// The long run (`infra/faults/run.sh`): STRATA_FAULTS faults (50) from STRATA_FAULT_SEED,
-/// the report written to STRATA_FAULT_REPORT.
+/// The long run (`infra/faults/run.sh`): STRATA_FAULTS faults (50) of the standard mix, then
+/// STRATA_FAULTS_TWO_DOWN (10) of the two-down mix, from STRATA_FAULT_SEED; the report written
+/// to STRATA_FAULT_REPORT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "the long run: infra/faults/run.sh"]
 async fn long_run() {
     let _one = ONE_CLUSTER.lock().await;
-    let report = run(env_or("STRATA_FAULTS", 50), env_or("STRATA_FAULT_SEED", 1)).await;
+    let report = run(
+        env_or("STRATA_FAULTS", 50),
+        env_or("STRATA_FAULTS_TWO_DOWN", 10),
+        env_or("STRATA_FAULT_SEED", 1),
+    )
+    .await;
     let path = env_or(
         "STRATA_FAULT_REPORT",
         "target/faults-report.json".to_string(),

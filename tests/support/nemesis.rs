@@ -24,6 +24,10 @@ pub enum Kind {
     IsolateLeader,
     IsolateLeaderOneWay,
     PowerLoss,
+    /// The second mix: the leader and another broker down together (kill -9, or SIGSTOP);
+    /// writes may stop, nothing acknowledged may be lost.
+    KillTwo,
+    PauseTwo,
 }
 
 pub const KINDS: [Kind; 6] = [
@@ -113,18 +117,34 @@ impl Nemesis {
         eprintln!("[nemesis {:>7} ms, wall …{wall:05}] {what}", self.ms());
     }
 
-    /// The `i`-th kind: every kind once first (in a seeded order), then seeded draws.
+    /// The `i`-th kind: every kind of `order` once first (it is shuffled), then seeded draws.
     fn kind(&mut self, i: usize, order: &[Kind]) -> Kind {
         if i < order.len() {
             order[i]
         } else {
-            KINDS[self.rng.random_range(0..KINDS.len())]
+            order[self.rng.random_range(0..order.len())]
         }
     }
 
     /// Runs `count` faults against `cluster` under `load`.
     pub async fn run(&mut self, cluster: &mut ProcCluster, load: &Load, count: usize) {
-        let mut order = KINDS.to_vec();
+        self.run_mix(cluster, load, count, &KINDS).await;
+    }
+
+    /// Runs `count` faults of the two-down mix.
+    pub async fn run_two_down(&mut self, cluster: &mut ProcCluster, load: &Load, count: usize) {
+        self.run_mix(cluster, load, count, &[Kind::KillTwo, Kind::PauseTwo])
+            .await;
+    }
+
+    async fn run_mix(
+        &mut self,
+        cluster: &mut ProcCluster,
+        load: &Load,
+        count: usize,
+        kinds: &[Kind],
+    ) {
+        let mut order = kinds.to_vec();
         for i in (1..order.len()).rev() {
             order.swap(i, self.rng.random_range(0..=i));
         }
@@ -207,6 +227,23 @@ impl Nemesis {
                 cluster.pause(target);
                 tokio::time::sleep(self.hold).await;
                 cluster.resume(target);
+            }
+            Kind::KillTwo | Kind::PauseTwo => {
+                let n = cluster.nodes.len() as i32;
+                let second = (target % n) + 1;
+                self.log(&format!("with broker {second}"));
+                if kind == Kind::KillTwo {
+                    cluster.kill9(target);
+                    cluster.kill9(second);
+                    tokio::time::sleep(self.hold).await;
+                    cluster.start_nodes(&[target, second]);
+                } else {
+                    cluster.pause(target);
+                    cluster.pause(second);
+                    tokio::time::sleep(self.hold).await;
+                    cluster.resume(target);
+                    cluster.resume(second);
+                }
             }
             Kind::IsolateLeader | Kind::IsolateLeaderOneWay => {
                 let proxy = cluster.proxy.as_ref().expect("a proxied cluster");
@@ -300,7 +337,10 @@ impl Nemesis {
             if f.sent_during == 0 {
                 problems.push(format!("{f:?}: no send to its partition during the fault"));
             }
-            if f.epoch_after <= f.epoch_before {
+            // Two voters of three down leave no quorum to move a leadership: the two-down mix
+            // is judged on its writes and the checker only.
+            let two_down = matches!(f.kind, Kind::KillTwo | Kind::PauseTwo);
+            if f.epoch_after <= f.epoch_before && !two_down {
                 problems.push(format!("{f:?}: the leader epoch did not move"));
             }
         }

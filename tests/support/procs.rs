@@ -265,6 +265,14 @@ impl ProcCluster {
         Ok(())
     }
 
+    /// Starts the brokers `ids` (again) together: two voters of three need each other to form
+    /// a quorum, so neither would be ready alone.
+    pub fn start_nodes(&mut self, ids: &[i32]) {
+        if let Err(e) = self.spawn_all(ids) {
+            panic!("{e}");
+        }
+    }
+
     /// Starts broker `id` (again) on its ports and waits until it is ready.
     pub fn start_node(&mut self, id: i32) {
         assert!(self.node(id).child.is_none(), "broker {id} runs already");

@@ -564,7 +564,7 @@ async fn offload_goes_on_after_a_leader_is_killed_and_a_paused_leader_commits_no
     // The new leader paused past its session timeout: another one takes over. An acks=all
     // write sent to the paused one while it is paused is not acknowledged once it resumes,
     // and it commits no manifest at its old epoch over the new leader's.
-    cluster.pause(new_leader as i32);
+    cluster.pause(new_leader);
     let paused_addr = cluster.kafka_addr(new_leader);
     let pending = tokio::spawn(async move { produce_raw(&paused_addr, "t", -1, "stale").await });
     support::eventually("a third leader", || async {
@@ -578,7 +578,7 @@ async fn offload_goes_on_after_a_leader_is_killed_and_a_paused_leader_commits_no
             .is_some_and(|m| m.leader_epoch > epoch)
     })
     .await;
-    cluster.resume(new_leader as i32);
+    cluster.resume(new_leader);
     let (code, _) = pending.await.unwrap();
     assert_ne!(code, 0, "the deposed leader acknowledged an acks=all write");
     cluster.start_node(1);

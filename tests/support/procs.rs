@@ -340,9 +340,11 @@ impl ProcCluster {
                 unsafe { libc::kill(pid as i32, libc::SIGTERM) };
             }
         }
-        ids.iter()
-            .map(|&id| self.terminate(id, Duration::from_secs(30)))
-            .fold(true, |all, clean| all && clean)
+        let mut all_clean = true;
+        for &id in &ids {
+            all_clean &= self.terminate(id, Duration::from_secs(30));
+        }
+        all_clean
     }
 
     /// The last `n` lines of broker `id`'s log.

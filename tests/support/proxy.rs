@@ -28,7 +28,7 @@ impl FaultProxy {
         let passes: Passes = Arc::new(Mutex::new(BTreeMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut fronts = BTreeMap::new();
-        for (&from, _) in peers {
+        for &from in peers.keys() {
             for (&to, &target) in peers {
                 if from == to {
                     continue;

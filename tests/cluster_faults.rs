@@ -137,7 +137,11 @@ async fn run(faults: usize, two_down: usize, seed: u64) -> serde_json::Value {
         let log = read_partition(&cluster.kafka_addr(*leader), TOPIC, p as i32).await;
         last.logs.insert(p as i32, log);
     }
-    last.committed = committed(&cluster).await;
+    last.committed = load::committed(&cluster.bootstrap(), GROUP, TOPIC, PARTITIONS)
+        .await
+        .into_iter()
+        .map(|(p, o)| ((GROUP.to_string(), p), o))
+        .collect();
     let report = checker::check(&history, &last);
     let vacuous = nemesis.vacuous();
     eprintln!("checker: {}", report.summary());
@@ -164,35 +168,6 @@ async fn run(faults: usize, two_down: usize, seed: u64) -> serde_json::Value {
         "unavailability_ms": nemesis.faults.iter().map(|f| f.recovered_ms - f.started_ms).collect::<Vec<_>>(),
         "detail": nemesis.faults,
     })
-}
-
-/// The group's committed offsets, per partition.
-async fn committed(cluster: &ProcCluster) -> BTreeMap<(String, i32), i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .set("group.id", GROUP)
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(TOPIC, p);
-    }
-    let committed = tokio::task::spawn_blocking(move || {
-        consumer
-            .committed_offsets(tpl, Duration::from_secs(30))
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            rdkafka::Offset::Offset(o) => Some(((GROUP.to_string(), e.partition()), o)),
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

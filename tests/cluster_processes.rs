@@ -37,6 +37,7 @@ const SETTINGS: [(&str, &str); 6] = [
 ];
 
 const NOT_ENOUGH_REPLICAS: i16 = 19;
+const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
 
 /// Waits until broker `via` shows `topic`-0 with a leader and an ISR of `n`: (leader, ISR).
 async fn until_isr(cluster: &ProcCluster, via: i32, topic: &str, n: usize) -> (i32, Vec<i32>) {
@@ -108,6 +109,39 @@ fn assert_clean(history: &History, logs: BTreeMap<i32, FinalLog>) {
     assert!(report.is_clean(), "{}", report.summary());
 }
 
+/// Five brokers, voters 1, 4 and 5 (they keep the quorum while 2 and 3 go down), and
+/// `topic`-0 on 1, 2, 3 with 1 leading them all in sync.
+async fn replicas_123_of_five(
+    topic: &str,
+    settings: &[(&str, &str)],
+    deadline: Duration,
+) -> ProcCluster {
+    let cluster = ProcCluster::start_with_voters(5, &[1, 4, 5], settings, deadline);
+    let addr = cluster.kafka_addr(4);
+    assert_eq!(create_assigned(&addr, topic, &[vec![1, 2, 3]]).await, 0);
+    assert_eq!(until_isr(&cluster, 1, topic, 3).await.0, 1);
+    cluster
+}
+
+/// One record per value of `values` to `topic`-0 at `addr` with `acks`, each acknowledged
+/// (asserted) and recorded in `history`; their offsets.
+async fn produce_each(
+    addr: &str,
+    topic: &str,
+    acks: i16,
+    values: impl IntoIterator<Item = String>,
+    history: &mut History,
+) -> Vec<i64> {
+    let mut offsets = Vec::new();
+    for value in values {
+        let (code, offset) = produce_raw(addr, topic, acks, &value).await;
+        assert_eq!(code, 0, "{value} at acks={acks}");
+        history.sends.push(raw_sent(&value, acks, code, offset));
+        offsets.push(offset);
+    }
+    offsets
+}
+
 /// No partition under-replicated on any running broker `ids`.
 async fn assert_fully_replicated(cluster: &ProcCluster, ids: &[i32]) {
     for &id in ids {
@@ -126,14 +160,8 @@ async fn paused_followers_stall_acks_all_then_refuse_them_and_rejoin() {
     let _one = ONE_CLUSTER.lock().await;
     // Voters 1, 4, 5 keep the quorum (ISR changes go through it) while followers 2 and 3
     // of s-0 are paused.
-    let cluster =
-        ProcCluster::start_with_voters(5, &[1, 4, 5], &SETTINGS, Duration::from_secs(240));
-    assert_eq!(
-        create_assigned(&cluster.kafka_addr(4), "s", &[vec![1, 2, 3]]).await,
-        0
-    );
-    let (leader, _) = until_isr(&cluster, 1, "s", 3).await;
-    assert_eq!(leader, 1);
+    let cluster = replicas_123_of_five("s", &SETTINGS, Duration::from_secs(240)).await;
+    let leader = 1;
     let followers = [2, 3];
     let producer = load::producer(&cluster.bootstrap(), "all", 30_000);
     let load = Load::start(producer, "s", 1, "s", 20);
@@ -162,17 +190,21 @@ async fn paused_followers_stall_acks_all_then_refuse_them_and_rejoin() {
     cluster.pause(followers[1]);
     until_isr(&cluster, leader, "s", 1).await;
     let addr = cluster.kafka_addr(leader);
-    let (code, _) = produce_raw(&addr, "s", -1, "refused").await;
-    assert_eq!(code, NOT_ENOUGH_REPLICAS);
-    history.sends.push(raw_sent("refused", -1, code, -1));
-    let mut unreplicated = Vec::new();
-    for i in 0..5 {
-        let value = format!("acks1-{i}");
-        let (code, offset) = produce_raw(&addr, "s", 1, &value).await;
-        assert_eq!(code, 0);
-        unreplicated.push(offset);
-        history.sends.push(raw_sent(&value, 1, code, offset));
+    // (Until the partition itself has applied the ISR Metadata shows, a write is appended and
+    // then answered NOT_ENOUGH_REPLICAS_AFTER_APPEND: not acknowledged either.)
+    for attempt in 0.. {
+        let value = format!("refused-{attempt}");
+        let (code, _) = produce_raw(&addr, "s", -1, &value).await;
+        history.sends.push(raw_sent(&value, -1, code, -1));
+        if code == NOT_ENOUGH_REPLICAS {
+            break;
+        }
+        assert_eq!(code, NOT_ENOUGH_REPLICAS_AFTER_APPEND);
+        assert!(attempt < 50, "acks=all never refused before appending");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let acks1 = (0..5).map(|i| format!("acks1-{i}"));
+    let unreplicated = produce_each(&addr, "s", 1, acks1, &mut history).await;
     let visible = read_partition(&addr, "s", 0).await;
     let last_visible = visible.records.last().map_or(-1, |(o, _)| *o);
     assert!(
@@ -282,33 +314,19 @@ fn stored(dir: &std::path::Path, topic: &str, p: i32) -> (Vec<u8>, Vec<(i32, i64
 async fn a_restarted_leader_keeps_its_checkpointed_high_watermark() {
     let _one = ONE_CLUSTER.lock().await;
     // Voters 1, 4, 5 keep the quorum while the partition's replicas 1, 2, 3 go down.
-    let mut cluster =
-        ProcCluster::start_with_voters(5, &[1, 4, 5], &SETTINGS, Duration::from_secs(240));
-    assert_eq!(
-        create_assigned(&cluster.kafka_addr(4), "h", &[vec![1, 2, 3]]).await,
-        0
-    );
-    until_isr(&cluster, 1, "h", 3).await;
+    let mut cluster = replicas_123_of_five("h", &SETTINGS, Duration::from_secs(240)).await;
     let addr = cluster.kafka_addr(1);
     let mut history = History::default();
-    for i in 0..10 {
-        let value = format!("all-{i}");
-        let (code, offset) = produce_raw(&addr, "h", -1, &value).await;
-        assert_eq!(code, 0);
-        history.sends.push(raw_sent(&value, -1, code, offset));
-    }
+    let all = (0..10).map(|i| format!("all-{i}"));
+    produce_each(&addr, "h", -1, all, &mut history).await;
 
     // Both followers down: the leader is alone in the ISR, its high watermark frozen (the
     // strict rule); acks=1 appends go past it.
     cluster.kill9(2);
     cluster.kill9(3);
     until_isr(&cluster, 4, "h", 1).await;
-    for i in 0..5 {
-        let value = format!("one-{i}");
-        let (code, offset) = produce_raw(&addr, "h", 1, &value).await;
-        assert_eq!(code, 0);
-        history.sends.push(raw_sent(&value, 1, code, offset));
-    }
+    let one = (0..5).map(|i| format!("one-{i}"));
+    produce_each(&addr, "h", 1, one, &mut history).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
 
     // kill -9 and restart the leader: it leads again at its checkpointed high watermark (10),
@@ -349,34 +367,20 @@ async fn leader_epoch(cluster: &ProcCluster, via: i32, topic: &str) -> (i32, i32
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_leaders_unreplicated_tail_is_truncated_when_it_returns() {
     let _one = ONE_CLUSTER.lock().await;
-    let mut cluster =
-        ProcCluster::start_with_voters(5, &[1, 4, 5], &SETTINGS, Duration::from_secs(240));
-    assert_eq!(
-        create_assigned(&cluster.kafka_addr(4), "d", &[vec![1, 2, 3]]).await,
-        0
-    );
-    until_isr(&cluster, 1, "d", 3).await;
+    let mut cluster = replicas_123_of_five("d", &SETTINGS, Duration::from_secs(240)).await;
     let (_, epoch) = leader_epoch(&cluster, 4, "d").await;
     let addr = cluster.kafka_addr(1);
     let mut history = History::default();
-    for i in 0..10 {
-        let value = format!("all-{i}");
-        let (code, offset) = produce_raw(&addr, "d", -1, &value).await;
-        assert_eq!(code, 0);
-        history.sends.push(raw_sent(&value, -1, code, offset));
-    }
+    let all = (0..10).map(|i| format!("all-{i}"));
+    produce_each(&addr, "d", -1, all, &mut history).await;
 
     // Both followers paused for less than the lag time and the session timeout: they stay in
     // the ISR while the leader takes acks=1 batches only it has, at least 10 past them.
     cluster.pause(2);
     cluster.pause(3);
-    for i in 0..12 {
-        let value = format!("one-{i}");
-        let (code, offset) = produce_raw(&addr, "d", 1, &value).await;
-        assert_eq!(code, 0);
-        // Acknowledged at acks=1 only: may be lost, never doubled (not judged as acks=all).
-        history.sends.push(raw_sent(&value, 1, code, offset));
-    }
+    // Acknowledged at acks=1 only: may be lost, never doubled (not judged as acks=all).
+    let one = (0..12).map(|i| format!("one-{i}"));
+    produce_each(&addr, "d", 1, one, &mut history).await;
     let lag = cluster
         .metric(1, "strata_replica_max_lag_records", "")
         .await;
@@ -423,35 +427,16 @@ async fn a_follower_back_from_a_power_loss_is_not_elected_with_a_shorter_log() {
     let mut settings = SETTINGS.to_vec();
     settings.retain(|(k, _)| *k != "broker.session.timeout.ms");
     settings.push(("broker.session.timeout.ms", "6000"));
-    let mut cluster =
-        ProcCluster::start_with_voters(5, &[1, 4, 5], &settings, Duration::from_secs(240));
-    assert_eq!(
-        create_assigned(&cluster.kafka_addr(4), "p", &[vec![1, 2, 3]]).await,
-        0
-    );
-    until_isr(&cluster, 1, "p", 3).await;
+    let mut cluster = replicas_123_of_five("p", &settings, Duration::from_secs(240)).await;
     let addr = cluster.kafka_addr(1);
     let mut history = History::default();
-    let produce = |value: String| {
-        let addr = addr.clone();
-        async move {
-            let (code, offset) = produce_raw(&addr, "p", -1, &value).await;
-            (raw_sent(&value, -1, code, offset), code)
-        }
-    };
-    for i in 0..20 {
-        let (sent, code) = produce(format!("before-{i}")).await;
-        assert_eq!(code, 0);
-        history.sends.push(sent);
-    }
+    let before = (0..20).map(|i| format!("before-{i}"));
+    produce_each(&addr, "p", -1, before, &mut history).await;
     // Follower 3 paused until it leaves the ISR; 2 alone holds the leader's acks=all writes.
     cluster.pause(3);
     until_isr(&cluster, 1, "p", 2).await;
-    for i in 0..20 {
-        let (sent, code) = produce(format!("with-2-{i}")).await;
-        assert_eq!(code, 0);
-        history.sends.push(sent);
-    }
+    let with_2 = (0..20).map(|i| format!("with-2-{i}"));
+    produce_each(&addr, "p", -1, with_2, &mut history).await;
 
     // Power loss of 2: its logs lose what was not fsynced (the 20 records at least). The
     // leader is paused so 2 cannot catch up; 2 restarts within its session timeout.
@@ -531,13 +516,7 @@ async fn offload_goes_on_after_a_leader_is_killed_and_a_paused_leader_commits_no
         ("log.local.retention.bytes", "65536"),
         ("remote.log.manager.task.interval.ms", "200"),
     ]);
-    let mut cluster =
-        ProcCluster::start_with_voters(5, &[1, 4, 5], &settings, Duration::from_secs(300));
-    assert_eq!(
-        create_assigned(&cluster.kafka_addr(4), "t", &[vec![1, 2, 3]]).await,
-        0
-    );
-    until_isr(&cluster, 1, "t", 3).await;
+    let mut cluster = replicas_123_of_five("t", &settings, Duration::from_secs(300)).await;
     let producer = load::producer(&cluster.bootstrap(), "all", 30_000);
     let load = Load::start(producer, "t", 1, "t", 20);
     support::eventually("offload starts", || async {
@@ -707,32 +686,10 @@ async fn a_group_goes_on_when_its_coordinator_is_killed_and_keeps_every_acknowle
         *at = (*at).max(c.offset);
     }
     assert_eq!(acked.len(), 6, "{acked:?}");
-    let checker: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .set("group.id", "failover")
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..6 {
-        tpl.add_partition("g", p);
-    }
-    let committed = tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::Consumer;
-        checker
-            .committed_offsets(tpl, Duration::from_secs(30))
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    for e in committed.elements() {
-        let rdkafka::Offset::Offset(o) = e.offset() else {
-            panic!("p{}: no committed offset", e.partition());
-        };
-        assert!(
-            o >= acked[&e.partition()],
-            "p{}: {o} < {acked:?}",
-            e.partition()
-        );
+    let committed = load::committed(&cluster.bootstrap(), "failover", "g", 6).await;
+    assert_eq!(committed.len(), 6, "{committed:?}");
+    for (p, o) in committed {
+        assert!(o >= acked[&p], "p{p}: {o} < {acked:?}");
     }
     assert_fully_replicated(&cluster, &[1, 2, 3]).await;
 }

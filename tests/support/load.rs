@@ -325,3 +325,37 @@ pub fn member(
         me
     })
 }
+
+/// The committed offsets of `group` for partitions 0..`partitions` of `topic` (those it has).
+pub async fn committed(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> std::collections::BTreeMap<i32, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = tokio::task::spawn_blocking(move || {
+        consumer
+            .committed_offsets(tpl, Duration::from_secs(30))
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}

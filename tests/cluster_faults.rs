@@ -294,8 +294,10 @@ async fn a_rolling_restart_fails_no_send() {
     let started = load.started;
     let history = load.stop().await;
     eprintln!(
-        "rolling restart: {} acknowledged, longest ack gap {:?}",
+        "rolling restart: {} acknowledged, ack latency p50 {:?} p99 {:?}, longest ack gap {:?}",
         history.acked().count(),
+        history.ack_latency(0.5),
+        history.ack_latency(0.99),
         history.longest_ack_gap(started)
     );
     assert_eq!(history.failed().count(), 0, "{:?}", history.failed().next());

@@ -92,6 +92,7 @@ fn raw_sent(value: &str, acks: i16, code: i16, offset: i64) -> Sent {
         } else {
             Err(format!("error {code}"))
         },
+        sent: Instant::now(),
         done: Instant::now(),
     }
 }

@@ -28,6 +28,7 @@ pub struct Sent {
     pub acks_all: bool,
     /// The acknowledged offset, or the error (a timeout is indeterminate: at most once).
     pub outcome: Result<i64, String>,
+    pub sent: Instant,
     pub done: Instant,
 }
 
@@ -61,6 +62,15 @@ impl History {
 
     pub fn failed(&self) -> impl Iterator<Item = &Sent> {
         self.sends.iter().filter(|s| s.outcome.is_err())
+    }
+
+    /// The `q` quantile (0..=1) of acknowledged sends' latencies.
+    pub fn ack_latency(&self, q: f64) -> std::time::Duration {
+        let mut latencies: Vec<std::time::Duration> =
+            self.acked().map(|s| s.done - s.sent).collect();
+        latencies.sort();
+        let i = ((latencies.len() as f64 - 1.0) * q).round().max(0.0) as usize;
+        latencies.get(i).copied().unwrap_or_default()
     }
 
     /// The longest time between two acknowledgements (or from `started` to the first).
@@ -291,6 +301,7 @@ mod tests {
             partition,
             acks_all: true,
             outcome: outcome.map_err(str::to_string),
+            sent: Instant::now(),
             done: Instant::now(),
         }
     }

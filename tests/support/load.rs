@@ -90,6 +90,7 @@ impl Load {
                         let (producer, topic) = (producer.clone(), topic.clone());
                         sending[partition as usize].fetch_add(1, Ordering::Relaxed);
                         async move {
+                            let sent = Instant::now();
                             let outcome = producer
                                 .send(
                                     FutureRecord::to(&topic)
@@ -106,6 +107,7 @@ impl Load {
                                 partition,
                                 acks_all,
                                 outcome,
+                                sent,
                                 done: Instant::now(),
                             }
                         }

@@ -111,6 +111,9 @@ struct State {
     leader_since_ms: Option<i64>,
     /// The newest committed manifest this partition adopted (empty before the first load).
     manifest: Committed,
+    /// Whether a manifest was adopted yet (loaded, or learned as a follower): until then, what
+    /// lies below the local log start of a tiered partition is unknown, not out of range.
+    manifest_adopted: bool,
     unflushed_messages: i64,
     oldest_unflushed_ms: Option<i64>,
 }
@@ -248,6 +251,7 @@ impl Partition {
                 followers: BTreeMap::new(),
                 leader_since_ms: None,
                 manifest: Committed::nothing(),
+                manifest_adopted: false,
                 unflushed_messages: 0,
                 oldest_unflushed_ms: None,
             }),

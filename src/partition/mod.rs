@@ -406,7 +406,13 @@ impl Partition {
         let mut state = self.write_state();
         self.leader_check(&state.role, -1)?;
         let log_start_offset = state.log_start();
-        match state.producers.check(header)? {
+        let checked = state.producers.check(header).inspect_err(|e| {
+            // Counted and logged: a refused retry makes an idempotent client bump its epoch
+            // and send again, which is how a lost producer state would show.
+            metrics::counter!("strata_produce_sequence_errors_total").increment(1);
+            tracing::debug!(partition = self.name(), error = %e, "idempotent batch refused");
+        });
+        match checked? {
             SequenceCheck::Duplicate {
                 base_offset,
                 last_offset,

@@ -200,11 +200,13 @@ async fn read_frame(
     Ok(Some(body.freeze()))
 }
 
-/// Counts a served stream in `strata_peer_streams_open` while it lives.
+/// Counts a served stream: `strata_peer_streams_total` once, `strata_peer_streams_open` while
+/// it lives.
 struct OpenStream;
 
 impl OpenStream {
     fn count() -> OpenStream {
+        metrics::counter!("strata_peer_streams_total").increment(1);
         metrics::gauge!("strata_peer_streams_open").increment(1.0);
         OpenStream
     }

@@ -2,7 +2,8 @@
 //! the partitions it leads, a fetcher for each partition it follows, and the ISR upkeep of its
 //! leaderships (proposals to the controller).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
@@ -10,10 +11,10 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::Broker;
-use crate::cluster::peer::PeerEndpoint;
+use crate::cluster::peer::{PeerEndpoint, PeerStream};
 use crate::metadata::quorum::isr::AlterPartition;
 use crate::partition::Partition;
-use crate::replication::fetcher::{Fetcher, FetcherConfig};
+use crate::replication::fetcher::{FetchStreams, Fetcher, FetcherConfig};
 use crate::replication::service::{ReplicaHost, ReplicaService};
 use crate::replication::SERVICE;
 
@@ -21,7 +22,11 @@ use crate::replication::SERVICE;
 pub struct Replication {
     endpoint: Arc<PeerEndpoint>,
     shutdown: watch::Receiver<bool>,
+    /// The stream to each leader under `strata.replica.fetch.streams=pair` (a benchmark knob).
+    pair_streams: Mutex<HashMap<i32, SharedStream>>,
 }
+
+type SharedStream = Arc<tokio::sync::Mutex<Option<PeerStream>>>;
 
 impl ReplicaHost for Broker {
     fn now_ms(&self) -> i64 {
@@ -87,7 +92,11 @@ impl Broker {
                 host: Arc::downgrade(&host),
             }),
         );
-        let _ = self.replication.set(Replication { endpoint, shutdown });
+        let _ = self.replication.set(Replication {
+            endpoint,
+            shutdown,
+            pair_streams: Mutex::new(HashMap::new()),
+        });
     }
 
     /// Whether broker `id` is one of `--seeds` (`id@host:port`).
@@ -133,6 +142,19 @@ impl Broker {
                 wait: Duration::from_millis(settings.replica_fetch_wait_max_ms),
                 max_bytes: settings.replica_fetch_max_bytes,
                 ..FetcherConfig::default()
+            },
+            streams: match settings.replica_fetch_streams.as_str() {
+                "pair" => FetchStreams::Pair(
+                    replication
+                        .pair_streams
+                        .lock()
+                        .expect("pair streams lock")
+                        .entry(leader)
+                        .or_default()
+                        .clone(),
+                ),
+                "request" => FetchStreams::Request,
+                _ => FetchStreams::Partition,
             },
         };
         let shutdown = replication.shutdown.clone();

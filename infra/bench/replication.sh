@@ -13,7 +13,8 @@
 #
 # Replica fetch streams (BENCHMARKS.md "Replica fetch streams"): STREAMS sets the brokers'
 # benchmark knob strata.replica.fetch.streams (partition, the default; pair; request), STEPS
-# picks the measurements (default "rf1 rf3 lag catchup"), e.g.
+# picks the measurements (default "rf1 rf3 lag catchup"), SETTINGS adds broker settings
+# (space-separated NAME=VALUE), e.g.
 #   STREAMS=pair PARTITIONS=600 STEPS="rf3 lag" RECORDS=200000 infra/bench/replication.sh
 #
 # Bounded: every wait has a deadline, the brokers are killed on exit.
@@ -25,6 +26,8 @@ rate=${RATE:-50}
 partitions=${PARTITIONS:-6}
 streams=${STREAMS:-partition}
 steps=" ${STEPS:-rf1 rf3 lag catchup} "
+extra=()
+for setting in ${SETTINGS:-}; do extra+=(--set "$setting"); done
 step() { [[ $steps == *" $1 "* ]]; }
 base=${STRATA_BENCH_PORT:-40092}
 
@@ -53,7 +56,7 @@ start() {
     --peer-listen "127.0.0.1:$((base + off + 1))" --admin-listen "$(admin "$id")" \
     --data-dir "$work/data-$id" --seeds "$seeds" --peer-tls-dir "$work/node-$id" \
     --object-store "file://$work/objects" --set "strata.replica.fetch.streams=$streams" \
-    >"$work/out-$id" 2>"$work/log-$id" &
+    ${extra[@]+"${extra[@]}"} >"$work/out-$id" 2>"$work/log-$id" &
   pid[$id]=$!
 }
 ready() {
@@ -104,7 +107,7 @@ produce() { # topic rf min_isr
   echo "$(( c1 - c0 ))" >"$work/$1.cpu"
 }
 
-echo "== streams: $streams, partitions: $partitions, steps:$steps" >&2
+echo "== streams: $streams, partitions: $partitions, steps:$steps, settings: ${SETTINGS:-}" >&2
 if step rf1; then
   echo "== produce RF 1" >&2
   produce t-rf1 1 1
@@ -159,7 +162,8 @@ w = os.environ["WORK"]
 hz = int(os.environ["HZ"])
 def load(name):
     return json.load(open(os.path.join(w, name + ".json")))
-print(f"streams={os.environ['STREAMS']} partitions={os.environ['PARTITIONS']}")
+print(f"streams={os.environ['STREAMS']} partitions={os.environ['PARTITIONS']} "
+      f"settings={os.environ.get('SETTINGS', '')}")
 for topic, label in (("t-rf1", "RF 1"), ("t-rf3", "RF 3, min ISR 2")):
     if not os.path.exists(os.path.join(w, topic + ".json")):
         continue

@@ -179,11 +179,7 @@ impl PeerEndpoint {
     }
 
     pub fn register(&self, kind: u8, service: Arc<dyn Service>) {
-        assert_eq!(
-            kind & STREAM_FLAG,
-            0,
-            "service byte {kind} has the stream flag"
-        );
+        assert_service_byte(kind);
         self.services
             .write()
             .expect("services lock")
@@ -206,11 +202,7 @@ impl PeerEndpoint {
     }
 
     async fn call_inner(&self, target: i32, kind: u8, body: &[u8]) -> Result<Bytes, PeerError> {
-        assert_eq!(
-            kind & STREAM_FLAG,
-            0,
-            "service byte {kind} has the stream flag"
-        );
+        assert_service_byte(kind);
         let connection = self.connection(target).await?;
         let transport = |e: &dyn std::fmt::Display| PeerError::Transport {
             node: target,
@@ -245,11 +237,7 @@ impl PeerEndpoint {
 
     /// Opens a persistent stream to service `kind` of node `target` (header sent; module doc).
     pub async fn open_stream(&self, target: i32, kind: u8) -> Result<PeerStream, PeerError> {
-        assert_eq!(
-            kind & STREAM_FLAG,
-            0,
-            "service byte {kind} has the stream flag"
-        );
+        assert_service_byte(kind);
         let connection = self.connection(target).await?;
         let transport = |e: &dyn std::fmt::Display| PeerError::Transport {
             node: target,
@@ -499,6 +487,15 @@ impl PeerEndpoint {
             Err(e) => tracing::debug!(error = %e, "releasing the peer socket"),
         }
     }
+}
+
+/// Service bytes leave [`STREAM_FLAG`] free (it marks a persistent stream's header).
+fn assert_service_byte(kind: u8) {
+    assert_eq!(
+        kind & STREAM_FLAG,
+        0,
+        "service byte {kind} has the stream flag"
+    );
 }
 
 fn peer_node_id(connection: &quinn::Connection) -> Option<i32> {

@@ -24,6 +24,7 @@ pub mod isr;
 mod liveness;
 mod members;
 pub mod network;
+pub mod reassign;
 mod single;
 pub mod state;
 mod store;

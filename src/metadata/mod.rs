@@ -202,6 +202,12 @@ pub trait Metadata: Send + Sync {
         reassignments: Vec<quorum::reassign::Reassignment>,
     ) -> Result<Vec<quorum::reassign::Reassigned>, MetadataError>;
 
+    /// Resolves once this node's view holds everything the controller had committed when it
+    /// was called (a linearizable read, as the controller would answer it).
+    async fn read_barrier(&self) -> Result<(), MetadataError> {
+        Ok(())
+    }
+
     /// A block of `count` producer ids, never handed out before (KIP-730's blocks).
     async fn allocate_producer_ids(&self, count: i64) -> Result<Range<i64>, MetadataError>;
 

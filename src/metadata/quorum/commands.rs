@@ -243,6 +243,10 @@ impl Metadata for Quorum {
         }
     }
 
+    async fn read_barrier(&self) -> Result<(), MetadataError> {
+        Quorum::read_barrier(self).await
+    }
+
     async fn allocate_producer_ids(&self, count: i64) -> Result<Range<i64>, MetadataError> {
         match self.propose(Command::AllocateProducerIds { count }).await? {
             (_, Outcome::ProducerIds { start, end }) => Ok(start..end),

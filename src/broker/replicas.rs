@@ -282,9 +282,12 @@ impl Broker {
                 if p.leader != me {
                     continue;
                 }
-                under += usize::from(p.isr.len() < p.replicas.len());
+                // During a reassignment, against the replicas it keeps (Kafka's
+                // replicationFactor: replicas less those being removed).
+                let factor = p.replicas.len() - p.removing_replicas.len();
+                under += usize::from(p.isr.len() < factor);
                 under_min += usize::from(p.isr.len() < min);
-                at_min += usize::from(p.isr.len() == min && p.replicas.len() > min);
+                at_min += usize::from(p.isr.len() == min && factor > min);
                 let lag = local
                     .as_ref()
                     .and_then(|t| t.partition(index as i32))

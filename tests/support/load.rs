@@ -256,6 +256,16 @@ pub async fn read_partition(addr: &str, topic: &str, partition: i32) -> FinalLog
                 if offset >= next {
                     let value = String::from_utf8(r.value.unwrap_or_default()).unwrap();
                     out.records.push((offset, value));
+                    if header.producer_id >= 0 {
+                        out.stamps.insert(
+                            offset,
+                            crate::checker::Stamp {
+                                producer_id: header.producer_id,
+                                producer_epoch: header.producer_epoch,
+                                sequence: header.base_sequence.wrapping_add(r.offset_delta),
+                            },
+                        );
+                    }
                 }
             }
             next = header.last_offset() + 1;

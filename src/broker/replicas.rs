@@ -14,7 +14,7 @@ use super::Broker;
 use crate::cluster::peer::{PeerEndpoint, PeerStream};
 use crate::metadata::quorum::isr::AlterPartition;
 use crate::partition::Partition;
-use crate::replication::fetcher::{FetchStreams, Fetcher, FetcherConfig};
+use crate::replication::fetcher::{Applies, FetchStreams, Fetcher, FetcherConfig};
 use crate::replication::service::{ReplicaHost, ReplicaService};
 use crate::replication::throttle::Throttle;
 use crate::replication::SERVICE;
@@ -165,7 +165,7 @@ impl Broker {
             },
             throttle: replication.throttle.clone().map(|throttle| {
                 let (metadata, me, p) = (self.metadata.clone(), self.node_id(), p.clone());
-                let throttled: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || {
+                let throttled: Applies = Arc::new(move || {
                     let listed = p.config().follower_throttled_replicas;
                     crate::config::kind::lists_replica(&listed, p.index, me)
                         && !metadata.view().topics.get(&p.topic).is_some_and(|t| {

@@ -72,8 +72,11 @@ pub struct Fetcher {
     pub streams: FetchStreams,
     /// `follower.replication.throttled.rate`'s bucket, with whether it applies to this
     /// partition now (listed in `follower.replication.throttled.replicas`, out of sync).
-    pub throttle: Option<(Arc<Throttle>, Arc<dyn Fn() -> bool + Send + Sync>)>,
+    pub throttle: Option<(Arc<Throttle>, Applies)>,
 }
+
+/// Whether the follower throttle applies to a fetcher's partition now.
+pub type Applies = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl Fetcher {
     fn following(&self) -> bool {

@@ -6,55 +6,40 @@
 //! the high watermark). One bucket per broker and side, shared by its throttled partitions.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use std::time::Instant;
+use crate::bench::token_bucket::TokenBucket;
 
-/// A token bucket in bytes: it fills at `rate` per second up to a tenth of a second's worth,
-/// and a transfer may take it below zero (a fetch is never split); whoever paid into debt
-/// waits until it is repaid, so over any window the bytes stay within the rate plus one fetch
-/// and a tenth of a second.
+/// A token bucket in bytes that fills at the rate up to a tenth of a second's worth; a
+/// transfer may take it below zero (a fetch is never split) and whoever paid into debt waits
+/// until it is repaid, so over any window the bytes stay within the rate plus one fetch and a
+/// tenth of a second.
 pub struct Throttle {
-    rate: f64,
-    state: Mutex<(f64, Instant)>,
+    bucket: Mutex<TokenBucket>,
 }
 
 impl Throttle {
     /// `None` for Kafka's "unlimited" (Long.MAX_VALUE, the default).
     pub fn new(rate: i64) -> Option<Throttle> {
         (rate > 0 && rate < i64::MAX).then(|| Throttle {
-            rate: rate as f64,
-            state: Mutex::new((rate as f64 / 10.0, Instant::now())),
+            bucket: Mutex::new(TokenBucket::new(
+                rate as f64,
+                rate as f64 / 10.0,
+                Instant::now(),
+            )),
         })
     }
 
-    fn burst(&self) -> f64 {
-        self.rate / 10.0
-    }
-
     /// Takes `bytes` out of the bucket; how long the caller must wait before going on.
-    pub fn charge(&self, bytes: usize) -> Duration {
-        self.charge_at(bytes, Instant::now())
-    }
-
     fn charge_at(&self, bytes: usize, now: Instant) -> Duration {
-        let mut state = self.state.lock().expect("throttle lock");
-        let (tokens, since) = *state;
-        let tokens = (tokens + now.saturating_duration_since(since).as_secs_f64() * self.rate)
-            .min(self.burst())
-            - bytes as f64;
-        *state = (tokens, now);
-        if tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-tokens / self.rate)
-        }
+        let mut bucket = self.bucket.lock().expect("throttle lock");
+        bucket.acquire(bytes as u64, now)
     }
 
-    /// [`Throttle::charge`], then the wait (counted in `strata_replica_throttled_ms_total` by
-    /// side).
+    /// Takes `bytes` out of the bucket and waits out any debt (counted in
+    /// `strata_replica_throttled_ms_total` by side).
     pub async fn pay(&self, bytes: usize, side: &'static str) {
-        let wait = self.charge(bytes);
+        let wait = self.charge_at(bytes, Instant::now());
         if !wait.is_zero() {
             metrics::counter!("strata_replica_throttled_ms_total", "side" => side)
                 .increment(wait.as_millis() as u64);
@@ -75,28 +60,15 @@ mod tests {
     }
 
     #[test]
-    fn a_steady_transfer_averages_the_rate() {
+    fn fetches_of_64_kib_average_the_rate_over_10_s() {
         let t = Throttle::new(1_000_000).unwrap();
-        let start = t.state.lock().unwrap().1;
+        let start = Instant::now();
         let (mut now, mut sent) = (start, 0usize);
-        // 64 KiB fetches, each waiting for its debt: 10 s of them.
         while now.duration_since(start) < Duration::from_secs(10) {
             now += t.charge_at(65_536, now);
             sent += 65_536;
         }
         let rate = sent as f64 / now.duration_since(start).as_secs_f64();
         assert!((950_000.0..=1_020_000.0).contains(&rate), "{rate}");
-    }
-
-    #[test]
-    fn a_fetch_larger_than_the_burst_goes_at_once_and_the_next_waits() {
-        let t = Throttle::new(100_000).unwrap();
-        let now = t.state.lock().unwrap().1;
-        assert_eq!(t.charge_at(10_000, now), Duration::ZERO);
-        assert_eq!(t.charge_at(50_000, now), Duration::from_millis(500));
-        // Idle time refills the bucket, but only up to a tenth of a second's worth.
-        let later = now + Duration::from_secs(60);
-        assert_eq!(t.charge_at(10_000, later), Duration::ZERO);
-        assert_eq!(t.charge_at(10_000, later), Duration::from_millis(100));
     }
 }

@@ -38,7 +38,7 @@ const TOPIC: &str = "f";
 const PARTITIONS: i32 = 6;
 const GROUP: &str = "faults";
 
-const SETTINGS: [(&str, &str); 10] = [
+const SETTINGS: [(&str, &str); 11] = [
     ("broker.heartbeat.interval.ms", "300"),
     ("broker.session.timeout.ms", "1500"),
     ("replica.lag.time.max.ms", "2000"),
@@ -48,7 +48,10 @@ const SETTINGS: [(&str, &str); 10] = [
     ("log.segment.bytes", "65536"),
     ("remote.log.manager.task.interval.ms", "500"),
     ("log.local.retention.ms", "5000"),
-    ("auto.leader.rebalance.enable", "false"),
+    // Leaderships a fault moved return to their preferred replicas within seconds, so that
+    // an isolation finds a leader that is not the controller.
+    ("auto.leader.rebalance.enable", "true"),
+    ("leader.imbalance.check.interval.seconds", "5"),
 ];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

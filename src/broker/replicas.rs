@@ -330,5 +330,10 @@ impl Broker {
             0.0
         });
         metrics::gauge!("strata_active_controller").set(if controller { 1.0 } else { 0.0 });
+        metrics::gauge!("strata_broker_cut_off").set(if self.metadata.cut_off() {
+            1.0
+        } else {
+            0.0
+        });
     }
 }

@@ -113,6 +113,12 @@ pub trait Metadata: Send + Sync {
         None
     }
 
+    /// Whether this broker has gone a session timeout without the controller acknowledging
+    /// its heartbeats: it no longer answers as a leader (see `Quorum::cut_off`).
+    fn cut_off(&self) -> bool {
+        false
+    }
+
     /// Snapshots installed from the leader since start: how a node that fell behind the
     /// leader's purged log caught up.
     fn snapshots_installed(&self) -> u64 {

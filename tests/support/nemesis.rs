@@ -186,6 +186,14 @@ impl Nemesis {
                     chosen = Some(partition);
                 }
             }
+            if matches!(kind, Kind::IsolateLeader | Kind::IsolateLeaderOneWay) {
+                // A leader that is not the controller (the cut-off controller is a known
+                // stall: see README, "Fault runs"); waits for one if the controller leads
+                // every partition (the preferred-leader rebalance spreads them again).
+                chosen = (0..self.partitions)
+                    .map(|i| (partition + i) % self.partitions)
+                    .find(|&p| leaders.get(p as usize).is_some_and(|l| l.0 != controller));
+            }
             let acked = load.partition_counts(chosen.unwrap_or(partition)).1;
             if let Some(p) = chosen {
                 let (leader, epoch, _) = leaders[p as usize];

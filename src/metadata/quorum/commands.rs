@@ -75,6 +75,10 @@ impl Metadata for Quorum {
         Quorum::broker_epoch(self)
     }
 
+    fn cut_off(&self) -> bool {
+        Quorum::cut_off(self)
+    }
+
     fn snapshots_installed(&self) -> u64 {
         self.shared
             .snapshots_installed

@@ -67,6 +67,14 @@ impl Metadata for Quorum {
         self.state().deleting.clone()
     }
 
+    async fn describe_quorum(&self) -> Result<super::voters::QuorumStatus, MetadataError> {
+        Quorum::describe_quorum(self).await
+    }
+
+    async fn change_voters(&self, change: super::voters::VoterChange) -> Result<(), MetadataError> {
+        Quorum::change_voters(self, change).await
+    }
+
     fn view(&self) -> std::sync::Arc<super::state::ClusterState> {
         self.state()
     }

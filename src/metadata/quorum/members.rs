@@ -132,13 +132,35 @@ impl Quorum {
                 if let (Some(endpoint), Some(peer)) = (&self.endpoint, peer) {
                     endpoint.set_address(from as i32, peer);
                 }
+                if self.listed(from) {
+                    // Already followed (a voter that has not heard from the leader yet, or a
+                    // learner asking again): the leader replicates to it anyway.
+                    return Ok(Reply::Done);
+                }
                 self.raft
                     .add_learner(from, Voter { directory }, false)
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(Reply::Done)
             }
+            Request::DescribeQuorum => Ok(match self.status_here() {
+                Ok(status) => Reply::Quorum(status),
+                Err(_) => Reply::NotLeader {
+                    leader: self.leader().map(|l| l as u64),
+                },
+            }),
+            Request::Voters(change) => Ok(match self.change_here(&change).await {
+                Ok(()) => Reply::Done,
+                Err(e) => super::voters::refusal_reply(e),
+            }),
         }
+    }
+
+    /// Whether the membership this node has lists `node` (voter or learner, any directory).
+    fn listed(&self, node: u64) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.membership_config.membership().get_node(&node).is_some()
     }
 
     pub(super) async fn upkeep(this: std::sync::Weak<Quorum>, mut stop: watch::Receiver<bool>) {
@@ -169,12 +191,21 @@ impl Quorum {
         }
         let initialized = self.raft.is_initialized().await?;
         let is_voter = self.voters.contains(&self.id);
-        if !initialized && is_voter && self.voters.first() == Some(&self.id) {
-            return self.form(&endpoint).await;
+        // When formation finds that a cluster exists, this lowest seed was removed from the
+        // voters and came back with a fresh disk: it learns like any other node.
+        if !initialized
+            && is_voter
+            && self.voters.first() == Some(&self.id)
+            && self.form(&endpoint).await?
+        {
+            return Ok(());
         }
         let Some(leader) = self.leader().map(|l| l as u64) else {
-            if !is_voter {
-                // A learner hears of the leader only once it follows it: ask the voters.
+            if !is_voter || !self.listed(self.id) {
+                // A learner hears of the leader only once it follows it: ask the voters. So
+                // does a seed the membership does not list (removed by RemoveRaftVoter, then
+                // started again, typically on a fresh disk): it follows as a learner until
+                // AddRaftVoter promotes it (`voters.rs`).
                 let request = Request::Learn {
                     directory: self.directory,
                     peer: self.peer_addr,
@@ -203,7 +234,7 @@ impl Quorum {
                 Some(_) if is_voter => Some(Request::Rejoin {
                     directory: self.directory,
                 }),
-                None if !is_voter => Some(Request::Learn {
+                None => Some(Request::Learn {
                     directory: self.directory,
                     peer: self.peer_addr,
                 }),
@@ -242,8 +273,8 @@ impl Quorum {
     }
 
     /// Formation by the lowest voter: once every voter says its metadata is empty, initialize
-    /// the membership with their directory ids.
-    async fn form(&self, endpoint: &PeerEndpoint) -> anyhow::Result<()> {
+    /// the membership with their directory ids. False when a voter's is not: the cluster exists.
+    async fn form(&self, endpoint: &PeerEndpoint) -> anyhow::Result<bool> {
         let mut members = BTreeMap::from([(
             self.id,
             Voter {
@@ -258,12 +289,12 @@ impl Quorum {
                 } => {
                     members.insert(*voter, Voter { directory });
                 }
-                Reply::Hello { empty: false, .. } => return Ok(()),
+                Reply::Hello { empty: false, .. } => return Ok(false),
                 _ => anyhow::bail!("unexpected answer to hello from node {voter}"),
             }
         }
         tracing::info!(voters = ?self.voters, "forming a new metadata quorum");
         self.raft.initialize(members).await?;
-        Ok(())
+        Ok(true)
     }
 }

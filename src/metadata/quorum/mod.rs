@@ -29,6 +29,7 @@ mod single;
 pub mod state;
 mod store;
 mod twin;
+pub mod voters;
 
 pub use single::open_single;
 

@@ -74,6 +74,7 @@ pub(super) fn refusal_reply(e: MetadataError) -> Reply {
             code: code.code(),
             message,
         },
+        MetadataError::Unavailable(message) => Reply::Unavailable { message },
         other => Reply::Unavailable {
             message: other.to_string(),
         },
@@ -348,3 +349,46 @@ fn check_directory(id: i32, asked: Option<Uuid>, known: Option<Uuid>) -> Result<
 
 /// A forwarded DescribeQuorum or voter change answers within this, plus the add's wait.
 const FORWARD_DEADLINE: Duration = RPC_DEADLINE;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_voter_key_must_match_when_named() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        assert!(check_directory(3, None, Some(a)).is_ok());
+        assert!(check_directory(3, Some(Uuid::nil()), Some(a)).is_ok());
+        assert!(check_directory(3, Some(a), Some(a)).is_ok());
+        match check_directory(3, Some(b), Some(a)) {
+            Err(MetadataError::Refused { code, message }) => {
+                assert_eq!(code, ResponseError::VoterNotFound);
+                assert!(message.contains(&a.to_string()), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn refusals_cross_the_peer_endpoint_with_their_kafka_error() {
+        let refusal = refused(ResponseError::DuplicateVoter, "twice".into());
+        let reply: Reply =
+            serde_json::from_slice(&serde_json::to_vec(&refusal_reply(refusal)).unwrap()).unwrap();
+        match from_reply(reply) {
+            Err(MetadataError::Refused { code, message }) => {
+                assert_eq!(
+                    (code, message.as_str()),
+                    (ResponseError::DuplicateVoter, "twice")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Anything else may succeed when asked again: the caller retries it.
+        let retry = refusal_reply(MetadataError::Unavailable("in progress".into()));
+        assert!(matches!(
+            from_reply(retry),
+            Err(MetadataError::Unavailable(m)) if m == "in progress"
+        ));
+        assert!(from_reply(Reply::Done).is_ok());
+    }
+}

@@ -358,6 +358,23 @@ async fn a_dead_voter_is_replaced_on_a_fresh_disk_under_load() {
         ok && out.lines().filter(|l| l.starts_with("voter")).count() == 3,
         "{out}"
     );
+    // So do the metrics of every node (Kafka's number-of-voters / number-of-observers).
+    for id in 1..=3 {
+        let admin = cluster.broker(id).admin_addr().to_string();
+        support::eventually("the metrics count three voters", || {
+            let admin = admin.clone();
+            async move {
+                let (_, body) = support::http_get(&admin, "/metrics").await;
+                let line = |name: &str, value: u32| format!("{name}{{node_id=\"{id}\"}} {value}");
+                body.lines()
+                    .any(|l| l == line("strata_metadata_quorum_voters", 3))
+                    && body
+                        .lines()
+                        .any(|l| l == line("strata_metadata_quorum_learners", 0))
+            }
+        })
+        .await;
+    }
 
     // Its replicas catch up from the leaders and rejoin every ISR, under the load.
     support::eventually("node 3's replicas rejoin every ISR", || {

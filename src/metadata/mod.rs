@@ -208,6 +208,12 @@ pub trait Metadata: Send + Sync {
         Ok(())
     }
 
+    /// (voters, learners) of the metadata quorum's membership as this node has it: Kafka's
+    /// `number-of-voters` / `number-of-observers` raft metrics (KIP-853).
+    fn quorum_size(&self) -> (usize, usize) {
+        (1, 0)
+    }
+
     /// DescribeQuorum (KIP-595/853): the metadata quorum's voters and learners as its leader
     /// sees them.
     async fn describe_quorum(&self) -> Result<quorum::voters::QuorumStatus, MetadataError>;

@@ -250,6 +250,25 @@ async fn a_broker_not_among_the_seeds_joins_as_a_learner_and_leads_partitions() 
     .await;
     assert!(learner.metadata().controller().is_some_and(|c| c != 4));
     drop(learner);
+
+    // AddRaftVoter makes the learner (a new id, not a seed) a voter; the four commit. Removed
+    // again while running, it follows as a learner (promotion is never automatic).
+    let addr = |id: i32| cluster.kafka_addr(id);
+    assert_eq!(quorum_members(&addr(2)).await, (vec![1, 2, 3], vec![4]));
+    strata::cli::cluster::add_voter(&addr(4), 4, None, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(quorum_members(&addr(1)).await, (vec![1, 2, 3, 4], vec![]));
+    assert_eq!(create_topic(&addr(4), "with-four-voters", 1, 3).await, 0);
+    strata::cli::cluster::remove_voter(&addr(3), 4, None)
+        .await
+        .unwrap();
+    support::eventually("the removed voter follows as a learner", || {
+        let addr = addr(1);
+        async move { quorum_members(&addr).await == (vec![1, 2, 3], vec![4]) }
+    })
+    .await;
+    assert_eq!(create_topic(&addr(4), "with-three-voters", 1, 3).await, 0);
     cluster.stop_all().await;
 }
 

@@ -40,12 +40,14 @@ impl Quorum {
     /// A request from peer `from` (network.rs).
     pub(super) async fn serve(&self, from: u64, request: Request) -> Result<Reply, String> {
         match request {
-            Request::Append(rpc) => self
-                .raft
-                .append_entries(rpc)
-                .await
-                .map(Reply::Append)
-                .map_err(|e| e.to_string()),
+            Request::Append(rpc) => {
+                *self.last_append.lock().expect("append lock") = tokio::time::Instant::now();
+                self.raft
+                    .append_entries(rpc)
+                    .await
+                    .map(Reply::Append)
+                    .map_err(|e| e.to_string())
+            }
             Request::Vote(rpc) | Request::PreVote(rpc) if !self.may_vote() => {
                 let _ = rpc;
                 Err(format!(
@@ -200,26 +202,18 @@ impl Quorum {
         {
             return Ok(());
         }
+        // A node the leader removed (RemoveRaftVoter) may never get the entry that removes
+        // it, as the leader stops replicating to it: its own membership still lists it and
+        // names the old leader. It notices the silence and asks to learn; the leader answers
+        // Done to a node it lists, so this costs a member nothing.
+        let silent = self.last_append.lock().expect("append lock").elapsed() > self.silence;
         let Some(leader) = self.leader().map(|l| l as u64) else {
-            if !is_voter || !self.listed(self.id) {
+            if !is_voter || !self.listed(self.id) || silent {
                 // A learner hears of the leader only once it follows it: ask the voters. So
                 // does a seed the membership does not list (removed by RemoveRaftVoter, then
                 // started again, typically on a fresh disk): it follows as a learner until
                 // AddRaftVoter promotes it (`voters.rs`).
-                let request = Request::Learn {
-                    directory: self.directory,
-                    peer: self.peer_addr,
-                };
-                for voter in &self.voters {
-                    match network::call(&endpoint, *voter, &request, RPC_DEADLINE).await {
-                        Ok(Reply::Done) => break,
-                        Ok(Reply::NotLeader { leader: Some(l) }) => {
-                            network::call(&endpoint, l, &request, RPC_DEADLINE).await?;
-                            break;
-                        }
-                        _ => {}
-                    }
-                }
+                self.ask_to_learn(&endpoint).await?;
             }
             return Ok(());
         };
@@ -228,6 +222,9 @@ impl Quorum {
             let m = metrics.borrow_watched();
             m.membership_config.membership().get_node(&self.id).cloned()
         };
+        if leader != self.id && silent {
+            return self.ask_to_learn(&endpoint).await;
+        }
         if leader != self.id {
             let request = match member {
                 Some(v) if v.directory == self.directory => None,
@@ -248,6 +245,25 @@ impl Quorum {
             return Ok(());
         }
         self.record_identity().await
+    }
+
+    /// Asks the voters (the seeds) to follow the log as a learner, through the leader.
+    async fn ask_to_learn(&self, endpoint: &PeerEndpoint) -> anyhow::Result<()> {
+        let request = Request::Learn {
+            directory: self.directory,
+            peer: self.peer_addr,
+        };
+        for voter in &self.voters {
+            match network::call(endpoint, *voter, &request, RPC_DEADLINE).await {
+                Ok(Reply::Done) => break,
+                Ok(Reply::NotLeader { leader: Some(l) }) => {
+                    network::call(endpoint, l, &request, RPC_DEADLINE).await?;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Whether this node has applied everything it knows to be committed.

@@ -117,6 +117,11 @@ pub struct Quorum {
     object_store: Option<String>,
     /// Formation: the lowest voter asked whether this node's metadata is empty and it was.
     hello_answered: OnceLock<()>,
+    /// When a leader last sent this node entries or a heartbeat.
+    last_append: std::sync::Mutex<tokio::time::Instant>,
+    /// No append for this long: the leader may have dropped this node from the membership
+    /// (`members.rs` asks to learn).
+    silence: Duration,
     liveness: liveness::Liveness,
     stop: watch::Sender<bool>,
 }
@@ -197,6 +202,8 @@ impl Quorum {
             peer_addr: config.peer_addr,
             object_store: config.object_store,
             hello_answered: OnceLock::new(),
+            last_append: std::sync::Mutex::new(tokio::time::Instant::now()),
+            silence: config.election_timeout * 4,
             liveness: liveness::Liveness::new(config.broker_heartbeat, config.session_timeout),
             stop,
         });

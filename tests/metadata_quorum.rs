@@ -451,27 +451,31 @@ async fn a_removed_voter_comes_back_on_a_fresh_disk_as_a_learner_and_is_added() 
         .unwrap();
     cluster.start(1).await;
 
-    // Down to one voter, which cannot be removed.
-    let q2 = cluster.quorum(2).clone();
-    for id in [3, 1] {
-        q2.change_voters(VoterChange::Remove {
-            id,
-            directory: None,
-        })
+    // The leader itself is removed (through itself): it answers once the change is
+    // committed and hands over. Then down to one voter, which cannot be removed.
+    let leader = cluster
+        .leader(Duration::from_secs(20))
+        .await
+        .expect("a leader of three");
+    let remove = |id| VoterChange::Remove {
+        id,
+        directory: None,
+    };
+    cluster
+        .quorum(leader)
+        .change_voters(remove(leader))
         .await
         .unwrap();
-    }
-    let status = q2.describe_quorum().await.unwrap();
-    assert_eq!(voters_of(&status), [2], "{status:?}");
-    let (code, message) = refusal(
-        q2.change_voters(VoterChange::Remove {
-            id: 2,
-            directory: None,
-        })
-        .await,
-    );
+    let rest: Vec<i32> = (1..=3).filter(|id| *id != leader).collect();
+    let survivor = cluster.quorum(rest[1]).clone();
+    assert_eq!(voters_of(&survivor.describe_quorum().await.unwrap()), rest);
+    survivor.change_voters(remove(rest[0])).await.unwrap();
+    let status = survivor.describe_quorum().await.unwrap();
+    assert_eq!(voters_of(&status), [rest[1]], "{status:?}");
+    let (code, message) = refusal(survivor.change_voters(remove(rest[1])).await);
     assert_eq!(code, ResponseError::InvalidRequest);
     assert!(message.contains("last voter"), "{message}");
+    drop(survivor);
     for id in 1..=3 {
         cluster.stop(id).await;
     }

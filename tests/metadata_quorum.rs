@@ -480,3 +480,50 @@ async fn a_removed_voter_comes_back_on_a_fresh_disk_as_a_learner_and_is_added() 
         cluster.stop(id).await;
     }
 }
+
+/// A follower that comes back with an empty disk while the leader runs: the leader finds its
+/// log behind what it had matched and starts over (openraft's `allow_log_reversion`; without
+/// it the leader asserted and its quorum stopped). The node rejoins by itself with its new
+/// directory id, and the quorum goes on committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_wiped_while_the_leader_runs_rejoins() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3, 10_000);
+    for id in 1..=3 {
+        cluster.start(id).await;
+    }
+    let leader = cluster
+        .leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    register(&cluster, leader).await;
+    let q = cluster.quorum(leader).clone();
+    q.create_topic(new_topic("before", 1, BTreeMap::new()), 1, None)
+        .await
+        .unwrap();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.stop(follower).await;
+    std::fs::remove_dir_all(&cluster.nodes[follower as usize - 1].dir).unwrap();
+    cluster.start(follower).await;
+    let wiped = cluster.quorum(follower).clone();
+    eventually(
+        "the wiped follower rejoins",
+        Duration::from_secs(20),
+        || wiped.is_member() && topic_names(&wiped) == ["before"],
+    )
+    .await;
+    assert!(q.is_leader(), "the leader kept leading");
+    q.create_topic(new_topic("after", 1, BTreeMap::new()), 1, None)
+        .await
+        .unwrap();
+    eventually(
+        "the rejoined follower applies",
+        Duration::from_secs(20),
+        || topic_names(&wiped) == ["after", "before"],
+    )
+    .await;
+    drop((q, wiped));
+    for id in 1..=3 {
+        cluster.stop(id).await;
+    }
+}

@@ -174,6 +174,13 @@ impl Quorum {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
             max_in_snapshot_log_to_keep: 0,
             enable_pre_vote: Some(true),
+            // A node may come back with an empty disk (KIP-853's replaced voter, a wiped
+            // follower): the leader then finds that node's log behind what it had matched, and
+            // must start its replication over rather than assert (a panic in debug builds, a
+            // stuck follower otherwise). Safe here: a wiped node never votes until its new
+            // directory id is recorded (`members.rs`), and the quorum's accepted index is not
+            // lowered by the reset.
+            allow_log_reversion: Some(true),
             ..Default::default()
         }
         .validate()?;

@@ -28,7 +28,8 @@ enum Command {
     Topic(TopicArgs),
     /// List and describe consumer groups, reset their committed offsets.
     Group(GroupArgs),
-    /// Make the cluster CA and node certificates for the peer endpoint's mutual TLS.
+    /// Make the cluster CA and node certificates for the peer endpoint's mutual TLS; describe
+    /// the metadata quorum, remove and add its voters.
     Cluster(ClusterArgs),
 }
 
@@ -62,7 +63,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(*args).await,
             Command::Topic(args) => strata::cli::topic::run(args).await,
             Command::Group(args) => strata::cli::group::run(args).await,
-            Command::Cluster(args) => strata::cli::cluster::run(args),
+            Command::Cluster(args) => strata::cli::cluster::run(args).await,
         }
     });
     match result {

@@ -214,6 +214,21 @@ pub trait Metadata: Send + Sync {
         Ok(())
     }
 
+    /// (voters, learners) of the metadata quorum's membership as this node has it: Kafka's
+    /// `number-of-voters` / `number-of-observers` raft metrics (KIP-853).
+    fn quorum_size(&self) -> (usize, usize) {
+        (1, 0)
+    }
+
+    /// DescribeQuorum (KIP-595/853): the metadata quorum's voters and learners as its leader
+    /// sees them.
+    async fn describe_quorum(&self) -> Result<quorum::voters::QuorumStatus, MetadataError>;
+
+    /// AddRaftVoter / RemoveRaftVoter (KIP-853), carried out by the quorum's leader
+    /// (`quorum/voters.rs`).
+    async fn change_voters(&self, change: quorum::voters::VoterChange)
+        -> Result<(), MetadataError>;
+
     /// A block of `count` producer ids, never handed out before (KIP-730's blocks).
     async fn allocate_producer_ids(&self, count: i64) -> Result<Range<i64>, MetadataError>;
 

@@ -85,15 +85,16 @@ impl Quorum {
     /// committed and applied here.
     pub async fn controlled_shutdown(&self) -> Result<(), MetadataError> {
         let state = self.state();
-        let live_voters = self
-            .voters
+        // The membership's voters, not the seeds: a voter removed (KIP-853) no longer counts.
+        let voters = self.voter_ids();
+        let live_voters = voters
             .iter()
             .filter(|v| state.brokers.get(&(**v as i32)).is_some_and(|b| !b.fenced))
             .count();
-        if live_voters * 2 <= self.voters.len() {
+        if live_voters * 2 <= voters.len() {
             return Err(MetadataError::Unavailable(format!(
                 "{live_voters} of {} voters are live: no majority to commit through",
-                self.voters.len()
+                voters.len()
             )));
         }
         let Some((_, epoch)) = self

@@ -110,19 +110,7 @@ async fn alter(addr: &str, asked: &[(&str, i32, Option<Vec<i32>>)]) -> Vec<i16> 
 async fn cli(addr: &str, args: &[&str]) -> (String, String, bool) {
     let mut all = vec!["topic".to_string(), "--bootstrap".into(), addr.into()];
     all.extend(args.iter().map(|a| a.to_string()));
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
-            .args(&all)
-            .output()
-            .expect("run strata");
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-            out.status.success(),
-        )
-    })
-    .await
-    .unwrap()
+    support::strata_cli(all).await
 }
 
 fn gauge(cluster: &TestCluster, id: i32, name: &str) -> f64 {

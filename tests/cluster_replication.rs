@@ -43,25 +43,9 @@ async fn produce_raw(addr: &str, acks: i16) -> i16 {
 
 /// `strata topic describe --under-replicated` against `addr`: (stdout, success).
 async fn describe_under_replicated(addr: &str) -> (String, bool) {
-    let addr = addr.to_string();
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
-            .args([
-                "topic",
-                "--bootstrap",
-                &addr,
-                "describe",
-                "--under-replicated",
-            ])
-            .output()
-            .expect("run strata");
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            out.status.success(),
-        )
-    })
-    .await
-    .unwrap()
+    let args = ["topic", "--bootstrap", addr, "describe", "--under-replicated"];
+    let (out, _, ok) = support::strata_cli(args.map(str::to_string).to_vec()).await;
+    (out, ok)
 }
 
 /// A gauge of broker `id`'s metrics.

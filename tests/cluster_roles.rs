@@ -277,19 +277,7 @@ async fn cluster_cli(addr: &str, args: &[&str]) -> (String, String, bool) {
     let mut all = vec!["cluster".to_string()];
     all.extend(args.iter().map(|a| a.to_string()));
     all.extend(["--bootstrap".to_string(), addr.to_string()]);
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
-            .args(&all)
-            .output()
-            .expect("run strata");
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-            out.status.success(),
-        )
-    })
-    .await
-    .unwrap()
+    support::strata_cli(all).await
 }
 
 /// (voters, learners) of the metadata quorum, by DescribeQuorum through the broker at `addr`.

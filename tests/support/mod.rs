@@ -549,3 +549,20 @@ pub async fn read_offsets(conn: &mut KafkaConn, topic: &str, from: i64, until: i
     }
     offsets
 }
+
+/// The `strata` binary run with `args`, off the runtime: (stdout, stderr, success).
+pub async fn strata_cli(args: Vec<String>) -> (String, String, bool) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(&args)
+            .output()
+            .expect("run strata");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            out.status.success(),
+        )
+    })
+    .await
+    .unwrap()
+}

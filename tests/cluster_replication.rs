@@ -43,7 +43,13 @@ async fn produce_raw(addr: &str, acks: i16) -> i16 {
 
 /// `strata topic describe --under-replicated` against `addr`: (stdout, success).
 async fn describe_under_replicated(addr: &str) -> (String, bool) {
-    let args = ["topic", "--bootstrap", addr, "describe", "--under-replicated"];
+    let args = [
+        "topic",
+        "--bootstrap",
+        addr,
+        "describe",
+        "--under-replicated",
+    ];
     let (out, _, ok) = support::strata_cli(args.map(str::to_string).to_vec()).await;
     (out, ok)
 }

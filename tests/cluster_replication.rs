@@ -166,10 +166,15 @@ async fn rf3_acks_all_survives_a_stopped_follower_and_a_stopped_leader() {
         async move { lag == 0.0 }
     })
     .await;
-    assert_eq!(
-        describe_under_replicated(&cluster.kafka_addr(watcher)).await,
-        (String::new(), true)
-    );
+    // Every partition, __consumer_offsets' too, has the restarted follower back in its ISR.
+    support::eventually(
+        "strata topic describe lists nothing under-replicated",
+        || {
+            let addr = cluster.kafka_addr(watcher);
+            async move { describe_under_replicated(&addr).await == (String::new(), true) }
+        },
+    )
+    .await;
     support::eventually("no broker reports an under-replicated partition", || {
         let under: Vec<f64> = (1..=3)
             .map(|id| gauge(&cluster, id, "strata_under_replicated_partitions"))

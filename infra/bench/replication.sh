@@ -17,6 +17,17 @@
 # (space-separated NAME=VALUE), e.g.
 #   STREAMS=pair PARTITIONS=600 STEPS="rf3 lag" RECORDS=200000 infra/bench/replication.sh
 #
+# Cluster benchmarks of issue 15 (steps not in the default list; strata-bench --linger-ms 0,
+# 1 KiB records, acks=all, min ISR 2):
+#   - latency: RF 3 at RATE MB/s for SECONDS_PER_STEP (default 30): ack p50/p99/p999 from the client
+#     and from each broker's Produce summary on /metrics;
+#   - sustain: the highest sustainable rate, RF 3 then RF 1: targets in 25 MB/s steps, SECONDS_PER_STEP
+#     each on a fresh topic, up to MAX_RATE (default 400), until one achieves < 95 % of its
+#     target or has an ack p99 > 50 ms;
+#   - rolling: RF 3 at RATE MB/s while each broker in turn gets SIGTERM, restarts and rejoins
+#     every ISR: the run's ack p99/p999/max and failed sends.
+#   STEPS="latency sustain rolling" SECONDS_PER_STEP=30 infra/bench/replication.sh
+#
 # Bounded: every wait has a deadline, the brokers are killed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,6 +36,8 @@ records=${RECORDS:-300000}
 rate=${RATE:-50}
 partitions=${PARTITIONS:-6}
 streams=${STREAMS:-partition}
+seconds=${SECONDS_PER_STEP:-30}
+max_rate=${MAX_RATE:-400}
 steps=" ${STEPS:-rf1 rf3 lag catchup} "
 extra=()
 for setting in ${SETTINGS:-}; do extra+=(--set "$setting"); done
@@ -140,6 +153,74 @@ if step lag; then
   wait "$sampler" 2>/dev/null || true
 fi
 
+# strata-bench at linger 0 and a rate for `seconds`: bench_at topic rate json-out
+bench_at() {
+  "$bin/strata-bench" produce --bootstrap "$bootstrap" --topic "$1" \
+    --records "$(( $2 * 1000000 * seconds / 1024 ))" --partitions "$partitions" --acks all \
+    --linger-ms 0 --rate "$2" --json --max-seconds "$(( seconds * 3 ))" | tail -1 >"$3"
+}
+create() { # topic rf min_isr
+  "$bin/strata" topic --bootstrap "$(kafka 1)" create "$1" --partitions "$partitions" \
+    --replication-factor "$2" --config "min.insync.replicas=$3" >/dev/null
+  wait_whole measure
+}
+drop_topic() { "$bin/strata" topic --bootstrap "$(kafka 1)" delete "$1" >/dev/null || true; }
+
+if step latency; then
+  echo "== ack latency, RF 3 at $rate MB/s for $seconds s" >&2
+  create t-lat 3 2
+  bench_at t-lat "$rate" "$work/latency.json"
+  for id in 1 2 3; do
+    curl -s "http://$(admin "$id")/metrics" |
+      grep '^strata_request_duration_seconds{.*api="Produce"' >"$work/latency.broker-$id" || true
+  done
+  drop_topic t-lat
+fi
+
+if step sustain; then
+  cat >"$work/verdict.py" <<'PY'
+import json, os, sys
+r = json.load(open(sys.argv[1]))
+p, l = r["produce"], r.get("produce_latency") or {}
+t = float(os.environ["TARGET"])
+ok = p["mb_per_s"] >= 0.95 * t and l.get("p99_us", 1e12) <= 50000
+ms = lambda k: l.get(k, 0) / 1000
+print(f"{t:.0f} {p['mb_per_s']:.1f} {ms('p50_us'):.1f} {ms('p99_us'):.1f} {ms('p999_us'):.1f} "
+      f"{r.get('records_failed', 0)} {'ok' if ok else 'no'}")
+PY
+  for rf in 3 1; do
+    : >"$work/sustain-rf$rf"
+    for (( target = 25; target <= max_rate; target += 25 )); do
+      echo "== sustain RF $rf at $target MB/s" >&2
+      create "t-s$rf-$target" "$rf" "$(( rf > 1 ? 2 : 1 ))"
+      bench_at "t-s$rf-$target" "$target" "$work/s.json"
+      drop_topic "t-s$rf-$target"
+      verdict=$(TARGET=$target python3 "$work/verdict.py" "$work/s.json")
+      echo "$verdict" | tee -a "$work/sustain-rf$rf" >&2
+      [[ $verdict == *" ok" ]] || break
+    done
+  done
+fi
+
+if step rolling; then
+  echo "== rolling restart under RF 3 at $rate MB/s" >&2
+  create t-roll 3 2
+  bench_at t-roll "$rate" "$work/rolling.json" &
+  bench=$!
+  sleep 5
+  for id in 1 2 3; do
+    echo "== SIGTERM broker $id" >&2
+    kill -TERM "${pid[$id]}"
+    for _ in $(seq 1 300); do kill -0 "${pid[$id]}" 2>/dev/null || break; sleep 0.1; done
+    wait "${pid[$id]}" 2>/dev/null || true
+    start "$id"
+    ready "$id"
+    wait_whole measure
+  done
+  echo "== rolling restart done; waiting for the load to end" >&2
+  wait "$bench" || true
+fi
+
 bytes=0 t0=0 t1=0
 if step catchup; then
   echo "== catch-up of an emptied replica" >&2
@@ -193,6 +274,39 @@ if recs:
     print(f"lag at {lag['mb_per_s']:.1f} MB/s (asked {os.environ['RATE']}): {len(recs)} samples; "
           f"max lag records p50 {pct(recs, .5):.0f} p99 {pct(recs, .99):.0f} max {max(recs):.0f}; "
           f"ms p50 {pct(mss, .5):.0f} p99 {pct(mss, .99):.0f} max {max(mss):.0f}")
+def quantiles(path):
+    out = {}
+    for line in open(path) if os.path.exists(path) else []:
+        m = re.search(r'quantile="([0-9.]+)"\S* (\S+)', line)
+        if m:
+            out[m.group(1)] = float(m.group(2)) * 1000
+    return out
+def client(name, label):
+    path = os.path.join(w, name + ".json")
+    if not os.path.exists(path):
+        return
+    r = load(name)
+    p, l = r["produce"], r.get("produce_latency") or {}
+    print(f"{label}: {p['mb_per_s']:.1f} MB/s achieved, failed {r.get('records_failed', 0)}; "
+          f"client ack ms p50 {l.get('p50_us', 0) / 1000:.2f} p99 {l.get('p99_us', 0) / 1000:.2f} "
+          f"p999 {l.get('p999_us', 0) / 1000:.2f} max {l.get('max_us', 0) / 1000:.1f}")
+client("latency", f"ack latency, RF 3 at {os.environ['RATE']} MB/s, linger 0")
+for id in (1, 2, 3):
+    q = quantiles(os.path.join(w, f"latency.broker-{id}"))
+    if q:
+        print(f"  broker {id} Produce (last 60 s) ms p50 {q.get('0.5', 0):.2f} "
+              f"p99 {q.get('0.99', 0):.2f} p999 {q.get('0.999', 0):.2f} max {q.get('1', 0):.1f}")
+for rf in (3, 1):
+    path = os.path.join(w, f"sustain-rf{rf}")
+    if not os.path.exists(path):
+        continue
+    rows = [l.split() for l in open(path) if l.strip()]
+    best = max([float(r[0]) for r in rows if r[-1] == "ok"], default=0)
+    print(f"sustain RF {rf}: highest sustainable target {best:.0f} MB/s "
+          "(target achieved p50 p99 p999 ms, failed, verdict):")
+    for r in rows:
+        print("  " + " ".join(r))
+client("rolling", f"rolling restart, RF 3 at {os.environ['RATE']} MB/s")
 b, t = int(os.environ["BYTES"]), float(os.environ["T1"]) - float(os.environ["T0"])
 if t > 0:
     print(f"catch-up of an emptied replica: {b / 1e6:.0f} MB in {t:.1f} s (start included) = {b / 1e6 / t:.1f} MB/s")

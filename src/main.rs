@@ -1,5 +1,6 @@
 //! The `strata` binary: `strata serve` runs a broker; `strata topic ...` administers topics,
-//! `strata group ...` consumer groups, `strata cluster ...` the peer endpoint's certificates.
+//! `strata group ...` consumer groups, `strata cluster ...` the peer endpoint's certificates,
+//! `strata sql "<query>"` SQL over topics.
 
 use std::process::ExitCode;
 
@@ -30,6 +31,9 @@ enum Command {
     Group(GroupArgs),
     /// Make the cluster CA and node certificates for the peer endpoint's mutual TLS.
     Cluster(ClusterArgs),
+    /// Run SQL over topics: on a broker (--admin) or on a bucket without one (--object-store).
+    #[cfg(feature = "sql")]
+    Sql(strata::cli::sql::SqlArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +67,8 @@ fn main() -> ExitCode {
             Command::Topic(args) => strata::cli::topic::run(args).await,
             Command::Group(args) => strata::cli::group::run(args).await,
             Command::Cluster(args) => strata::cli::cluster::run(args),
+            #[cfg(feature = "sql")]
+            Command::Sql(args) => strata::cli::sql::run(args).await,
         }
     });
     match result {

@@ -162,10 +162,10 @@ impl Broker {
             "log loaded"
         );
         let tiering = tier.map(|tier| {
-            Arc::new(crate::tiering::service::Tiering::new(
-                tier,
-                config.broker.remote_orphan_grace_ms,
-            ))
+            Arc::new(
+                crate::tiering::service::Tiering::new(tier, config.broker.remote_orphan_grace_ms)
+                    .with_row_group_bytes(config.broker.remote_row_group_bytes),
+            )
         });
         Ok(Broker {
             cluster_id: image.cluster_id,

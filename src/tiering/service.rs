@@ -36,6 +36,9 @@ pub trait TieringHost: Send + Sync {
 pub struct Tiering {
     tier: Arc<RemoteTier>,
     orphan_grace_ms: i64,
+    /// Row groups of offloaded files close at about this many bytes (`ROW_GROUP_BYTES` unless
+    /// `strata.remote.row.group.bytes` says otherwise).
+    row_group_bytes: usize,
     /// Broker-clock time of the last orphan sweep.
     last_orphan_sweep_ms: Mutex<Option<i64>>,
 }
@@ -45,8 +48,15 @@ impl Tiering {
         Tiering {
             tier,
             orphan_grace_ms,
+            row_group_bytes: ROW_GROUP_BYTES,
             last_orphan_sweep_ms: Mutex::new(None),
         }
+    }
+
+    /// Offloaded files get row groups of about `bytes` (at least 64 KiB).
+    pub fn with_row_group_bytes(mut self, bytes: usize) -> Tiering {
+        self.row_group_bytes = bytes;
+        self
     }
 
     pub fn tier(&self) -> &Arc<RemoteTier> {
@@ -87,7 +97,7 @@ impl Tiering {
         };
         let pass = TierPass {
             now_ms: now,
-            row_group_bytes: ROW_GROUP_BYTES,
+            row_group_bytes: self.row_group_bytes,
             max_upload: Duration::from_millis((grace_ms / 2).max(0) as u64),
         };
         let mut offloaded = 0;

@@ -96,7 +96,9 @@ impl From<ReadError> for ApiError {
             }
             ReadError::Local(l) => l.into(),
             ReadError::Remote(t) => tier_error(&t),
-            ReadError::File(_) => ApiError::new(ResponseError::KafkaStorageError, e.to_string()),
+            ReadError::File(_) | ReadError::RemoteNotLoaded { .. } => {
+                ApiError::new(ResponseError::KafkaStorageError, e.to_string())
+            }
         }
     }
 }

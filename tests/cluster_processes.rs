@@ -7,19 +7,24 @@
 //! acknowledged record (and commit) is checked against the final logs; every test ends with
 //! no under-replicated partition.
 
+#[path = "support/checker.rs"]
+mod checker;
 #[path = "support/cluster.rs"]
 mod cluster_support;
 #[path = "support/load.rs"]
 mod load;
 #[path = "support/procs.rs"]
 mod procs;
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use checker::{Final, FinalLog, History, Sent};
 use cluster_support::{create_assigned, create_topic, leader_and_isr};
-use load::{read_partition, Load, Sent};
+use load::{read_partition, Load};
 use procs::{ProcCluster, ONE_CLUSTER};
 
 const SETTINGS: [(&str, &str); 6] = [
@@ -32,6 +37,7 @@ const SETTINGS: [(&str, &str); 6] = [
 ];
 
 const NOT_ENOUGH_REPLICAS: i16 = 19;
+const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
 
 /// Waits until broker `via` shows `topic`-0 with a leader and an ISR of `n`: (leader, ISR).
 async fn until_isr(cluster: &ProcCluster, via: i32, topic: &str, n: usize) -> (i32, Vec<i32>) {
@@ -75,18 +81,66 @@ async fn produce_raw(addr: &str, topic: &str, acks: i16, value: &str) -> (i16, i
     (p.error_code, p.base_offset)
 }
 
-/// The raw send `value` as the history records it.
-fn raw_sent(value: &str, code: i16, offset: i64) -> Sent {
+/// The raw send `value` at `acks` as the history records it.
+fn raw_sent(value: &str, acks: i16, code: i16, offset: i64) -> Sent {
     Sent {
         value: value.to_string(),
         partition: 0,
+        acks_all: acks == -1,
         outcome: if code == 0 {
             Ok(offset)
         } else {
             Err(format!("error {code}"))
         },
+        sent: Instant::now(),
         done: Instant::now(),
     }
+}
+
+/// The checker's verdict on `history` against the final `logs`: no anomaly.
+fn assert_clean(history: &History, logs: BTreeMap<i32, FinalLog>) {
+    let report = checker::check(
+        history,
+        &Final {
+            logs,
+            committed: BTreeMap::new(),
+        },
+    );
+    eprintln!("checker: {}", report.summary());
+    assert!(report.is_clean(), "{}", report.summary());
+}
+
+/// Five brokers, voters 1, 4 and 5 (they keep the quorum while 2 and 3 go down), and
+/// `topic`-0 on 1, 2, 3 with 1 leading them all in sync.
+async fn replicas_123_of_five(
+    topic: &str,
+    settings: &[(&str, &str)],
+    deadline: Duration,
+) -> ProcCluster {
+    let cluster = ProcCluster::start_with_voters(5, &[1, 4, 5], settings, deadline);
+    let addr = cluster.kafka_addr(4);
+    assert_eq!(create_assigned(&addr, topic, &[vec![1, 2, 3]]).await, 0);
+    assert_eq!(until_isr(&cluster, 1, topic, 3).await.0, 1);
+    cluster
+}
+
+/// One record per value of `values` to `topic`-0 at `addr` with `acks`, each acknowledged
+/// (asserted) and recorded in `history`; their offsets.
+async fn produce_each(
+    addr: &str,
+    topic: &str,
+    acks: i16,
+    values: impl IntoIterator<Item = String>,
+    history: &mut History,
+) -> Vec<i64> {
+    let mut offsets = Vec::new();
+    for value in values {
+        let (code, offset) = produce_raw(addr, topic, acks, &value).await;
+        assert_eq!(code, 0, "{value} at acks={acks}");
+        history.sends.push(raw_sent(&value, acks, code, offset));
+        offsets.push(offset);
+    }
+    offsets
 }
 
 /// No partition under-replicated on any running broker `ids`.
@@ -107,14 +161,8 @@ async fn paused_followers_stall_acks_all_then_refuse_them_and_rejoin() {
     let _one = ONE_CLUSTER.lock().await;
     // Voters 1, 4, 5 keep the quorum (ISR changes go through it) while followers 2 and 3
     // of s-0 are paused.
-    let cluster =
-        ProcCluster::start_with_voters(5, &[1, 4, 5], &SETTINGS, Duration::from_secs(240));
-    assert_eq!(
-        create_assigned(&cluster.kafka_addr(4), "s", &[vec![1, 2, 3]]).await,
-        0
-    );
-    let (leader, _) = until_isr(&cluster, 1, "s", 3).await;
-    assert_eq!(leader, 1);
+    let cluster = replicas_123_of_five("s", &SETTINGS, Duration::from_secs(240)).await;
+    let leader = 1;
     let followers = [2, 3];
     let producer = load::producer(&cluster.bootstrap(), "all", 30_000);
     let load = Load::start(producer, "s", 1, "s", 20);
@@ -143,19 +191,23 @@ async fn paused_followers_stall_acks_all_then_refuse_them_and_rejoin() {
     cluster.pause(followers[1]);
     until_isr(&cluster, leader, "s", 1).await;
     let addr = cluster.kafka_addr(leader);
-    let (code, _) = produce_raw(&addr, "s", -1, "refused").await;
-    assert_eq!(code, NOT_ENOUGH_REPLICAS);
-    history.sends.push(raw_sent("refused", code, -1));
-    let mut unreplicated = Vec::new();
-    for i in 0..5 {
-        let value = format!("acks1-{i}");
-        let (code, offset) = produce_raw(&addr, "s", 1, &value).await;
-        assert_eq!(code, 0);
-        unreplicated.push(offset);
-        history.sends.push(raw_sent(&value, code, offset));
+    // (Until the partition itself has applied the ISR Metadata shows, a write is appended and
+    // then answered NOT_ENOUGH_REPLICAS_AFTER_APPEND: not acknowledged either.)
+    for attempt in 0.. {
+        let value = format!("refused-{attempt}");
+        let (code, _) = produce_raw(&addr, "s", -1, &value).await;
+        history.sends.push(raw_sent(&value, -1, code, -1));
+        if code == NOT_ENOUGH_REPLICAS {
+            break;
+        }
+        assert_eq!(code, NOT_ENOUGH_REPLICAS_AFTER_APPEND);
+        assert!(attempt < 50, "acks=all never refused before appending");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let acks1 = (0..5).map(|i| format!("acks1-{i}"));
+    let unreplicated = produce_each(&addr, "s", 1, acks1, &mut history).await;
     let visible = read_partition(&addr, "s", 0).await;
-    let last_visible = visible.last().map_or(-1, |(o, _)| *o);
+    let last_visible = visible.records.last().map_or(-1, |(o, _)| *o);
     assert!(
         last_visible < unreplicated[0],
         "{last_visible} ≥ {unreplicated:?}"
@@ -167,8 +219,7 @@ async fn paused_followers_stall_acks_all_then_refuse_them_and_rejoin() {
     }
     until_isr(&cluster, leader, "s", 3).await;
     let log = read_partition(&addr, "s", 0).await;
-    let anomalies = history.check(&BTreeMap::from([(0, log)]));
-    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_clean(&history, BTreeMap::from([(0, log)]));
     assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
 }
 
@@ -217,8 +268,7 @@ async fn killing_a_leader_under_idempotent_load_loses_and_duplicates_nothing() {
             read_partition(&addr, "k", p.partition_index).await,
         );
     }
-    let anomalies = history.check(&logs);
-    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_clean(&history, logs);
 
     // Stopped, the three replicas hold the same batches at the same offsets, byte for byte,
     // with the same epochs.
@@ -265,33 +315,19 @@ fn stored(dir: &std::path::Path, topic: &str, p: i32) -> (Vec<u8>, Vec<(i32, i64
 async fn a_restarted_leader_keeps_its_checkpointed_high_watermark() {
     let _one = ONE_CLUSTER.lock().await;
     // Voters 1, 4, 5 keep the quorum while the partition's replicas 1, 2, 3 go down.
-    let mut cluster =
-        ProcCluster::start_with_voters(5, &[1, 4, 5], &SETTINGS, Duration::from_secs(240));
-    assert_eq!(
-        create_assigned(&cluster.kafka_addr(4), "h", &[vec![1, 2, 3]]).await,
-        0
-    );
-    until_isr(&cluster, 1, "h", 3).await;
+    let mut cluster = replicas_123_of_five("h", &SETTINGS, Duration::from_secs(240)).await;
     let addr = cluster.kafka_addr(1);
-    let mut history = load::History::default();
-    for i in 0..10 {
-        let value = format!("all-{i}");
-        let (code, offset) = produce_raw(&addr, "h", -1, &value).await;
-        assert_eq!(code, 0);
-        history.sends.push(raw_sent(&value, code, offset));
-    }
+    let mut history = History::default();
+    let all = (0..10).map(|i| format!("all-{i}"));
+    produce_each(&addr, "h", -1, all, &mut history).await;
 
     // Both followers down: the leader is alone in the ISR, its high watermark frozen (the
     // strict rule); acks=1 appends go past it.
     cluster.kill9(2);
     cluster.kill9(3);
     until_isr(&cluster, 4, "h", 1).await;
-    for i in 0..5 {
-        let value = format!("one-{i}");
-        let (code, offset) = produce_raw(&addr, "h", 1, &value).await;
-        assert_eq!(code, 0);
-        history.sends.push(raw_sent(&value, code, offset));
-    }
+    let one = (0..5).map(|i| format!("one-{i}"));
+    produce_each(&addr, "h", 1, one, &mut history).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
 
     // kill -9 and restart the leader: it leads again at its checkpointed high watermark (10),
@@ -304,7 +340,7 @@ async fn a_restarted_leader_keeps_its_checkpointed_high_watermark() {
     })
     .await;
     let visible = read_partition(&addr, "h", 0).await;
-    assert_eq!(visible.len(), 10, "{visible:?}");
+    assert_eq!(visible.records.len(), 10, "{visible:?}");
 
     // The followers return: once they have the records, consumers see them.
     cluster.start_node(2);
@@ -312,12 +348,11 @@ async fn a_restarted_leader_keeps_its_checkpointed_high_watermark() {
     until_isr(&cluster, 4, "h", 3).await;
     support::eventually("the acks=1 records become visible", || {
         let addr = addr.clone();
-        async move { read_partition(&addr, "h", 0).await.len() == 15 }
+        async move { read_partition(&addr, "h", 0).await.records.len() == 15 }
     })
     .await;
     let log = read_partition(&addr, "h", 0).await;
-    let anomalies = history.check(&BTreeMap::from([(0, log)]));
-    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_clean(&history, BTreeMap::from([(0, log)]));
     assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
 }
 
@@ -333,34 +368,20 @@ async fn leader_epoch(cluster: &ProcCluster, via: i32, topic: &str) -> (i32, i32
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_leaders_unreplicated_tail_is_truncated_when_it_returns() {
     let _one = ONE_CLUSTER.lock().await;
-    let mut cluster =
-        ProcCluster::start_with_voters(5, &[1, 4, 5], &SETTINGS, Duration::from_secs(240));
-    assert_eq!(
-        create_assigned(&cluster.kafka_addr(4), "d", &[vec![1, 2, 3]]).await,
-        0
-    );
-    until_isr(&cluster, 1, "d", 3).await;
+    let mut cluster = replicas_123_of_five("d", &SETTINGS, Duration::from_secs(240)).await;
     let (_, epoch) = leader_epoch(&cluster, 4, "d").await;
     let addr = cluster.kafka_addr(1);
-    let mut history = load::History::default();
-    for i in 0..10 {
-        let value = format!("all-{i}");
-        let (code, offset) = produce_raw(&addr, "d", -1, &value).await;
-        assert_eq!(code, 0);
-        history.sends.push(raw_sent(&value, code, offset));
-    }
+    let mut history = History::default();
+    let all = (0..10).map(|i| format!("all-{i}"));
+    produce_each(&addr, "d", -1, all, &mut history).await;
 
     // Both followers paused for less than the lag time and the session timeout: they stay in
     // the ISR while the leader takes acks=1 batches only it has, at least 10 past them.
     cluster.pause(2);
     cluster.pause(3);
-    for i in 0..12 {
-        let value = format!("one-{i}");
-        let (code, _) = produce_raw(&addr, "d", 1, &value).await;
-        assert_eq!(code, 0);
-        // Acknowledged at acks=1 only: may be lost, never doubled (not judged as acks=all).
-        history.sends.push(raw_sent(&value, -1, -1));
-    }
+    // Acknowledged at acks=1 only: may be lost, never doubled (not judged as acks=all).
+    let one = (0..12).map(|i| format!("one-{i}"));
+    produce_each(&addr, "d", 1, one, &mut history).await;
     let lag = cluster
         .metric(1, "strata_replica_max_lag_records", "")
         .await;
@@ -385,8 +406,7 @@ async fn a_killed_leaders_unreplicated_tail_is_truncated_when_it_returns() {
     assert!(truncated >= 10.0, "batches truncated: {truncated}");
     let (leader, _) = leader_epoch(&cluster, 4, "d").await;
     let log = read_partition(&cluster.kafka_addr(leader), "d", 0).await;
-    let anomalies = history.check(&BTreeMap::from([(0, log)]));
-    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_clean(&history, BTreeMap::from([(0, log)]));
     assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
 
     // The three logs end identical.
@@ -408,35 +428,16 @@ async fn a_follower_back_from_a_power_loss_is_not_elected_with_a_shorter_log() {
     let mut settings = SETTINGS.to_vec();
     settings.retain(|(k, _)| *k != "broker.session.timeout.ms");
     settings.push(("broker.session.timeout.ms", "6000"));
-    let mut cluster =
-        ProcCluster::start_with_voters(5, &[1, 4, 5], &settings, Duration::from_secs(240));
-    assert_eq!(
-        create_assigned(&cluster.kafka_addr(4), "p", &[vec![1, 2, 3]]).await,
-        0
-    );
-    until_isr(&cluster, 1, "p", 3).await;
+    let mut cluster = replicas_123_of_five("p", &settings, Duration::from_secs(240)).await;
     let addr = cluster.kafka_addr(1);
-    let mut history = load::History::default();
-    let produce = |value: String| {
-        let addr = addr.clone();
-        async move {
-            let (code, offset) = produce_raw(&addr, "p", -1, &value).await;
-            (raw_sent(&value, code, offset), code)
-        }
-    };
-    for i in 0..20 {
-        let (sent, code) = produce(format!("before-{i}")).await;
-        assert_eq!(code, 0);
-        history.sends.push(sent);
-    }
+    let mut history = History::default();
+    let before = (0..20).map(|i| format!("before-{i}"));
+    produce_each(&addr, "p", -1, before, &mut history).await;
     // Follower 3 paused until it leaves the ISR; 2 alone holds the leader's acks=all writes.
     cluster.pause(3);
     until_isr(&cluster, 1, "p", 2).await;
-    for i in 0..20 {
-        let (sent, code) = produce(format!("with-2-{i}")).await;
-        assert_eq!(code, 0);
-        history.sends.push(sent);
-    }
+    let with_2 = (0..20).map(|i| format!("with-2-{i}"));
+    produce_each(&addr, "p", -1, with_2, &mut history).await;
 
     // Power loss of 2: its logs lose what was not fsynced (the 20 records at least). The
     // leader is paused so 2 cannot catch up; 2 restarts within its session timeout.
@@ -465,8 +466,7 @@ async fn a_follower_back_from_a_power_loss_is_not_elected_with_a_shorter_log() {
     until_isr(&cluster, 4, "p", 3).await;
     let (leader, _) = leader_and_isr(&cluster.kafka_addr(4), "p").await;
     let log = read_partition(&cluster.kafka_addr(leader), "p", 0).await;
-    let anomalies = history.check(&BTreeMap::from([(0, log)]));
-    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_clean(&history, BTreeMap::from([(0, log)]));
     assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
 }
 
@@ -517,13 +517,7 @@ async fn offload_goes_on_after_a_leader_is_killed_and_a_paused_leader_commits_no
         ("log.local.retention.bytes", "65536"),
         ("remote.log.manager.task.interval.ms", "200"),
     ]);
-    let mut cluster =
-        ProcCluster::start_with_voters(5, &[1, 4, 5], &settings, Duration::from_secs(300));
-    assert_eq!(
-        create_assigned(&cluster.kafka_addr(4), "t", &[vec![1, 2, 3]]).await,
-        0
-    );
-    until_isr(&cluster, 1, "t", 3).await;
+    let mut cluster = replicas_123_of_five("t", &settings, Duration::from_secs(300)).await;
     let producer = load::producer(&cluster.bootstrap(), "all", 30_000);
     let load = Load::start(producer, "t", 1, "t", 20);
     support::eventually("offload starts", || async {
@@ -550,7 +544,7 @@ async fn offload_goes_on_after_a_leader_is_killed_and_a_paused_leader_commits_no
     // The new leader paused past its session timeout: another one takes over. An acks=all
     // write sent to the paused one while it is paused is not acknowledged once it resumes,
     // and it commits no manifest at its old epoch over the new leader's.
-    cluster.pause(new_leader as i32);
+    cluster.pause(new_leader);
     let paused_addr = cluster.kafka_addr(new_leader);
     let pending = tokio::spawn(async move { produce_raw(&paused_addr, "t", -1, "stale").await });
     support::eventually("a third leader", || async {
@@ -564,13 +558,13 @@ async fn offload_goes_on_after_a_leader_is_killed_and_a_paused_leader_commits_no
             .is_some_and(|m| m.leader_epoch > epoch)
     })
     .await;
-    cluster.resume(new_leader as i32);
+    cluster.resume(new_leader);
     let (code, _) = pending.await.unwrap();
     assert_ne!(code, 0, "the deposed leader acknowledged an acks=all write");
     cluster.start_node(1);
     assert!(load.until_more_acked(2000, Duration::from_secs(60)).await);
     let mut history = load.stop().await;
-    history.sends.push(raw_sent("stale", code, -1));
+    history.sends.push(raw_sent("stale", -1, code, -1));
     until_isr(&cluster, 4, "t", 3).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -600,9 +594,8 @@ async fn offload_goes_on_after_a_leader_is_killed_and_a_paused_leader_commits_no
     // Read from offset 0, cold then hot: every acknowledged record once.
     let (leader, _) = leader_and_isr(&cluster.kafka_addr(4), "t").await;
     let log = read_partition(&cluster.kafka_addr(leader), "t", 0).await;
-    assert_eq!(log.first().map(|(o, _)| *o), Some(0));
-    let anomalies = history.check(&BTreeMap::from([(0, log)]));
-    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_eq!(log.records.first().map(|(o, _)| *o), Some(0));
+    assert_clean(&history, BTreeMap::from([(0, log)]));
     assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;
 }
 
@@ -621,64 +614,6 @@ async fn coordinator(cluster: &ProcCluster, via: i32, group: &str) -> i32 {
     }
 }
 
-/// What one group member did: records read, and per partition its last acknowledged commit.
-#[derive(Default)]
-struct Member {
-    read: u64,
-    commits: u64,
-    acked: BTreeMap<i32, i64>,
-}
-
-/// A librdkafka group member reading `topic` until `stop`, committing synchronously every
-/// 100 ms; `read` counts records across members.
-fn member(
-    bootstrap: String,
-    topic: &'static str,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
-) -> std::thread::JoinHandle<Member> {
-    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    use std::sync::atomic::Ordering;
-    std::thread::spawn(move || {
-        let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", "failover")
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "500")
-            .set("topic.metadata.refresh.interval.ms", "1000")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[topic]).unwrap();
-        let mut me = Member::default();
-        let mut last_commit = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-                me.read += 1;
-                read.fetch_add(1, Ordering::Relaxed);
-            }
-            if last_commit.elapsed() >= Duration::from_millis(100) {
-                last_commit = Instant::now();
-                let Ok(positions) = consumer.position() else {
-                    continue;
-                };
-                if positions.count() > 0 && consumer.commit(&positions, CommitMode::Sync).is_ok() {
-                    me.commits += 1;
-                    for e in positions.elements() {
-                        if let rdkafka::Offset::Offset(o) = e.offset() {
-                            let at = me.acked.entry(e.partition()).or_insert(o);
-                            *at = (*at).max(o);
-                        }
-                    }
-                }
-            }
-        }
-        consumer.unsubscribe();
-        me
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_group_goes_on_when_its_coordinator_is_killed_and_keeps_every_acknowledged_commit() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -694,7 +629,15 @@ async fn a_group_goes_on_when_its_coordinator_is_killed_and_keeps_every_acknowle
         Arc::new(AtomicU64::new(0)),
     );
     let members: Vec<_> = (0..3)
-        .map(|_| member(cluster.bootstrap(), "g", stop.clone(), read.clone()))
+        .map(|_| {
+            load::member(
+                cluster.bootstrap(),
+                "failover",
+                "g",
+                stop.clone(),
+                read.clone(),
+            )
+        })
         .collect();
     let until_read = |more: u64| {
         let target = read.load(Ordering::Relaxed) + more;
@@ -729,49 +672,25 @@ async fn a_group_goes_on_when_its_coordinator_is_killed_and_keeps_every_acknowle
         history.failed().next()
     );
     stop.store(true, Ordering::Relaxed);
-    let members: Vec<Member> = members.into_iter().map(|m| m.join().unwrap()).collect();
+    let members: Vec<load::Member> = members.into_iter().map(|m| m.join().unwrap()).collect();
     eprintln!(
         "members read {:?}, committed {:?} times",
-        members.iter().map(|m| m.read).collect::<Vec<_>>(),
-        members.iter().map(|m| m.commits).collect::<Vec<_>>()
+        members.iter().map(|m| m.reads.len()).collect::<Vec<_>>(),
+        members.iter().map(|m| m.commits.len()).collect::<Vec<_>>()
     );
 
     // Every acknowledged commit is kept: the group's committed offsets are at least the last
     // one any member had acknowledged for each partition.
     let mut acked: BTreeMap<i32, i64> = BTreeMap::new();
-    for m in &members {
-        for (&p, &o) in &m.acked {
-            let at = acked.entry(p).or_insert(o);
-            *at = (*at).max(o);
-        }
+    for c in members.iter().flat_map(|m| &m.commits) {
+        let at = acked.entry(c.partition).or_insert(c.offset);
+        *at = (*at).max(c.offset);
     }
     assert_eq!(acked.len(), 6, "{acked:?}");
-    let checker: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .set("group.id", "failover")
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..6 {
-        tpl.add_partition("g", p);
-    }
-    let committed = tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::Consumer;
-        checker
-            .committed_offsets(tpl, Duration::from_secs(30))
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    for e in committed.elements() {
-        let rdkafka::Offset::Offset(o) = e.offset() else {
-            panic!("p{}: no committed offset", e.partition());
-        };
-        assert!(
-            o >= acked[&e.partition()],
-            "p{}: {o} < {acked:?}",
-            e.partition()
-        );
+    let committed = load::committed(&cluster.bootstrap(), "failover", "g", 6).await;
+    assert_eq!(committed.len(), 6, "{committed:?}");
+    for (p, o) in committed {
+        assert!(o >= acked[&p], "p{p}: {o} < {acked:?}");
     }
     assert_fully_replicated(&cluster, &[1, 2, 3]).await;
 }
@@ -798,8 +717,7 @@ async fn two_hundred_thousand_acks_all_records_are_equal_on_every_replica() {
     assert_eq!(history.failed().count(), 0);
     let (leader, _) = until_isr(&cluster, 1, "e", 3).await;
     let log = read_partition(&cluster.kafka_addr(leader), "e", 0).await;
-    let anomalies = history.check(&BTreeMap::from([(0, log)]));
-    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_clean(&history, BTreeMap::from([(0, log)]));
     assert_fully_replicated(&cluster, &[1, 2, 3]).await;
 
     // Stopped, the three logs hold the same batches at the same offsets, with equal epochs.
@@ -811,4 +729,50 @@ async fn two_hundred_thousand_acks_all_records_are_equal_on_every_replica() {
         assert!(r.0 == replicas[0].0, "the replicas' bytes differ");
         assert_eq!(r.1, replicas[0].1, "epochs");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_controller_loses_its_leaderships_to_the_others() {
+    let _one = ONE_CLUSTER.lock().await;
+    let cluster = ProcCluster::start_with(3, &[1, 2, 3], &SETTINGS, Duration::from_secs(180), true);
+    assert_eq!(create_topic(&cluster.kafka_addr(1), "c", 3, 3).await, 0);
+    until_isr(&cluster, 1, "c", 3).await;
+    let m = cluster_support::metadata(&cluster.kafka_addr(1), Some("c")).await;
+    let controller = m.controller_id.0;
+    let led: Vec<(i32, i32)> = m.topics[0]
+        .partitions
+        .iter()
+        .filter(|p| p.leader_id.0 == controller)
+        .map(|p| (p.partition_index, p.leader_epoch))
+        .collect();
+    eprintln!("controller {controller} leads {led:?}");
+    cluster.pause(controller);
+    let other = (1..=3).find(|id| *id != controller).unwrap();
+    let started = Instant::now();
+    let mut last = String::new();
+    let moved = loop {
+        let m = cluster_support::metadata(&cluster.kafka_addr(other), Some("c")).await;
+        let now: Vec<(i32, i32, i32)> = m.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.leader_id.0, p.leader_epoch))
+            .collect();
+        let line = format!("controller {} partitions {now:?}", m.controller_id.0);
+        if line != last {
+            eprintln!("{:>6} ms {line}", started.elapsed().as_millis());
+            last = line;
+        }
+        if m.controller_id.0 != controller && now.iter().all(|p| p.1 != controller && p.1 >= 0) {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    cluster.resume(controller);
+    assert!(
+        moved,
+        "the paused controller kept its role or leaderships: {last}"
+    );
 }

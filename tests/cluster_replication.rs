@@ -360,3 +360,94 @@ async fn controlled_shutdown_of_each_broker_in_turn_fails_no_send() {
     drop(producer);
     cluster.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replica_fetches_from_a_stranger_an_old_incarnation_or_another_epoch_are_refused() {
+    use kafka_protocol::error::ResponseError;
+    use strata::cluster::certs;
+    use strata::cluster::peer::{PeerEndpoint, Transport};
+    use strata::cluster::tls::Identity;
+    use strata::config::PeerTls;
+    use strata::replication::{decode_answer, AnswerHeader, FetchRequest, SERVICE};
+
+    let _one = cluster_support::ONE_CLUSTER.lock().await;
+    let mut cluster = TestCluster::new(3, &cluster_support::FAST_FAILOVER);
+    cluster.start_all().await;
+    let leader = cluster.broker(1).broker.clone();
+    leader
+        .create_topic_assigned("x", 1, 2, Some(vec![vec![1, 2]]), &BTreeMap::new(), false)
+        .await
+        .unwrap();
+    support::eventually("1 leads x-0 with 2 in sync", || async {
+        leader_and_isr(&cluster.kafka_addr(1), "x").await == (1, vec![1, 2])
+    })
+    .await;
+    let view = leader.metadata().view();
+    let topic_id = leader.topic("x").unwrap().id;
+    let epoch_of = |id: i32| view.brokers[&id].epoch;
+    let leader_epoch = leader.topic("x").unwrap().partitions[0].leader_epoch();
+    let peer_of_1: std::net::SocketAddr =
+        cluster.seeds[0].split('@').nth(1).unwrap().parse().unwrap();
+
+    // An endpoint speaking for node `id` (a certificate of the cluster's CA).
+    let speaking_for = |id: i32| {
+        let out = cluster.root.path().join(format!("as-{id}"));
+        certs::issue(&cluster.root.path().join("ca"), id, &out).unwrap();
+        let identity = Identity::load(&PeerTls {
+            ca: out.join(certs::CA_CERT),
+            cert: out.join(certs::NODE_CERT),
+            key: out.join(certs::NODE_KEY),
+        })
+        .unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let endpoint = PeerEndpoint::new(
+            socket,
+            &identity,
+            Transport::for_session_timeout(Duration::from_secs(9)),
+        )
+        .unwrap();
+        endpoint.set_address(1, peer_of_1);
+        endpoint
+    };
+    let fetch = |broker_epoch: u64, current_leader_epoch: i32| FetchRequest {
+        topic: "x".into(),
+        topic_id,
+        partition: 0,
+        broker_epoch,
+        fetch_offset: 0,
+        last_fetched_epoch: -1,
+        current_leader_epoch,
+        max_bytes: 1024,
+        wait_ms: 0,
+    };
+    let refused = |endpoint: std::sync::Arc<PeerEndpoint>, request: FetchRequest| async move {
+        let body = serde_json::to_vec(&request).unwrap();
+        let answer = endpoint
+            .call(1, SERVICE, &body, Duration::from_secs(10))
+            .await
+            .unwrap();
+        match decode_answer(answer).unwrap().0 {
+            AnswerHeader::Error { code, .. } => code,
+            other => panic!("answered {other:?}"),
+        }
+    };
+    // Broker 3 is registered but no replica of x-0: NOT_LEADER_OR_FOLLOWER.
+    assert_eq!(
+        refused(speaking_for(3), fetch(epoch_of(3), leader_epoch)).await,
+        ResponseError::NotLeaderOrFollower.code()
+    );
+    // Broker 2 at another registration epoch (an old incarnation): STALE_BROKER_EPOCH.
+    let two = speaking_for(2);
+    assert_eq!(
+        refused(two.clone(), fetch(epoch_of(2) + 1000, leader_epoch)).await,
+        ResponseError::StaleBrokerEpoch.code()
+    );
+    // Broker 2 at a leader epoch the leader does not have yet (an older one is
+    // FENCED_LEADER_EPOCH: tests/replication.rs, a deposed leader).
+    assert_eq!(
+        refused(two, fetch(epoch_of(2), leader_epoch + 1)).await,
+        ResponseError::UnknownLeaderEpoch.code()
+    );
+    drop(leader);
+    cluster.stop_all().await;
+}

@@ -1,8 +1,8 @@
 #![allow(clippy::disallowed_methods)]
 //! Replica fetch over the peer endpoint (QUIC, mutual TLS) between two nodes in this process:
 //! a follower with a divergent tail truncates it, copies the leader's log byte for byte and
-//! moves the leader's high watermark; a stale broker epoch is refused; a deposed leader's
-//! follower stops.
+//! moves the leader's high watermark, all its fetches on one stream; a stale broker epoch is
+//! refused; a deposed leader's follower stops.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use strata::config::{BrokerSettings, PeerTls, TopicConfig};
 use strata::partition::{Partition, PartitionContext};
 use strata::record::batch::Codec;
 use strata::record::builder::BatchBuilder;
-use strata::replication::fetcher::{Fetcher, FetcherConfig, Stopped};
+use strata::replication::fetcher::{FetchStreams, Fetcher, FetcherConfig, Stopped};
 use strata::replication::service::{ReplicaHost, ReplicaService};
 use strata::replication::{decode_answer, AnswerHeader, FetchRequest, SERVICE};
 use uuid::Uuid;
@@ -106,12 +106,27 @@ fn idempotent(seq: i32) -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_copies_the_leader_over_quic_and_moves_its_high_watermark() {
+    copies_the_leader(FetchStreams::Partition, 1.0).await;
+}
+
+/// The benchmark knob's other layouts (`strata.replica.fetch.streams`) fetch alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_over_a_stream_per_broker_pair_and_a_stream_per_fetch() {
+    copies_the_leader(FetchStreams::Pair(Default::default()), 1.0).await;
+    copies_the_leader(FetchStreams::Request, 0.0).await;
+}
+
+/// The scenario, with the fetcher's requests on `streams`; `persistent` streams are expected
+/// to be opened.
+async fn copies_the_leader(streams: FetchStreams, persistent: f64) {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
     certs::init_ca(&ca).unwrap();
     let (one, two) = (endpoint(&ca, 1, dir.path()), endpoint(&ca, 2, dir.path()));
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(one.clone().serve(shutdown_rx.clone()));
+    // Node one's telemetry: the streams its followers open.
+    let telemetry = strata::telemetry::Telemetry::new(1);
+    telemetry.spawn(one.clone().serve(shutdown_rx.clone()));
     tokio::spawn(two.clone().serve(shutdown_rx.clone()));
     two.set_address(1, one.local_addr().unwrap());
 
@@ -156,6 +171,7 @@ async fn a_follower_copies_the_leader_over_quic_and_moves_its_high_watermark() {
             wait: Duration::from_millis(100),
             ..FetcherConfig::default()
         },
+        streams,
     };
     let running = tokio::spawn(fetcher.run(stop_rx));
 
@@ -183,6 +199,18 @@ async fn a_follower_copies_the_leader_over_quic_and_moves_its_high_watermark() {
         async move { follower.log_end_offset() == 63 }
     })
     .await;
+
+    // Every fetch so far went on one stream, still open (none for a stream per fetch).
+    let served = |name: &str| -> f64 {
+        telemetry
+            .render()
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(served("strata_peer_streams_total"), persistent);
+    assert_eq!(served("strata_peer_streams_open"), persistent);
 
     // An older incarnation of the follower is refused with STALE_BROKER_EPOCH.
     let stale = FetchRequest {

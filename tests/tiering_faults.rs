@@ -448,6 +448,11 @@ async fn a_restart_during_an_outage_serves_the_local_log() {
     );
     let bootstrap = running.kafka_addr().to_string();
     produce(&bootstrap, "restart-outage", 1, "b", 2_000, &mut acked).await;
+    // Below the local start nothing is known yet: a retriable KAFKA_STORAGE_ERROR, never
+    // OFFSET_OUT_OF_RANGE (which would make consumers reset their position).
+    let mut conn = support::KafkaConn::connect(&bootstrap).await;
+    let (code, _, batches) = support::fetch_batches(&mut conn, "restart-outage", 0).await;
+    assert_eq!((code, batches.len()), (56, 0));
     // The restarted broker's own counter: it failed to attach.
     assert!(metric(&running, "strata_tier_attach_errors_total", "") > 0.0);
 

@@ -9,7 +9,13 @@
 #   - full catch-up of an emptied replica: one broker stopped, its partition directories
 #     removed (metadata kept), restarted; MB/s until every ISR is whole again.
 #
-#   infra/bench/replication.sh            # RECORDS=300000 RATE=50
+#   infra/bench/replication.sh            # RECORDS=300000 RATE=50 PARTITIONS=6
+#
+# Replica fetch streams (BENCHMARKS.md "Replica fetch streams"): STREAMS sets the brokers'
+# benchmark knob strata.replica.fetch.streams (partition, the default; pair; request), STEPS
+# picks the measurements (default "rf1 rf3 lag catchup"), SETTINGS adds broker settings
+# (space-separated NAME=VALUE), e.g.
+#   STREAMS=pair PARTITIONS=600 STEPS="rf3 lag" RECORDS=200000 infra/bench/replication.sh
 #
 # Bounded: every wait has a deadline, the brokers are killed on exit.
 set -euo pipefail
@@ -17,6 +23,12 @@ cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 records=${RECORDS:-300000}
 rate=${RATE:-50}
+partitions=${PARTITIONS:-6}
+streams=${STREAMS:-partition}
+steps=" ${STEPS:-rf1 rf3 lag catchup} "
+extra=()
+for setting in ${SETTINGS:-}; do extra+=(--set "$setting"); done
+step() { [[ $steps == *" $1 "* ]]; }
 base=${STRATA_BENCH_PORT:-40092}
 
 echo "== build" >&2
@@ -43,7 +55,8 @@ start() {
   "$bin/strata" serve --node-id "$id" --listen "$(kafka "$id")" \
     --peer-listen "127.0.0.1:$((base + off + 1))" --admin-listen "$(admin "$id")" \
     --data-dir "$work/data-$id" --seeds "$seeds" --peer-tls-dir "$work/node-$id" \
-    --object-store "file://$work/objects" >"$work/out-$id" 2>"$work/log-$id" &
+    --object-store "file://$work/objects" --set "strata.replica.fetch.streams=$streams" \
+    ${extra[@]+"${extra[@]}"} >"$work/out-$id" 2>"$work/log-$id" &
   pid[$id]=$!
 }
 ready() {
@@ -72,72 +85,88 @@ whole_isrs() {
   "$bin/strata" topic --bootstrap "$(kafka 1)" describe --under-replicated >"$work/urp" || return 1
   ! grep -q "under-replicated" "$work/urp"
 }
-wait_whole() {
+wait_whole() { # fatal unless "measure" is given: then a warning, and the step goes on
   for _ in $(seq 1 1200); do
     whole_isrs && return 0
     sleep 0.1
   done
-  echo "ISRs did not become whole" >&2
-  exit 1
+  echo "ISRs did not become whole within 120 s" >&2
+  [[ ${1:-} == measure ]] || exit 1
+  echo "== measuring anyway" >&2
 }
 
 produce() { # topic rf min_isr
-  "$bin/strata" topic --bootstrap "$(kafka 1)" create "$1" --partitions 6 \
+  "$bin/strata" topic --bootstrap "$(kafka 1)" create "$1" --partitions "$partitions" \
     --replication-factor "$2" --config "min.insync.replicas=$3" >/dev/null
-  wait_whole
+  wait_whole measure
   local t0 c0 c1
   c0=$(cpu_ticks)
   "$bin/strata-bench" produce --bootstrap "$bootstrap" --topic "$1" --records "$records" \
-    --partitions 6 --acks all --json --max-seconds 240 | tail -1 >"$work/$1.json"
+    --partitions "$partitions" --acks all --json --max-seconds 240 | tail -1 >"$work/$1.json"
   c1=$(cpu_ticks)
   echo "$(( c1 - c0 ))" >"$work/$1.cpu"
 }
 
-echo "== produce RF 1" >&2
-produce t-rf1 1 1
-echo "== produce RF 3" >&2
-produce t-rf3 3 2
+echo "== streams: $streams, partitions: $partitions, steps:$steps, settings: ${SETTINGS:-}" >&2
+if step rf1; then
+  echo "== produce RF 1" >&2
+  produce t-rf1 1 1
+fi
+if step rf3; then
+  echo "== produce RF 3" >&2
+  produce t-rf3 3 2
+fi
 
-echo "== lag at $rate MB/s" >&2
-"$bin/strata" topic --bootstrap "$(kafka 1)" create t-lag --partitions 6 \
-  --replication-factor 3 --config min.insync.replicas=2 >/dev/null
-wait_whole
-: >"$work/lag.samples"
-(
-  while :; do
-    for id in 1 2 3; do
-      curl -s "http://$(admin "$id")/metrics" |
-        awk '/^strata_replica_max_lag_(records|ms)/ {printf "%s %s ", $1, $2} END {print ""}'
-    done >>"$work/lag.samples"
-    sleep 0.1
-  done
-) &
-sampler=$!
-lag_records=$(( rate * 1000000 * 20 / 1024 ))
-"$bin/strata-bench" produce --bootstrap "$bootstrap" --topic t-lag --records "$lag_records" \
-  --partitions 6 --acks 1 --rate "$rate" --json --max-seconds 120 | tail -1 >"$work/lag.json"
-kill "$sampler" 2>/dev/null || true
-wait "$sampler" 2>/dev/null || true
+if step lag; then
+  echo "== lag at $rate MB/s" >&2
+  "$bin/strata" topic --bootstrap "$(kafka 1)" create t-lag --partitions "$partitions" \
+    --replication-factor 3 --config min.insync.replicas=2 >/dev/null
+  wait_whole measure
+  : >"$work/lag.samples"
+  (
+    while :; do
+      for id in 1 2 3; do
+        curl -s "http://$(admin "$id")/metrics" |
+          awk '/^strata_replica_max_lag_(records|ms)/ {printf "%s %s ", $1, $2} END {print ""}'
+      done >>"$work/lag.samples"
+      sleep 0.1
+    done
+  ) &
+  sampler=$!
+  lag_records=$(( rate * 1000000 * 20 / 1024 ))
+  "$bin/strata-bench" produce --bootstrap "$bootstrap" --topic t-lag --records "$lag_records" \
+    --partitions "$partitions" --acks 1 --rate "$rate" --json --max-seconds 120 | tail -1 >"$work/lag.json"
+  kill "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
+fi
 
-echo "== catch-up of an emptied replica" >&2
-kill -9 "${pid[3]}"
-wait "${pid[3]}" 2>/dev/null || true
-bytes=$(du -sb "$work/data-3/topics" | cut -f1)
-rm -rf "$work/data-3/topics"
-t0=$(date +%s.%N)
-start 3
-ready 3
-sleep 1
-wait_whole
-t1=$(date +%s.%N)
+bytes=0 t0=0 t1=0
+if step catchup; then
+  echo "== catch-up of an emptied replica" >&2
+  kill -9 "${pid[3]}"
+  wait "${pid[3]}" 2>/dev/null || true
+  bytes=$(du -sb "$work/data-3/topics" | cut -f1)
+  rm -rf "$work/data-3/topics"
+  t0=$(date +%s.%N)
+  start 3
+  ready 3
+  sleep 1
+  wait_whole
+  t1=$(date +%s.%N)
+fi
 
-WORK=$work HZ=$hz BYTES=$bytes T0=$t0 T1=$t1 RECORDS=$records RATE=$rate python3 - <<'PY'
+WORK=$work HZ=$hz BYTES=$bytes T0=$t0 T1=$t1 RECORDS=$records RATE=$rate \
+  STREAMS=$streams PARTITIONS=$partitions python3 - <<'PY'
 import json, os, re
 w = os.environ["WORK"]
 hz = int(os.environ["HZ"])
 def load(name):
     return json.load(open(os.path.join(w, name + ".json")))
+print(f"streams={os.environ['STREAMS']} partitions={os.environ['PARTITIONS']} "
+      f"settings={os.environ.get('SETTINGS', '')}")
 for topic, label in (("t-rf1", "RF 1"), ("t-rf3", "RF 3, min ISR 2")):
+    if not os.path.exists(os.path.join(w, topic + ".json")):
+        continue
     r = load(topic)
     p = r["produce"]
     gib = p["bytes"] / 2**30
@@ -146,7 +175,8 @@ for topic, label in (("t-rf1", "RF 1"), ("t-rf3", "RF 3, min ISR 2")):
     print(f"{label}: {p['mb_per_s']:.1f} MB/s, brokers' CPU {cpu:.1f} s = {cpu / gib:.2f} s/GiB, "
           f"ack p50 {lat.get('p50_us', 0) / 1000:.1f} ms p99 {lat.get('p99_us', 0) / 1000:.1f} ms")
 recs, mss = [], []
-for line in open(os.path.join(w, "lag.samples")):
+samples = os.path.join(w, "lag.samples")
+for line in open(samples) if os.path.exists(samples) else []:
     best_r = best_m = 0.0
     for name, value in re.findall(r"(strata_replica_max_lag_\w+)\S* (\S+)", line):
         if name.endswith("records"):
@@ -158,10 +188,12 @@ for line in open(os.path.join(w, "lag.samples")):
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))] if xs else float("nan")
-lag = load("lag")["produce"]
-print(f"lag at {lag['mb_per_s']:.1f} MB/s (asked {os.environ['RATE']}): {len(recs)} samples; max lag records "
-      f"p50 {pct(recs, .5):.0f} p99 {pct(recs, .99):.0f} max {max(recs or [0]):.0f}; "
-      f"ms p50 {pct(mss, .5):.0f} p99 {pct(mss, .99):.0f} max {max(mss or [0]):.0f}")
+if recs:
+    lag = load("lag")["produce"]
+    print(f"lag at {lag['mb_per_s']:.1f} MB/s (asked {os.environ['RATE']}): {len(recs)} samples; "
+          f"max lag records p50 {pct(recs, .5):.0f} p99 {pct(recs, .99):.0f} max {max(recs):.0f}; "
+          f"ms p50 {pct(mss, .5):.0f} p99 {pct(mss, .99):.0f} max {max(mss):.0f}")
 b, t = int(os.environ["BYTES"]), float(os.environ["T1"]) - float(os.environ["T0"])
-print(f"catch-up of an emptied replica: {b / 1e6:.0f} MB in {t:.1f} s (start included) = {b / 1e6 / t:.1f} MB/s")
+if t > 0:
+    print(f"catch-up of an emptied replica: {b / 1e6:.0f} MB in {t:.1f} s (start included) = {b / 1e6 / t:.1f} MB/s")
 PY

@@ -1,6 +1,7 @@
 //! One file per Kafka API. Each handler takes the broker and the decoded request body and
 //! returns the response body; `dispatch` routes by API key and records per-API metrics.
 
+mod alter_partition_reassignments;
 mod api_versions;
 mod cluster;
 mod configs;
@@ -19,6 +20,7 @@ mod join_group;
 mod leave_group;
 mod list_groups;
 mod list_offsets;
+mod list_partition_reassignments;
 mod metadata;
 mod offset_commit;
 mod offset_delete;
@@ -92,6 +94,16 @@ pub async fn dispatch(
         RequestKind::ElectLeaders(r) => Some(ResponseKind::ElectLeaders(
             elect_leaders::handle(broker, r).await,
         )),
+        RequestKind::AlterPartitionReassignments(r) => {
+            Some(ResponseKind::AlterPartitionReassignments(
+                alter_partition_reassignments::handle(broker, r).await,
+            ))
+        }
+        RequestKind::ListPartitionReassignments(r) => {
+            Some(ResponseKind::ListPartitionReassignments(
+                list_partition_reassignments::handle(broker, r).await,
+            ))
+        }
         RequestKind::DescribeCluster(r) => Some(ResponseKind::DescribeCluster(
             cluster::describe_cluster(broker, r),
         )),
@@ -164,6 +176,8 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::AlterConfigs => "AlterConfigs",
         ApiKey::DeleteRecords => "DeleteRecords",
         ApiKey::ElectLeaders => "ElectLeaders",
+        ApiKey::AlterPartitionReassignments => "AlterPartitionReassignments",
+        ApiKey::ListPartitionReassignments => "ListPartitionReassignments",
         ApiKey::CreatePartitions => "CreatePartitions",
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::DescribeLogDirs => "DescribeLogDirs",

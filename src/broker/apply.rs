@@ -323,13 +323,22 @@ impl Broker {
                 leader,
                 epoch,
                 isr,
+                replicas,
             } => {
-                // A partition this broker holds no replica of is another broker's business.
-                let Some(p) = self
-                    .topic(&topic)
-                    .and_then(|t| t.partition(partition).cloned())
-                else {
+                let Some(t) = self.topic(&topic) else {
                     return Ok(());
+                };
+                let replica = replicas.contains(&self.node_id());
+                // A reassignment (KIP-455) adds this broker as a replica, or removes it.
+                let p = match (t.partition(partition).cloned(), replica) {
+                    (Some(p), true) => p,
+                    (Some(p), false) => {
+                        self.drop_replica(&t, p, epoch).await;
+                        return Ok(());
+                    }
+                    (None, true) => self.open_replica(&t, partition).await?,
+                    // A partition this broker holds no replica of is another broker's business.
+                    (None, false) => return Ok(()),
                 };
                 self.take_role(&p, leader, epoch, isr)
                     .await
@@ -453,7 +462,7 @@ impl Broker {
         Ok(topic)
     }
 
-    fn insert(&self, topic: Topic) {
+    pub(super) fn insert(&self, topic: Topic) {
         self.topics
             .write()
             .expect("topics lock")

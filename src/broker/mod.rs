@@ -11,6 +11,7 @@ mod elections;
 pub mod hot_bytes;
 mod offsets_topic;
 mod open;
+mod replica_set;
 mod replicas;
 
 use std::collections::{BTreeMap, VecDeque};

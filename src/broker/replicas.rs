@@ -2,7 +2,8 @@
 //! the partitions it leads, a fetcher for each partition it follows, and the ISR upkeep of its
 //! leaderships (proposals to the controller).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
@@ -10,10 +11,10 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::Broker;
-use crate::cluster::peer::PeerEndpoint;
+use crate::cluster::peer::{PeerEndpoint, PeerStream};
 use crate::metadata::quorum::isr::AlterPartition;
 use crate::partition::Partition;
-use crate::replication::fetcher::{Fetcher, FetcherConfig};
+use crate::replication::fetcher::{FetchStreams, Fetcher, FetcherConfig};
 use crate::replication::service::{ReplicaHost, ReplicaService};
 use crate::replication::SERVICE;
 
@@ -21,7 +22,11 @@ use crate::replication::SERVICE;
 pub struct Replication {
     endpoint: Arc<PeerEndpoint>,
     shutdown: watch::Receiver<bool>,
+    /// The stream to each leader under `strata.replica.fetch.streams=pair` (a benchmark knob).
+    pair_streams: Mutex<HashMap<i32, SharedStream>>,
 }
+
+type SharedStream = Arc<tokio::sync::Mutex<Option<PeerStream>>>;
 
 impl ReplicaHost for Broker {
     fn now_ms(&self) -> i64 {
@@ -87,7 +92,19 @@ impl Broker {
                 host: Arc::downgrade(&host),
             }),
         );
-        let _ = self.replication.set(Replication { endpoint, shutdown });
+        let _ = self.replication.set(Replication {
+            endpoint,
+            shutdown,
+            pair_streams: Mutex::new(HashMap::new()),
+        });
+    }
+
+    /// Whether broker `id` is one of `--seeds` (`id@host:port`).
+    fn is_seed(&self, id: i32) -> bool {
+        self.config
+            .seeds
+            .iter()
+            .any(|s| s.split('@').next().and_then(|i| i.trim().parse().ok()) == Some(id))
     }
 
     /// Starts fetching `p` from `leader` at `epoch` (it has just become its follower); the
@@ -99,9 +116,13 @@ impl Broker {
         if leader < 0 {
             return;
         }
+        // A voter is dialled at its `--seeds` address (an operator's choice: a proxy, a NAT);
+        // other brokers at the peer address their registration carries.
         let view = self.metadata.view();
-        if let Some(addr) = view.brokers.get(&leader).and_then(|b| b.peer.parse().ok()) {
-            replication.endpoint.set_address(leader, addr);
+        if !self.is_seed(leader) {
+            if let Some(addr) = view.brokers.get(&leader).and_then(|b| b.peer.parse().ok()) {
+                replication.endpoint.set_address(leader, addr);
+            }
         }
         let Some(topic_id) = self.topic(&p.topic).map(|t| t.id) else {
             return;
@@ -121,6 +142,19 @@ impl Broker {
                 wait: Duration::from_millis(settings.replica_fetch_wait_max_ms),
                 max_bytes: settings.replica_fetch_max_bytes,
                 ..FetcherConfig::default()
+            },
+            streams: match settings.replica_fetch_streams.as_str() {
+                "pair" => FetchStreams::Pair(
+                    replication
+                        .pair_streams
+                        .lock()
+                        .expect("pair streams lock")
+                        .entry(leader)
+                        .or_default()
+                        .clone(),
+                ),
+                "request" => FetchStreams::Request,
+                _ => FetchStreams::Partition,
             },
         };
         let shutdown = replication.shutdown.clone();
@@ -248,9 +282,12 @@ impl Broker {
                 if p.leader != me {
                     continue;
                 }
-                under += usize::from(p.isr.len() < p.replicas.len());
+                // During a reassignment, against the replicas it keeps (Kafka's
+                // replicationFactor: replicas less those being removed).
+                let factor = p.replicas.len() - p.removing_replicas.len();
+                under += usize::from(p.isr.len() < factor);
                 under_min += usize::from(p.isr.len() < min);
-                at_min += usize::from(p.isr.len() == min && p.replicas.len() > min);
+                at_min += usize::from(p.isr.len() == min && factor > min);
                 let lag = local
                     .as_ref()
                     .and_then(|t| t.partition(index as i32))

@@ -1,4 +1,5 @@
-//! `strata topic create|list|describe|delete|alter-config`, over the Kafka protocol.
+//! `strata topic create|list|describe|delete|alter-config|reassign|reassignments`, over the
+//! Kafka protocol.
 
 use clap::{Args, Subcommand};
 use kafka_protocol::error::ParseResponseErrorCode;
@@ -67,6 +68,29 @@ pub enum TopicCommand {
         #[arg(long = "delete", value_name = "NAME")]
         delete: Vec<String>,
     },
+    /// Move a partition to other brokers (AlterPartitionReassignments, KIP-455): the new
+    /// replicas catch up and join the ISR before the old ones leave. With `--cancel`, stop the
+    /// move under way and go back to the old replicas.
+    Reassign {
+        name: String,
+        /// The partition to move.
+        #[arg(long)]
+        partition: i32,
+        /// The new replicas, preferred leader first, e.g. `--replicas 2,3,4`.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "cancel",
+            conflicts_with = "cancel"
+        )]
+        replicas: Vec<i32>,
+        /// Cancel the reassignment under way.
+        #[arg(long)]
+        cancel: bool,
+    },
+    /// List the reassignments under way (ListPartitionReassignments), of one topic or of all:
+    /// each partition's replicas and those being added and removed.
+    Reassignments { name: Option<String> },
 }
 
 fn s(v: &str) -> StrBytes {
@@ -220,6 +244,111 @@ pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
                 )?;
             }
             println!("altered {name}");
+        }
+        TopicCommand::Reassign {
+            name,
+            partition,
+            replicas,
+            cancel,
+        } => {
+            let target = (!cancel).then_some(replicas);
+            reassign(&mut client, &name, partition, target).await?
+        }
+        TopicCommand::Reassignments { name } => reassignments(&mut client, name.as_deref()).await?,
+    }
+    Ok(())
+}
+
+/// `reassign`: one partition to `replicas`, or (`None`) its move cancelled.
+async fn reassign(
+    client: &mut Client,
+    name: &str,
+    partition: i32,
+    replicas: Option<Vec<i32>>,
+) -> anyhow::Result<()> {
+    use alter_partition_reassignments_request::{ReassignablePartition, ReassignableTopic};
+    let request = AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![ReassignableTopic::default()
+            .with_name(TopicName(s(name)))
+            .with_partitions(vec![ReassignablePartition::default()
+                .with_partition_index(partition)
+                .with_replicas(
+                    replicas
+                        .clone()
+                        .map(|r| r.into_iter().map(BrokerId).collect()),
+                )])]);
+    let ResponseKind::AlterPartitionReassignments(r) = client
+        .send(
+            ApiKey::AlterPartitionReassignments,
+            RequestKind::AlterPartitionReassignments(request),
+        )
+        .await?
+    else {
+        anyhow::bail!("unexpected response");
+    };
+    let what = format!("reassigning {name}-{partition}");
+    check(r.error_code, r.error_message.as_ref(), &what)?;
+    for p in r.responses.iter().flat_map(|t| &t.partitions) {
+        check(p.error_code, p.error_message.as_ref(), &what)?;
+    }
+    match replicas {
+        Some(replicas) => println!("reassigning {name}-{partition} to {replicas:?}"),
+        None => println!("cancelled the reassignment of {name}-{partition}"),
+    }
+    Ok(())
+}
+
+/// `reassignments`: the moves under way, by topic; nothing when there are none.
+async fn reassignments(client: &mut Client, name: Option<&str>) -> anyhow::Result<()> {
+    use list_partition_reassignments_request::ListPartitionReassignmentsTopics;
+    let mut topics = None;
+    if let Some(name) = name {
+        // ListPartitionReassignments names partitions: all of the topic's.
+        let meta = metadata(client, Some(name)).await?;
+        let topic = meta
+            .topics
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no metadata for {name}"))?;
+        check(topic.error_code, None, &format!("describing {name}"))?;
+        topics = Some(vec![ListPartitionReassignmentsTopics::default()
+            .with_name(TopicName(s(name)))
+            .with_partition_indexes(
+                topic.partitions.iter().map(|p| p.partition_index).collect(),
+            )]);
+    }
+    let request = ListPartitionReassignmentsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(topics);
+    let ResponseKind::ListPartitionReassignments(r) = client
+        .send(
+            ApiKey::ListPartitionReassignments,
+            RequestKind::ListPartitionReassignments(request),
+        )
+        .await?
+    else {
+        anyhow::bail!("unexpected response");
+    };
+    check(
+        r.error_code,
+        r.error_message.as_ref(),
+        "listing reassignments",
+    )?;
+    let ids = |v: &[BrokerId]| v.iter().map(|b| b.0).collect::<Vec<_>>();
+    for topic in &r.topics {
+        println!(
+            "topic {} reassigning partitions {}",
+            topic.name.as_str(),
+            topic.partitions.len()
+        );
+        for p in &topic.partitions {
+            println!(
+                "  partition {} replicas {:?} adding {:?} removing {:?}",
+                p.partition_index,
+                ids(&p.replicas),
+                ids(&p.adding_replicas),
+                ids(&p.removing_replicas)
+            );
         }
     }
     Ok(())

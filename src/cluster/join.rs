@@ -76,6 +76,10 @@ pub async fn join(
     let peer_addr = endpoint.local_addr()?;
     drop(crate::telemetry::spawn(endpoint.clone().serve(shutdown)));
     let voters = voters(config)?;
+    // A third of the session timeout (500 ms to 1 s): a lost controller is replaced, and the
+    // brokers it served fenced, within about one session timeout.
+    let election =
+        Duration::from_millis((config.broker.broker_session_timeout_ms / 3).clamp(500, 1000));
     let quorum = Quorum::start(
         QuorumConfig {
             node_id: config.node_id,
@@ -83,8 +87,8 @@ pub async fn join(
             voters: voters.clone(),
             peer_addr: Some(peer_addr),
             snapshot_entries: config.broker.metadata_snapshot_entries,
-            heartbeat: Duration::from_millis(200),
-            election_timeout: Duration::from_millis(1000),
+            heartbeat: election / 5,
+            election_timeout: election,
             object_store: Some(store_identity(config)),
             broker_heartbeat: Duration::from_millis(config.broker.broker_heartbeat_interval_ms),
             session_timeout: Duration::from_millis(config.broker.broker_session_timeout_ms),

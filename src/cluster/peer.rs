@@ -1,16 +1,23 @@
 //! The peer endpoint: one quinn endpoint per broker (`--peer-listen`), both server and client,
-//! with mutual TLS (`tls.rs`).
+//! with mutual TLS (`tls.rs`), and one connection per pair of nodes.
 //!
-//! One request is one bidirectional stream: the caller writes a header (its node id, i32 BE,
-//! and the service, one byte), then the body, and finishes its side; the answer is a status
-//! byte (0 ok, 1 error with a UTF-8 message) and the body. Streams are independent, so a slow
-//! request never holds up another. Services (the metadata quorum; replication next) register a
-//! [`Service`] for their byte.
+//! Requests travel on bidirectional streams of that connection, in two shapes:
+//! - **one-shot** ([`PeerEndpoint::call`]): one request is one stream. The caller writes a
+//!   header (its node id, i32 BE, and the service, one byte), then the body, and finishes its
+//!   side; the answer is a status byte (0 ok, 1 error with a UTF-8 message) and the body. The
+//!   metadata quorum asks this way.
+//! - **persistent** ([`PeerEndpoint::open_stream`], format in [`stream`]): the same header with
+//!   [`STREAM_FLAG`] set in the service byte, then any number of length-prefixed requests on
+//!   the one stream, answered in order. Replica fetch keeps one per followed partition.
+//!
+//! Streams are independent, so a slow request (or stream) never holds up another. Services
+//! register a [`Service`] for their byte and answer both shapes alike.
 //!
 //! A connection whose client certificate does not chain to the cluster CA (or that has none, or
-//! does not speak QUIC/TLS with our ALPN) fails its handshake; one whose requests claim a node id
+//! does not speak QUIC/TLS with our ALPN) fails its handshake; one whose stream claims a node id
 //! its certificate does not name is closed. Both are logged and counted
-//! (`strata_peer_refused_total{reason}`).
+//! (`strata_peer_refused_total{reason}`), as is a persistent stream's oversized or truncated
+//! frame (that stream is closed).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +28,10 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::tls::{self, Identity};
+
+pub mod stream;
+
+pub use stream::{PeerStream, STREAM_FLAG};
 
 /// Largest request or answer body (a metadata snapshot of many partitions fits).
 pub const MAX_MESSAGE: usize = 256 << 20;
@@ -168,6 +179,7 @@ impl PeerEndpoint {
     }
 
     pub fn register(&self, kind: u8, service: Arc<dyn Service>) {
+        assert_service_byte(kind);
         self.services
             .write()
             .expect("services lock")
@@ -190,6 +202,7 @@ impl PeerEndpoint {
     }
 
     async fn call_inner(&self, target: i32, kind: u8, body: &[u8]) -> Result<Bytes, PeerError> {
+        assert_service_byte(kind);
         let connection = self.connection(target).await?;
         let transport = |e: &dyn std::fmt::Display| PeerError::Transport {
             node: target,
@@ -220,6 +233,59 @@ impl PeerEndpoint {
             }),
             None => Err(transport(&"empty answer")),
         }
+    }
+
+    /// Opens a persistent stream to service `kind` of node `target` (header sent; module doc).
+    pub async fn open_stream(&self, target: i32, kind: u8) -> Result<PeerStream, PeerError> {
+        assert_service_byte(kind);
+        let connection = self.connection(target).await?;
+        let transport = |e: &dyn std::fmt::Display| PeerError::Transport {
+            node: target,
+            message: e.to_string(),
+        };
+        let (mut send, recv) = match connection.open_bi().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                self.forget(target, &connection);
+                return Err(transport(&e));
+            }
+        };
+        let mut header = [0u8; 5];
+        header[..4].copy_from_slice(&self.node_id.to_be_bytes());
+        header[4] = kind | STREAM_FLAG;
+        send.write_all(&header).await.map_err(|e| transport(&e))?;
+        Ok(PeerStream::new(target, kind, send, recv))
+    }
+
+    /// Calls service `kind` of `target` on the stream kept in `slot`, opening one first when
+    /// the slot is empty, broken, or holds a stream to elsewhere; the whole call, opening
+    /// included, within `deadline`. A failed call leaves its broken stream in the slot, for the
+    /// next call to replace.
+    pub async fn call_on(
+        &self,
+        slot: &mut Option<PeerStream>,
+        target: i32,
+        kind: u8,
+        body: &[u8],
+        deadline: Duration,
+    ) -> Result<Bytes, PeerError> {
+        if slot
+            .as_ref()
+            .is_some_and(|s| s.is_broken() || s.target() != target || s.kind() != kind)
+        {
+            *slot = None;
+        }
+        let started = Instant::now();
+        let stream = match slot {
+            Some(stream) => stream,
+            None => {
+                let open = tokio::time::timeout(deadline, self.open_stream(target, kind));
+                slot.insert(open.await.map_err(|_| PeerError::Timeout(target))??)
+            }
+        };
+        stream
+            .call(body, deadline.saturating_sub(started.elapsed()))
+            .await
     }
 
     fn forget(&self, target: i32, connection: &quinn::Connection) {
@@ -277,7 +343,7 @@ impl PeerEndpoint {
         Ok(connection)
     }
 
-    /// Accepts peers until `shutdown`, serving each request of each connection on its own task.
+    /// Accepts peers until `shutdown`, serving each stream of each connection on its own task.
     pub async fn serve(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         if self.serving.set(()).is_err() {
             return;
@@ -331,13 +397,11 @@ impl PeerEndpoint {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let Ok(request) = recv.read_to_end(MAX_MESSAGE + 5).await else {
-            return;
-        };
-        if request.len() < 5 {
+        let mut header = [0u8; 5];
+        if recv.read_exact(&mut header).await.is_err() {
             return;
         }
-        let claimed = i32::from_be_bytes(request[..4].try_into().expect("4 bytes"));
+        let claimed = i32::from_be_bytes(header[..4].try_into().expect("4 bytes"));
         if claimed != peer_id {
             self.refused(
                 "node_id",
@@ -350,27 +414,36 @@ impl PeerEndpoint {
             );
             return;
         }
-        let kind = request[4];
-        let service = self
-            .services
-            .read()
-            .expect("services lock")
-            .get(&kind)
-            .cloned();
-        let answer = match service {
-            Some(service) => {
-                service
-                    .handle(peer_id, Bytes::copy_from_slice(&request[5..]))
-                    .await
-            }
-            None => Err(format!("no peer service {kind} on node {}", self.node_id)),
+        let kind = header[4];
+        if kind & STREAM_FLAG != 0 {
+            return self
+                .serve_stream(peer_id, remote, kind & !STREAM_FLAG, send, recv)
+                .await;
+        }
+        let Ok(request) = recv.read_to_end(MAX_MESSAGE).await else {
+            return;
         };
+        let answer = self.dispatch(peer_id, kind, request.into()).await;
         let (status, body) = match &answer {
             Ok(body) => (0u8, body.as_ref()),
             Err(message) => (1u8, message.as_bytes()),
         };
         if send.write_all(&[status]).await.is_ok() && send.write_all(body).await.is_ok() {
             let _ = send.finish();
+        }
+    }
+
+    /// What service `kind` answers to `body` from `peer_id`.
+    async fn dispatch(&self, peer_id: i32, kind: u8, body: Bytes) -> Result<Bytes, String> {
+        let service = self
+            .services
+            .read()
+            .expect("services lock")
+            .get(&kind)
+            .cloned();
+        match service {
+            Some(service) => service.handle(peer_id, body).await,
+            None => Err(format!("no peer service {kind} on node {}", self.node_id)),
         }
     }
 
@@ -414,6 +487,15 @@ impl PeerEndpoint {
             Err(e) => tracing::debug!(error = %e, "releasing the peer socket"),
         }
     }
+}
+
+/// Service bytes leave [`STREAM_FLAG`] free (it marks a persistent stream's header).
+fn assert_service_byte(kind: u8) {
+    assert_eq!(
+        kind & STREAM_FLAG,
+        0,
+        "service byte {kind} has the stream flag"
+    );
 }
 
 fn peer_node_id(connection: &quinn::Connection) -> Option<i32> {

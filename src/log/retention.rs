@@ -196,6 +196,12 @@ impl Log {
     /// The cut is fsynced before returning, so truncated data cannot come back after a crash.
     pub fn truncate_to(&mut self, offset: i64) -> Result<(), LogError> {
         if offset >= self.log_end_offset() {
+            // No batch to cut, but the epoch cache may end with an epoch this broker assigned
+            // as a leader that wrote nothing before it was deposed: kept, it would make every
+            // fetch of the new leader's answer diverge again (Kafka truncates it here too).
+            if self.epochs.truncate_from_end(self.log_end_offset()) {
+                self.persist_epochs_now()?;
+            }
             return Ok(());
         }
         if offset < self.log_start {

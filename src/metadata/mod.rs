@@ -36,14 +36,17 @@ pub enum Change {
         name: String,
         overrides: BTreeMap<String, String>,
     },
-    /// A partition's leader and epoch (KIP-101/279): the leader's broker becomes leader with
-    /// `isr`, the others follow it.
+    /// A partition's leader and epoch (KIP-101/279) and its replicas: the leader's broker
+    /// becomes leader with `isr`, the other replicas follow it; a broker that just became a
+    /// replica (a reassignment) opens the partition first, one no longer among `replicas`
+    /// stops and deletes its local copy.
     Leadership {
         topic: String,
         partition: i32,
         leader: i32,
         epoch: i32,
         isr: Vec<i32>,
+        replicas: Vec<i32>,
     },
     /// Deleted topics named `name` have no remote data left; `pending` says whether another
     /// deletion of the name (recorded meanwhile) still waits. The name may be used remotely
@@ -191,6 +194,19 @@ pub trait Metadata: Send + Sync {
         &self,
         partitions: Option<Vec<(String, i32)>>,
     ) -> Result<Vec<(String, i32, quorum::elections::Elected)>, MetadataError>;
+
+    /// AlterPartitionReassignments (KIP-455): per partition asked, in order, whether it was
+    /// refused (`quorum/reassign.rs`).
+    async fn alter_reassignments(
+        &self,
+        reassignments: Vec<quorum::reassign::Reassignment>,
+    ) -> Result<Vec<quorum::reassign::Reassigned>, MetadataError>;
+
+    /// Resolves once this node's view holds everything the controller had committed when it
+    /// was called (a linearizable read, as the controller would answer it).
+    async fn read_barrier(&self) -> Result<(), MetadataError> {
+        Ok(())
+    }
 
     /// A block of `count` producer ids, never handed out before (KIP-730's blocks).
     async fn allocate_producer_ids(&self, count: i64) -> Result<Range<i64>, MetadataError>;

@@ -265,6 +265,7 @@ impl Partition {
             {
                 state.manifest = m;
             }
+            state.manifest_adopted = true;
             let manifest = &state.manifest;
             (self.tiered(&state)
                 && manifest.version > 0

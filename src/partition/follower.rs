@@ -70,8 +70,12 @@ impl Partition {
         let cut = batches_from(&state.log, offset)?;
         state.log.truncate_to(offset)?;
         state.producers.truncate(offset);
-        metrics::counter!("strata_replica_truncated_batches_total").increment(cut);
+        // The snapshot on disk may cover the cut tail: replaced now, so a crash cannot bring
+        // the tail's producer state back.
         let end = state.log.log_end_offset();
+        super::producer::write_snapshot(state.log.dir(), end, &state.producers)
+            .map_err(LogError::Io)?;
+        metrics::counter!("strata_replica_truncated_batches_total").increment(cut);
         self.log_end.send_replace(end);
         self.high_watermark.send_if_modified(|current| {
             let moved = *current > end;

@@ -111,6 +111,9 @@ struct State {
     leader_since_ms: Option<i64>,
     /// The newest committed manifest this partition adopted (empty before the first load).
     manifest: Committed,
+    /// Whether a manifest was adopted yet (loaded, or learned as a follower): until then, what
+    /// lies below the local log start of a tiered partition is unknown, not out of range.
+    manifest_adopted: bool,
     unflushed_messages: i64,
     oldest_unflushed_ms: Option<i64>,
 }
@@ -248,6 +251,7 @@ impl Partition {
                 followers: BTreeMap::new(),
                 leader_since_ms: None,
                 manifest: Committed::nothing(),
+                manifest_adopted: false,
                 unflushed_messages: 0,
                 oldest_unflushed_ms: None,
             }),
@@ -403,7 +407,13 @@ impl Partition {
         let mut state = self.write_state();
         self.leader_check(&state.role, -1)?;
         let log_start_offset = state.log_start();
-        match state.producers.check(header)? {
+        let checked = state.producers.check(header).inspect_err(|e| {
+            // Counted and logged: a refused retry makes an idempotent client bump its epoch
+            // and send again, which is how a lost producer state would show.
+            metrics::counter!("strata_produce_sequence_errors_total").increment(1);
+            tracing::debug!(partition = self.name(), error = %e, "idempotent batch refused");
+        });
+        match checked? {
             SequenceCheck::Duplicate {
                 base_offset,
                 last_offset,

@@ -58,6 +58,8 @@ pub enum ReadError {
     Remote(#[from] TierError),
     #[error("cold read: {0}")]
     File(#[from] FileError),
+    #[error("offset {offset} is below the local log start {local_start} and the remote log's manifest is not loaded yet")]
+    RemoteNotLoaded { offset: i64, local_start: i64 },
 }
 
 /// A consistent view of the partition across both tiers, taken under one lock: the log start,
@@ -121,6 +123,14 @@ impl Partition {
             }
         };
         let log_start = state.log_start();
+        if offset < state.log.log_start_offset() && self.tiered(&state) && !state.manifest_adopted {
+            // After a start during an object-store outage: OFFSET_OUT_OF_RANGE here would make
+            // consumers reset their position; a retriable error makes them wait.
+            return Err(ReadError::RemoteNotLoaded {
+                offset,
+                local_start: state.log.log_start_offset(),
+            });
+        }
         if offset < log_start || offset > upto {
             return Err(ReadError::OutOfRange {
                 offset,

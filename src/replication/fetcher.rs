@@ -1,6 +1,8 @@
 //! The follower's side: one loop per followed partition, fetching from the leader what
 //! follows the local log end, appending it as stored, cutting a divergent tail when the
 //! leader says so, until the partition's role leaves this leader and epoch or it is stopped.
+//! Its fetches go on one persistent peer stream to the leader, kept across fetches and opened
+//! again (after the back-off) when a fetch on it fails.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{decode_answer, AnswerHeader, FetchRequest, SERVICE};
-use crate::cluster::peer::PeerEndpoint;
+use crate::cluster::peer::{PeerEndpoint, PeerError, PeerStream};
 use crate::partition::{Partition, Role};
 
 /// Kafka's defaults: replica.fetch.wait.max.ms, replica.fetch.max.bytes, and the back-off
@@ -43,6 +45,19 @@ pub enum Stopped {
     Refused(i16),
 }
 
+/// Which stream a fetcher's requests take to its leader (`strata.replica.fetch.streams`).
+#[derive(Clone, Default)]
+pub enum FetchStreams {
+    /// Its own ordered stream, kept across fetches (DESIGN, "Replication").
+    #[default]
+    Partition,
+    /// A benchmark knob: one stream per broker pair, shared by every fetcher of this follower
+    /// with the same leader, whose fetches then wait for each other.
+    Pair(Arc<tokio::sync::Mutex<Option<PeerStream>>>),
+    /// A benchmark knob: a new stream for every fetch (the layout before persistent streams).
+    Request,
+}
+
 pub struct Fetcher {
     pub endpoint: Arc<PeerEndpoint>,
     pub partition: Arc<Partition>,
@@ -53,6 +68,7 @@ pub struct Fetcher {
     /// registers again).
     pub broker_epoch: Arc<dyn Fn() -> u64 + Send + Sync>,
     pub config: FetcherConfig,
+    pub streams: FetchStreams,
 }
 
 impl Fetcher {
@@ -66,6 +82,7 @@ impl Fetcher {
 
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Stopped {
         let p = self.partition.clone();
+        let mut stream = None;
         loop {
             if *stop.borrow() {
                 return Stopped::Stop;
@@ -88,7 +105,7 @@ impl Fetcher {
             let deadline = self.config.wait + Duration::from_secs(5);
             let answer = tokio::select! {
                 _ = stop.changed() => return Stopped::Stop,
-                answer = self.endpoint.call(self.leader, SERVICE, &body, deadline) => answer,
+                answer = self.fetch(&mut stream, &body, deadline) => answer,
             };
             let outcome = match answer.map_err(|e| e.to_string()).and_then(decode_answer) {
                 Ok(answer) => self.apply(answer).await,
@@ -105,6 +122,26 @@ impl Fetcher {
                     }
                 }
             }
+        }
+    }
+
+    /// One fetch's answer, on `own` (this fetcher's stream) or the stream its mode says.
+    async fn fetch(
+        &self,
+        own: &mut Option<PeerStream>,
+        body: &[u8],
+        deadline: Duration,
+    ) -> Result<bytes::Bytes, PeerError> {
+        let (endpoint, leader) = (&self.endpoint, self.leader);
+        match &self.streams {
+            FetchStreams::Partition => endpoint.call_on(own, leader, SERVICE, body, deadline).await,
+            FetchStreams::Pair(shared) => {
+                let mut shared = shared.lock().await;
+                endpoint
+                    .call_on(&mut shared, leader, SERVICE, body, deadline)
+                    .await
+            }
+            FetchStreams::Request => endpoint.call(leader, SERVICE, body, deadline).await,
         }
     }
 

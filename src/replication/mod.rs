@@ -3,9 +3,16 @@
 //! [`Partition::replica_fetch`](crate::partition::Partition::replica_fetch), long-polling on
 //! its log end ([`service`]). Service byte [`SERVICE`] on the endpoint.
 //!
-//! Wire format (one request per stream for now; DESIGN asks for one ordered stream per
-//! partition): the request is JSON ([`FetchRequest`]); the answer is a `u32` BE length, a JSON
-//! [`AnswerHeader`], then the records exactly as the leader stores them.
+//! Streams: each fetcher keeps one persistent peer stream to its leader
+//! (`cluster::peer::stream`), its fetches one after the other on it, so a partition's fetches
+//! stay ordered and a slow one holds up no other partition's (DESIGN, "Replication"). A fetch
+//! that fails on it drops the stream; the next, after the back-off, opens a new one. The
+//! broker setting `strata.replica.fetch.streams` (a benchmark knob, BENCHMARKS.md "Replica
+//! fetch streams") can instead share one stream per broker pair or open one per fetch.
+//!
+//! Wire format, one frame each way per fetch: the request is JSON ([`FetchRequest`]); the
+//! answer is a `u32` BE length, a JSON [`AnswerHeader`], then the records exactly as the
+//! leader stores them.
 //!
 //! The broker starts a fetcher per followed partition (`broker/replicas.rs`); ISR changes and
 //! elections go through the controller (`metadata/quorum/isr.rs`, `elections.rs`).

@@ -1,11 +1,9 @@
-//! A librdkafka producer load that records every send (value, partition, outcome, times), and
-//! the reading of a partition's final log (partition, offset, value) over raw Fetches, for
-//! exact-set checks: every acknowledged value present exactly once at its acknowledged offset,
-//! a failed one at most once, nothing never sent.
+//! A librdkafka producer load that records every send (value, partition, outcome, time) into a
+//! checker history (`checker.rs`), and the reading of a partition's final log over raw
+//! Fetches.
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,90 +11,8 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::checker::{FinalLog, History, Sent};
 use crate::support::{topic_name, KafkaConn};
-
-/// One send and how it ended.
-#[derive(Debug, Clone)]
-pub struct Sent {
-    pub value: String,
-    pub partition: i32,
-    /// The acknowledged offset, or the error.
-    pub outcome: Result<i64, String>,
-    pub done: Instant,
-}
-
-#[derive(Debug, Default)]
-pub struct History {
-    pub sends: Vec<Sent>,
-}
-
-impl History {
-    pub fn acked(&self) -> impl Iterator<Item = &Sent> {
-        self.sends.iter().filter(|s| s.outcome.is_ok())
-    }
-
-    pub fn failed(&self) -> impl Iterator<Item = &Sent> {
-        self.sends.iter().filter(|s| s.outcome.is_err())
-    }
-
-    /// The longest time between two acknowledgements (or from the first send to the first).
-    pub fn longest_ack_gap(&self, started: Instant) -> Duration {
-        let mut times: Vec<Instant> = self.acked().map(|s| s.done).collect();
-        times.sort();
-        let mut last = started;
-        let mut gap = Duration::ZERO;
-        for t in times {
-            gap = gap.max(t - last);
-            last = t;
-        }
-        gap
-    }
-
-    /// Checks the final logs (`final_log[partition]` = (offset, value) in log order) against
-    /// the sends: each acknowledged value once, at its offset; each failed one at most once;
-    /// no value that was never sent; offsets strictly increasing. Returns the anomalies.
-    pub fn check(&self, final_log: &BTreeMap<i32, Vec<(i64, String)>>) -> Vec<String> {
-        let mut anomalies = Vec::new();
-        let mut found: HashMap<&str, Vec<(i32, i64)>> = HashMap::new();
-        for (&partition, records) in final_log {
-            let mut last = -1;
-            for (offset, value) in records {
-                if *offset <= last {
-                    anomalies.push(format!("p{partition}: offset {offset} after {last}"));
-                }
-                last = *offset;
-                found
-                    .entry(value.as_str())
-                    .or_default()
-                    .push((partition, *offset));
-            }
-        }
-        let sent: HashMap<&str, &Sent> = self.sends.iter().map(|s| (s.value.as_str(), s)).collect();
-        for s in &self.sends {
-            let at = found.get(s.value.as_str()).cloned().unwrap_or_default();
-            match &s.outcome {
-                Ok(offset) => {
-                    if at != [(s.partition, *offset)] {
-                        anomalies.push(format!(
-                            "acknowledged {} at p{} offset {offset} is in the log at {at:?}",
-                            s.value, s.partition
-                        ));
-                    }
-                }
-                Err(_) if at.len() > 1 => {
-                    anomalies.push(format!("failed {} is in the log twice: {at:?}", s.value));
-                }
-                Err(_) => {}
-            }
-        }
-        for (value, at) in &found {
-            if !sent.contains_key(value) {
-                anomalies.push(format!("{value} at {at:?} was never sent"));
-            }
-        }
-        anomalies
-    }
-}
 
 /// An idempotent acks=all librdkafka producer (unless `acks` says otherwise).
 pub fn producer(bootstrap: &str, acks: &str, message_timeout_ms: u64) -> FutureProducer {
@@ -110,6 +26,8 @@ pub fn producer(bootstrap: &str, acks: &str, message_timeout_ms: u64) -> FutureP
         .set("linger.ms", "5")
         .set("message.timeout.ms", message_timeout_ms.to_string())
         .set("topic.metadata.refresh.interval.ms", "1000")
+        // Brokers killed on purpose: the client's connection errors are expected.
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Critical)
         .create()
         .unwrap()
 }
@@ -118,6 +36,9 @@ pub fn producer(bootstrap: &str, acks: &str, message_timeout_ms: u64) -> FutureP
 pub struct Load {
     stop: Arc<AtomicBool>,
     pub acked: Arc<AtomicU64>,
+    /// Per partition: sends started, sends acknowledged.
+    pub sent_to: Arc<Vec<AtomicU64>>,
+    pub acked_by: Arc<Vec<AtomicU64>>,
     task: tokio::task::JoinHandle<History>,
     pub started: Instant,
 }
@@ -130,51 +51,114 @@ impl Load {
         tag: &str,
         window: usize,
     ) -> Load {
+        Load::start_with(move |_| producer.clone(), topic, partitions, tag, window)
+    }
+
+    /// [`Load::start`] with the producer of each partition's loop made by `producer(partition)`:
+    /// one producer per partition keeps librdkafka's recovery of one partition (an
+    /// idempotent producer drains and resets all its partitions) from stalling the others.
+    pub fn start_with(
+        producer: impl Fn(i32) -> FutureProducer,
+        topic: &str,
+        partitions: i32,
+        tag: &str,
+        window: usize,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));
         let (topic, tag) = (topic.to_string(), tag.to_string());
         let (stopping, counting) = (stop.clone(), acked.clone());
-        let task = tokio::spawn(async move {
-            let mut history = History::default();
-            let mut n: u64 = 0;
-            while !stopping.load(Ordering::Relaxed) {
-                let sends = (0..window).map(|_| {
-                    n += 1;
-                    let value = format!("{tag}-{n}");
-                    let partition = (n % partitions as u64) as i32;
-                    let (producer, topic) = (producer.clone(), topic.clone());
-                    async move {
-                        let outcome = producer
-                            .send(
-                                FutureRecord::to(&topic)
-                                    .key(&value)
-                                    .payload(&value)
-                                    .partition(partition),
-                                Duration::from_secs(60),
-                            )
-                            .await
-                            .map(|delivered| delivered.offset)
-                            .map_err(|(e, _)| e.to_string());
-                        Sent {
-                            value,
-                            partition,
-                            outcome,
-                            done: Instant::now(),
+        let acks_all = tag_is_acks_all(&tag);
+        let sent_to: Arc<Vec<AtomicU64>> =
+            Arc::new((0..partitions).map(|_| AtomicU64::new(0)).collect());
+        let acked_by: Arc<Vec<AtomicU64>> =
+            Arc::new((0..partitions).map(|_| AtomicU64::new(0)).collect());
+        let (sending, acking) = (sent_to.clone(), acked_by.clone());
+        // One loop per partition, so a partition that stalls (its leader lost) holds up only
+        // its own sends; each keeps `window / partitions` sends in flight, starting one as
+        // soon as another ends.
+        let per_partition = window.div_ceil(partitions as usize).max(1);
+        let loops: Vec<_> = (0..partitions)
+            .map(|partition| {
+                let (producer, topic, tag) = (producer(partition), topic.clone(), tag.clone());
+                let (stopping, counting) = (stopping.clone(), counting.clone());
+                let (sending, acking) = (sending.clone(), acking.clone());
+                tokio::spawn(async move {
+                    use futures::stream::{FuturesUnordered, StreamExt};
+                    let send = |n: u64| {
+                        let value = format!("{tag}-{partition}-{n}");
+                        let (producer, topic) = (producer.clone(), topic.clone());
+                        sending[partition as usize].fetch_add(1, Ordering::Relaxed);
+                        async move {
+                            let sent = Instant::now();
+                            let outcome = producer
+                                .send(
+                                    FutureRecord::to(&topic)
+                                        .key(&value)
+                                        .payload(&value)
+                                        .partition(partition),
+                                    Duration::from_secs(60),
+                                )
+                                .await
+                                .map(|delivered| delivered.offset)
+                                .map_err(|(e, _)| e.to_string());
+                            Sent {
+                                value,
+                                partition,
+                                acks_all,
+                                outcome,
+                                sent,
+                                done: Instant::now(),
+                            }
+                        }
+                    };
+                    let mut sends_done = Vec::new();
+                    let mut in_flight = FuturesUnordered::new();
+                    let mut n: u64 = 0;
+                    // Beyond the window, a send every 100 ms while the partition stalls (up to
+                    // ten windows in flight): a fault always sees sends attempted.
+                    let mut trickle = tokio::time::interval(Duration::from_millis(100));
+                    loop {
+                        let stopping = stopping.load(Ordering::Relaxed);
+                        if !stopping && in_flight.len() < per_partition {
+                            n += 1;
+                            in_flight.push(send(n));
+                            continue;
+                        }
+                        if in_flight.is_empty() {
+                            break;
+                        }
+                        tokio::select! {
+                            sent = in_flight.next() => {
+                                let Some(sent) = sent else { continue };
+                                if sent.outcome.is_ok() {
+                                    counting.fetch_add(1, Ordering::Relaxed);
+                                    acking[partition as usize].fetch_add(1, Ordering::Relaxed);
+                                }
+                                sends_done.push(sent);
+                            }
+                            _ = trickle.tick(), if !stopping && in_flight.len() < 10 * per_partition => {
+                                n += 1;
+                                in_flight.push(send(n));
+                            }
                         }
                     }
-                });
-                for sent in futures::future::join_all(sends).await {
-                    if sent.outcome.is_ok() {
-                        counting.fetch_add(1, Ordering::Relaxed);
-                    }
-                    history.sends.push(sent);
-                }
+                    sends_done
+                })
+            })
+            .collect();
+        let task = tokio::spawn(async move {
+            let mut history = History::default();
+            for sends in futures::future::join_all(loops).await {
+                history.sends.extend(sends.expect("a load loop"));
             }
             history
         });
         Load {
             stop,
             acked,
+            sent_to,
+            acked_by,
             task,
             started: Instant::now(),
         }
@@ -182,6 +166,14 @@ impl Load {
 
     pub fn acked(&self) -> u64 {
         self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Sends started to, and acknowledged by, `partition`.
+    pub fn partition_counts(&self, partition: i32) -> (u64, u64) {
+        (
+            self.sent_to[partition as usize].load(Ordering::Relaxed),
+            self.acked_by[partition as usize].load(Ordering::Relaxed),
+        )
     }
 
     /// Waits (up to `within`) until `more` sends beyond the count now are acknowledged.
@@ -203,17 +195,24 @@ impl Load {
     }
 }
 
-/// Partition `partition` of `topic` from `from` to its high watermark at the broker at `addr`
-/// (which must lead it), as (offset, value).
-pub async fn read_partition(addr: &str, topic: &str, partition: i32) -> Vec<(i64, String)> {
+/// Whether a load tagged `tag` is judged (acks=all) or only reported: tags of acks=1 streams
+/// start with "acks1".
+fn tag_is_acks_all(tag: &str) -> bool {
+    !tag.starts_with("acks1")
+}
+
+/// Partition `partition` of `topic` from its log start to its high watermark at the broker at
+/// `addr` (which must lead it).
+pub async fn read_partition(addr: &str, topic: &str, partition: i32) -> FinalLog {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse};
+    const OFFSET_OUT_OF_RANGE: i16 = 1;
     let limits = strata::record::validate::ValidationLimits {
         max_batch_bytes: 1 << 30,
         max_decompressed_bytes: 1 << 30,
     };
     let mut conn = KafkaConn::connect(addr).await;
-    let mut out = Vec::new();
+    let mut out = FinalLog::default();
     let mut next = 0;
     loop {
         let request = FetchRequest::default()
@@ -228,7 +227,17 @@ pub async fn read_partition(addr: &str, topic: &str, partition: i32) -> Vec<(i64
                     .with_partition_max_bytes(4 << 20)])]);
         let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &request).await;
         let p = &r.responses[0].partitions[0];
+        if p.error_code == OFFSET_OUT_OF_RANGE
+            && out.records.is_empty()
+            && next < p.log_start_offset
+        {
+            next = p.log_start_offset;
+            continue;
+        }
         assert_eq!(p.error_code, 0, "fetch of {topic}-{partition} at {next}");
+        if out.records.is_empty() {
+            out.log_start = next.max(p.log_start_offset);
+        }
         let records = p.records.clone().unwrap_or_default();
         let (batches, _) = strata::record::batch::split_batches(&records);
         if batches.is_empty() {
@@ -246,10 +255,109 @@ pub async fn read_partition(addr: &str, topic: &str, partition: i32) -> Vec<(i64
                 let offset = header.base_offset + i64::from(r.offset_delta);
                 if offset >= next {
                     let value = String::from_utf8(r.value.unwrap_or_default()).unwrap();
-                    out.push((offset, value));
+                    out.records.push((offset, value));
                 }
             }
             next = header.last_offset() + 1;
         }
     }
+}
+
+/// What one group member did: the records it read and its acknowledged commits.
+#[derive(Default)]
+pub struct Member {
+    pub reads: Vec<crate::checker::Read>,
+    pub commits: Vec<crate::checker::Commit>,
+}
+
+/// A librdkafka member of `group` reading `topic` until `stop`, committing its positions
+/// synchronously every 100 ms; `read` counts records across members.
+pub fn member(
+    bootstrap: String,
+    group: &'static str,
+    topic: &'static str,
+    stop: Arc<AtomicBool>,
+    read: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<Member> {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::Message;
+    std::thread::spawn(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
+            .set("topic.metadata.refresh.interval.ms", "1000")
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Critical)
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let mut me = Member::default();
+        let mut last_commit = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                me.reads.push(crate::checker::Read {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    value: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                });
+                read.fetch_add(1, Ordering::Relaxed);
+            }
+            if last_commit.elapsed() >= Duration::from_millis(100) {
+                last_commit = Instant::now();
+                let Ok(positions) = consumer.position() else {
+                    continue;
+                };
+                if positions.count() > 0 && consumer.commit(&positions, CommitMode::Sync).is_ok() {
+                    for e in positions.elements() {
+                        if let rdkafka::Offset::Offset(offset) = e.offset() {
+                            me.commits.push(crate::checker::Commit {
+                                group: group.to_string(),
+                                partition: e.partition(),
+                                offset,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        consumer.unsubscribe();
+        me
+    })
+}
+
+/// The committed offsets of `group` for partitions 0..`partitions` of `topic` (those it has).
+pub async fn committed(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> std::collections::BTreeMap<i32, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = tokio::task::spawn_blocking(move || {
+        consumer
+            .committed_offsets(tpl, Duration::from_secs(30))
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
 }

@@ -46,6 +46,8 @@ pub struct ProcCluster {
     pids: Arc<Mutex<Vec<u32>>>,
     /// Set when the cluster is dropped: the watchdog stands down.
     done: Arc<Mutex<bool>>,
+    /// When peer traffic goes through a fault proxy: each broker dials the others through it.
+    pub proxy: Option<crate::proxy::FaultProxy>,
 }
 
 fn free_ports() -> (SocketAddr, SocketAddr, SocketAddr) {
@@ -74,10 +76,27 @@ impl ProcCluster {
         settings: &[(&str, &str)],
         deadline: Duration,
     ) -> ProcCluster {
+        ProcCluster::start_with(n, voters, settings, deadline, false)
+    }
+
+    /// [`ProcCluster::start_with_voters`], with every broker's peer traffic to the others
+    /// through a fault proxy when `proxied` (voters only: learners are dialled at the address
+    /// they register).
+    pub fn start_with(
+        n: i32,
+        voters: &[i32],
+        settings: &[(&str, &str)],
+        deadline: Duration,
+        proxied: bool,
+    ) -> ProcCluster {
         crate::support::init_logging();
         for attempt in 1..=3 {
             let mut cluster = ProcCluster::new(n, settings, deadline);
             cluster.voters = voters.to_vec();
+            if proxied {
+                let peers = cluster.nodes.iter().map(|n| (n.id, n.peer)).collect();
+                cluster.proxy = Some(crate::proxy::FaultProxy::start(&peers));
+            }
             let ids: Vec<i32> = (1..=n).collect();
             match cluster.spawn_all(&ids) {
                 Ok(()) => return cluster,
@@ -134,6 +153,7 @@ impl ProcCluster {
             settings: settings.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             pids,
             done,
+            proxy: None,
         }
     }
 
@@ -173,7 +193,10 @@ impl ProcCluster {
             .nodes
             .iter()
             .filter(|n| self.voters.contains(&n.id))
-            .map(|n| format!("{}@{}", n.id, n.peer))
+            .map(|n| match &self.proxy {
+                Some(proxy) if n.id != id => format!("{}@{}", n.id, proxy.addr(id, n.id)),
+                _ => format!("{}@{}", n.id, n.peer),
+            })
             .collect();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
         cmd.arg("serve")
@@ -240,6 +263,14 @@ impl ProcCluster {
             }
         }
         Ok(())
+    }
+
+    /// Starts the brokers `ids` (again) together: two voters of three need each other to form
+    /// a quorum, so neither would be ready alone.
+    pub fn start_nodes(&mut self, ids: &[i32]) {
+        if let Err(e) = self.spawn_all(ids) {
+            panic!("{e}");
+        }
     }
 
     /// Starts broker `id` (again) on its ports and waits until it is ready.
@@ -309,9 +340,11 @@ impl ProcCluster {
                 unsafe { libc::kill(pid as i32, libc::SIGTERM) };
             }
         }
-        ids.iter()
-            .map(|&id| self.terminate(id, Duration::from_secs(30)))
-            .fold(true, |all, clean| all && clean)
+        let mut all_clean = true;
+        for &id in &ids {
+            all_clean &= self.terminate(id, Duration::from_secs(30));
+        }
+        all_clean
     }
 
     /// The last `n` lines of broker `id`'s log.
@@ -345,6 +378,16 @@ impl Drop for ProcCluster {
     fn drop(&mut self) {
         *self.done.lock().unwrap() = true;
         let panicking = std::thread::panicking();
+        if panicking {
+            // The logs outlive the failed test's temporary directory.
+            let kept = std::env::temp_dir().join(format!("strata-failed-{}", std::process::id()));
+            if std::fs::create_dir_all(&kept).is_ok() {
+                for node in &self.nodes {
+                    let _ = std::fs::copy(&node.log, kept.join(format!("broker-{}.log", node.id)));
+                }
+                eprintln!("the brokers' logs are kept in {}", kept.display());
+            }
+        }
         for id in 1..=self.nodes.len() as i32 {
             if panicking {
                 eprintln!(

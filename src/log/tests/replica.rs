@@ -86,3 +86,21 @@ fn a_follower_stores_the_leaders_batches_as_they_are() {
     assert_eq!(batches_of(&follower), batches_of(&new_leader));
     assert_eq!(follower.epoch_entries(), new_leader.epoch_entries());
 }
+
+#[test]
+fn a_deposed_leaders_empty_epoch_goes_with_a_truncation_to_its_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config(), 0).unwrap();
+    log.append(&mut batch(2, 10, 0, 0), 4, 0).unwrap();
+    // Leader at epoch 5 from the log end, deposed before it wrote anything.
+    log.assign_epoch(5).complete().unwrap();
+    assert_eq!(log.epoch_entries(), vec![(4, 0), (5, 2)]);
+    // The new leader answers "epoch 4 ends at 2": nothing to cut but the empty epoch, which
+    // would otherwise make every later fetch diverge again.
+    log.truncate_to(2).unwrap();
+    assert_eq!(log.epoch_entries(), vec![(4, 0)]);
+    assert_eq!(log.log_end_offset(), 2);
+    drop(log);
+    let reopened = Log::open(dir.path(), small_config(), 0).unwrap();
+    assert_eq!(reopened.epoch_entries(), vec![(4, 0)]);
+}

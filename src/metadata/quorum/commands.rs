@@ -23,6 +23,16 @@ fn refusal(kind: Refusal, message: String) -> MetadataError {
         Refusal::InvalidUpdateVersion => refused(ResponseError::InvalidUpdateVersion, message),
         Refusal::IneligibleReplica => refused(ResponseError::IneligibleReplica, message),
         Refusal::InvalidRequest => refused(ResponseError::InvalidRequest, message),
+        Refusal::NoReassignmentInProgress => {
+            refused(ResponseError::NoReassignmentInProgress, message)
+        }
+    }
+}
+
+impl Refusal {
+    /// The refusal as the error a Kafka handler answers with.
+    pub fn error(self, message: String) -> MetadataError {
+        refusal(self, message)
     }
 }
 
@@ -213,6 +223,28 @@ impl Metadata for Quorum {
                 "unexpected outcome {other:?} of a preferred-leader election"
             ))),
         }
+    }
+
+    async fn alter_reassignments(
+        &self,
+        reassignments: Vec<super::reassign::Reassignment>,
+    ) -> Result<Vec<super::reassign::Reassigned>, MetadataError> {
+        match self
+            .propose(Command::AlterReassignments {
+                id: uuid::Uuid::new_v4(),
+                reassignments,
+            })
+            .await?
+        {
+            (_, Outcome::Reassigned { results }) => Ok(results),
+            (_, other) => Err(MetadataError::Unavailable(format!(
+                "unexpected outcome {other:?} of a reassignment"
+            ))),
+        }
+    }
+
+    async fn read_barrier(&self) -> Result<(), MetadataError> {
+        Quorum::read_barrier(self).await
     }
 
     async fn allocate_producer_ids(&self, count: i64) -> Result<Range<i64>, MetadataError> {

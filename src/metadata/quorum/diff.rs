@@ -5,13 +5,7 @@ use super::state::{ClusterState, PartitionState, TopicState};
 use crate::metadata::{Change, DeletedTopic};
 
 fn leadership(name: &str, index: usize, p: &PartitionState) -> Change {
-    Change::Leadership {
-        topic: name.to_string(),
-        partition: index as i32,
-        leader: p.leader,
-        epoch: p.leader_epoch,
-        isr: p.isr.clone(),
-    }
+    super::state::leadership_change(name, index as i32, p)
 }
 
 fn created(name: &str, topic: &TopicState, out: &mut Vec<Change>) {
@@ -65,7 +59,10 @@ pub fn changes(old: &ClusterState, new: &ClusterState) -> Vec<Change> {
         }
         for (i, p) in topic.partitions.iter().enumerate() {
             let same = before.partitions.get(i).is_some_and(|b| {
-                b.leader == p.leader && b.leader_epoch == p.leader_epoch && b.isr == p.isr
+                b.leader == p.leader
+                    && b.leader_epoch == p.leader_epoch
+                    && b.isr == p.isr
+                    && b.replicas == p.replicas
             });
             if !same {
                 out.push(leadership(name, i, p));
@@ -179,5 +176,46 @@ mod tests {
             count: 3
         }));
         assert!(changes(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn a_new_replica_set_reaches_the_brokers() {
+        let mut old = ClusterState::default();
+        for id in 1..=2 {
+            old.apply(id as u64, super::super::state::registration(id));
+        }
+        old.apply(
+            3,
+            Command::CreateTopic {
+                record: crate::metadata::local::new_topic("t", 1, BTreeMap::new()),
+                replication_factor: 1,
+                assignment: Some(vec![vec![1]]),
+            },
+        );
+        let mut new = old.clone();
+        // A reassignment adding 2: leader, epoch and ISR stay, the replicas grow.
+        new.apply(
+            4,
+            Command::AlterReassignments {
+                id: uuid::Uuid::new_v4(),
+                reassignments: vec![super::super::reassign::Reassignment {
+                    topic: "t".into(),
+                    partition: 0,
+                    replicas: Some(vec![1, 2]),
+                    unclean_allowed: false,
+                }],
+            },
+        );
+        assert_eq!(
+            changes(&old, &new),
+            [Change::Leadership {
+                topic: "t".into(),
+                partition: 0,
+                leader: 1,
+                epoch: 0,
+                isr: vec![1],
+                replicas: vec![1, 2],
+            }]
+        );
     }
 }

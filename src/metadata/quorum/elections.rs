@@ -54,7 +54,7 @@ pub enum Elected {
 }
 
 impl ClusterState {
-    fn live_brokers(&self) -> BTreeSet<i32> {
+    pub(super) fn live_brokers(&self) -> BTreeSet<i32> {
         self.brokers
             .values()
             .filter(|b| !b.fenced)

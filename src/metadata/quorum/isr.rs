@@ -1,7 +1,8 @@
 //! ISR changes through the controller (KIP-497, KIP-841, KIP-903): a partition's leader
 //! proposes a new ISR with the epochs it knows; stale proposals are refused, and a replica is
 //! added only while it is registered, unfenced and at the broker epoch the leader saw it
-//! fetch with.
+//! fetch with. An ISR that holds every target replica of a reassignment completes it
+//! (`reassign.rs`).
 
 use serde::{Deserialize, Serialize};
 
@@ -93,10 +94,14 @@ impl ClusterState {
                 );
             }
         }
+        let live = self.live_brokers();
         let topic = self.topics.get_mut(&request.topic).expect("checked above");
         let p = &mut topic.partitions[request.partition as usize];
+        let before = p.clone();
         p.isr = isr;
-        p.partition_epoch += 1;
+        // The ISR that takes in the last target replica completes a reassignment (KIP-455);
+        // a removed leader's successor is elected in this same change.
+        super::reassign::settle(p, &before, &live);
         let outcome = Outcome::PartitionAltered {
             isr: p.isr.clone(),
             partition_epoch: p.partition_epoch,

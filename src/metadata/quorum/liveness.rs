@@ -205,26 +205,21 @@ impl Quorum {
         }
         let term = self.raft.metrics().borrow_watched().current_term;
         let state = self.state();
-        let silent: Vec<(i32, u64)> = {
+        let unfenced: Vec<(i32, u64)> = state
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| (b.id, b.epoch))
+            .collect();
+        let silent = {
             let mut sessions = self.liveness.sessions.lock().expect("sessions lock");
-            let now = Instant::now();
-            if sessions.0 != Some(term) {
-                // A new controller: every session starts now.
-                *sessions = (Some(term), HashMap::new());
-            }
-            state
-                .brokers
-                .values()
-                .filter(|b| !b.fenced)
-                .filter(|b| {
-                    let session = sessions.1.entry(b.id).or_insert((b.epoch, now));
-                    if session.0 != b.epoch {
-                        *session = (b.epoch, now);
-                    }
-                    now.duration_since(session.1) > self.liveness.session
-                })
-                .map(|b| (b.id, b.epoch))
-                .collect()
+            silent_brokers(
+                &mut sessions,
+                term,
+                &unfenced,
+                Instant::now(),
+                self.liveness.session,
+            )
         };
         for (id, epoch) in silent {
             tracing::warn!(
@@ -240,10 +235,69 @@ impl Quorum {
     }
 }
 
+/// The controller's session decision, on the clock it is given: of the `unfenced` brokers (id,
+/// registration epoch), those not heard from for longer than `session`. A new `term` (a new
+/// controller) starts every session at `now`, as does a new registration epoch.
+fn silent_brokers(
+    sessions: &mut (Option<u64>, Sessions),
+    term: u64,
+    unfenced: &[(i32, u64)],
+    now: Instant,
+    session: Duration,
+) -> Vec<(i32, u64)> {
+    if sessions.0 != Some(term) {
+        *sessions = (Some(term), HashMap::new());
+    }
+    unfenced
+        .iter()
+        .copied()
+        .filter(|&(id, epoch)| {
+            let heard = sessions.1.entry(id).or_insert((epoch, now));
+            if heard.0 != epoch {
+                *heard = (epoch, now);
+            }
+            now.duration_since(heard.1) > session
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::metadata::quorum::QuorumConfig;
+
+    #[test]
+    fn sessions_expire_on_the_injected_clock_and_restart_with_a_term_or_an_epoch() {
+        let session = Duration::from_millis(1500);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut sessions = (None, Sessions::new());
+        let brokers = [(1, 10), (2, 20)];
+        // A new controller starts every session now: nobody is silent yet.
+        assert!(silent_brokers(&mut sessions, 5, &brokers, at(0), session).is_empty());
+        // 2 heartbeats at 1 s; at 1.6 s only 1 has been silent for longer than the session.
+        sessions.1.insert(2, (20, at(1000)));
+        assert_eq!(
+            silent_brokers(&mut sessions, 5, &brokers, at(1600), session),
+            [(1, 10)]
+        );
+        assert_eq!(
+            silent_brokers(&mut sessions, 5, &brokers, at(2600), session),
+            [(1, 10), (2, 20)]
+        );
+        // A new registration epoch starts 1's session afresh.
+        let registered_again = [(1, 11), (2, 20)];
+        assert_eq!(
+            silent_brokers(&mut sessions, 5, &registered_again, at(2700), session),
+            [(2, 20)]
+        );
+        // A new term (another controller) starts them all afresh.
+        assert!(silent_brokers(&mut sessions, 6, &registered_again, at(5000), session).is_empty());
+        assert_eq!(
+            silent_brokers(&mut sessions, 6, &registered_again, at(6600), session),
+            [(1, 11), (2, 20)]
+        );
+    }
 
     #[tokio::test]
     async fn a_heartbeat_at_an_older_broker_epoch_is_stale() {

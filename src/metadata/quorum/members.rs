@@ -117,6 +117,12 @@ impl Quorum {
                 Ok(Reply::Done)
             }
             Request::Heartbeat { epoch } => Ok(self.heartbeat_from(from as i32, epoch)),
+            Request::ReadIndex => match self.read_index().await {
+                Ok(index) => Ok(Reply::ReadIndex { index }),
+                Err(_) => Ok(Reply::NotLeader {
+                    leader: self.leader().map(|l| l as u64),
+                }),
+            },
             Request::Learn { directory, peer } => {
                 if !self.is_leader() {
                     return Ok(Reply::NotLeader {

@@ -24,6 +24,7 @@ pub mod isr;
 mod liveness;
 mod members;
 pub mod network;
+pub mod reassign;
 mod single;
 pub mod state;
 mod store;
@@ -321,6 +322,46 @@ impl Quorum {
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(MetadataError::Unavailable(last_error));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// On the leader: confirms it still leads (a heartbeat round, openraft's ReadIndex) and
+    /// answers the index a linearizable read must have applied.
+    async fn read_index(&self) -> Result<u64, String> {
+        self.raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+            .map(|read| read.index())
+            .map_err(|e| e.to_string())
+    }
+
+    /// A linearizable read: waits until this node applied what the leader had committed when
+    /// asked (the leader itself or, forwarded, another node).
+    pub async fn read_barrier(&self) -> Result<(), MetadataError> {
+        let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
+        loop {
+            let leader = self.leader().map(|l| l as u64);
+            let index = match (leader, &self.endpoint) {
+                (Some(leader), _) if leader == self.id => self.read_index().await,
+                (Some(leader), Some(endpoint)) => {
+                    match network::call(endpoint, leader, &Request::ReadIndex, FORWARD_DEADLINE)
+                        .await
+                    {
+                        Ok(Reply::ReadIndex { index }) => Ok(index),
+                        Ok(_) => Err(format!("node {leader} is no longer the leader")),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                _ => Err("no leader".into()),
+            };
+            let error = match index {
+                Ok(index) => return self.caught_up_to(index).await,
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MetadataError::Unavailable(error));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

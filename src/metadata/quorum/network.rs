@@ -54,6 +54,9 @@ pub enum Request {
         directory: Uuid,
         peer: Option<std::net::SocketAddr>,
     },
+    /// A linearizable read from another node: the leader confirms its leadership (openraft's
+    /// ReadIndex) and names the index the reader must have applied.
+    ReadIndex,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,6 +80,10 @@ pub enum Reply {
     /// A heartbeat from an older registration or a fenced broker: register again.
     Stale,
     Done,
+    /// What a reader must have applied (`Request::ReadIndex`).
+    ReadIndex {
+        index: u64,
+    },
 }
 
 /// Calls `request` on node `target`.

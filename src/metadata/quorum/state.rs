@@ -30,6 +30,11 @@ pub struct ClusterState {
     pub deleting: Vec<DeletedTopic>,
     /// The first producer id not handed out yet.
     pub next_producer_id: i64,
+    /// The latest reassignment requests and their answers, so a retried one is answered
+    /// again instead of applied twice (`reassign.rs`).
+    #[serde(default, skip_serializing_if = "std::collections::VecDeque::is_empty")]
+    pub reassignments_answered:
+        std::collections::VecDeque<(Uuid, Vec<super::reassign::Reassigned>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +73,12 @@ pub struct PartitionState {
     /// (`elections.rs`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unclean_candidates: BTreeMap<i32, i64>,
+    /// An ongoing reassignment (KIP-455, `reassign.rs`): replicas being added (in `replicas`,
+    /// catching up) and being removed (in `replicas` until it completes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding_replicas: Vec<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing_replicas: Vec<i32>,
 }
 
 /// A change to the metadata, as it is written to the quorum's log.
@@ -137,6 +148,13 @@ pub enum Command {
     ElectPreferred {
         partitions: Option<Vec<(String, i32)>>,
     },
+    /// AlterPartitionReassignments (KIP-455, `reassign.rs`); `id` tells a proposer's retry
+    /// (after a lost answer) from a new request.
+    AlterReassignments {
+        #[serde(default)]
+        id: Uuid,
+        reassignments: Vec<super::reassign::Reassignment>,
+    },
 }
 
 /// What applying a command answers its proposer.
@@ -164,6 +182,10 @@ pub enum Outcome {
     Elected {
         results: Vec<(String, i32, super::elections::Elected)>,
     },
+    /// Reassignments: per partition asked, in order, whether it was refused.
+    Reassigned {
+        results: Vec<super::reassign::Reassigned>,
+    },
     /// `message` is the topic's name for TopicExists and UnknownTopic, else the reason.
     Refused {
         kind: Refusal,
@@ -183,6 +205,7 @@ pub enum Refusal {
     InvalidUpdateVersion,
     IneligibleReplica,
     InvalidRequest,
+    NoReassignmentInProgress,
 }
 
 impl std::fmt::Display for Command {
@@ -301,6 +324,8 @@ impl ClusterState {
                     leader_epoch: 0,
                     partition_epoch: 0,
                     unclean_candidates: BTreeMap::new(),
+                    adding_replicas: Vec::new(),
+                    removing_replicas: Vec::new(),
                 }
             })
             .collect()
@@ -344,6 +369,8 @@ impl ClusterState {
                             leader_epoch: 0,
                             partition_epoch: 0,
                             unclean_candidates: BTreeMap::new(),
+                            adding_replicas: Vec::new(),
+                            removing_replicas: Vec::new(),
                         })
                         .collect();
                     self.topics
@@ -505,6 +532,9 @@ impl ClusterState {
             Command::AlterPartition(request) => self.alter_partition(request),
             Command::UncleanCandidate(candidate) => self.unclean_candidate(candidate),
             Command::ElectPreferred { partitions } => self.elect_preferred(partitions),
+            Command::AlterReassignments { id, reassignments } => {
+                self.alter_reassignments(id, reassignments)
+            }
             Command::RemoteDeletionDone { name, done } => {
                 self.deleting.retain(|d| !done.contains(d));
                 let pending = self.deleting.iter().any(|d| d.name == name);
@@ -524,6 +554,7 @@ pub(super) fn leadership_change(topic: &str, partition: i32, p: &PartitionState)
         leader: p.leader,
         epoch: p.leader_epoch,
         isr: p.isr.clone(),
+        replicas: p.replicas.clone(),
     }
 }
 

@@ -1,0 +1,361 @@
+//! The nemesis of a fault run (cluster issue C): seeded, one broker faulty at a time, every
+//! action logged with its time. Each fault targets the broker Metadata names, just before it,
+//! as leader of a partition chosen for it (or the controller), after that partition took at
+//! least `min_window` acknowledged writes since the last fault; it then heals (restart,
+//! SIGCONT, reconnect) and waits until every ISR is whole again. What each fault did is kept
+//! for the no-vacuous-pass checks and the report.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::load::Load;
+use crate::procs::ProcCluster;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Kind {
+    KillLeader,
+    KillController,
+    PauseLeader,
+    IsolateLeader,
+    IsolateLeaderOneWay,
+    PowerLoss,
+    /// The second mix: the leader and another broker down together (kill -9, or SIGSTOP);
+    /// writes may stop, nothing acknowledged may be lost.
+    KillTwo,
+    PauseTwo,
+}
+
+pub const KINDS: [Kind; 6] = [
+    Kind::KillLeader,
+    Kind::KillController,
+    Kind::PauseLeader,
+    Kind::IsolateLeader,
+    Kind::IsolateLeaderOneWay,
+    Kind::PowerLoss,
+];
+
+/// One fault, as it went.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fault {
+    pub kind: Kind,
+    pub target: i32,
+    pub partition: i32,
+    /// Milliseconds since the run started.
+    pub started_ms: u64,
+    pub healed_ms: u64,
+    pub recovered_ms: u64,
+    pub epoch_before: i32,
+    pub epoch_after: i32,
+    /// Acknowledged writes to the partition since the previous fault, before this one.
+    pub acked_before: u64,
+    /// Sends to the partition started between the fault and its heal.
+    pub sent_during: u64,
+    /// Acknowledged writes (all partitions) from the fault to its recovery.
+    pub acked_during: u64,
+}
+
+pub struct Nemesis {
+    rng: StdRng,
+    pub seed: u64,
+    pub topic: &'static str,
+    pub partitions: i32,
+    /// How long a pause or an isolation lasts (past the session timeout).
+    pub hold: Duration,
+    /// Acknowledged writes a partition takes before a fault targets it.
+    pub min_window: u64,
+    pub started: Instant,
+    pub faults: Vec<Fault>,
+}
+
+/// (leader, epoch, ISR size) of each partition of `topic`, and the controller, as `via` sees
+/// them.
+pub async fn view(cluster: &ProcCluster, via: i32, topic: &str) -> (Vec<(i32, i32, usize)>, i32) {
+    let m = crate::cluster_support::metadata(&cluster.kafka_addr(via), Some(topic)).await;
+    let partitions = m
+        .topics
+        .first()
+        .map(|t| {
+            let mut ps: Vec<_> = t.partitions.iter().collect();
+            ps.sort_by_key(|p| p.partition_index);
+            ps.iter()
+                .map(|p| (p.leader_id.0, p.leader_epoch, p.isr_nodes.len()))
+                .collect()
+        })
+        .unwrap_or_default();
+    (partitions, m.controller_id.0)
+}
+
+impl Nemesis {
+    pub fn new(seed: u64, topic: &'static str, partitions: i32) -> Nemesis {
+        Nemesis {
+            rng: StdRng::seed_from_u64(seed),
+            seed,
+            topic,
+            partitions,
+            // Past the session timeout (1.5 s) and a controller's failover (a raft election
+            // of 1-2 s, then the session), so a paused or cut-off controller loses too.
+            hold: Duration::from_secs(6),
+            min_window: 500,
+            started: Instant::now(),
+            faults: Vec::new(),
+        }
+    }
+
+    fn ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn log(&self, what: &str) {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() % 100_000);
+        eprintln!("[nemesis {:>7} ms, wall …{wall:05}] {what}", self.ms());
+    }
+
+    /// The `i`-th kind: every kind of `order` once first (it is shuffled), then seeded draws.
+    fn kind(&mut self, i: usize, order: &[Kind]) -> Kind {
+        if i < order.len() {
+            order[i]
+        } else {
+            order[self.rng.random_range(0..order.len())]
+        }
+    }
+
+    /// Runs `count` faults against `cluster` under `load`.
+    pub async fn run(&mut self, cluster: &mut ProcCluster, load: &Load, count: usize) {
+        self.run_mix(cluster, load, count, &KINDS).await;
+    }
+
+    /// Runs `count` faults of the two-down mix.
+    pub async fn run_two_down(&mut self, cluster: &mut ProcCluster, load: &Load, count: usize) {
+        self.run_mix(cluster, load, count, &[Kind::KillTwo, Kind::PauseTwo])
+            .await;
+    }
+
+    async fn run_mix(
+        &mut self,
+        cluster: &mut ProcCluster,
+        load: &Load,
+        count: usize,
+        kinds: &[Kind],
+    ) {
+        let mut order = kinds.to_vec();
+        for i in (1..order.len()).rev() {
+            order.swap(i, self.rng.random_range(0..=i));
+        }
+        let mut since: Vec<u64> = (0..self.partitions)
+            .map(|p| load.partition_counts(p).1)
+            .collect();
+        for i in 0..count {
+            let kind = self.kind(i, &order);
+            let fault = self.one(cluster, load, kind, &mut since).await;
+            self.log(&format!("{fault:?}"));
+            self.faults.push(fault);
+        }
+    }
+
+    async fn one(
+        &mut self,
+        cluster: &mut ProcCluster,
+        load: &Load,
+        kind: Kind,
+        since: &mut [u64],
+    ) -> Fault {
+        // The partition: seeded; for the controller, one it leads (if it leads none, the
+        // fault becomes the kill of a leader).
+        let partition = self.rng.random_range(0..self.partitions);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut kind = kind;
+        let (partition, target, epoch_before) = loop {
+            let (leaders, controller) = view(cluster, live(cluster), self.topic).await;
+            let mut chosen = Some(partition);
+            if kind == Kind::KillController {
+                chosen = (0..self.partitions)
+                    .find(|&p| leaders.get(p as usize).is_some_and(|l| l.0 == controller));
+                if chosen.is_none() && leaders.len() == self.partitions as usize && controller > 0 {
+                    self.log(&format!(
+                        "the controller {controller} leads no partition: a leader is killed instead"
+                    ));
+                    kind = Kind::KillLeader;
+                    chosen = Some(partition);
+                }
+            }
+            let acked = load.partition_counts(chosen.unwrap_or(partition)).1;
+            if let Some(p) = chosen {
+                let (leader, epoch, _) = leaders[p as usize];
+                if leader > 0 && acked >= since[p as usize] + self.min_window {
+                    break (p, leader, epoch);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{kind:?}: no target with {} writes",
+                self.min_window
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let acked_before = load.partition_counts(partition).1 - since[partition as usize];
+        let (sent_at_start, _) = load.partition_counts(partition);
+        let acked_at_start = load.acked();
+        let started_ms = self.ms();
+        self.log(&format!(
+            "{kind:?} of broker {target}, leader of {}-{partition} at epoch {epoch_before}",
+            self.topic
+        ));
+        let (before, controller) = view(cluster, live(cluster), self.topic).await;
+        self.log(&format!(
+            "as {} sees it: {before:?}, controller {controller}",
+            live(cluster)
+        ));
+        match kind {
+            Kind::KillLeader | Kind::KillController | Kind::PowerLoss => {
+                cluster.kill9(target);
+                if kind == Kind::PowerLoss {
+                    let cut = crate::procs::power_loss(&cluster.nodes[target as usize - 1].dir);
+                    self.log(&format!("power loss of {target}: records cut {cut:?}"));
+                }
+                self.until_new_leader(cluster, partition, epoch_before)
+                    .await;
+                cluster.start_node(target);
+            }
+            Kind::PauseLeader => {
+                cluster.pause(target);
+                tokio::time::sleep(self.hold).await;
+                cluster.resume(target);
+            }
+            Kind::KillTwo | Kind::PauseTwo => {
+                let n = cluster.nodes.len() as i32;
+                let second = (target % n) + 1;
+                self.log(&format!("with broker {second}"));
+                if kind == Kind::KillTwo {
+                    cluster.kill9(target);
+                    cluster.kill9(second);
+                    tokio::time::sleep(self.hold).await;
+                    cluster.start_nodes(&[target, second]);
+                } else {
+                    cluster.pause(target);
+                    cluster.pause(second);
+                    tokio::time::sleep(self.hold).await;
+                    cluster.resume(target);
+                    cluster.resume(second);
+                }
+            }
+            Kind::IsolateLeader | Kind::IsolateLeaderOneWay => {
+                let proxy = cluster.proxy.as_ref().expect("a proxied cluster");
+                proxy.isolate(target, kind == Kind::IsolateLeader);
+                tokio::time::sleep(self.hold).await;
+                proxy.heal();
+            }
+        }
+        let (sent_now, _) = load.partition_counts(partition);
+        let healed_ms = self.ms();
+        self.log(&format!("healed {target}"));
+        // Asked of another broker: the target's own view is stale right after it resumes.
+        let epoch_after = self.until_whole(cluster, partition, target).await;
+        for (p, at) in since.iter_mut().enumerate() {
+            *at = load.partition_counts(p as i32).1;
+        }
+        Fault {
+            kind,
+            target,
+            partition,
+            started_ms,
+            healed_ms,
+            recovered_ms: self.ms(),
+            epoch_before,
+            epoch_after,
+            acked_before,
+            sent_during: sent_now - sent_at_start,
+            acked_during: load.acked() - acked_at_start,
+        }
+    }
+
+    async fn until_new_leader(&self, cluster: &ProcCluster, partition: i32, epoch: i32) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (leaders, _) = view(cluster, live(cluster), self.topic).await;
+            if leaders
+                .get(partition as usize)
+                .is_some_and(|l| l.0 > 0 && l.1 > epoch)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new leader of partition {partition}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every partition has a leader and its whole ISR, as a broker other than
+    /// `not` sees it; the chosen partition's epoch then.
+    async fn until_whole(&self, cluster: &ProcCluster, partition: i32, not: i32) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let n = cluster.nodes.len();
+        let via = (1..=n as i32)
+            .find(|&id| id != not)
+            .expect("another broker");
+        loop {
+            let (leaders, _) = view(cluster, via, self.topic).await;
+            if leaders.len() == self.partitions as usize
+                && leaders.iter().all(|l| l.0 > 0 && l.2 == n)
+            {
+                self.log(&format!("whole again, as {via} sees it: {leaders:?}"));
+                return leaders[partition as usize].1;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ISRs not whole again: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The no-vacuous-pass rules: every fault window had its writes, hit a leader that lost
+    /// its leadership (a higher epoch after), with sends during; every kind occurred.
+    pub fn vacuous(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for f in &self.faults {
+            // Two voters of three down leave no quorum: writes may stop and no leadership can
+            // move, so the two-down mix is judged on its targets, its sends and the checker.
+            let two_down = matches!(f.kind, Kind::KillTwo | Kind::PauseTwo);
+            if f.acked_before < self.min_window {
+                problems.push(format!(
+                    "{f:?}: fewer than {} writes before",
+                    self.min_window
+                ));
+            }
+            if f.acked_during < self.min_window && !two_down {
+                problems.push(format!(
+                    "{f:?}: fewer than {} writes during",
+                    self.min_window
+                ));
+            }
+            if f.sent_during == 0 {
+                problems.push(format!("{f:?}: no send to its partition during the fault"));
+            }
+            if f.epoch_after <= f.epoch_before && !two_down {
+                problems.push(format!("{f:?}: the leader epoch did not move"));
+            }
+        }
+        for kind in KINDS {
+            if !self.faults.iter().any(|f| f.kind == kind) {
+                problems.push(format!("no {kind:?}"));
+            }
+        }
+        problems
+    }
+}
+
+/// A broker that runs, to ask Metadata of.
+fn live(cluster: &ProcCluster) -> i32 {
+    (1..=cluster.nodes.len() as i32)
+        .find(|&id| cluster.pid(id).is_some())
+        .expect("a running broker")
+}

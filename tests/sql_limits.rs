@@ -113,7 +113,7 @@ async fn lookups_read_one_file_and_few_row_groups() {
         let before = read();
         let a = sql(&admin, &q(&pushed)).await;
         let rows = a.rows().len();
-        assert!(rows >= 1 && rows <= 5, "{:?}", a.lines);
+        assert!((1..=5).contains(&rows), "{:?}", a.lines);
         let pushed_bytes = read() - before;
         let plan = explain(&admin, &q(&pushed)).await;
         let matched = plan_metric(&plan, "row_groups_pruned_statistics");

@@ -122,7 +122,7 @@ pub async fn handle(engine: Result<Arc<QueryEngine>, String>, request: Request) 
     }
     let encoder = if arrow {
         match IpcStream::start(&schema) {
-            Ok((ipc, head)) => Encoder::Arrow(Some(ipc), Some(head)),
+            Ok((ipc, head)) => Encoder::Arrow(Some(Box::new(ipc)), Some(head)),
             Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }
     } else {
@@ -146,7 +146,7 @@ pub async fn handle(engine: Result<Arc<QueryEngine>, String>, request: Request) 
 enum Encoder {
     Json,
     /// The writer, and the schema's bytes not sent yet.
-    Arrow(Option<IpcStream>, Option<Vec<u8>>),
+    Arrow(Option<Box<IpcStream>>, Option<Vec<u8>>),
 }
 
 struct BodyState {

@@ -109,7 +109,7 @@ pub fn record(i: usize, t0: i64) -> Rec {
     Rec {
         partition: 0,
         offset: -1,
-        key: (i % 10 != 0).then(|| format!("k{i}").into_bytes()),
+        key: (!i.is_multiple_of(10)).then(|| format!("k{i}").into_bytes()),
         value,
         headers,
         timestamp: t0 + i as i64,

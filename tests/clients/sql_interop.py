@@ -1,0 +1,81 @@
+"""Reads a topic's offloaded Parquet files with another engine, straight from a file:// bucket
+(a directory scan of the Hive layout, `*.parquet` only), and prints one JSON object per
+partition: records, bytes of values, first and last offset, headers.
+
+    sql_interop.py duckdb|spark OBJECTS_DIR TOPIC
+
+A directory scan sees what the manifests do not (orphans, replaced files within their delay,
+rows below the log start inside the first file): the caller makes sure there are none.
+"""
+
+import json
+import os
+import sys
+
+
+def duckdb_rows(root, topic):
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET threads TO 1")
+    glob = os.path.join(root, f"topic={topic}", "*", "*.parquet")
+    return con.execute(
+        f"""
+        SELECT partition, count(*), sum(octet_length(value)), min("offset"), max("offset"),
+               sum(len(headers))
+        FROM read_parquet('{glob}', hive_partitioning = true)
+        GROUP BY partition ORDER BY partition
+        """
+    ).fetchall()
+
+
+def spark_rows(root, topic):
+    from pyspark.sql import SparkSession
+
+    spark = (
+        SparkSession.builder.master("local[1]")
+        .appName("strata-interop")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "1")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    df = (
+        spark.read.option("pathGlobFilter", "*.parquet")
+        .option("basePath", os.path.join(root, f"topic={topic}"))
+        .parquet(os.path.join(root, f"topic={topic}"))
+    )
+    df.createOrReplaceTempView("t")
+    rows = spark.sql(
+        """
+        SELECT partition, count(*), sum(length(value)), min(`offset`), max(`offset`),
+               sum(size(headers))
+        FROM t GROUP BY partition ORDER BY partition
+        """
+    ).collect()
+    spark.stop()
+    return [tuple(r) for r in rows]
+
+
+def main():
+    engine, root, topic = sys.argv[1:4]
+    rows = duckdb_rows(root, topic) if engine == "duckdb" else spark_rows(root, topic)
+    for p, n, size, lo, hi, headers in rows:
+        print(
+            json.dumps(
+                {
+                    "partition": int(p),
+                    "n": int(n),
+                    "bytes": int(size or 0),
+                    "lo": int(lo),
+                    "hi": int(hi),
+                    "headers": int(headers or 0),
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

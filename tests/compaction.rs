@@ -76,8 +76,10 @@ fn cold_consumer(bootstrap: String, end: i64) -> std::thread::JoinHandle<Vec<i64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_files_merge_and_readers_finish() {
+    // Local retention deletes what is offloaded, so the consumer below reads the bucket.
     let off = [
         ("remote.log.manager.task.interval.ms", "100"),
+        ("log.local.retention.ms", "0"),
         ("remote.compaction.min.file.bytes", "0"),
     ];
     let b = TestBroker::start(&off).await;
@@ -122,6 +124,7 @@ async fn small_files_merge_and_readers_finish() {
     let b = b
         .restart(&[
             ("remote.log.manager.task.interval.ms", "100"),
+            ("log.local.retention.ms", "0"),
             ("remote.compaction.min.file.bytes", "1048576"),
             ("remote.compaction.target.file.bytes", &target),
             ("remote.compaction.delete.delay.ms", &delay),

@@ -17,6 +17,7 @@
 //! queries are accepted: no DDL, DML or statements (`COPY ... TO`, `CREATE EXTERNAL TABLE`, `SET`
 //! would reach the broker's filesystem or settings). A panic in a query is its error.
 
+mod bytes;
 mod cold;
 mod filters;
 mod hot;
@@ -195,6 +196,7 @@ impl QueryEngine {
             .build();
         let mut ctx = SessionContext::new_with_state(state);
         json::register(&mut ctx)?;
+        bytes::register(&mut ctx)?;
         let snapshots = Arc::new(Snapshots::new(self.source.clone()));
         let catalog = ctx
             .catalog("datafusion")

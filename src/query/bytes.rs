@@ -47,6 +47,11 @@ impl ScalarUDFImpl for ByteLength {
         &self.signature
     }
 
+    /// `length` is an alias of `character_length`: the wrapper must take the alias over too.
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         match arg_types.first() {
             Some(t) if is_binary(t) => Ok(DataType::Int64),

@@ -7,7 +7,7 @@
 //! topic settings are Kafka's topic configs, validated by [`crate::config::topic`].
 
 pub mod broker;
-mod kind;
+pub mod kind;
 pub mod topic;
 
 use std::collections::BTreeMap;

@@ -29,7 +29,8 @@ enum Command {
     Topic(TopicArgs),
     /// List and describe consumer groups, reset their committed offsets.
     Group(GroupArgs),
-    /// Make the cluster CA and node certificates for the peer endpoint's mutual TLS.
+    /// Make the cluster CA and node certificates for the peer endpoint's mutual TLS; describe
+    /// the metadata quorum, remove and add its voters.
     Cluster(ClusterArgs),
     /// Run SQL over topics: on a broker (--admin) or on a bucket without one (--object-store).
     #[cfg(feature = "sql")]
@@ -66,7 +67,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(*args).await,
             Command::Topic(args) => strata::cli::topic::run(args).await,
             Command::Group(args) => strata::cli::group::run(args).await,
-            Command::Cluster(args) => strata::cli::cluster::run(args),
+            Command::Cluster(args) => strata::cli::cluster::run(args).await,
             #[cfg(feature = "sql")]
             Command::Sql(args) => strata::cli::sql::run(args).await,
         }

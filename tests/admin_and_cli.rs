@@ -1,4 +1,5 @@
-//! The admin HTTP endpoints and the `strata topic` command line against a running broker.
+//! The admin HTTP endpoints and the `strata topic` and `strata cluster` (quorum) command
+//! lines against a running broker.
 
 // Test clients and servers are spawned outside any broker: clippy.toml's rule on spawning
 // (keep a broker's metrics scope) is for the crate's own code.
@@ -232,4 +233,51 @@ async fn tier_status_over_http_cli_and_metrics() {
         assert!(metrics.contains(&needle), "missing {needle} in\n{metrics}");
     }
     broker.running.shutdown().await;
+}
+
+/// `strata cluster ARGS --bootstrap ADDR`: (success, stdout, stderr).
+fn strata_cluster(bootstrap: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("cluster")
+        .args(args)
+        .args(["--bootstrap", bootstrap])
+        .output()
+        .expect("run strata");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A single broker is a quorum of one voter: DescribeQuorum shows it leading; RemoveRaftVoter
+/// refuses the last voter and a node that is not a voter; AddRaftVoter refuses a voter and a
+/// node that does not follow the log, each with Kafka's error and a message saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_command_line_on_a_single_broker() {
+    let broker = TestBroker::start(&[]).await;
+    let b = broker.bootstrap();
+    let run = |args: Vec<&'static str>| {
+        let b = b.clone();
+        tokio::task::spawn_blocking(move || strata_cluster(&b, &args))
+    };
+    let (ok, out, err) = run(vec!["describe-quorum"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(out.starts_with("leader 1 "), "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("voter")).count(), 1);
+    for (args, error, why) in [
+        (vec!["remove-voter", "1"], "InvalidRequest", "last voter"),
+        (vec!["remove-voter", "2"], "VoterNotFound", "not a voter"),
+        (vec!["add-voter", "1"], "DuplicateVoter", "already a voter"),
+        (vec!["add-voter", "2"], "InvalidRequest", "does not follow"),
+    ] {
+        let (ok, _, err) = run(args.clone()).await.unwrap();
+        assert!(
+            !ok && err.contains(error) && err.contains(why),
+            "{args:?}: {err}"
+        );
+    }
+    let (ok, out, err) = run(vec!["describe-quorum"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("voter")).count(), 1);
 }

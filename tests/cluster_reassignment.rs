@@ -110,19 +110,7 @@ async fn alter(addr: &str, asked: &[(&str, i32, Option<Vec<i32>>)]) -> Vec<i16> 
 async fn cli(addr: &str, args: &[&str]) -> (String, String, bool) {
     let mut all = vec!["topic".to_string(), "--bootstrap".into(), addr.into()];
     all.extend(args.iter().map(|a| a.to_string()));
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
-            .args(&all)
-            .output()
-            .expect("run strata");
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-            out.status.success(),
-        )
-    })
-    .await
-    .unwrap()
+    support::strata_cli(all).await
 }
 
 fn gauge(cluster: &TestCluster, id: i32, name: &str) -> f64 {
@@ -510,4 +498,137 @@ async fn a_single_broker_answers_with_kafka_errors() {
     )
     .await;
     assert!(!ok && err.contains("InvalidReplicaAssignment"), "{err}");
+}
+
+/// KIP-73 throttles: two single-replica partitions on broker 1, each holding 4 MiB, are moved
+/// to 1, 2 at once; partition 0 is throttled on its leader's side (1's
+/// `leader.replication.throttled.rate`, listed as 0:1), partition 1 on its new follower's
+/// (2's `follower.replication.throttled.rate`, listed as 1:2), 256 KiB/s each. Sampled every
+/// 250 ms, broker 2's copy of each grows by at most 1.2 × the rate over any 10 s, the moves
+/// finish, and the new replicas join the ISR (where nothing throttles them any more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_throttled_move_keeps_to_the_replication_throttle_rates() {
+    const T: &str = "throttled";
+    const RATE: f64 = 262_144.0;
+    let _one = cluster_support::ONE_CLUSTER.lock().await;
+    let settings = [
+        &cluster_support::FAST_FAILOVER[..],
+        &[
+            ("leader.replication.throttled.rate", "262144"),
+            ("follower.replication.throttled.rate", "262144"),
+            ("replica.fetch.max.bytes", "32768"),
+        ],
+    ]
+    .concat();
+    let mut cluster = TestCluster::new(3, &settings);
+    cluster.start_all().await;
+    let overrides = BTreeMap::from([
+        (
+            "leader.replication.throttled.replicas".to_string(),
+            "0:1".to_string(),
+        ),
+        (
+            "follower.replication.throttled.replicas".to_string(),
+            "1:2".to_string(),
+        ),
+    ]);
+    cluster
+        .broker(1)
+        .broker
+        .create_topic_assigned(T, 2, 1, Some(vec![vec![1]; 2]), &overrides, false)
+        .await
+        .unwrap();
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.kafka_addr(1))
+        .set("linger.ms", "5")
+        // Batches of at most 16 KiB: a fetch is never split, so with librdkafka's 1 MB
+        // batches a 10 s window could hold one batch more than its share.
+        .set("batch.size", "16384")
+        .create()
+        .unwrap();
+    let value = vec![b'x'; 1024];
+    let sends = (0..8192).map(|i| {
+        let record = rdkafka::producer::FutureRecord::<(), _>::to(T)
+            .partition(i % 2)
+            .payload(&value);
+        producer.send(record, Duration::from_secs(30))
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.expect("acknowledged");
+    }
+
+    let started = std::time::Instant::now();
+    assert_eq!(
+        alter(
+            &cluster.kafka_addr(1),
+            &[(T, 0, Some(vec![1, 2])), (T, 1, Some(vec![1, 2]))]
+        )
+        .await,
+        vec![0, 0]
+    );
+    // Broker 2's bytes of each partition, every 250 ms, until both are in the ISR.
+    let mut samples: Vec<(f64, [u64; 2])> = Vec::new();
+    let in_sync = |index: i32| {
+        let addr = cluster.kafka_addr(1);
+        async move {
+            let m = metadata(&addr, Some(T)).await;
+            m.topics[0].partitions[index as usize].isr_nodes.len() == 2
+        }
+    };
+    let deadline = started + Duration::from_secs(90);
+    loop {
+        let bytes = [0, 1].map(|i| {
+            cluster
+                .broker(2)
+                .broker
+                .topic(T)
+                .and_then(|t| t.partition(i).cloned())
+                .map_or(0, |p| p.size().0)
+        });
+        samples.push((started.elapsed().as_secs_f64(), bytes));
+        if in_sync(0).await && in_sync(1).await {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "moves finish: {samples:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    eprintln!("both throttled moves took {took:.1} s");
+    let total = cluster
+        .broker(1)
+        .broker
+        .topic(T)
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .size()
+        .0;
+    assert!(total >= 4 << 20, "{total}");
+    assert!(
+        took >= 0.8 * total as f64 / RATE,
+        "{took} s for {total} bytes"
+    );
+    for side in 0..2 {
+        let mut most: f64 = 0.0;
+        for (i, (t0, b0)) in samples.iter().enumerate() {
+            for (t1, b1) in &samples[i..] {
+                if t1 - t0 >= 10.0 {
+                    let rate = (b1[side] - b0[side]) as f64 / (t1 - t0);
+                    most = most.max(rate);
+                    assert!(
+                        rate <= 1.2 * RATE,
+                        "partition {side}: {rate:.0} B/s over [{t0:.1}, {t1:.1}] s"
+                    );
+                    break;
+                }
+            }
+        }
+        eprintln!(
+            "partition {side}: at most {:.2} × the rate over 10 s",
+            most / RATE
+        );
+    }
 }

@@ -1,15 +1,22 @@
 #![allow(clippy::disallowed_methods)]
 //! Roles in a cluster of three: each broker offloads exactly the partitions it leads; a broker
-//! not among the seeds joins as a learner and leads its share.
+//! not among the seeds joins as a learner and leads its share; a dead voter is replaced on a
+//! fresh disk (KIP-853's RemoveRaftVoter / AddRaftVoter) under acks=all load.
 
+#[path = "support/checker.rs"]
+mod checker;
 #[path = "support/cluster.rs"]
 mod cluster_support;
+#[path = "support/load.rs"]
+mod load;
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use checker::Final;
 use cluster_support::{create_topic, leader_and_isr, leaders, metadata, TestCluster};
+use load::{read_partition, Load};
 
 /// `strata_tier_offloaded_segments_total{topic="tiered"}` in one broker's metrics.
 fn offloaded_segments(cluster: &TestCluster, id: i32) -> u64 {
@@ -243,5 +250,171 @@ async fn a_broker_not_among_the_seeds_joins_as_a_learner_and_leads_partitions() 
     .await;
     assert!(learner.metadata().controller().is_some_and(|c| c != 4));
     drop(learner);
+
+    // AddRaftVoter makes the learner (a new id, not a seed) a voter; the four commit. Removed
+    // again while running, it follows as a learner (promotion is never automatic).
+    let addr = |id: i32| cluster.kafka_addr(id);
+    assert_eq!(quorum_members(&addr(2)).await, (vec![1, 2, 3], vec![4]));
+    strata::cli::cluster::add_voter(&addr(4), 4, None, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(quorum_members(&addr(1)).await, (vec![1, 2, 3, 4], vec![]));
+    assert_eq!(create_topic(&addr(4), "with-four-voters", 1, 3).await, 0);
+    strata::cli::cluster::remove_voter(&addr(3), 4, None)
+        .await
+        .unwrap();
+    support::eventually("the removed voter follows as a learner", || {
+        let addr = addr(1);
+        async move { quorum_members(&addr).await == (vec![1, 2, 3], vec![4]) }
+    })
+    .await;
+    assert_eq!(create_topic(&addr(4), "with-three-voters", 1, 3).await, 0);
+    cluster.stop_all().await;
+}
+
+/// `strata cluster ARGS --bootstrap ADDR` as a process: (stdout, stderr, success).
+async fn cluster_cli(addr: &str, args: &[&str]) -> (String, String, bool) {
+    let mut all = vec!["cluster".to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    all.extend(["--bootstrap".to_string(), addr.to_string()]);
+    support::strata_cli(all).await
+}
+
+/// (voters, learners) of the metadata quorum, by DescribeQuorum through the broker at `addr`.
+async fn quorum_members(addr: &str) -> (Vec<i32>, Vec<i32>) {
+    let r = strata::cli::cluster::describe_quorum(addr).await.unwrap();
+    let p = &r.topics[0].partitions[0];
+    let ids = |replicas: &[kafka_protocol::messages::describe_quorum_response::ReplicaState]| {
+        let mut ids: Vec<i32> = replicas.iter().map(|r| r.replica_id.0).collect();
+        ids.sort_unstable();
+        ids
+    };
+    (ids(&p.current_voters), ids(&p.observers))
+}
+
+/// Whether every partition of `topic` has all of `isr` in its ISR, as the broker at `addr`
+/// has it.
+async fn all_in_sync(addr: &str, topic: &str, isr: &[i32]) -> bool {
+    let m = metadata(addr, Some(topic)).await;
+    let partitions = &m.topics[0].partitions;
+    !partitions.is_empty()
+        && partitions.iter().all(|p| {
+            let mut have: Vec<i32> = p.isr_nodes.iter().map(|b| b.0).collect();
+            have.sort_unstable();
+            have == isr
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_voter_is_replaced_on_a_fresh_disk_under_load() {
+    let _one = cluster_support::ONE_CLUSTER.lock().await;
+    let settings = [
+        &cluster_support::FAST_FAILOVER[..],
+        &[("min.insync.replicas", "2")],
+    ]
+    .concat();
+    let mut cluster = TestCluster::new(3, &settings);
+    cluster.start_all().await;
+    let addrs: Vec<String> = (1..=3).map(|id| cluster.kafka_addr(id)).collect();
+    let addr = |id: i32| addrs[id as usize - 1].clone();
+    const TOPIC: &str = "durable";
+    assert_eq!(create_topic(&addr(1), TOPIC, 3, 3).await, 0);
+    support::eventually("every replica in sync", || {
+        let addr = addr(2);
+        async move { all_in_sync(&addr, TOPIC, &[1, 2, 3]).await }
+    })
+    .await;
+    assert_eq!(quorum_members(&addr(2)).await, (vec![1, 2, 3], vec![]));
+    let bootstrap = addrs.join(",");
+    let load = Load::start_with(
+        |_| load::producer(&bootstrap, "all", 30_000),
+        TOPIC,
+        3,
+        "voter",
+        30,
+    );
+    assert!(load.until_more_acked(300, Duration::from_secs(30)).await);
+
+    // Voter 3 stops and loses its whole data dir; acks=all goes on with an ISR of two.
+    cluster.stop(3).await;
+    std::fs::remove_dir_all(&cluster.nodes[2].dir).unwrap();
+    assert!(load.until_more_acked(300, Duration::from_secs(30)).await);
+
+    // `strata cluster remove-voter 3`: the quorum is 1 and 2, and still commits.
+    let (out, err, ok) = cluster_cli(&addr(1), &["remove-voter", "3"]).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(quorum_members(&addr(2)).await, (vec![1, 2], vec![]));
+    let (_, err, ok) = cluster_cli(&addr(2), &["remove-voter", "3"]).await;
+    assert!(!ok && err.contains("not a voter"), "{err}");
+    assert_eq!(create_topic(&addr(2), "after-removal", 1, 2).await, 0);
+    assert!(load.until_more_acked(300, Duration::from_secs(30)).await);
+
+    // A fresh node 3 with the same seeds follows the metadata log as a learner; `add-voter 3`
+    // makes it a voter once it has caught up.
+    cluster.start(3).await;
+    support::eventually("node 3 is a learner", || {
+        let addr = addr(1);
+        async move { quorum_members(&addr).await == (vec![1, 2], vec![3]) }
+    })
+    .await;
+    let (out, err, ok) = cluster_cli(&addr(3), &["add-voter", "3"]).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(quorum_members(&addr(1)).await, (vec![1, 2, 3], vec![]));
+    let (out, _, ok) = cluster_cli(&addr(3), &["describe-quorum"]).await;
+    assert!(
+        ok && out.lines().filter(|l| l.starts_with("voter")).count() == 3,
+        "{out}"
+    );
+    // So do the metrics of every node (Kafka's number-of-voters / number-of-observers).
+    for id in 1..=3 {
+        let admin = cluster.broker(id).admin_addr().to_string();
+        support::eventually("the metrics count three voters", || {
+            let admin = admin.clone();
+            async move {
+                let (_, body) = support::http_get(&admin, "/metrics").await;
+                let line = |name: &str, value: u32| format!("{name}{{node_id=\"{id}\"}} {value}");
+                body.lines()
+                    .any(|l| l == line("strata_metadata_quorum_voters", 3))
+                    && body
+                        .lines()
+                        .any(|l| l == line("strata_metadata_quorum_learners", 0))
+            }
+        })
+        .await;
+    }
+
+    // Its replicas catch up from the leaders and rejoin every ISR, under the load.
+    support::eventually("node 3's replicas rejoin every ISR", || {
+        let addr = addr(1);
+        async move { all_in_sync(&addr, TOPIC, &[1, 2, 3]).await }
+    })
+    .await;
+    assert!(load.until_more_acked(300, Duration::from_secs(30)).await);
+
+    // No acknowledged record lost: every one is in the final logs once, at its offset.
+    let history = load.stop().await;
+    let failed: Vec<_> = history.failed().map(|s| s.outcome.clone()).collect();
+    assert!(failed.is_empty(), "failed sends: {failed:?}");
+    let mut last = Final::default();
+    let m = metadata(&addr(1), Some(TOPIC)).await;
+    for p in &m.topics[0].partitions {
+        let log = read_partition(&addr(p.leader_id.0), TOPIC, p.partition_index).await;
+        last.logs.insert(p.partition_index, log);
+    }
+    let report = checker::check(&history, &last);
+    eprintln!("checker: {}", report.summary());
+    assert!(report.is_clean(), "{}", report.summary());
+    // Node 3's copies hold what the leaders acknowledged.
+    let fresh = cluster.broker(3).broker.clone();
+    for (index, log) in &last.logs {
+        let p = fresh
+            .topic(TOPIC)
+            .unwrap()
+            .partition(*index)
+            .unwrap()
+            .clone();
+        assert!(p.log_end_offset() >= log.records.last().map_or(0, |r| r.0 + 1));
+    }
+    drop(fresh);
     cluster.stop_all().await;
 }

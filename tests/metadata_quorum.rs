@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kafka_protocol::error::ResponseError;
 use strata::cluster::certs;
 use strata::cluster::peer::{PeerEndpoint, Transport};
 use strata::cluster::tls::Identity;
 use strata::config::PeerTls;
 use strata::metadata::local::new_topic;
+use strata::metadata::quorum::voters::{QuorumStatus, VoterChange};
 use strata::metadata::quorum::{Quorum, QuorumConfig};
 use strata::metadata::Metadata;
 
@@ -335,6 +337,192 @@ async fn a_wiped_voter_does_not_vote_until_it_has_caught_up() {
         .leader(Duration::from_secs(20))
         .await
         .expect("2 and 3 elect a leader");
+    for id in 1..=3 {
+        cluster.stop(id).await;
+    }
+}
+
+/// The error code of a refused voter change.
+fn refusal(result: Result<(), strata::metadata::MetadataError>) -> (ResponseError, String) {
+    match result {
+        Err(strata::metadata::MetadataError::Refused { code, message }) => (code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn voters_of(status: &QuorumStatus) -> Vec<i32> {
+    status.voters.iter().map(|v| v.id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_voter_comes_back_on_a_fresh_disk_as_a_learner_and_is_added() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3, 10_000);
+    for id in 1..=3 {
+        cluster.start(id).await;
+    }
+    cluster
+        .leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let q1 = cluster.quorum(1).clone();
+    let status = q1.describe_quorum().await.unwrap();
+    assert_eq!(voters_of(&status), [1, 2, 3]);
+    assert!(status.observers.is_empty());
+    let directory_3 = status.voters[2].directory;
+
+    // Refusals, asked through any node: no such voter, a voter key that does not match, adding
+    // a voter twice, adding a node that does not follow the log.
+    let (code, message) = refusal(
+        q1.change_voters(VoterChange::Remove {
+            id: 9,
+            directory: None,
+        })
+        .await,
+    );
+    assert_eq!(code, ResponseError::VoterNotFound, "{message}");
+    assert!(message.contains("not a voter"), "{message}");
+    let (code, _) = refusal(
+        q1.change_voters(VoterChange::Remove {
+            id: 3,
+            directory: Some(uuid::Uuid::new_v4()),
+        })
+        .await,
+    );
+    assert_eq!(code, ResponseError::VoterNotFound);
+    let add = |id| VoterChange::Add {
+        id,
+        directory: None,
+        timeout_ms: 5_000,
+    };
+    let (code, _) = refusal(cluster.quorum(2).change_voters(add(2)).await);
+    assert_eq!(code, ResponseError::DuplicateVoter);
+    let (code, message) = refusal(cluster.quorum(3).change_voters(add(4)).await);
+    assert_eq!(code, ResponseError::InvalidRequest);
+    assert!(message.contains("does not follow"), "{message}");
+
+    // Voter 3 dies with its disk; it is removed (by its directory id) and the two left commit.
+    cluster.stop(3).await;
+    std::fs::remove_dir_all(&cluster.nodes[2].dir).unwrap();
+    q1.change_voters(VoterChange::Remove {
+        id: 3,
+        directory: Some(directory_3),
+    })
+    .await
+    .unwrap();
+    assert_eq!(voters_of(&q1.describe_quorum().await.unwrap()), [1, 2]);
+    register(&cluster, 1).await;
+    register(&cluster, 2).await;
+    q1.create_topic(new_topic("after", 1, BTreeMap::new()), 1, None)
+        .await
+        .unwrap();
+
+    // A fresh node 3 with the same seeds follows as a learner (a new directory id), and is not
+    // a voter until added.
+    cluster.start(3).await;
+    let q3 = cluster.quorum(3).clone();
+    eventually("node 3 learns the log", Duration::from_secs(20), || {
+        topic_names(&q3) == ["after"]
+    })
+    .await;
+    let status = q1.describe_quorum().await.unwrap();
+    assert_eq!(voters_of(&status), [1, 2]);
+    assert_eq!(status.observers.len(), 1, "{status:?}");
+    assert_eq!(status.observers[0].id, 3);
+    assert_ne!(status.observers[0].directory, directory_3);
+    cluster.quorum(2).change_voters(add(3)).await.unwrap();
+    assert_eq!(voters_of(&q1.describe_quorum().await.unwrap()), [1, 2, 3]);
+    eventually("node 3 is a member", Duration::from_secs(20), || {
+        q3.is_member()
+    })
+    .await;
+
+    // It votes: with 1 stopped, 2 and 3 elect a leader and commit.
+    drop(q1); // The endpoint's socket goes with the last handle.
+    cluster.stop(1).await;
+    let leader = cluster
+        .leader(Duration::from_secs(20))
+        .await
+        .expect("2 and 3 elect a leader");
+    cluster
+        .quorum(leader)
+        .create_topic(new_topic("later", 1, BTreeMap::new()), 1, None)
+        .await
+        .unwrap();
+    cluster.start(1).await;
+
+    // The leader itself is removed (through itself): it answers once the change is
+    // committed and hands over. Then down to one voter, which cannot be removed.
+    let leader = cluster
+        .leader(Duration::from_secs(20))
+        .await
+        .expect("a leader of three");
+    let remove = |id| VoterChange::Remove {
+        id,
+        directory: None,
+    };
+    cluster
+        .quorum(leader)
+        .change_voters(remove(leader))
+        .await
+        .unwrap();
+    let rest: Vec<i32> = (1..=3).filter(|id| *id != leader).collect();
+    let survivor = cluster.quorum(rest[1]).clone();
+    assert_eq!(voters_of(&survivor.describe_quorum().await.unwrap()), rest);
+    survivor.change_voters(remove(rest[0])).await.unwrap();
+    let status = survivor.describe_quorum().await.unwrap();
+    assert_eq!(voters_of(&status), [rest[1]], "{status:?}");
+    let (code, message) = refusal(survivor.change_voters(remove(rest[1])).await);
+    assert_eq!(code, ResponseError::InvalidRequest);
+    assert!(message.contains("last voter"), "{message}");
+    drop(survivor);
+    for id in 1..=3 {
+        cluster.stop(id).await;
+    }
+}
+
+/// A follower that comes back with an empty disk while the leader runs: the leader finds its
+/// log behind what it had matched and starts over (openraft's `allow_log_reversion`; without
+/// it the leader asserted and its quorum stopped). The node rejoins by itself with its new
+/// directory id, and the quorum goes on committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_wiped_while_the_leader_runs_rejoins() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3, 10_000);
+    for id in 1..=3 {
+        cluster.start(id).await;
+    }
+    let leader = cluster
+        .leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    register(&cluster, leader).await;
+    let q = cluster.quorum(leader).clone();
+    q.create_topic(new_topic("before", 1, BTreeMap::new()), 1, None)
+        .await
+        .unwrap();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.stop(follower).await;
+    std::fs::remove_dir_all(&cluster.nodes[follower as usize - 1].dir).unwrap();
+    cluster.start(follower).await;
+    let wiped = cluster.quorum(follower).clone();
+    eventually(
+        "the wiped follower rejoins",
+        Duration::from_secs(20),
+        || wiped.is_member() && topic_names(&wiped) == ["before"],
+    )
+    .await;
+    assert!(q.is_leader(), "the leader kept leading");
+    q.create_topic(new_topic("after", 1, BTreeMap::new()), 1, None)
+        .await
+        .unwrap();
+    eventually(
+        "the rejoined follower applies",
+        Duration::from_secs(20),
+        || topic_names(&wiped) == ["after", "before"],
+    )
+    .await;
+    drop((q, wiped));
     for id in 1..=3 {
         cluster.stop(id).await;
     }

@@ -157,6 +157,8 @@ async fn copies_the_leader(streams: FetchStreams, persistent: f64) {
         SERVICE,
         Arc::new(ReplicaService {
             host: Arc::downgrade(&host),
+            node_id: 1,
+            throttle: None,
         }),
     );
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -172,6 +174,7 @@ async fn copies_the_leader(streams: FetchStreams, persistent: f64) {
             ..FetcherConfig::default()
         },
         streams,
+        throttle: None,
     };
     let running = tokio::spawn(fetcher.run(stop_rx));
 

@@ -143,6 +143,9 @@ fn error_topic(name: Option<&str>, id: Uuid, code: ResponseError) -> MetadataRes
 
 fn describe(broker: &Broker, topic: &Topic) -> MetadataResponseTopic {
     let view = broker.metadata().view();
+    // Cut off from the controller, this broker's view is stale: what it thinks it leads has
+    // moved, so it names no leader there and the client asks another broker.
+    let (me, cut_off) = (broker.node_id(), broker.metadata().cut_off());
     let ids = |nodes: &[i32]| nodes.iter().map(|&id| BrokerId(id)).collect::<Vec<_>>();
     let partitions = match view
         .topics
@@ -160,14 +163,19 @@ fn describe(broker: &Broker, topic: &Topic) -> MetadataResponseTopic {
                     .copied()
                     .filter(|r| view.brokers.get(r).is_none_or(|b| b.fenced))
                     .collect();
+                let leader = if cut_off && p.leader == me {
+                    -1
+                } else {
+                    p.leader
+                };
                 let partition = MetadataResponsePartition::default()
                     .with_partition_index(index as i32)
-                    .with_leader_id(BrokerId(p.leader))
+                    .with_leader_id(BrokerId(leader))
                     .with_leader_epoch(p.leader_epoch)
                     .with_replica_nodes(ids(&p.replicas))
                     .with_isr_nodes(ids(&p.isr))
                     .with_offline_replicas(ids(&offline));
-                if p.leader < 0 {
+                if leader < 0 {
                     partition.with_error_code(ResponseError::LeaderNotAvailable.code())
                 } else {
                     partition

@@ -27,6 +27,7 @@ mod offset_delete;
 mod offset_fetch;
 mod offset_for_leader_epoch;
 mod produce;
+mod quorum;
 mod sync_group;
 
 use std::net::SocketAddr;
@@ -104,6 +105,15 @@ pub async fn dispatch(
                 list_partition_reassignments::handle(broker, r).await,
             ))
         }
+        RequestKind::DescribeQuorum(r) => Some(ResponseKind::DescribeQuorum(
+            quorum::describe(broker, r).await,
+        )),
+        RequestKind::AddRaftVoter(r) => Some(ResponseKind::AddRaftVoter(
+            quorum::add_voter(broker, r).await,
+        )),
+        RequestKind::RemoveRaftVoter(r) => Some(ResponseKind::RemoveRaftVoter(
+            quorum::remove_voter(broker, r).await,
+        )),
         RequestKind::DescribeCluster(r) => Some(ResponseKind::DescribeCluster(
             cluster::describe_cluster(broker, r),
         )),
@@ -182,6 +192,9 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::DescribeLogDirs => "DescribeLogDirs",
         ApiKey::DescribeCluster => "DescribeCluster",
+        ApiKey::DescribeQuorum => "DescribeQuorum",
+        ApiKey::AddRaftVoter => "AddRaftVoter",
+        ApiKey::RemoveRaftVoter => "RemoveRaftVoter",
         ApiKey::FindCoordinator => "FindCoordinator",
         ApiKey::JoinGroup => "JoinGroup",
         ApiKey::SyncGroup => "SyncGroup",

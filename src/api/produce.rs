@@ -23,6 +23,8 @@ pub async fn handle(
     let mut responses = Vec::with_capacity(request.topic_data.len());
     // acks=all: (topic, partition response) indexes, the partition and the offset to pass.
     let mut unreplicated = Vec::new();
+    // Cut off from the controller for a session timeout: another broker leads by now.
+    let cut_off = broker.metadata().cut_off();
     for topic_data in request.topic_data {
         let name = topic_data.name.0.to_string();
         let topic = broker.topic(&name);
@@ -39,6 +41,11 @@ pub async fn handle(
                 Err(ApiError::new(
                     ResponseError::InvalidTopicException,
                     format!("cannot append to internal topic {name}"),
+                ))
+            } else if cut_off {
+                Err(ApiError::new(
+                    ResponseError::NotLeaderOrFollower,
+                    "this broker has lost its session with the controller: its leaderships have moved",
                 ))
             } else if !matches!(acks, -1..=1) {
                 Err(ApiError::new(

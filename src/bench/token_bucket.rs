@@ -1,5 +1,5 @@
-//! Token bucket for `--rate`: bytes per second with a small burst. Time is passed in, so the
-//! tests move it by hand.
+//! Token bucket for `--rate` and for the replication throttles (`replication/throttle.rs`): bytes
+//! per second with a small burst. Time is passed in, so the tests move it by hand.
 
 use std::time::{Duration, Instant};
 

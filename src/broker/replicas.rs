@@ -14,8 +14,9 @@ use super::Broker;
 use crate::cluster::peer::{PeerEndpoint, PeerStream};
 use crate::metadata::quorum::isr::AlterPartition;
 use crate::partition::Partition;
-use crate::replication::fetcher::{FetchStreams, Fetcher, FetcherConfig};
+use crate::replication::fetcher::{Applies, FetchStreams, Fetcher, FetcherConfig};
 use crate::replication::service::{ReplicaHost, ReplicaService};
+use crate::replication::throttle::Throttle;
 use crate::replication::SERVICE;
 
 /// The peer endpoint followers fetch through, and the broker's shutdown their loops end with.
@@ -24,6 +25,8 @@ pub struct Replication {
     shutdown: watch::Receiver<bool>,
     /// The stream to each leader under `strata.replica.fetch.streams=pair` (a benchmark knob).
     pair_streams: Mutex<HashMap<i32, SharedStream>>,
+    /// `follower.replication.throttled.rate`, shared by this broker's throttled fetchers.
+    throttle: Option<Arc<Throttle>>,
 }
 
 type SharedStream = Arc<tokio::sync::Mutex<Option<PeerStream>>>;
@@ -90,12 +93,16 @@ impl Broker {
             SERVICE,
             Arc::new(ReplicaService {
                 host: Arc::downgrade(&host),
+                node_id: self.node_id(),
+                throttle: Throttle::new(self.config.broker.leader_replication_throttled_rate),
             }),
         );
         let _ = self.replication.set(Replication {
             endpoint,
             shutdown,
             pair_streams: Mutex::new(HashMap::new()),
+            throttle: Throttle::new(self.config.broker.follower_replication_throttled_rate)
+                .map(Arc::new),
         });
     }
 
@@ -156,6 +163,19 @@ impl Broker {
                 "request" => FetchStreams::Request,
                 _ => FetchStreams::Partition,
             },
+            throttle: replication.throttle.clone().map(|throttle| {
+                let (metadata, me, p) = (self.metadata.clone(), self.node_id(), p.clone());
+                let throttled: Applies = Arc::new(move || {
+                    let listed = p.config().follower_throttled_replicas;
+                    crate::config::kind::lists_replica(&listed, p.index, me)
+                        && !metadata.view().topics.get(&p.topic).is_some_and(|t| {
+                            t.partitions
+                                .get(p.index as usize)
+                                .is_some_and(|s| s.isr.contains(&me))
+                        })
+                });
+                (throttle, throttled)
+            }),
         };
         let shutdown = replication.shutdown.clone();
         let name = format!("{}-{}", p.topic, p.index);
@@ -310,5 +330,10 @@ impl Broker {
             0.0
         });
         metrics::gauge!("strata_active_controller").set(if controller { 1.0 } else { 0.0 });
+        metrics::gauge!("strata_broker_cut_off").set(if self.metadata.cut_off() {
+            1.0
+        } else {
+            0.0
+        });
     }
 }

@@ -67,6 +67,8 @@ pub const BROKER_DEFS: &[BrokerDef] = &[
     BrokerDef { name: "replica.fetch.wait.max.ms", kind: Kind::Long { min: 0 }, default: "500", doc: "How long a leader holds a follower's fetch while there is nothing new." },
     BrokerDef { name: "replica.high.watermark.checkpoint.interval.ms", kind: Kind::Long { min: 10 }, default: "5000", doc: "How often every partition's high watermark is written to the data dir; a restarted partition opens at min(checkpoint, log end)." },
     BrokerDef { name: "strata.replica.fetch.streams", kind: Kind::Choice(&["partition", "pair", "request"]), default: "partition", doc: "A benchmark knob, not a tuning setting: which QUIC stream a follower's replica fetches take to a leader. partition (the design): one persistent, ordered stream per followed partition. pair: one stream per broker pair, shared by all the partitions a follower fetches from that leader, fetches one at a time. request: a new stream per fetch." },
+    BrokerDef { name: "leader.replication.throttled.rate", kind: Kind::Long { min: 1 }, default: "9223372036854775807", doc: "Bytes per second this broker serves, as leader, to out-of-sync replicas its topics list in leader.replication.throttled.replicas (KIP-73). Static in strata (Kafka sets it dynamically): restart to change it." },
+    BrokerDef { name: "follower.replication.throttled.rate", kind: Kind::Long { min: 1 }, default: "9223372036854775807", doc: "Bytes per second this broker fetches, as an out-of-sync follower, for replicas its topics list in follower.replication.throttled.replicas (KIP-73). Static in strata: restart to change it." },
     BrokerDef { name: "replica.fetch.max.bytes", kind: Kind::Int { min: 1, max: I32_MAX }, default: "1048576", doc: "Bytes a follower asks for per partition and fetch (at least one batch is sent)." },
     BrokerDef { name: "broker.session.timeout.ms", kind: Kind::Long { min: 100 }, default: "9000", doc: "A broker whose heartbeats the controller has not had for this long is fenced: it leads nothing and leaves Metadata until it registers again." },
     BrokerDef { name: "strata.metadata.snapshot.entries", kind: Kind::Long { min: 10 }, default: "10000", doc: "The metadata quorum snapshots its state every this many log entries and purges the log behind the snapshot; a node that lags further installs the leader's snapshot." },
@@ -124,6 +126,8 @@ pub struct BrokerSettings {
     pub leader_imbalance_per_broker_percentage: u32,
     pub replica_fetch_wait_max_ms: u64,
     pub replica_fetch_max_bytes: usize,
+    pub leader_replication_throttled_rate: i64,
+    pub follower_replication_throttled_rate: i64,
     /// partition | pair | request (a benchmark knob).
     pub replica_fetch_streams: String,
     pub replica_high_watermark_checkpoint_interval_ms: u64,
@@ -225,6 +229,8 @@ impl BrokerSettings {
             )) as u32,
             replica_fetch_wait_max_ms: int(get("replica.fetch.wait.max.ms")) as u64,
             replica_fetch_max_bytes: int(get("replica.fetch.max.bytes")) as usize,
+            leader_replication_throttled_rate: int(get("leader.replication.throttled.rate")),
+            follower_replication_throttled_rate: int(get("follower.replication.throttled.rate")),
             replica_fetch_streams: get("strata.replica.fetch.streams").to_string(),
             replica_high_watermark_checkpoint_interval_ms: int(get(
                 "replica.high.watermark.checkpoint.interval.ms",

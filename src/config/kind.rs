@@ -14,6 +14,9 @@ pub enum Kind {
     Choice(&'static [&'static str]),
     /// Kafka's `max.connections.per.ip.overrides`: comma-separated `ip:count` (a LIST).
     IpCounts,
+    /// Kafka's `*.replication.throttled.replicas`: empty, `*`, or a comma-separated list of
+    /// `partition:broker` (a LIST).
+    ReplicaList,
     /// A name of at most this many printable characters (`broker.rack`); empty is allowed.
     Name {
         max: usize,
@@ -29,7 +32,7 @@ impl Kind {
             Kind::Long { .. } => 5,
             Kind::Bool => 1,
             Kind::Choice(_) => 2,
-            Kind::IpCounts => 7,
+            Kind::IpCounts | Kind::ReplicaList => 7,
             Kind::Name { .. } => 2,
         }
     }
@@ -67,6 +70,17 @@ impl Kind {
                     let (ip, count) = parse_ip_count(entry)
                         .ok_or_else(|| format!("{name}: {entry:?} is not ip:count"))?;
                     entries.push(format!("{ip}:{count}"));
+                }
+                Ok(entries.join(","))
+            }
+            Kind::ReplicaList if value == "*" => Ok(value.to_string()),
+            Kind::ReplicaList => {
+                let mut entries = Vec::new();
+                for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                    let (p, b) = parse_replica(entry).ok_or_else(|| {
+                        format!("{name}: {entry:?} is not partition:broker (or the whole value *)")
+                    })?;
+                    entries.push(format!("{p}:{b}"));
                 }
                 Ok(entries.join(","))
             }
@@ -113,9 +127,40 @@ pub fn ip_counts(value: &str) -> std::collections::BTreeMap<std::net::IpAddr, us
         .collect()
 }
 
+fn parse_replica(entry: &str) -> Option<(i32, i32)> {
+    let (p, b) = entry.split_once(':')?;
+    let (p, b): (i32, i32) = (p.trim().parse().ok()?, b.trim().parse().ok()?);
+    (p >= 0 && b >= 0).then_some((p, b))
+}
+
+/// Whether a [`Kind::ReplicaList`] value lists replica `partition:broker`.
+pub fn lists_replica(value: &str, partition: i32, broker: i32) -> bool {
+    value == "*"
+        || value
+            .split(',')
+            .filter_map(|e| parse_replica(e.trim()))
+            .any(|r| r == (partition, broker))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replica_lists() {
+        let kind = Kind::ReplicaList;
+        assert_eq!(kind.check("x", "").unwrap(), "");
+        assert_eq!(kind.check("x", " * ").unwrap(), "*");
+        let v = kind.check("x", "0:1, 1:2,").unwrap();
+        assert_eq!(v, "0:1,1:2");
+        assert!(lists_replica(&v, 1, 2));
+        assert!(!lists_replica(&v, 1, 1));
+        assert!(lists_replica("*", 7, 3));
+        assert!(!lists_replica("", 0, 1));
+        assert!(kind.check("x", "0:-1").is_err());
+        assert!(kind.check("x", "0").is_err());
+        assert!(kind.check("x", "*,0:1").is_err());
+    }
 
     #[test]
     fn ip_count_lists() {

@@ -28,6 +28,8 @@ pub const TOPIC_DEFS: &[TopicDef] = &[
     TopicDef { name: "compression.type", kind: Kind::Choice(&["producer", "gzip", "snappy", "lz4", "zstd", "uncompressed"]), broker_default: "", doc: "Only producer: batches are stored as the producer sent them, never re-compressed." },
     TopicDef { name: "flush.messages", kind: Kind::Long { min: 1 }, broker_default: "log.flush.interval.messages", doc: "fsync after this many messages since the last fsync." },
     TopicDef { name: "flush.ms", kind: Kind::Long { min: 0 }, broker_default: "log.flush.interval.ms", doc: "fsync when the oldest unflushed message is this old." },
+    TopicDef { name: "follower.replication.throttled.replicas", kind: Kind::ReplicaList, broker_default: "", doc: "Replicas that fetch within follower.replication.throttled.rate while they are out of sync: partition:broker pairs (the broker that follows) or *." },
+    TopicDef { name: "leader.replication.throttled.replicas", kind: Kind::ReplicaList, broker_default: "", doc: "Replicas whose fetches this topic's leaders serve within leader.replication.throttled.rate while they are out of sync: partition:broker pairs (the broker that leads) or *." },
     TopicDef { name: "local.retention.bytes", kind: Kind::Long { min: -2 }, broker_default: "log.local.retention.bytes", doc: "Bytes of offloaded segments kept on local disk; -2 = retention.bytes." },
     TopicDef { name: "local.retention.ms", kind: Kind::Long { min: -2 }, broker_default: "log.local.retention.ms", doc: "Age after which offloaded segments leave local disk; -2 = retention.ms." },
     TopicDef { name: "max.message.bytes", kind: Kind::Int { min: 0, max: I32_MAX }, broker_default: "message.max.bytes", doc: "Largest record batch (compressed, as sent)." },
@@ -89,6 +91,10 @@ pub struct TopicConfig {
     pub local_retention_ms: i64,
     /// Resolved: -2 became retention.bytes.
     pub local_retention_bytes: i64,
+    /// `leader.replication.throttled.replicas`, normalised (see `kind::lists_replica`).
+    pub leader_throttled_replicas: String,
+    /// `follower.replication.throttled.replicas`, normalised.
+    pub follower_throttled_replicas: String,
 }
 
 /// Effective value of `def`: the override, else the broker default, else the fixed default.
@@ -141,6 +147,8 @@ impl TopicConfig {
                 -2 => int(&get("retention.bytes")),
                 v => v,
             },
+            leader_throttled_replicas: get("leader.replication.throttled.replicas"),
+            follower_throttled_replicas: get("follower.replication.throttled.replicas"),
         }
     }
 

@@ -113,6 +113,12 @@ pub trait Metadata: Send + Sync {
         None
     }
 
+    /// Whether this broker has gone a session timeout without the controller acknowledging
+    /// its heartbeats: it no longer answers as a leader (see `Quorum::cut_off`).
+    fn cut_off(&self) -> bool {
+        false
+    }
+
     /// Snapshots installed from the leader since start: how a node that fell behind the
     /// leader's purged log caught up.
     fn snapshots_installed(&self) -> u64 {
@@ -207,6 +213,21 @@ pub trait Metadata: Send + Sync {
     async fn read_barrier(&self) -> Result<(), MetadataError> {
         Ok(())
     }
+
+    /// (voters, learners) of the metadata quorum's membership as this node has it: Kafka's
+    /// `number-of-voters` / `number-of-observers` raft metrics (KIP-853).
+    fn quorum_size(&self) -> (usize, usize) {
+        (1, 0)
+    }
+
+    /// DescribeQuorum (KIP-595/853): the metadata quorum's voters and learners as its leader
+    /// sees them.
+    async fn describe_quorum(&self) -> Result<quorum::voters::QuorumStatus, MetadataError>;
+
+    /// AddRaftVoter / RemoveRaftVoter (KIP-853), carried out by the quorum's leader
+    /// (`quorum/voters.rs`).
+    async fn change_voters(&self, change: quorum::voters::VoterChange)
+        -> Result<(), MetadataError>;
 
     /// A block of `count` producer ids, never handed out before (KIP-730's blocks).
     async fn allocate_producer_ids(&self, count: i64) -> Result<Range<i64>, MetadataError>;

@@ -322,6 +322,11 @@ impl Partition {
         }
     }
 
+    /// Whether `broker` is in the ISR while this broker leads.
+    pub fn isr_contains(&self, broker: i32) -> bool {
+        matches!(&self.read_state().role, Role::Leader { isr, .. } if isr.contains(&broker))
+    }
+
     /// Waits until the high watermark passes `last_offset` (acks=all), up to `timeout`, or
     /// until the ISR falls below min.insync.replicas or this broker stops leading (woken by
     /// role changes too).

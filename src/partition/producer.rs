@@ -89,16 +89,11 @@ impl ProducerStates {
         }
         let first = header.base_sequence;
         let Some(entry) = self.producers.get(&pid) else {
-            // Unknown producer: a fresh one starts at sequence 0.
-            return if first == 0 {
-                Ok(SequenceCheck::Append)
-            } else {
-                Err(SequenceError::OutOfOrder {
-                    producer_id: pid,
-                    expected: 0,
-                    got: first,
-                })
-            };
+            // Unknown producer: new, or its state is gone (expired, or its batches were
+            // deleted by retention or DeleteRecords). As Kafka since 2.5 (KIP-360), any
+            // sequence is accepted: refusing it would make the client bump its epoch and
+            // re-send what it had in flight, which may already be in the log.
+            return Ok(SequenceCheck::Append);
         };
         if header.producer_epoch < entry.epoch {
             return Err(SequenceError::StaleEpoch {
@@ -118,6 +113,11 @@ impl ProducerStates {
                     got: first,
                 })
             };
+        }
+        if entry.batches.is_empty() {
+            // The epoch is known but not the next sequence: every batch this partition
+            // remembered of the producer was truncated away. Accepted, as Kafka does.
+            return Ok(SequenceCheck::Append);
         }
         let last = header.last_sequence();
         if let Some(dup) = entry
@@ -177,12 +177,14 @@ impl ProducerStates {
         before - self.producers.len()
     }
 
-    /// Drops batches at or above `offset` (after the log was truncated there).
+    /// Drops batches at or above `offset` (after the log was truncated there). A producer
+    /// whose every remembered batch is cut stays known by its epoch, with no sequence: its
+    /// retries of the cut batches are new data again, whatever their sequence, while an older
+    /// epoch stays fenced.
     pub fn truncate(&mut self, offset: i64) {
         for entry in self.producers.values_mut() {
             entry.batches.retain(|b| b.last_offset < offset);
         }
-        self.producers.retain(|_, e| !e.batches.is_empty());
     }
 }
 
@@ -302,12 +304,12 @@ mod tests {
         ));
         assert_eq!(s.check(&header(7, 1, 0, 1, -1)), Ok(SequenceCheck::Append));
         assert!(s.check(&header(7, 1, 4, 1, -1)).is_err());
-        // Unknown producers must start at 0.
-        assert!(s.check(&header(8, 0, 1, 1, -1)).is_err());
+        // An unknown producer (new, or its state gone) may start anywhere, as in Kafka 2.5+.
+        assert_eq!(s.check(&header(8, 0, 1, 1, -1)), Ok(SequenceCheck::Append));
     }
 
     #[test]
-    fn only_five_batches_are_remembered_and_truncate_forgets() {
+    fn only_five_batches_are_remembered_and_truncate_forgets_sequences_not_epochs() {
         let mut s = ProducerStates::default();
         for i in 0..8 {
             s.record(&header(1, 0, i, 1, i as i64), 0);
@@ -322,6 +324,17 @@ mod tests {
         );
         s.truncate(6);
         assert_eq!(s.check(&header(1, 0, 6, 1, -1)), Ok(SequenceCheck::Append));
+        // Every remembered batch cut: the producer keeps its epoch, any sequence of it is
+        // new data, an older epoch is still refused.
+        s.record(&header(1, 2, 0, 1, 6), 0);
+        s.truncate(6);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.check(&header(1, 2, 0, 1, -1)), Ok(SequenceCheck::Append));
+        assert_eq!(s.check(&header(1, 2, 4, 1, -1)), Ok(SequenceCheck::Append));
+        assert!(matches!(
+            s.check(&header(1, 1, 7, 1, -1)),
+            Err(SequenceError::StaleEpoch { .. })
+        ));
     }
 
     #[test]

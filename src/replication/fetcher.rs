@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::throttle::Throttle;
 use super::{decode_answer, AnswerHeader, FetchRequest, SERVICE};
 use crate::cluster::peer::{PeerEndpoint, PeerError, PeerStream};
 use crate::partition::{Partition, Role};
@@ -69,7 +70,13 @@ pub struct Fetcher {
     pub broker_epoch: Arc<dyn Fn() -> u64 + Send + Sync>,
     pub config: FetcherConfig,
     pub streams: FetchStreams,
+    /// `follower.replication.throttled.rate`'s bucket, with whether it applies to this
+    /// partition now (listed in `follower.replication.throttled.replicas`, out of sync).
+    pub throttle: Option<(Arc<Throttle>, Applies)>,
 }
+
+/// Whether the follower throttle applies to a fetcher's partition now.
+pub type Applies = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl Fetcher {
     fn following(&self) -> bool {
@@ -107,10 +114,22 @@ impl Fetcher {
                 _ = stop.changed() => return Stopped::Stop,
                 answer = self.fetch(&mut stream, &body, deadline) => answer,
             };
+            let mut fetched = 0;
             let outcome = match answer.map_err(|e| e.to_string()).and_then(decode_answer) {
-                Ok(answer) => self.apply(answer).await,
+                Ok(answer) => {
+                    fetched = answer.1.len();
+                    self.apply(answer).await
+                }
                 Err(e) => Err(e),
             };
+            if let Some((throttle, applies)) = &self.throttle {
+                if fetched > 0 && applies() {
+                    tokio::select! {
+                        _ = stop.changed() => return Stopped::Stop,
+                        _ = throttle.pay(fetched, "follower") => {}
+                    }
+                }
+            }
             match outcome {
                 Ok(None) => {}
                 Ok(Some(stopped)) => return stopped,
@@ -161,6 +180,11 @@ impl Fetcher {
             } => {
                 p.append_as_follower(&records, self.epoch, high_watermark, now_ms)
                     .map_err(|e| e.to_string())?;
+                // flush.messages / flush.ms hold on followers too, before the next fetch
+                // reports the new log end to the leader (as Kafka's follower append does):
+                // with flush.messages=1 an acknowledged record is on disk on every replica
+                // the high watermark counted.
+                p.maybe_flush(now_ms).await.map_err(|e| e.to_string())?;
                 p.note_leader_manifest(manifest_version);
                 p.follow_leader_log_start(log_start_offset)
                     .await

@@ -19,6 +19,7 @@
 
 pub mod fetcher;
 pub mod service;
+pub mod throttle;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use uuid::Uuid;
 
+use super::throttle::Throttle;
 use super::{encode_answer, AnswerHeader, FetchRequest};
 use crate::cluster::peer::Service;
 use crate::partition::follower::{FollowerError, ReplicaAnswer, ReplicaFetch};
@@ -44,6 +45,10 @@ pub trait ReplicaHost: Send + Sync {
 
 pub struct ReplicaService {
     pub host: Weak<dyn ReplicaHost>,
+    /// This broker's id, to match `leader.replication.throttled.replicas`.
+    pub node_id: i32,
+    /// `leader.replication.throttled.rate`; `None` when unlimited.
+    pub throttle: Option<Throttle>,
 }
 
 #[async_trait::async_trait]
@@ -53,7 +58,14 @@ impl Service for ReplicaService {
             serde_json::from_slice(&body).map_err(|e| format!("a replica fetch: {e}"))?;
         let host = self.host.upgrade().ok_or("the broker is shutting down")?;
         let (header, records) = match answer(&*host, from, &request).await {
-            Ok(answer) => answer,
+            Ok((header, records, partition)) => {
+                if let Some(throttle) = &self.throttle {
+                    if !records.is_empty() && throttles(&partition, self.node_id, from) {
+                        throttle.pay(records.len(), "leader").await;
+                    }
+                }
+                (header, records)
+            }
             Err(code) => (
                 AnswerHeader::Error {
                     code: code.code(),
@@ -64,6 +76,14 @@ impl Service for ReplicaService {
         };
         Ok(encode_answer(&header, &records))
     }
+}
+
+/// Whether a fetch of `partition` by `follower` counts against the leader's throttle: the
+/// topic lists the partition on this leader, and the follower is out of sync.
+fn throttles(partition: &Partition, node_id: i32, follower: i32) -> bool {
+    let listed = partition.config().leader_throttled_replicas;
+    crate::config::kind::lists_replica(&listed, partition.index, node_id)
+        && !partition.isr_contains(follower)
 }
 
 fn error(e: FollowerError) -> ResponseError {
@@ -80,7 +100,7 @@ async fn answer(
     host: &dyn ReplicaHost,
     from: i32,
     request: &FetchRequest,
-) -> Result<(AnswerHeader, Bytes), ResponseError> {
+) -> Result<(AnswerHeader, Bytes, Arc<Partition>), ResponseError> {
     host.check_follower(
         from,
         request.broker_epoch,
@@ -98,12 +118,12 @@ async fn answer(
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(request.wait_ms).min(MAX_WAIT);
     let mut log_end = partition.subscribe_log_end();
-    loop {
+    let (header, records) = loop {
         log_end.borrow_and_update();
         let answer = partition
             .replica_fetch(from, &fetch, host.now_ms())
             .map_err(error)?;
-        return Ok(match answer {
+        break match answer {
             ReplicaAnswer::Records { records, .. }
                 if records.is_empty() && tokio::time::Instant::now() < deadline =>
             {
@@ -117,11 +137,12 @@ async fn answer(
                 let answer = partition
                     .replica_fetch(from, &fetch, host.now_ms())
                     .map_err(error)?;
-                return Ok(split(answer));
+                break split(answer);
             }
             other => split(other),
-        });
-    }
+        };
+    };
+    Ok((header, records, partition))
 }
 
 fn split(answer: ReplicaAnswer) -> (AnswerHeader, Bytes) {

@@ -63,6 +63,9 @@ pub async fn serve(
                     // Per-partition gauges are read at scrape time so they are never stale.
                     if let Some(broker) = broker {
                         broker.record_replica_health();
+                        let (voters, learners) = broker.metadata().quorum_size();
+                        metrics::gauge!("strata_metadata_quorum_voters").set(voters as f64);
+                        metrics::gauge!("strata_metadata_quorum_learners").set(learners as f64);
                         for topic in broker.topics() {
                             for partition in &topic.partitions {
                                 crate::telemetry::record_partition(partition);

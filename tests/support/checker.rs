@@ -88,11 +88,21 @@ impl History {
     }
 }
 
-/// A partition's final log: its start and (offset, value) from there, in log order.
+/// A partition's final log: its start and (offset, value) from there, in log order, with the
+/// producer stamp of each record where the reader kept it.
 #[derive(Debug, Clone, Default)]
 pub struct FinalLog {
     pub log_start: i64,
     pub records: Vec<(i64, String)>,
+    pub stamps: BTreeMap<i64, Stamp>,
+}
+
+/// Who wrote a record: the producer id and epoch of its batch and the record's sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stamp {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub sequence: i32,
 }
 
 #[derive(Debug, Default)]
@@ -112,6 +122,7 @@ pub enum Anomaly {
     Duplicated {
         value: String,
         at: Vec<(i32, i64)>,
+        stamps: Vec<Option<Stamp>>,
     },
     Moved {
         value: String,
@@ -145,6 +156,12 @@ pub enum Anomaly {
 pub struct Report {
     pub counts: BTreeMap<&'static str, u64>,
     pub anomalies: Vec<Anomaly>,
+    /// Acknowledged values written twice by one producer under two producer epochs: the client
+    /// re-sent a possibly persisted batch after bumping its epoch, which no broker can tell
+    /// from new data (Kafka's sequences restart with each epoch). librdkafka does this when a
+    /// later in-flight request of the partition meets OUT_OF_ORDER_SEQUENCE_NUMBER
+    /// (confluentinc/librdkafka#4953); reported apart, with the copies' stamps.
+    pub client_resends: Vec<Anomaly>,
 }
 
 impl Report {
@@ -163,6 +180,11 @@ impl Report {
         for a in &self.anomalies {
             out.push_str(&format!("\n  {a:?}"));
         }
+        for a in &self.client_resends {
+            out.push_str(&format!(
+                "\n  client re-send under a new producer epoch: {a:?}"
+            ));
+        }
         out
     }
 }
@@ -171,6 +193,7 @@ pub fn check(history: &History, last: &Final) -> Report {
     let mut report = Report::default();
     let mut count = |class: &'static str| *report.counts.entry(class).or_default() += 1;
     let mut anomalies = Vec::new();
+    let mut client_resends = Vec::new();
 
     // Where each value is in the final logs; offsets dense from each log start.
     let mut found: HashMap<&str, Vec<(i32, i64)>> = HashMap::new();
@@ -204,10 +227,21 @@ pub fn check(history: &History, last: &Final) -> Report {
         if at.len() > 1 {
             // A producer without idempotence (the acks=1 stream) may write a retry twice.
             if s.acks_all {
-                anomalies.push(Anomaly::Duplicated {
+                let stamps: Vec<Option<Stamp>> = at
+                    .iter()
+                    .map(|(p, o)| last.logs.get(p).and_then(|l| l.stamps.get(o)).copied())
+                    .collect();
+                let duplicate = Anomaly::Duplicated {
                     value: s.value.clone(),
                     at: at.to_vec(),
-                });
+                    stamps: stamps.clone(),
+                };
+                if resent_under_new_epoch(&stamps) {
+                    count("acknowledged, re-sent by the client under a new producer epoch");
+                    client_resends.push(duplicate);
+                } else {
+                    anomalies.push(duplicate);
+                }
             } else {
                 count("acks=1, duplicated");
             }
@@ -294,7 +328,23 @@ pub fn check(history: &History, last: &Final) -> Report {
     }
     anomalies.sort();
     report.anomalies = anomalies;
+    report.client_resends = client_resends;
     report
+}
+
+/// Whether every copy of a value carries a stamp of the same producer id, each copy under a
+/// different producer epoch: a broker deduplicates retries only within an epoch.
+fn resent_under_new_epoch(stamps: &[Option<Stamp>]) -> bool {
+    let Some(stamps) = stamps.iter().copied().collect::<Option<Vec<Stamp>>>() else {
+        return false;
+    };
+    let mut epochs: Vec<i16> = stamps.iter().map(|s| s.producer_epoch).collect();
+    epochs.sort_unstable();
+    epochs.dedup();
+    stamps
+        .iter()
+        .all(|s| s.producer_id == stamps[0].producer_id)
+        && epochs.len() == stamps.len()
 }
 
 #[cfg(test)]
@@ -341,6 +391,7 @@ mod tests {
                 FinalLog {
                     log_start: 0,
                     records: vec![(0, "a".into()), (1, "b".into()), (2, "c".into())],
+                    stamps: BTreeMap::new(),
                 },
             )]),
             committed: BTreeMap::from([(("g".to_string(), 0), 3)]),
@@ -366,6 +417,38 @@ mod tests {
     }
 
     #[test]
+    fn a_value_the_client_resent_under_a_new_producer_epoch_is_reported_apart() {
+        let (history, mut last) = clean();
+        let log = last.logs.get_mut(&0).unwrap();
+        log.records.push((3, "b".into()));
+        log.stamps.extend([
+            (
+                1,
+                Stamp {
+                    producer_id: 7,
+                    producer_epoch: 0,
+                    sequence: 1,
+                },
+            ),
+            (
+                3,
+                Stamp {
+                    producer_id: 7,
+                    producer_epoch: 1,
+                    sequence: 0,
+                },
+            ),
+        ]);
+        let report = check(&history, &last);
+        assert!(report.is_clean(), "{}", report.summary());
+        assert_eq!(report.client_resends.len(), 1, "{}", report.summary());
+        assert_eq!(
+            report.counts["acknowledged, re-sent by the client under a new producer epoch"],
+            1
+        );
+    }
+
+    #[test]
     fn every_anomaly_is_flagged() {
         // Lost: b gone, c moved down to close the hole would be reordered; keep offsets dense
         // by losing the last one.
@@ -383,6 +466,23 @@ mod tests {
         log.extend([(3, "x".to_string()), (4, "x".to_string())]);
         assert!(
             matches!(one_anomaly(&history, &last), Anomaly::Duplicated { ref value, .. } if value == "x")
+        );
+
+        // Duplicated under one producer epoch: a retry the broker should have deduplicated.
+        let (history, mut last) = clean();
+        let log = last.logs.get_mut(&0).unwrap();
+        log.records.push((3, "a".into()));
+        let stamp = |sequence| Stamp {
+            producer_id: 7,
+            producer_epoch: 0,
+            sequence,
+        };
+        log.stamps.extend([(0, stamp(0)), (3, stamp(0))]);
+        let report = check(&history, &last);
+        assert!(
+            matches!(report.anomalies[..], [Anomaly::Duplicated { ref value, .. }] if value == "a"),
+            "{}",
+            report.summary()
         );
 
         // Phantom: a value never sent.

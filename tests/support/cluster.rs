@@ -197,7 +197,19 @@ pub async fn create_topic(addr: &str, name: &str, partitions: i32, rf: i16) -> i
 /// CreateTopics of one topic with its replicas named (partition i on `assignments[i]`, the
 /// first the preferred leader); its error code.
 pub async fn create_assigned(addr: &str, name: &str, assignments: &[Vec<i32>]) -> i16 {
-    use kafka_protocol::messages::create_topics_request::CreatableReplicaAssignment;
+    create_assigned_with(addr, name, assignments, &[]).await
+}
+
+/// [`create_assigned`] with topic configs.
+pub async fn create_assigned_with(
+    addr: &str,
+    name: &str,
+    assignments: &[Vec<i32>],
+    configs: &[(&str, &str)],
+) -> i16 {
+    use kafka_protocol::messages::create_topics_request::{
+        CreatableReplicaAssignment, CreatableTopicConfig,
+    };
     let mut conn = KafkaConn::connect(addr).await;
     let assignments = assignments
         .iter()
@@ -214,7 +226,17 @@ pub async fn create_assigned(addr: &str, name: &str, assignments: &[Vec<i32>]) -
             .with_name(topic_name(name))
             .with_num_partitions(-1)
             .with_replication_factor(-1)
-            .with_assignments(assignments)]);
+            .with_assignments(assignments)
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        CreatableTopicConfig::default()
+                            .with_name(k.to_string().into())
+                            .with_value(Some(v.to_string().into()))
+                    })
+                    .collect(),
+            )]);
     let r: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 5, &request).await;
     r.topics[0].error_code
 }

@@ -25,6 +25,12 @@ pub fn producer(bootstrap: &str, acks: &str, message_timeout_ms: u64) -> FutureP
         )
         .set("linger.ms", "5")
         .set("message.timeout.ms", message_timeout_ms.to_string())
+        // A leader paused (SIGSTOP) or cut off from its peers keeps the client's requests
+        // unanswered: an idempotent producer sends nothing to the new leader until they end
+        // (librdkafka's leader-change drain), after socket.timeout.ms (60 s by default) or the
+        // broker's request.timeout.ms (30 s). The harness's failovers take seconds; so do these.
+        .set("socket.timeout.ms", "5000")
+        .set("request.timeout.ms", "4000")
         .set("topic.metadata.refresh.interval.ms", "1000")
         // Brokers killed on purpose: the client's connection errors are expected.
         .set_log_level(rdkafka::config::RDKafkaLogLevel::Critical)
@@ -256,6 +262,16 @@ pub async fn read_partition(addr: &str, topic: &str, partition: i32) -> FinalLog
                 if offset >= next {
                     let value = String::from_utf8(r.value.unwrap_or_default()).unwrap();
                     out.records.push((offset, value));
+                    if header.producer_id >= 0 {
+                        out.stamps.insert(
+                            offset,
+                            crate::checker::Stamp {
+                                producer_id: header.producer_id,
+                                producer_epoch: header.producer_epoch,
+                                sequence: header.base_sequence.wrapping_add(r.offset_delta),
+                            },
+                        );
+                    }
                 }
             }
             next = header.last_offset() + 1;

@@ -549,3 +549,25 @@ pub async fn read_offsets(conn: &mut KafkaConn, topic: &str, from: i64, until: i
     }
     offsets
 }
+
+/// The `strata` binary run with `args`, off the runtime: (stdout, stderr, success).
+#[allow(clippy::disallowed_methods)] // a test's own blocking work, no broker metrics scope
+pub async fn strata_cli(args: Vec<String>) -> (String, String, bool) {
+    tokio::task::spawn_blocking(move || {
+        // option_env: examples include this module too, where Cargo builds no binary for them.
+        let Some(binary) = option_env!("CARGO_BIN_EXE_strata") else {
+            panic!("strata_cli runs in integration tests only");
+        };
+        let out = std::process::Command::new(binary)
+            .args(&args)
+            .output()
+            .expect("run strata");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            out.status.success(),
+        )
+    })
+    .await
+    .unwrap()
+}

@@ -1,8 +1,9 @@
 //! The nemesis of a fault run (cluster issue C): seeded, one broker faulty at a time, every
 //! action logged with its time. Each fault targets the broker Metadata names, just before it,
 //! as leader of a partition chosen for it (or the controller), after that partition took at
-//! least `min_window` acknowledged writes since the last fault; it then heals (restart,
-//! SIGCONT, reconnect) and waits until every ISR is whole again. What each fault did is kept
+//! least `min_window` acknowledged writes since the last fault; it is held (6 s, longer until
+//! the cluster took `min_window` writes during it) and then healed (restart, SIGCONT,
+//! reconnect), and the nemesis waits until every ISR is whole again. What each fault did is kept
 //! for the no-vacuous-pass checks and the report.
 
 #![allow(dead_code)]
@@ -185,6 +186,14 @@ impl Nemesis {
                     chosen = Some(partition);
                 }
             }
+            if matches!(kind, Kind::IsolateLeader | Kind::IsolateLeaderOneWay) {
+                // A leader that is not the controller (the cut-off controller is a known
+                // stall: see README, "Fault runs"); waits for one if the controller leads
+                // every partition (the preferred-leader rebalance spreads them again).
+                chosen = (0..self.partitions)
+                    .map(|i| (partition + i) % self.partitions)
+                    .find(|&p| leaders.get(p as usize).is_some_and(|l| l.0 != controller));
+            }
             let acked = load.partition_counts(chosen.unwrap_or(partition)).1;
             if let Some(p) = chosen {
                 let (leader, epoch, _) = leaders[p as usize];
@@ -221,11 +230,13 @@ impl Nemesis {
                 }
                 self.until_new_leader(cluster, partition, epoch_before)
                     .await;
+                self.until_writes_during(load, acked_at_start).await;
                 cluster.start_node(target);
             }
             Kind::PauseLeader => {
                 cluster.pause(target);
                 tokio::time::sleep(self.hold).await;
+                self.until_writes_during(load, acked_at_start).await;
                 cluster.resume(target);
             }
             Kind::KillTwo | Kind::PauseTwo => {
@@ -249,6 +260,7 @@ impl Nemesis {
                 let proxy = cluster.proxy.as_ref().expect("a proxied cluster");
                 proxy.isolate(target, kind == Kind::IsolateLeader);
                 tokio::time::sleep(self.hold).await;
+                self.until_writes_during(load, acked_at_start).await;
                 proxy.heal();
             }
         }
@@ -272,6 +284,16 @@ impl Nemesis {
             acked_before,
             sent_during: sent_now - sent_at_start,
             acked_during: load.acked() - acked_at_start,
+        }
+    }
+
+    /// A one-broker fault is held until the others have taken `min_window` acknowledged
+    /// writes since it began (at most 30 s more): on a loaded machine the failover can take
+    /// most of the hold, and a window without writes would prove nothing.
+    async fn until_writes_during(&self, load: &Load, acked_at_start: u64) {
+        let until = Instant::now() + Duration::from_secs(30);
+        while load.acked() - acked_at_start < self.min_window && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -67,12 +67,34 @@ impl Metadata for Quorum {
         self.state().deleting.clone()
     }
 
+    fn quorum_size(&self) -> (usize, usize) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        (
+            membership.voter_ids().count(),
+            membership.learner_ids().count(),
+        )
+    }
+
+    async fn describe_quorum(&self) -> Result<super::voters::QuorumStatus, MetadataError> {
+        Quorum::describe_quorum(self).await
+    }
+
+    async fn change_voters(&self, change: super::voters::VoterChange) -> Result<(), MetadataError> {
+        Quorum::change_voters(self, change).await
+    }
+
     fn view(&self) -> std::sync::Arc<super::state::ClusterState> {
         self.state()
     }
 
     fn broker_epoch(&self) -> Option<u64> {
         Quorum::broker_epoch(self)
+    }
+
+    fn cut_off(&self) -> bool {
+        Quorum::cut_off(self)
     }
 
     fn snapshots_installed(&self) -> u64 {

@@ -29,6 +29,9 @@ pub struct Liveness {
     /// Controller side: the term it leads in, and when each broker (at which epoch) was last
     /// heard from. A new registration starts a new session.
     sessions: Mutex<(Option<u64>, Sessions)>,
+    /// Broker side: when the controller last acknowledged this broker's heartbeat (for the
+    /// controller itself: when a quorum last acknowledged its leadership).
+    acknowledged: Mutex<Option<Instant>>,
 }
 
 impl Liveness {
@@ -38,7 +41,13 @@ impl Liveness {
             session,
             registered: Mutex::new(None),
             sessions: Mutex::new((None, HashMap::new())),
+            acknowledged: Mutex::new(None),
         }
+    }
+
+    fn acknowledged_at(&self, at: Instant) {
+        let mut last = self.acknowledged.lock().expect("acknowledged lock");
+        *last = Some(last.map_or(at, |l| l.max(at)));
     }
 
     fn seen(&self, id: i32, epoch: u64) {
@@ -65,6 +74,7 @@ impl Quorum {
         };
         *self.liveness.registered.lock().expect("registration lock") = Some((command, epoch));
         self.liveness.seen(self.node_id(), epoch);
+        self.liveness.acknowledged_at(Instant::now());
         tracing::info!(broker_epoch = epoch, "broker registered");
         Ok(epoch)
     }
@@ -75,15 +85,16 @@ impl Quorum {
     /// committed and applied here.
     pub async fn controlled_shutdown(&self) -> Result<(), MetadataError> {
         let state = self.state();
-        let live_voters = self
-            .voters
+        // The membership's voters, not the seeds: a voter removed (KIP-853) no longer counts.
+        let voters = self.voter_ids();
+        let live_voters = voters
             .iter()
             .filter(|v| state.brokers.get(&(**v as i32)).is_some_and(|b| !b.fenced))
             .count();
-        if live_voters * 2 <= self.voters.len() {
+        if live_voters * 2 <= voters.len() {
             return Err(MetadataError::Unavailable(format!(
                 "{live_voters} of {} voters are live: no majority to commit through",
-                self.voters.len()
+                voters.len()
             )));
         }
         let Some((_, epoch)) = self
@@ -115,6 +126,25 @@ impl Quorum {
             .expect("registration lock")
             .as_ref()
             .map(|(_, e)| *e)
+    }
+
+    /// Whether this registered broker has gone a session timeout without the controller
+    /// acknowledging its heartbeats (a controller: without a quorum acknowledging its
+    /// leadership). The controller has fenced it by now, or will, and moved its leaderships;
+    /// its own metadata is stale, so it stops answering as a leader (produce gets
+    /// NOT_LEADER_OR_FOLLOWER, Metadata names no leader for what it thought it led) until a
+    /// heartbeat goes through again. Without this, a broker cut off from its peers but not
+    /// from clients kept idempotent producers on it (they drain requests to a leader before
+    /// moving to the next) for as long as the cut lasted.
+    pub fn cut_off(&self) -> bool {
+        if self.broker_epoch().is_none() || self.voters.len() < 2 {
+            return false;
+        }
+        self.liveness
+            .acknowledged
+            .lock()
+            .expect("acknowledged lock")
+            .is_some_and(|at| at.elapsed() > self.liveness.session)
     }
 
     /// The controller's side of a heartbeat from broker `from` at `epoch`.
@@ -177,6 +207,13 @@ impl Quorum {
             return Ok(());
         };
         let reply = if leader == self.node_id() {
+            let quorum_acked = self.raft.metrics().borrow_watched().last_quorum_acked;
+            if let Some(at) = quorum_acked {
+                self.liveness.acknowledged_at(
+                    Instant::now()
+                        - openraft::Instant::elapsed(&*at).min(Duration::from_secs(3600)),
+                );
+            }
             self.heartbeat_from(leader, epoch)
         } else {
             let endpoint = self.endpoint.as_ref().expect("a cluster has an endpoint");
@@ -191,6 +228,9 @@ impl Quorum {
             )
             .await?
         };
+        if leader != self.node_id() && matches!(reply, Reply::Done) {
+            self.liveness.acknowledged_at(Instant::now());
+        }
         if matches!(reply, Reply::Stale) {
             tracing::warn!(broker_epoch = epoch, "the controller fenced this broker or knows a newer registration; registering again");
             self.register(command).await?;

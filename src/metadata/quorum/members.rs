@@ -40,12 +40,14 @@ impl Quorum {
     /// A request from peer `from` (network.rs).
     pub(super) async fn serve(&self, from: u64, request: Request) -> Result<Reply, String> {
         match request {
-            Request::Append(rpc) => self
-                .raft
-                .append_entries(rpc)
-                .await
-                .map(Reply::Append)
-                .map_err(|e| e.to_string()),
+            Request::Append(rpc) => {
+                *self.last_append.lock().expect("append lock") = tokio::time::Instant::now();
+                self.raft
+                    .append_entries(rpc)
+                    .await
+                    .map(Reply::Append)
+                    .map_err(|e| e.to_string())
+            }
             Request::Vote(rpc) | Request::PreVote(rpc) if !self.may_vote() => {
                 let _ = rpc;
                 Err(format!(
@@ -132,13 +134,35 @@ impl Quorum {
                 if let (Some(endpoint), Some(peer)) = (&self.endpoint, peer) {
                     endpoint.set_address(from as i32, peer);
                 }
+                if self.listed(from) {
+                    // Already followed (a voter that has not heard from the leader yet, or a
+                    // learner asking again): the leader replicates to it anyway.
+                    return Ok(Reply::Done);
+                }
                 self.raft
                     .add_learner(from, Voter { directory }, false)
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(Reply::Done)
             }
+            Request::DescribeQuorum => Ok(match self.status_here() {
+                Ok(status) => Reply::Quorum(status),
+                Err(_) => Reply::NotLeader {
+                    leader: self.leader().map(|l| l as u64),
+                },
+            }),
+            Request::Voters(change) => Ok(match self.change_here(&change).await {
+                Ok(()) => Reply::Done,
+                Err(e) => super::voters::refusal_reply(e),
+            }),
         }
+    }
+
+    /// Whether the membership this node has lists `node` (voter or learner, any directory).
+    fn listed(&self, node: u64) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.membership_config.membership().get_node(&node).is_some()
     }
 
     pub(super) async fn upkeep(this: std::sync::Weak<Quorum>, mut stop: watch::Receiver<bool>) {
@@ -169,26 +193,27 @@ impl Quorum {
         }
         let initialized = self.raft.is_initialized().await?;
         let is_voter = self.voters.contains(&self.id);
-        if !initialized && is_voter && self.voters.first() == Some(&self.id) {
-            return self.form(&endpoint).await;
+        // When formation finds that a cluster exists, this lowest seed was removed from the
+        // voters and came back with a fresh disk: it learns like any other node.
+        if !initialized
+            && is_voter
+            && self.voters.first() == Some(&self.id)
+            && self.form(&endpoint).await?
+        {
+            return Ok(());
         }
+        // A node the leader removed (RemoveRaftVoter) may never get the entry that removes
+        // it, as the leader stops replicating to it: its own membership still lists it and
+        // names the old leader. It notices the silence and asks to learn; the leader answers
+        // Done to a node it lists, so this costs a member nothing.
+        let silent = self.last_append.lock().expect("append lock").elapsed() > self.silence;
         let Some(leader) = self.leader().map(|l| l as u64) else {
-            if !is_voter {
-                // A learner hears of the leader only once it follows it: ask the voters.
-                let request = Request::Learn {
-                    directory: self.directory,
-                    peer: self.peer_addr,
-                };
-                for voter in &self.voters {
-                    match network::call(&endpoint, *voter, &request, RPC_DEADLINE).await {
-                        Ok(Reply::Done) => break,
-                        Ok(Reply::NotLeader { leader: Some(l) }) => {
-                            network::call(&endpoint, l, &request, RPC_DEADLINE).await?;
-                            break;
-                        }
-                        _ => {}
-                    }
-                }
+            if !is_voter || !self.listed(self.id) || silent {
+                // A learner hears of the leader only once it follows it: ask the voters. So
+                // does a seed the membership does not list (removed by RemoveRaftVoter, then
+                // started again, typically on a fresh disk): it follows as a learner until
+                // AddRaftVoter promotes it (`voters.rs`).
+                self.ask_to_learn(&endpoint).await?;
             }
             return Ok(());
         };
@@ -197,13 +222,16 @@ impl Quorum {
             let m = metrics.borrow_watched();
             m.membership_config.membership().get_node(&self.id).cloned()
         };
+        if leader != self.id && silent {
+            return self.ask_to_learn(&endpoint).await;
+        }
         if leader != self.id {
             let request = match member {
                 Some(v) if v.directory == self.directory => None,
                 Some(_) if is_voter => Some(Request::Rejoin {
                     directory: self.directory,
                 }),
-                None if !is_voter => Some(Request::Learn {
+                None => Some(Request::Learn {
                     directory: self.directory,
                     peer: self.peer_addr,
                 }),
@@ -217,6 +245,25 @@ impl Quorum {
             return Ok(());
         }
         self.record_identity().await
+    }
+
+    /// Asks the voters (the seeds) to follow the log as a learner, through the leader.
+    async fn ask_to_learn(&self, endpoint: &PeerEndpoint) -> anyhow::Result<()> {
+        let request = Request::Learn {
+            directory: self.directory,
+            peer: self.peer_addr,
+        };
+        for voter in &self.voters {
+            match network::call(endpoint, *voter, &request, RPC_DEADLINE).await {
+                Ok(Reply::Done) => break,
+                Ok(Reply::NotLeader { leader: Some(l) }) => {
+                    network::call(endpoint, l, &request, RPC_DEADLINE).await?;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Whether this node has applied everything it knows to be committed.
@@ -242,8 +289,8 @@ impl Quorum {
     }
 
     /// Formation by the lowest voter: once every voter says its metadata is empty, initialize
-    /// the membership with their directory ids.
-    async fn form(&self, endpoint: &PeerEndpoint) -> anyhow::Result<()> {
+    /// the membership with their directory ids. False when a voter's is not: the cluster exists.
+    async fn form(&self, endpoint: &PeerEndpoint) -> anyhow::Result<bool> {
         let mut members = BTreeMap::from([(
             self.id,
             Voter {
@@ -258,12 +305,12 @@ impl Quorum {
                 } => {
                     members.insert(*voter, Voter { directory });
                 }
-                Reply::Hello { empty: false, .. } => return Ok(()),
+                Reply::Hello { empty: false, .. } => return Ok(false),
                 _ => anyhow::bail!("unexpected answer to hello from node {voter}"),
             }
         }
         tracing::info!(voters = ?self.voters, "forming a new metadata quorum");
         self.raft.initialize(members).await?;
-        Ok(())
+        Ok(true)
     }
 }

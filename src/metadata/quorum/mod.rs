@@ -29,6 +29,7 @@ mod single;
 pub mod state;
 mod store;
 mod twin;
+pub mod voters;
 
 pub use single::open_single;
 
@@ -116,6 +117,11 @@ pub struct Quorum {
     object_store: Option<String>,
     /// Formation: the lowest voter asked whether this node's metadata is empty and it was.
     hello_answered: OnceLock<()>,
+    /// When a leader last sent this node entries or a heartbeat.
+    last_append: std::sync::Mutex<tokio::time::Instant>,
+    /// No append for this long: the leader may have dropped this node from the membership
+    /// (`members.rs` asks to learn).
+    silence: Duration,
     liveness: liveness::Liveness,
     stop: watch::Sender<bool>,
 }
@@ -168,6 +174,13 @@ impl Quorum {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
             max_in_snapshot_log_to_keep: 0,
             enable_pre_vote: Some(true),
+            // A node may come back with an empty disk (KIP-853's replaced voter, a wiped
+            // follower): the leader then finds that node's log behind what it had matched, and
+            // must start its replication over rather than assert (a panic in debug builds, a
+            // stuck follower otherwise). Safe here: a wiped node never votes until its new
+            // directory id is recorded (`members.rs`), and the quorum's accepted index is not
+            // lowered by the reset.
+            allow_log_reversion: Some(true),
             ..Default::default()
         }
         .validate()?;
@@ -196,6 +209,8 @@ impl Quorum {
             peer_addr: config.peer_addr,
             object_store: config.object_store,
             hello_answered: OnceLock::new(),
+            last_append: std::sync::Mutex::new(tokio::time::Instant::now()),
+            silence: config.election_timeout * 4,
             liveness: liveness::Liveness::new(config.broker_heartbeat, config.session_timeout),
             stop,
         });

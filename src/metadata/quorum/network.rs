@@ -1,6 +1,7 @@
 //! The quorum's RPCs over the peer endpoint (service [`SERVICE`]): openraft's append, vote,
 //! pre-vote and whole-snapshot messages, and the quorum's own: commands forwarded to the
-//! leader, the hello that forms a new cluster, and a rejoin with a new directory id.
+//! leader, the hello that forms a new cluster, a rejoin with a new directory id, learners,
+//! DescribeQuorum and voter changes (`voters.rs`).
 //! Bodies are JSON (metadata messages are small and rare; a snapshot is one message).
 
 use std::sync::{Arc, OnceLock, Weak};
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::state::{Command, Outcome};
+use super::voters::{QuorumStatus, VoterChange};
 use super::{Quorum, TypeConfig, Voter};
 use crate::cluster::peer::{PeerEndpoint, PeerError};
 
@@ -45,11 +47,11 @@ pub enum Request {
     Rejoin {
         directory: Uuid,
     },
-    /// A broker that is not a voter asks to follow the log as a learner.
     /// A broker's heartbeat to the controller, at its broker epoch.
     Heartbeat {
         epoch: u64,
     },
+    /// A broker that is not a voter asks to follow the log as a learner.
     Learn {
         directory: Uuid,
         peer: Option<std::net::SocketAddr>,
@@ -57,6 +59,10 @@ pub enum Request {
     /// A linearizable read from another node: the leader confirms its leadership (openraft's
     /// ReadIndex) and names the index the reader must have applied.
     ReadIndex,
+    /// DescribeQuorum, for the leader to answer.
+    DescribeQuorum,
+    /// AddRaftVoter / RemoveRaftVoter, for the leader to carry out (`voters.rs`).
+    Voters(VoterChange),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -83,6 +89,17 @@ pub enum Reply {
     /// What a reader must have applied (`Request::ReadIndex`).
     ReadIndex {
         index: u64,
+    },
+    /// The quorum as the leader sees it (`Request::DescribeQuorum`).
+    Quorum(QuorumStatus),
+    /// A voter change the leader refused: the Kafka error code and why.
+    Refused {
+        code: i16,
+        message: String,
+    },
+    /// A voter change that may succeed if asked again (an election, a change in progress).
+    Unavailable {
+        message: String,
     },
 }
 

@@ -19,6 +19,7 @@
 
 mod bytes;
 mod cold;
+mod coop;
 mod filters;
 mod hot;
 mod json;
@@ -193,6 +194,7 @@ impl QueryEngine {
             .with_config(config)
             .with_runtime_env(self.env.clone())
             .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(coop::YieldAboveJoins))
             .build();
         let mut ctx = SessionContext::new_with_state(state);
         json::register(&mut ctx)?;
@@ -228,7 +230,8 @@ impl QueryEngine {
         let supervise = self.scoped(async move {
             let _permit = permit;
             let abort = handle.abort_handle();
-            let outcome = match tokio::time::timeout(timeout, handle).await {
+            let mut handle = handle;
+            let outcome = match tokio::time::timeout(timeout, &mut handle).await {
                 Ok(Ok(())) => "done",
                 Ok(Err(e)) if e.is_panic() => {
                     let why = panic_message(e.into_panic());
@@ -246,13 +249,21 @@ impl QueryEngine {
                         timeout.as_millis()
                     );
                     let _ = tx.send(Event::Failed(why)).await;
+                    // The permit is held until the query has really stopped (at its next
+                    // yield point; `coop.rs` sees that every plan has them).
+                    let _ = handle.await;
                     "timed out"
                 }
             };
             metrics::counter!("strata_sql_queries_total", "outcome" => outcome).increment(1);
         });
-        #[allow(clippy::disallowed_methods)]
-        runtime.spawn(supervise);
+        // The deadline is kept on the caller's runtime when there is one, so it fires even
+        // while the query keeps every thread of its own runtime busy.
+        #[allow(clippy::disallowed_methods)] // scoped above
+        match tokio::runtime::Handle::try_current() {
+            Ok(caller) => drop(caller.spawn(supervise)),
+            Err(_) => drop(runtime.spawn(supervise)),
+        }
         Ok(rx)
     }
 

@@ -4,15 +4,21 @@
 //! from the manifests. The bucket is taken with the broker stopped, compaction off, nothing
 //! deleted and the log start at 0, so a directory scan and the manifests agree (README, "SQL").
 //!
-//! DuckDB (pip `duckdb`) and PySpark (pip `pyspark`, Java 17) are installed by `.ci/run`;
-//! without them the test says why it skips, unless `STRATA_REQUIRE_EXTERNAL=1`.
+//! pyarrow's own S3 client reads the same from moto's S3 server.
+//!
+//! DuckDB (pip `duckdb`), PySpark (pip `pyspark`, Java 17), pyarrow and moto are installed by
+//! `.ci/run`; without them a test says why it skips, unless `STRATA_REQUIRE_EXTERNAL=1`.
 
 // Test clients are spawned outside any broker.
 #![allow(clippy::disallowed_methods)]
 
+#[path = "support/s3.rs"]
+mod s3;
 #[path = "support/sql.rs"]
 mod sqlt;
 mod support;
+
+use std::collections::BTreeMap;
 
 use std::time::Duration;
 
@@ -60,11 +66,21 @@ fn lines(out: &[u8]) -> Vec<serde_json::Value> {
 }
 
 async fn engine(name: &str, objects: &str, topic: &str) -> Vec<serde_json::Value> {
+    engine_with(name, objects, topic, &[]).await
+}
+
+async fn engine_with(
+    name: &str,
+    objects: &str,
+    topic: &str,
+    env: &[(&str, &str)],
+) -> Vec<serde_json::Value> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/sql_interop.py");
     let out = tokio::time::timeout(
         Duration::from_secs(300),
         tokio::process::Command::new(python())
             .args([script, name, objects, topic])
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .output(),
     )
@@ -89,11 +105,23 @@ async fn duckdb_and_spark_read_what_strata_reads() {
     if engines.is_empty() {
         return;
     }
-    let b = TestBroker::start(&[
-        ("remote.log.manager.task.interval.ms", "200"),
-        ("remote.compaction.min.file.bytes", "0"),
-    ])
-    .await;
+    let b = TestBroker::start(&SETTINGS).await;
+    let (dir, _keep) = tiered_events(b).await;
+    let objects = dir.join("objects").display().to_string();
+    let strata = strata_offline(&format!("file://{objects}"), &BTreeMap::new());
+    for name in engines {
+        assert_eq!(engine(name, &objects, "events").await, strata, "{name}");
+    }
+}
+
+const SETTINGS: [(&str, &str); 2] = [
+    ("remote.log.manager.task.interval.ms", "200"),
+    ("remote.compaction.min.file.bytes", "0"),
+];
+
+/// 20 000 records over the 3 partitions of `events`, offloaded (two files at least in each),
+/// then the broker stopped so nothing moves; returns its directory and what keeps it.
+async fn tiered_events(b: TestBroker) -> (std::path::PathBuf, Option<tempfile::TempDir>) {
     let broker = b.running.broker.clone();
     let o = sqlt::overrides(&[("segment.bytes", "65536")]);
     broker
@@ -112,19 +140,29 @@ async fn duckdb_and_spark_read_what_strata_reads() {
     wait_tiered(&broker, "events", 2, false).await;
     let support::TestBroker { running, dir, _tmp } = b;
     running.shutdown().await;
-    let objects = dir.join("objects").display().to_string();
+    (dir, _tmp)
+}
 
+/// What `strata sql --object-store` finds per partition, from the manifests alone.
+fn strata_offline(url: &str, options: &BTreeMap<String, String>) -> Vec<serde_json::Value> {
+    let mut args: Vec<String> = [
+        "sql",
+        "SELECT partition, count(*) AS n, sum(octet_length(value)) AS bytes, \
+         min(\"offset\") AS lo, max(\"offset\") AS hi, sum(cardinality(headers)) AS headers \
+         FROM events GROUP BY partition ORDER BY partition",
+        "--object-store",
+        url,
+        "--format",
+        "json",
+    ]
+    .map(String::from)
+    .to_vec();
+    for (k, v) in options {
+        args.push("--object-store-option".into());
+        args.push(format!("{k}={v}"));
+    }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args([
-            "sql",
-            "SELECT partition, count(*) AS n, sum(octet_length(value)) AS bytes, \
-             min(\"offset\") AS lo, max(\"offset\") AS hi, sum(cardinality(headers)) AS headers \
-             FROM events GROUP BY partition ORDER BY partition",
-            "--object-store",
-            &format!("file://{objects}"),
-            "--format",
-            "json",
-        ])
+        .args(&args)
         .output()
         .unwrap();
     assert!(
@@ -141,7 +179,48 @@ async fn duckdb_and_spark_read_what_strata_reads() {
             "the log start is a file's start"
         );
     }
-    for name in engines {
-        assert_eq!(engine(name, &objects, "events").await, strata, "{name}");
+    strata
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyarrow_reads_from_moto_s3_what_strata_reads() {
+    const TEST: &str = "pyarrow_reads_from_moto_s3_what_strata_reads";
+    if !available("pyarrow") {
+        return;
     }
+    let moto = tokio::task::spawn_blocking(|| s3::Moto::start(TEST, "strata"))
+        .await
+        .unwrap();
+    let Some(moto) = moto else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = strata::config::Config::for_tests(tmp.path());
+    let settings: BTreeMap<String, String> = SETTINGS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    config.broker = strata::config::BrokerSettings::from_map(&settings).unwrap();
+    config.object_store = Some("s3://strata/interop".into());
+    config.object_store_options = moto.options();
+    let running = strata::server::start(config).await.unwrap();
+    let b = TestBroker {
+        running,
+        dir: tmp.path().to_path_buf(),
+        _tmp: None,
+    };
+    tiered_events(b).await;
+    let strata = strata_offline("s3://strata/interop", &moto.options());
+    let options = moto.options();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", options["access_key_id"].as_str()),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            options["secret_access_key"].as_str(),
+        ),
+        ("AWS_REGION", options["region"].as_str()),
+    ];
+    let root = format!("{}/strata/interop", moto.endpoint());
+    assert_eq!(
+        engine_with("pyarrow-s3", &root, "events", &env).await,
+        strata
+    );
 }

@@ -31,6 +31,14 @@ pub struct SqlArgs {
     /// Query a bucket without a broker (file:///abs/path, s3://bucket/prefix): cold rows only.
     #[arg(long)]
     pub object_store: Option<String>,
+    /// A setting of an s3:// `--object-store`, as for `strata serve`, e.g.
+    /// `--object-store-option endpoint=http://127.0.0.1:9000` (over the `AWS_*` environment).
+    #[arg(
+        long = "object-store-option",
+        value_name = "KEY=VALUE",
+        requires = "object_store"
+    )]
+    pub object_store_options: Vec<String>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }
@@ -43,7 +51,16 @@ struct Answer {
 
 pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
     let answer = match &args.object_store {
-        Some(url) => offline(url, &args.query).await?,
+        Some(url) => {
+            let mut options = std::collections::BTreeMap::new();
+            for item in &args.object_store_options {
+                let (key, value) = item.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!("--object-store-option expects KEY=VALUE, got {item:?}")
+                })?;
+                options.insert(key.trim().to_string(), value.trim().to_string());
+            }
+            offline(url, &options, &args.query).await?
+        }
         None => {
             let admin = args.admin.as_deref().unwrap_or("127.0.0.1:9094");
             remote(admin, &args.query).await?
@@ -87,8 +104,12 @@ async fn remote(admin: &str, query: &str) -> anyhow::Result<Answer> {
     })
 }
 
-async fn offline(url: &str, query: &str) -> anyhow::Result<Answer> {
-    let store = crate::store::Store::from_url(url)?;
+async fn offline(
+    url: &str,
+    options: &std::collections::BTreeMap<String, String>,
+    query: &str,
+) -> anyhow::Result<Answer> {
+    let store = crate::store::Store::from_url_with_options(url, options)?;
     let source = BucketSource::open(store)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;

@@ -20,6 +20,8 @@ pub mod log;
 pub mod metadata;
 pub mod partition;
 pub mod protocol;
+#[cfg(feature = "sql")]
+pub mod query;
 pub mod record;
 pub mod replication;
 pub mod server;

@@ -1,5 +1,6 @@
 //! The `strata` binary: `strata serve` runs a broker; `strata topic ...` administers topics,
-//! `strata group ...` consumer groups, `strata cluster ...` the peer endpoint's certificates.
+//! `strata group ...` consumer groups, `strata cluster ...` the peer endpoint's certificates,
+//! `strata sql "<query>"` SQL over topics.
 
 use std::process::ExitCode;
 
@@ -31,6 +32,9 @@ enum Command {
     /// Make the cluster CA and node certificates for the peer endpoint's mutual TLS; describe
     /// the metadata quorum, remove and add its voters.
     Cluster(ClusterArgs),
+    /// Run SQL over topics: on a broker (--admin) or on a bucket without one (--object-store).
+    #[cfg(feature = "sql")]
+    Sql(strata::cli::sql::SqlArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +68,8 @@ fn main() -> ExitCode {
             Command::Topic(args) => strata::cli::topic::run(args).await,
             Command::Group(args) => strata::cli::group::run(args).await,
             Command::Cluster(args) => strata::cli::cluster::run(args).await,
+            #[cfg(feature = "sql")]
+            Command::Sql(args) => strata::cli::sql::run(args).await,
         }
     });
     match result {

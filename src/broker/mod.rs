@@ -163,10 +163,15 @@ impl Broker {
             "log loaded"
         );
         let tiering = tier.map(|tier| {
-            Arc::new(crate::tiering::service::Tiering::new(
-                tier,
-                config.broker.remote_orphan_grace_ms,
-            ))
+            Arc::new(
+                crate::tiering::service::Tiering::new(tier, config.broker.remote_orphan_grace_ms)
+                    .with_row_group_bytes(config.broker.remote_row_group_bytes)
+                    .with_compaction(crate::tiering::compaction::CompactionSettings {
+                        min_file_bytes: config.broker.remote_compaction_min_file_bytes,
+                        target_file_bytes: config.broker.remote_compaction_target_file_bytes,
+                        delete_delay_ms: config.broker.remote_compaction_delete_delay_ms,
+                    }),
+            )
         });
         Ok(Broker {
             cluster_id: image.cluster_id,

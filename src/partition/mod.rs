@@ -272,7 +272,8 @@ impl Partition {
         self.state.write().expect("partition lock")
     }
 
-    fn name(&self) -> String {
+    /// `{topic}-{index}`, as logs and errors name it.
+    pub fn name(&self) -> String {
         format!("{}-{}", self.topic, self.index)
     }
 

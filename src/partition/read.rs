@@ -180,6 +180,37 @@ impl Partition {
         Ok(state.log.read(offset, max_bytes, hw, true)?.bytes)
     }
 
+    /// Local batches for a query's hot rows: whole batches from the one holding `offset`, about
+    /// `max_bytes` (at least one batch), below the high watermark. `None` when `offset` is no
+    /// longer on local disk: local retention deleted it after the query's snapshot, which it
+    /// does only once a committed manifest covers it (read it from there).
+    pub fn read_hot(&self, offset: i64, max_bytes: usize) -> Result<Option<Bytes>, LogError> {
+        let hw = self.high_watermark();
+        let state = self.read_state();
+        if offset < state.log.log_start_offset() {
+            return Ok(None);
+        }
+        Ok(Some(state.log.read(offset, max_bytes, hw, true)?.bytes))
+    }
+
+    /// The base offset of the first local batch holding a record at or after `ts` (the time
+    /// index's answer): no local record before it has a timestamp of `ts` or more.
+    pub fn hot_offset_for_timestamp(&self, ts: i64) -> Result<Option<i64>, LogError> {
+        Ok(self
+            .read_state()
+            .log
+            .offset_for_timestamp(ts)?
+            .map(|(offset, _)| offset))
+    }
+
+    /// The bounds that re-validating this partition's stored batches works within.
+    pub fn validation_limits(&self) -> ValidationLimits {
+        ValidationLimits {
+            max_batch_bytes: usize::MAX,
+            max_decompressed_bytes: self.max_decompressed,
+        }
+    }
+
     /// Like [`Partition::read_local`], but up to the log end: what a new leader's group
     /// coordinator loads (its high watermark lags until its followers fetch again).
     pub fn read_local_to_end(&self, offset: i64, max_bytes: usize) -> Result<Bytes, LogError> {

@@ -22,6 +22,7 @@ use std::time::Duration;
 use super::{complete_off_runtime, Partition, State};
 use crate::log::LogError;
 use crate::record::validate::ValidationLimits;
+use crate::tiering::compaction::{plan, CompactionSettings, MAX_GROUPS_PER_PASS};
 use crate::tiering::manifest::Committed;
 use crate::tiering::remote::{OffloadSegment, RemoteLog, SegmentSource, TierError};
 use crate::tiering::retention::total_retention_cut;
@@ -317,6 +318,58 @@ impl Partition {
         };
         complete_off_runtime(removal).await?;
         Ok(count)
+    }
+
+    /// Compaction of the remote log (leader only, once fenced; `tiering/compaction.rs`): the
+    /// replaced files whose delay is over are deleted, then up to
+    /// [`MAX_GROUPS_PER_PASS`] groups of small files are merged. Returns files merged.
+    pub async fn compact_remote(
+        &self,
+        pass: &TierPass,
+        settings: &CompactionSettings,
+    ) -> Result<usize, TierError> {
+        if !self.is_tiered() {
+            return Ok(0);
+        }
+        let Some(epoch) = self.leader_epoch_for_remote() else {
+            return Ok(0);
+        };
+        let rl = self.remote_log().await?;
+        rl.delete_replaced(pass.now_ms, settings.delete_delay_ms, epoch)
+            .await?;
+        self.adopt(rl.manifest()).await;
+        if settings.min_file_bytes == 0 {
+            return Ok(0);
+        }
+        let retention_ms = self.read_state().config.retention_ms;
+        let mut merged = 0;
+        for _ in 0..MAX_GROUPS_PER_PASS {
+            let Some(group) = plan(&rl.manifest(), settings, retention_ms)
+                .into_iter()
+                .next()
+            else {
+                break;
+            };
+            if self.leader_epoch_for_remote() != Some(epoch) {
+                break;
+            }
+            let files = group.len();
+            let done = rl
+                .compact(
+                    group,
+                    epoch,
+                    pass.row_group_bytes,
+                    pass.now_ms,
+                    pass.max_upload,
+                )
+                .await?;
+            match done {
+                Some(committed) => self.adopt(committed).await,
+                None => break,
+            }
+            merged += files;
+        }
+        Ok(merged)
     }
 
     /// Orphan cleanup of this partition's remote prefix (leader only, once fenced).

@@ -1,7 +1,7 @@
 //! Admin HTTP: /healthz (the process answers), /readyz (log recovered, Kafka listener bound,
 //! registered with the metadata, unfenced and caught up with the metadata log),
 //! /metrics (Prometheus text format), /v1/topics/{topic} (what each tier of each partition holds,
-//! as JSON).
+//! as JSON), POST /v1/sql (SQL over topics, `sql.rs`; cargo feature `sql`).
 //!
 //! Connections are capped and timed out (`admin_conn`); each route takes a request body of at
 //! most [`max_body_bytes`].
@@ -37,6 +37,8 @@ pub async fn serve(
     let for_topics = broker.clone();
     let topics_scope = telemetry.clone();
     let connections_scope = telemetry.clone();
+    #[cfg(feature = "sql")]
+    let sql = sql_route(broker.clone(), telemetry.clone());
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -83,21 +85,50 @@ pub async fn serve(
                 topics_scope.scope(async move { topic_status(broker, &name).await })
             }),
         );
+    #[cfg(feature = "sql")]
+    let app = app.route("/v1/sql", sql);
     let app = app.layer(axum::middleware::from_fn(limit_body));
     super::admin_conn::serve(acceptor, app, limits, connections_scope, shutdown).await;
 }
 
-/// Largest request body a route takes: the GET routes none; a route added later (a POST of
-/// SQL) gets a modest default until it states its own.
+/// Largest request body a route takes: the GET routes none; POST /v1/sql its query text; a route
+/// added later gets a modest default until it states its own.
 fn max_body_bytes(method: &axum::http::Method, path: &str) -> usize {
     const DEFAULT: usize = 1 << 20;
     let get_route =
         ["/healthz", "/readyz", "/metrics"].contains(&path) || path.starts_with("/v1/topics/");
     if get_route && (method == axum::http::Method::GET || method == axum::http::Method::HEAD) {
         0
+    } else if path == "/v1/sql" {
+        super::sql::MAX_BODY_BYTES
     } else {
         DEFAULT
     }
+}
+
+/// POST /v1/sql, its engine made on first use (its runtime's threads start then).
+#[cfg(feature = "sql")]
+fn sql_route(
+    broker: Arc<OnceLock<Arc<Broker>>>,
+    telemetry: Telemetry,
+) -> axum::routing::MethodRouter {
+    use crate::query::{BrokerSource, QueryEngine, SqlLimits};
+    let engine: Arc<OnceLock<Arc<QueryEngine>>> = Arc::new(OnceLock::new());
+    axum::routing::post(move |request: Request| {
+        let engine = match (engine.get(), broker.get()) {
+            (Some(engine), _) => Ok(engine.clone()),
+            (None, None) => Err("recovering".to_string()),
+            (None, Some(broker)) => {
+                let limits = SqlLimits::from_settings(&broker.config.broker);
+                let source = Arc::new(BrokerSource::new(broker.clone()));
+                match QueryEngine::new(source, limits, Some(telemetry.clone())) {
+                    Ok(made) => Ok(engine.get_or_init(|| Arc::new(made)).clone()),
+                    Err(e) => Err(format!("starting the SQL engine: {e}")),
+                }
+            }
+        };
+        telemetry.scope(super::sql::handle(engine, request))
+    })
 }
 
 /// 413 for a body declared larger than its route takes; a body of undeclared length is cut

@@ -5,6 +5,8 @@ mod accept;
 mod admin;
 mod admin_conn;
 mod connection;
+#[cfg(feature = "sql")]
+mod sql;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};

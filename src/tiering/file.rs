@@ -7,6 +7,7 @@
 //! them into multipart parts, so memory stays near one row group whatever the segment size.
 //! Everything up to the last data page is checksummed on the way out ([`super::checksum`]).
 
+use arrow_array::{RecordBatch, TimestampMillisecondArray};
 use bytes::Bytes;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
@@ -163,10 +164,37 @@ impl ParquetUpload {
         Ok(())
     }
 
+    /// Adds rows already in the row format, in offset order after those pushed before (a
+    /// compaction's input files, `compaction.rs`).
+    pub async fn push_rows(&mut self, rows: &RecordBatch) -> Result<(), FileError> {
+        if self.rows.rows() > 0 {
+            self.write_rows().await?;
+        }
+        let timestamps = rows
+            .column(1)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .ok_or_else(|| {
+                FileError::Parquet(ParquetError::General(
+                    "rows without a timestamp column".into(),
+                ))
+            })?;
+        for &t in timestamps.values().iter() {
+            self.min_timestamp = self.min_timestamp.min(t);
+            self.max_timestamp = self.max_timestamp.max(t);
+        }
+        self.write_batch(rows).await
+    }
+
     async fn write_rows(&mut self) -> Result<(), FileError> {
-        self.total += self.rows.rows() as u64;
+        let rows = self.rows.finish();
+        self.write_batch(&rows).await
+    }
+
+    async fn write_batch(&mut self, rows: &RecordBatch) -> Result<(), FileError> {
+        self.total += rows.num_rows() as u64;
         let row_groups = self.writer.flushed_row_groups().len();
-        self.writer.write(&self.rows.finish())?;
+        self.writer.write(rows)?;
         if self.writer.in_progress_size() >= self.row_group_bytes {
             self.writer.flush()?;
         }

@@ -46,6 +46,16 @@ pub struct Manifest {
     /// When no file is left it is the last start committed, and the local log start rules.
     pub log_start_offset: i64,
     pub files: Vec<RemoteFile>,
+    /// Files a compaction replaced, still to be deleted once their delay is over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<ReplacedFile>,
+}
+
+/// A file a compaction commit dropped from `files`, and when (broker clock).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplacedFile {
+    pub path: String,
+    pub dropped_ms: i64,
 }
 
 impl Manifest {

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod checksum;
+pub mod compaction;
 pub mod file;
 pub mod manifest;
 pub mod orphans;

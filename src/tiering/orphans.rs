@@ -3,7 +3,8 @@
 //! DeleteRecords whose delete failed — are deleted once their last-modified time is older than
 //! `remote.orphan.grace.ms` by the broker clock. A younger file may be an upload whose commit is
 //! still coming, so it stays (an upload that takes longer than half the grace is never committed:
-//! see `OffloadSegment::max_upload`).
+//! see `OffloadSegment::max_upload`). Files a compaction replaced are in the manifest's
+//! `replaced` list, not orphans: `compaction.rs` deletes them after their own delay.
 
 use super::remote::{RemoteLog, TierError};
 
@@ -25,10 +26,14 @@ impl RemoteLog {
         if newest.leader_epoch > leader_epoch {
             return Ok(Vec::new());
         }
+        // Files a compaction replaced are deleted by their delay (`compaction.rs`), not by age:
+        // readers of the manifest before the compaction may still be reading them.
         let referenced: std::collections::HashSet<object_store::path::Path> = newest
             .files
             .iter()
-            .map(|f| self.store().path(&f.path))
+            .map(|f| &f.path)
+            .chain(newest.replaced.iter().map(|r| &r.path))
+            .map(|p| self.store().path(p))
             .collect();
         let mut orphans = Vec::new();
         for object in listed {

@@ -25,9 +25,10 @@ use super::rows::schema;
 use crate::store::{Store, StoreError};
 
 /// Ranged reads of one remote file for the Parquet reader, through the cold-read cache when
-/// there is one.
+/// there is one, every byte checked against the file's block checksums (by the cache, or here
+/// without one). SQL's Parquet reader gets one from [`open_for_query`].
 #[derive(Clone)]
-struct RemoteFileReader {
+pub struct RemoteFileReader {
     store: Store,
     cache: Option<Arc<ChunkCache>>,
     name: String,
@@ -132,7 +133,7 @@ impl AsyncFileReader for RemoteFileReader {
 
 /// A decoding error is a corrupt file; an object-store error inside it stays a store error
 /// (the file may be fine and the store unreachable).
-fn corrupt(path: &str) -> impl Fn(ParquetError) -> FileError + Copy + '_ {
+pub fn corrupt(path: &str) -> impl Fn(ParquetError) -> FileError + Copy + '_ {
     move |e| match e {
         ParquetError::External(inner) => match inner.downcast::<StoreError>() {
             Ok(store) => FileError::Store(*store),
@@ -168,6 +169,20 @@ async fn open_file(
     path: &str,
     size: u64,
 ) -> Result<ParquetRecordBatchStreamBuilder<RemoteFileReader>, FileError> {
+    let (reader, metadata) = open_reader(store, cache, path, size).await?;
+    Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(
+        reader, metadata,
+    ))
+}
+
+/// A reader of a remote file and its parsed footer (page index included, when the file has
+/// one). Once the footer is known its block checksums guard every later read.
+async fn open_reader(
+    store: &Store,
+    cache: Option<&Arc<ChunkCache>>,
+    path: &str,
+    size: u64,
+) -> Result<(RemoteFileReader, ArrowReaderMetadata), FileError> {
     let mut reader = RemoteFileReader {
         store: store.clone(),
         cache: cache.cloned(),
@@ -205,9 +220,7 @@ async fn open_file(
             m
         }
     };
-    Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(
-        reader, metadata,
-    ))
+    Ok((reader, metadata))
 }
 
 /// Reads up to `max_rows` rows starting at row `skip` (offset - first offset of the file). Only
@@ -304,19 +317,35 @@ async fn open_checked(
     size: u64,
     expected_rows: Option<u64>,
 ) -> Result<ParquetRecordBatchStreamBuilder<RemoteFileReader>, FileError> {
-    let builder = match open_file(store, cache, path, size).await {
-        Ok(builder) => builder,
+    let (reader, metadata) = open_for_query(store, cache, path, size, expected_rows).await?;
+    Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(
+        reader, metadata,
+    ))
+}
+
+/// Opens a remote file for a Parquet reader of its own (SQL's): a store error is checked
+/// against the object's size, the footer's row count against `expected_rows`, and the reader
+/// returned checks every range it reads against the footer's block checksums.
+pub async fn open_for_query(
+    store: &Store,
+    cache: Option<&Arc<ChunkCache>>,
+    path: &str,
+    size: u64,
+    expected_rows: Option<u64>,
+) -> Result<(RemoteFileReader, ArrowReaderMetadata), FileError> {
+    let (reader, metadata) = match open_reader(store, cache, path, size).await {
+        Ok(opened) => opened,
         Err(FileError::Store(e)) => return Err(size_checked(store, path, size, e).await),
         Err(e) => return Err(e),
     };
-    let rows_in_footer = builder.metadata().file_metadata().num_rows();
+    let rows_in_footer = metadata.metadata().file_metadata().num_rows();
     if let Some(expected) = expected_rows.filter(|&e| u64::try_from(rows_in_footer) != Ok(e)) {
         return Err(FileError::Corrupt {
             path: path.to_string(),
             reason: format!("{rows_in_footer} rows, the manifest says {expected}"),
         });
     }
-    Ok(builder)
+    Ok((reader, metadata))
 }
 
 /// The rows `wanted` of a file, counted from its first row; `None` when it starts past the end.

@@ -185,6 +185,7 @@ mod tests {
             leader_epoch: 0,
             log_start_offset: files.first().map_or(0, |f| f.first_offset),
             files,
+            replaced: Vec::new(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! The broker's tiering pass: every `remote.log.manager.task.interval.ms`, in its own task, one
 //! partition at a time (so its memory and bandwidth are bounded and produce and fetch never wait
 //! for it): the remote data of deleted topics first, then each tiered partition's own pass
-//! (`Partition::tier_pass`: offload, total retention, local retention) and, at most every half
+//! (`Partition::tier_pass`: offload, total retention, local retention), its compaction
+//! (`Partition::compact_remote`) and, at most every half
 //! grace period, its orphan sweep.
 //!
 //! The pass knows the broker only through [`TieringHost`]: the partitions to act on and the
@@ -11,6 +12,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::compaction::CompactionSettings;
 use super::tier::RemoteTier;
 use super::topic_deletion::DeletedTopic;
 use crate::partition::{Partition, TierPass};
@@ -36,6 +38,10 @@ pub trait TieringHost: Send + Sync {
 pub struct Tiering {
     tier: Arc<RemoteTier>,
     orphan_grace_ms: i64,
+    /// Row groups of offloaded files close at about this many bytes (`ROW_GROUP_BYTES` unless
+    /// `strata.remote.row.group.bytes` says otherwise).
+    row_group_bytes: usize,
+    compaction: CompactionSettings,
     /// Broker-clock time of the last orphan sweep.
     last_orphan_sweep_ms: Mutex<Option<i64>>,
 }
@@ -45,8 +51,26 @@ impl Tiering {
         Tiering {
             tier,
             orphan_grace_ms,
+            row_group_bytes: ROW_GROUP_BYTES,
+            compaction: CompactionSettings {
+                min_file_bytes: 0,
+                target_file_bytes: 128 << 20,
+                delete_delay_ms: orphan_grace_ms,
+            },
             last_orphan_sweep_ms: Mutex::new(None),
         }
+    }
+
+    /// Offloaded files get row groups of about `bytes` (at least 64 KiB).
+    pub fn with_row_group_bytes(mut self, bytes: usize) -> Tiering {
+        self.row_group_bytes = bytes;
+        self
+    }
+
+    /// Compaction as `settings` say (off until this is called).
+    pub fn with_compaction(mut self, settings: CompactionSettings) -> Tiering {
+        self.compaction = settings;
+        self
     }
 
     pub fn tier(&self) -> &Arc<RemoteTier> {
@@ -87,7 +111,7 @@ impl Tiering {
         };
         let pass = TierPass {
             now_ms: now,
-            row_group_bytes: ROW_GROUP_BYTES,
+            row_group_bytes: self.row_group_bytes,
             max_upload: Duration::from_millis((grace_ms / 2).max(0) as u64),
         };
         let mut offloaded = 0;
@@ -112,6 +136,10 @@ impl Tiering {
                     metrics::counter!("strata_tier_offload_errors_total", "topic" => p.topic.clone()).increment(1);
                     tracing::warn!(topic = p.topic, partition = p.index, error = %e, "offload failed; will retry");
                 }
+            }
+            if let Err(e) = p.compact_remote(&pass, &self.compaction).await {
+                metrics::counter!("strata_tier_compaction_errors_total", "topic" => p.topic.clone()).increment(1);
+                tracing::warn!(topic = p.topic, partition = p.index, error = %e, "compaction failed; will retry");
             }
             if sweep {
                 match p.sweep_orphans(host.now_ms(), grace_ms).await {

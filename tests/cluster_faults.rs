@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use checker::{Final, History};
-use load::{read_partition, Load};
+use load::{try_read_partition, Load};
 use nemesis::Nemesis;
 use procs::{ProcCluster, ONE_CLUSTER};
 
@@ -49,7 +49,7 @@ const SETTINGS: [(&str, &str); 11] = [
     ("remote.log.manager.task.interval.ms", "500"),
     ("log.local.retention.ms", "5000"),
     // Leaderships a fault moved return to their preferred replicas within seconds, so that
-    // an isolation finds a leader that is not the controller.
+    // the controller leads a partition again for its isolation.
     ("auto.leader.rebalance.enable", "true"),
     ("leader.imbalance.check.interval.seconds", "5"),
 ];
@@ -132,13 +132,25 @@ async fn run(faults: usize, two_down: usize, seed: u64) -> serde_json::Value {
         history.commits.extend(m.commits);
     }
 
-    // The final state: each partition from its start at its leader; the group's commits.
-    let (leaders, _) = nemesis::view(&cluster, 1, TOPIC).await;
+    // The final state: each partition from its start at its leader (asked again when the
+    // preferred-leader rebalance moves it meanwhile); the group's commits.
     let mut last = Final::default();
-    for (p, (leader, _, isr)) in leaders.iter().enumerate() {
-        assert_eq!(*isr, 3, "every replica back in every ISR");
-        let log = read_partition(&cluster.kafka_addr(*leader), TOPIC, p as i32).await;
-        last.logs.insert(p as i32, log);
+    for p in 0..PARTITIONS {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let log = loop {
+            let (leaders, _) = nemesis::view(&cluster, 1, TOPIC).await;
+            let (leader, _, isr) = leaders[p as usize];
+            assert_eq!(isr, 3, "every replica back in every ISR");
+            match try_read_partition(&cluster.kafka_addr(leader), TOPIC, p).await {
+                Ok(log) => break log,
+                Err(code) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "reading {TOPIC}-{p} at its leader {leader}: error {code}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        last.logs.insert(p, log);
     }
     last.committed = load::committed(&cluster.bootstrap(), GROUP, TOPIC, PARTITIONS)
         .await

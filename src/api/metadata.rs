@@ -42,8 +42,22 @@ pub async fn handle(
             topics
         }
     };
+    // Cut off from the controller, this broker's view is stale and it leads nothing: it
+    // leaves itself out of the broker list (and names no controller when it thinks it is
+    // one), so a client asks another broker next. librdkafka (2.5 and later) drops a broker
+    // that a Metadata answer leaves out, and with it the requests it was still waiting for
+    // there; otherwise it keeps asking the one broker it is connected to, which can only
+    // say "no leader", for as long as the cut lasts.
+    let cut_off = broker.metadata().cut_off();
+    let me = broker.node_id();
+    let controller = broker
+        .metadata()
+        .controller()
+        .filter(|&c| !(cut_off && c == me))
+        .unwrap_or(-1);
     let brokers = live_brokers(broker)
         .into_iter()
+        .filter(|b| !(cut_off && b.id == me))
         .map(|b| {
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(b.id))
@@ -55,7 +69,7 @@ pub async fn handle(
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(broker.cluster_id())))
-        .with_controller_id(BrokerId(broker.metadata().controller().unwrap_or(-1)))
+        .with_controller_id(BrokerId(controller))
         .with_topics(topics)
 }
 

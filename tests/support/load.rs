@@ -16,7 +16,18 @@ use crate::support::{topic_name, KafkaConn};
 
 /// An idempotent acks=all librdkafka producer (unless `acks` says otherwise).
 pub fn producer(bootstrap: &str, acks: &str, message_timeout_ms: u64) -> FutureProducer {
-    ClientConfig::new()
+    let mut config = ClientConfig::new();
+    // `STRATA_FAULT_CLIENT_DEBUG=eos,topic,...`: librdkafka's debug contexts, logged at debug
+    // level (RUST_LOG=librdkafka=debug shows them).
+    if let Ok(contexts) = std::env::var("STRATA_FAULT_CLIENT_DEBUG") {
+        config
+            .set("debug", contexts)
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    } else {
+        // Brokers killed on purpose: the client's connection errors are expected.
+        config.set_log_level(rdkafka::config::RDKafkaLogLevel::Critical);
+    }
+    config
         .set("bootstrap.servers", bootstrap)
         .set("acks", acks)
         .set(
@@ -32,8 +43,6 @@ pub fn producer(bootstrap: &str, acks: &str, message_timeout_ms: u64) -> FutureP
         .set("socket.timeout.ms", "5000")
         .set("request.timeout.ms", "4000")
         .set("topic.metadata.refresh.interval.ms", "1000")
-        // Brokers killed on purpose: the client's connection errors are expected.
-        .set_log_level(rdkafka::config::RDKafkaLogLevel::Critical)
         .create()
         .unwrap()
 }
@@ -210,6 +219,15 @@ fn tag_is_acks_all(tag: &str) -> bool {
 /// Partition `partition` of `topic` from its log start to its high watermark at the broker at
 /// `addr` (which must lead it).
 pub async fn read_partition(addr: &str, topic: &str, partition: i32) -> FinalLog {
+    match try_read_partition(addr, topic, partition).await {
+        Ok(log) => log,
+        Err(code) => panic!("fetch of {topic}-{partition} at {addr}: error {code}"),
+    }
+}
+
+/// [`read_partition`], or the error code of a fetch that failed (NOT_LEADER_OR_FOLLOWER when
+/// the leadership moved meanwhile: the caller asks the new leader).
+pub async fn try_read_partition(addr: &str, topic: &str, partition: i32) -> Result<FinalLog, i16> {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse};
     const OFFSET_OUT_OF_RANGE: i16 = 1;
@@ -240,7 +258,9 @@ pub async fn read_partition(addr: &str, topic: &str, partition: i32) -> FinalLog
             next = p.log_start_offset;
             continue;
         }
-        assert_eq!(p.error_code, 0, "fetch of {topic}-{partition} at {next}");
+        if p.error_code != 0 {
+            return Err(p.error_code);
+        }
         if out.records.is_empty() {
             out.log_start = next.max(p.log_start_offset);
         }
@@ -252,7 +272,7 @@ pub async fn read_partition(addr: &str, topic: &str, partition: i32) -> FinalLog
                 "nothing at {next} below {}",
                 p.high_watermark
             );
-            return out;
+            return Ok(out);
         }
         for (header, range) in &batches {
             let (_, recs) = strata::record::records::decode_batch(&records[range.clone()], &limits)

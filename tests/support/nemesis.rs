@@ -24,6 +24,8 @@ pub enum Kind {
     PauseLeader,
     IsolateLeader,
     IsolateLeaderOneWay,
+    /// Peer traffic of the controller cut both ways while it leads the chosen partition.
+    IsolateController,
     PowerLoss,
     /// The second mix: the leader and another broker down together (kill -9, or SIGSTOP);
     /// writes may stop, nothing acknowledged may be lost.
@@ -31,12 +33,13 @@ pub enum Kind {
     PauseTwo,
 }
 
-pub const KINDS: [Kind; 6] = [
+pub const KINDS: [Kind; 7] = [
     Kind::KillLeader,
     Kind::KillController,
     Kind::PauseLeader,
     Kind::IsolateLeader,
     Kind::IsolateLeaderOneWay,
+    Kind::IsolateController,
     Kind::PowerLoss,
 ];
 
@@ -128,8 +131,24 @@ impl Nemesis {
     }
 
     /// Runs `count` faults against `cluster` under `load`.
+    /// `STRATA_FAULT_KINDS` (comma-separated kind names, e.g. `IsolateController`) replaces
+    /// the standard mix, to run one kind over and over.
     pub async fn run(&mut self, cluster: &mut ProcCluster, load: &Load, count: usize) {
-        self.run_mix(cluster, load, count, &KINDS).await;
+        let chosen: Vec<Kind> = std::env::var("STRATA_FAULT_KINDS")
+            .map(|names| {
+                names
+                    .split(',')
+                    .map(|name| {
+                        KINDS
+                            .iter()
+                            .copied()
+                            .find(|k| format!("{k:?}") == name.trim())
+                            .unwrap_or_else(|| panic!("STRATA_FAULT_KINDS: no kind {name}"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_else(|_| KINDS.to_vec());
+        self.run_mix(cluster, load, count, &chosen).await;
     }
 
     /// Runs `count` faults of the two-down mix.
@@ -167,32 +186,29 @@ impl Nemesis {
         kind: Kind,
         since: &mut [u64],
     ) -> Fault {
-        // The partition: seeded; for the controller, one it leads (if it leads none, the
-        // fault becomes the kill of a leader).
+        // The partition: seeded; for the controller, one it leads (if it leads none, its
+        // kill becomes the kill of a leader, its isolation waits until the preferred-leader
+        // rebalance gives it one).
         let partition = self.rng.random_range(0..self.partitions);
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut kind = kind;
         let (partition, target, epoch_before) = loop {
             let (leaders, controller) = view(cluster, live(cluster), self.topic).await;
             let mut chosen = Some(partition);
-            if kind == Kind::KillController {
+            if matches!(kind, Kind::KillController | Kind::IsolateController) {
                 chosen = (0..self.partitions)
                     .find(|&p| leaders.get(p as usize).is_some_and(|l| l.0 == controller));
-                if chosen.is_none() && leaders.len() == self.partitions as usize && controller > 0 {
+                if kind == Kind::KillController
+                    && chosen.is_none()
+                    && leaders.len() == self.partitions as usize
+                    && controller > 0
+                {
                     self.log(&format!(
                         "the controller {controller} leads no partition: a leader is killed instead"
                     ));
                     kind = Kind::KillLeader;
                     chosen = Some(partition);
                 }
-            }
-            if matches!(kind, Kind::IsolateLeader | Kind::IsolateLeaderOneWay) {
-                // A leader that is not the controller (the cut-off controller is a known
-                // stall: see README, "Fault runs"); waits for one if the controller leads
-                // every partition (the preferred-leader rebalance spreads them again).
-                chosen = (0..self.partitions)
-                    .map(|i| (partition + i) % self.partitions)
-                    .find(|&p| leaders.get(p as usize).is_some_and(|l| l.0 != controller));
             }
             let acked = load.partition_counts(chosen.unwrap_or(partition)).1;
             if let Some(p) = chosen {
@@ -256,9 +272,9 @@ impl Nemesis {
                     cluster.resume(second);
                 }
             }
-            Kind::IsolateLeader | Kind::IsolateLeaderOneWay => {
+            Kind::IsolateLeader | Kind::IsolateLeaderOneWay | Kind::IsolateController => {
                 let proxy = cluster.proxy.as_ref().expect("a proxied cluster");
-                proxy.isolate(target, kind == Kind::IsolateLeader);
+                proxy.isolate(target, kind != Kind::IsolateLeaderOneWay);
                 tokio::time::sleep(self.hold).await;
                 self.until_writes_during(load, acked_at_start).await;
                 proxy.heal();

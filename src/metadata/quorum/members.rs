@@ -131,8 +131,14 @@ impl Quorum {
                         leader: self.leader().map(|l| l as u64),
                     });
                 }
+                // A seed voter stays dialled at its `--seeds` address (an operator's choice:
+                // a proxy, a NAT): the address a voter reports is only where it listens.
+                // Replacing it opened a second path between two nodes that the seed
+                // address does not take.
                 if let (Some(endpoint), Some(peer)) = (&self.endpoint, peer) {
-                    endpoint.set_address(from as i32, peer);
+                    if !self.voters.contains(&from) {
+                        endpoint.set_address(from as i32, peer);
+                    }
                 }
                 if self.listed(from) {
                     // Already followed (a voter that has not heard from the leader yet, or a

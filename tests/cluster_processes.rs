@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use checker::{Final, FinalLog, History, Sent};
-use cluster_support::{create_assigned, create_topic, leader_and_isr};
+use cluster_support::{create_topic, leader_and_isr};
 use load::{read_partition, Load};
 use procs::{ProcCluster, ONE_CLUSTER};
 
@@ -118,10 +118,26 @@ async fn replicas_123_of_five(
     deadline: Duration,
 ) -> ProcCluster {
     let cluster = ProcCluster::start_with_voters(5, &[1, 4, 5], settings, deadline);
-    let addr = cluster.kafka_addr(4);
-    assert_eq!(create_assigned(&addr, topic, &[vec![1, 2, 3]]).await, 0);
+    create_on_123(&cluster.kafka_addr(4), topic, &[]).await;
     assert_eq!(until_isr(&cluster, 1, topic, 3).await.0, 1);
     cluster
+}
+
+/// Creates `topic` (one partition on replicas 1, 2, 3, with `configs`) at `addr`, once 2 and
+/// 3 — learners, not voters — have registered (until then the assignment is refused,
+/// INVALID_REPLICA_ASSIGNMENT).
+async fn create_on_123(addr: &str, topic: &str, configs: &[(&str, &str)]) {
+    const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match cluster_support::create_assigned_with(addr, topic, &[vec![1, 2, 3]], configs).await {
+            0 => return,
+            INVALID_REPLICA_ASSIGNMENT if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => panic!("creating {topic}: error {other}"),
+        }
+    }
 }
 
 /// One record per value of `values` to `topic`-0 at `addr` with `acks`, each acknowledged
@@ -486,10 +502,7 @@ async fn two_simultaneous_power_losses_lose_nothing_acknowledged_with_flush_mess
         ("synced", &[("flush.messages", "1")][..]),
         ("cached", &[][..]),
     ] {
-        assert_eq!(
-            cluster_support::create_assigned_with(&addr, topic, &[vec![1, 2, 3]], configs).await,
-            0
-        );
+        create_on_123(&addr, topic, configs).await;
         assert_eq!(until_isr(&cluster, 1, topic, 3).await.0, 1);
     }
     let leader = cluster.kafka_addr(1);

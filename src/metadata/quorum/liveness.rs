@@ -32,6 +32,8 @@ pub struct Liveness {
     /// Broker side: when the controller last acknowledged this broker's heartbeat (for the
     /// controller itself: when a quorum last acknowledged its leadership).
     acknowledged: Mutex<Option<Instant>>,
+    /// Broker side: the controller its last heartbeat went to.
+    controller: Mutex<Option<i32>>,
 }
 
 impl Liveness {
@@ -42,7 +44,17 @@ impl Liveness {
             registered: Mutex::new(None),
             sessions: Mutex::new((None, HashMap::new())),
             acknowledged: Mutex::new(None),
+            controller: Mutex::new(None),
         }
+    }
+
+    /// Whether `leader` is another controller than the last heartbeat's.
+    fn controller_changed(&self, leader: i32) -> bool {
+        self.controller
+            .lock()
+            .expect("controller lock")
+            .replace(leader)
+            != Some(leader)
     }
 
     fn acknowledged_at(&self, at: Instant) {
@@ -136,8 +148,12 @@ impl Quorum {
     /// heartbeat goes through again. Without this, a broker cut off from its peers but not
     /// from clients kept idempotent producers on it (they drain requests to a leader before
     /// moving to the next) for as long as the cut lasted.
+    ///
+    /// A controller's failover is no cut: while no controller is known (an election is on)
+    /// nothing counts, and a new controller starts this broker's clock afresh, as it starts
+    /// every session afresh (`fence_silent`).
     pub fn cut_off(&self) -> bool {
-        if self.broker_epoch().is_none() || self.voters.len() < 2 {
+        if self.broker_epoch().is_none() || self.voters.len() < 2 || self.leader().is_none() {
             return false;
         }
         self.liveness
@@ -206,6 +222,9 @@ impl Quorum {
         let Some(leader) = self.leader() else {
             return Ok(());
         };
+        if self.liveness.controller_changed(leader) {
+            self.liveness.acknowledged_at(Instant::now());
+        }
         let reply = if leader == self.node_id() {
             let quorum_acked = self.raft.metrics().borrow_watched().last_quorum_acked;
             if let Some(at) = quorum_acked {

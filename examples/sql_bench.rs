@@ -8,7 +8,9 @@
 //!   best kept; rows/s, MB/s of values and of Parquet, CPU seconds;
 //! - lookups by offset over POST /v1/sql: p50/p99 with the cache cold then warm, row groups
 //!   read (EXPLAIN ANALYZE) and object-store bytes per lookup;
-//! - produce p99 (acks=1, one record every 2 ms) idle and while Q1 runs over POST /v1/sql.
+//! - produce p99 (acks=1, one record every 2 ms) idle and while Q1 runs over POST /v1/sql;
+//! - compaction MB/s per core: up to 300 000 events in 1 MiB segments, offloaded with
+//!   compaction off, then merged after a restart with it on.
 //!
 //! ```text
 //! cargo run --release --example sql_bench -- [records] [segment.bytes]
@@ -105,6 +107,138 @@ for name, q in queries.items():
 print(json.dumps(out))
 "#;
 
+/// `records` JSON events (`json_event`) to `partitions` partitions of `topic`, acks=1, spread
+/// round-robin; returns the bytes of values sent.
+async fn produce_events(bootstrap: &str, topic: &str, partitions: u64, records: u64) -> u64 {
+    let (b, topic) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .set("acks", "1")
+            .set("linger.ms", "5")
+            .set("batch.size", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .create()
+            .expect("producer");
+        let mut bytes = 0u64;
+        for i in 0..records {
+            let value = json_event(i);
+            bytes += value.len() as u64;
+            let mut record = BaseRecord::<(), [u8]>::to(&topic)
+                .partition((i % partitions) as i32)
+                .payload(&value);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        record = r;
+                        producer.poll(Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(600)).expect("flush");
+        bytes
+    })
+    .await
+    .expect("producer thread")
+}
+
+/// Waits until every sealed segment of `topic` is offloaded (and deleted locally).
+async fn offloaded(broker: &strata::broker::Broker, topic: &str) -> Arc<strata::broker::Topic> {
+    let topic = broker.topic(topic).expect("topic");
+    let waited = Instant::now();
+    while topic
+        .partitions
+        .iter()
+        .any(|p| !p.sealed_segments().is_empty())
+    {
+        assert!(
+            waited.elapsed() < Duration::from_secs(3600),
+            "offload stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    topic
+}
+
+/// Compaction MB/s per core: `records` events into 1 MiB segments of a one-partition topic,
+/// offloaded with compaction off (one small file per segment), then the broker restarted with
+/// compaction on (`remote.compaction.min.file.bytes` 16 MiB, target 128 MiB) and timed until
+/// its file count stops changing for 5 s; the process's CPU seconds over that time.
+async fn compaction(
+    dir: &std::path::Path,
+    settings: &BTreeMap<String, String>,
+    records: u64,
+) -> serde_json::Value {
+    const COMPACT: &str = "compact";
+    let start = |min_file_bytes: &str| {
+        let mut config = Config::for_tests(dir);
+        let mut settings = settings.clone();
+        settings.insert(
+            "remote.compaction.min.file.bytes".into(),
+            min_file_bytes.into(),
+        );
+        config.broker = BrokerSettings::from_map(&settings).expect("settings");
+        strata::server::start(config)
+    };
+    let running = start("0").await.expect("broker");
+    let overrides = BTreeMap::from([("segment.bytes".to_string(), (1u64 << 20).to_string())]);
+    running
+        .broker
+        .create_topic(COMPACT, 1, 1, &overrides, false)
+        .await
+        .expect("topic");
+    eprintln!("sql_bench: compaction: producing {records} records into 1 MiB segments");
+    produce_events(&running.kafka_addr().to_string(), COMPACT, 1, records).await;
+    let files = |broker: &strata::broker::Broker| {
+        let m = broker.topic(COMPACT).expect("topic").partitions[0]
+            .snapshot()
+            .manifest;
+        (m.files.len(), m.size_bytes())
+    };
+    offloaded(&running.broker, COMPACT).await;
+    let (files_before, bytes_before) = files(&running.broker);
+    running.shutdown().await;
+
+    eprintln!("sql_bench: compaction: {files_before} files, restarting with compaction on");
+    let cpu0 = cpu_seconds(libc::RUSAGE_SELF);
+    let started = Instant::now();
+    let running = start("16777216").await.expect("broker");
+    let (mut last, mut changed) = (files(&running.broker), Instant::now());
+    while changed.elapsed() < Duration::from_secs(5) {
+        assert!(
+            started.elapsed() < Duration::from_secs(3600),
+            "compaction stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = files(&running.broker);
+        if now != last {
+            (last, changed) = (now, Instant::now());
+        }
+    }
+    let secs = (changed - started).as_secs_f64();
+    // The 5 quiet seconds at the end are idle: an idle broker's CPU is small against this.
+    let cpu = cpu_seconds(libc::RUSAGE_SELF) - cpu0;
+    running.shutdown().await;
+    let mb = bytes_before as f64 / 1e6;
+    println!(
+        "compaction: {files_before} files ({mb:.0} MB) -> {} files ({:.0} MB) in {secs:.1} s, \
+         CPU {cpu:.1} s: {:.1} MB/s, {:.1} MB per CPU second",
+        last.0,
+        last.1 as f64 / 1e6,
+        mb / secs,
+        mb / cpu
+    );
+    serde_json::json!({
+        "compaction_files_before": files_before,
+        "compaction_files_after": last.0,
+        "compaction_mb": mb,
+        "compaction_s": secs,
+        "compaction_cpu_s": cpu,
+    })
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -148,54 +282,11 @@ async fn main() {
     let admin = running.admin_addr().to_string();
 
     eprintln!("sql_bench: producing {records} records");
-    let b = bootstrap.clone();
-    let value_bytes = tokio::task::spawn_blocking(move || {
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-            .set("bootstrap.servers", &b)
-            .set("acks", "1")
-            .set("linger.ms", "5")
-            .set("batch.size", "1000000")
-            .set("queue.buffering.max.kbytes", "1048576")
-            .create()
-            .expect("producer");
-        let mut bytes = 0u64;
-        for i in 0..records {
-            let value = json_event(i);
-            bytes += value.len() as u64;
-            let mut record = BaseRecord::<(), [u8]>::to(TOPIC)
-                .partition((i % 3) as i32)
-                .payload(&value);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        record = r;
-                        producer.poll(Duration::from_millis(1));
-                    }
-                }
-            }
-        }
-        producer.flush(Duration::from_secs(600)).expect("flush");
-        bytes
-    })
-    .await
-    .expect("producer thread");
+    let value_bytes = produce_events(&bootstrap, TOPIC, 3, records).await;
 
     // Every sealed segment offloaded and deleted locally.
     eprintln!("sql_bench: offloading");
-    let topic = broker.topic(TOPIC).expect("topic");
-    let waited = Instant::now();
-    while topic
-        .partitions
-        .iter()
-        .any(|p| !p.sealed_segments().is_empty())
-    {
-        assert!(
-            waited.elapsed() < Duration::from_secs(3600),
-            "offload stuck"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let topic = offloaded(&broker, TOPIC).await;
     let manifests: Vec<_> = topic
         .partitions
         .iter()
@@ -403,7 +494,13 @@ async fn main() {
     json.insert("parquet_bytes".into(), parquet_bytes.into());
     json.insert("produce_p99_idle_ms".into(), idle_p99.into());
     json.insert("produce_p99_q1_ms".into(), busy_p99.into());
-    println!("{}", serde_json::Value::Object(json));
     drop(engine);
     running.shutdown().await;
+    let compact_records = records.clamp(1, 300_000);
+    if let serde_json::Value::Object(c) =
+        compaction(&tmp.path().join("compaction"), &settings, compact_records).await
+    {
+        json.extend(c);
+    }
+    println!("{}", serde_json::Value::Object(json));
 }

@@ -23,7 +23,7 @@
 #     and from each broker's Produce summary on /metrics;
 #   - sustain: the highest sustainable rate, RF 3 then RF 1: targets in 25 MB/s steps, SECONDS_PER_STEP
 #     each on a fresh topic, up to MAX_RATE (default 400), until one achieves < 95 % of its
-#     target or has an ack p99 > 50 ms;
+#     target or has an ack p99 > 50 ms (SUSTAIN_RFS="3" for RF 3 only);
 #   - rolling: RF 3 at RATE MB/s while each broker in turn gets SIGTERM, restarts and rejoins
 #     every ISR: the run's ack p99/p999/max and failed sends.
 #   STEPS="latency sustain rolling" SECONDS_PER_STEP=30 infra/bench/replication.sh
@@ -44,8 +44,10 @@ for setting in ${SETTINGS:-}; do extra+=(--set "$setting"); done
 step() { [[ $steps == *" $1 "* ]]; }
 base=${STRATA_BENCH_PORT:-40092}
 
-echo "== build" >&2
-cargo build --release --features bench --bins >&2
+if [[ -z ${NO_BUILD:-} ]]; then # NO_BUILD=1: the release binaries are built already
+  echo "== build" >&2
+  cargo build --release --features bench --bins >&2
+fi
 bin=$CARGO_TARGET_DIR/release
 work=$(mktemp -d "${STRATA_BENCH_DIR:-/tmp}/strata-repl.XXXXXX")
 declare -A pid
@@ -188,7 +190,7 @@ ms = lambda k: l.get(k, 0) / 1000
 print(f"{t:.0f} {p['mb_per_s']:.1f} {ms('p50_us'):.1f} {ms('p99_us'):.1f} {ms('p999_us'):.1f} "
       f"{r.get('records_failed', 0)} {'ok' if ok else 'no'}")
 PY
-  for rf in 3 1; do
+  for rf in ${SUSTAIN_RFS:-3 1}; do
     : >"$work/sustain-rf$rf"
     for (( target = 25; target <= max_rate; target += 25 )); do
       echo "== sustain RF $rf at $target MB/s" >&2

@@ -85,6 +85,7 @@ import duckdb
 root, topic = sys.argv[1], sys.argv[2]
 con = duckdb.connect()
 con.execute("SET threads TO 2")
+con.execute("SET enable_progress_bar = false")
 t = f"read_parquet('{os.path.join(root, 'topic=' + topic, '*', '*.parquet')}', hive_partitioning = true)"
 queries = {
     "q1": f"SELECT count(*), sum(octet_length(value)) FROM {t}",
@@ -347,8 +348,10 @@ async fn main() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The answer is the last line (anything DuckDB prints before it is not).
+    let answer = String::from_utf8_lossy(&out.stdout);
     let duck: BTreeMap<String, (f64, f64)> =
-        serde_json::from_slice(&out.stdout).expect("duckdb's answer");
+        serde_json::from_str(answer.lines().last().unwrap_or_default()).expect("duckdb's answer");
 
     // Lookups by offset over POST /v1/sql: cold (first read of each file's pages), then warm.
     let client = reqwest::Client::new();

@@ -4,8 +4,7 @@
 //! `cargo test` covers it without the `bench` feature. Its JSON must parse with the counts equal
 //! and the percentiles ordered.
 
-mod support;
-
+use crate::support;
 #[path = "../src/bin/strata_bench/driver.rs"]
 mod driver;
 

@@ -7,8 +7,7 @@
 // (keep a broker's metrics scope) is for the crate's own code.
 #![allow(clippy::disallowed_methods)]
 
-mod support;
-
+use crate::support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -3,10 +3,7 @@
 //! created through any broker and placed over all three, routing to partition leaders, real
 //! clients (librdkafka) producing and consuming across the brokers.
 
-#[path = "support/cluster.rs"]
-mod cluster_support;
-mod support;
-
+use crate::{cluster_support, support};
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -4,10 +4,7 @@
 //! the deposed leader returns as a follower and truncates what only it had; ElectLeaders gives
 //! the preferred replica its leadership back.
 
-#[path = "support/cluster.rs"]
-mod cluster_support;
-mod support;
-
+use crate::{cluster_support, support};
 use std::collections::BTreeMap;
 use std::time::Duration;
 

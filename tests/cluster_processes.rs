@@ -7,18 +7,7 @@
 //! acknowledged record (and commit) is checked against the final logs; every test ends with
 //! no under-replicated partition.
 
-#[path = "support/checker.rs"]
-mod checker;
-#[path = "support/cluster.rs"]
-mod cluster_support;
-#[path = "support/load.rs"]
-mod load;
-#[path = "support/procs.rs"]
-mod procs;
-#[path = "support/proxy.rs"]
-mod proxy;
-mod support;
-
+use crate::{checker, cluster_support, load, procs, support};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

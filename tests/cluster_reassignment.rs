@@ -10,14 +10,7 @@
 //! restored. The `strata topic reassign|reassignments` commands drive part of it. A single
 //! broker answers the same APIs with Kafka's errors.
 
-#[path = "support/checker.rs"]
-mod checker;
-#[path = "support/cluster.rs"]
-mod cluster_support;
-#[path = "support/load.rs"]
-mod load;
-mod support;
-
+use crate::{checker, cluster_support, load, support};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -5,10 +5,7 @@
 //! the ISR leads and no acknowledged record is lost or duplicated. Controlled shutdown of each
 //! broker in turn under acks=all load fails no send.
 
-#[path = "support/cluster.rs"]
-mod cluster_support;
-mod support;
-
+use crate::{cluster_support, support};
 use std::collections::BTreeMap;
 use std::time::Duration;
 

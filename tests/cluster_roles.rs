@@ -3,14 +3,7 @@
 //! not among the seeds joins as a learner and leads its share; a dead voter is replaced on a
 //! fresh disk (KIP-853's RemoveRaftVoter / AddRaftVoter) under acks=all load.
 
-#[path = "support/checker.rs"]
-mod checker;
-#[path = "support/cluster.rs"]
-mod cluster_support;
-#[path = "support/load.rs"]
-mod load;
-mod support;
-
+use crate::{checker, cluster_support, load, support};
 use std::collections::BTreeMap;
 use std::time::Duration;
 

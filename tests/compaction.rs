@@ -6,10 +6,7 @@
 // Test clients are spawned outside any broker.
 #![allow(clippy::disallowed_methods)]
 
-#[path = "support/sql.rs"]
-mod sqlt;
-mod support;
-
+use crate::{sqlt, support};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 

@@ -2,8 +2,7 @@
 //! the broker is killed with SIGKILL and restarted on the same port and data dir, 20 times. Every
 //! acknowledged record must be in the log exactly once afterwards.
 
-mod support;
-
+use crate::support;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

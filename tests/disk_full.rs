@@ -3,8 +3,7 @@
 //! grown the same data dir serves again with nothing lost or torn; a topic creation that fails
 //! on a full disk leaves nothing behind.
 
-mod support;
-
+use crate::support;
 use std::path::Path;
 use std::process::Command;
 

@@ -6,7 +6,7 @@
 
 #![allow(clippy::disallowed_methods)]
 
-mod support;
+use crate::support;
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;

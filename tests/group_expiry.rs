@@ -1,8 +1,7 @@
 //! offsets.retention.minutes: offsets of a group that stays empty expire, driven by an injected
 //! clock; the expiry is written to __consumer_offsets, so it survives a restart.
 
-mod support;
-
+use crate::support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -3,8 +3,7 @@
 
 #![allow(clippy::disallowed_methods)]
 
-mod support;
-
+use crate::support;
 use std::time::{Duration, Instant};
 
 use support::{http_get, metric, TestBroker};

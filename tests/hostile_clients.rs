@@ -6,8 +6,7 @@
 // metrics scope) is for the crate's own code.
 #![allow(clippy::disallowed_methods)]
 
-mod support;
-
+use crate::support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -5,8 +5,7 @@
 
 #![allow(clippy::disallowed_methods)]
 
-mod support;
-
+use crate::support;
 use std::io::Write;
 use std::time::{Duration, Instant};
 

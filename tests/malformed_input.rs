@@ -1,8 +1,7 @@
 //! Bad input over raw TCP: every case gets a Kafka error code or a closed connection, other
 //! connections and stored data are untouched, and memory stays bounded.
 
-mod support;
-
+use crate::support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

@@ -174,6 +174,7 @@ fn topic_names(q: &Quorum) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_voters_form_forward_fail_over_and_catch_up_by_snapshot() {
+    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
     let root = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::new(root.path(), 3, 100);
     for id in 1..=3 {
@@ -282,6 +283,7 @@ async fn three_voters_form_forward_fail_over_and_catch_up_by_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_voter_does_not_vote_until_it_has_caught_up() {
+    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
     let root = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::new(root.path(), 3, 10_000);
     for id in 1..=3 {
@@ -356,6 +358,7 @@ fn voters_of(status: &QuorumStatus) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_voter_comes_back_on_a_fresh_disk_as_a_learner_and_is_added() {
+    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
     let root = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::new(root.path(), 3, 10_000);
     for id in 1..=3 {
@@ -487,6 +490,7 @@ async fn a_removed_voter_comes_back_on_a_fresh_disk_as_a_learner_and_is_added() 
 /// directory id, and the quorum goes on committing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_wiped_while_the_leader_runs_rejoins() {
+    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
     let root = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::new(root.path(), 3, 10_000);
     for id in 1..=3 {

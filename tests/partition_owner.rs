@@ -4,10 +4,7 @@
 //! segment deletion.
 #![allow(clippy::disallowed_methods)] // test code: no broker metrics scope to keep
 
-#[path = "support/faulty.rs"]
-mod faulty;
-mod support;
-
+use crate::{faulty, support};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -67,6 +67,7 @@ fn refused(telemetry: &Telemetry, reason: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_of_one_ca_talk_and_impostors_are_refused_and_counted() {
+    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (ca, other_ca) = (dir.path().join("ca"), dir.path().join("other-ca"));
     certs::init_ca(&ca).unwrap();
@@ -273,6 +274,7 @@ const LONG: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_stream_answers_many_requests_in_order() {
+    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
     certs::init_ca(&ca).unwrap();
@@ -325,6 +327,7 @@ async fn one_stream_answers_many_requests_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_stream_does_not_hold_up_another() {
+    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
     certs::init_ca(&ca).unwrap();
@@ -389,6 +392,7 @@ async fn assert_ended(recv: &mut quinn::RecvStream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_frame_closes_its_stream_and_the_connection_serves_on() {
+    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
     certs::init_ca(&ca).unwrap();
@@ -447,6 +451,7 @@ async fn a_bad_frame_closes_its_stream_and_the_connection_serves_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_claiming_another_node_closes_the_connection() {
+    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
     certs::init_ca(&ca).unwrap();
@@ -474,6 +479,7 @@ async fn a_stream_claiming_another_node_closes_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_call_drops_its_stream_and_the_next_gets_its_own_answer() {
+    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
     certs::init_ca(&ca).unwrap();

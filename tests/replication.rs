@@ -4,6 +4,7 @@
 //! moves the leader's high watermark, all its fetches on one stream; a stale broker epoch is
 //! refused; a deposed leader's follower stops.
 
+use crate::support;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +22,6 @@ use strata::replication::fetcher::{FetchStreams, Fetcher, FetcherConfig, Stopped
 use strata::replication::service::{ReplicaHost, ReplicaService};
 use strata::replication::{decode_answer, AnswerHeader, FetchRequest, SERVICE};
 use uuid::Uuid;
-
-mod support;
 
 struct Host {
     partition: Arc<Partition>,
@@ -106,12 +105,14 @@ fn idempotent(seq: i32) -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_copies_the_leader_over_quic_and_moves_its_high_watermark() {
+    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
     copies_the_leader(FetchStreams::Partition, 1.0).await;
 }
 
 /// The benchmark knob's other layouts (`strata.replica.fetch.streams`) fetch alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_over_a_stream_per_broker_pair_and_a_stream_per_fetch() {
+    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
     copies_the_leader(FetchStreams::Pair(Default::default()), 1.0).await;
     copies_the_leader(FetchStreams::Request, 0.0).await;
 }

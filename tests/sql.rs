@@ -7,10 +7,7 @@
 // Test clients are spawned outside any broker.
 #![allow(clippy::disallowed_methods)]
 
-#[path = "support/sql.rs"]
-mod sqlt;
-mod support;
-
+use crate::{sqlt, support};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

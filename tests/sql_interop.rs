@@ -12,12 +12,7 @@
 // Test clients are spawned outside any broker.
 #![allow(clippy::disallowed_methods)]
 
-#[path = "support/s3.rs"]
-mod s3;
-#[path = "support/sql.rs"]
-mod sqlt;
-mod support;
-
+use crate::{s3, sqlt, support};
 use std::collections::BTreeMap;
 
 use std::time::Duration;

@@ -20,12 +20,7 @@
 // (keep a broker's metrics scope) is for the crate's own code.
 #![allow(clippy::disallowed_methods)]
 
-#[path = "support/faulty.rs"]
-mod faulty;
-#[path = "support/s3.rs"]
-mod s3;
-mod support;
-
+use crate::{faulty, s3, support};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -8,10 +8,7 @@
 //! DeleteTopics deletes the topic's remote files and manifests (and its cold-read cache
 //! entries), nothing else.
 
-#[path = "support/faulty.rs"]
-mod faulty;
-mod support;
-
+use crate::{faulty, support};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -4,8 +4,7 @@
 //! records k0:v0 .. k4:v4) starts as a single node with its cluster id, topic ids, records and
 //! producer ids, and is imported once.
 
-mod support;
-
+use crate::support;
 use std::path::Path;
 
 use strata::clock::Clock;

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use strata::cluster::certs;
 
-/// Held by each process-cluster test: one cluster at a time.
-pub static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Held by each process-cluster test: one cluster at a time, in-process or not.
+pub use crate::cluster_support::ONE_CLUSTER;
 
 pub struct ProcNode {
     pub id: i32,

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 
 use super::tls::{self, Identity};
 
+mod buffers;
 pub mod stream;
 
 pub use stream::{PeerStream, STREAM_FLAG};
@@ -129,6 +130,7 @@ impl PeerEndpoint {
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(quinn_transport);
         socket.set_nonblocking(true)?;
+        buffers::raise(&socket);
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(server),

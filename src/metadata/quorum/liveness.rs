@@ -24,6 +24,8 @@ type Sessions = HashMap<i32, (u64, Instant)>;
 pub struct Liveness {
     pub heartbeat: Duration,
     pub session: Duration,
+    /// How long a broker's heartbeats go unacknowledged before it counts itself cut off.
+    cut_off_after: Duration,
     /// This broker's registration (the command, to send again) and its epoch.
     registered: Mutex<Option<(Command, u64)>>,
     /// Controller side: the term it leads in, and when each broker (at which epoch) was last
@@ -37,10 +39,14 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    pub fn new(heartbeat: Duration, session: Duration) -> Liveness {
+    /// `failover`: the longest a controller's failover takes before its successor is known
+    /// (the longest election timeout), added to the session timeout before a broker whose
+    /// heartbeats go unacknowledged counts itself cut off.
+    pub fn new(heartbeat: Duration, session: Duration, failover: Duration) -> Liveness {
         Liveness {
             heartbeat,
             session,
+            cut_off_after: session + failover,
             registered: Mutex::new(None),
             sessions: Mutex::new((None, HashMap::new())),
             acknowledged: Mutex::new(None),
@@ -149,9 +155,12 @@ impl Quorum {
     /// from clients kept idempotent producers on it (they drain requests to a leader before
     /// moving to the next) for as long as the cut lasted.
     ///
-    /// A controller's failover is no cut: while no controller is known (an election is on)
-    /// nothing counts, and a new controller starts this broker's clock afresh, as it starts
-    /// every session afresh (`fence_silent`).
+    /// A controller's failover is no cut: a dead controller stays the known one until an
+    /// election timer fires, so the clock allows a session timeout plus the longest election
+    /// timeout; while no controller is known (an election is on) nothing counts, and a new
+    /// controller starts this broker's clock afresh, as it starts every session afresh
+    /// (`fence_silent`). (A session timeout alone was exceeded by a failover on a loaded
+    /// machine: live brokers answered Metadata with no leader for their own partitions.)
     pub fn cut_off(&self) -> bool {
         if self.broker_epoch().is_none() || self.voters.len() < 2 || self.leader().is_none() {
             return false;
@@ -160,7 +169,7 @@ impl Quorum {
             .acknowledged
             .lock()
             .expect("acknowledged lock")
-            .is_some_and(|at| at.elapsed() > self.liveness.session)
+            .is_some_and(|at| at.elapsed() > self.liveness.cut_off_after)
     }
 
     /// The controller's side of a heartbeat from broker `from` at `epoch`.

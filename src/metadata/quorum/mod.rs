@@ -211,7 +211,11 @@ impl Quorum {
             hello_answered: OnceLock::new(),
             last_append: std::sync::Mutex::new(tokio::time::Instant::now()),
             silence: config.election_timeout * 4,
-            liveness: liveness::Liveness::new(config.broker_heartbeat, config.session_timeout),
+            liveness: liveness::Liveness::new(
+                config.broker_heartbeat,
+                config.session_timeout,
+                config.election_timeout * 2,
+            ),
             stop,
         });
         if let Some(endpoint) = &endpoint {

@@ -850,3 +850,78 @@ async fn a_paused_controller_loses_its_leaderships_to_the_others() {
         "the paused controller kept its role or leaderships: {last}"
     );
 }
+
+/// A client pipelining acks=all Produce requests on one connection (librdkafka sends up to
+/// max.in.flight of them) is not held to one replication round trip per request: while the
+/// first waits for a paused follower, the ones behind it are read and appended, and all are
+/// answered in order once the follower is back, each at the offset it was appended at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_acks_all_requests_are_appended_behind_a_waiting_one_and_answered_in_order() {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+    let _one = ONE_CLUSTER.lock().await;
+    // A paused follower stays in the ISR (and registered) for the whole test.
+    let settings = [
+        ("broker.heartbeat.interval.ms", "300"),
+        ("broker.session.timeout.ms", "60000"),
+        ("replica.lag.time.max.ms", "60000"),
+        ("replica.fetch.wait.max.ms", "100"),
+    ];
+    let mut cluster = ProcCluster::start(3, &settings, Duration::from_secs(150));
+    create_on_123(
+        &cluster.kafka_addr(1),
+        "pipe",
+        &[("min.insync.replicas", "2")],
+    )
+    .await;
+    let (leader, isr) = until_isr(&cluster, 1, "pipe", 3).await;
+    let follower = *isr.iter().find(|id| **id != leader).unwrap();
+    cluster.pause(follower);
+
+    const REQUESTS: i64 = 12;
+    let mut conn = support::KafkaConn::connect(&cluster.kafka_addr(leader)).await;
+    for i in 0..REQUESTS {
+        let mut b = strata::record::BatchBuilder::new(strata::record::Codec::None);
+        let value = format!("p{i}");
+        b.record(support::now_ms(), None, Some(value.as_bytes()), &[]);
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(60_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(support::topic_name("pipe"))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(bytes::Bytes::from(b.build())))])]);
+        conn.send(ApiKey::Produce, 9, &request).await;
+    }
+    let first = conn.last_correlation_id() - REQUESTS as i32 + 1;
+    // Every request is appended while the first still waits for the paused follower.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let end = cluster
+            .metric(leader, "strata_log_end_offset", "topic=\"pipe\"")
+            .await;
+        if end as i64 == REQUESTS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log end {end}: the requests were not read on"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !conn.has_response().await,
+        "answered before the follower had the records"
+    );
+
+    cluster.resume(follower);
+    for i in 0..REQUESTS {
+        let (id, r): (i32, ProduceResponse) = conn.receive(ApiKey::Produce, 9).await;
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(id, first + i as i32, "responses in request order");
+        assert_eq!((p.error_code, p.base_offset), (0, i), "request {i}");
+    }
+    until_isr(&cluster, leader, "pipe", 3).await;
+    assert!(cluster.terminate_all());
+}

@@ -41,6 +41,35 @@ use crate::protocol::request::Request;
 
 pub use api_versions::unsupported_version_response;
 
+/// A request handled as far as it must be before the connection's next one: either done, or
+/// (Produce) appended and waiting for its in-sync replicas, which needs nothing of the
+/// connection. `None` means no response is sent (Produce with acks=0).
+pub enum Dispatched {
+    Done(Box<Option<ResponseKind>>),
+    Waiting(futures::future::BoxFuture<'static, Option<ResponseKind>>),
+}
+
+/// [`dispatch`], except that a Produce returns once its batches are appended: the rest (the
+/// acks=all wait) is the returned future, so the connection can go on to its next request —
+/// appended after this one's, answered after this one's — instead of idling through a
+/// replication round trip per request.
+pub async fn dispatch_pipelined(
+    broker: &Arc<Broker>,
+    request: Request,
+    peer: Option<SocketAddr>,
+) -> Dispatched {
+    let RequestKind::Produce(produce) = request.body else {
+        return Dispatched::Done(Box::new(dispatch(broker, request, peer).await));
+    };
+    let started = Instant::now();
+    let appended = produce::append_all(broker, produce).await;
+    Dispatched::Waiting(Box::pin(async move {
+        let response = appended.finish().await.map(ResponseKind::Produce);
+        record(ApiKey::Produce, started);
+        response
+    }))
+}
+
 /// Handles one request from `peer`. `None` means no response is sent (Produce with acks=0).
 pub async fn dispatch(
     broker: &Arc<Broker>,
@@ -164,11 +193,15 @@ pub async fn dispatch(
             None
         }
     };
+    record(api, started);
+    response
+}
+
+fn record(api: ApiKey, started: Instant) {
     let name = api_name(api);
     metrics::counter!("strata_requests_total", "api" => name).increment(1);
     metrics::histogram!("strata_request_duration_seconds", "api" => name)
         .record(started.elapsed().as_secs_f64());
-    response
 }
 
 pub fn api_name(api: ApiKey) -> &'static str {

@@ -19,9 +19,24 @@ pub async fn handle(
     request: ProduceRequest,
     _version: i16,
 ) -> Option<ProduceResponse> {
+    append_all(broker, request).await.finish().await
+}
+
+/// A Produce request whose batches are appended, with what is left: the acks=all wait.
+pub struct Appended {
+    acks: i16,
+    timeout: std::time::Duration,
+    responses: Vec<TopicProduceResponse>,
+    /// acks=all: (topic, partition response) indexes, the partition and the offset to pass.
+    unreplicated: Vec<(usize, usize, Arc<crate::partition::Partition>, i64)>,
+}
+
+/// Appends every partition's batch, in the request's order. What is left ([`Appended::finish`])
+/// borrows nothing, so a connection can read and append its next request meanwhile (in order)
+/// while this one waits for its in-sync replicas.
+pub async fn append_all(broker: &Arc<Broker>, request: ProduceRequest) -> Appended {
     let acks = request.acks;
     let mut responses = Vec::with_capacity(request.topic_data.len());
-    // acks=all: (topic, partition response) indexes, the partition and the offset to pass.
     let mut unreplicated = Vec::new();
     // Cut off from the controller for a session timeout: another broker leads by now.
     let cut_off = broker.metadata().cut_off();
@@ -103,12 +118,38 @@ pub async fn handle(
                 .with_partition_responses(partitions),
         );
     }
-    if acks == 0 {
-        return None;
+    Appended {
+        acks,
+        timeout: std::time::Duration::from_millis(request.timeout_ms.max(0) as u64),
+        responses,
+        unreplicated,
     }
-    // Every partition of the request waits at once, each until the high watermark passes its
-    // batch (the ISR has it) or the request's timeout.
-    let timeout = std::time::Duration::from_millis(request.timeout_ms.max(0) as u64);
+}
+
+impl Appended {
+    /// The response (none for acks=0), once every acks=all batch is replicated or failed.
+    pub async fn finish(self) -> Option<ProduceResponse> {
+        let Appended {
+            acks,
+            timeout,
+            mut responses,
+            unreplicated,
+        } = self;
+        if acks == 0 {
+            return None;
+        }
+        wait_replicated(&mut responses, &unreplicated, timeout).await;
+        Some(ProduceResponse::default().with_responses(responses))
+    }
+}
+
+/// Every partition of the request waits at once, each until the high watermark passes its batch
+/// (the ISR has it) or the request's timeout; a failed wait becomes its partition's error.
+async fn wait_replicated(
+    responses: &mut [TopicProduceResponse],
+    unreplicated: &[(usize, usize, Arc<crate::partition::Partition>, i64)],
+    timeout: std::time::Duration,
+) {
     let waits = unreplicated
         .iter()
         .map(|(_, _, partition, last)| partition.wait_replicated(*last, timeout));
@@ -141,7 +182,6 @@ pub async fn handle(
         response.error_code = code.code();
         response.error_message = Some(str_bytes(message));
     }
-    Some(ProduceResponse::default().with_responses(responses))
 }
 
 fn transactional(id: &Option<kafka_protocol::messages::TransactionalId>) -> bool {

@@ -167,18 +167,10 @@ impl KafkaConn {
         R: kafka_protocol::protocol::Encodable,
         S: kafka_protocol::protocol::Decodable,
     {
-        use kafka_protocol::messages::ResponseHeader;
-        use kafka_protocol::protocol::Decodable;
-        use tokio::io::AsyncReadExt;
         self.send(api, version, request).await;
-        let len = self.stream.read_i32().await.expect("response length");
-        let mut body = vec![0u8; len as usize];
-        self.stream.read_exact(&mut body).await.unwrap();
-        let mut body = bytes::Bytes::from(body);
-        let header =
-            ResponseHeader::decode(&mut body, api.response_header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, self.correlation_id);
-        S::decode(&mut body, version).expect("decodable response")
+        let (correlation_id, response) = self.receive(api, version).await;
+        assert_eq!(correlation_id, self.correlation_id);
+        response
     }
 
     /// Sends `request` at `version` and leaves its response unread.
@@ -209,6 +201,43 @@ impl KafkaConn {
             .await
             .unwrap();
         self.stream.write_all(&buf).await.unwrap();
+    }
+
+    /// The next response on the connection, decoded as `api` at `version`: (correlation id,
+    /// body). For requests written with [`KafkaConn::send`] ahead of their responses.
+    pub async fn receive<S>(
+        &mut self,
+        api: kafka_protocol::messages::ApiKey,
+        version: i16,
+    ) -> (i32, S)
+    where
+        S: kafka_protocol::protocol::Decodable,
+    {
+        use kafka_protocol::messages::ResponseHeader;
+        use kafka_protocol::protocol::Decodable;
+        use tokio::io::AsyncReadExt;
+        let len = self.stream.read_i32().await.expect("response length");
+        let mut body = vec![0u8; len as usize];
+        self.stream.read_exact(&mut body).await.unwrap();
+        let mut body = bytes::Bytes::from(body);
+        let header =
+            ResponseHeader::decode(&mut body, api.response_header_version(version)).unwrap();
+        let response = S::decode(&mut body, version).expect("decodable response");
+        (header.correlation_id, response)
+    }
+
+    /// The correlation id of the last request sent.
+    pub fn last_correlation_id(&self) -> i32 {
+        self.correlation_id
+    }
+
+    /// Whether a response has arrived (some of its bytes), without reading it.
+    pub async fn has_response(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_millis(10), self.stream.peek(&mut byte)).await,
+            Ok(Ok(n)) if n > 0
+        )
     }
 }
 

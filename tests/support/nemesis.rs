@@ -186,29 +186,17 @@ impl Nemesis {
         kind: Kind,
         since: &mut [u64],
     ) -> Fault {
-        // The partition: seeded; for the controller, one it leads (if it leads none, its
-        // kill becomes the kill of a leader, its isolation waits until the preferred-leader
-        // rebalance gives it one).
+        // The partition: seeded; for the controller, one it leads (if it leads none, its kill
+        // or isolation waits until the preferred-leader rebalance gives it one: a kill of
+        // another leader instead would leave the run without a controller kill).
         let partition = self.rng.random_range(0..self.partitions);
         let deadline = Instant::now() + Duration::from_secs(120);
-        let mut kind = kind;
         let (partition, target, epoch_before) = loop {
             let (leaders, controller) = view(cluster, live(cluster), self.topic).await;
             let mut chosen = Some(partition);
             if matches!(kind, Kind::KillController | Kind::IsolateController) {
                 chosen = (0..self.partitions)
                     .find(|&p| leaders.get(p as usize).is_some_and(|l| l.0 == controller));
-                if kind == Kind::KillController
-                    && chosen.is_none()
-                    && leaders.len() == self.partitions as usize
-                    && controller > 0
-                {
-                    self.log(&format!(
-                        "the controller {controller} leads no partition: a leader is killed instead"
-                    ));
-                    kind = Kind::KillLeader;
-                    chosen = Some(partition);
-                }
             }
             let acked = load.partition_counts(chosen.unwrap_or(partition)).1;
             if let Some(p) = chosen {

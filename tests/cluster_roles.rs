@@ -156,10 +156,13 @@ async fn each_broker_offloads_exactly_the_partitions_it_leads() {
     // The leader deletes what it offloaded on a later pass than the commit (local.retention.ms
     // 0 still needs a segment's newest record to be older than now), and may be behind the
     // followers' passes.
-    support::eventually("the leader's local log starts past offloaded segments", || {
-        let start = p.local_log_start_offset();
-        async move { start > 0 }
-    })
+    support::eventually(
+        "the leader's local log starts past offloaded segments",
+        || {
+            let start = p.local_log_start_offset();
+            async move { start > 0 }
+        },
+    )
     .await;
     let leader_start = p.local_log_start_offset();
     let wiped = (1..=3).find(|id| *id != leader).unwrap();

@@ -10,6 +10,7 @@
 //!
 //! Chunks of a file whose footer has block checksums ([`super::checksum`]) are checked once, as
 //! they arrive. The cache directory holds only copies: emptied at start, losing it loses nothing.
+//! A query's small reads bypass it ([`super::sparse`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -30,8 +31,9 @@ use super::readahead::Spans;
 use crate::store::{Store, StoreError};
 
 /// Chunk size: 8 MiB means at most 128 GETs per GiB read, and ranges far smaller than a
-/// chunk (the pages of one column) coalesce into the chunk's single GET. Whole checksum blocks.
-pub const CHUNK_BYTES: u64 = 8 * super::checksum::BLOCK_BYTES;
+/// chunk (the pages of one column) coalesce into the chunk's single GET. Whole checksum blocks
+/// (of 1 MiB in older files, [`super::checksum::BLOCK_BYTES`] now).
+pub const CHUNK_BYTES: u64 = 8 << 20;
 /// Chunks fetched last, kept in memory (also bounded by the cache's size).
 pub const MEMORY_BYTES: u64 = 128 << 20;
 /// Chunks fetched ahead of a reader that moves forward through a file.
@@ -133,11 +135,10 @@ impl ChunkCache {
         chunk_bytes: u64,
     ) -> std::io::Result<Arc<ChunkCache>> {
         if let Some(dir) = &dir {
-            match std::fs::remove_dir_all(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+            std::fs::remove_dir_all(dir).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })?;
             std::fs::create_dir_all(dir)?;
         }
         Ok(Arc::new(ChunkCache {
@@ -164,7 +165,6 @@ impl ChunkCache {
         let _ = self.file_of(id).map(std::fs::remove_file);
     }
 
-    /// GETs made so far.
     pub fn downloads(&self) -> u64 {
         self.downloads.load(Ordering::Relaxed)
     }
@@ -175,18 +175,18 @@ impl ChunkCache {
         state.disk_bytes + state.memory_bytes
     }
 
-    /// Bytes of chunks on disk now.
-    pub fn disk_bytes(&self) -> u64 {
-        self.state().disk_bytes
-    }
-
-    /// Bytes of chunks in memory now.
-    pub fn memory_bytes(&self) -> u64 {
-        self.state().memory_bytes
+    /// Bytes of chunks on disk, and in memory, now.
+    pub fn disk_and_memory_bytes(&self) -> (u64, u64) {
+        let state = self.state();
+        (state.disk_bytes, state.memory_bytes)
     }
 
     pub fn footer(&self, path: &str) -> Option<ArrowReaderMetadata> {
         self.state().footers.get(path).cloned()
+    }
+
+    pub fn sums(&self, path: &str) -> Option<Arc<BlockSums>> {
+        self.state().sums.get(path).cloned()
     }
 
     /// Keeps a file's parsed footer. When it carries block checksums, the chunks of the file

@@ -13,8 +13,12 @@
 
 use parquet::file::metadata::ParquetMetaData;
 
-/// Bytes per checksummed block; the cold-read cache's chunks are a multiple of it.
-pub const BLOCK_BYTES: u64 = 1 << 20;
+/// Bytes per checksummed block of the files written now (files written before 2026-12-06 have
+/// 1 MiB; the footer says which). The cold-read cache's chunks are a multiple of both. A
+/// point query reads whole blocks around the pages it needs ([`super::sparse`]), so smaller
+/// blocks read less; 256 KiB costs 4 KiB of footer per GiB of file.
+pub const BLOCK_BYTES: u64 = 256 << 10;
+const _: () = assert!(super::cache::CHUNK_BYTES.is_multiple_of(BLOCK_BYTES));
 
 /// The footer key holding the checksums.
 pub const KEY: &str = "strata.crc32c";

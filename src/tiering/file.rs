@@ -55,6 +55,9 @@ pub struct Written {
     pub max_timestamp: i64,
 }
 
+/// Data page size goal.
+const PAGE_BYTES: usize = 256 << 10;
+
 /// zstd level 1: level 3 spent two thirds of offload time in the compressor for a few percent
 /// of size on JSON-like values (BENCHMARKS.md, "Tiering").
 ///
@@ -67,6 +70,7 @@ pub struct Written {
 ///   (high cardinality: the dictionary fills up on the first megabyte and falls back to plain
 ///   after hashing it). Low-cardinality columns keep it: producer fields, batch fields, header
 ///   keys, and keys (which fall back to plain by themselves when they are unique).
+/// - Data pages of about [`PAGE_BYTES`].
 fn properties(row_group_bytes: usize) -> WriterProperties {
     let bytes_columns = [
         ColumnPath::from("key"),
@@ -89,6 +93,10 @@ fn properties(row_group_bytes: usize) -> WriterProperties {
             descending: false,
             nulls_first: false,
         }]))
+        // Pages of about 256 KiB (the size is checked every 128 rows): a lookup by offset
+        // reads one page per column, and a 1 KiB-record value page would otherwise hold 2 MiB.
+        .set_data_page_size_limit(PAGE_BYTES)
+        .set_write_batch_size(128)
         // Row groups are closed by bytes, never by a row count.
         .set_max_row_group_row_count(None)
         .set_max_row_group_bytes(Some(row_group_bytes.max(1 << 16)));

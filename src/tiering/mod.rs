@@ -14,6 +14,7 @@ pub mod remote;
 pub mod retention;
 pub mod rows;
 pub mod service;
+pub mod sparse;
 pub mod status;
 pub mod tier;
 pub mod topic_deletion;

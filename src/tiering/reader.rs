@@ -22,6 +22,7 @@ use super::cache::ChunkCache;
 use super::checksum::BlockSums;
 use super::file::FileError;
 use super::rows::schema;
+use super::sparse::{SparseBlocks, SparseError, SPARSE_MAX_BYTES};
 use crate::store::{Store, StoreError};
 
 /// Ranged reads of one remote file for the Parquet reader, through the cold-read cache when
@@ -34,8 +35,10 @@ pub struct RemoteFileReader {
     name: String,
     path: Path,
     size: u64,
-    /// The file's block checksums, for reads without the cache (which checks them itself).
+    /// The file's block checksums, once its footer is known (the cache checks its own reads).
     sums: Option<Arc<BlockSums>>,
+    /// A query's reader: small reads in checksum blocks, not cache chunks ([`SparseBlocks`]).
+    sparse: Option<SparseBlocks>,
 }
 
 fn external(e: StoreError) -> ParquetError {
@@ -94,6 +97,27 @@ impl AsyncFileReader for RemoteFileReader {
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
         async move {
+            let wanted: u64 = ranges.iter().map(|r| r.end.saturating_sub(r.start)).sum();
+            let Self {
+                store,
+                name,
+                path,
+                size,
+                sums,
+                sparse,
+                ..
+            } = self;
+            if let Some(blocks) = sparse.as_mut().filter(|_| wanted <= SPARSE_MAX_BYTES) {
+                return blocks
+                    .read(store, path, *size, sums.as_deref(), &ranges)
+                    .await
+                    .map_err(|e| match e {
+                        SparseError::Store(e) => external(e),
+                        SparseError::Corrupt(why) => {
+                            ParquetError::General(format!("{name}: {why}"))
+                        }
+                    });
+            }
             match &self.cache {
                 Some(cache) => cache
                     .read_ranges(&self.store, &self.name, self.size, &ranges)
@@ -169,19 +193,21 @@ async fn open_file(
     path: &str,
     size: u64,
 ) -> Result<ParquetRecordBatchStreamBuilder<RemoteFileReader>, FileError> {
-    let (reader, metadata) = open_reader(store, cache, path, size).await?;
+    let (reader, metadata) = open_reader(store, cache, path, size, false).await?;
     Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(
         reader, metadata,
     ))
 }
 
 /// A reader of a remote file and its parsed footer (page index included, when the file has
-/// one). Once the footer is known its block checksums guard every later read.
+/// one). Once the footer is known its block checksums guard every later read. A `sparse` reader
+/// (a query's) reads small ranges in checksum blocks instead of cache chunks.
 async fn open_reader(
     store: &Store,
     cache: Option<&Arc<ChunkCache>>,
     path: &str,
     size: u64,
+    sparse: bool,
 ) -> Result<(RemoteFileReader, ArrowReaderMetadata), FileError> {
     let mut reader = RemoteFileReader {
         store: store.clone(),
@@ -190,37 +216,30 @@ async fn open_reader(
         path: store.path(path),
         size,
         sums: None,
+        sparse: sparse.then(SparseBlocks::default),
     };
-    let metadata = match cache.and_then(|c| c.footer(path)) {
-        Some(m) => m,
-        None => {
-            let options =
-                ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-            let m = ArrowReaderMetadata::load_async(&mut reader, options)
-                .await
-                .map_err(corrupt(path))?;
-            if m.schema().fields() != schema().fields() {
-                return Err(FileError::Corrupt {
-                    path: path.to_string(),
-                    reason: "schema differs from strata's".into(),
-                });
-            }
-            let damaged = |reason| FileError::Corrupt {
-                path: path.to_string(),
-                reason,
-            };
-            match cache {
-                Some(c) => c.remember_footer(path, m.clone()).map_err(damaged)?,
-                None => {
-                    reader.sums = BlockSums::from_metadata(m.metadata())
-                        .map_err(damaged)?
-                        .map(Arc::new)
-                }
-            }
-            m
-        }
+    let damaged = |reason| FileError::Corrupt {
+        path: path.to_string(),
+        reason,
     };
-    Ok((reader, metadata))
+    if let Some(m) = cache.and_then(|c| c.footer(path)) {
+        reader.sums = cache.and_then(|c| c.sums(path));
+        return Ok((reader, m));
+    }
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    let m = ArrowReaderMetadata::load_async(&mut reader, options)
+        .await
+        .map_err(corrupt(path))?;
+    if m.schema().fields() != schema().fields() {
+        return Err(damaged("schema differs from strata's".into()));
+    }
+    reader.sums = BlockSums::from_metadata(m.metadata())
+        .map_err(damaged)?
+        .map(Arc::new);
+    if let Some(c) = cache {
+        c.remember_footer(path, m.clone()).map_err(damaged)?;
+    }
+    Ok((reader, m))
 }
 
 /// Reads up to `max_rows` rows starting at row `skip` (offset - first offset of the file). Only
@@ -317,7 +336,7 @@ async fn open_checked(
     size: u64,
     expected_rows: Option<u64>,
 ) -> Result<ParquetRecordBatchStreamBuilder<RemoteFileReader>, FileError> {
-    let (reader, metadata) = open_for_query(store, cache, path, size, expected_rows).await?;
+    let (reader, metadata) = open_validated(store, cache, path, size, expected_rows, false).await?;
     Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(
         reader, metadata,
     ))
@@ -325,7 +344,8 @@ async fn open_checked(
 
 /// Opens a remote file for a Parquet reader of its own (SQL's): a store error is checked
 /// against the object's size, the footer's row count against `expected_rows`, and the reader
-/// returned checks every range it reads against the footer's block checksums.
+/// returned checks every range it reads against the footer's block checksums. Its small reads
+/// (a lookup's pages) bypass the cache's chunks ([`SparseBlocks`]).
 pub async fn open_for_query(
     store: &Store,
     cache: Option<&Arc<ChunkCache>>,
@@ -333,7 +353,18 @@ pub async fn open_for_query(
     size: u64,
     expected_rows: Option<u64>,
 ) -> Result<(RemoteFileReader, ArrowReaderMetadata), FileError> {
-    let (reader, metadata) = match open_reader(store, cache, path, size).await {
+    open_validated(store, cache, path, size, expected_rows, true).await
+}
+
+async fn open_validated(
+    store: &Store,
+    cache: Option<&Arc<ChunkCache>>,
+    path: &str,
+    size: u64,
+    expected_rows: Option<u64>,
+    sparse: bool,
+) -> Result<(RemoteFileReader, ArrowReaderMetadata), FileError> {
+    let (reader, metadata) = match open_reader(store, cache, path, size, sparse).await {
         Ok(opened) => opened,
         Err(FileError::Store(e)) => return Err(size_checked(store, path, size, e).await),
         Err(e) => return Err(e),

@@ -20,8 +20,16 @@ async fn ranges_across_chunks_come_back_exact_and_the_cache_stays_bounded() {
     }
     // Bounded: at most the budget plus the chunk that was just added, in each tier.
     let bounded = |cache: &ChunkCache| {
-        assert!(cache.memory_bytes() <= 40_000, "{}", cache.memory_bytes());
-        assert!(cache.disk_bytes() <= 40_000, "{}", cache.disk_bytes());
+        assert!(
+            cache.disk_and_memory_bytes().1 <= 40_000,
+            "{}",
+            cache.disk_and_memory_bytes().1
+        );
+        assert!(
+            cache.disk_and_memory_bytes().0 <= 40_000,
+            "{}",
+            cache.disk_and_memory_bytes().0
+        );
     };
     bounded(&cache);
     // Everything again, in order, through a cache smaller than the file.
@@ -35,7 +43,10 @@ async fn ranges_across_chunks_come_back_exact_and_the_cache_stays_bounded() {
         bounded(&cache);
     }
     settle(&cache).await;
-    assert!(cache.disk_bytes() > 0, "chunks were copied to disk");
+    assert!(
+        cache.disk_and_memory_bytes().0 > 0,
+        "chunks were copied to disk"
+    );
     cache.forget("f");
     assert_eq!(cache.cached_bytes(), 0);
     assert_eq!(std::fs::read_dir(dir.path().join("c")).unwrap().count(), 0);
@@ -136,8 +147,12 @@ async fn chunks_leave_memory_for_disk_and_are_read_back_from_there() {
     }
     let gets = cache.downloads();
     assert_eq!(gets, 6, "each chunk fetched once");
-    assert_eq!(cache.disk_bytes(), 60_000);
-    assert!(cache.memory_bytes() <= 30_000, "{}", cache.memory_bytes());
+    assert_eq!(cache.disk_and_memory_bytes().0, 60_000);
+    assert!(
+        cache.disk_and_memory_bytes().1 <= 30_000,
+        "{}",
+        cache.disk_and_memory_bytes().1
+    );
     // Chunk 0 left memory long ago: it comes back from its disk copy, with no GET.
     let part = cache
         .read_ranges(&store, "h", 60_000, std::slice::from_ref(&(5..20_005)))
@@ -162,7 +177,7 @@ async fn a_local_store_gets_no_disk_copy() {
         .unwrap();
     assert_eq!(&parts[1][..], &[3u8; 1000][..]);
     settle(&cache).await;
-    assert!(cache.memory_bytes() > 0);
-    assert_eq!(cache.disk_bytes(), 0);
+    assert!(cache.disk_and_memory_bytes().1 > 0);
+    assert_eq!(cache.disk_and_memory_bytes().0, 0);
     assert!(!dir.path().join("c").exists());
 }

@@ -264,6 +264,11 @@ async fn quorum_command_line_on_a_single_broker() {
     assert!(ok, "{err}");
     assert!(out.starts_with("leader 1 "), "{out}");
     assert_eq!(out.lines().filter(|l| l.starts_with("voter")).count(), 1);
+    // The leader fetched and is caught up now, by definition.
+    assert!(
+        out.contains(" ms ago  last caught up ") && !out.contains("unknown"),
+        "{out}"
+    );
     for (args, error, why) in [
         (vec!["remove-voter", "1"], "InvalidRequest", "last voter"),
         (vec!["remove-voter", "2"], "VoterNotFound", "not a voter"),

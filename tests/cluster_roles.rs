@@ -340,8 +340,26 @@ async fn a_dead_voter_is_replaced_on_a_fresh_disk_under_load() {
 
     // Voter 3 stops and loses its whole data dir; acks=all goes on with an ISR of two.
     cluster.stop(3).await;
+    let stopped_ms = support::now_ms();
     std::fs::remove_dir_all(&cluster.nodes[2].dir).unwrap();
     assert!(load.until_more_acked(300, Duration::from_secs(30)).await);
+    // DescribeQuorum's times: the live voters fetched (and were caught up) within the last
+    // seconds, the stopped one not since it stopped.
+    support::eventually("the live voters fetched lately, voter 3 not", || {
+        let addr = addr(1);
+        async move {
+            let r = strata::cli::cluster::describe_quorum(&addr).await.unwrap();
+            let recent = support::now_ms() - 5_000;
+            r.topics[0].partitions[0].current_voters.iter().all(|v| {
+                if v.replica_id.0 == 3 {
+                    v.last_fetch_timestamp < stopped_ms
+                } else {
+                    v.last_fetch_timestamp > recent && v.last_caught_up_timestamp > recent
+                }
+            })
+        }
+    })
+    .await;
 
     // `strata cluster remove-voter 3`: the quorum is 1 and 2, and still commits.
     let (out, err, ok) = cluster_cli(&addr(1), &["remove-voter", "3"]).await;

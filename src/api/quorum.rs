@@ -74,8 +74,8 @@ fn replica_state(r: &QuorumReplica) -> ReplicaState {
         .with_replica_id(BrokerId(r.id))
         .with_replica_directory_id(r.directory)
         .with_log_end_offset(r.last_index.map_or(-1, |i| end_offset(Some(i))))
-        .with_last_fetch_timestamp(-1)
-        .with_last_caught_up_timestamp(-1)
+        .with_last_fetch_timestamp(r.last_fetch_ms.unwrap_or(-1))
+        .with_last_caught_up_timestamp(r.last_caught_up_ms.unwrap_or(-1))
 }
 
 /// The voters' peer endpoints, as their registrations give them (v2's `nodes`).

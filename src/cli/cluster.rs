@@ -49,7 +49,8 @@ pub enum ClusterCommand {
         out: PathBuf,
     },
     /// Show the metadata quorum (DescribeQuorum): the leader, its epoch, the committed offset,
-    /// each voter and learner with its directory id and how far the leader knows it has the log.
+    /// each voter and learner with its directory id, how far the leader knows it has the log,
+    /// and how long ago it last fetched and was last caught up.
     DescribeQuorum,
     /// Remove node N from the metadata quorum's voters (RemoveRaftVoter, KIP-853), e.g. a
     /// voter whose disk is lost. Its replacement, started with the same --seeds on a fresh
@@ -156,6 +157,11 @@ pub async fn describe_quorum(bootstrap: &str) -> anyhow::Result<DescribeQuorumRe
 }
 
 fn print_quorum(r: &DescribeQuorumResponse) {
+    let now_ms = crate::clock::Clock::System.now_ms();
+    let ago = |t: i64| match t {
+        t if t < 0 => "unknown".to_string(),
+        t => format!("{} ms ago", (now_ms - t).max(0)),
+    };
     for p in r.topics.iter().flat_map(|t| &t.partitions) {
         println!(
             "leader {}  epoch {}  high watermark {}",
@@ -164,8 +170,12 @@ fn print_quorum(r: &DescribeQuorumResponse) {
         for (role, replicas) in [("voter", &p.current_voters), ("learner", &p.observers)] {
             for r in replicas {
                 println!(
-                    "{role:<8} {:>4}  directory {}  log end {}",
-                    r.replica_id.0, r.replica_directory_id, r.log_end_offset
+                    "{role:<8} {:>4}  directory {}  log end {}  last fetch {}  last caught up {}",
+                    r.replica_id.0,
+                    r.replica_directory_id,
+                    r.log_end_offset,
+                    ago(r.last_fetch_timestamp),
+                    ago(r.last_caught_up_timestamp)
                 );
             }
         }

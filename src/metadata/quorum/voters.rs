@@ -35,6 +35,13 @@ pub struct QuorumReplica {
     pub directory: Uuid,
     /// The last log index the leader knows it holds (the leader: its own last index).
     pub last_index: Option<u64>,
+    /// Wall-clock ms of the last append or heartbeat it acknowledged (the leader: now).
+    #[serde(default)]
+    pub last_fetch_ms: Option<i64>,
+    /// Wall-clock ms when it was last known to hold everything committed: its last
+    /// acknowledgement, if that covered the commit index (otherwise not known).
+    #[serde(default)]
+    pub last_caught_up_ms: Option<i64>,
 }
 
 /// The quorum as its leader describes it (DescribeQuorum).
@@ -184,25 +191,44 @@ impl Quorum {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
         let membership = m.membership_config.membership();
-        let replica = |id: u64| QuorumReplica {
-            id: id as i32,
-            directory: membership
-                .get_node(&id)
-                .map(|v| v.directory)
-                .unwrap_or_default(),
-            last_index: if id == self.id {
-                m.last_log_index
+        let committed = m.local_committed.as_ref().map(|l| l.index);
+        let now_ms = crate::clock::Clock::System.now_ms();
+        let replica = |id: u64| {
+            let (last_index, last_fetch_ms) = if id == self.id {
+                (m.last_log_index, Some(now_ms))
             } else {
-                m.replication
+                let acked = m
+                    .heartbeat
                     .as_ref()
-                    .and_then(|r| r.get(&id).cloned().flatten())
-                    .map(|l| l.index)
-            },
+                    .and_then(|h| h.get(&id).cloned().flatten());
+                (
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .map(|l| l.index),
+                    acked.map(|at| {
+                        now_ms
+                            - openraft::Instant::elapsed(&*at)
+                                .as_millis()
+                                .min(i64::MAX as u128) as i64
+                    }),
+                )
+            };
+            QuorumReplica {
+                id: id as i32,
+                directory: membership
+                    .get_node(&id)
+                    .map(|v| v.directory)
+                    .unwrap_or_default(),
+                last_index,
+                last_fetch_ms,
+                last_caught_up_ms: last_fetch_ms.filter(|_| last_index >= committed),
+            }
         };
         Ok(QuorumStatus {
             leader: self.id as i32,
             term: m.current_term,
-            committed: m.local_committed.as_ref().map(|l| l.index),
+            committed,
             voters: membership.voter_ids().map(replica).collect(),
             observers: membership.learner_ids().map(replica).collect(),
         })

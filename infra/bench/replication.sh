@@ -20,7 +20,8 @@
 # Cluster benchmarks of issue 15 (steps not in the default list; strata-bench --linger-ms 0,
 # 1 KiB records, acks=all, min ISR 2):
 #   - latency: RF 3 at RATE MB/s for SECONDS_PER_STEP (default 30): ack p50/p99/p999 from the client
-#     and from each broker's Produce summary on /metrics;
+#     and from each broker's Produce summary on /metrics (WARMUP_SECONDS: the same load first on
+#     the same topic, not measured);
 #   - sustain: the highest sustainable rate, RF 3 then RF 1: targets in 25 MB/s steps, SECONDS_PER_STEP
 #     each on a fresh topic, up to MAX_RATE (default 400), until one achieves < 95 % of its
 #     target or has an ack p99 > 50 ms (SUSTAIN_RFS="3" for RF 3 only);
@@ -171,6 +172,11 @@ drop_topic() { "$bin/strata" topic --bootstrap "$(kafka 1)" delete "$1" >/dev/nu
 if step latency; then
   echo "== ack latency, RF 3 at $rate MB/s for $seconds s" >&2
   create t-lat 3 2
+  if (( ${WARMUP_SECONDS:-0} > 0 )); then # the same load first, not measured
+    echo "== warm-up: $WARMUP_SECONDS s" >&2
+    (seconds=$WARMUP_SECONDS; bench_at t-lat "$rate" "$work/latency-warmup.json")
+    tail -c 600 "$work/latency-warmup.json" >&2
+  fi
   bench_at t-lat "$rate" "$work/latency.json"
   for id in 1 2 3; do
     curl -s "http://$(admin "$id")/metrics" |

@@ -15,8 +15,19 @@ use super::{decode_answer, AnswerHeader, FetchRequest, SERVICE};
 use crate::cluster::peer::{PeerEndpoint, PeerError, PeerStream};
 use crate::partition::{Partition, Role};
 
-/// Kafka's defaults: replica.fetch.wait.max.ms, replica.fetch.max.bytes, and the back-off
-/// after an error (replica.fetch.backoff.ms).
+/// The first retry after a failed fetch. Most failures are a leader that has not applied the
+/// metadata naming it yet (a topic just created, a leadership just moved): a fixed
+/// replica.fetch.backoff.ms (1 s) then held every acks=all produce to a new RF 3 topic for up
+/// to a second. Consecutive failures double the delay up to replica.fetch.backoff.ms.
+const FIRST_RETRY: Duration = Duration::from_millis(25);
+
+/// The wait before the next fetch after `failures` consecutive failed ones (0: the first).
+fn retry_delay(failures: u32, max: Duration) -> Duration {
+    max.min(FIRST_RETRY * 2u32.pow(failures.min(16)))
+}
+
+/// Kafka's defaults: replica.fetch.wait.max.ms, replica.fetch.max.bytes, and the longest
+/// back-off after errors (replica.fetch.backoff.ms).
 #[derive(Debug, Clone, Copy)]
 pub struct FetcherConfig {
     pub wait: Duration,
@@ -90,6 +101,7 @@ impl Fetcher {
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Stopped {
         let p = self.partition.clone();
         let mut stream = None;
+        let mut failures = 0u32;
         loop {
             if *stop.borrow() {
                 return Stopped::Stop;
@@ -131,13 +143,20 @@ impl Fetcher {
                 }
             }
             match outcome {
-                Ok(None) => {}
+                Ok(None) => failures = 0,
                 Ok(Some(stopped)) => return stopped,
                 Err(e) => {
-                    tracing::warn!(partition = %format!("{}-{}", p.topic, p.index), leader = self.leader, error = %e, "replica fetch failed; backing off");
+                    let delay = retry_delay(failures, self.config.backoff);
+                    failures += 1;
+                    let partition = format!("{}-{}", p.topic, p.index);
+                    if delay < self.config.backoff {
+                        tracing::debug!(partition, leader = self.leader, error = %e, ?delay, "replica fetch failed; retrying");
+                    } else {
+                        tracing::warn!(partition, leader = self.leader, error = %e, "replica fetch failed; backing off");
+                    }
                     tokio::select! {
                         _ = stop.changed() => return Stopped::Stop,
-                        _ = tokio::time::sleep(self.config.backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
@@ -258,5 +277,18 @@ impl Fetcher {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_fetch_is_retried_soon_then_backed_off_to_the_configured_delay() {
+        let max = Duration::from_secs(1);
+        let delays: Vec<u128> = (0..8).map(|n| retry_delay(n, max).as_millis()).collect();
+        assert_eq!(delays, [25, 50, 100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(retry_delay(u32::MAX, max), max);
     }
 }

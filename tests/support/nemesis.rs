@@ -207,8 +207,12 @@ impl Nemesis {
             }
             assert!(
                 Instant::now() < deadline,
-                "{kind:?}: no target with {} writes",
-                self.min_window
+                "{kind:?}: no target with {} writes; per partition (sent, acked): {:?}, since \
+                 the last fault (acked): {since:?}; leaders (id, epoch, isr): {leaders:?}",
+                self.min_window,
+                (0..self.partitions)
+                    .map(|p| load.partition_counts(p))
+                    .collect::<Vec<_>>(),
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };

@@ -232,6 +232,7 @@ impl QueryEngine {
     }
 
     /// Starts `sql`; its [`Event`]s arrive on the receiver. Dropping the receiver cancels it.
+    /// The channel closes after the query has stopped and given back its concurrency permit.
     pub fn start(&self, sql: String) -> Result<mpsc::Receiver<Event>, StartError> {
         let permit = self
             .running
@@ -252,7 +253,6 @@ impl QueryEngine {
         #[allow(clippy::disallowed_methods)] // scoped above: the broker's metrics scope
         let handle = runtime.spawn(query);
         let supervise = self.scoped(async move {
-            let _permit = permit;
             let abort = handle.abort_handle();
             let mut handle = handle;
             let outcome = match tokio::time::timeout(timeout, &mut handle).await {
@@ -280,6 +280,10 @@ impl QueryEngine {
                 }
             };
             metrics::counter!("strata_sql_queries_total", "outcome" => outcome).increment(1);
+            // The channel closes (this is its last sender) only once the permit is back: a
+            // caller that waits for the close may start its next query at once.
+            drop(permit);
+            drop(tx);
         });
         // The deadline is kept on the caller's runtime when there is one, so it fires even
         // while the query keeps every thread of its own runtime busy.

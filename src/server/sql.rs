@@ -98,7 +98,12 @@ pub async fn handle(engine: Result<Arc<QueryEngine>, String>, request: Request) 
         match events.recv().await {
             Some(Event::Schema(s)) => schema = Some(s),
             Some(Event::Batch(b)) if b.num_rows() == 0 => {}
-            Some(Event::Failed(why)) => return refuse(StatusCode::BAD_REQUEST, &why),
+            Some(Event::Failed(why)) => {
+                // Answered once the query has given its permit back (the channel closes), so
+                // the client's next query is not refused as one too many.
+                while events.recv().await.is_some() {}
+                return refuse(StatusCode::BAD_REQUEST, &why);
+            }
             Some(event) => {
                 first.push(event);
                 break;
@@ -174,7 +179,12 @@ impl BodyState {
                 Some(event) => Some(event),
                 None => self.events.recv().await,
             };
-            match self.encode(event) {
+            let chunk = self.encode(event);
+            if self.done {
+                // The last chunk goes out once the query has given its permit back.
+                while self.events.recv().await.is_some() {}
+            }
+            match chunk {
                 Some(Ok(bytes)) if bytes.is_empty() => continue,
                 other => return other,
             }

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::{str_bytes, topic_name};
 use crate::broker::{Broker, Topic};
+use crate::metadata::quorum::state::{BrokerRecord, ClusterState};
 use crate::partition::Role;
 
 pub async fn handle(
@@ -43,11 +44,8 @@ pub async fn handle(
         }
     };
     // Cut off from the controller, this broker's view is stale and it leads nothing: it
-    // leaves itself out of the broker list (and names no controller when it thinks it is
-    // one), so a client asks another broker next. librdkafka (2.5 and later) drops a broker
-    // that a Metadata answer leaves out, and with it the requests it was still waiting for
-    // there; otherwise it keeps asking the one broker it is connected to, which can only
-    // say "no leader", for as long as the cut lasts.
+    // names no controller when it thinks it is one, and leaves itself out of the broker list
+    // (see `named_brokers`).
     let cut_off = broker.metadata().cut_off();
     let me = broker.node_id();
     let controller = broker
@@ -55,9 +53,9 @@ pub async fn handle(
         .controller()
         .filter(|&c| !(cut_off && c == me))
         .unwrap_or(-1);
-    let brokers = live_brokers(broker)
+    let (host, port) = broker.advertised();
+    let brokers = named_brokers(&broker.metadata().view(), me, (host, port), cut_off)
         .into_iter()
-        .filter(|b| !(cut_off && b.id == me))
         .map(|b| {
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(b.id))
@@ -84,11 +82,50 @@ pub struct LiveBroker {
 /// Every unfenced broker the metadata knows, this one at its advertised address.
 pub fn live_brokers(broker: &Broker) -> Vec<LiveBroker> {
     let view = broker.metadata().view();
-    let (host, port) = broker.advertised();
-    let mut live: Vec<LiveBroker> = view
+    listed(&view, broker.node_id(), broker.advertised(), |b| !b.fenced)
+}
+
+/// The brokers a Metadata answer names: never none. librdkafka (2.10 and later) forgets every
+/// broker an answer leaves out, its bootstrap servers too; after an empty list it has no
+/// broker left to ask, and its partitions stay without a leader until it bootstraps again
+/// (`metadata.recovery.rebootstrap.trigger.ms`, five minutes).
+///
+/// Cut off from the controller, this broker leaves itself out, so that a client drops it, and
+/// with it the requests it still waits for here, and asks another broker; otherwise the
+/// client keeps asking the one broker it is connected to, which can only say "no leader", for
+/// as long as the cut lasts. Its view is stale then, the fencing of the others included: it
+/// names every other broker it knows, fenced or not, and itself only when it knows no other.
+fn named_brokers(
+    view: &ClusterState,
+    me: i32,
+    advertised: (String, i32),
+    cut_off: bool,
+) -> Vec<LiveBroker> {
+    if !cut_off {
+        return listed(view, me, advertised, |b| !b.fenced);
+    }
+    let others: Vec<LiveBroker> = listed(view, me, advertised.clone(), |_| true)
+        .into_iter()
+        .filter(|b| b.id != me)
+        .collect();
+    if others.is_empty() {
+        listed(view, me, advertised, |_| false)
+    } else {
+        others
+    }
+}
+
+/// This broker (at `advertised`) and the other brokers of `view` that `keep` keeps, by id.
+fn listed(
+    view: &ClusterState,
+    me: i32,
+    (host, port): (String, i32),
+    keep: impl Fn(&BrokerRecord) -> bool,
+) -> Vec<LiveBroker> {
+    let mut brokers: Vec<LiveBroker> = view
         .brokers
         .values()
-        .filter(|b| !b.fenced && b.id != broker.node_id())
+        .filter(|b| b.id != me && keep(b))
         .map(|b| LiveBroker {
             id: b.id,
             host: b.host.clone(),
@@ -96,17 +133,14 @@ pub fn live_brokers(broker: &Broker) -> Vec<LiveBroker> {
             rack: b.rack.clone(),
         })
         .collect();
-    live.push(LiveBroker {
-        id: broker.node_id(),
+    brokers.push(LiveBroker {
+        id: me,
         host,
         port,
-        rack: view
-            .brokers
-            .get(&broker.node_id())
-            .and_then(|b| b.rack.clone()),
+        rack: view.brokers.get(&me).and_then(|b| b.rack.clone()),
     });
-    live.sort_by_key(|b| b.id);
-    live
+    brokers.sort_by_key(|b| b.id);
+    brokers
 }
 
 async fn lookup_or_create(
@@ -220,4 +254,61 @@ fn describe(broker: &Broker, topic: &Topic) -> MetadataResponseTopic {
         .with_topic_id(topic.id)
         .with_is_internal(topic.name.starts_with("__"))
         .with_partitions(partitions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(fenced: &[(i32, bool)]) -> ClusterState {
+        let mut view = ClusterState::default();
+        for &(id, fenced) in fenced {
+            view.brokers.insert(
+                id,
+                BrokerRecord {
+                    id,
+                    host: "127.0.0.1".into(),
+                    port: 9000 + id,
+                    peer: format!("127.0.0.1:{}", 9100 + id),
+                    rack: None,
+                    incarnation: Uuid::nil(),
+                    epoch: 1,
+                    fenced,
+                },
+            );
+        }
+        view
+    }
+
+    fn ids(brokers: Vec<LiveBroker>) -> Vec<i32> {
+        brokers.into_iter().map(|b| b.id).collect()
+    }
+
+    #[test]
+    fn an_answer_names_the_unfenced_brokers_and_this_one() {
+        let view = view(&[(1, false), (2, true), (3, false)]);
+        let me = ("localhost".to_string(), 9092);
+        assert_eq!(ids(named_brokers(&view, 1, me.clone(), false)), [1, 3]);
+        // Fenced itself (its registration not yet applied), it still names itself.
+        assert_eq!(ids(named_brokers(&view, 2, me, false)), [1, 2, 3]);
+    }
+
+    #[test]
+    fn cut_off_a_broker_names_the_others_fenced_or_not_and_never_no_broker() {
+        let me = ("localhost".to_string(), 9092);
+        // What a survivor of two kills saw: both others fenced in its stale view. It named
+        // no broker, and librdkafka forgot all three.
+        let both_fenced = view(&[(1, true), (2, true), (3, false)]);
+        assert_eq!(
+            ids(named_brokers(&both_fenced, 3, me.clone(), true)),
+            [1, 2]
+        );
+        let one_fenced = view(&[(1, false), (2, true), (3, false)]);
+        assert_eq!(ids(named_brokers(&one_fenced, 3, me.clone(), true)), [1, 2]);
+        // Knowing no other broker, it names itself.
+        let alone = view(&[(3, false)]);
+        let named = named_brokers(&alone, 3, me, true);
+        assert_eq!((named[0].id, named[0].port), (3, 9092));
+        assert_eq!(named.len(), 1);
+    }
 }

@@ -5,11 +5,109 @@
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
+use rdkafka::ClientContext;
+
+/// The load's producer: librdkafka's, with its latest statistics (see [`Stats`]).
+#[derive(Clone)]
+pub struct FutureProducer {
+    inner: rdkafka::producer::FutureProducer<Stats>,
+    stats: Stats,
+}
+
+/// A producer's latest librdkafka statistics (JSON, every second): what a stalled partition's
+/// producer holds (queued, in flight, its idempotence state, each broker connection's state)
+/// is printed when a fault finds no target.
+#[derive(Clone, Default)]
+pub struct Stats(Arc<Mutex<Option<serde_json::Value>>>);
+
+impl ClientContext for Stats {
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Ok(value) = serde_json::from_slice(statistics) {
+            *self.0.lock().unwrap() = Some(value);
+        }
+    }
+}
+
+impl Stats {
+    /// The parts of the latest statistics that say why `partition` of `topic` is stuck.
+    pub fn summary(&self, topic: &str, partition: i32) -> String {
+        let Some(stats) = self.0.lock().unwrap().clone() else {
+            return "no statistics yet".into();
+        };
+        let path = std::env::temp_dir().join(format!("strata-producer-{topic}-{partition}.json"));
+        let _ = std::fs::write(&path, serde_json::to_vec_pretty(&stats).unwrap_or_default());
+        let pick = |value: &serde_json::Value, keys: &[&str]| {
+            keys.iter()
+                .map(|k| format!("{k}={}", value.get(*k).unwrap_or(&serde_json::Value::Null)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut out = format!(
+            "age {} ms; eos: {}",
+            stats["age"].as_i64().unwrap_or(0) / 1000,
+            pick(
+                &stats["eos"],
+                &[
+                    "idemp_state",
+                    "idemp_stateage",
+                    "producer_id",
+                    "producer_epoch",
+                    "epoch_cnt"
+                ]
+            )
+        );
+        let p = &stats["topics"][topic]["partitions"][partition.to_string()];
+        out += &format!(
+            "; partition: {}",
+            pick(
+                p,
+                &[
+                    "leader",
+                    "leader_epoch",
+                    "broker",
+                    "msgq_cnt",
+                    "xmit_msgq_cnt",
+                    "msgs_inflight",
+                    "next_ack_seq",
+                    "next_err_seq",
+                    "acked_msgid",
+                    "txmsgs"
+                ]
+            )
+        );
+        if let Some(brokers) = stats["brokers"].as_object() {
+            for (name, b) in brokers {
+                out += &format!(
+                    "; broker {name}: {}",
+                    pick(
+                        b,
+                        &[
+                            "state",
+                            "stateage",
+                            "outbuf_cnt",
+                            "outbuf_msg_cnt",
+                            "waitresp_cnt",
+                            "waitresp_msg_cnt",
+                            "req_timeouts",
+                            "connects",
+                            "disconnects"
+                        ]
+                    )
+                );
+                if let Some(toppars) = b["toppars"].as_object() {
+                    let names: Vec<_> = toppars.keys().cloned().collect();
+                    out += &format!(" toppars={names:?}");
+                }
+            }
+        }
+        out
+    }
+}
 
 use crate::checker::{FinalLog, History, Sent};
 use crate::support::{topic_name, KafkaConn};
@@ -17,6 +115,7 @@ use crate::support::{topic_name, KafkaConn};
 /// An idempotent acks=all librdkafka producer (unless `acks` says otherwise).
 pub fn producer(bootstrap: &str, acks: &str, message_timeout_ms: u64) -> FutureProducer {
     let mut config = ClientConfig::new();
+    config.set("statistics.interval.ms", "1000");
     // `STRATA_FAULT_CLIENT_DEBUG=eos,topic,...`: librdkafka's debug contexts, logged at debug
     // level (RUST_LOG=librdkafka=debug shows them).
     if let Ok(contexts) = std::env::var("STRATA_FAULT_CLIENT_DEBUG") {
@@ -42,9 +141,10 @@ pub fn producer(bootstrap: &str, acks: &str, message_timeout_ms: u64) -> FutureP
         // broker's request.timeout.ms (30 s). The harness's failovers take seconds; so do these.
         .set("socket.timeout.ms", "5000")
         .set("request.timeout.ms", "4000")
-        .set("topic.metadata.refresh.interval.ms", "1000")
-        .create()
-        .unwrap()
+        .set("topic.metadata.refresh.interval.ms", "1000");
+    let stats = Stats::default();
+    let inner = config.create_with_context(stats.clone()).unwrap();
+    FutureProducer { inner, stats }
 }
 
 /// A running load: `window` sends at a time, round robin over `partitions`, until stopped.
@@ -54,6 +154,8 @@ pub struct Load {
     /// Per partition: sends started, sends acknowledged.
     pub sent_to: Arc<Vec<AtomicU64>>,
     pub acked_by: Arc<Vec<AtomicU64>>,
+    /// Per partition: the statistics of the producer that writes it.
+    stats: Vec<Stats>,
     task: tokio::task::JoinHandle<History>,
     pub started: Instant,
 }
@@ -93,16 +195,19 @@ impl Load {
         // its own sends; each keeps `window / partitions` sends in flight, starting one as
         // soon as another ends.
         let per_partition = window.div_ceil(partitions as usize).max(1);
+        let producers: Vec<FutureProducer> = (0..partitions).map(&producer).collect();
+        let stats = producers.iter().map(|p| p.stats.clone()).collect();
         let loops: Vec<_> = (0..partitions)
-            .map(|partition| {
-                let (producer, topic, tag) = (producer(partition), topic.clone(), tag.clone());
+            .zip(producers)
+            .map(|(partition, producer)| {
+                let (topic, tag) = (topic.clone(), tag.clone());
                 let (stopping, counting) = (stopping.clone(), counting.clone());
                 let (sending, acking) = (sending.clone(), acking.clone());
                 tokio::spawn(async move {
                     use futures::stream::{FuturesUnordered, StreamExt};
                     let send = |n: u64| {
                         let value = format!("{tag}-{partition}-{n}");
-                        let (producer, topic) = (producer.clone(), topic.clone());
+                        let (producer, topic) = (producer.inner.clone(), topic.clone());
                         sending[partition as usize].fetch_add(1, Ordering::Relaxed);
                         async move {
                             let sent = Instant::now();
@@ -174,6 +279,7 @@ impl Load {
             acked,
             sent_to,
             acked_by,
+            stats,
             task,
             started: Instant::now(),
         }
@@ -189,6 +295,11 @@ impl Load {
             self.sent_to[partition as usize].load(Ordering::Relaxed),
             self.acked_by[partition as usize].load(Ordering::Relaxed),
         )
+    }
+
+    /// What the producer of `partition` holds for it, by its latest statistics.
+    pub fn producer_summary(&self, topic: &str, partition: i32) -> String {
+        self.stats[partition as usize].summary(topic, partition)
     }
 
     /// Waits (up to `within`) until `more` sends beyond the count now are acknowledged.

@@ -121,6 +121,35 @@ impl Nemesis {
         eprintln!("[nemesis {:>7} ms, wall …{wall:05}] {what}", self.ms());
     }
 
+    /// Why `partition` takes no writes: what its producer holds (librdkafka's statistics),
+    /// each live broker's view of it, its produce errors, and the end of its leader's log.
+    async fn tell_why_stalled(&self, cluster: &ProcCluster, load: &Load, partition: i32) {
+        self.log(&format!(
+            "{}-{partition} takes no writes; its producer: {}",
+            self.topic,
+            load.producer_summary(self.topic, partition)
+        ));
+        for id in (1..=cluster.nodes.len() as i32).filter(|&id| cluster.pid(id).is_some()) {
+            let (leaders, controller) = view(cluster, id, self.topic).await;
+            let (_, body) = crate::support::http_get(&cluster.admin_addr(id), "/metrics").await;
+            let errors: Vec<&str> = body
+                .lines()
+                .filter(|l| l.starts_with("strata_produce_") && !l.contains("bucket"))
+                .collect();
+            self.log(&format!(
+                "broker {id} sees {:?} (controller {controller}); {errors:?}",
+                leaders.get(partition as usize)
+            ));
+        }
+        let (leaders, _) = view(cluster, live(cluster), self.topic).await;
+        if let Some(&(leader, _, _)) = leaders.get(partition as usize).filter(|l| l.0 > 0) {
+            self.log(&format!(
+                "broker {leader}'s log ends:\n{}",
+                cluster.log_tail(leader, 30)
+            ));
+        }
+    }
+
     /// The `i`-th kind: every kind of `order` once first (it is shuffled), then seeded draws.
     fn kind(&mut self, i: usize, order: &[Kind]) -> Kind {
         if i < order.len() {
@@ -191,6 +220,7 @@ impl Nemesis {
         // another leader instead would leave the run without a controller kill).
         let partition = self.rng.random_range(0..self.partitions);
         let deadline = Instant::now() + Duration::from_secs(120);
+        let mut told = false;
         let (partition, target, epoch_before) = loop {
             let (leaders, controller) = view(cluster, live(cluster), self.topic).await;
             let mut chosen = Some(partition);
@@ -204,6 +234,11 @@ impl Nemesis {
                 if leader > 0 && acked >= since[p as usize] + self.min_window {
                     break (p, leader, epoch);
                 }
+            }
+            if !told && Instant::now() + Duration::from_secs(90) > deadline {
+                told = true;
+                self.tell_why_stalled(cluster, load, chosen.unwrap_or(partition))
+                    .await;
             }
             assert!(
                 Instant::now() < deadline,

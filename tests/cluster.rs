@@ -138,6 +138,34 @@ async fn three_brokers_share_the_metadata_and_route_to_partition_leaders() {
         r.responses[0].partition_responses[0].error_code,
         ResponseError::NotLeaderOrFollower.code()
     );
+    // v10 (KIP-951): the refusal names the leader, and the response where to reach it.
+    let r: ProduceResponse = conn.call(ApiKey::Produce, 10, &produce).await;
+    let refused = &r.responses[0].partition_responses[0];
+    assert_eq!(
+        refused.error_code,
+        ResponseError::NotLeaderOrFollower.code()
+    );
+    assert_eq!(
+        (
+            refused.current_leader.leader_id,
+            refused.current_leader.leader_epoch
+        ),
+        (p0.leader_id, p0.leader_epoch)
+    );
+    let leader = m
+        .brokers
+        .iter()
+        .find(|b| b.node_id == p0.leader_id)
+        .unwrap();
+    assert_eq!(r.node_endpoints.len(), 1);
+    assert_eq!(
+        (
+            r.node_endpoints[0].node_id,
+            &r.node_endpoints[0].host,
+            r.node_endpoints[0].port
+        ),
+        (leader.node_id, &leader.host, leader.port)
+    );
     let fetch = FetchRequest::default()
         .with_max_wait_ms(0)
         .with_topics(vec![FetchTopic::default()

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{
-    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse,
+    TopicProduceResponse,
 };
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 
 use super::str_bytes;
 use crate::broker::Broker;
@@ -24,6 +25,7 @@ pub async fn handle(
 
 /// A Produce request whose batches are appended, with what is left: the acks=all wait.
 pub struct Appended {
+    broker: Arc<Broker>,
     acks: i16,
     timeout: std::time::Duration,
     responses: Vec<TopicProduceResponse>,
@@ -119,6 +121,7 @@ pub async fn append_all(broker: &Arc<Broker>, request: ProduceRequest) -> Append
         );
     }
     Appended {
+        broker: broker.clone(),
         acks,
         timeout: std::time::Duration::from_millis(request.timeout_ms.max(0) as u64),
         responses,
@@ -130,6 +133,7 @@ impl Appended {
     /// The response (none for acks=0), once every acks=all batch is replicated or failed.
     pub async fn finish(self) -> Option<ProduceResponse> {
         let Appended {
+            broker,
             acks,
             timeout,
             mut responses,
@@ -139,8 +143,65 @@ impl Appended {
             return None;
         }
         wait_replicated(&mut responses, &unreplicated, timeout).await;
-        Some(ProduceResponse::default().with_responses(responses))
+        let leaders = name_leaders(&broker, &mut responses);
+        Some(
+            ProduceResponse::default()
+                .with_responses(responses)
+                .with_node_endpoints(leaders),
+        )
     }
+}
+
+/// KIP-951 (Produce v10+; encoding leaves both out for older versions): a partition refused
+/// with NOT_LEADER_OR_FOLLOWER names its current leader, and the response that leader's
+/// endpoint, so a client retries there at once instead of after a Metadata round trip (a
+/// controlled shutdown's leadership moves in tens of milliseconds; the round trip and its
+/// back-off took most of a second). Only a live leader other than this broker is named; cut
+/// off from the controller, this broker's view is stale and it names none.
+fn name_leaders(broker: &Broker, responses: &mut [TopicProduceResponse]) -> Vec<NodeEndpoint> {
+    let refused = ResponseError::NotLeaderOrFollower.code();
+    let any_refused = responses
+        .iter()
+        .flat_map(|t| &t.partition_responses)
+        .any(|p| p.error_code == refused);
+    if !any_refused || broker.metadata().cut_off() {
+        return Vec::new();
+    }
+    let view = broker.metadata().view();
+    let live: std::collections::BTreeMap<i32, super::metadata::LiveBroker> =
+        super::metadata::live_brokers(broker)
+            .into_iter()
+            .filter(|b| b.id != broker.node_id())
+            .map(|b| (b.id, b))
+            .collect();
+    let mut named = std::collections::BTreeSet::new();
+    for topic in responses.iter_mut() {
+        let Some(state) = view.topics.get(topic.name.0.as_str()) else {
+            continue;
+        };
+        for p in topic.partition_responses.iter_mut() {
+            let leader = state.partitions.get(p.index as usize);
+            if let Some(leader) =
+                leader.filter(|l| p.error_code == refused && live.contains_key(&l.leader))
+            {
+                p.current_leader = LeaderIdAndEpoch::default()
+                    .with_leader_id(BrokerId(leader.leader))
+                    .with_leader_epoch(leader.leader_epoch);
+                named.insert(leader.leader);
+            }
+        }
+    }
+    named
+        .into_iter()
+        .filter_map(|id| live.get(&id))
+        .map(|b| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(str_bytes(b.host.clone()))
+                .with_port(b.port)
+                .with_rack(b.rack.clone().map(str_bytes))
+        })
+        .collect()
 }
 
 /// Every partition of the request waits at once, each until the high watermark passes its batch

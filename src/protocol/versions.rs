@@ -10,7 +10,7 @@ use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 
 /// (api, min version, max version) served.
 pub const SERVED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 9),
+    (ApiKey::Produce, 3, 10),
     (ApiKey::Fetch, 4, 15),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 1, 12),

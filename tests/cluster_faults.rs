@@ -234,3 +234,100 @@ async fn long_run() {
     )
     .await;
 }
+
+/// The longest gap between acknowledgements of partition `p` in `history` from `from` to
+/// `to`.
+fn longest_gap(
+    history: &History,
+    p: i32,
+    from: std::time::Instant,
+    to: std::time::Instant,
+) -> Duration {
+    let mut times: Vec<std::time::Instant> = history
+        .acked()
+        .filter(|s| s.partition == p && s.done >= from && s.done < to)
+        .map(|s| s.done)
+        .collect();
+    times.sort();
+    let mut last = from;
+    let mut gap = Duration::ZERO;
+    for t in times {
+        gap = gap.max(t - last);
+        last = t;
+    }
+    gap
+}
+
+/// Failover times for BENCHMARKS.md (`cargo test --release --test cluster_faults
+/// failover_times -- --ignored --nocapture`): at a session timeout of 9000 ms (Kafka's
+/// default) and 1500 ms, kill -9 of the leader of a partition (one the controller does not
+/// lead), then SIGTERM of its next leader, under acks=all load; each time the gap in that
+/// partition's acknowledgements from the signal on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a measurement: cargo test --release ... -- --ignored"]
+async fn failover_times() {
+    let _one = ONE_CLUSTER.lock().await;
+    for session in ["9000", "1500"] {
+        let heartbeat = if session == "9000" { "2000" } else { "300" };
+        let settings = [
+            ("broker.heartbeat.interval.ms", heartbeat),
+            ("broker.session.timeout.ms", session),
+            ("replica.lag.time.max.ms", "2000"),
+            ("min.insync.replicas", "2"),
+            ("auto.leader.rebalance.enable", "false"),
+        ];
+        let mut cluster = ProcCluster::start(3, &settings, Duration::from_secs(300));
+        let addr = cluster.kafka_addr(1);
+        assert_eq!(cluster_support::create_topic(&addr, "o", 3, 3).await, 0);
+        support::eventually("every ISR whole", || async {
+            let (leaders, _) = nemesis::view(&cluster, 1, "o").await;
+            leaders.len() == 3 && leaders.iter().all(|l| l.0 > 0 && l.2 == 3)
+        })
+        .await;
+        let bootstrap = cluster.bootstrap();
+        let load = Load::start_with(
+            |_| load::producer(&bootstrap, "all", 60_000),
+            "o",
+            3,
+            "o",
+            30,
+        );
+        assert!(load.until_more_acked(3000, Duration::from_secs(60)).await);
+        // A partition led by a broker that is not the controller (the controller's own
+        // death adds a raft election and a fresh session for every broker).
+        let (leaders, controller) = nemesis::view(&cluster, 1, "o").await;
+        let p = (0..3).find(|&p| leaders[p].0 != controller).unwrap_or(0) as i32;
+        let leader = leaders[p as usize].0;
+        let killed = std::time::Instant::now();
+        let before = load.partition_counts(p).1;
+        cluster.kill9(leader);
+        support::eventually("the partition takes writes again", || async {
+            load.partition_counts(p).1 >= before + 100
+        })
+        .await;
+        let restarted = std::time::Instant::now();
+        cluster.start_node(leader);
+        let other = (1..=3).find(|id| *id != leader).unwrap();
+        support::eventually("every ISR whole again", || async {
+            let (leaders, _) = nemesis::view(&cluster, other, "o").await;
+            leaders.iter().all(|l| l.0 > 0 && l.2 == 3)
+        })
+        .await;
+        let next = nemesis::view(&cluster, other, "o").await.0[p as usize].0;
+        let terminated = std::time::Instant::now();
+        let before = load.partition_counts(p).1;
+        assert!(cluster.terminate(next, Duration::from_secs(30)));
+        support::eventually("the partition takes writes again", || async {
+            load.partition_counts(p).1 >= before + 100
+        })
+        .await;
+        let history = load.stop().await;
+        let kill_gap = longest_gap(&history, p, killed, restarted);
+        let term_gap = longest_gap(&history, p, terminated, std::time::Instant::now());
+        eprintln!(
+            "session {session} ms: kill -9 of the leader → acks again after {kill_gap:?}; SIGTERM → {term_gap:?}; failed sends {}",
+            history.failed().count()
+        );
+        drop(cluster);
+    }
+}

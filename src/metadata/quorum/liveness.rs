@@ -191,30 +191,32 @@ impl Quorum {
         Reply::Done
     }
 
-    pub(super) async fn liveness_loop(this: Weak<Quorum>, mut stop: watch::Receiver<bool>) {
-        let interval = match this.upgrade() {
-            Some(q) => q.liveness.heartbeat,
-            None => return,
+    /// The broker's heartbeats, every `broker.heartbeat.interval.ms`, and the controller's
+    /// check for silent brokers, every [`FENCE_CHECK`] (or heartbeat, if shorter): Kafka's
+    /// controller fences at the oldest session's expiry, and a check only every heartbeat
+    /// (2 s by default) added up to 2 s to a dead leader's failover. Neither waits for the
+    /// other.
+    pub(super) async fn liveness_loop(this: Weak<Quorum>, stop: watch::Receiver<bool>) {
+        let Some(heartbeat) = this.upgrade().map(|q| q.liveness.heartbeat) else {
+            return;
         };
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = tokio::time::sleep(interval) => {}
-            }
-            let Some(quorum) = this.upgrade() else { return };
-            // The controller's check never waits for this broker's own heartbeat.
-            let fencing = async {
-                if let Err(e) = quorum.fence_silent().await {
-                    tracing::debug!(error = %e, "fencing silent brokers");
+        tokio::join!(
+            every(
+                this.clone(),
+                stop.clone(),
+                heartbeat.min(FENCE_CHECK),
+                |q| async move {
+                    if let Err(e) = q.fence_silent().await {
+                        tracing::debug!(error = %e, "fencing silent brokers");
+                    }
                 }
-            };
-            let beating = async {
-                if let Err(e) = quorum.heartbeat().await {
+            ),
+            every(this, stop, heartbeat, |q| async move {
+                if let Err(e) = q.heartbeat().await {
                     tracing::debug!(error = %e, "broker heartbeat");
                 }
-            };
-            tokio::join!(fencing, beating);
-        }
+            }),
+        );
     }
 
     /// The broker's side: one heartbeat to the controller, a new registration if it is stale.
@@ -300,6 +302,29 @@ impl Quorum {
             self.propose(Command::FenceBroker { id, epoch }).await?;
         }
         Ok(())
+    }
+}
+
+/// How often the controller looks for brokers whose session has expired.
+const FENCE_CHECK: Duration = Duration::from_millis(100);
+
+/// Runs `task` every `period` (after it ends) until `stop` changes or the quorum is gone.
+async fn every<F, Fut>(
+    this: Weak<Quorum>,
+    mut stop: watch::Receiver<bool>,
+    period: Duration,
+    task: F,
+) where
+    F: Fn(std::sync::Arc<Quorum>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let Some(quorum) = this.upgrade() else { return };
+        task(quorum).await;
     }
 }
 

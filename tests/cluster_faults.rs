@@ -135,6 +135,11 @@ async fn run(faults: usize, two_down: usize, seed: u64) -> serde_json::Value {
     // The final state: each partition from its start at its leader (asked again when the
     // preferred-leader rebalance moves it meanwhile); the group's commits.
     let mut last = Final::default();
+    support::eventually("every replica back in every ISR", || async {
+        let (leaders, _) = nemesis::view(&cluster, 1, TOPIC).await;
+        leaders.len() == PARTITIONS as usize && leaders.iter().all(|l| l.0 > 0 && l.2 == 3)
+    })
+    .await;
     for p in 0..PARTITIONS {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let log = loop {

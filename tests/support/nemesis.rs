@@ -311,7 +311,12 @@ impl Nemesis {
         let healed_ms = self.ms();
         self.log(&format!("healed {target}"));
         // Asked of another broker: the target's own view is stale right after it resumes.
-        let epoch_after = self.until_whole(cluster, partition, target).await;
+        let n = cluster.nodes.len() as i32;
+        let faulty = match kind {
+            Kind::KillTwo | Kind::PauseTwo => vec![target, target % n + 1],
+            _ => vec![target],
+        };
+        let (epoch_after, recovered_ms) = self.until_whole(cluster, partition, &faulty).await;
         for (p, at) in since.iter_mut().enumerate() {
             *at = load.partition_counts(p as i32).1;
         }
@@ -321,7 +326,7 @@ impl Nemesis {
             partition,
             started_ms,
             healed_ms,
-            recovered_ms: self.ms(),
+            recovered_ms,
             epoch_before,
             epoch_after,
             acked_before,
@@ -358,21 +363,34 @@ impl Nemesis {
         }
     }
 
-    /// Waits until every partition has a leader and its whole ISR, as a broker other than
-    /// `not` sees it; the chosen partition's epoch then.
-    async fn until_whole(&self, cluster: &ProcCluster, partition: i32, not: i32) -> i32 {
+    /// Waits until every partition has a leader and its whole ISR, as a broker that was not
+    /// `faulty` sees it, and still has a second later (a broker's view is stale for a moment
+    /// after a fault: a controller that resumes fences who it could not hear meanwhile, then
+    /// undoes it); the chosen partition's epoch, and when the ISRs were first whole (ms).
+    async fn until_whole(
+        &self,
+        cluster: &ProcCluster,
+        partition: i32,
+        faulty: &[i32],
+    ) -> (i32, u64) {
         let deadline = Instant::now() + Duration::from_secs(90);
         let n = cluster.nodes.len();
         let via = (1..=n as i32)
-            .find(|&id| id != not)
-            .expect("another broker");
+            .find(|id| !faulty.contains(id))
+            .expect("a broker that was not faulty");
+        let mut whole_since: Option<(Instant, u64)> = None;
         loop {
             let (leaders, _) = view(cluster, via, self.topic).await;
             if leaders.len() == self.partitions as usize
                 && leaders.iter().all(|l| l.0 > 0 && l.2 == n)
             {
-                self.log(&format!("whole again, as {via} sees it: {leaders:?}"));
-                return leaders[partition as usize].1;
+                let (since, ms) = *whole_since.get_or_insert((Instant::now(), self.ms()));
+                if since.elapsed() >= Duration::from_secs(1) {
+                    self.log(&format!("whole again, as {via} sees it: {leaders:?}"));
+                    return (leaders[partition as usize].1, ms);
+                }
+            } else {
+                whole_since = None;
             }
             assert!(
                 Instant::now() < deadline,

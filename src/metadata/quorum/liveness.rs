@@ -21,6 +21,16 @@ use crate::metadata::MetadataError;
 /// Per broker: the epoch of its session and when it was last heard from.
 type Sessions = HashMap<i32, (u64, Instant)>;
 
+/// The controller's side of the sessions.
+#[derive(Default)]
+struct ControllerSessions {
+    /// The term it leads in: a new term starts every session afresh.
+    term: Option<u64>,
+    /// When it last looked for silent brokers.
+    checked: Option<Instant>,
+    heard: Sessions,
+}
+
 pub struct Liveness {
     pub heartbeat: Duration,
     pub session: Duration,
@@ -30,7 +40,7 @@ pub struct Liveness {
     registered: Mutex<Option<(Command, u64)>>,
     /// Controller side: the term it leads in, and when each broker (at which epoch) was last
     /// heard from. A new registration starts a new session.
-    sessions: Mutex<(Option<u64>, Sessions)>,
+    sessions: Mutex<ControllerSessions>,
     /// Broker side: when the controller last acknowledged this broker's heartbeat (for the
     /// controller itself: when a quorum last acknowledged its leadership).
     acknowledged: Mutex<Option<Instant>>,
@@ -48,7 +58,7 @@ impl Liveness {
             session,
             cut_off_after: session + failover,
             registered: Mutex::new(None),
-            sessions: Mutex::new((None, HashMap::new())),
+            sessions: Mutex::new(ControllerSessions::default()),
             acknowledged: Mutex::new(None),
             controller: Mutex::new(None),
         }
@@ -72,7 +82,7 @@ impl Liveness {
         self.sessions
             .lock()
             .expect("sessions lock")
-            .1
+            .heard
             .insert(id, (epoch, Instant::now()));
     }
 }
@@ -330,22 +340,36 @@ async fn every<F, Fut>(
 
 /// The controller's session decision, on the clock it is given: of the `unfenced` brokers (id,
 /// registration epoch), those not heard from for longer than `session`. A new `term` (a new
-/// controller) starts every session at `now`, as does a new registration epoch.
+/// controller) starts every session at `now`, as does a new registration epoch, and so does a
+/// stall of the controller itself: a check a whole session after the previous one (every
+/// 100 ms otherwise) means the controller did not run — paused, or starved — and heard nobody
+/// meanwhile, whoever was alive; fencing them all at once would move every leadership.
 fn silent_brokers(
-    sessions: &mut (Option<u64>, Sessions),
+    sessions: &mut ControllerSessions,
     term: u64,
     unfenced: &[(i32, u64)],
     now: Instant,
     session: Duration,
 ) -> Vec<(i32, u64)> {
-    if sessions.0 != Some(term) {
-        *sessions = (Some(term), HashMap::new());
+    let stalled = sessions
+        .checked
+        .replace(now)
+        .is_some_and(|last| now.duration_since(last) > session);
+    if sessions.term != Some(term) || stalled {
+        if stalled && sessions.term == Some(term) {
+            tracing::warn!(
+                session_timeout_ms = session.as_millis() as u64,
+                "the controller did not run for a session timeout: every broker's session starts afresh"
+            );
+        }
+        sessions.term = Some(term);
+        sessions.heard.clear();
     }
     unfenced
         .iter()
         .copied()
         .filter(|&(id, epoch)| {
-            let heard = sessions.1.entry(id).or_insert((epoch, now));
+            let heard = sessions.heard.entry(id).or_insert((epoch, now));
             if heard.0 != epoch {
                 *heard = (epoch, now);
             }
@@ -364,12 +388,13 @@ mod tests {
         let session = Duration::from_millis(1500);
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut sessions = (None, Sessions::new());
+        let mut sessions = ControllerSessions::default();
         let brokers = [(1, 10), (2, 20)];
         // A new controller starts every session now: nobody is silent yet.
         assert!(silent_brokers(&mut sessions, 5, &brokers, at(0), session).is_empty());
+        assert!(silent_brokers(&mut sessions, 5, &brokers, at(800), session).is_empty());
         // 2 heartbeats at 1 s; at 1.6 s only 1 has been silent for longer than the session.
-        sessions.1.insert(2, (20, at(1000)));
+        sessions.heard.insert(2, (20, at(1000)));
         assert_eq!(
             silent_brokers(&mut sessions, 5, &brokers, at(1600), session),
             [(1, 10)]
@@ -386,9 +411,21 @@ mod tests {
         );
         // A new term (another controller) starts them all afresh.
         assert!(silent_brokers(&mut sessions, 6, &registered_again, at(5000), session).is_empty());
+        assert!(silent_brokers(&mut sessions, 6, &registered_again, at(5800), session).is_empty());
         assert_eq!(
             silent_brokers(&mut sessions, 6, &registered_again, at(6600), session),
             [(1, 11), (2, 20)]
+        );
+        // The controller itself stopped for 6 s (SIGSTOP): nobody could be heard meanwhile, so
+        // nobody is fenced for it; whoever stays silent a session on is.
+        sessions.heard.insert(1, (11, at(6600)));
+        sessions.heard.insert(2, (20, at(6600)));
+        assert!(silent_brokers(&mut sessions, 6, &registered_again, at(12600), session).is_empty());
+        sessions.heard.insert(2, (20, at(13000)));
+        assert!(silent_brokers(&mut sessions, 6, &registered_again, at(13400), session).is_empty());
+        assert_eq!(
+            silent_brokers(&mut sessions, 6, &registered_again, at(14200), session),
+            [(1, 11)]
         );
     }
 

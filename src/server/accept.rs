@@ -75,7 +75,7 @@ impl Caps {
             .get(&ip)
             .copied()
             .unwrap_or(self.per_ip);
-        let total = {
+        {
             let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
             if open.total >= self.max {
                 return Err(Refused::MaxConnections);
@@ -89,9 +89,11 @@ impl Caps {
             }
             *from_ip += 1;
             open.total += 1;
-            open.total
-        };
-        metrics::gauge!("strata_connections_open", "listener" => self.listener).set(total as f64);
+            // Set under the lock: two connections that come or go at once would otherwise
+            // set the gauge in either order, and it could keep the older count.
+            metrics::gauge!("strata_connections_open", "listener" => self.listener)
+                .set(open.total as f64);
+        }
         Ok(Slot {
             caps: self.clone(),
             ip,
@@ -111,19 +113,17 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let total = {
-            let mut open = self.caps.open.lock().unwrap_or_else(|e| e.into_inner());
-            open.total -= 1;
-            if let Some(n) = open.by_ip.get_mut(&self.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    open.by_ip.remove(&self.ip);
-                }
+        let mut open = self.caps.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.total -= 1;
+        if let Some(n) = open.by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.by_ip.remove(&self.ip);
             }
-            open.total
-        };
+        }
+        // Under the lock, as in `admit`.
         metrics::gauge!("strata_connections_open", "listener" => self.caps.listener)
-            .set(total as f64);
+            .set(open.total as f64);
     }
 }
 

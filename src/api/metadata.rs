@@ -101,18 +101,11 @@ fn named_brokers(
     advertised: (String, i32),
     cut_off: bool,
 ) -> Vec<LiveBroker> {
-    if !cut_off {
-        return listed(view, me, advertised, |b| !b.fenced);
+    let mut named = listed(view, me, advertised, |b| cut_off || !b.fenced);
+    if cut_off && named.len() > 1 {
+        named.retain(|b| b.id != me);
     }
-    let others: Vec<LiveBroker> = listed(view, me, advertised.clone(), |_| true)
-        .into_iter()
-        .filter(|b| b.id != me)
-        .collect();
-    if others.is_empty() {
-        listed(view, me, advertised, |_| false)
-    } else {
-        others
-    }
+    named
 }
 
 /// This broker (at `advertised`) and the other brokers of `view` that `keep` keeps, by id.

@@ -4,7 +4,7 @@
 //! client certificate are refused and counted; garbage datagrams change nothing. Persistent
 //! streams: many requests answered in order on one stream, streams that do not wait for each
 //! other, a bad frame that closes only its stream, a wrong node id that closes the connection,
-//! and a timed-out call whose stream is replaced.
+//! a timed-out call whose stream is replaced, and a shut endpoint that lets go of its socket.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -518,6 +518,50 @@ async fn a_timed_out_call_drops_its_stream_and_the_next_gets_its_own_answer() {
                 tokio::time::timeout(Duration::from_millis(100), stream.call(b"sleep:x", LONG));
             assert!(cancelled.await.is_err());
             assert!(stream.is_broken());
+        })
+        .await;
+}
+
+/// A broker restarted in one process gets its predecessor's socket (tests hand sockets over):
+/// the shut predecessor, though a handle to it lives on, reads none of its successor's
+/// datagrams, and every call to the successor is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shut_endpoint_lets_go_of_its_socket_for_the_next_one() {
+    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    certs::init_ca(&ca).unwrap();
+    let telemetry = Telemetry::new(1);
+    let scope = telemetry.clone();
+    scope
+        .scope(async move {
+            let (_shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+            let handed_over = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let addr = handed_over.local_addr().unwrap();
+            let identity = node(&ca, 1, &dir.path().join("n1"));
+            let transport = Transport::for_session_timeout(Duration::from_secs(9));
+            let two = endpoint(&node(&ca, 2, &dir.path().join("n2")));
+            two.set_address(1, addr);
+            let serve = |socket: &std::net::UdpSocket| {
+                let one =
+                    PeerEndpoint::new(socket.try_clone().unwrap(), &identity, transport).unwrap();
+                one.register(7, Arc::new(Echo));
+                strata::telemetry::spawn(one.clone().serve(shutdown_rx.clone()));
+                one
+            };
+            let before = serve(&handed_over);
+            assert_eq!(two.call(1, 7, b"a", LONG).await.unwrap().as_ref(), b"2:a");
+            before.shut().await;
+            let after = serve(&handed_over);
+            for i in 0..40 {
+                let body = format!("{i}");
+                let answer = two
+                    .call(1, 7, body.as_bytes(), Duration::from_secs(2))
+                    .await
+                    .unwrap_or_else(|e| panic!("call {i} to the new endpoint: {e}"));
+                assert_eq!(answer.as_ref(), format!("2:{i}").as_bytes());
+            }
+            drop((before, after));
         })
         .await;
 }

@@ -52,6 +52,7 @@ pub async fn join(
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("--seeds needs the peer TLS files"))?;
     let identity = Identity::load(tls)?;
+    let voters = voters(config)?;
     if identity.node_id != config.node_id {
         anyhow::bail!(
             "{} names node {}, but this broker is --node-id {}: issue it a certificate with `strata cluster issue --node-id {}`",
@@ -75,7 +76,6 @@ pub async fn join(
     )?;
     let peer_addr = endpoint.local_addr()?;
     drop(crate::telemetry::spawn(endpoint.clone().serve(shutdown)));
-    let voters = voters(config)?;
     // A third of the session timeout (500 ms to 1 s): a lost controller is replaced, and the
     // brokers it served fenced, within about one session timeout.
     let election =
@@ -95,8 +95,36 @@ pub async fn join(
         },
         Some(endpoint.clone()),
     )
-    .await?;
+    .await;
+    let quorum = match quorum {
+        Ok(quorum) => quorum,
+        Err(e) => {
+            endpoint.shut().await;
+            return Err(e);
+        }
+    };
     tracing::info!(%peer_addr, voters = ?voters, "joining the cluster");
+    match register(config, &quorum, &voters, advertised, peer_addr).await {
+        Ok(()) => Ok((quorum, endpoint)),
+        Err(e) => {
+            // A broker that will not start lets go of its raft node and its peer socket now,
+            // not when the last task holding them ends: a restart in the same directory (or
+            // on the same prebound socket) must be the only node there.
+            quorum.shutdown().await;
+            Err(e)
+        }
+    }
+}
+
+/// Waits until the quorum has a leader and the cluster's identity, checks the bucket, and
+/// registers this broker at `advertised`.
+async fn register(
+    config: &Config,
+    quorum: &Quorum,
+    voters: &BTreeMap<i32, SocketAddr>,
+    advertised: (String, i32),
+    peer_addr: SocketAddr,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + QUORUM_WAIT;
     loop {
         if quorum.ready(Duration::from_secs(1)).await && !quorum.state().cluster_id.is_empty() {
@@ -128,7 +156,7 @@ pub async fn join(
             incarnation: uuid::Uuid::new_v4(),
         })
         .await?;
-    Ok((quorum, endpoint))
+    Ok(())
 }
 
 /// `_strata/cluster.json` in the bucket names the cluster that uses it: written if absent

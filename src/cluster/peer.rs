@@ -473,20 +473,30 @@ impl PeerEndpoint {
     /// socket: a closed quinn endpoint still reads its socket while any handle to it lives, and
     /// a broker restarted in the same process on the same socket (tests hand sockets over)
     /// would lose datagrams to it.
+    ///
+    /// Rebound twice: quinn goes on reading the socket it was rebound from until a connection's
+    /// datagram arrives on the new one (never, on a closed endpoint); a second rebind replaces
+    /// that previous socket, and the handed-over one is let go.
     pub async fn shut(&self) {
         self.close();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.wait_idle()).await;
-        let unspecified: std::net::SocketAddr = match self.endpoint.local_addr() {
+        self.release_socket();
+    }
+
+    /// The socket half of [`PeerEndpoint::shut`], without the wait: for a node dropped without
+    /// a shutdown (a start that failed, a crash in a test), whose endpoint is closed at once.
+    pub fn release_socket(&self) {
+        let loopback: std::net::SocketAddr = match self.endpoint.local_addr() {
             Ok(a) if a.is_ipv6() => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
             _ => (std::net::Ipv4Addr::LOCALHOST, 0).into(),
         };
-        match std::net::UdpSocket::bind(unspecified) {
-            Ok(socket) => {
-                if let Err(e) = self.endpoint.rebind(socket) {
-                    tracing::debug!(error = %e, "releasing the peer socket");
-                }
+        for _ in 0..2 {
+            let rebound =
+                std::net::UdpSocket::bind(loopback).and_then(|socket| self.endpoint.rebind(socket));
+            if let Err(e) = rebound {
+                tracing::debug!(error = %e, "releasing the peer socket");
+                return;
             }
-            Err(e) => tracing::debug!(error = %e, "releasing the peer socket"),
         }
     }
 }

@@ -399,10 +399,15 @@ impl Quorum {
 }
 
 impl Drop for Quorum {
-    /// A broker dropped without a shutdown (a crash in a test) stops its raft node too, so a
-    /// restart in the same directory is the only writer there.
+    /// A broker dropped without a shutdown (a crash in a test, a start that failed) stops its
+    /// raft node too, so a restart in the same directory is the only writer there, and lets go
+    /// of its peer socket, so a restart on the same socket gets every datagram.
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.close();
+            endpoint.release_socket();
+        }
         if tokio::runtime::Handle::try_current().is_ok() {
             let raft = self.raft.clone();
             drop(crate::telemetry::spawn(async move {

@@ -218,11 +218,16 @@ async fn paused_followers_stall_acks_all_then_refuse_them_and_rejoin() {
         "{last_visible} ≥ {unreplicated:?}"
     );
 
-    // Resumed, both rejoin the ISR; every acknowledged record is there once.
+    // Resumed, both rejoin the ISR; every acknowledged record is there once. Each noticed
+    // its pause and made its peer connections afresh (their round-trip estimates are stale).
     for &f in &followers {
         cluster.resume(f);
     }
     until_isr(&cluster, leader, "s", 3).await;
+    for &f in &followers {
+        let pauses = cluster.metric(f, "strata_peer_pauses_total", "").await;
+        assert!(pauses >= 1.0, "broker {f} noticed {pauses} pauses");
+    }
     let log = read_partition(&addr, "s", 0).await;
     assert_clean(&history, BTreeMap::from([(0, log)]));
     assert_fully_replicated(&cluster, &[1, 2, 3, 4, 5]).await;

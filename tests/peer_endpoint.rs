@@ -33,6 +33,14 @@ impl Service for Echo {
     }
 }
 
+/// A temporary directory with a cluster CA in `ca/`.
+fn with_ca() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    certs::init_ca(&ca).unwrap();
+    (dir, ca)
+}
+
 fn node(ca: &Path, id: i32, out: &Path) -> Identity {
     certs::issue(ca, id, out).unwrap();
     Identity::load(&PeerTls {
@@ -275,9 +283,7 @@ const LONG: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_stream_answers_many_requests_in_order() {
     let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca");
-    certs::init_ca(&ca).unwrap();
+    let (dir, ca) = with_ca();
     let telemetry = Telemetry::new(1);
     let scope = telemetry.clone();
     scope
@@ -328,9 +334,7 @@ async fn one_stream_answers_many_requests_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_stream_does_not_hold_up_another() {
     let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca");
-    certs::init_ca(&ca).unwrap();
+    let (dir, ca) = with_ca();
     let p = pair(&ca, dir.path());
     let mut slow = p.two.open_stream(1, 7).await.unwrap();
     let mut fast = p.two.open_stream(1, 7).await.unwrap();
@@ -393,9 +397,7 @@ async fn assert_ended(recv: &mut quinn::RecvStream) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_frame_closes_its_stream_and_the_connection_serves_on() {
     let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca");
-    certs::init_ca(&ca).unwrap();
+    let (dir, ca) = with_ca();
     let telemetry = Telemetry::new(1);
     let scope = telemetry.clone();
     scope
@@ -452,9 +454,7 @@ async fn a_bad_frame_closes_its_stream_and_the_connection_serves_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_claiming_another_node_closes_the_connection() {
     let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca");
-    certs::init_ca(&ca).unwrap();
+    let (dir, ca) = with_ca();
     let telemetry = Telemetry::new(1);
     let scope = telemetry.clone();
     scope
@@ -480,9 +480,7 @@ async fn a_stream_claiming_another_node_closes_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_call_drops_its_stream_and_the_next_gets_its_own_answer() {
     let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca");
-    certs::init_ca(&ca).unwrap();
+    let (dir, ca) = with_ca();
     let telemetry = Telemetry::new(1);
     let scope = telemetry.clone();
     scope
@@ -528,9 +526,7 @@ async fn a_timed_out_call_drops_its_stream_and_the_next_gets_its_own_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shut_endpoint_lets_go_of_its_socket_for_the_next_one() {
     let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca");
-    certs::init_ca(&ca).unwrap();
+    let (dir, ca) = with_ca();
     let telemetry = Telemetry::new(1);
     let scope = telemetry.clone();
     scope

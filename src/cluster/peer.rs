@@ -18,6 +18,9 @@
 //! its certificate does not name is closed. Both are logged and counted
 //! (`strata_peer_refused_total{reason}`), as is a persistent stream's oversized or truncated
 //! frame (that stream is closed).
+//!
+//! After this node did not run for a while, every connection is closed and made afresh
+//! ([`pause`]): their round-trip estimates are stale and would keep a dead peer unnoticed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,6 +33,7 @@ use tokio::sync::watch;
 use super::tls::{self, Identity};
 
 mod buffers;
+pub mod pause;
 pub mod stream;
 
 pub use stream::{PeerStream, STREAM_FLAG};
@@ -40,6 +44,7 @@ pub const MAX_MESSAGE: usize = 256 << 20;
 /// Application error codes on closing a connection.
 const CLOSE_WRONG_ID: u32 = 1;
 const CLOSE_SHUTDOWN: u32 = 2;
+const CLOSE_PAUSED: u32 = 3;
 
 /// What a service answers to one request from node `from`.
 #[async_trait::async_trait]
@@ -107,6 +112,10 @@ pub struct PeerEndpoint {
     /// One connection per peer, made on first use and again after it drops.
     connections: Mutex<HashMap<i32, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
     services: RwLock<HashMap<u8, Arc<dyn Service>>>,
+    /// Connections peers made to this node, by `stable_id`, while they are served.
+    accepted: Mutex<HashMap<usize, quinn::Connection>>,
+    /// A gap between the endpoint's clock ticks longer than this is a pause ([`pause`]).
+    pause_threshold: Duration,
     /// Set once `serve` runs: the accept loop's stop signal.
     serving: OnceLock<()>,
     last_refusal_log: Mutex<Option<Instant>>,
@@ -144,6 +153,8 @@ impl PeerEndpoint {
             addresses: RwLock::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
             services: RwLock::new(HashMap::new()),
+            accepted: Mutex::new(HashMap::new()),
+            pause_threshold: pause::threshold(transport.idle_timeout),
             serving: OnceLock::new(),
             last_refusal_log: Mutex::new(None),
         }))
@@ -350,9 +361,18 @@ impl PeerEndpoint {
         if self.serving.set(()).is_err() {
             return;
         }
+        let mut tick = tokio::time::interval(pause::TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch = pause::PauseWatch::new(Instant::now(), self.pause_threshold);
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.changed() => break,
+                _ = tick.tick() => {
+                    if let Some(gap) = watch.observe(Instant::now()) {
+                        self.close_after_pause(gap);
+                    }
+                    continue;
+                }
                 i = self.endpoint.accept() => match i {
                     Some(i) => i,
                     None => break,
@@ -378,10 +398,15 @@ impl PeerEndpoint {
             connection.close(CLOSE_WRONG_ID.into(), b"certificate names no node id");
             return;
         };
+        let id = connection.stable_id();
+        self.accepted_lock().insert(id, connection.clone());
         loop {
             let (send, recv) = match connection.accept_bi().await {
                 Ok(stream) => stream,
-                Err(_) => return,
+                Err(_) => {
+                    self.accepted_lock().remove(&id);
+                    return;
+                }
             };
             let this = self.clone();
             let conn = connection.clone();
@@ -457,6 +482,40 @@ impl PeerEndpoint {
             *last = Some(Instant::now());
             tracing::warn!(%remote, reason, detail, "peer refused");
         }
+    }
+
+    fn accepted_lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, quinn::Connection>> {
+        self.accepted.lock().expect("accepted connections lock")
+    }
+
+    /// Closes every connection, made or accepted, after this node did not run for `gap`
+    /// ([`pause`]); calls make new ones. A connection being made right now is left alone: its
+    /// handshake is younger than the pause.
+    fn close_after_pause(&self, gap: Duration) {
+        let made: Vec<_> = self
+            .connections
+            .lock()
+            .expect("connections lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut closed = 0;
+        for slot in made {
+            if let Some(connection) = slot.try_lock().ok().and_then(|mut c| c.take()) {
+                connection.close(CLOSE_PAUSED.into(), b"this node was paused");
+                closed += 1;
+            }
+        }
+        for (_, connection) in self.accepted_lock().drain() {
+            connection.close(CLOSE_PAUSED.into(), b"this node was paused");
+            closed += 1;
+        }
+        metrics::counter!("strata_peer_pauses_total").increment(1);
+        tracing::warn!(
+            ?gap,
+            closed,
+            "this node did not run for a while; its peer connections are closed and made afresh"
+        );
     }
 
     /// Closes every connection and the endpoint.

@@ -41,6 +41,20 @@ fn with_ca() -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, ca)
 }
 
+/// Runs `test` under the cluster lock, with a CA in a temporary directory, in the scope of a
+/// telemetry of its own (the metrics it reads are the test's alone).
+async fn in_scope<F, Fut>(test: F)
+where
+    F: FnOnce(tempfile::TempDir, std::path::PathBuf, Telemetry) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
+    let (dir, ca) = with_ca();
+    let telemetry = Telemetry::new(1);
+    let scope = telemetry.clone();
+    scope.scope(test(dir, ca, telemetry)).await;
+}
+
 fn node(ca: &Path, id: i32, out: &Path) -> Identity {
     certs::issue(ca, id, out).unwrap();
     Identity::load(&PeerTls {
@@ -282,53 +296,48 @@ const LONG: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_stream_answers_many_requests_in_order() {
-    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
-    let (dir, ca) = with_ca();
-    let telemetry = Telemetry::new(1);
-    let scope = telemetry.clone();
-    scope
-        .scope(async move {
-            let p = pair(&ca, dir.path());
-            let mut stream = p.two.open_stream(1, 7).await.unwrap();
-            for i in 0..200 {
-                let answer = stream.call(format!("{i}").as_bytes(), LONG).await.unwrap();
-                assert_eq!(answer.as_ref(), format!("2:{i}").as_bytes());
-            }
-            // Empty bodies, a service's error and an answer of 1 MiB keep the stream in step.
-            assert_eq!(stream.call(b"", LONG).await.unwrap().as_ref(), b"2:");
+    in_scope(|dir, ca, telemetry| async move {
+        let p = pair(&ca, dir.path());
+        let mut stream = p.two.open_stream(1, 7).await.unwrap();
+        for i in 0..200 {
+            let answer = stream.call(format!("{i}").as_bytes(), LONG).await.unwrap();
+            assert_eq!(answer.as_ref(), format!("2:{i}").as_bytes());
+        }
+        // Empty bodies, a service's error and an answer of 1 MiB keep the stream in step.
+        assert_eq!(stream.call(b"", LONG).await.unwrap().as_ref(), b"2:");
+        assert!(matches!(
+            stream.call(b"fail", LONG).await,
+            Err(PeerError::Remote { .. })
+        ));
+        let big = vec![b'x'; 1 << 20];
+        assert_eq!(stream.call(&big, LONG).await.unwrap().len(), 2 + (1 << 20));
+        assert_eq!(
+            stream.call(b"after", LONG).await.unwrap().as_ref(),
+            b"2:after"
+        );
+        assert!(!stream.is_broken());
+        // An unknown service is an error on each call, not a hang.
+        let mut unknown = p.two.open_stream(1, 9).await.unwrap();
+        for _ in 0..2 {
             assert!(matches!(
-                stream.call(b"fail", LONG).await,
+                unknown.call(b"x", LONG).await,
                 Err(PeerError::Remote { .. })
             ));
-            let big = vec![b'x'; 1 << 20];
-            assert_eq!(stream.call(&big, LONG).await.unwrap().len(), 2 + (1 << 20));
-            assert_eq!(
-                stream.call(b"after", LONG).await.unwrap().as_ref(),
-                b"2:after"
-            );
-            assert!(!stream.is_broken());
-            // An unknown service is an error on each call, not a hang.
-            let mut unknown = p.two.open_stream(1, 9).await.unwrap();
-            for _ in 0..2 {
-                assert!(matches!(
-                    unknown.call(b"x", LONG).await,
-                    Err(PeerError::Remote { .. })
-                ));
-            }
-            assert_eq!(gauge(&telemetry, "strata_peer_streams_open"), 2.0);
-            // One-shot requests still work beside the streams.
-            assert_eq!(
-                p.two.call(1, 7, b"once", LONG).await.unwrap().as_ref(),
-                b"2:once"
-            );
-            // Finished between frames, a stream ends on the server too.
-            drop((stream, unknown));
-            eventually("the server's streams end", || {
-                gauge(&telemetry, "strata_peer_streams_open") == 0.0
-            })
-            .await;
+        }
+        assert_eq!(gauge(&telemetry, "strata_peer_streams_open"), 2.0);
+        // One-shot requests still work beside the streams.
+        assert_eq!(
+            p.two.call(1, 7, b"once", LONG).await.unwrap().as_ref(),
+            b"2:once"
+        );
+        // Finished between frames, a stream ends on the server too.
+        drop((stream, unknown));
+        eventually("the server's streams end", || {
+            gauge(&telemetry, "strata_peer_streams_open") == 0.0
         })
         .await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,128 +405,113 @@ async fn assert_ended(recv: &mut quinn::RecvStream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_frame_closes_its_stream_and_the_connection_serves_on() {
-    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
-    let (dir, ca) = with_ca();
-    let telemetry = Telemetry::new(1);
-    let scope = telemetry.clone();
-    scope
-        .scope(async move {
-            let p = pair(&ca, dir.path());
-            let mut kept = p.two.open_stream(1, 7).await.unwrap();
-            assert_eq!(
-                kept.call(b"before", LONG).await.unwrap().as_ref(),
-                b"2:before"
-            );
-            let raw = raw_connection(&ca, dir.path(), p.one.local_addr().unwrap()).await;
+    in_scope(|dir, ca, telemetry| async move {
+        let p = pair(&ca, dir.path());
+        let mut kept = p.two.open_stream(1, 7).await.unwrap();
+        assert_eq!(
+            kept.call(b"before", LONG).await.unwrap().as_ref(),
+            b"2:before"
+        );
+        let raw = raw_connection(&ca, dir.path(), p.one.local_addr().unwrap()).await;
 
-            // A good frame, then one that declares more than MAX_MESSAGE: the first is
-            // answered, then the stream ends (before anything of that size is allocated).
-            let mut bytes = frame(b"good");
-            bytes.extend_from_slice(&(MAX_MESSAGE as u32 + 1).to_be_bytes());
-            let (_send, mut recv) = raw_stream(&raw, &bytes).await;
-            let mut answer = [0u8; 4 + 1 + 6];
-            recv.read_exact(&mut answer).await.unwrap();
-            assert_eq!(&answer, b"\0\0\0\x07\x002:good");
-            assert_ended(&mut recv).await;
+        // A good frame, then one that declares more than MAX_MESSAGE: the first is
+        // answered, then the stream ends (before anything of that size is allocated).
+        let mut bytes = frame(b"good");
+        bytes.extend_from_slice(&(MAX_MESSAGE as u32 + 1).to_be_bytes());
+        let (_send, mut recv) = raw_stream(&raw, &bytes).await;
+        let mut answer = [0u8; 4 + 1 + 6];
+        recv.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"\0\0\0\x07\x002:good");
+        assert_ended(&mut recv).await;
 
-            // A frame that declares 100 bytes and ends after 10.
-            let mut bytes = 100u32.to_be_bytes().to_vec();
-            bytes.extend_from_slice(b"0123456789");
-            let (mut send, mut recv) = raw_stream(&raw, &bytes).await;
-            send.finish().unwrap();
-            assert_ended(&mut recv).await;
-            // A length prefix cut short by the end of the stream.
-            let (mut send, mut recv) = raw_stream(&raw, &[0, 0]).await;
-            send.finish().unwrap();
-            assert_ended(&mut recv).await;
+        // A frame that declares 100 bytes and ends after 10.
+        let mut bytes = 100u32.to_be_bytes().to_vec();
+        bytes.extend_from_slice(b"0123456789");
+        let (mut send, mut recv) = raw_stream(&raw, &bytes).await;
+        send.finish().unwrap();
+        assert_ended(&mut recv).await;
+        // A length prefix cut short by the end of the stream.
+        let (mut send, mut recv) = raw_stream(&raw, &[0, 0]).await;
+        send.finish().unwrap();
+        assert_ended(&mut recv).await;
 
-            // The connection and the other streams go on.
-            assert!(raw.close_reason().is_none());
-            let (mut send, mut recv) = raw_stream(&raw, &frame(b"raw")).await;
-            send.finish().unwrap();
-            let answer = tokio::time::timeout(LONG, recv.read_to_end(1024))
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(answer, b"\0\0\0\x06\x002:raw");
-            assert_eq!(
-                kept.call(b"after", LONG).await.unwrap().as_ref(),
-                b"2:after"
-            );
-            assert_eq!(refused(&telemetry, "frame_too_large"), 1.0);
-            assert_eq!(refused(&telemetry, "truncated_frame"), 2.0);
-            assert_eq!(refused(&telemetry, "node_id"), 0.0);
-        })
-        .await;
+        // The connection and the other streams go on.
+        assert!(raw.close_reason().is_none());
+        let (mut send, mut recv) = raw_stream(&raw, &frame(b"raw")).await;
+        send.finish().unwrap();
+        let answer = tokio::time::timeout(LONG, recv.read_to_end(1024))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer, b"\0\0\0\x06\x002:raw");
+        assert_eq!(
+            kept.call(b"after", LONG).await.unwrap().as_ref(),
+            b"2:after"
+        );
+        assert_eq!(refused(&telemetry, "frame_too_large"), 1.0);
+        assert_eq!(refused(&telemetry, "truncated_frame"), 2.0);
+        assert_eq!(refused(&telemetry, "node_id"), 0.0);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_claiming_another_node_closes_the_connection() {
-    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
-    let (dir, ca) = with_ca();
-    let telemetry = Telemetry::new(1);
-    let scope = telemetry.clone();
-    scope
-        .scope(async move {
-            let p = pair(&ca, dir.path());
-            // Node 2's certificate claiming to be node 3.
-            let mut identity = node(&ca, 2, &dir.path().join("impostor"));
-            identity.node_id = 3;
-            let impostor = endpoint(&identity);
-            impostor.set_address(1, p.one.local_addr().unwrap());
-            let mut stream = impostor.open_stream(1, 7).await.unwrap();
-            let e = stream.call(b"hi", LONG).await.unwrap_err();
-            assert!(matches!(e, PeerError::Transport { .. }), "{e}");
-            assert!(stream.is_broken());
-            assert_eq!(refused(&telemetry, "node_id"), 1.0);
-            // The honest node is served.
-            let mut honest = p.two.open_stream(1, 7).await.unwrap();
-            assert_eq!(honest.call(b"hi", LONG).await.unwrap().as_ref(), b"2:hi");
-        })
-        .await;
+    in_scope(|dir, ca, telemetry| async move {
+        let p = pair(&ca, dir.path());
+        // Node 2's certificate claiming to be node 3.
+        let mut identity = node(&ca, 2, &dir.path().join("impostor"));
+        identity.node_id = 3;
+        let impostor = endpoint(&identity);
+        impostor.set_address(1, p.one.local_addr().unwrap());
+        let mut stream = impostor.open_stream(1, 7).await.unwrap();
+        let e = stream.call(b"hi", LONG).await.unwrap_err();
+        assert!(matches!(e, PeerError::Transport { .. }), "{e}");
+        assert!(stream.is_broken());
+        assert_eq!(refused(&telemetry, "node_id"), 1.0);
+        // The honest node is served.
+        let mut honest = p.two.open_stream(1, 7).await.unwrap();
+        assert_eq!(honest.call(b"hi", LONG).await.unwrap().as_ref(), b"2:hi");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_call_drops_its_stream_and_the_next_gets_its_own_answer() {
-    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
-    let (dir, ca) = with_ca();
-    let telemetry = Telemetry::new(1);
-    let scope = telemetry.clone();
-    scope
-        .scope(async move {
-            let p = pair(&ca, dir.path());
-            let mut slot: Option<PeerStream> = None;
-            let e = p
-                .two
-                .call_on(&mut slot, 1, 7, b"sleep:late", Duration::from_millis(200))
-                .await
-                .unwrap_err();
-            assert!(matches!(e, PeerError::Timeout(1)), "{e}");
-            let broken = slot.as_mut().expect("the stream stays in its slot");
-            assert!(broken.is_broken());
-            assert!(matches!(
-                broken.call(b"again", LONG).await,
-                Err(PeerError::Transport { .. })
-            ));
-            // The next call opens a fresh stream: it gets its own answer, never the late one.
-            let answer = p.two.call_on(&mut slot, 1, 7, b"next", LONG).await.unwrap();
-            assert_eq!(answer.as_ref(), b"2:next");
-            // The broken stream was reset: once its late answer is refused, the server's side
-            // ends, and the fresh stream is the only one left.
-            eventually("the timed-out stream ends on the server", || {
-                gauge(&telemetry, "strata_peer_streams_open") == 1.0
-            })
-            .await;
-            let answer = p.two.call_on(&mut slot, 1, 7, b"more", LONG).await.unwrap();
-            assert_eq!(answer.as_ref(), b"2:more");
-            // A cancelled call (its future dropped midway) breaks the stream the same way.
-            let mut stream = slot.take().unwrap();
-            let cancelled =
-                tokio::time::timeout(Duration::from_millis(100), stream.call(b"sleep:x", LONG));
-            assert!(cancelled.await.is_err());
-            assert!(stream.is_broken());
+    in_scope(|dir, ca, telemetry| async move {
+        let p = pair(&ca, dir.path());
+        let mut slot: Option<PeerStream> = None;
+        let e = p
+            .two
+            .call_on(&mut slot, 1, 7, b"sleep:late", Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PeerError::Timeout(1)), "{e}");
+        let broken = slot.as_mut().expect("the stream stays in its slot");
+        assert!(broken.is_broken());
+        assert!(matches!(
+            broken.call(b"again", LONG).await,
+            Err(PeerError::Transport { .. })
+        ));
+        // The next call opens a fresh stream: it gets its own answer, never the late one.
+        let answer = p.two.call_on(&mut slot, 1, 7, b"next", LONG).await.unwrap();
+        assert_eq!(answer.as_ref(), b"2:next");
+        // The broken stream was reset: once its late answer is refused, the server's side
+        // ends, and the fresh stream is the only one left.
+        eventually("the timed-out stream ends on the server", || {
+            gauge(&telemetry, "strata_peer_streams_open") == 1.0
         })
         .await;
+        let answer = p.two.call_on(&mut slot, 1, 7, b"more", LONG).await.unwrap();
+        assert_eq!(answer.as_ref(), b"2:more");
+        // A cancelled call (its future dropped midway) breaks the stream the same way.
+        let mut stream = slot.take().unwrap();
+        let cancelled =
+            tokio::time::timeout(Duration::from_millis(100), stream.call(b"sleep:x", LONG));
+        assert!(cancelled.await.is_err());
+        assert!(stream.is_broken());
+    })
+    .await;
 }
 
 /// A broker restarted in one process gets its predecessor's socket (tests hand sockets over):
@@ -525,39 +519,33 @@ async fn a_timed_out_call_drops_its_stream_and_the_next_gets_its_own_answer() {
 /// datagrams, and every call to the successor is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shut_endpoint_lets_go_of_its_socket_for_the_next_one() {
-    let _one = crate::cluster_support::ONE_CLUSTER.lock().await;
-    let (dir, ca) = with_ca();
-    let telemetry = Telemetry::new(1);
-    let scope = telemetry.clone();
-    scope
-        .scope(async move {
-            let (_shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-            let handed_over = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            let addr = handed_over.local_addr().unwrap();
-            let identity = node(&ca, 1, &dir.path().join("n1"));
-            let transport = Transport::for_session_timeout(Duration::from_secs(9));
-            let two = endpoint(&node(&ca, 2, &dir.path().join("n2")));
-            two.set_address(1, addr);
-            let serve = |socket: &std::net::UdpSocket| {
-                let one =
-                    PeerEndpoint::new(socket.try_clone().unwrap(), &identity, transport).unwrap();
-                one.register(7, Arc::new(Echo));
-                strata::telemetry::spawn(one.clone().serve(shutdown_rx.clone()));
-                one
-            };
-            let before = serve(&handed_over);
-            assert_eq!(two.call(1, 7, b"a", LONG).await.unwrap().as_ref(), b"2:a");
-            before.shut().await;
-            let after = serve(&handed_over);
-            for i in 0..40 {
-                let body = format!("{i}");
-                let answer = two
-                    .call(1, 7, body.as_bytes(), Duration::from_secs(2))
-                    .await
-                    .unwrap_or_else(|e| panic!("call {i} to the new endpoint: {e}"));
-                assert_eq!(answer.as_ref(), format!("2:{i}").as_bytes());
-            }
-            drop((before, after));
-        })
-        .await;
+    in_scope(|dir, ca, _telemetry| async move {
+        let (_shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let handed_over = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = handed_over.local_addr().unwrap();
+        let identity = node(&ca, 1, &dir.path().join("n1"));
+        let transport = Transport::for_session_timeout(Duration::from_secs(9));
+        let two = endpoint(&node(&ca, 2, &dir.path().join("n2")));
+        two.set_address(1, addr);
+        let serve = |socket: &std::net::UdpSocket| {
+            let one = PeerEndpoint::new(socket.try_clone().unwrap(), &identity, transport).unwrap();
+            one.register(7, Arc::new(Echo));
+            strata::telemetry::spawn(one.clone().serve(shutdown_rx.clone()));
+            one
+        };
+        let before = serve(&handed_over);
+        assert_eq!(two.call(1, 7, b"a", LONG).await.unwrap().as_ref(), b"2:a");
+        before.shut().await;
+        let after = serve(&handed_over);
+        for i in 0..40 {
+            let body = format!("{i}");
+            let answer = two
+                .call(1, 7, body.as_bytes(), Duration::from_secs(2))
+                .await
+                .unwrap_or_else(|e| panic!("call {i} to the new endpoint: {e}"));
+            assert_eq!(answer.as_ref(), format!("2:{i}").as_bytes());
+        }
+        drop((before, after));
+    })
+    .await;
 }
